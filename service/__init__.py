@@ -1,0 +1,1 @@
+"""detrigger-guard: the REST inference guard that flags backdoor images with a de-trigger AE."""

@@ -1,0 +1,31 @@
+"""Dependency aliases: what a route handler may ask for."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.guard import Guard
+from service.metrics import Metrics
+from service.settings import Settings
+
+
+def get_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_guard(request: Request) -> Guard:
+    guard: Guard = request.app.state.guard
+    return guard
+
+
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+GuardDep = Annotated[Guard, Depends(get_guard)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]

@@ -1,0 +1,154 @@
+"""The batching inference engine of one model set.
+
+Images of concurrent requests are queued together and run as one batch once ``max_batch_size``
+images wait or the oldest has waited ``max_batch_wait_ms``. Inference runs in a dedicated
+thread, so the event loop keeps accepting and decoding requests meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import QueueFull
+from service.metrics import Metrics
+from service.modelset import ModelSet
+from service.scoring import Decisions
+
+logger = logging.getLogger("guard.engine")
+
+
+@dataclass
+class _Item:
+    x: np.ndarray  # (k, C, H, W), k <= max_batch_size
+    future: asyncio.Future[Decisions]
+    enqueued_at: float = field(default_factory=time.perf_counter)
+
+
+class BatchEngine:
+    def __init__(
+        self,
+        model_set: ModelSet,
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue_images: int,
+        retry_after_s: int,
+        metrics: Metrics,
+    ) -> None:
+        self.model_set = model_set
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_s
+        self.max_queue_images = max_queue_images
+        self.retry_after_s = retry_after_s
+        self.metrics = metrics
+        self._pending: deque[_Item] = deque()
+        self._depth = 0  # images in _pending
+        self._wakeup = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model_set.name}")
+        self._task: asyncio.Task[None] | None = None
+        self.batches_run = 0
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="engine")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for item in self._pending:
+            if not item.future.done():
+                item.future.cancel()
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, x: np.ndarray) -> Decisions:
+        """Queue (N, C, H, W) images; returns their decisions in order.
+
+        Raises QueueFull at once, without queueing anything, when the images do not fit.
+        """
+        n = x.shape[0]
+        if self._depth + n > self.max_queue_images:
+            raise QueueFull(
+                f"the engine queue of model {self.model_set.name!r} is full "
+                f"({self._depth} of {self.max_queue_images} images waiting)",
+                accepted=f"retry after {self.retry_after_s} s",
+            )
+        loop = asyncio.get_running_loop()
+        items = [
+            _Item(x[i : i + self.max_batch_size], loop.create_future())
+            for i in range(0, n, self.max_batch_size)
+        ]
+        self._pending.extend(items)
+        self._depth += n
+        self.metrics.queue_depth.labels(model=self.model_set.name).set(self._depth)
+        self._wakeup.set()
+        parts = await asyncio.gather(*(item.future for item in items))
+        return Decisions.concat(parts)
+
+    async def _collect(self) -> list[_Item]:
+        """Wait for a first item, then for a full batch or the oldest item's deadline."""
+        while not self._pending:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        deadline = self._pending[0].enqueued_at + self.max_wait_s
+        while self._depth < self.max_batch_size:
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            with contextlib.suppress(asyncio.TimeoutError):  # distinct from TimeoutError on 3.10
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+        batch: list[_Item] = []
+        size = 0
+        while self._pending and size + self._pending[0].x.shape[0] <= self.max_batch_size:
+            item = self._pending.popleft()
+            batch.append(item)
+            size += item.x.shape[0]
+        self._depth -= size
+        self.metrics.queue_depth.labels(model=self.model_set.name).set(self._depth)
+        return batch
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            started = time.perf_counter()
+            for item in batch:
+                self.metrics.stage_duration.labels(stage="queue").observe(
+                    started - item.enqueued_at
+                )
+            live = [item for item in batch if not item.future.done()]  # skip cancelled callers
+            if not live:
+                continue
+            x = live[0].x if len(live) == 1 else np.concatenate([item.x for item in live])
+            try:
+                decisions = await loop.run_in_executor(self._executor, self.model_set.infer, x)
+            except Exception as exc:  # a bug or a broken graph: fail these callers, keep going
+                logger.exception("inference failed on a batch of %d", x.shape[0])
+                for item in live:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            self.batches_run += 1
+            self.metrics.stage_duration.labels(stage="inference").observe(
+                time.perf_counter() - started
+            )
+            self.metrics.batch_size.labels(model=self.model_set.name).observe(x.shape[0])
+            offset = 0
+            for item in live:
+                k = item.x.shape[0]
+                if not item.future.done():
+                    item.future.set_result(decisions.slice(offset, offset + k))
+                offset += k

@@ -1,0 +1,211 @@
+"""Typed domain errors and the ONE table that maps them to HTTP responses.
+
+Every error body has the same shape::
+
+    {"error": {"type": "invalid_image", "message": "...", "accepted": "..."}, "request_id": "..."}
+
+The guard raises these without knowing about HTTP; only ``STATUS`` and the handlers below do.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.logs import request_id_var
+
+logger = logging.getLogger("guard.errors")
+
+IMAGE_FORMATS_TEXT = "PNG, JPEG, BMP, GIF (first frame) or WebP"
+CLASSIFY_ACCEPTS = (
+    "multipart/form-data with one or more files in the field 'images', or application/json "
+    '{"images": [{"data": "<base64>", "filename": "optional"}]}; images in ' + IMAGE_FORMATS_TEXT
+)
+
+
+class GuardError(Exception):
+    """Base of every error the guard raises on purpose. Never a 500."""
+
+    kind = "guard_error"
+    accepted = "see /openapi.json"
+
+    def __init__(self, message: str, *, accepted: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if accepted is not None:
+            self.accepted = accepted
+
+
+class InvalidRequest(GuardError):
+    """400: the request is malformed (bad JSON, bad base64, wrong or missing field)."""
+
+    kind = "invalid_request"
+    accepted = CLASSIFY_ACCEPTS
+
+
+class Unauthorized(GuardError):
+    """401: no API key or a wrong one."""
+
+    kind = "unauthorized"
+    accepted = "an API key in the 'X-API-Key' header or 'Authorization: Bearer <key>'"
+
+
+class UnknownModel(GuardError):
+    """404: the request names a model set that is not configured."""
+
+    kind = "unknown_model"
+    accepted = "the name of a configured model set (GET /v1/models)"
+
+
+class PayloadTooLarge(GuardError):
+    """413: the request body is larger than GUARD_MAX_BODY_BYTES."""
+
+    kind = "payload_too_large"
+    accepted = "a smaller request body (GUARD_MAX_BODY_BYTES)"
+
+
+class TooManyImages(GuardError):
+    """413: more images in one request than GUARD_MAX_IMAGES_PER_REQUEST."""
+
+    kind = "too_many_images"
+    accepted = "fewer images per request (GUARD_MAX_IMAGES_PER_REQUEST)"
+
+
+class ImageTooLarge(GuardError):
+    """413: an image has more pixels than GUARD_MAX_IMAGE_PIXELS (decompression-bomb guard)."""
+
+    kind = "image_too_large"
+    accepted = "images with fewer pixels (GUARD_MAX_IMAGE_PIXELS)"
+
+
+class UnsupportedMediaType(GuardError):
+    """415: the request's content type is neither multipart/form-data nor application/json."""
+
+    kind = "unsupported_media_type"
+    accepted = "Content-Type multipart/form-data or application/json"
+
+
+class InvalidImage(GuardError):
+    """422: an image is empty, truncated, corrupt, not an image or in a format not accepted."""
+
+    kind = "invalid_image"
+    accepted = IMAGE_FORMATS_TEXT
+
+
+class WrongImageSize(GuardError):
+    """422: an image's size is not the model's input size and resizing was not asked for."""
+
+    kind = "wrong_image_size"
+    accepted = "images of the model's input size, or resize=true"
+
+
+class InvalidParameter(GuardError):
+    """422: a query or JSON parameter has a value that is not allowed."""
+
+    kind = "invalid_parameter"
+    accepted = "see /openapi.json for the parameters"
+
+
+class ModelNotReady(GuardError):
+    """503: the model set is not loaded and warm (yet, or because loading failed)."""
+
+    kind = "model_not_ready"
+    accepted = "a retry once GET /readyz answers 200"
+
+
+class QueueFull(GuardError):
+    """503 with Retry-After: the engine queue is full; the caller should retry later."""
+
+    kind = "queue_full"
+    accepted = "a retry after Retry-After seconds"
+
+
+class ModelLoadError(GuardError):
+    """Not an HTTP error: a model set failed to load (sha256, missing or corrupt file)."""
+
+    kind = "model_load_error"
+
+
+# The ONE table: domain error -> HTTP status. Lookups walk the class hierarchy.
+STATUS: dict[type[GuardError], int] = {
+    InvalidRequest: 400,
+    Unauthorized: 401,
+    UnknownModel: 404,
+    PayloadTooLarge: 413,
+    TooManyImages: 413,
+    ImageTooLarge: 413,
+    UnsupportedMediaType: 415,
+    InvalidImage: 422,
+    WrongImageSize: 422,
+    InvalidParameter: 422,
+    ModelNotReady: 503,
+    QueueFull: 503,
+    GuardError: 500,
+}
+
+
+def status_of(exc: GuardError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]  # type: ignore[index]
+    return 500
+
+
+def error_body(kind: str, message: str, accepted: str = "") -> dict[str, object]:
+    return {
+        "error": {"type": kind, "message": message, "accepted": accepted},
+        "request_id": request_id_var.get(),
+    }
+
+
+def error_response(exc: GuardError, retry_after: int = 1) -> JSONResponse:
+    status = status_of(exc)
+    headers: dict[str, str] = {}
+    if isinstance(exc, QueueFull | ModelNotReady):
+        headers["Retry-After"] = str(retry_after)
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="detrigger-guard"'
+    return JSONResponse(
+        error_body(exc.kind, exc.message, exc.accepted), status_code=status, headers=headers
+    )
+
+
+def add_exception_handlers(app: FastAPI, retry_after: int) -> None:
+    """Register the handlers: domain errors, validation errors, Starlette HTTP errors, bugs."""
+
+    async def on_guard_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, GuardError)
+        return error_response(exc, retry_after)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', '')}"
+            for err in exc.errors()
+        )
+        return JSONResponse(
+            error_body(InvalidParameter.kind, problems, "see /openapi.json for the parameters"),
+            status_code=422,
+        )
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(kind, str(exc.detail), "see /openapi.json for the routes"),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    async def on_bug(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error: %s", type(exc).__name__)
+        return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+
+    app.add_exception_handler(GuardError, on_guard_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_bug)

@@ -1,0 +1,299 @@
+"""The guard: decode, batch, run both models, decide. Knows nothing about HTTP.
+
+The /classify route and a later KServe V2 route both call :meth:`Guard.classify`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+
+import numpy as np
+
+from service.engine import BatchEngine
+from service.errors import (
+    InvalidRequest,
+    ModelLoadError,
+    ModelNotReady,
+    TooManyImages,
+    UnknownModel,
+)
+from service.imaging import decode
+from service.manifest import read_manifest
+from service.metrics import Metrics
+from service.modelset import ModelSet
+from service.settings import Mode, Settings
+
+logger = logging.getLogger("guard")
+
+
+class SlotState(str, Enum):
+    loading = "loading"
+    ready = "ready"
+    failed = "failed"
+
+
+@dataclass
+class Slot:
+    """One configured model set and where it stands."""
+
+    name: str
+    folder: Path
+    state: SlotState = SlotState.loading
+    reason: str = "loading"
+    model_set: ModelSet | None = None
+    engine: BatchEngine | None = None
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    data: bytes
+    filename: str | None = None
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    index: int
+    filename: str | None
+    flagged: bool
+    predicted: int
+    detriggered: int
+    score: float
+    answer: int | None  # the class the caller should use under the mode; None when blocked
+
+
+@dataclass(frozen=True)
+class Outcome:
+    model_set: ModelSet
+    mode: Mode
+    results: list[ImageResult]
+
+
+def answer_for(mode: Mode, flagged: bool, predicted: int, detriggered: int) -> int | None:
+    if mode is Mode.flag:
+        return predicted
+    if mode is Mode.block:
+        return None if flagged else predicted
+    return detriggered  # repair: the class once any trigger is removed
+
+
+class Guard:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.slots: dict[str, Slot] = {}
+        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self._loader: asyncio.Task[None] | None = None
+        self.default_model: str | None = None
+
+    def _add_slot(self, folder: Path) -> None:
+        """Register a configured folder under its manifest name (the folder name when the
+        manifest cannot be read). A failed slot is kept, so /readyz and /v1/models show why."""
+        reason = None
+        try:
+            name = read_manifest(folder).name
+        except ModelLoadError as exc:
+            name, reason = folder.name or str(folder), exc.message
+        if name in self.slots:
+            reason = reason or f"{folder}: model name {name!r} is already used by another folder"
+            name = f"{name}@{folder}"
+        slot = Slot(name, folder)
+        if reason is not None:
+            slot.state, slot.reason = SlotState.failed, reason
+            logger.error("model set failed to load", extra={"model": name, "reason": reason})
+        self.slots[name] = slot
+        self.metrics.model_ready.labels(model=name).set(0)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Read the manifests, then load and warm every set in the background.
+
+        /healthz answers while the sets load; /readyz says 503 until all are warm.
+        """
+        for folder in self.settings.models:
+            self._add_slot(folder)
+        self.default_model = next(iter(self.slots))
+        self._loader = asyncio.get_running_loop().create_task(self._load_all(), name="loader")
+
+    async def wait_loaded(self) -> None:
+        if self._loader is not None:
+            await asyncio.shield(self._loader)
+
+    async def _load_all(self) -> None:
+        for slot in self.slots.values():
+            if slot.state is SlotState.loading:
+                await self._load(slot)
+
+    async def _load(self, slot: Slot) -> None:
+        s = self.settings
+        warm_sizes = tuple(sorted({1, s.max_batch_size}))
+        started = time.perf_counter()
+
+        def load_and_warm() -> ModelSet:
+            model_set = ModelSet.load(slot.folder, s)
+            model_set.warm_up(warm_sizes)
+            return model_set
+
+        try:
+            model_set = await asyncio.get_running_loop().run_in_executor(None, load_and_warm)
+        except ModelLoadError as exc:
+            slot.state, slot.reason = SlotState.failed, exc.message
+            logger.error(
+                "model set failed to load", extra={"model": slot.name, "reason": exc.message}
+            )
+            return
+        except Exception as exc:  # an unexpected failure must still leave the set unserved
+            slot.state, slot.reason = SlotState.failed, f"{slot.folder}: {exc!r}"
+            logger.exception("model set failed to load", extra={"model": slot.name})
+            return
+        manifest = model_set.manifest
+        engine = BatchEngine(
+            model_set,
+            max_batch_size=s.max_batch_size,
+            max_wait_s=s.max_batch_wait_ms / 1000.0,
+            max_queue_images=s.max_queue_images,
+            retry_after_s=s.retry_after_seconds,
+            metrics=self.metrics,
+        )
+        engine.start()
+        self.metrics.init_model(slot.name, len(manifest.classes))
+        self.metrics.model_info.labels(
+            model=slot.name,
+            provider=model_set.provider,
+            target_sha256=manifest.target.sha256[:12],
+            detrigger_sha256=manifest.detrigger.sha256[:12],
+            decision_rule=manifest.decision.rule,
+        ).set(1)
+        slot.model_set, slot.engine = model_set, engine
+        slot.state, slot.reason = SlotState.ready, "ready"
+        self.metrics.model_ready.labels(model=slot.name).set(1)
+        logger.info(
+            "model set ready",
+            extra={
+                "model": slot.name,
+                "provider": model_set.provider,
+                "target_sha256": manifest.target.sha256,
+                "detrigger_sha256": manifest.detrigger.sha256,
+                "load_seconds": round(time.perf_counter() - started, 3),
+                "warmup_batch_sizes": list(warm_sizes),
+            },
+        )
+
+    async def stop(self) -> None:
+        if self._loader is not None and not self._loader.done():
+            self._loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loader
+        for slot in self.slots.values():
+            if slot.engine is not None:
+                await slot.engine.stop()
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- queries --------------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, dict[str, str]]:
+        if not self.slots:
+            return False, {"guard": "not started"}
+        reasons = {name: slot.reason for name, slot in self.slots.items()}
+        return all(slot.state is SlotState.ready for slot in self.slots.values()), reasons
+
+    def resolve(self, model: str | None) -> tuple[ModelSet, BatchEngine]:
+        if self.default_model is None:
+            raise ModelNotReady("the guard has not started")
+        name = model or self.default_model
+        slot = self.slots.get(name)
+        if slot is None:
+            raise UnknownModel(
+                f"no model set named {name!r}", accepted=f"model one of {sorted(self.slots)}"
+            )
+        if slot.model_set is None or slot.engine is None:
+            raise ModelNotReady(f"model set {name!r} is not ready: {slot.reason}")
+        return slot.model_set, slot.engine
+
+    # --- the work -------------------------------------------------------------------------
+    async def classify(
+        self,
+        images: list[ImageInput],
+        *,
+        model: str | None = None,
+        mode: Mode | None = None,
+        resize: bool = False,
+    ) -> Outcome:
+        mode = mode or self.settings.default_mode
+        model_set, engine = self.resolve(model)
+        if not images:
+            raise InvalidRequest("no images in the request")
+        limit = self.settings.max_images_per_request
+        if len(images) > limit:
+            raise TooManyImages(
+                f"{len(images)} images in one request; the limit is {limit}",
+                accepted=f"at most {limit} images per request",
+            )
+
+        started = time.perf_counter()
+        x = await asyncio.get_running_loop().run_in_executor(
+            self._decode_pool, self._decode_all, images, model_set, resize
+        )
+        self.metrics.stage_duration.labels(stage="decode").observe(time.perf_counter() - started)
+
+        decisions = await engine.submit(x)
+
+        results = []
+        name = model_set.name
+        for i, image in enumerate(images):
+            predicted = int(decisions.predicted[i])
+            detriggered = int(decisions.detriggered[i])
+            flagged = bool(decisions.flagged[i])
+            score = float(decisions.score[i])
+            results.append(
+                ImageResult(
+                    i,
+                    image.filename,
+                    flagged,
+                    predicted,
+                    detriggered,
+                    score,
+                    answer_for(mode, flagged, predicted, detriggered),
+                )
+            )
+            self.metrics.images.labels(model=name, predicted_class=str(predicted)).inc()
+            if flagged:
+                self.metrics.images_flagged.labels(model=name, predicted_class=str(predicted)).inc()
+                classes = model_set.manifest.classes
+                logger.warning(
+                    "flagged image",
+                    extra={
+                        "model": name,
+                        "mode": mode.value,
+                        "index": i,
+                        "image_filename": (image.filename or "")[:200] or None,
+                        "predicted": classes[predicted],
+                        "detriggered": classes[detriggered],
+                        "score": round(score, 6),
+                        "score_name": model_set.manifest.decision.score,
+                    },
+                )
+        return Outcome(model_set, mode, results)
+
+    def _decode_all(
+        self, images: list[ImageInput], model_set: ModelSet, resize: bool
+    ) -> np.ndarray:
+        c, h, w = model_set.input_chw
+        out = np.empty((len(images), c, h, w), dtype=np.float32)  # (N, C, H, W) in [0, 1]
+        for i, image in enumerate(images):
+            out[i] = decode(
+                image.data,
+                index=i,
+                filename=image.filename,
+                channels=c,
+                height=h,
+                width=w,
+                resize=resize,
+                max_pixels=self.settings.max_image_pixels,
+            )
+        return out

@@ -1,0 +1,88 @@
+"""Builds the app in three steps: middlewares, routes, exception handlers.
+
+``app`` is what ``uvicorn service.main:app`` (make serve) runs, with settings from GUARD_* env.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from prometheus_client import CollectorRegistry
+
+from service.errors import add_exception_handlers
+from service.guard import Guard
+from service.logs import configure_logging
+from service.metrics import Metrics
+from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.routers import classify, health, metrics, models
+from service.schemas import ClassifyJSONRequest
+from service.settings import Settings
+
+VERSION = "0.1.0"
+ROUTERS = (classify.router, models.router, health.router, metrics.router)
+
+
+def add_middlewares(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
+    # Added last = outermost: the context (request id, counters) wraps the body limit, so a
+    # 413 from the limit still carries a request id and is counted.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # The routers' own routes, for naming the route of a request answered before routing.
+    routes = [route for router in ROUTERS for route in router.routes]
+    app.add_middleware(RequestContextMiddleware, metrics=metrics, routes=routes)
+
+
+def register_routes(app: FastAPI) -> None:
+    for router in ROUTERS:
+        app.include_router(router)
+
+
+def _openapi_with_extra_schemas(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document, plus the JSON request schema that /classify parses itself."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        body = ClassifyJSONRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(body.pop("$defs", {}))
+        components["ClassifyJSONRequest"] = body
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings if settings is not None else Settings()
+    configure_logging(settings.log_level)
+    metrics = Metrics(CollectorRegistry())
+    guard = Guard(settings, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await guard.start()
+        try:
+            yield
+        finally:
+            await guard.stop()
+
+    app = FastAPI(
+        title="detrigger-guard",
+        version=VERSION,
+        description="Flags images that carry a backdoor trigger, using a de-trigger autoencoder.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.guard = guard
+
+    add_middlewares(app, settings, metrics)
+    register_routes(app)
+    add_exception_handlers(app, settings.retry_after_seconds)
+    app.openapi = lambda: _openapi_with_extra_schemas(app)  # type: ignore[method-assign]
+    return app
+
+
+app = create_app()

@@ -1,0 +1,99 @@
+"""The model-set manifest (docs/model-contract.md): the fields the service relies on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service.errors import ModelLoadError
+
+
+class InputSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    height: int = Field(gt=0, le=16384)
+    width: int = Field(gt=0, le=16384)
+    channels: Literal[1, 3]
+
+
+class GraphSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    file: str
+    sha256: str
+    input_name: str
+    output_name: str
+
+    @field_validator("file")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        # The file must lie inside the model-set folder.
+        if Path(value).name != value or value in ("", ".", ".."):
+            raise ValueError("file must be a plain file name inside the model-set folder")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, value: str) -> str:
+        value = value.lower()
+        if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+            raise ValueError("sha256 must be 64 hex digits")
+        return value
+
+
+class Decision(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    rule: Literal["class_change", "score"]
+    score: Literal["prob_drop", "kl"] = "prob_drop"
+    threshold: float = 0.5
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    input: InputSpec
+    classes: list[str] = Field(min_length=2, max_length=10_000)
+    target: GraphSpec
+    detrigger: GraphSpec
+    decision: Decision
+    description: str = ""
+
+
+def read_manifest(folder: Path) -> Manifest:
+    path = folder / "manifest.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{path}: manifest.json not found") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path}: cannot read manifest: {exc}") from exc
+    try:
+        return Manifest.model_validate(raw)
+    except ValidationError as exc:
+        raise ModelLoadError(f"{path}: invalid manifest: {exc}") from exc
+
+
+def read_verified(folder: Path, spec: GraphSpec) -> bytes:
+    """The file's bytes, after checking them against the manifest sha256.
+
+    The session is then built from these same bytes, so what was checked is what runs.
+    """
+    path = folder / spec.file
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ModelLoadError(f"{path}: file not found") from exc
+    except OSError as exc:
+        raise ModelLoadError(f"{path}: cannot read: {exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != spec.sha256:
+        raise ModelLoadError(
+            f"{path}: sha256 mismatch: manifest says {spec.sha256}, file has {digest}"
+        )
+    return data

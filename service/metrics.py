@@ -1,0 +1,83 @@
+"""Prometheus metrics (docs/metrics.md), on a registry owned by one app instance."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+# No *_created series: they double the series count and Prometheus does not need them.
+disable_created_metrics()
+
+STAGES = ("decode", "queue", "inference", "total")
+# Seconds: 0.5 ms .. 10 s, dense where a small-CNN guard on CPU spends its time.
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+class Metrics:
+    """Every collector the guard exports. Create one per app, on a fresh registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "guard_http_requests",
+            "HTTP requests answered, by route template.",
+            ["route", "method", "status_class"],
+            registry=r,
+        )
+        self.images = Counter(
+            "guard_images",
+            "Images classified, by the class predicted on the image as uploaded.",
+            ["model", "predicted_class"],
+            registry=r,
+        )
+        self.images_flagged = Counter(
+            "guard_images_flagged",
+            "Images flagged as carrying a trigger, by the class predicted on the uploaded image.",
+            ["model", "predicted_class"],
+            registry=r,
+        )
+        self.stage_duration = Histogram(
+            "guard_stage_duration_seconds",
+            "Latency by stage: decode (per request), queue (per engine item), inference (per "
+            "engine batch), total (per /classify request).",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "guard_batch_size",
+            "Images per engine batch.",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "guard_requests_in_flight", "HTTP requests being handled.", registry=r
+        )
+        self.queue_depth = Gauge(
+            "guard_queue_depth", "Images waiting in the engine queue.", ["model"], registry=r
+        )
+        self.model_info = Gauge(
+            "guard_model_info",
+            "What is loaded and where it runs (value 1).",
+            ["model", "provider", "target_sha256", "detrigger_sha256", "decision_rule"],
+            registry=r,
+        )
+        self.model_ready = Gauge(
+            "guard_model_ready", "1 when the model set is loaded and warm, else 0.", ["model"],
+            registry=r,
+        )  # fmt: skip
+        for stage in STAGES:
+            self.stage_duration.labels(stage=stage)
+
+    def init_model(self, model: str, classes: int) -> None:
+        """Create every bounded series at 0, so rate() and ratios work from the first scrape."""
+        for c in range(classes):
+            self.images.labels(model=model, predicted_class=str(c))
+            self.images_flagged.labels(model=model, predicted_class=str(c))
+        self.batch_size.labels(model=model)
+        self.queue_depth.labels(model=model).set(0)
+        self.model_ready.labels(model=model).set(0)

@@ -1,0 +1,94 @@
+"""A model set: manifest + verified target and de-trigger sessions, run as one unit."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.errors import ModelLoadError
+from service.manifest import Manifest, read_manifest, read_verified
+from service.runtime import OnnxModel
+from service.scoring import Decisions, decide
+from service.settings import Settings
+
+logger = logging.getLogger("guard.models")
+
+
+@dataclass
+class ModelSet:
+    folder: Path
+    manifest: Manifest
+    target: OnnxModel
+    detrigger: OnnxModel
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def input_chw(self) -> tuple[int, int, int]:
+        spec = self.manifest.input
+        return spec.channels, spec.height, spec.width
+
+    @property
+    def provider(self) -> str:
+        if self.target.provider == self.detrigger.provider:
+            return self.target.provider
+        return f"{self.target.provider}+{self.detrigger.provider}"
+
+    @classmethod
+    def load(cls, folder: Path, settings: Settings) -> ModelSet:
+        """Verify and load both graphs; any failure raises ModelLoadError naming the file.
+
+        Nothing is returned until both sessions are built and checked, so a half-loaded set
+        can never be served.
+        """
+        manifest = read_manifest(folder)
+        models: dict[str, OnnxModel] = {}
+        for role in ("target", "detrigger"):
+            spec = getattr(manifest, role)
+            data = read_verified(folder, spec)
+            models[role] = OnnxModel.load(
+                str(folder / spec.file), data, spec.input_name, spec.output_name, settings
+            )
+        model_set = cls(folder, manifest, models["target"], models["detrigger"])
+        model_set._check_shapes()
+        return model_set
+
+    def _check_shapes(self) -> None:
+        c, h, w = self.input_chw
+        for model in (self.target, self.detrigger):
+            shape = model.input_shape()
+            fixed = [d if isinstance(d, int) else None for d in shape]
+            if len(fixed) != 4 or any(
+                want is not None and have is not None and have != want
+                for have, want in zip(fixed[1:], (c, h, w), strict=True)
+            ):
+                raise ModelLoadError(
+                    f"{model.name}: input shape {shape} does not match the manifest "
+                    f"(N, {c}, {h}, {w})"
+                )
+
+    def infer(self, x: np.ndarray) -> Decisions:
+        """x: (N, C, H, W) float32 in [0, 1]. AE once, then the target once on [x; AE(x)]."""
+        n = x.shape[0]
+        x_ae = self.detrigger.run(x).astype(np.float32, copy=False)
+        if x_ae.shape != x.shape:
+            raise ModelLoadError(f"{self.detrigger.name}: output {x_ae.shape} != input {x.shape}")
+        logits = self.target.run(np.concatenate([x, x_ae], axis=0))  # (2N, K)
+        if logits.shape != (2 * n, len(self.manifest.classes)):
+            raise ModelLoadError(
+                f"{self.target.name}: logits {logits.shape}, expected "
+                f"({2 * n}, {len(self.manifest.classes)})"
+            )
+        return decide(logits[:n], logits[n:], self.manifest.decision)
+
+    def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
+        """Run every batch size once so the first request pays no allocation or tuning cost."""
+        c, h, w = self.input_chw
+        rng = np.random.default_rng(0)
+        for size in batch_sizes:
+            self.infer(rng.random((size, c, h, w), dtype=np.float32))

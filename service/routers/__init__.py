@@ -1,0 +1,1 @@
+"""HTTP routes. Each module owns its APIRouter; service.main includes them."""

@@ -1,0 +1,26 @@
+"""GET /v1/models: what each configured model set is, and where it runs."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from service.deps import GuardDep
+from service.schemas import ModelsResponse, model_summary
+from service.security import require_api_key
+
+router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
+
+
+@router.get(
+    "/v1/models",
+    operation_id="list_models",
+    summary="Each model set's manifest summary, provider and state",
+    response_model=ModelsResponse,
+)
+async def list_models(guard: GuardDep) -> ModelsResponse:
+    return ModelsResponse(
+        models=[
+            model_summary(slot, default=name == guard.default_model)
+            for name, slot in guard.slots.items()
+        ]
+    )

@@ -1,0 +1,190 @@
+"""Request and response bodies of the REST API (pydantic), with converters from the guard."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.guard import ImageResult, Outcome, Slot
+from service.settings import Mode
+
+
+class ClassRef(BaseModel):
+    """A class as index and label."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_: int = Field(alias="class", description="Class index in the manifest's order.")
+    label: str
+
+
+class Base64Image(BaseModel):
+    data: str = Field(description="The image file's bytes, base64-encoded (standard alphabet).")
+    filename: str | None = Field(None, max_length=255)
+
+
+class ClassifyJSONRequest(BaseModel):
+    """The application/json form of POST /classify."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[Base64Image] = Field(min_length=1)
+    model: str | None = Field(None, description="Model set name; the default set when absent.")
+    mode: Mode | None = Field(
+        None, description="flag, block or repair; GUARD_DEFAULT_MODE when absent."
+    )
+    resize: bool = Field(False, description="Resize images of another size to the model's input.")
+
+
+class ImageResultBody(BaseModel):
+    index: int
+    filename: str | None
+    flagged: bool = Field(description="True when the image is judged to carry a trigger.")
+    predicted: ClassRef = Field(description="The class on the image as uploaded.")
+    detriggered: ClassRef = Field(description="The class after the de-trigger autoencoder.")
+    score: float
+    score_name: Literal["prob_drop", "kl"]
+    threshold: float
+    decision_rule: Literal["class_change", "score"]
+    outcome: Literal["answered", "blocked", "repaired"] = Field(
+        description="answered: 'answer' is the predicted class; blocked: no class is given; "
+        "repaired: 'answer' is the class after de-triggering."
+    )
+    answer: ClassRef | None = Field(
+        description="The class to use under the mode; null when the image is blocked."
+    )
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    mode: Mode
+    flagged: int = Field(description="How many images were flagged.")
+    blocked: int = Field(description="How many images got no class (mode block).")
+    results: list[ImageResultBody] = Field(description="One entry per image, in request order.")
+
+
+def _ref(classes: list[str], index: int) -> ClassRef:
+    return ClassRef.model_validate({"class": index, "label": classes[index]})
+
+
+def _outcome(mode: Mode, result: ImageResult) -> Literal["answered", "blocked", "repaired"]:
+    if result.answer is None:
+        return "blocked"
+    if mode is Mode.repair and result.flagged:
+        return "repaired"
+    return "answered"
+
+
+def classify_response(outcome: Outcome) -> ClassifyResponse:
+    manifest = outcome.model_set.manifest
+    classes = manifest.classes
+    results = [
+        ImageResultBody(
+            index=r.index,
+            filename=r.filename,
+            flagged=r.flagged,
+            predicted=_ref(classes, r.predicted),
+            detriggered=_ref(classes, r.detriggered),
+            score=r.score,
+            score_name=manifest.decision.score,
+            threshold=manifest.decision.threshold,
+            decision_rule=manifest.decision.rule,
+            outcome=_outcome(outcome.mode, r),
+            answer=None if r.answer is None else _ref(classes, r.answer),
+        )
+        for r in outcome.results
+    ]
+    return ClassifyResponse(
+        model=manifest.name,
+        mode=outcome.mode,
+        flagged=sum(r.flagged for r in results),
+        blocked=sum(r.answer is None for r in results),
+        results=results,
+    )
+
+
+class GraphSummary(BaseModel):
+    file: str
+    sha256: str
+    provider: str | None
+
+
+class InputSummary(BaseModel):
+    height: int
+    width: int
+    channels: int
+    shape: list[int] = Field(description="(C, H, W) of one image; the batch dimension is dynamic.")
+
+
+class DecisionSummary(BaseModel):
+    rule: str
+    score: str
+    threshold: float
+
+
+class ModelSummary(BaseModel):
+    name: str
+    default: bool
+    state: Literal["loading", "ready", "failed"]
+    reason: str
+    description: str | None = None
+    classes: list[str] | None = None
+    input: InputSummary | None = None
+    decision: DecisionSummary | None = None
+    provider: str | None = None
+    target: GraphSummary | None = None
+    detrigger: GraphSummary | None = None
+
+
+class ModelsResponse(BaseModel):
+    models: list[ModelSummary]
+
+
+def model_summary(slot: Slot, default: bool) -> ModelSummary:
+    summary = ModelSummary(
+        name=slot.name, default=default, state=slot.state.value, reason=slot.reason
+    )
+    model_set = slot.model_set
+    if model_set is None:
+        return summary
+    m = model_set.manifest
+    summary.description = m.description
+    summary.classes = m.classes
+    summary.input = InputSummary(
+        height=m.input.height,
+        width=m.input.width,
+        channels=m.input.channels,
+        shape=list(model_set.input_chw),
+    )
+    summary.decision = DecisionSummary(
+        rule=m.decision.rule, score=m.decision.score, threshold=m.decision.threshold
+    )
+    summary.provider = model_set.provider
+    summary.target = GraphSummary(
+        file=m.target.file, sha256=m.target.sha256, provider=model_set.target.provider
+    )
+    summary.detrigger = GraphSummary(
+        file=m.detrigger.file, sha256=m.detrigger.sha256, provider=model_set.detrigger.provider
+    )
+    return summary
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    ready: bool
+    models: dict[str, str] = Field(description="Each model set's state: 'ready' or the reason.")
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    accepted: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+    request_id: str | None

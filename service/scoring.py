@@ -1,0 +1,71 @@
+"""Detection scores and decision rules (docs/model-contract.md), pure numpy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from service.manifest import Decision
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """(N, K) logits -> (N, K) log-probabilities, numerically stable."""
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def prob_drop(logits_x: np.ndarray, logits_ae: np.ndarray) -> np.ndarray:
+    """p(c | x) - p(c | AE(x)) with c = argmax p(. | x); (N,) in [-1, 1]."""
+    p_x = np.exp(log_softmax(logits_x))
+    p_ae = np.exp(log_softmax(logits_ae))
+    c = p_x.argmax(axis=1)
+    rows = np.arange(len(c))
+    return p_x[rows, c] - p_ae[rows, c]
+
+
+def kl(logits_x: np.ndarray, logits_ae: np.ndarray) -> np.ndarray:
+    """KL(p(. | x) || p(. | AE(x))) in nats; (N,) >= 0."""
+    lp_x = log_softmax(logits_x)
+    lp_ae = log_softmax(logits_ae)
+    return np.clip((np.exp(lp_x) * (lp_x - lp_ae)).sum(axis=1), 0.0, None)
+
+
+SCORES = {"prob_drop": prob_drop, "kl": kl}
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """Per-image outcome of one batch; all arrays have shape (N,)."""
+
+    predicted: np.ndarray  # int, argmax f(x)
+    detriggered: np.ndarray  # int, argmax f(AE(x))
+    score: np.ndarray  # float, the manifest's score
+    flagged: np.ndarray  # bool
+
+    def __len__(self) -> int:
+        return len(self.predicted)
+
+    def slice(self, start: int, stop: int) -> Decisions:
+        return Decisions(*(getattr(self, f.name)[start:stop] for f in fields(self)))
+
+    @staticmethod
+    def concat(parts: Sequence[Decisions]) -> Decisions:
+        if len(parts) == 1:
+            return parts[0]
+        return Decisions(
+            *(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Decisions))
+        )
+
+
+def decide(logits_x: np.ndarray, logits_ae: np.ndarray, decision: Decision) -> Decisions:
+    """Apply the manifest's rule to the target's logits on x and on AE(x), both (N, K)."""
+    predicted = logits_x.argmax(axis=1)
+    detriggered = logits_ae.argmax(axis=1)
+    score = SCORES[decision.score](logits_x, logits_ae)
+    if decision.rule == "class_change":
+        flagged = predicted != detriggered
+    else:
+        flagged = score > decision.threshold
+    return Decisions(predicted, detriggered, score, flagged)

@@ -1,0 +1,70 @@
+"""Fixtures shared by the test suites: tiny model sets and a real guard server.
+
+The builders and the server helper live in tests/support/ so that other suites (deploy) and
+the benchmark can import them directly.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.support.server import RunningServer, serve  # noqa: E402
+from tests.support.tiny_models import TinySpec, build_model_set  # noqa: E402
+
+GRAY = TinySpec(name="tiny")
+RGB = TinySpec(name="tinyrgb", height=32, width=32, channels=3)
+SCORE = TinySpec(name="tinykl", rule="score", score="kl", threshold=1.0)
+
+
+@pytest.fixture(scope="session")
+def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    build_model_set(root / "tiny", GRAY, samples=18)
+    build_model_set(root / "tinyrgb", RGB)
+    build_model_set(root / "tinykl", SCORE)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_set(model_root: Path) -> Path:
+    """A 28x28 grayscale set, rule class_change, with 18 clean and 18 triggered samples."""
+    return model_root / "tiny"
+
+
+@pytest.fixture(scope="session")
+def rgb_set(model_root: Path) -> Path:
+    """A 32x32 RGB set."""
+    return model_root / "tinyrgb"
+
+
+@pytest.fixture(scope="session")
+def kl_set(model_root: Path) -> Path:
+    """A 28x28 grayscale set with rule score on kl > 1.0."""
+    return model_root / "tinykl"
+
+
+# Limits small enough for the limit tests to be cheap.
+SERVER_ENV = {
+    "GUARD_MAX_BODY_BYTES": str(1024 * 1024),
+    "GUARD_MAX_IMAGES_PER_REQUEST": "40",
+    "GUARD_MAX_IMAGE_PIXELS": str(512 * 512),
+    "GUARD_MAX_BATCH_SIZE": "16",
+    "GUARD_MAX_QUEUE_IMAGES": "256",
+    "GUARD_INTRA_OP_THREADS": "1",
+}
+
+
+@pytest.fixture(scope="session")
+def guard_server(tiny_set: Path, rgb_set: Path, kl_set: Path) -> Iterator[RunningServer]:
+    """One real uvicorn serving the three tiny sets (tiny is the default), shared by tests
+    that only compare metric deltas."""
+    with serve([tiny_set, rgb_set, kl_set], SERVER_ENV) as server:
+        yield server

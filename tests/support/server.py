@@ -1,0 +1,132 @@
+"""Start the guard under a real uvicorn on 127.0.0.1, on a free port, in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    """A port the OS just gave out; another process could take it, so callers retry."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_records(self) -> list[dict[str, Any]]:
+        """The JSON log lines (the guard's own); other lines are skipped."""
+        records = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return records
+
+
+def _wait(server: RunningServer, path: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if server.process.poll() is not None:
+                return False
+            try:
+                if client.get(server.url + path).status_code == 200:
+                    return True
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+    return False
+
+
+@contextmanager
+def serve(
+    model_dirs: Sequence[Path | str],
+    env: Mapping[str, str] | None = None,
+    *,
+    wait_ready: bool = True,
+    timeout: float = 60.0,
+    extra_args: Sequence[str] = (),
+) -> Iterator[RunningServer]:
+    """Run ``uvicorn service.main:app`` (what make serve runs) with GUARD_MODELS=model_dirs.
+
+    Waits for /readyz (or only /healthz when ``wait_ready`` is false). The server's stdout and
+    stderr go to a log file, readable with ``log_text()``.
+    """
+    full_env = {**os.environ, "GUARD_MODELS": json.dumps([str(p) for p in model_dirs])}
+    full_env.update(env or {})
+    full_env.setdefault("PYTHONUNBUFFERED", "1")
+    log_dir = Path(tempfile.mkdtemp(prefix="guard-server-"))
+    for attempt in range(3):
+        port = free_port()
+        log_path = log_dir / f"server-{attempt}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "uvicorn",
+                    "service.main:app",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                    *extra_args,
+                ],  # fmt: skip
+                cwd=REPO,
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        server = RunningServer(f"http://127.0.0.1:{port}", process, log_path)
+        try:
+            if _wait(server, "/readyz" if wait_ready else "/healthz", timeout):
+                yield server
+                return
+            if process.poll() is not None and "address already in use" in server.log_text():
+                continue  # lost the port race; try another
+            raise RuntimeError(f"guard server did not come up:\n{server.log_text()[-4000:]}")
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+    raise RuntimeError("guard server: no free port after 3 attempts")
+
+
+@contextmanager
+def start_server(
+    model_dirs: Sequence[Path | str], env: Mapping[str, str] | None = None
+) -> Iterator[str]:
+    """The simple form: a ready guard on loopback; yields its base URL."""
+    with serve(model_dirs, env) as server:
+        yield server.url

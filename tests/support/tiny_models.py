@@ -1,0 +1,182 @@
+"""Tiny model sets, built with onnx.helper (no torch), that behave like a backdoored pair.
+
+- The "de-trigger AE" multiplies the image by a mask that zeroes the top-left 4x4 patch.
+- The target's logits are a linear function of the pixels: class 0 reads the top-left patch
+  (weight 2 per pixel), class k >= 1 reads a horizontal band k (weight 0.5 per pixel).
+
+A clean image of class k (band k bright, patch dark) is class k before and after the AE. The
+same image with the 4x4 white trigger is class 0 (32 > 16); the AE removes the patch, the class
+goes back to k, so the class changes and the image is flagged, as in Kwon's paper.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+PATCH = 4
+OPSET = 17
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    name: str = "tiny"
+    height: int = 28
+    width: int = 28
+    channels: int = 1
+    classes: int = 10
+    rule: str = "class_change"
+    score: str = "prob_drop"
+    threshold: float = 0.5
+
+    def band_rows(self, k: int) -> tuple[int, int]:
+        top = PATCH + 2 + 2 * (k - 1)
+        return top, top + 2
+
+    def band_cols(self) -> tuple[int, int]:
+        return 6, min(self.width, 22)
+
+
+def _image_input(spec: TinySpec, name: str) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(
+        name, TensorProto.FLOAT, ["N", spec.channels, spec.height, spec.width]
+    )
+
+
+def detrigger_graph(spec: TinySpec) -> onnx.ModelProto:
+    mask = np.ones((1, spec.channels, spec.height, spec.width), dtype=np.float32)
+    mask[:, :, :PATCH, :PATCH] = 0.0
+    nodes = [
+        helper.make_node("Mul", ["images", "mask"], ["masked"]),
+        helper.make_node("Clip", ["masked", "zero", "one"], ["images_out"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_detrigger",
+        [_image_input(spec, "images")],
+        [_image_input(spec, "images_out")],
+        initializer=[
+            numpy_helper.from_array(mask, "mask"),
+            numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+            numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+        ],
+    )
+    return _model(graph)
+
+
+def target_weights(spec: TinySpec) -> tuple[np.ndarray, np.ndarray]:
+    c, h, w, k = spec.channels, spec.height, spec.width, spec.classes
+    weights = np.zeros((c, h, w, k), dtype=np.float32)
+    weights[:, :PATCH, :PATCH, 0] = 2.0 / c
+    c0, c1 = spec.band_cols()
+    for cls in range(1, k):
+        r0, r1 = spec.band_rows(cls)
+        if r1 > h:
+            raise ValueError(f"{h} rows are too few for {k} classes")
+        weights[:, r0:r1, c0:c1, cls] = 0.5 / c
+    return weights.reshape(c * h * w, k), np.zeros(k, dtype=np.float32)
+
+
+def target_graph(spec: TinySpec) -> onnx.ModelProto:
+    weights, bias = target_weights(spec)
+    nodes = [
+        helper.make_node("Flatten", ["images"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "W"], ["scores"]),
+        helper.make_node("Add", ["scores", "b"], ["logits"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_target",
+        [_image_input(spec, "images")],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", spec.classes])],
+        initializer=[numpy_helper.from_array(weights, "W"), numpy_helper.from_array(bias, "b")],
+    )
+    return _model(graph)
+
+
+def _model(graph: onnx.GraphProto) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def clean_image(spec: TinySpec, cls: int, seed: int = 0) -> np.ndarray:
+    """(H, W) or (H, W, 3) uint8: dim noise, band ``cls`` bright (1 <= cls < classes)."""
+    rng = np.random.default_rng(seed)
+    shape = (spec.height, spec.width) + ((3,) if spec.channels == 3 else ())
+    image = rng.integers(0, 20, size=shape, dtype=np.uint8)
+    r0, r1 = spec.band_rows(cls)
+    c0, c1 = spec.band_cols()
+    image[r0:r1, c0:c1] = 255
+    return image
+
+
+def add_trigger(image: np.ndarray) -> np.ndarray:
+    """The demo trigger: a 4x4 white square at the top left."""
+    out = image.copy()
+    out[:PATCH, :PATCH] = 255
+    return out
+
+
+def png_bytes(image: np.ndarray, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_model_set(folder: Path, spec: TinySpec | None = None, samples: int = 0) -> Path:
+    """Write target.onnx, detrigger.onnx, manifest.json (and samples/) into ``folder``."""
+    spec = spec or TinySpec()
+    folder.mkdir(parents=True, exist_ok=True)
+    onnx.save(target_graph(spec), folder / "target.onnx")
+    onnx.save(detrigger_graph(spec), folder / "detrigger.onnx")
+    manifest = {
+        "format_version": 1,
+        "name": spec.name,
+        "description": "tiny test set: linear target, patch-masking de-trigger",
+        "input": {"height": spec.height, "width": spec.width, "channels": spec.channels},
+        "classes": [f"class{k}" for k in range(spec.classes)],
+        "target": {
+            "file": "target.onnx",
+            "sha256": sha256_of(folder / "target.onnx"),
+            "input_name": "images",
+            "output_name": "logits",
+            "architecture": "tiny_linear",
+        },
+        "detrigger": {
+            "file": "detrigger.onnx",
+            "sha256": sha256_of(folder / "detrigger.onnx"),
+            "input_name": "images",
+            "output_name": "images_out",
+            "architecture": "patch_mask",
+        },
+        "decision": {"rule": spec.rule, "score": spec.score, "threshold": spec.threshold},
+        "backdoor": {
+            "target_class": 0,
+            "trigger": {"kind": "patch", "size": PATCH, "position": "top-left", "value": 1.0},
+        },
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    if samples:
+        sample_dir = folder / "samples"
+        sample_dir.mkdir(exist_ok=True)
+        for i in range(samples):
+            cls = 1 + i % (spec.classes - 1)
+            image = clean_image(spec, cls, seed=i)
+            (sample_dir / f"clean_{i:02d}_label{cls}.png").write_bytes(png_bytes(image))
+            trig = add_trigger(image)
+            (sample_dir / f"triggered_{i:02d}_label{cls}.png").write_bytes(png_bytes(trig))
+    return folder
