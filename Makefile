@@ -4,10 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Which dataset `make reproduce` builds: mnist, fashion-mnist, cifar10 or all.
 DATASET ?= all
+# Where `make reproduce` looks first for the data files (empty: only the standard places, see
+# training/datasets.py).
+DATA_DIR ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test test-fast reproduce bench lint typecheck clean
+.PHONY: serve test test-fast reproduce bench lint typecheck clean mlserver-venv docker-smoke
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,11 +43,22 @@ test-fast: $(VENV)/.dev
 
 ## reproduce: train, evaluate and export the shipped model sets (DATASET=mnist|fashion-mnist|cifar10|all)
 reproduce: $(VENV)/.train
-	$(PY) -m training.reproduce --dataset $(DATASET)
+	$(PY) -m training.reproduce --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+## mlserver-venv: MLServer from PyPI in .venv-mlserver/, the V2 upstream of tests/sidecar (the
+## tests make it themselves on first use; this only does it ahead of time)
+mlserver-venv: $(VENV)/.dev
+	$(PY) -c "from tests.support.mlserver import ensure_venv; print(ensure_venv())"
 
 ## bench: benchmark the service against a real uvicorn and write reports/bench/
 bench: $(VENV)/.dev
 	$(PY) -m bench.run
+
+## docker-smoke: build the CPU image with podman from a local debootstrap base, run it, check
+## /readyz and that a triggered $(SMOKE_MODEL_SET) sample is flagged (root; .ci/run installs podman)
+SMOKE_MODEL_SET ?= mnist
+docker-smoke:
+	MODEL_SET=$(SMOKE_MODEL_SET) deploy/podman/smoke.sh
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .
@@ -54,4 +68,4 @@ typecheck: $(VENV)/.dev
 	$(PY) -m mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-mlserver .pytest_cache .mypy_cache .ruff_cache

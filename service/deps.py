@@ -8,6 +8,7 @@ from fastapi import Depends, Request
 
 from service.guard import Guard
 from service.metrics import Metrics
+from service.protocol.dataplane import DataPlane
 from service.settings import Settings
 
 
@@ -26,6 +27,12 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def get_dataplane(request: Request) -> DataPlane:
+    dataplane: DataPlane = request.app.state.dataplane
+    return dataplane
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 GuardDep = Annotated[Guard, Depends(get_guard)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]

@@ -12,27 +12,43 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
 from service.errors import QueueFull
 from service.metrics import Metrics
 from service.modelset import ModelSet
-from service.scoring import Decisions
 
 logger = logging.getLogger("guard.engine")
 
 
+class Batched(Protocol):
+    """What a batch function returns: per-image rows that can be sliced and joined again."""
+
+    def slice(self, start: int, stop: int) -> Any: ...
+
+    @staticmethod
+    def concat(parts: Sequence[Any]) -> Any: ...
+
+
+R = TypeVar("R", bound=Batched)
+
+
 @dataclass
-class _Item:
+class _Item(Generic[R]):
     x: np.ndarray  # (k, C, H, W), k <= max_batch_size
-    future: asyncio.Future[Decisions]
+    future: asyncio.Future[R]
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
-class BatchEngine:
+class BatchEngine(Generic[R]):
+    """``run`` is what a batch executes: by default the model set's AE + target + decision
+    (Decisions); proxy mode runs only the AE there (service.target)."""
+
     def __init__(
         self,
         model_set: ModelSet,
@@ -42,14 +58,16 @@ class BatchEngine:
         max_queue_images: int,
         retry_after_s: int,
         metrics: Metrics,
+        run: Callable[[np.ndarray], R] | None = None,
     ) -> None:
         self.model_set = model_set
+        self._run: Callable[[np.ndarray], Any] = run if run is not None else model_set.infer
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue_images = max_queue_images
         self.retry_after_s = retry_after_s
         self.metrics = metrics
-        self._pending: deque[_Item] = deque()
+        self._pending: deque[_Item[R]] = deque()
         self._depth = 0  # images in _pending
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model_set.name}")
@@ -73,7 +91,7 @@ class BatchEngine:
                 item.future.cancel()
         self._executor.shutdown(wait=True)
 
-    async def submit(self, x: np.ndarray) -> Decisions:
+    async def submit(self, x: np.ndarray) -> R:
         """Queue (N, C, H, W) images; returns their decisions in order.
 
         Raises QueueFull at once, without queueing anything, when the images do not fit.
@@ -86,7 +104,7 @@ class BatchEngine:
                 accepted=f"retry after {self.retry_after_s} s",
             )
         loop = asyncio.get_running_loop()
-        items = [
+        items: list[_Item[R]] = [
             _Item(x[i : i + self.max_batch_size], loop.create_future())
             for i in range(0, n, self.max_batch_size)
         ]
@@ -95,9 +113,10 @@ class BatchEngine:
         self.metrics.queue_depth.labels(model=self.model_set.name).set(self._depth)
         self._wakeup.set()
         parts = await asyncio.gather(*(item.future for item in items))
-        return Decisions.concat(parts)
+        result: R = parts[0] if len(parts) == 1 else type(parts[0]).concat(parts)
+        return result
 
-    async def _collect(self) -> list[_Item]:
+    async def _collect(self) -> list[_Item[R]]:
         """Wait for a first item, then for a full batch or the oldest item's deadline."""
         while not self._pending:
             self._wakeup.clear()
@@ -110,7 +129,7 @@ class BatchEngine:
             self._wakeup.clear()
             with contextlib.suppress(asyncio.TimeoutError):  # distinct from TimeoutError on 3.10
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
-        batch: list[_Item] = []
+        batch: list[_Item[R]] = []
         size = 0
         while self._pending and size + self._pending[0].x.shape[0] <= self.max_batch_size:
             item = self._pending.popleft()
@@ -134,7 +153,7 @@ class BatchEngine:
                 continue
             x = live[0].x if len(live) == 1 else np.concatenate([item.x for item in live])
             try:
-                decisions = await loop.run_in_executor(self._executor, self.model_set.infer, x)
+                decisions = await loop.run_in_executor(self._executor, self._run, x)
             except Exception as exc:  # a bug or a broken graph: fail these callers, keep going
                 logger.exception("inference failed on a batch of %d", x.shape[0])
                 for item in live:

@@ -124,6 +124,47 @@ class QueueFull(GuardError):
     accepted = "a retry after Retry-After seconds"
 
 
+class Blocked(GuardError):
+    """403: mode block on the V2 protocol, and an input image was flagged as triggered."""
+
+    kind = "blocked"
+    accepted = "images without a backdoor trigger, or mode flag or repair"
+
+
+class UpstreamUnavailable(GuardError):
+    """503 with Retry-After: the circuit breaker of the upstream V2 server is open; the guard
+    fails fast without calling it until the next probe."""
+
+    kind = "upstream_unavailable"
+    accepted = "a retry after Retry-After seconds, once the upstream server is back"
+
+    def __init__(self, message: str, *, accepted: str | None = None, retry_after: int = 0) -> None:
+        super().__init__(message, accepted=accepted)
+        self.retry_after = retry_after
+
+
+class UpstreamUnreachable(GuardError):
+    """502: the upstream V2 server refused or dropped the connection."""
+
+    kind = "upstream_unreachable"
+    accepted = "a retry once the upstream server is reachable"
+
+
+class UpstreamFailed(GuardError):
+    """502: the upstream V2 server answered with an error status or a body that is not a
+    valid V2 inference response."""
+
+    kind = "upstream_error"
+    accepted = "a request the upstream server accepts; its own message is quoted"
+
+
+class UpstreamTimeout(GuardError):
+    """504: the upstream V2 server did not connect or answer within the configured timeouts."""
+
+    kind = "upstream_timeout"
+    accepted = "a retry; GUARD_UPSTREAM_CONNECT_TIMEOUT_S / GUARD_UPSTREAM_READ_TIMEOUT_S"
+
+
 class ModelLoadError(GuardError):
     """Not an HTTP error: a model set failed to load (sha256, missing or corrupt file)."""
 
@@ -142,8 +183,13 @@ STATUS: dict[type[GuardError], int] = {
     InvalidImage: 422,
     WrongImageSize: 422,
     InvalidParameter: 422,
+    Blocked: 403,
     ModelNotReady: 503,
     QueueFull: 503,
+    UpstreamUnavailable: 503,
+    UpstreamUnreachable: 502,
+    UpstreamFailed: 502,
+    UpstreamTimeout: 504,
     GuardError: 500,
 }
 
@@ -162,16 +208,44 @@ def error_body(kind: str, message: str, accepted: str = "") -> dict[str, object]
     }
 
 
-def error_response(exc: GuardError, retry_after: int = 1) -> JSONResponse:
+def v2_error_body(kind: str, message: str, accepted: str = "") -> dict[str, object]:
+    """The Open Inference Protocol's error shape, {"error": "<message>"}, with the guard's
+    type, what is accepted and the request id beside it."""
+    return {
+        "error": message,
+        "type": kind,
+        "accepted": accepted,
+        "request_id": request_id_var.get(),
+    }
+
+
+def is_v2(request: Request) -> bool:
+    """Routes of the V2 protocol answer errors in its shape."""
+    return request.url.path == "/v2" or request.url.path.startswith("/v2/")
+
+
+def body_for(request: Request, kind: str, message: str, accepted: str = "") -> dict[str, object]:
+    shape = v2_error_body if is_v2(request) else error_body
+    return shape(kind, message, accepted)
+
+
+def error_response(
+    exc: GuardError, retry_after: int = 1, request: Request | None = None
+) -> JSONResponse:
     status = status_of(exc)
     headers: dict[str, str] = {}
     if isinstance(exc, QueueFull | ModelNotReady):
         headers["Retry-After"] = str(retry_after)
+    if isinstance(exc, UpstreamUnavailable):
+        headers["Retry-After"] = str(max(1, exc.retry_after or retry_after))
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="detrigger-guard"'
-    return JSONResponse(
-        error_body(exc.kind, exc.message, exc.accepted), status_code=status, headers=headers
+    body = (
+        body_for(request, exc.kind, exc.message, exc.accepted)
+        if request is not None
+        else error_body(exc.kind, exc.message, exc.accepted)
     )
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def add_exception_handlers(app: FastAPI, retry_after: int) -> None:
@@ -179,7 +253,7 @@ def add_exception_handlers(app: FastAPI, retry_after: int) -> None:
 
     async def on_guard_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, GuardError)
-        return error_response(exc, retry_after)
+        return error_response(exc, retry_after, request)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -188,7 +262,9 @@ def add_exception_handlers(app: FastAPI, retry_after: int) -> None:
             for err in exc.errors()
         )
         return JSONResponse(
-            error_body(InvalidParameter.kind, problems, "see /openapi.json for the parameters"),
+            body_for(
+                request, InvalidParameter.kind, problems, "see /openapi.json for the parameters"
+            ),
             status_code=422,
         )
 
@@ -196,14 +272,14 @@ def add_exception_handlers(app: FastAPI, retry_after: int) -> None:
         assert isinstance(exc, StarletteHTTPException)
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(
-            error_body(kind, str(exc.detail), "see /openapi.json for the routes"),
+            body_for(request, kind, str(exc.detail), "see /openapi.json for the routes"),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
 
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error: %s", type(exc).__name__)
-        return JSONResponse(error_body("internal_error", "internal error"), status_code=500)
+        return JSONResponse(body_for(request, "internal_error", "internal error"), status_code=500)
 
     app.add_exception_handler(GuardError, on_guard_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

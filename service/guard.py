@@ -1,6 +1,8 @@
 """The guard: decode, batch, run both models, decide. Knows nothing about HTTP.
 
-The /classify route and a later KServe V2 route both call :meth:`Guard.classify`.
+The /classify route calls :meth:`Guard.classify` (image files); the KServe V2 data plane calls
+:meth:`Guard.detect` (decoded tensors). Both run the model set's target backend: local (the
+target here) or proxy (the target on an upstream V2 server), see service.target.
 """
 
 from __future__ import annotations
@@ -9,14 +11,16 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+import httpx
 import numpy as np
 
-from service.engine import BatchEngine
+from service.engine import BatchEngine, R
 from service.errors import (
     InvalidRequest,
     ModelLoadError,
@@ -28,7 +32,10 @@ from service.imaging import decode
 from service.manifest import read_manifest
 from service.metrics import Metrics
 from service.modelset import ModelSet
+from service.scoring import Decisions
 from service.settings import Mode, Settings
+from service.target import Call, Detection, LocalTarget, ProxyTarget, Target
+from service.upstream.client import UpstreamClient, new_http_client
 
 logger = logging.getLogger("guard")
 
@@ -48,7 +55,11 @@ class Slot:
     state: SlotState = SlotState.loading
     reason: str = "loading"
     model_set: ModelSet | None = None
-    engine: BatchEngine | None = None
+    target: Target | None = None
+
+    @property
+    def engine(self) -> BatchEngine | None:
+        return None if self.target is None else self.target.engine
 
 
 @dataclass(frozen=True)
@@ -88,9 +99,12 @@ class Guard:
         self.settings = settings
         self.metrics = metrics
         self.slots: dict[str, Slot] = {}
-        self._decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         self._loader: asyncio.Task[None] | None = None
         self.default_model: str | None = None
+        # The ONE pooled HTTP client of every upstream (proxy mode only).
+        self.http: httpx.AsyncClient | None = None
+        self.config_errors: dict[str, str] = {}
 
     def _add_slot(self, folder: Path) -> None:
         """Register a configured folder under its manifest name (the folder name when the
@@ -119,6 +133,13 @@ class Guard:
         for folder in self.settings.models:
             self._add_slot(folder)
         self.default_model = next(iter(self.slots))
+        for name in self.settings.upstreams:
+            if name not in self.slots:
+                reason = f"GUARD_UPSTREAMS names {name!r}, which is no configured model set"
+                self.config_errors[f"upstream:{name}"] = reason
+                logger.error("bad upstream configuration", extra={"reason": reason})
+        if self.settings.upstreams:
+            self.http = new_http_client(self.settings)
         self._loader = asyncio.get_running_loop().create_task(self._load_all(), name="loader")
 
     async def wait_loaded(self) -> None:
@@ -153,15 +174,8 @@ class Guard:
             logger.exception("model set failed to load", extra={"model": slot.name})
             return
         manifest = model_set.manifest
-        engine = BatchEngine(
-            model_set,
-            max_batch_size=s.max_batch_size,
-            max_wait_s=s.max_batch_wait_ms / 1000.0,
-            max_queue_images=s.max_queue_images,
-            retry_after_s=s.retry_after_seconds,
-            metrics=self.metrics,
-        )
-        engine.start()
+        target = self._target(slot.name, model_set)
+        target.start()
         self.metrics.init_model(slot.name, len(manifest.classes))
         self.metrics.model_info.labels(
             model=slot.name,
@@ -170,7 +184,7 @@ class Guard:
             detrigger_sha256=manifest.detrigger.sha256[:12],
             decision_rule=manifest.decision.rule,
         ).set(1)
-        slot.model_set, slot.engine = model_set, engine
+        slot.model_set, slot.target = model_set, target
         slot.state, slot.reason = SlotState.ready, "ready"
         self.metrics.model_ready.labels(model=slot.name).set(1)
         logger.info(
@@ -182,7 +196,30 @@ class Guard:
                 "detrigger_sha256": manifest.detrigger.sha256,
                 "load_seconds": round(time.perf_counter() - started, 3),
                 "warmup_batch_sizes": list(warm_sizes),
+                "target_mode": target.mode,
             },
+        )
+
+    def _target(self, name: str, model_set: ModelSet) -> LocalTarget | ProxyTarget:
+        s = self.settings
+
+        def engine(run: Callable[[np.ndarray], R]) -> BatchEngine[R]:
+            return BatchEngine(
+                model_set,
+                max_batch_size=s.max_batch_size,
+                max_wait_s=s.max_batch_wait_ms / 1000.0,
+                max_queue_images=s.max_queue_images,
+                retry_after_s=s.retry_after_seconds,
+                metrics=self.metrics,
+                run=run,
+            )
+
+        upstream = s.upstreams.get(name)
+        if upstream is None or self.http is None:
+            return LocalTarget(model_set, engine(model_set.infer_scored))
+        client = UpstreamClient(self.http, upstream, s, self.metrics, name)
+        return ProxyTarget(
+            model_set, engine(model_set.detrigger_only), client, s.upstream_probe_interval_s
         )
 
     async def stop(self) -> None:
@@ -191,18 +228,27 @@ class Guard:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loader
         for slot in self.slots.values():
-            if slot.engine is not None:
-                await slot.engine.stop()
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+            if slot.target is not None:
+                await slot.target.stop()
+        if self.http is not None:
+            await self.http.aclose()
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
     # --- queries --------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, dict[str, str]]:
         if not self.slots:
             return False, {"guard": "not started"}
         reasons = {name: slot.reason for name, slot in self.slots.items()}
-        return all(slot.state is SlotState.ready for slot in self.slots.values()), reasons
+        ready = all(slot.state is SlotState.ready for slot in self.slots.values())
+        for name, slot in self.slots.items():
+            if slot.target is not None:
+                target_ready, why = slot.target.readiness()
+                if not target_ready:
+                    ready, reasons[name] = False, why
+        reasons.update(self.config_errors)
+        return ready and not self.config_errors, reasons
 
-    def resolve(self, model: str | None) -> tuple[ModelSet, BatchEngine]:
+    def resolve(self, model: str | None) -> tuple[ModelSet, Target]:
         if self.default_model is None:
             raise ModelNotReady("the guard has not started")
         name = model or self.default_model
@@ -211,9 +257,9 @@ class Guard:
             raise UnknownModel(
                 f"no model set named {name!r}", accepted=f"model one of {sorted(self.slots)}"
             )
-        if slot.model_set is None or slot.engine is None:
+        if slot.model_set is None or slot.target is None:
             raise ModelNotReady(f"model set {name!r} is not ready: {slot.reason}")
-        return slot.model_set, slot.engine
+        return slot.model_set, slot.target
 
     # --- the work -------------------------------------------------------------------------
     async def classify(
@@ -223,28 +269,24 @@ class Guard:
         model: str | None = None,
         mode: Mode | None = None,
         resize: bool = False,
+        call: Call | None = None,
     ) -> Outcome:
         mode = mode or self.settings.default_mode
-        model_set, engine = self.resolve(model)
+        model_set, target = self.resolve(model)
         if not images:
             raise InvalidRequest("no images in the request")
-        limit = self.settings.max_images_per_request
-        if len(images) > limit:
-            raise TooManyImages(
-                f"{len(images)} images in one request; the limit is {limit}",
-                accepted=f"at most {limit} images per request",
-            )
+        self.check_count(len(images))
 
         started = time.perf_counter()
         x = await asyncio.get_running_loop().run_in_executor(
-            self._decode_pool, self._decode_all, images, model_set, resize
+            self.decode_pool, self._decode_all, images, model_set, resize
         )
         self.metrics.stage_duration.labels(stage="decode").observe(time.perf_counter() - started)
 
-        decisions = await engine.submit(x)
-
+        detection = await target.detect(x, call or Call())
+        decisions = detection.decisions
+        self.count(model_set, mode, decisions, [image.filename for image in images])
         results = []
-        name = model_set.name
         for i, image in enumerate(images):
             predicted = int(decisions.predicted[i])
             detriggered = int(decisions.detriggered[i])
@@ -261,6 +303,41 @@ class Guard:
                     answer_for(mode, flagged, predicted, detriggered),
                 )
             )
+        return Outcome(model_set, mode, results)
+
+    def check_count(self, n: int) -> None:
+        limit = self.settings.max_images_per_request
+        if n > limit:
+            raise TooManyImages(
+                f"{n} images in one request; the limit is {limit}",
+                accepted=f"at most {limit} images per request",
+            )
+
+    async def detect(
+        self, x: np.ndarray, target: Target, model_set: ModelSet, mode: Mode, call: Call
+    ) -> Detection:
+        """Decoded images (N, C, H, W) float32 in [0, 1] -> the detection, counted and logged."""
+        if x.shape[0] == 0:
+            raise InvalidRequest("no images in the request")
+        self.check_count(x.shape[0])
+        detection = await target.detect(x, call)
+        self.count(model_set, mode, detection.decisions, [None] * x.shape[0])
+        return detection
+
+    def count(
+        self,
+        model_set: ModelSet,
+        mode: Mode,
+        decisions: Decisions,
+        filenames: Sequence[str | None],
+    ) -> None:
+        """Count every image and log each flagged one."""
+        name = model_set.name
+        for i, filename in enumerate(filenames):
+            predicted = int(decisions.predicted[i])
+            detriggered = int(decisions.detriggered[i])
+            flagged = bool(decisions.flagged[i])
+            score = float(decisions.score[i])
             self.metrics.images.labels(model=name, predicted_class=str(predicted)).inc()
             if flagged:
                 self.metrics.images_flagged.labels(model=name, predicted_class=str(predicted)).inc()
@@ -271,14 +348,13 @@ class Guard:
                         "model": name,
                         "mode": mode.value,
                         "index": i,
-                        "image_filename": (image.filename or "")[:200] or None,
+                        "image_filename": (filename or "")[:200] or None,
                         "predicted": classes[predicted],
                         "detriggered": classes[detriggered],
                         "score": round(score, 6),
                         "score_name": model_set.manifest.decision.score,
                     },
                 )
-        return Outcome(model_set, mode, results)
 
     def _decode_all(
         self, images: list[ImageInput], model_set: ModelSet, resize: bool

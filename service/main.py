@@ -18,12 +18,20 @@ from service.guard import Guard
 from service.logs import configure_logging
 from service.metrics import Metrics
 from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from service.routers import classify, health, metrics, models
+from service.protocol.dataplane import DataPlane
+from service.routers import classify, health, metrics, models, v2
 from service.schemas import ClassifyJSONRequest
 from service.settings import Settings
 
 VERSION = "0.1.0"
-ROUTERS = (classify.router, models.router, health.router, metrics.router)
+ROUTERS = (
+    classify.router,
+    models.router,
+    health.router,
+    metrics.router,
+    v2.health_router,
+    v2.router,
+)
 
 
 def add_middlewares(app: FastAPI, settings: Settings, metrics: Metrics) -> None:
@@ -77,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = metrics
     app.state.guard = guard
+    app.state.dataplane = DataPlane(guard, VERSION)
 
     add_middlewares(app, settings, metrics)
     register_routes(app)

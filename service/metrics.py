@@ -12,6 +12,10 @@ STAGES = ("decode", "queue", "inference", "total")
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
+UPSTREAM_OUTCOMES = ("ok", "error")
+UPSTREAM_ERROR_KINDS = (
+    "connect", "timeout", "http_5xx", "http_4xx", "invalid_response", "breaker_open",
+)  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
@@ -70,6 +74,33 @@ class Metrics:
             "guard_model_ready", "1 when the model set is loaded and warm, else 0.", ["model"],
             registry=r,
         )  # fmt: skip
+        # --- proxy mode: the upstream V2 server of a model set ---------------------------------
+        self.upstream_duration = Histogram(
+            "guard_upstream_request_duration_seconds",
+            "Latency of inference calls to the upstream V2 server, by outcome (ok, error).",
+            ["model", "outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "guard_upstream_errors",
+            "Failed upstream calls by kind: connect, timeout, http_5xx, http_4xx, "
+            "invalid_response, breaker_open (refused by the open breaker, never sent).",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.upstream_breaker_state = Gauge(
+            "guard_upstream_breaker_state",
+            "Circuit breaker of the upstream: 0 closed, 1 half-open (probing), 2 open.",
+            ["model"],
+            registry=r,
+        )
+        self.upstream_ready = Gauge(
+            "guard_upstream_ready",
+            "1 when the upstream answers its model-ready endpoint, else 0.",
+            ["model"],
+            registry=r,
+        )
         for stage in STAGES:
             self.stage_duration.labels(stage=stage)
 
@@ -81,3 +112,11 @@ class Metrics:
         self.batch_size.labels(model=model)
         self.queue_depth.labels(model=model).set(0)
         self.model_ready.labels(model=model).set(0)
+
+    def init_upstream(self, model: str) -> None:
+        for outcome in UPSTREAM_OUTCOMES:
+            self.upstream_duration.labels(model=model, outcome=outcome)
+        for kind in UPSTREAM_ERROR_KINDS:
+            self.upstream_errors.labels(model=model, kind=kind)
+        self.upstream_breaker_state.labels(model=model).set(0)
+        self.upstream_ready.labels(model=model).set(0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,44 @@ from service.scoring import Decisions, decide
 from service.settings import Settings
 
 logger = logging.getLogger("guard.models")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A batch's decisions with the target's logits on x and on AE(x), each (N, K)."""
+
+    decisions: Decisions
+    logits_x: np.ndarray
+    logits_ae: np.ndarray
+
+    def slice(self, start: int, stop: int) -> Scored:
+        return Scored(
+            self.decisions.slice(start, stop),
+            self.logits_x[start:stop],
+            self.logits_ae[start:stop],
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[Scored]) -> Scored:
+        return Scored(
+            Decisions.concat([p.decisions for p in parts]),
+            np.concatenate([p.logits_x for p in parts]),
+            np.concatenate([p.logits_ae for p in parts]),
+        )
+
+
+@dataclass(frozen=True)
+class Detriggered:
+    """AE(x) of a batch, (N, C, H, W) float32 in [0, 1]: what proxy mode runs locally."""
+
+    images: np.ndarray
+
+    def slice(self, start: int, stop: int) -> Detriggered:
+        return Detriggered(self.images[start:stop])
+
+    @staticmethod
+    def concat(parts: Sequence[Detriggered]) -> Detriggered:
+        return Detriggered(np.concatenate([p.images for p in parts]))
 
 
 @dataclass
@@ -74,17 +113,28 @@ class ModelSet:
 
     def infer(self, x: np.ndarray) -> Decisions:
         """x: (N, C, H, W) float32 in [0, 1]. AE once, then the target once on [x; AE(x)]."""
-        n = x.shape[0]
+        return self.infer_scored(x).decisions
+
+    def detrigger_only(self, x: np.ndarray) -> Detriggered:
+        """AE(x) alone; proxy mode sends [x; AE(x)] to the upstream target."""
         x_ae = self.detrigger.run(x).astype(np.float32, copy=False)
         if x_ae.shape != x.shape:
             raise ModelLoadError(f"{self.detrigger.name}: output {x_ae.shape} != input {x.shape}")
+        return Detriggered(x_ae)
+
+    def infer_scored(self, x: np.ndarray) -> Scored:
+        """The decisions and both logits: AE once, then the target once on [x; AE(x)]."""
+        n = x.shape[0]
+        x_ae = self.detrigger_only(x).images
         logits = self.target.run(np.concatenate([x, x_ae], axis=0))  # (2N, K)
         if logits.shape != (2 * n, len(self.manifest.classes)):
             raise ModelLoadError(
                 f"{self.target.name}: logits {logits.shape}, expected "
                 f"({2 * n}, {len(self.manifest.classes)})"
             )
-        return decide(logits[:n], logits[n:], self.manifest.decision)
+        return Scored(
+            decide(logits[:n], logits[n:], self.manifest.decision), logits[:n], logits[n:]
+        )
 
     def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
         """Run every batch size once so the first request pays no allocation or tuning cost."""

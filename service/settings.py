@@ -11,7 +11,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 KNOWN_PROVIDERS = (
@@ -27,6 +27,67 @@ class Mode(str, Enum):
     flag = "flag"  # always answer the class on the input; mark flagged images
     block = "block"  # flagged images get no class at all
     repair = "repair"  # answer with the class after de-triggering
+
+
+# Headers forwarded to an upstream V2 server unless GUARD_UPSTREAM_FORWARD_HEADERS says otherwise:
+# W3C trace context and B3 tracing. Credentials are opt-in (see the validator below).
+DEFAULT_FORWARD_HEADERS = (
+    "traceparent",
+    "tracestate",
+    "baggage",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "b3",
+)
+# Headers the guard itself reads as credentials: never forwarded while the guard checks keys.
+GUARD_CREDENTIAL_HEADERS = ("authorization", "x-api-key")
+# Hop-by-hop and framing headers: the guard's own HTTP client sets these.
+NEVER_FORWARDED = (
+    "host",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "inference-header-content-length",
+    "x-request-id",
+)
+
+
+class Upstream(BaseModel):
+    """Proxy mode of one model set: the upstream V2 server that serves its target model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(description="Base URL of the upstream V2 server, e.g. http://127.0.0.1:8080.")
+    model: str = Field(min_length=1, description="The model's name on the upstream server.")
+    version: str | None = Field(None, description="The model version on the upstream server.")
+    input_name: str | None = Field(
+        None, description="The upstream model's image input; default: its first input."
+    )
+    output_name: str | None = Field(
+        None, description="The upstream model's logits output; default: its first output."
+    )
+    binary: bool = Field(
+        False,
+        description="Send inputs and ask for outputs as binary tensor data (Triton, KServe); "
+        "MLServer's REST server takes JSON only.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        value = value.rstrip("/")
+        if not value.startswith(("http://", "https://")) or "?" in value or "#" in value:
+            raise ValueError("url must be an http:// or https:// base URL without query")
+        return value
 
 
 def _split_list(value: Any) -> Any:
@@ -119,6 +180,52 @@ class Settings(BaseSettings):
         default="INFO", description="Log level."
     )
 
+    # --- proxy mode (sidecar) ------------------------------------------------------------------
+    upstreams: dict[str, Upstream] = Field(
+        default_factory=dict,
+        description="Proxy mode: model-set name -> upstream V2 server (JSON object); sets not "
+        "named here run their own target (local mode).",
+    )
+    upstream_connect_timeout_s: float = Field(
+        default=1.0, gt=0.0, le=60.0, description="Connect timeout to an upstream."
+    )
+    upstream_read_timeout_s: float = Field(
+        default=10.0, gt=0.0, le=600.0, description="Read (and write) timeout of an upstream call."
+    )
+    upstream_max_connections: int = Field(
+        default=64, ge=1, le=4096, description="Connections in the one pooled upstream client."
+    )
+    upstream_forward_headers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_FORWARD_HEADERS),
+        description="Allow-list of request headers forwarded to the upstream (case-insensitive).",
+    )
+    upstream_breaker_failures: int = Field(
+        default=3, ge=1, le=1000, description="Consecutive upstream failures that open the breaker."
+    )
+    upstream_breaker_reset_s: float = Field(
+        default=5.0,
+        gt=0.0,
+        le=3600.0,
+        description="How long the breaker stays open before a probe.",
+    )
+    upstream_probe_interval_s: float = Field(
+        default=2.0, gt=0.0, le=3600.0, description="How often upstream readiness is polled."
+    )
+
+    @field_validator("upstream_forward_headers", mode="before")
+    @classmethod
+    def _header_list(cls, value: Any) -> Any:
+        value = _split_list(value)
+        return [str(v).strip().lower() for v in value] if isinstance(value, list) else value
+
+    @field_validator("upstream_forward_headers")
+    @classmethod
+    def _forwardable(cls, value: list[str]) -> list[str]:
+        bad = [h for h in value if h in NEVER_FORWARDED]
+        if bad:
+            raise ValueError(f"headers {bad} are set by the guard itself and cannot be forwarded")
+        return value
+
     @field_validator("models", "providers", "api_keys", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
@@ -158,4 +265,11 @@ class Settings(BaseSettings):
             )
         if (self.protect_health or self.protect_metrics) and not self.api_keys:
             raise ValueError("protect_health / protect_metrics need GUARD_API_KEYS")
+        leaked = [h for h in self.upstream_forward_headers if h in GUARD_CREDENTIAL_HEADERS]
+        if leaked and self.api_keys:
+            # The caller's credential for the guard would reach the upstream.
+            raise ValueError(
+                f"upstream_forward_headers {leaked} would send the guard's API keys upstream; "
+                "drop them or GUARD_API_KEYS"
+            )
         return self

@@ -1,0 +1,220 @@
+"""The V2 data plane: decode -> guard (local or proxy target) -> encode. Knows nothing about
+HTTP: the REST routes parse bodies into :class:`InferRequest` and write back what this returns.
+
+The response carries the target's outputs for the images as given (in proxy mode: the
+upstream's own outputs, rows 0..N-1 of its 2N-row answer) and the guard's verdict under
+``parameters``. Mode ``repair`` swaps in the rows for the de-triggered copies of flagged images;
+mode ``block`` refuses a request with a flagged image (Blocked, 403).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from service.errors import Blocked, InvalidParameter, InvalidRequest, UnknownModel
+from service.guard import Guard, Slot
+from service.logs import request_id_var
+from service.modelset import ModelSet
+from service.protocol.images import image_accepts, images_from_tensor
+from service.protocol.infer_type import InferRequest, InferResponse, InferTensor
+from service.settings import Mode
+from service.target import Call, Detection, ProxyTarget
+
+SERVER_NAME = "detrigger-guard"
+EXTENSIONS = ["binary_tensor_data"]
+# Request parameters the guard reads itself; they are not passed on to an upstream.
+GUARD_PARAMETERS = ("guard_mode", "guard_resize", "layout", "binary_data_output")
+
+
+def _mode(request: InferRequest, default: Mode) -> Mode:
+    value = request.parameters.get("guard_mode")
+    if value is None:
+        return default
+    try:
+        return Mode(value)
+    except ValueError as exc:
+        raise InvalidParameter(
+            f"parameters.guard_mode {value!r} is not allowed",
+            accepted=f"guard_mode one of {[m.value for m in Mode]}",
+        ) from exc
+
+
+def _rows(tensor: InferTensor, rows: np.ndarray) -> InferTensor:
+    data = tensor.data[rows]
+    return InferTensor(tensor.name, tensor.datatype, list(data.shape), data, tensor.parameters)
+
+
+class DataPlane:
+    def __init__(self, guard: Guard, version: str) -> None:
+        self.guard = guard
+        self.version = version
+
+    # --- health and metadata --------------------------------------------------------------
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": self.version, "extensions": EXTENSIONS}
+
+    def ready(self) -> bool:
+        return self.guard.readiness()[0]
+
+    def _slot(self, name: str, version: str | None) -> Slot:
+        """A model set by its name, or by its upstream's model name in proxy mode (so that a
+        client of the upstream changes only the host)."""
+        slot = self.guard.slots.get(name)
+        if slot is None:
+            for candidate_name, candidate in self.guard.slots.items():
+                upstream = self.guard.settings.upstreams.get(candidate_name)
+                if upstream is not None and upstream.model == name:
+                    slot = candidate
+                    break
+        if slot is None:
+            raise UnknownModel(
+                f"no model named {name!r}", accepted=f"a model one of {sorted(self.guard.slots)}"
+            )
+        if version is not None and slot.target is not None:
+            versions = slot.target.versions
+            if version not in versions:
+                raise UnknownModel(
+                    f"model {name!r} has no version {version!r}",
+                    accepted=f"versions {list(versions)} or none",
+                )
+        return slot
+
+    def model_ready(self, name: str, version: str | None) -> bool:
+        slot = self._slot(name, version)
+        if slot.target is None:
+            return False
+        return slot.target.readiness()[0]
+
+    def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
+        slot = self._slot(name, version)
+        model_set, target = self.guard.resolve(slot.name)
+        c, h, w = model_set.input_chw
+        manifest = model_set.manifest
+        meta: dict[str, Any] = {
+            "name": name,
+            "versions": list(target.versions),
+            "platform": f"{SERVER_NAME}_{target.mode}",
+            "inputs": [
+                {"name": manifest.target.input_name, "datatype": "FP32", "shape": [-1, c, h, w]}
+            ],
+            "outputs": [
+                {
+                    "name": manifest.target.output_name,
+                    "datatype": "FP32",
+                    "shape": [-1, len(manifest.classes)],
+                }
+            ],
+            "parameters": {
+                "guard_model_set": model_set.name,
+                "guard_mode": self.guard.settings.default_mode.value,
+                "guard_accepts": image_accepts(model_set.input_chw),
+            },
+        }
+        if isinstance(target, ProxyTarget):
+            upstream = target.upstream
+            meta["inputs"][0]["name"] = upstream.input_name()
+            if upstream.metadata and upstream.metadata.get("outputs"):
+                meta["outputs"] = upstream.metadata["outputs"]
+            meta["parameters"]["guard_upstream"] = upstream.config.url
+            meta["parameters"]["guard_upstream_model"] = upstream.config.model
+        return meta
+
+    # --- inference ------------------------------------------------------------------------
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        request: InferRequest,
+        headers: Mapping[str, str],
+    ) -> InferResponse:
+        slot = self._slot(name, version)
+        model_set, target = self.guard.resolve(slot.name)
+        mode = _mode(request, self.guard.settings.default_mode)
+        if len(request.inputs) != 1:
+            raise InvalidRequest(
+                f"{len(request.inputs)} inputs; the guard takes exactly one image input",
+                accepted=image_accepts(model_set.input_chw),
+            )
+        resize = bool(request.parameters.get("guard_resize", False))
+        started = time.perf_counter()
+        x = await asyncio.get_running_loop().run_in_executor(
+            self.guard.decode_pool,
+            lambda: images_from_tensor(
+                request.inputs[0],
+                request,
+                model_set.input_chw,
+                max_pixels=self.guard.settings.max_image_pixels,
+                resize=resize,
+            ),
+        )
+        self.guard.metrics.stage_duration.labels(stage="decode").observe(
+            time.perf_counter() - started
+        )
+        passed_on = {k: v for k, v in request.parameters.items() if k not in GUARD_PARAMETERS}
+        call = Call(headers, request.id or request_id_var.get(), passed_on)
+        detection = await self.guard.detect(x, target, model_set, mode, call)
+        return self._response(name, request, model_set, mode, detection)
+
+    def _response(
+        self,
+        name: str,
+        request: InferRequest,
+        model_set: ModelSet,
+        mode: Mode,
+        detection: Detection,
+    ) -> InferResponse:
+        d = detection.decisions
+        n = len(d)
+        flagged = [bool(f) for f in d.flagged]
+        if mode is Mode.block and any(flagged):
+            where = [i for i, f in enumerate(flagged) if f]
+            raise Blocked(
+                f"mode block: image(s) {where} of {n} carry a backdoor trigger "
+                f"(class {[int(d.predicted[i]) for i in where]} before and "
+                f"{[int(d.detriggered[i]) for i in where]} after de-triggering)"
+            )
+        # Row i of each output: f(x_i), or f(AE(x_i)) for a flagged image under repair.
+        rows = np.arange(n)
+        if mode is Mode.repair:
+            rows = np.where(np.asarray(flagged), rows + n, rows)
+        outputs = [_rows(t, rows) for t in detection.outputs]
+        if request.outputs is not None:
+            by_name = {t.name: t for t in outputs}
+            missing = [o.name for o in request.outputs if o.name not in by_name]
+            if missing:
+                raise InvalidRequest(
+                    f"no outputs named {missing}", accepted=f"outputs among {sorted(by_name)}"
+                )
+            outputs = [by_name[o.name] for o in request.outputs]
+        parameters = dict(detection.parameters)
+        parameters.update(verdict(model_set, mode, d))
+        return InferResponse(
+            model_name=name,
+            outputs=outputs,
+            model_version=detection.model_version,
+            id=request.id,
+            parameters=parameters,
+        )
+
+
+def verdict(model_set: ModelSet, mode: Mode, d: Any) -> dict[str, Any]:
+    """The guard's verdict as V2 parameters. The protocol allows only scalar parameter values,
+    so the per-image lists are JSON text (``json.loads`` gives the list back)."""
+    flagged = [bool(f) for f in d.flagged]
+    return {
+        "guard_model_set": model_set.name,
+        "guard_mode": mode.value,
+        "guard_flagged_count": sum(flagged),
+        "guard_flagged": json.dumps(flagged),
+        "guard_score_name": model_set.manifest.decision.score,
+        "guard_scores": json.dumps([round(float(s), 6) for s in d.score]),
+        "guard_predicted_class": json.dumps([int(c) for c in d.predicted]),
+        "guard_detriggered_class": json.dumps([int(c) for c in d.detriggered]),
+        "guard_repaired": json.dumps([f and mode is Mode.repair for f in flagged]),
+    }

@@ -1,0 +1,345 @@
+"""The ONE internal tensor type of the V2 protocol, with ``from_rest`` / ``to_rest`` at the edge.
+
+A REST body is JSON, optionally followed by raw tensor bytes (the binary tensor data extension):
+the ``Inference-Header-Content-Length`` header gives the JSON's length, and each tensor whose
+``parameters.binary_data_size`` is set takes that many bytes from what follows, in order. BYTES
+elements are a 4-byte little-endian length and the bytes, in both forms of the extension.
+Nothing here knows about HTTP; callers pass the body bytes and the header's value.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from service.errors import InvalidRequest
+
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+    "BYTES": np.dtype(object),
+}
+BINARY_DATA_SIZE = "binary_data_size"
+V2_ACCEPTS = (
+    "a V2 inference request: JSON {id?, parameters?, inputs: [{name, shape, datatype, data | "
+    "parameters.binary_data_size}], outputs?}, optionally followed by binary tensor data with "
+    "the Inference-Header-Content-Length header; datatypes " + ", ".join(DATATYPES)
+)
+
+
+def _bad(message: str) -> InvalidRequest:
+    return InvalidRequest(message, accepted=V2_ACCEPTS)
+
+
+def datatype_of(dtype: np.dtype[Any]) -> str:
+    for name, known in DATATYPES.items():
+        if known == dtype or (name == "BYTES" and dtype.kind in "OSU"):
+            return name
+    raise ValueError(f"no V2 datatype for numpy {dtype}")
+
+
+def _parameters(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise _bad(f"{where}.parameters must be an object")
+    return dict(params)
+
+
+def _split_bytes(raw: bytes | memoryview, count: int, where: str) -> list[bytes]:
+    """BYTES elements in the binary form: 4-byte little-endian length, then the bytes."""
+    out: list[bytes] = []
+    offset = 0
+    view = memoryview(raw)
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise _bad(f"{where}: truncated BYTES element length")
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise _bad(f"{where}: BYTES element of {length} bytes runs past the tensor data")
+        out.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(out) != count:
+        raise _bad(f"{where}: {len(out)} BYTES elements, the shape says {count}")
+    return out
+
+
+def _join_bytes(items: Iterable[Any]) -> bytes:
+    parts = []
+    for item in items:
+        data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+        parts.append(struct.pack("<I", len(data)) + data)
+    return b"".join(parts)
+
+
+@dataclass
+class InferTensor:
+    """One named tensor; ``data`` is a numpy array of ``shape`` (object array of bytes for
+    BYTES)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    data: np.ndarray
+    parameters: dict[str, Any] = field(default_factory=dict)
+    from_binary: bool = False  # arrived as binary tensor data (BYTES: raw, not text)
+
+    @classmethod
+    def from_numpy(
+        cls, name: str, array: np.ndarray, parameters: dict[str, Any] | None = None
+    ) -> InferTensor:
+        return cls(name, datatype_of(array.dtype), list(array.shape), array, parameters or {})
+
+    @classmethod
+    def from_rest(
+        cls, obj: Any, binary: memoryview | None, offset: int, where: str
+    ) -> tuple[InferTensor, int]:
+        """Parse one tensor object; returns it and the offset after its binary data."""
+        if not isinstance(obj, dict):
+            raise _bad(f"{where} must be an object")
+        name, datatype, shape = obj.get("name"), obj.get("datatype"), obj.get("shape")
+        if not isinstance(name, str) or not name:
+            raise _bad(f"{where}.name must be a non-empty string")
+        if datatype not in DATATYPES:
+            raise _bad(f"{where}.datatype {datatype!r} is not one of {list(DATATYPES)}")
+        if not isinstance(shape, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise _bad(f"{where}.shape must be a list of non-negative integers")
+        params = _parameters(obj, where)
+        count = math.prod(shape)
+        dtype = DATATYPES[datatype]
+        size = params.pop(BINARY_DATA_SIZE, None)
+        if size is not None:
+            if not isinstance(size, int) or size < 0:
+                raise _bad(f"{where}.parameters.binary_data_size must be a non-negative integer")
+            if binary is None or offset + size > len(binary):
+                raise _bad(f"{where}: binary_data_size {size} runs past the binary tensor data")
+            raw = binary[offset : offset + size]
+            offset += size
+            if datatype == "BYTES":
+                array = np.empty(count, dtype=object)
+                array[:] = _split_bytes(raw, count, where)
+            else:
+                if size != count * dtype.itemsize:
+                    raise _bad(
+                        f"{where}: {size} bytes of binary data, the shape {shape} of {datatype} "
+                        f"needs {count * dtype.itemsize}"
+                    )
+                array = np.frombuffer(raw, dtype=dtype).copy()
+        else:
+            if "data" not in obj:
+                raise _bad(f"{where} has neither data nor parameters.binary_data_size")
+            array = _json_data(obj["data"], dtype, datatype, count, where)
+        return cls(name, datatype, shape, array.reshape(shape), params, size is not None), offset
+
+    def to_rest(self, binary: bool) -> tuple[dict[str, Any], bytes]:
+        """The JSON object and, when ``binary``, the raw bytes that follow the JSON."""
+        obj: dict[str, Any] = {"name": self.name, "datatype": self.datatype, "shape": self.shape}
+        params = {
+            k: v for k, v in self.parameters.items() if k not in (BINARY_DATA_SIZE, "binary_data")
+        }
+        flat = self.data.reshape(-1)
+        if binary:
+            raw = (
+                _join_bytes(flat)
+                if self.datatype == "BYTES"
+                else np.ascontiguousarray(flat, dtype=DATATYPES[self.datatype]).tobytes()
+            )
+            params[BINARY_DATA_SIZE] = len(raw)
+            obj["parameters"] = params
+            return obj, raw
+        if params:
+            obj["parameters"] = params
+        if self.datatype == "BYTES":
+            obj["data"] = [
+                b.decode("utf-8", errors="replace") if isinstance(b, bytes) else str(b)
+                for b in flat
+            ]
+        else:
+            obj["data"] = flat.tolist()
+        return obj, b""
+
+
+def _json_data(
+    data: Any, dtype: np.dtype[Any], datatype: str, count: int, where: str
+) -> np.ndarray:
+    if not isinstance(data, list):
+        raise _bad(f"{where}.data must be a list")
+    if datatype == "BYTES":
+        flat = np.asarray(data, dtype=object).reshape(-1)
+        if not all(isinstance(x, str) for x in flat):
+            raise _bad(f"{where}.data of a BYTES tensor must hold strings")
+        array = np.empty(len(flat), dtype=object)
+        array[:] = [x.encode("utf-8") for x in flat]
+    else:
+        try:
+            array = np.asarray(data, dtype=dtype).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise _bad(f"{where}.data does not hold {datatype} values: {exc}") from exc
+    if array.size != count:
+        raise _bad(f"{where}.data has {array.size} elements, the shape says {count}")
+    return array
+
+
+@dataclass
+class RequestedOutput:
+    name: str
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class InferRequest:
+    inputs: list[InferTensor]
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    outputs: list[RequestedOutput] | None = None
+
+    @classmethod
+    def from_rest(cls, body: bytes, header_length: int | None) -> InferRequest:
+        """Parse a REST request body; ``header_length`` is Inference-Header-Content-Length."""
+        if header_length is not None and not 0 < header_length <= len(body):
+            raise _bad(
+                f"Inference-Header-Content-Length {header_length} does not fit the body of "
+                f"{len(body)} bytes"
+            )
+        head = body if header_length is None else body[:header_length]
+        binary = None if header_length is None else memoryview(body)[header_length:]
+        try:
+            obj = json.loads(head)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _bad(f"the request is not valid JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise _bad("the request must be a JSON object")
+        request_id = obj.get("id")
+        if request_id is not None and not isinstance(request_id, str):
+            raise _bad("id must be a string")
+        raw_inputs = obj.get("inputs")
+        if not isinstance(raw_inputs, list) or not raw_inputs:
+            raise _bad("inputs must be a non-empty list")
+        inputs, offset = [], 0
+        for i, raw in enumerate(raw_inputs):
+            tensor, offset = InferTensor.from_rest(raw, binary, offset, f"inputs[{i}]")
+            inputs.append(tensor)
+        if binary is not None and offset != len(binary):
+            raise _bad(f"{len(binary) - offset} bytes of binary data are not claimed by any input")
+        outputs = None
+        if obj.get("outputs") is not None:
+            if not isinstance(obj["outputs"], list):
+                raise _bad("outputs must be a list")
+            outputs = []
+            for i, raw in enumerate(obj["outputs"]):
+                if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+                    raise _bad(f"outputs[{i}] must be an object with a name")
+                outputs.append(RequestedOutput(raw["name"], _parameters(raw, f"outputs[{i}]")))
+        return cls(inputs, request_id, _parameters(obj, "request"), outputs)
+
+    def to_rest(self, binary: bool = False) -> tuple[bytes, int | None]:
+        """The body and its Inference-Header-Content-Length (None for plain JSON), as the guard
+        sends it to an upstream. ``binary`` sends the inputs as binary tensor data and asks for
+        binary outputs."""
+        heads, chunks = [], []
+        for tensor in self.inputs:
+            head, raw = tensor.to_rest(binary)
+            heads.append(head)
+            chunks.append(raw)
+        obj: dict[str, Any] = {"inputs": heads}
+        if self.id is not None:
+            obj["id"] = self.id
+        parameters = dict(self.parameters)
+        if binary:
+            parameters["binary_data_output"] = True
+        if parameters:
+            obj["parameters"] = parameters
+        if self.outputs is not None:
+            obj["outputs"] = [
+                {"name": o.name, **({"parameters": o.parameters} if o.parameters else {})}
+                for o in self.outputs
+            ]
+        head_bytes = json.dumps(obj, separators=(",", ":")).encode()
+        if not binary:
+            return head_bytes, None
+        return head_bytes + b"".join(chunks), len(head_bytes)
+
+    def wants_binary(self, output_name: str) -> bool:
+        """Whether the caller asked for this output as binary tensor data."""
+        for wanted in self.outputs or []:
+            if wanted.name == output_name and "binary_data" in wanted.parameters:
+                return bool(wanted.parameters["binary_data"])
+        return bool(self.parameters.get("binary_data_output", False))
+
+
+@dataclass
+class InferResponse:
+    model_name: str
+    outputs: list[InferTensor]
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_rest(cls, body: bytes, header_length: int | None) -> InferResponse:
+        """Parse a V2 response body (from an upstream server), JSON or JSON + binary tensor
+        data. Raises ValueError when it is not one."""
+        if header_length is not None and not 0 < header_length <= len(body):
+            raise ValueError(f"Inference-Header-Content-Length {header_length} does not fit")
+        head = body if header_length is None else body[:header_length]
+        binary = None if header_length is None else memoryview(body)[header_length:]
+        try:
+            obj = json.loads(head)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"not JSON: {exc}") from exc
+        if not isinstance(obj, dict) or not isinstance(obj.get("outputs"), list):
+            raise ValueError("not a V2 inference response: no outputs list")
+        outputs, offset = [], 0
+        try:
+            for i, raw in enumerate(obj["outputs"]):
+                tensor, offset = InferTensor.from_rest(raw, binary, offset, f"outputs[{i}]")
+                outputs.append(tensor)
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from exc
+        params = obj.get("parameters") or {}
+        return cls(
+            str(obj.get("model_name", "")),
+            outputs,
+            None if obj.get("model_version") is None else str(obj["model_version"]),
+            None if obj.get("id") is None else str(obj["id"]),
+            dict(params) if isinstance(params, dict) else {},
+        )
+
+    def to_rest(self, request: InferRequest | None = None) -> tuple[bytes, int | None]:
+        """The body and the Inference-Header-Content-Length (None for plain JSON)."""
+        obj: dict[str, Any] = {"model_name": self.model_name}
+        if self.model_version is not None:
+            obj["model_version"] = self.model_version
+        if self.id is not None:
+            obj["id"] = self.id
+        obj["parameters"] = self.parameters
+        outputs, chunks = [], []
+        for tensor in self.outputs:
+            binary = request is not None and request.wants_binary(tensor.name)
+            out, raw = tensor.to_rest(binary)
+            outputs.append(out)
+            if binary:
+                chunks.append(raw)
+        obj["outputs"] = outputs
+        head = json.dumps(obj, separators=(",", ":")).encode()
+        if not chunks:
+            return head, None
+        return head + b"".join(chunks), len(head)

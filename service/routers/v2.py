@@ -1,0 +1,101 @@
+"""The Open Inference Protocol (KServe V2) over REST: health, metadata, infer.
+
+Thin: parse the body (JSON, or JSON + binary tensor data), call the data plane, write back.
+Errors come back in the protocol's shape, {"error": "..."} (service.errors). The protocol
+defines these routes; they are left out of the guard's own OpenAPI document.
+"""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.deps import DataPlaneDep, MetricsDep
+from service.errors import InvalidRequest
+from service.protocol.infer_type import InferRequest
+from service.security import require_api_key, require_key_for_health
+
+HEADER_LENGTH = "inference-header-content-length"
+
+health_router = APIRouter(
+    tags=["v2"], include_in_schema=False, dependencies=[Depends(require_key_for_health)]
+)
+router = APIRouter(tags=["v2"], include_in_schema=False, dependencies=[Depends(require_api_key)])
+
+
+@health_router.get("/v2/health/live")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@health_router.get("/v2/health/ready")
+async def ready(dataplane: DataPlaneDep) -> JSONResponse:
+    is_ready = dataplane.ready()
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+@router.get("/v2")
+async def server_metadata(dataplane: DataPlaneDep) -> dict[str, object]:
+    return dataplane.server_metadata()
+
+
+@router.get("/v2/models/{model_name}")
+@router.get("/v2/models/{model_name}/versions/{model_version}")
+async def model_metadata(
+    dataplane: DataPlaneDep, model_name: str, model_version: str | None = None
+) -> dict[str, object]:
+    return dataplane.model_metadata(model_name, model_version)
+
+
+@router.get("/v2/models/{model_name}/ready")
+@router.get("/v2/models/{model_name}/versions/{model_version}/ready")
+async def model_ready(
+    dataplane: DataPlaneDep, model_name: str, model_version: str | None = None
+) -> JSONResponse:
+    is_ready = dataplane.model_ready(model_name, model_version)
+    return JSONResponse(
+        {"name": model_name, "ready": is_ready}, status_code=200 if is_ready else 503
+    )
+
+
+def _header_length(request: Request) -> int | None:
+    raw = request.headers.get(HEADER_LENGTH)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"Inference-Header-Content-Length {raw!r} is not an integer") from exc
+
+
+@router.post("/v2/models/{model_name}/infer")
+@router.post("/v2/models/{model_name}/versions/{model_version}/infer")
+async def infer(
+    request: Request,
+    dataplane: DataPlaneDep,
+    metrics: MetricsDep,
+    model_name: str,
+    model_version: str | None = None,
+) -> Response:
+    started = time.perf_counter()
+    try:
+        if request.headers.get("content-encoding", "identity").lower() != "identity":
+            raise InvalidRequest(
+                "compressed request bodies are not accepted", accepted="Content-Encoding identity"
+            )
+        body = await request.body()
+        parsed = await run_in_threadpool(InferRequest.from_rest, body, _header_length(request))
+        answer = await dataplane.infer(model_name, model_version, parsed, dict(request.headers))
+        content, json_length = await run_in_threadpool(answer.to_rest, parsed)
+        if json_length is None:
+            return Response(content, media_type="application/json")
+        return Response(
+            content,
+            media_type="application/octet-stream",
+            headers={"Inference-Header-Content-Length": str(json_length)},
+        )
+    finally:
+        metrics.stage_duration.labels(stage="total").observe(time.perf_counter() - started)
