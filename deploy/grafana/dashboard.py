@@ -26,6 +26,15 @@ QUANTILES = (0.5, 0.95, 0.99)
 # Kept equal to the GuardFlagRatioHigh threshold in deploy/prometheus/rules/guard-alerts.yml.
 FLAG_RATIO_THRESHOLD = 0.05
 WIDTH = 24  # Grafana's grid is 24 units wide
+READY_MAPPING = [  # stat panels of 0/1 readiness gauges
+    {
+        "type": "value",
+        "options": {
+            "0": {"text": "not ready", "color": "red"},
+            "1": {"text": "ready", "color": "green"},
+        },
+    }
+]
 
 
 def target(expr: str, legend: str, ref: str, instant: bool = False, table: bool = False) -> dict:
@@ -267,15 +276,6 @@ def batching_panels() -> list[dict]:
 
 
 def model_panels() -> list[dict]:
-    ready_mapping = [
-        {
-            "type": "value",
-            "options": {
-                "0": {"text": "not ready", "color": "red"},
-                "1": {"text": "ready", "color": "green"},
-            },
-        }
-    ]
     up_mapping = [
         {
             "type": "value",
@@ -329,7 +329,7 @@ def model_panels() -> list[dict]:
                 )
             ],
             "none",
-            fieldConfig={"defaults": {"unit": "none", "mappings": ready_mapping}, "overrides": []},
+            fieldConfig={"defaults": {"unit": "none", "mappings": READY_MAPPING}, "overrides": []},
             options={"colorMode": "background", "graphMode": "none", "textMode": "value_and_name"},
         ),
         panel(
@@ -340,6 +340,89 @@ def model_panels() -> list[dict]:
             "none",
             fieldConfig={"defaults": {"unit": "none", "mappings": up_mapping}, "overrides": []},
             options={"colorMode": "background", "graphMode": "none", "textMode": "value_and_name"},
+        ),
+    ]
+
+
+def upstream_panels() -> list[dict]:
+    """Proxy mode (GUARD_UPSTREAMS): the upstream V2 server that runs a set's target model.
+    Local-mode sets export no upstream series, so these panels stay empty for them."""
+    sel = f"{JOB},{MODEL}"
+    breaker_mapping = [
+        {
+            "type": "value",
+            "options": {
+                "0": {"text": "closed", "color": "green"},
+                "1": {"text": "half-open", "color": "orange"},
+                "2": {"text": "open", "color": "red"},
+            },
+        }
+    ]
+    stat_options = {"colorMode": "background", "graphMode": "none", "textMode": "value_and_name"}
+    return [
+        row("Upstream (proxy mode)"),
+        panel(
+            "timeseries",
+            "Upstream latency p50 / p95 / p99",
+            "Inference calls to the upstream V2 server that answered (outcome ok), per model "
+            "set; each call carries the batch [x; AE(x)] of 2N images. Failed calls are in "
+            "'Upstream errors by kind'.",
+            quantile_targets(
+                "guard_upstream_request_duration_seconds", "model", f'{sel},outcome="ok"'
+            ),
+            "s",
+        ),
+        panel(
+            "timeseries",
+            "Upstream errors by kind",
+            "Failed upstream calls per second: connect, timeout, http_5xx, http_4xx, "
+            "invalid_response; breaker_open calls were refused by the open circuit breaker "
+            "and never sent.",
+            [
+                target(
+                    f"sum by (model, kind) (rate(guard_upstream_errors_total{{{sel}}}[{RATE}]))",
+                    "{{model}} {{kind}}",
+                    "A",
+                )
+            ],
+            "reqps",
+        ),
+        panel(
+            "stat",
+            "Upstream circuit breaker",
+            "The breaker of each set's upstream: closed (calls go out), half-open (one probe "
+            "call is out), open (calls fail fast with 503). GuardUpstreamDown pages on it.",
+            [
+                target(
+                    f"guard_upstream_breaker_state{{{sel}}}",
+                    "{{instance}} {{model}}",
+                    "A",
+                    instant=True,
+                )
+            ],
+            "none",
+            fieldConfig={
+                "defaults": {"unit": "none", "mappings": breaker_mapping},
+                "overrides": [],
+            },
+            options=stat_options,
+        ),
+        panel(
+            "stat",
+            "Upstream readiness",
+            "1 when the upstream answers its model-ready endpoint (polled every "
+            "GUARD_UPSTREAM_PROBE_INTERVAL_S); /readyz is 503 while it does not.",
+            [
+                target(
+                    f"guard_upstream_ready{{{sel}}}",
+                    "{{instance}} {{model}}",
+                    "A",
+                    instant=True,
+                )
+            ],
+            "none",
+            fieldConfig={"defaults": {"unit": "none", "mappings": READY_MAPPING}, "overrides": []},
+            options=stat_options,
         ),
     ]
 
@@ -365,12 +448,18 @@ def layout(panels: list[dict]) -> list[dict]:
 
 def dashboard() -> dict:
     panels = (
-        flag_panels() + traffic_panels() + latency_panels() + batching_panels() + model_panels()
+        flag_panels()
+        + traffic_panels()
+        + latency_panels()
+        + batching_panels()
+        + model_panels()
+        + upstream_panels()
     )
     return {
         "uid": UID,
         "title": "detrigger-guard",
-        "description": "Flags, traffic, latency, batching and readiness of the backdoor guard.",
+        "description": "Flags, traffic, latency, batching, readiness and upstream (proxy mode) "
+        "of the backdoor guard.",
         "tags": ["detrigger-guard"],
         "editable": True,
         "graphTooltip": 1,

@@ -86,6 +86,10 @@ def _titles() -> list[str]:
         "Queue depth",
         "Provider in use",
         "Readiness by model set",
+        "Upstream latency p50 / p95 / p99",
+        "Upstream errors by kind",
+        "Upstream circuit breaker",
+        "Upstream readiness",
     ],
 )
 def test_issue_panels_are_there(title: str) -> None:

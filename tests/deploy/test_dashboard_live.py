@@ -1,13 +1,16 @@
 """The dashboard and the alert rules against the running service.
 
-A real uvicorn serves the tiny model sets and answers clean, triggered and broken images.
-Then: every metric the dashboard and the rules use appears in its /metrics scrape, with the
-labels they group by; and a real Prometheus, scraping it and loading the alert rules,
-answers every dashboard query with data and evaluates every rule without error.
+A real uvicorn serves the tiny model sets in local mode and answers clean, triggered and
+broken images; a second one runs the tiny set in proxy mode with the first as its upstream
+(a V2 server that speaks binary tensor data) and answers clean and triggered images. Then:
+every metric the dashboard and the rules use appears in the union of their /metrics scrapes,
+with the labels they group by; and a real Prometheus, scraping both and loading the alert
+rules, answers every dashboard query with data and evaluates every rule without error.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,9 +27,9 @@ from tests.deploy.promql import (
     substitute,
 )
 from tests.support.prometheus import RunningPrometheus, prometheus_binary, run_prometheus
-from tests.support.promtext import scrape
+from tests.support.promtext import Samples, scrape, value
 from tests.support.samples import load_samples
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, serve
 
 pytestmark = pytest.mark.slow
 
@@ -35,18 +38,58 @@ TARGET_LABELS = {"job", "instance"}
 
 
 @pytest.fixture(scope="module")
-def busy_server(guard_server: RunningServer, tiny_set: Path) -> RunningServer:
-    """The shared guard after clean and triggered images and one broken upload."""
+def proxy_server(guard_server: RunningServer, tiny_set: Path) -> Iterator[RunningServer]:
+    """A guard in proxy mode: the tiny set's target runs on the shared local-mode guard."""
+    upstream = {"tiny": {"url": guard_server.url, "model": "tiny", "version": "1", "binary": True}}
+    env = {
+        "GUARD_UPSTREAMS": json.dumps(upstream),
+        "GUARD_UPSTREAM_PROBE_INTERVAL_S": "0.5",
+        "GUARD_INTRA_OP_THREADS": "1",
+    }
+    with serve([tiny_set], env) as server:  # ready only once the upstream answers ready
+        yield server
+
+
+def _classify(server: RunningServer, tiny_set: Path) -> None:
+    """Four clean and four triggered samples in one POST /classify; the triggered are flagged."""
     samples = load_samples(tiny_set)
     chosen = [s for s in samples if not s.triggered][:4] + [s for s in samples if s.triggered][:4]
     files = [("images", (s.path.name, s.read(), "image/png")) for s in chosen]
-    with httpx.Client(base_url=guard_server.url, timeout=30) as client:
-        ok = client.post("/classify", files=files)
-        assert ok.status_code == 200, ok.text
-        assert ok.json()["flagged"] >= 1  # the triggered ones
-        bad = client.post("/classify", files=[("images", ("x.png", b"not a png", "image/png"))])
-        assert bad.status_code == 422
-    return guard_server
+    ok = httpx.post(server.url + "/classify", files=files, timeout=30)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["flagged"] >= 1  # the triggered ones
+
+
+@pytest.fixture(scope="module")
+def busy_servers(
+    guard_server: RunningServer, proxy_server: RunningServer, tiny_set: Path
+) -> list[RunningServer]:
+    """The shared guard after clean and triggered images and one broken upload, and the proxy
+    guard in front of it after clean and triggered images."""
+    _classify(guard_server, tiny_set)
+    bad = httpx.post(
+        guard_server.url + "/classify",
+        files=[("images", ("x.png", b"not a png", "image/png"))],
+        timeout=30,
+    )
+    assert bad.status_code == 422
+    _classify(proxy_server, tiny_set)
+    # The proxy's verdict came from the upstream: one call answered, and it is ready.
+    proxied = scrape(proxy_server.url)
+    ok_calls = value(
+        proxied, "guard_upstream_request_duration_seconds_count", model="tiny", outcome="ok"
+    )
+    assert ok_calls >= 1
+    assert value(proxied, "guard_upstream_ready", model="tiny") == 1.0
+    return [guard_server, proxy_server]
+
+
+def _scrape_all(servers: list[RunningServer]) -> Samples:
+    """The union of the servers' scrapes; a series both export counts once."""
+    out: Samples = {}
+    for server in servers:
+        out.update(scrape(server.url))
+    return out
 
 
 def _used_metrics() -> set[str]:
@@ -54,16 +97,16 @@ def _used_metrics() -> set[str]:
     return set().union(*map(metric_names, exprs)) - {"up"}  # `up` is Prometheus' own
 
 
-def test_every_metric_used_appears_in_a_live_scrape(busy_server: RunningServer) -> None:
-    scraped = {name for name, _ in scrape(busy_server.url)}
+def test_every_metric_used_appears_in_a_live_scrape(busy_servers: list[RunningServer]) -> None:
+    scraped = {name for name, _ in _scrape_all(busy_servers)}
     used = _used_metrics()
     assert len(used) >= 10
     assert used - scraped == set(), "metrics the dashboard or rules use but the service lacks"
 
 
-def test_grouping_labels_exist_on_the_scraped_series(busy_server: RunningServer) -> None:
+def test_grouping_labels_exist_on_the_scraped_series(busy_servers: list[RunningServer]) -> None:
     labels_of: dict[str, set[str]] = {}
-    for name, labels in scrape(busy_server.url):
+    for name, labels in _scrape_all(busy_servers):
         labels_of.setdefault(name, set()).update(k for k, _ in labels)
     for title, expr in {**dashboard_exprs(), **rule_exprs()}.items():
         have = set(TARGET_LABELS)
@@ -73,15 +116,19 @@ def test_grouping_labels_exist_on_the_scraped_series(busy_server: RunningServer)
 
 
 @pytest.fixture(scope="module")
-def prometheus(busy_server: RunningServer) -> Iterator[RunningPrometheus]:
-    """A real Prometheus scraping the guard every second, with the alert rules loaded."""
+def prometheus(busy_servers: list[RunningServer]) -> Iterator[RunningPrometheus]:
+    """A real Prometheus scraping both guards every second, with the alert rules loaded."""
     if prometheus_binary() is None:
         pytest.fail("prometheus not found: apt-get install prometheus (.ci/run does)")
     rule_files = "rule_files:\n" + "".join(f"  - {p}\n" for p in RULE_FILES)
-    with run_prometheus([busy_server.url], job="detrigger-guard", extra_config=rule_files) as prom:
-        # At least 3 scrapes, so that rate() over the dashboard's windows has data.
-        scrapes = prom.wait_for('count_over_time(up{job="detrigger-guard"}[1m]) >= bool 3', 1.0)
-        assert scrapes == 1.0, prom.log_path.read_text()[-3000:]
+    urls = [s.url for s in busy_servers]
+    with run_prometheus(urls, job="detrigger-guard", extra_config=rule_files) as prom:
+        # Every target up for at least 3 scrapes, so that rate() over the dashboard's windows
+        # has data on each.
+        both = prom.wait_for(
+            'count(sum_over_time(up{job="detrigger-guard"}[1m]) >= 3)', float(len(urls))
+        )
+        assert both == len(urls), prom.log_path.read_text()[-3000:]
         yield prom
 
 

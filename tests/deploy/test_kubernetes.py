@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from service.settings import Settings
 from tests.deploy.promql import DASHBOARD, REPO, alert_rules, check_parses, promtool
 
 K8S = REPO / "deploy" / "k8s"
@@ -123,6 +124,35 @@ def test_sidecar_model_server_is_reachable_only_through_the_guard() -> None:
     (rule,) = policy["spec"]["ingress"]
     assert [p["port"] for p in rule["ports"]] == list(guard_ports.values())
     assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+
+
+def test_sidecar_guard_proxies_to_the_model_server_in_its_pod(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The guard's settings, read from the pod's env as the service reads them, send the set
+    it serves to the model Triton loads, on Triton's loopback HTTP port, as binary data."""
+    pod = _pod("sidecar")
+    guard = _container(pod, "guard")
+    for e in guard["env"]:
+        if "value" in e:
+            monkeypatch.setenv(e["name"], e["value"])
+    settings = Settings()
+    triton = dict(
+        a.removeprefix("--").split("=", 1)
+        for a in _container(pod, "model-server")["args"]
+        if a.startswith("--")
+    )
+    (upstream,) = settings.upstreams.values()
+    assert [Path(m).name for m in settings.models] == list(settings.upstreams) == ["mnist"]
+    assert upstream.url == f"http://{triton['http-address']}:{triton['http-port']}"
+    assert triton["model-control-mode"] == "explicit"
+    assert (upstream.model, upstream.version) == (triton["load-model"], "1")
+    assert upstream.binary  # Triton speaks the binary tensor data extension
+    assert settings.upstream_connect_timeout_s == 0.5
+    assert settings.upstream_read_timeout_s == 10
+    assert settings.upstream_forward_headers == ["traceparent", "tracestate", "baggage"]
+    # Readiness includes the upstream: /readyz, not /healthz.
+    assert guard["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
 @pytest.mark.parametrize("name", sorted(OVERLAYS))

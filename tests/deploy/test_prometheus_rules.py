@@ -56,7 +56,7 @@ def test_every_alert_has_a_firing_and_a_quiet_unit_test() -> None:
 
 
 def test_issue_alerts_are_all_there() -> None:
-    """Flag-rate spike, flag ratio, errors, p99 latency, not ready, down."""
+    """Flag-rate spike, flag ratio, errors, p99 latency, not ready, down, upstream down."""
     exprs = {r["alert"]: r["expr"] for r in alert_rules()}
     assert "offset" in exprs["GuardFlagRateSpike"]  # compared with its own past
     assert "guard_images_total" in exprs["GuardFlagRatioHigh"]
@@ -64,3 +64,5 @@ def test_issue_alerts_are_all_there() -> None:
     assert "histogram_quantile(0.99" in exprs["GuardLatencyP99High"]
     assert "guard_model_ready" in exprs["GuardModelNotReady"]
     assert "up{" in exprs["GuardDown"]
+    assert "guard_upstream_ready" in exprs["GuardUpstreamDown"]
+    assert "guard_upstream_breaker_state" in exprs["GuardUpstreamDown"]
