@@ -2,7 +2,6 @@
 written it: clean samples answered and mostly not flagged, triggered ones flagged."""
 
 import io
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -10,18 +9,12 @@ import pytest
 from PIL import Image
 
 from tests.support.promtext import scrape, value
-from tests.support.samples import load_samples
+from tests.support.samples import SHIPPED_MNIST, load_samples
 from tests.support.server import serve
 
-MNIST = Path(__file__).resolve().parents[2] / "models" / "mnist"
+MNIST = SHIPPED_MNIST
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (MNIST / "manifest.json").exists() or not load_samples(MNIST),
-        reason="models/mnist with samples/ is not shipped yet (make reproduce DATASET=mnist)",
-    ),
-]
+pytestmark = pytest.mark.slow
 
 
 def with_trigger(png: bytes) -> bytes:

@@ -1,22 +1,16 @@
 """A real Prometheus scrapes the real guard on loopback; PromQL sees the flagged count."""
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.support.prometheus import prometheus_binary, run_prometheus
+from tests.support.prometheus import run_prometheus
 from tests.support.server import RunningServer, serve
 from tests.support.tiny_models import TinySpec, add_trigger, clean_image, png_bytes
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        prometheus_binary() is None, reason="prometheus not installed; .ci/run installs it"
-    ),
-]
+pytestmark = pytest.mark.slow
 
 
 def test_prometheus_scrapes_the_flagged_count(tiny_set: Path) -> None:
@@ -45,7 +39,6 @@ def test_prometheus_scrapes_the_flagged_count(tiny_set: Path) -> None:
         assert ratio is not None and abs(ratio - 5 / 12) < 1e-9, ratio
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed")
 def test_promtool_finds_no_naming_problems(guard_server: RunningServer) -> None:
     files = [("images", ("a.png", png_bytes(clean_image(TinySpec(), 3)), "image/png"))]
     assert httpx.post(guard_server.url + "/classify", files=files).status_code == 200

@@ -11,7 +11,6 @@ import io
 import json
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -22,17 +21,11 @@ from tritonclient.utils import InferenceServerException
 
 from tests.support.mlserver import RunningMLServer, run_mlserver
 from tests.support.promtext import scrape, value
-from tests.support.samples import Sample, load_samples
+from tests.support.samples import SHIPPED_MNIST, Sample, load_samples
 from tests.support.server import RunningServer, serve
 
-MNIST = Path(__file__).resolve().parents[2] / "models" / "mnist"
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (MNIST / "manifest.json").exists() or not load_samples(MNIST),
-        reason="models/mnist with samples/ is not shipped yet (make reproduce DATASET=mnist)",
-    ),
-]
+MNIST = SHIPPED_MNIST
+pytestmark = pytest.mark.slow
 Client = Callable[[str], triton.InferenceServerClient]
 READ_TIMEOUT_S = 1.5
 BREAKER_RESET_S = 1.0

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.processes import stop
 from tests.support.server import REPO, free_port
 
 VENV = REPO / ".venv-mlserver"
@@ -97,13 +98,8 @@ class RunningMLServer:
         raise RuntimeError(f"mlserver did not get ready:\n{self.log_text()[-4000:]}")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            stop(self.process, timeout=15)
 
     def slow_down(self, seconds: float) -> None:
         self.slow_file.write_text(str(seconds))

@@ -14,6 +14,7 @@ from urllib.parse import urlparse
 
 import httpx
 
+from tests.support.processes import stop
 from tests.support.server import free_port
 
 
@@ -96,10 +97,5 @@ def run_prometheus(
                 continue
             raise RuntimeError(f"prometheus did not start:\n{text[-3000:]}")
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
     raise RuntimeError("prometheus: no free port after 3 attempts")

@@ -6,6 +6,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+# The shipped demo set (make reproduce DATASET=mnist); the end-to-end tests use it.
+SHIPPED_MNIST = Path(__file__).resolve().parents[2] / "models" / "mnist"
+
 _NAME = re.compile(r"^(clean|triggered)_(\d+)_label(\d+)\.png$")
 
 

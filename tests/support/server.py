@@ -17,6 +17,8 @@ from typing import Any
 
 import httpx
 
+from tests.support.processes import stop
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -114,12 +116,7 @@ def serve(
                 continue  # lost the port race; try another
             raise RuntimeError(f"guard server did not come up:\n{server.log_text()[-4000:]}")
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process)
     raise RuntimeError("guard server: no free port after 3 attempts")
 
 
