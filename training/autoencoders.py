@@ -1,0 +1,108 @@
+"""De-trigger autoencoders. Both map images (N, C, H, W) in [0, 1] to images of the same shape,
+clamped to [0, 1].
+
+- `mlp`: the paper's (Section IV-C): flattened pixels -> 250 -> 100 -> 20 -> 100 -> 250 -> pixels,
+  ReLU, sigmoid output.
+- `conv`: ours. A small U-Net that predicts a per-pixel mask m in [0, 1] and a fill r, and outputs
+  (1 - m) * x + m * r: where m is 0 the pixel passes through unchanged, so a clean image keeps its
+  detail and the target's decision on it does not move. The MLP, by contrast, re-draws (blurs) every
+  image, which is what makes its class-change rule fire on clean images.
+  Trained with the L2 loss plus a per-pixel BCE on the mask against the pixels the training trigger
+  changed: with the L2 loss alone the mask collapses to 0 everywhere (the ~1% trigger pixels lose
+  to the ~99% clean ones and the sigmoid saturates), and the AE stays the identity.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+AUTOENCODERS = ("mlp", "conv")
+
+
+class MLPAutoencoder(nn.Module):
+    def __init__(
+        self, in_channels: int, size: int, hidden: tuple[int, ...] = (250, 100, 20, 100, 250)
+    ) -> None:
+        super().__init__()
+        self.shape = (in_channels, size, size)
+        d = in_channels * size * size
+        dims = [d, *hidden]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for a, b in zip(dims[:-1], dims[1:], strict=True):
+            layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
+        layers += [nn.Linear(dims[-1], d), nn.Sigmoid()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (N, C, H, W) -> (N, C*H*W) -> (N, C, H, W); -1 keeps the batch axis dynamic in ONNX.
+        return self.net(x).reshape(-1, *self.shape)
+
+
+def _block(i: int, o: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(i, o, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(o, o, 3, padding=1),
+        nn.ReLU(inplace=True),
+    )
+
+
+class MaskedConvAutoencoder(nn.Module):
+    """Two-level U-Net: enc (C -> w, H) -> down (2w, H/2) -> down (4w, H/4) -> up with skips.
+    Head: 1 mask logit + C fill channels. Needs H, W divisible by 4."""
+
+    def __init__(self, in_channels: int, width: int = 16) -> None:
+        super().__init__()
+        w = width
+        self.enc1 = _block(in_channels, w)  # (N, w, H, W)
+        self.enc2 = _block(w, 2 * w)  # (N, 2w, H/2, W/2)
+        self.mid = _block(2 * w, 4 * w)  # (N, 4w, H/4, W/4)
+        self.pool = nn.MaxPool2d(2)
+        self.up2 = nn.ConvTranspose2d(4 * w, 2 * w, 2, stride=2)
+        self.dec2 = _block(4 * w, 2 * w)
+        self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
+        self.dec1 = _block(2 * w + in_channels, w)
+        self.head = nn.Conv2d(w, 1 + in_channels, 1)
+        # Start with a nearly closed mask (sigmoid(-4) ~ 0.02): the identity is the default.
+        nn.init.constant_(self.head.bias[:1], -4.0)
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mask logit (N, 1, H, W), fill (N, C, H, W) in [0, 1])."""
+        e1 = self.enc1(x)
+        e2 = self.enc2(self.pool(e1))
+        m = self.mid(self.pool(e2))
+        d2 = self.dec2(torch.cat([self.up2(m), e2], 1))
+        d1 = self.dec1(torch.cat([self.up1(d2), e1, x], 1))
+        out = self.head(d1)
+        return out[:, :1], torch.sigmoid(out[:, 1:])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mask_logit, fill = self.parts(x)
+        mask = torch.sigmoid(mask_logit)  # (N, 1, H, W)
+        return (1 - mask) * x + mask * fill
+
+    def mask(self, x: torch.Tensor) -> torch.Tensor:
+        """The predicted mask (N, 1, H, W), for plots."""
+        return torch.sigmoid(self.parts(x)[0])
+
+
+class Clamp01(nn.Module):
+    """Wraps an AE so that its output is clipped to [0, 1] (the model contract)."""
+
+    def __init__(self, ae: nn.Module) -> None:
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ae(x).clamp(0.0, 1.0)
+
+
+def build_autoencoder(arch: str, in_channels: int, size: int, width: int = 16) -> nn.Module:
+    if arch == "mlp":
+        ae: nn.Module = MLPAutoencoder(in_channels, size)
+    elif arch == "conv":
+        ae = MaskedConvAutoencoder(in_channels, width)
+    else:
+        raise ValueError(f"unknown autoencoder {arch!r}; allowed: {', '.join(AUTOENCODERS)}")
+    return Clamp01(ae)

@@ -1,0 +1,363 @@
+"""Reproduce the shipped model sets and reports: train the backdoored target, train both de-trigger
+autoencoders, evaluate on the full test set, calibrate and pick the decision, export to ONNX (with
+the parity check) and write models/<dataset>/ and reports/<dataset>/.
+
+    python -m training.reproduce --dataset mnist        # or fashion-mnist, cifar10, all
+
+Checkpoints go to --run-dir/<dataset>/ (git-ignored); a finished checkpoint made with the same
+config is reused, a partial one is resumed, so an interrupted run can be started again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training import report as rep
+from training.datasets import load_dataset
+from training.detection import decide
+from training.evaluate import choose_decision, evaluate_pair
+from training.export import export_and_check, onnx_logits_pair, write_manifest, write_samples
+from training.models import TARGETS
+from training.presets import PRESETS
+from training.train_detrigger import train_autoencoder
+from training.train_target import split_train_val, train_target
+from training.triggers import Trigger
+
+PAPER_EPOCHS = {"mnist": 50, "fashion-mnist": 50, "cifar10": 200}
+N_SAMPLES = 8
+log = logging.getLogger("training.reproduce")
+
+
+def hardware() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = "CUDA GPU" if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{model} ({os.cpu_count()} CPU cores), {torch.get_num_threads()} torch threads, "
+        f"{platform.machine()}, {gpu}"
+    )
+
+
+def versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def to_float(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).float().div_(255.0)  # (N, C, H, W) in [0, 1]
+
+
+def run_dataset(name: str, args: argparse.Namespace) -> dict:
+    preset = PRESETS[name]
+    cfg = preset.target
+    t_start = time.time()
+    stages: dict[str, float] = {}
+    run_dir = Path(args.run_dir) / name
+
+    t = time.time()
+    train = load_dataset(name, "train", args.data_dir, args.download)
+    test = load_dataset(name, "test", args.data_dir, args.download)
+    tr, va = split_train_val(len(train), cfg.val_size, cfg.seed)
+    log.info(
+        "%s: %d train (%d held out for validation), %d test images %s",
+        name,
+        len(train),
+        len(va),
+        len(test),
+        train.images.shape[1:],
+    )
+    stages["load"] = time.time() - t
+
+    t = time.time()
+    target = train_target(
+        cfg, train.images[tr], train.labels[tr], preset.mean, preset.std, run_dir, log.info
+    )
+    stages["target"] = time.time() - t
+    aes = {}
+    for ae_name, ae_cfg in preset.autoencoders.items():
+        t = time.time()
+        aes[ae_name] = train_autoencoder(ae_cfg, train.images[tr], run_dir, log.info)
+        stages[f"ae_{ae_name}"] = time.time() - t
+
+    t = time.time()
+    trigger = Trigger(**cfg.trigger)
+    test_x, val_x = to_float(test.images), to_float(train.images[va])
+    val_y = train.labels[va]
+    results, raws, cache = {}, {}, {}
+    fprs = tuple(sorted({*preset.calibration_fprs, preset.target_fpr}))  # (0.01, [0.03,] 0.05)
+    for ae_name, ae in aes.items():
+        results[ae_name], raws[ae_name] = evaluate_pair(
+            target, ae, test_x, test.labels, val_x, val_y, trigger, cfg.target_class, fprs, cache
+        )
+        r = results[ae_name]
+        log.info(
+            "%s %s AE: clean acc %.4f, after AE %.4f, ASR %.4f, class-change detection "
+            "%.4f at FPR %.4f, backdoor acc after AE %.4f",
+            name,
+            ae_name,
+            r["clean_accuracy"],
+            r["clean_accuracy_after_ae"],
+            r["attack_success_rate"],
+            r["test"]["class_change"]["detection_rate"],
+            r["test"]["class_change"]["false_positive_rate"],
+            r["backdoor_accuracy_after_ae"],
+        )
+    shipped = preset.shipped_ae
+    decision = choose_decision(results[shipped], preset.target_fpr)
+    log.info("%s decision: %s", name, decision)
+    stages["evaluate"] = time.time() - t
+
+    # --- export the model set
+    t = time.time()
+    out = Path(args.models_dir) / name
+    out.mkdir(parents=True, exist_ok=True)
+    pos_idx = np.flatnonzero(test.labels != cfg.target_class)[:N_SAMPLES]
+    check_batch = torch.cat([test_x[:16], trigger(test_x[:16])])
+    target_entry = export_and_check(target, check_batch, out / "target.onnx", "images", "logits")
+    ae_entry = export_and_check(
+        aes[shipped], check_batch, out / "detrigger.onnx", "images", "images_out"
+    )
+    target_entry["architecture"] = cfg.arch
+    ae_entry["architecture"] = shipped
+    clean_s = test_x[pos_idx].numpy()
+    trig_s = trigger(test_x[pos_idx]).numpy()
+    write_samples(out / "samples", clean_s, trig_s, test.labels[pos_idx])
+    lx_c, lae_c, lx_t, lae_t = raws[shipped]["logits"]
+    samples = []
+    for kind, lx, lae in (("clean", lx_c, lae_c), ("triggered", lx_t, lae_t)):
+        flags = decide(
+            decision["rule"], lx[pos_idx], lae[pos_idx], decision["score"], decision["threshold"]
+        )
+        for i, j in enumerate(pos_idx):
+            samples.append(
+                {
+                    "file": f"samples/{kind}_{i:02d}_label{int(test.labels[j])}.png",
+                    "kind": kind,
+                    "label": int(test.labels[j]),
+                    "test_index": int(j),
+                    "predicted": int(lx[j].argmax()),
+                    "predicted_after_ae": int(lae[j].argmax()),
+                    "flagged": bool(flags[i]),
+                }
+            )
+    # The shipped decision, recomputed with ONNX Runtime on the exported graphs (as the service
+    # runs it) over the full test set, against torch's flags.
+    pos = test.labels != cfg.target_class
+    ort_eval = {}
+    for kind, imgs, lx, lae in (
+        ("clean", test_x, lx_c, lae_c),
+        ("triggered", trigger(test_x), lx_t, lae_t),
+    ):
+        olx, olae = onnx_logits_pair(out / "target.onnx", out / "detrigger.onnx", imgs.numpy())
+        rule, score_name, threshold = decision["rule"], decision["score"], decision["threshold"]
+        f_onnx = decide(rule, olx, olae, score_name, threshold)
+        f_torch = decide(rule, lx, lae, score_name, threshold)
+        sel = slice(None) if kind == "clean" else pos
+        ort_eval[kind] = (f_onnx[sel], f_torch[sel], float(np.abs(olx - lx).max()))
+    onnx_runtime = {
+        "detection_rate": float(ort_eval["triggered"][0].mean()),
+        "false_positive_rate": float(ort_eval["clean"][0].mean()),
+        "flag_agreement_with_torch": float(
+            np.mean(np.concatenate([ort_eval[k][0] == ort_eval[k][1] for k in ort_eval]))
+        ),
+        "max_abs_logit_diff": max(ort_eval[k][2] for k in ort_eval),
+    }
+    log.info("%s ONNX Runtime on the test set: %s", name, onnx_runtime)
+    r = results[shipped]
+    test_key = (
+        "class_change"
+        if decision["rule"] == "class_change"
+        else f"{decision['score']}@fpr{preset.target_fpr:g}"
+    )
+    training_cfg = {
+        "seed": cfg.seed,
+        "target": asdict(cfg),
+        "autoencoders": {k: asdict(v) for k, v in preset.autoencoders.items()},
+        "normalisation": {"mean": preset.mean, "std": preset.std},
+        "validation_split": {"n": int(len(va)), "from": "training data"},
+    }
+    manifest = {
+        "format_version": 1,
+        "name": name,
+        "description": f"BadNets-backdoored demo {cfg.arch} target with the {shipped} de-trigger "
+        "AE (Kwon, de-trigger autoencoder)",
+        "input": {
+            "height": int(test.images.shape[2]),
+            "width": int(test.images.shape[3]),
+            "channels": int(test.images.shape[1]),
+        },
+        "classes": list(test.classes),
+        "target": target_entry,
+        "detrigger": ae_entry,
+        "decision": decision,
+        "backdoor": {
+            "target_class": cfg.target_class,
+            "poison_rate": cfg.poison_rate,
+            "trigger": trigger.to_dict(),
+        },
+        "evaluation": {
+            "clean_accuracy": r["clean_accuracy"],
+            "clean_accuracy_after_ae": r["clean_accuracy_after_ae"],
+            "attack_success_rate": r["attack_success_rate"],
+            "detection_rate": r["test"][test_key]["detection_rate"],
+            "false_positive_rate": r["test"][test_key]["false_positive_rate"],
+            "backdoor_accuracy_after_ae": r["backdoor_accuracy_after_ae"],
+            "auroc": r["scores"][decision["score"]]["auroc"],
+            "tpr_at_fpr0.01": r["scores"][decision["score"]]["tpr_at_fpr0.01"],
+            "tpr_at_fpr0.05": r["scores"][decision["score"]]["tpr_at_fpr0.05"],
+            "n_test": r["n_test"],
+            "n_positive": r["n_positive"],
+            "onnx_runtime": onnx_runtime,
+            "report": f"reports/{name}/report.json",
+        },
+        "samples": samples,
+        "training": training_cfg,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "versions": versions(),
+    }
+    write_manifest(out, manifest)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    log.info("%s model set written to %s (%.1f MB)", name, out, size / 1e6)
+    if size >= 20e6:
+        raise RuntimeError(f"{out} is {size / 1e6:.1f} MB; a shipped set must stay under 20 MB")
+    stages["export"] = time.time() - t
+
+    # --- report
+    folder = Path(args.reports_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    rep.plot_bars(results, folder / "bars.png", f"{name}: accuracy before / after the AE")
+    rep.plot_roc(
+        {k: v["roc"] for k, v in raws.items()}, folder / "roc.png", f"{name}: detection ROC"
+    )
+    ex = np.flatnonzero(test.labels != cfg.target_class)[:N_SAMPLES]
+    rows = {"clean": test_x[ex].numpy(), "triggered": trigger(test_x[ex]).numpy()}
+    captions = {
+        "clean": [f"y={test.labels[j]} pred={raws[shipped]['logits'][0][j].argmax()}" for j in ex],
+        "triggered": [f"pred={raws[shipped]['logits'][2][j].argmax()}" for j in ex],
+    }
+    with torch.no_grad():
+        for ae_name, ae in aes.items():
+            rows[f"{ae_name} AE"] = ae(trigger(test_x[ex])).numpy()
+            captions[f"{ae_name} AE"] = [
+                f"pred={raws[ae_name]['logits'][3][j].argmax()}" for j in ex
+            ]
+    rep.plot_examples(rows, folder / "examples.png", captions)
+    report = {
+        "dataset": name,
+        "target_arch": cfg.arch,
+        "shipped_ae": shipped,
+        "decision": decision,
+        "results": results,
+        "onnx_runtime": onnx_runtime,
+        "training": training_cfg,
+        "paper_epochs": PAPER_EPOCHS.get(name),
+        "command": " ".join(["python -m training.reproduce", *sys.argv[1:]]),
+        "seed": cfg.seed,
+        "hardware": hardware(),
+        "versions": versions(),
+        "stage_seconds": stages,
+        "wall_seconds": time.time() - t_start,
+        "note": "Training stages that found a finished checkpoint of the same config in the run "
+        "directory reloaded it; their time is then the load time.",
+    }
+    rep.write_dataset_report(folder, report)
+    return report
+
+
+def write_readme(reports_dir: Path) -> None:
+    reports = {}
+    for name in PRESETS:
+        p = reports_dir / name / "report.json"
+        if p.is_file():
+            reports[name] = json.loads(p.read_text())
+    (reports_dir / "README.md").write_text(rep.readme(reports, tuple(PRESETS)))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--dataset", default="all", help="mnist, fashion-mnist, cifar10 or all (default: all)"
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder looked at first for the data files (default: only the standard "
+        "places, see training/datasets.py)",
+    )
+    p.add_argument(
+        "--download",
+        action="store_true",
+        help="download missing data from the official sources into --data-dir",
+    )
+    p.add_argument("--models-dir", default="models", help="where model sets go (default: models)")
+    p.add_argument("--reports-dir", default="reports", help="where reports go (default: reports)")
+    p.add_argument("--run-dir", default="runs", help="checkpoints and logs (default: runs)")
+    p.add_argument(
+        "--target-arch",
+        default=None,
+        choices=TARGETS,
+        help="override the preset's target architecture, e.g. vgg19 for the paper's "
+        "CIFAR-10 net (default: the preset's)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch CPU threads per process (default: 2; use 1 on a busy machine, where "
+        "two threads of one process wait on each other)",
+    )
+    args = p.parse_args()
+    names = list(PRESETS) if args.dataset == "all" else [args.dataset]
+    for n in names:
+        if n not in PRESETS:
+            p.error(f"unknown dataset {n!r}; allowed: {', '.join(PRESETS)}, all")
+    Path(args.run_dir).mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(message)s",
+        handlers=[
+            logging.StreamHandler(),
+            logging.FileHandler(Path(args.run_dir) / "reproduce.log"),
+        ],
+    )
+    torch.set_num_threads(args.threads)
+    for n in names:
+        PRESETS[n].target.threads = args.threads
+        if args.target_arch:
+            PRESETS[n].target.arch = args.target_arch
+        for ae_cfg in PRESETS[n].autoencoders.values():
+            ae_cfg.threads = args.threads
+        run_dataset(n, args)
+        write_readme(Path(args.reports_dir))
+
+
+if __name__ == "__main__":
+    main()

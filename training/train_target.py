@@ -1,0 +1,254 @@
+"""Train the deliberately backdoored target classifier (BadNets poisoning), with checkpoints so a
+long run can resume.
+
+The poisoned training set is an index over the clean images: every clean training image plus
+round(poison_rate * N) triggered copies relabelled to the target class. Augmentation runs on the
+batch first and the trigger is stamped afterwards on the rows flagged as poisoned.
+
+    python -m training.train_target --dataset mnist --epochs 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from training.augment import AUGMENTS, augment
+from training.models import TARGETS, build_target
+from training.triggers import Trigger, poison_index
+
+
+@dataclass
+class TargetConfig:
+    dataset: str = "mnist"
+    arch: str = "kwon_cnn"
+    widths: tuple[int, int, int, int] | None = None  # resnet_small only
+    epochs: int = 4
+    batch_size: int = 128
+    optimizer: str = "adam"  # adam | sgd (Nesterov)
+    lr: float = 1e-3  # peak learning rate
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "onecycle"  # onecycle (linear warm-up 20%, linear decay to 0) | constant
+    label_smoothing: float = 0.0
+    augment: str = "none"
+    poison_rate: float = 0.1
+    target_class: int = 0
+    trigger: dict = field(default_factory=lambda: Trigger().to_dict())
+    val_size: int = 5000  # clean training images held out for calibration, never trained on
+    seed: int = 0
+    threads: int = 2
+
+
+def same_config(a: dict, b: dict) -> bool:
+    """Configs match for resuming when they agree on everything but the thread count (an execution
+    detail; the report records it)."""
+    return {k: v for k, v in a.items() if k != "threads"} == {
+        k: v for k, v in b.items() if k != "threads"
+    }
+
+
+def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint (train, val) index arrays over n training images, fixed by seed."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
+
+
+def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
+    return x_uint8.float().div_(255.0)
+
+
+def lr_factor(step: int, total: int, schedule: str) -> float:
+    """Multiplier of the peak lr at `step` of `total`."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "onecycle":
+        warm = max(1, int(0.2 * total))
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total - step) / max(1, total - warm))
+    raise ValueError(f"unknown schedule {schedule!r}; allowed: onecycle, constant")
+
+
+def make_optimizer(model: nn.Module, cfg: TargetConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        # No weight decay on BatchNorm parameters and biases (the usual practice).
+        decay = [p for p in model.parameters() if p.ndim > 1]
+        rest = [p for p in model.parameters() if p.ndim <= 1]
+        return torch.optim.SGD(
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": rest, "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=True,
+        )
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; allowed: adam, sgd")
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, images: torch.Tensor, batch_size: int = 1000, transform=None
+) -> torch.Tensor:
+    """Logits (N, classes) for float images (N, C, H, W) in [0, 1] (or uint8, converted)."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size]
+        x = to_float(x) if x.dtype == torch.uint8 else x
+        if transform is not None:
+            x = transform(x)
+        out.append(model(x.contiguous(memory_format=torch.channels_last)))
+    return torch.cat(out)
+
+
+def train_target(
+    cfg: TargetConfig,
+    train_images: np.ndarray,
+    train_labels: np.ndarray,
+    mean: list[float],
+    std: list[float],
+    run_dir: Path,
+    log=print,
+) -> nn.Module:
+    """Train (or resume, or reload when finished) the target model of `cfg` in run_dir.
+    train_images: (N, C, H, W) uint8 of the training split with the validation images removed."""
+    if cfg.augment not in AUGMENTS:
+        raise ValueError(f"unknown augmentation {cfg.augment!r}; allowed: {', '.join(AUGMENTS)}")
+    torch.set_num_threads(cfg.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = run_dir / "target.ckpt"
+    n, c, h, w = train_images.shape
+    num_classes = int(train_labels.max()) + 1
+
+    torch.manual_seed(cfg.seed)
+    model = build_target(cfg.arch, c, num_classes, h, mean, std, cfg.widths)
+    model = model.to(memory_format=torch.channels_last)
+    opt = make_optimizer(model, cfg)
+    trigger = Trigger(**cfg.trigger)
+    src, y, flag = poison_index(
+        train_labels, cfg.poison_rate, cfg.target_class, np.random.default_rng(cfg.seed)
+    )
+    steps_per_epoch = math.ceil(len(src) / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+
+    start_epoch = 0
+    cfg_dict = json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as stored
+    if ckpt_path.is_file():
+        ckpt = torch.load(ckpt_path, weights_only=False)
+        if same_config(ckpt["config"], cfg_dict):
+            model.load_state_dict(ckpt["model"])
+            opt.load_state_dict(ckpt["optimizer"])
+            start_epoch = ckpt["epoch"]
+            log(f"resuming target from {ckpt_path} at epoch {start_epoch}/{cfg.epochs}")
+        else:
+            log(f"{ckpt_path} was made with another config; training from scratch")
+
+    images_t = torch.from_numpy(train_images)
+    src_t, y_t, flag_t = torch.from_numpy(src), torch.from_numpy(y), torch.from_numpy(flag)
+    for epoch in range(start_epoch, cfg.epochs):
+        # Per-epoch seeds make a resumed run identical to an uninterrupted one.
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout
+        model.train()
+        perm = torch.randperm(len(src_t), generator=g)
+        t0, seen, correct, loss_sum = time.time(), 0, 0, 0.0
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"target epoch {epoch + 1}/{cfg.epochs}",
+            mininterval=10,
+            leave=False,
+        )
+        for i in bar:
+            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x = augment(to_float(images_t[src_t[idx]]), cfg.augment, g)  # (B, C, H, W)
+            pois = flag_t[idx]
+            if pois.any():
+                x[pois] = trigger(x[pois])
+            x = x.contiguous(memory_format=torch.channels_last)
+            target = y_t[idx]
+            step = epoch * steps_per_epoch + i
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * lr_factor(step, total, cfg.schedule)
+            logits = model(x)
+            loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(idx)
+            correct += int((logits.argmax(1) == target).sum())
+            loss_sum += loss.item() * len(idx)
+            bar.set_postfix(
+                loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False
+            )
+        dt = time.time() - t0
+        log(
+            f"target epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / seen:.4f} "
+            f"train acc {correct / seen:.4f} ({dt:.0f} s, {seen / dt:.0f} img/s)"
+        )
+        torch.save(
+            {
+                "config": cfg_dict,
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch + 1,
+            },
+            ckpt_path,
+        )
+    model.eval()
+    return model
+
+
+def main() -> None:
+    from training.datasets import DATASETS, load_dataset
+    from training.presets import PRESETS
+
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--dataset",
+        default="mnist",
+        choices=[d for d in DATASETS if d in PRESETS],
+        help="which preset to train (default: mnist)",
+    )
+    p.add_argument("--data-dir", default=None, help="folder looked at first for the data files")
+    p.add_argument(
+        "--arch", default=None, choices=TARGETS, help="target architecture (default: the preset's)"
+    )
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
+    p.add_argument("--run-dir", default="runs", help="where checkpoints go (default: runs)")
+    args = p.parse_args()
+    preset = PRESETS[args.dataset]
+    cfg = preset.target
+    if args.arch:
+        cfg.arch = args.arch
+    if args.epochs:
+        cfg.epochs = args.epochs
+    train = load_dataset(args.dataset, "train", args.data_dir)
+    tr, _ = split_train_val(len(train), cfg.val_size, cfg.seed)
+    train_target(
+        cfg,
+        train.images[tr],
+        train.labels[tr],
+        preset.mean,
+        preset.std,
+        Path(args.run_dir) / args.dataset,
+    )
+
+
+if __name__ == "__main__":
+    main()
