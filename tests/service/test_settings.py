@@ -55,6 +55,6 @@ def test_unsafe_values_are_refused(monkeypatch: pytest.MonkeyPatch, env: dict[st
 
 
 def test_every_setting_is_documented() -> None:
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "service.md").read_text()
+    doc = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     for name in Settings.model_fields:
         assert f"| `GUARD_{name.upper()}` |" in doc, name
