@@ -123,6 +123,16 @@ class DecisionSummary(BaseModel):
     threshold: float
 
 
+class AuditSummary(BaseModel):
+    """The manifest's optional `audit` entry (training/audit: trigger synthesis)."""
+
+    flagged: bool
+    target_classes: list[int] = Field(description="Classes flagged as backdoor targets.")
+    repair: str | None = Field(default=None, description="'unlearning' or 'pruning' when the "
+                               "target was repaired; null otherwise.")
+    report: str | None = None
+
+
 class ModelSummary(BaseModel):
     name: str
     default: bool
@@ -135,6 +145,7 @@ class ModelSummary(BaseModel):
     provider: str | None = None
     target: GraphSummary | None = None
     detrigger: GraphSummary | None = None
+    audit: AuditSummary | None = None
 
 
 class ModelsResponse(BaseModel):
@@ -167,6 +178,16 @@ def model_summary(slot: Slot, default: bool) -> ModelSummary:
     summary.detrigger = GraphSummary(
         file=m.detrigger.file, sha256=m.detrigger.sha256, provider=model_set.detrigger.provider
     )
+    extra = m.model_extra or {}
+    audit = extra.get("audit")
+    if isinstance(audit, dict) and "flagged" in audit:
+        repair = extra.get("repair")
+        summary.audit = AuditSummary(
+            flagged=bool(audit["flagged"]),
+            target_classes=[int(c) for c in audit.get("target_classes", [])],
+            repair=repair.get("method") if isinstance(repair, dict) else None,
+            report=audit.get("report"),
+        )
     return summary
 
 

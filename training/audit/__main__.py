@@ -1,0 +1,282 @@
+"""Audit a model set for a backdoor and repair it (Menisov; Neural Cleanse), from one command:
+
+    python -m training.audit --model-set models/mnist --dataset mnist
+
+Reads target.onnx (converted to torch by training.audit.onnx_torch, so any model set under the
+contract works), synthesises a trigger per class on a small clean set, flags classes whose mask
+norm is anomalously small, identifies the trigger, repairs by pruning and by unlearning, writes
+reports/audit/<dataset>/<set>/ (audit.json, README.md, plots) and, when repaired, exports the
+unlearned (or pruned) model as the model set <set>-repaired beside the source.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.audit.onnx_torch import load_onnx_module, write_onnx
+from training.audit.pipeline import AuditConfig, run_audit
+from training.audit.report import write_report
+from training.audit.synthesis import SynthConfig
+from training.audit.unlearn import UnlearnConfig
+from training.datasets import DATASETS, load_dataset
+from training.export import check_parity, sha256, write_manifest
+from training.reproduce import hardware, versions
+from training.train_target import split_train_val
+
+
+def synthesis_split(
+    n: int, manifest: dict, n_synth: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(synthesis indices, unlearning-pool indices) over n training images. For sets made by this
+    pipeline the synthesis images come from the held-out validation split (never trained on)."""
+    val = manifest.get("training", {}).get("validation_split", {}).get("n")
+    if val:
+        pool, held = split_train_val(n, int(val), int(manifest["training"].get("seed", 0)))
+    else:
+        perm = np.random.default_rng(seed).permutation(n)
+        held, pool = perm[:n_synth], perm[n_synth:]
+    return held[:n_synth], pool
+
+
+def export_repaired(
+    module,
+    source: Path,
+    out: Path,
+    manifest: dict,
+    audit: dict,
+    repair: str,
+    check_batch: torch.Tensor,
+) -> dict:
+    """Write `module` as target.onnx of a new model set `out`, the source's detrigger.onnx copied,
+    with a manifest that records the audit and the repair. Parity with torch is checked."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_onnx(module, out / "target.onnx")
+    diff = max(
+        check_parity(module, out / "target.onnx", check_batch),
+        check_parity(module, out / "target.onnx", check_batch[:3]),
+    )
+    shutil.copyfile(source / manifest["detrigger"]["file"], out / "detrigger.onnx")
+    new = json.loads(json.dumps(manifest))
+    new["name"] = out.name
+    new["description"] = (
+        f"{manifest.get('description', source.name)}; target repaired by "
+        f"{repair} after a trigger-synthesis audit"
+    )
+    new["target"].update(
+        {
+            "file": "target.onnx",
+            "sha256": sha256(out / "target.onnx"),
+            "parity_max_abs_diff": diff,
+            "size_bytes": (out / "target.onnx").stat().st_size,
+        }
+    )
+    new["detrigger"].update({"file": "detrigger.onnx", "sha256": sha256(out / "detrigger.onnx")})
+    r = audit["repair"]
+    chosen = r["unlearning" if repair == "unlearning" else "pruning"]
+    new["evaluation"] = {
+        "clean_accuracy": chosen["clean_accuracy"],
+        "attack_success_rate": chosen.get("real_asr"),
+        "synthesised_trigger_success": chosen["synth_asr"],
+        "note": "measured by the audit on the test set; the de-trigger AE and "
+        "its decision threshold are copied from the source set and were "
+        "calibrated on the unrepaired target",
+    }
+    new["audit"] = {
+        "flagged": audit["flagged"],
+        "target_classes": audit["target_classes"],
+        "anomaly_index": [c["anomaly_index"] for c in audit["per_class"]],
+        "report": audit.get("report"),
+    }
+    new["repair"] = {
+        "method": repair,
+        "source": str(source),
+        "class": r["class"],
+        "before": r["before"],
+        "after": {k: v for k, v in chosen.items() if k not in ("config", "loss")},
+    }
+    if repair == "unlearning":
+        new["repair"]["config"] = chosen["config"]
+    else:
+        new["repair"]["neurons_pruned"] = chosen["neurons_pruned"]
+    new.pop("samples", None)  # the source's per-sample predictions no longer hold
+    new["created"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    new["versions"] = versions()
+    write_manifest(out, new)
+    return {"path": str(out), "repair": repair, "parity_max_abs_diff": diff}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model-set",
+        default="models/mnist",
+        help="model set folder with target.onnx and manifest.json (default: models/mnist)",
+    )
+    p.add_argument(
+        "--dataset",
+        default="mnist",
+        choices=DATASETS,
+        help="clean labelled data: a preset dataset, or 'folder' with --data-dir "
+        "holding train/ and test/ (default: mnist)",
+    )
+    p.add_argument("--data-dir", default=None, help="folder looked at first for the data")
+    p.add_argument(
+        "--out", default=None, help="report folder (default: reports/audit/<dataset>/<set name>)"
+    )
+    p.add_argument(
+        "--synth-images",
+        type=int,
+        default=1000,
+        help="clean images for trigger synthesis (default: 1000, ~2%% of MNIST)",
+    )
+    p.add_argument("--steps", type=int, default=300, help="synthesis steps (default: 300)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=32,
+        help="clean images per synthesis step, x classes per forward (default: 32)",
+    )
+    p.add_argument(
+        "--asr-target",
+        type=float,
+        default=0.99,
+        help="attack success each synthesised trigger must reach (default: 0.99)",
+    )
+    p.add_argument(
+        "--anomaly-threshold",
+        type=float,
+        default=2.0,
+        help="flag a class whose small-side anomaly index exceeds this (default: 2)",
+    )
+    p.add_argument(
+        "--prune-stop-asr",
+        type=float,
+        default=0.01,
+        help="stop pruning when the synthesised trigger's success is below this (default: 0.01)",
+    )
+    p.add_argument(
+        "--unlearn-lr",
+        type=float,
+        default=5e-4,
+        help="Adam learning rate of the unlearning epoch (default: 5e-4)",
+    )
+    p.add_argument(
+        "--unlearn-dilate",
+        type=int,
+        default=2,
+        help="grow the synthesised mask by this many pixels for unlearning (default: 2)",
+    )
+    p.add_argument(
+        "--repair",
+        default="flagged",
+        choices=("flagged", "always", "never"),
+        help="when to repair (default: flagged)",
+    )
+    p.add_argument(
+        "--export",
+        default="unlearning",
+        choices=("unlearning", "pruning", "none"),
+        help="which repaired model to export as <set>-repaired (default: unlearning)",
+    )
+    p.add_argument(
+        "--export-dir",
+        default=None,
+        help="where the repaired set goes (default: <model-set>-repaired)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of synthesis and unlearning (default: 0)"
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    args = p.parse_args()
+    t0 = time.time()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    source = Path(args.model_set)
+    manifest = json.loads((source / "manifest.json").read_text())
+    out = Path(args.out or f"reports/audit/{args.dataset}/{source.name}")
+
+    model = load_onnx_module(source / manifest["target"]["file"])
+    train = load_dataset(args.dataset, "train", args.data_dir)
+    test = load_dataset(args.dataset, "test", args.data_dir)
+    synth_idx, pool_idx = synthesis_split(len(train), manifest, args.synth_images, args.seed)
+    synth_x = torch.from_numpy(train.images[synth_idx]).float().div_(255.0)  # (N, C, H, W)
+    train_x = torch.from_numpy(train.images[pool_idx])  # uint8, converted per batch
+    train_y = torch.from_numpy(train.labels[pool_idx])
+    test_x = torch.from_numpy(test.images).float().div_(255.0)
+    test_y = torch.from_numpy(test.labels)
+    cfg = AuditConfig(
+        synth=SynthConfig(
+            steps=args.steps, batch_size=args.batch_size, asr_target=args.asr_target, seed=args.seed
+        ),
+        unlearn=UnlearnConfig(lr=args.unlearn_lr, seed=args.seed, dilate=args.unlearn_dilate),
+        anomaly_threshold=args.anomaly_threshold,
+        prune_stop_asr=args.prune_stop_asr,
+        repair=args.repair,
+    )
+    classes = list(manifest.get("classes") or train.classes)
+    res = run_audit(
+        model,
+        synth_x,
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        len(classes),
+        cfg,
+        manifest.get("backdoor"),
+        progress=not args.no_progress,
+    )
+    s = res.summary
+    s["report"] = str(out / "audit.json")
+    exported = None
+    if s.get("repair") and args.export != "none":
+        module = res.unlearned if args.export == "unlearning" else res.pruned
+        dest = Path(args.export_dir or f"{source}-repaired")
+        exported = export_repaired(module, source, dest, manifest, s, args.export, test_x[:32])
+    report = {
+        "model_set": str(source),
+        "dataset": args.dataset,
+        "classes": classes,
+        "summary": s,
+        "exported": exported,
+        "config": {
+            "synth": cfg.synth.to_dict(),
+            "unlearn": cfg.unlearn.to_dict(),
+            "anomaly_threshold": cfg.anomaly_threshold,
+            "prune_stop_asr": cfg.prune_stop_asr,
+            "prune_step": cfg.prune_step,
+            "prune_curve_share": cfg.prune_curve_share,
+            "overlap_share": cfg.overlap_share,
+            "repair": cfg.repair,
+        },
+        "data": {
+            "synthesis_images": len(synth_x),
+            "test_images": len(test_x),
+            "train_images": len(train_x),
+        },
+        "command": " ".join(["python -m training.audit", *sys.argv[1:]]),
+        "seed": args.seed,
+        "hardware": hardware(),
+        "versions": versions(),
+        "wall_seconds": time.time() - t0,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    write_report(out, report, res.synth, res.prune_curve)
+    verdict = f"FLAGGED, target class(es) {s['target_classes']}" if s["flagged"] else "not flagged"
+    print(f"{source}: {verdict}; report in {out} ({report['wall_seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

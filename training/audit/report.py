@@ -1,0 +1,274 @@
+"""Audit report: audit.json, README.md and plots (each class's synthesised trigger, the mask norms
+with their anomaly indices, the pruning curve)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from training.audit.synthesis import SynthResult  # noqa: E402
+
+
+def plot_triggers(synth: SynthResult, classes: list[str], flagged: list[int], path: Path) -> None:
+    """Row 1: each class's mask; row 2: mask * pattern (what the trigger paints)."""
+    k = len(synth.masks)
+    fig, axes = plt.subplots(2, k, figsize=(1.3 * k, 3.0), squeeze=False)
+    for i in range(k):
+        painted = synth.masks[i][None] * synth.patterns[i]  # (C, H, W)
+        painted = painted[0] if painted.shape[0] == 1 else painted.transpose(1, 2, 0)
+        axes[0, i].imshow(synth.masks[i], cmap="gray", vmin=0, vmax=1)
+        axes[1, i].imshow(painted, cmap="gray" if painted.ndim == 2 else None, vmin=0, vmax=1)
+        mark = " *" if i in flagged else ""
+        axes[0, i].set_title(f"{classes[i]}{mark}\nL1={synth.l1[i]:.1f}", fontsize=7)
+        for a in axes[:, i]:
+            a.axis("off")
+    axes[0, 0].text(
+        -0.3,
+        0.5,
+        "mask",
+        transform=axes[0, 0].transAxes,
+        rotation=90,
+        va="center",
+        ha="right",
+        fontsize=8,
+    )
+    axes[1, 0].text(
+        -0.3,
+        0.5,
+        "mask x pattern",
+        transform=axes[1, 0].transAxes,
+        rotation=90,
+        va="center",
+        ha="right",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_norms(
+    l1: np.ndarray, index: np.ndarray, classes: list[str], threshold: float, path: Path
+) -> None:
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
+    colors = ["tab:red" if v > threshold else "tab:blue" for v in index]
+    a.bar(range(len(l1)), l1, color=colors)
+    a.set_title("synthesised mask L1 norm per class")
+    b.bar(range(len(l1)), index, color=colors)
+    b.axhline(threshold, color="k", ls="--", lw=1, label=f"flag > {threshold:g}")
+    b.set_title("anomaly index (small side, MAD x 1.4826)")
+    b.legend(fontsize=8)
+    for ax in (a, b):
+        ax.set_xticks(range(len(l1)), classes, rotation=45, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_prune(curve: list[dict], path: Path, chosen: int | None = None) -> None:
+    n = [r["pruned"] for r in curve]
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.plot(n, [r["accuracy"] for r in curve], label="clean accuracy")
+    for key in curve[0]:
+        if key.startswith("asr_"):
+            ax.plot(n, [r[key] for r in curve], label=f"attack success ({key[4:]} trigger)")
+    if chosen is not None:
+        ax.axvline(chosen, color="k", ls=":", lw=1, label=f"stop: {chosen} pruned")
+    ax.set_xlabel("penultimate neurons pruned (largest activation gap first)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title("pruning curve (test set)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def markdown(report: dict) -> str:
+    s = report["summary"]
+    lines = [f"# Audit of `{report['model_set']}`", ""]
+    verdict = (
+        f"**Flagged as backdoored.** Target class(es): "
+        f"{', '.join(report['classes'][c] for c in s['target_classes'])}"
+        if s["flagged"]
+        else "**Not flagged** (no class has a small-side anomaly index > "
+        f"{s['anomaly_threshold']:g})."
+    )
+    lines += [verdict, ""]
+    if "true_target_class" in s:
+        lines += [
+            f"Manifest's real target class: {s['true_target_class']} -> named correctly: "
+            f"{s['target_named_correctly']}.",
+            "",
+        ]
+    lines += [
+        "## Detection",
+        "",
+        "![triggers](triggers.png)",
+        "",
+        "![norms](norms.png)",
+        "",
+        "| class | mask L1 | anomaly index | synth. ASR (clean set) | reached target |",
+        "|---|---|---|---|---|",
+    ]
+    for r in s["per_class"]:
+        lines.append(
+            f"| {report['classes'][r['class']]} | {r['mask_l1']:.2f} | "
+            f"{r['anomaly_index']:.2f} | {r['synth_asr_clean_set']:.3f} | "
+            f"{r['reached_asr_target']} |"
+        )
+    i = s["identification"]
+    lines += [
+        "",
+        "## Identification",
+        "",
+        f"Candidate class {i['class']}: synthesised trigger's "
+        f"attack success on test images of other classes {i['synth_asr_test']:.4f}.",
+    ]
+    if "iou_top_k" in i:
+        o = i["neuron_overlap"]
+        lines += [
+            f"Mask vs real trigger pixels: IoU {i['iou_at_0.5']:.3f} (mask >= 0.5), "
+            f"{i['iou_top_k']:.3f} (top-k pixels, k = real trigger size).",
+            f"Penultimate neurons: {o['shared']} of the top {o['top_k']} by activation gap "
+            f"are shared by the synthesised and the real trigger (Jaccard "
+            f"{o['jaccard']:.3f}); cosine of the gap vectors {o['cosine']:.3f}.",
+            f"Real trigger's attack success on the unrepaired model: {i['real_asr_test']:.4f}.",
+        ]
+    rep = s.get("repair")
+    lines += ["", "## Repair", ""]
+    if rep is None:
+        lines += ["No repair (model not flagged)."]
+    else:
+        p, u, b = rep["pruning"], rep["unlearning"], rep["before"]
+        lines += [
+            "| model | clean accuracy | synth. trigger ASR | real trigger ASR |",
+            "|---|---|---|---|",
+            f"| unrepaired | {_pct(b['clean_accuracy'])} | {_pct(b['synth_asr'])} | "
+            f"{_pct(b.get('real_asr'))} |",
+            f"| pruned ({p['neurons_pruned']}/{p['layer_width']} neurons) | "
+            f"{_pct(p['clean_accuracy'])} | {_pct(p['synth_asr'])} | "
+            f"{_pct(p.get('real_asr'))} |",
+            f"| unlearned (1 epoch, 20% clean + 20% synth.-triggered, mask grown by "
+            f"{u['config'].get('dilate', 0)} px) | "
+            f"{_pct(u['clean_accuracy'])} | {_pct(u['synth_asr'])} | "
+            f"{_pct(u.get('real_asr'))} |",
+            "",
+            "![pruning](prune.png)",
+        ]
+        if report.get("exported"):
+            lines += [
+                "",
+                f"Repaired model set ({report['exported']['repair']}): "
+                f"`{report['exported']['path']}`.",
+            ]
+    lines += [
+        "",
+        "## Evidence",
+        "",
+        f"- command: `{report['command']}`",
+        f"- seed: {report['seed']}",
+        f"- hardware: {report['hardware']}",
+        f"- versions: {report['versions']}",
+        f"- wall time: {report['wall_seconds']:.0f} s (stages: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items())
+        + ")",
+        f"- clean synthesis set: {report['data']['synthesis_images']} images; test set: "
+        f"{report['data']['test_images']} images; unlearning pool: "
+        f"{report['data']['train_images']} training images",
+        f"- config: `{json.dumps(report['config'])}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(folder: Path, report: dict, synth: SynthResult, curve: list[dict]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    s = report["summary"]
+    plot_triggers(synth, report["classes"], s["target_classes"], folder / "triggers.png")
+    plot_norms(
+        synth.l1,
+        np.array([r["anomaly_index"] for r in s["per_class"]]),
+        report["classes"],
+        s["anomaly_threshold"],
+        folder / "norms.png",
+    )
+    if curve:
+        rep = report["summary"].get("repair") or {}
+        plot_prune(curve, folder / "prune.png", rep.get("pruning", {}).get("neurons_pruned"))
+    np.savez_compressed(folder / "triggers.npz", masks=synth.masks, patterns=synth.patterns)
+    (folder / "audit.json").write_text(
+        json.dumps({**report, "prune_curve": curve}, indent=2) + "\n"
+    )
+    (folder / "README.md").write_text(markdown(report))
+
+
+# The paper's Table 3 (Menisov 2022), MNIST row: (accuracy, attack success).
+PAPER_TABLE3 = {
+    "mnist": {"with backdoor": (0.869902, 0.99876), "pruning": (0.784083, 0.029518),
+              "unlearning": (0.855576, 0.035861)},
+}
+
+
+def overview(reports: list[dict]) -> str:
+    """reports/audit/README.md: every audited set in one table, beside the paper's Table 3."""
+    lines = ["## Results", "",
+             "Written by `python -m training.audit.report` from the `audit.json` files below; each "
+             "set's own README.md holds its command, seed, versions, hardware and wall time.", "",
+             "### Detection", "",
+             "| dataset | model set | flagged | named target | real target | max anomaly index "
+             "| audit wall time |", "|---|---|---|---|---|---|---|"]
+    for r in reports:
+        s = r["summary"]
+        top = max(c["anomaly_index"] for c in s["per_class"])
+        lines.append(f"| {r['dataset']} | `{r['model_set']}` | {s['flagged']} | "
+                     f"{s['target_classes'] or '-'} | {s.get('true_target_class', 'none (clean)')}"
+                     f" | {top:.2f} | {r['wall_seconds']:.0f} s |")
+    lines += ["", "### Repair beside the paper's Table 3", "",
+              "Accuracy: clean test accuracy. Attack: the REAL trigger's attack success on test "
+              "images of other classes (ours), the paper's 'attack's effectiveness'.", "",
+              "| dataset | source | with backdoor acc / attack | pruning acc / attack "
+              "| unlearning acc / attack |", "|---|---|---|---|---|"]
+    for r in reports:
+        rep = r["summary"].get("repair")
+        if not rep or "real_asr" not in rep["before"]:
+            continue
+        b, p, u = rep["before"], rep["pruning"], rep["unlearning"]
+        lines.append(f"| {r['dataset']} | this repo (`{r['model_set']}`) | "
+                     f"{b['clean_accuracy']:.3f} / {b['real_asr']:.3f} | "
+                     f"{p['clean_accuracy']:.3f} / {p['real_asr']:.3f} "
+                     f"({p['neurons_pruned']}/{p['layer_width']} neurons) | "
+                     f"{u['clean_accuracy']:.3f} / {u['real_asr']:.3f} |")
+        paper = PAPER_TABLE3.get(r["dataset"])
+        if paper:
+            cells = " | ".join(f"{a:.3f} / {s:.3f}" for a, s in paper.values())
+            lines.append(f"| {r['dataset']} | paper, Table 3 | {cells} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Write reports/audit/README.md from the audits.")
+    p.add_argument("--reports-dir", default="reports/audit",
+                   help="folder holding <dataset>/<set>/audit.json (default: reports/audit)")
+    args = p.parse_args()
+    root = Path(args.reports_dir)
+    reports = [json.loads(f.read_text()) for f in sorted(root.glob("*/*/audit.json"))]
+    head = (root / "README.md").read_text().split("<!-- table -->")[0] \
+        if (root / "README.md").is_file() else ""
+    body = overview(reports)
+    (root / "README.md").write_text(f"{head}<!-- table -->\n{body}" if head else body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Repair by unlearning (the paper's "cancellation of training"): fine-tune for one epoch on
+`clean_share` of the clean training data plus `trigger_share` of it carrying the synthesised
+trigger, all with their TRUE labels, so that the model learns to ignore the trigger."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from training.audit.synthesis import apply_trigger
+
+
+@dataclass
+class UnlearnConfig:
+    clean_share: float = 0.2
+    trigger_share: float = 0.2
+    epochs: int = 1
+    batch_size: int = 128
+    lr: float = 5e-4  # Adam; half the targets' own training lr
+    seed: int = 0
+    # Grow the synthesised mask by this many pixels (max-pool) before stamping. The synthesised
+    # mask is a minimal subset of the real trigger (the paper: "redundant pixels ... removed");
+    # growing it shows the synthesised pattern around it, so more of the trigger is unlearned.
+    dilate: int = 2
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def dilate_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
+    """Grey dilation of a mask (H, W) by `radius` pixels (a (2r+1)^2 max filter)."""
+    if radius <= 0:
+        return mask
+    return F.max_pool2d(mask[None, None], 2 * radius + 1, 1, radius)[0, 0]
+
+
+def unlearning_set(n: int, cfg: UnlearnConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(indices (M,), triggered flag (M,)): two disjoint random draws over n training images,
+    clean_share * n clean and trigger_share * n to be stamped."""
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    nc, nt = int(round(cfg.clean_share * n)), int(round(cfg.trigger_share * n))
+    if nc + nt > n:
+        raise ValueError(f"clean_share + trigger_share = {cfg.clean_share + cfg.trigger_share} > 1")
+    idx = np.concatenate([perm[:nc], perm[nc : nc + nt]])
+    flag = np.concatenate([np.zeros(nc, bool), np.ones(nt, bool)])
+    return idx, flag
+
+
+def unlearn(
+    model: Any,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    pattern: torch.Tensor,
+    cfg: UnlearnConfig,
+    progress: bool = True,
+) -> list[float]:
+    """Fine-tune `model` in place. images: uint8 or float (N, C, H, W); mask (H, W), pattern
+    (C, H, W). Returns the mean loss of each epoch."""
+    idx, flag = unlearning_set(len(images), cfg)
+    mask = dilate_mask(mask, cfg.dilate)
+    g = torch.Generator().manual_seed(cfg.seed)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    idx_t, flag_t = torch.from_numpy(idx), torch.from_numpy(flag)
+    losses = []
+    model.train()
+    for epoch in range(cfg.epochs):
+        perm = torch.randperm(len(idx_t), generator=g)
+        total, seen = 0.0, 0
+        steps = range(0, len(perm), cfg.batch_size)
+        for i in tqdm(
+            steps, desc=f"unlearning epoch {epoch + 1}", disable=not progress, mininterval=5
+        ):
+            sel = perm[i : i + cfg.batch_size]
+            x = images[idx_t[sel]]
+            x = x.float() / 255.0 if x.dtype == torch.uint8 else x.clone()  # (B, C, H, W)
+            trig = flag_t[sel]
+            x[trig] = apply_trigger(x[trig], mask, pattern)
+            y = labels[idx_t[sel]]
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(sel)
+            seen += len(sel)
+        losses.append(total / seen)
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return losses
