@@ -128,8 +128,10 @@ class AuditSummary(BaseModel):
 
     flagged: bool
     target_classes: list[int] = Field(description="Classes flagged as backdoor targets.")
-    repair: str | None = Field(default=None, description="'unlearning' or 'pruning' when the "
-                               "target was repaired; null otherwise.")
+    repair: str | None = Field(
+        default=None,
+        description="'unlearning' or 'pruning' when the target was repaired; null otherwise.",
+    )
     report: str | None = None
 
 

@@ -26,6 +26,21 @@ GOALS = {  # issue 2: (clean accuracy, detection rate, max FPR)
 }
 
 
+def evidence_lines(report: dict, stage_seconds: dict[str, float]) -> list[str]:
+    """The "Evidence" heading and its lines: command, seed, hardware, versions, wall time."""
+    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+    stages = ", ".join(f"{k} {v:.0f} s" for k, v in stage_seconds.items())
+    return [
+        "## Evidence",
+        "",
+        f"- command: `{report['command']}`",
+        f"- seed: {report['seed']}",
+        f"- hardware: {report['hardware']}",
+        f"- versions: {versions}",
+        f"- wall time: {report['wall_seconds']:.0f} s (stages: {stages})",
+    ]
+
+
 def pct(v: float) -> str:
     return f"{100 * v:.2f}"
 
@@ -181,14 +196,7 @@ def markdown(report: dict) -> str:
         "",
         "![examples](examples.png)",
         "",
-        "## Evidence",
-        "",
-        f"- command: `{report['command']}`",
-        f"- seed: {report['seed']}",
-        f"- hardware: {report['hardware']}",
-        f"- versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
-        f"- wall time: {report['wall_seconds']:.0f} s "
-        f"(stages: {', '.join(f'{k} {v:.0f} s' for k, v in report['stage_seconds'].items())})",
+        *evidence_lines(report, report["stage_seconds"]),
         f"- epochs: target {report['training']['target']['epochs']} "
         f"(paper: {report['paper_epochs']}), AEs "
         + ", ".join(f"{k} {v['epochs']}" for k, v in report["training"]["autoencoders"].items()),

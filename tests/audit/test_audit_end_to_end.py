@@ -5,15 +5,17 @@ must not be flagged."""
 from __future__ import annotations
 
 import torch
-from conftest import BACKDOOR, CLASSES, TARGET, make_data
 
+from tests.support.tiny_backdoor import BACKDOOR, CLASSES, TARGET, make_data
 from training.audit.onnx_torch import load_onnx_module
 from training.audit.pipeline import AuditConfig, run_audit
 from training.audit.synthesis import SynthConfig
 from training.audit.unlearn import UnlearnConfig
 
-CFG = AuditConfig(synth=SynthConfig(steps=400, batch_size=32, check_every=10),
-                  unlearn=UnlearnConfig(lr=3e-3, dilate=0))  # 15x15: blobs lie near the corner
+CFG = AuditConfig(
+    synth=SynthConfig(steps=400, batch_size=32, check_every=10),
+    unlearn=UnlearnConfig(lr=3e-3, dilate=0),
+)  # 15x15: blobs lie near the corner
 
 
 def _data():
@@ -28,8 +30,9 @@ def test_audit_flags_and_repairs_backdoored(tiny_backdoored) -> None:
     _, path = tiny_backdoored
     model = load_onnx_module(path)
     synth_x, train_x, train_y, test_x, test_y = _data()
-    res = run_audit(model, synth_x, train_x, train_y, test_x, test_y, CLASSES, CFG, BACKDOOR,
-                    progress=False)
+    res = run_audit(
+        model, synth_x, train_x, train_y, test_x, test_y, CLASSES, CFG, BACKDOOR, progress=False
+    )
     s = res.summary
     assert s["flagged"] and s["target_classes"] == [TARGET]
     assert s["target_named_correctly"] is True
@@ -54,7 +57,8 @@ def test_audit_does_not_flag_clean(tiny_clean) -> None:
     _, path = tiny_clean
     model = load_onnx_module(path)
     synth_x, train_x, train_y, test_x, test_y = _data()
-    res = run_audit(model, synth_x, train_x, train_y, test_x, test_y, CLASSES, CFG, None,
-                    progress=False)
+    res = run_audit(
+        model, synth_x, train_x, train_y, test_x, test_y, CLASSES, CFG, None, progress=False
+    )
     assert not res.summary["flagged"], res.summary["per_class"]
     assert res.summary["repair"] is None and res.unlearned is None

@@ -64,8 +64,9 @@ def test_prune_curve_stops_at_level(tiny_backdoored) -> None:
     gap = torch.arange(32, dtype=torch.float32)  # neuron 31 first
     order = rank_neurons(gap)
     assert order[:3].tolist() == [31, 30, 29]
-    curve, n = prune_curve(m, x, y, {"synthesised": (x, 0)}, order, stop_asr=-1.0, step=4,
-                           max_share=0.5)
+    curve, n = prune_curve(
+        m, x, y, {"synthesised": (x, 0)}, order, stop_asr=-1.0, step=4, max_share=0.5
+    )
     assert [r["pruned"] for r in curve] == [0, 4, 8, 12, 16]
     assert n == 16 and m.neuron_mask.sum() == 16 and m.neuron_mask[31] == 0
     # success of "class 0" equals accuracy here, since y is all 0
@@ -75,9 +76,11 @@ def test_prune_curve_stops_at_level(tiny_backdoored) -> None:
 def test_unsupported_op_is_named(tmp_path) -> None:
     node = onnx.helper.make_node("LpNormalization", ["images"], ["logits"])
     graph = onnx.helper.make_graph(
-        [node], "g", [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT,
-                                                         [1, 4])],
-        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 4])])
+        [node],
+        "g",
+        [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, [1, 4])],
+    )
     with pytest.raises(UnsupportedOnnx, match="LpNormalization"):
         OnnxModule(onnx.helper.make_model(graph))
 
@@ -89,7 +92,8 @@ def test_prune_curve_extends_past_stop_but_keeps_stop_point(tiny_backdoored) -> 
     y = torch.zeros(10, dtype=torch.long)
     order = rank_neurons(torch.arange(32, dtype=torch.float32))
     # stop_asr 2.0: the stop is met before any pruning; the curve still goes to 25% = 8 neurons
-    curve, n = prune_curve(m, x, y, {"synthesised": (x, 0)}, order, stop_asr=2.0, step=4,
-                           extend_share=0.25)
+    curve, n = prune_curve(
+        m, x, y, {"synthesised": (x, 0)}, order, stop_asr=2.0, step=4, extend_share=0.25
+    )
     assert n == 0 and [r["pruned"] for r in curve] == [0, 4, 8]
     assert m.neuron_mask.sum() == 32  # left at the stop point, not at the curve's end

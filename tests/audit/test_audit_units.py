@@ -64,8 +64,9 @@ def test_anomaly_only_small_side_and_ties() -> None:
 
 
 def test_trigger_pixels_and_iou() -> None:
-    px = trigger_pixels({"kind": "patch", "size": 2, "position": "bottom-right", "value": 1.0},
-                        4, 5)
+    px = trigger_pixels(
+        {"kind": "patch", "size": 2, "position": "bottom-right", "value": 1.0}, 4, 5
+    )
     assert px.sum() == 4 and px[2:, 3:].all()
     mask = np.zeros((4, 5))
     mask[2:, 3:] = 0.9
@@ -98,16 +99,34 @@ def test_overview_table_sets_repair_beside_paper() -> None:
 
     per_class = [{"anomaly_index": 3.5}, {"anomaly_index": -0.2}]
     before = {"clean_accuracy": 0.99, "real_asr": 1.0, "synth_asr": 0.98}
-    rep = {"before": before,
-           "pruning": {"clean_accuracy": 0.9, "real_asr": 0.3, "neurons_pruned": 60,
-                       "layer_width": 200},
-           "unlearning": {"clean_accuracy": 0.985, "real_asr": 0.01}}
-    demo = {"dataset": "mnist", "model_set": "models/mnist", "wall_seconds": 400,
-            "summary": {"flagged": True, "target_classes": [0], "true_target_class": 0,
-                        "per_class": per_class, "repair": rep}}
-    clean = {"dataset": "mnist", "model_set": "models/mnist-clean", "wall_seconds": 300,
-             "summary": {"flagged": False, "target_classes": [], "per_class": per_class,
-                         "repair": None}}
+    rep = {
+        "before": before,
+        "pruning": {
+            "clean_accuracy": 0.9,
+            "real_asr": 0.3,
+            "neurons_pruned": 60,
+            "layer_width": 200,
+        },
+        "unlearning": {"clean_accuracy": 0.985, "real_asr": 0.01},
+    }
+    demo = {
+        "dataset": "mnist",
+        "model_set": "models/mnist",
+        "wall_seconds": 400,
+        "summary": {
+            "flagged": True,
+            "target_classes": [0],
+            "true_target_class": 0,
+            "per_class": per_class,
+            "repair": rep,
+        },
+    }
+    clean = {
+        "dataset": "mnist",
+        "model_set": "models/mnist-clean",
+        "wall_seconds": 300,
+        "summary": {"flagged": False, "target_classes": [], "per_class": per_class, "repair": None},
+    }
     text = overview([demo, clean])
     assert "| mnist | `models/mnist-clean` | False | - | none (clean) | 3.50 | 300 s |" in text
     assert "| 0.990 / 1.000 | 0.900 / 0.300 (60/200 neurons) | 0.985 / 0.010 |" in text

@@ -14,16 +14,21 @@ from tests.support.tiny_models import build_model_set
 
 def _summary(folder: Path):
     model_set = ModelSet.load(folder, Settings(models=[folder]))
-    slot = Slot(name=folder.name, folder=folder, state=SlotState.ready, reason="ready",
-                model_set=model_set)
+    slot = Slot(
+        name=folder.name, folder=folder, state=SlotState.ready, reason="ready", model_set=model_set
+    )
     return model_summary(slot, default=True)
 
 
 def test_audit_summary_shown_when_present(tmp_path: Path) -> None:
     folder = build_model_set(tmp_path / "tiny")
     manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["audit"] = {"flagged": True, "target_classes": [0], "anomaly_index": [3.1, 0.2],
-                         "report": "reports/audit/mnist/mnist/audit.json"}
+    manifest["audit"] = {
+        "flagged": True,
+        "target_classes": [0],
+        "anomaly_index": [3.1, 0.2],
+        "report": "reports/audit/mnist/mnist/audit.json",
+    }
     manifest["repair"] = {"method": "unlearning", "class": 0}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     s = _summary(folder)

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from training.audit.synthesis import SynthResult  # noqa: E402
+from training.report import evidence_lines  # noqa: E402
 
 
 def plot_triggers(synth: SynthResult, classes: list[str], flagged: list[int], path: Path) -> None:
@@ -173,15 +174,7 @@ def markdown(report: dict) -> str:
             ]
     lines += [
         "",
-        "## Evidence",
-        "",
-        f"- command: `{report['command']}`",
-        f"- seed: {report['seed']}",
-        f"- hardware: {report['hardware']}",
-        f"- versions: {report['versions']}",
-        f"- wall time: {report['wall_seconds']:.0f} s (stages: "
-        + ", ".join(f"{k} {v:.0f} s" for k, v in s["seconds"].items())
-        + ")",
+        *evidence_lines(report, s["seconds"]),
         f"- clean synthesis set: {report['data']['synthesis_images']} images; test set: "
         f"{report['data']['test_images']} images; unlearning pool: "
         f"{report['data']['train_images']} training images",
@@ -214,40 +207,59 @@ def write_report(folder: Path, report: dict, synth: SynthResult, curve: list[dic
 
 # The paper's Table 3 (Menisov 2022), MNIST row: (accuracy, attack success).
 PAPER_TABLE3 = {
-    "mnist": {"with backdoor": (0.869902, 0.99876), "pruning": (0.784083, 0.029518),
-              "unlearning": (0.855576, 0.035861)},
+    "mnist": {
+        "with backdoor": (0.869902, 0.99876),
+        "pruning": (0.784083, 0.029518),
+        "unlearning": (0.855576, 0.035861),
+    },
 }
 
 
 def overview(reports: list[dict]) -> str:
     """reports/audit/README.md: every audited set in one table, beside the paper's Table 3."""
-    lines = ["## Results", "",
-             "Written by `python -m training.audit.report` from the `audit.json` files below; each "
-             "set's own README.md holds its command, seed, versions, hardware and wall time.", "",
-             "### Detection", "",
-             "| dataset | model set | flagged | named target | real target | max anomaly index "
-             "| audit wall time |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "## Results",
+        "",
+        "Written by `python -m training.audit.report` from the `audit.json` files below; each "
+        "set's own README.md holds its command, seed, versions, hardware and wall time.",
+        "",
+        "### Detection",
+        "",
+        "| dataset | model set | flagged | named target | real target | max anomaly index "
+        "| audit wall time |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in reports:
         s = r["summary"]
         top = max(c["anomaly_index"] for c in s["per_class"])
-        lines.append(f"| {r['dataset']} | `{r['model_set']}` | {s['flagged']} | "
-                     f"{s['target_classes'] or '-'} | {s.get('true_target_class', 'none (clean)')}"
-                     f" | {top:.2f} | {r['wall_seconds']:.0f} s |")
-    lines += ["", "### Repair beside the paper's Table 3", "",
-              "Accuracy: clean test accuracy. Attack: the REAL trigger's attack success on test "
-              "images of other classes (ours), the paper's 'attack's effectiveness'.", "",
-              "| dataset | source | with backdoor acc / attack | pruning acc / attack "
-              "| unlearning acc / attack |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {r['dataset']} | `{r['model_set']}` | {s['flagged']} | "
+            f"{s['target_classes'] or '-'} | {s.get('true_target_class', 'none (clean)')}"
+            f" | {top:.2f} | {r['wall_seconds']:.0f} s |"
+        )
+    lines += [
+        "",
+        "### Repair beside the paper's Table 3",
+        "",
+        "Accuracy: clean test accuracy. Attack: the REAL trigger's attack success on test "
+        "images of other classes (ours), the paper's 'attack's effectiveness'.",
+        "",
+        "| dataset | source | with backdoor acc / attack | pruning acc / attack "
+        "| unlearning acc / attack |",
+        "|---|---|---|---|---|",
+    ]
     for r in reports:
         rep = r["summary"].get("repair")
         if not rep or "real_asr" not in rep["before"]:
             continue
         b, p, u = rep["before"], rep["pruning"], rep["unlearning"]
-        lines.append(f"| {r['dataset']} | this repo (`{r['model_set']}`) | "
-                     f"{b['clean_accuracy']:.3f} / {b['real_asr']:.3f} | "
-                     f"{p['clean_accuracy']:.3f} / {p['real_asr']:.3f} "
-                     f"({p['neurons_pruned']}/{p['layer_width']} neurons) | "
-                     f"{u['clean_accuracy']:.3f} / {u['real_asr']:.3f} |")
+        lines.append(
+            f"| {r['dataset']} | this repo (`{r['model_set']}`) | "
+            f"{b['clean_accuracy']:.3f} / {b['real_asr']:.3f} | "
+            f"{p['clean_accuracy']:.3f} / {p['real_asr']:.3f} "
+            f"({p['neurons_pruned']}/{p['layer_width']} neurons) | "
+            f"{u['clean_accuracy']:.3f} / {u['real_asr']:.3f} |"
+        )
         paper = PAPER_TABLE3.get(r["dataset"])
         if paper:
             cells = " | ".join(f"{a:.3f} / {s:.3f}" for a, s in paper.values())
@@ -259,13 +271,19 @@ def main() -> None:
     import argparse
 
     p = argparse.ArgumentParser(description="Write reports/audit/README.md from the audits.")
-    p.add_argument("--reports-dir", default="reports/audit",
-                   help="folder holding <dataset>/<set>/audit.json (default: reports/audit)")
+    p.add_argument(
+        "--reports-dir",
+        default="reports/audit",
+        help="folder holding <dataset>/<set>/audit.json (default: reports/audit)",
+    )
     args = p.parse_args()
     root = Path(args.reports_dir)
     reports = [json.loads(f.read_text()) for f in sorted(root.glob("*/*/audit.json"))]
-    head = (root / "README.md").read_text().split("<!-- table -->")[0] \
-        if (root / "README.md").is_file() else ""
+    head = (
+        (root / "README.md").read_text().split("<!-- table -->")[0]
+        if (root / "README.md").is_file()
+        else ""
+    )
     body = overview(reports)
     (root / "README.md").write_text(f"{head}<!-- table -->\n{body}" if head else body)
 
