@@ -31,7 +31,7 @@ $(VENV)/.train: pyproject.toml | $(PY)
 
 ## serve: run the guard on the shipped MNIST model set at $(HOST):$(PORT)
 serve: $(VENV)/.runtime
-	$(VENV)/bin/uvicorn service.main:app --host $(HOST) --port $(PORT)
+	$(VENV)/bin/uvicorn service.main:app --host $(HOST) --port $(PORT) --no-access-log
 
 ## test: every test, the slow real-component ones included
 test: $(VENV)/.dev
