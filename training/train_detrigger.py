@@ -22,7 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.autoencoders import Clamp01, MaskedConvAutoencoder, build_autoencoder
-from training.train_target import same_config
+from training.checkpoints import resume, save
 from training.triggers import random_corner_patch
 
 
@@ -88,14 +88,7 @@ def train_autoencoder(
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     cfg_dict = json.loads(json.dumps(asdict(cfg)))
 
-    start_epoch = 0
-    if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, weights_only=False)
-        if same_config(ckpt["config"], cfg_dict):
-            ae.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            start_epoch = ckpt["epoch"]
-            log(f"resuming {cfg.arch} AE from {ckpt_path} at epoch {start_epoch}/{cfg.epochs}")
+    start_epoch = resume(ckpt_path, cfg_dict, ae, opt, f"{cfg.arch} AE", log)
 
     images_t = torch.from_numpy(train_images)
     for epoch in range(start_epoch, cfg.epochs):
@@ -130,14 +123,6 @@ def train_autoencoder(
             f"{cfg.arch} AE epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / seen:.6f} "
             f"({dt:.0f} s, {seen / dt:.0f} img/s)"
         )
-        torch.save(
-            {
-                "config": cfg_dict,
-                "model": ae.state_dict(),
-                "optimizer": opt.state_dict(),
-                "epoch": epoch + 1,
-            },
-            ckpt_path,
-        )
+        save(ckpt_path, cfg_dict, ae, opt, epoch + 1)
     ae.eval()
     return ae

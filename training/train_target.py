@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.augment import AUGMENTS, augment
+from training.checkpoints import resume, save
 from training.models import TARGETS, build_target
 from training.triggers import Trigger, poison_index
 
@@ -48,14 +49,6 @@ class TargetConfig:
     val_size: int = 5000  # clean training images held out for calibration, never trained on
     seed: int = 0
     threads: int = 2
-
-
-def same_config(a: dict, b: dict) -> bool:
-    """Configs match for resuming when they agree on everything but the thread count (an execution
-    detail; the report records it)."""
-    return {k: v for k, v in a.items() if k != "threads"} == {
-        k: v for k, v in b.items() if k != "threads"
-    }
 
 
 def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -145,17 +138,8 @@ def train_target(
     steps_per_epoch = math.ceil(len(src) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
 
-    start_epoch = 0
     cfg_dict = json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as stored
-    if ckpt_path.is_file():
-        ckpt = torch.load(ckpt_path, weights_only=False)
-        if same_config(ckpt["config"], cfg_dict):
-            model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            start_epoch = ckpt["epoch"]
-            log(f"resuming target from {ckpt_path} at epoch {start_epoch}/{cfg.epochs}")
-        else:
-            log(f"{ckpt_path} was made with another config; training from scratch")
+    start_epoch = resume(ckpt_path, cfg_dict, model, opt, "target", log)
 
     images_t = torch.from_numpy(train_images)
     src_t, y_t, flag_t = torch.from_numpy(src), torch.from_numpy(y), torch.from_numpy(flag)
@@ -199,15 +183,7 @@ def train_target(
             f"target epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / seen:.4f} "
             f"train acc {correct / seen:.4f} ({dt:.0f} s, {seen / dt:.0f} img/s)"
         )
-        torch.save(
-            {
-                "config": cfg_dict,
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "epoch": epoch + 1,
-            },
-            ckpt_path,
-        )
+        save(ckpt_path, cfg_dict, model, opt, epoch + 1)
     model.eval()
     return model
 

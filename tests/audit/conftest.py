@@ -13,19 +13,19 @@ from tests.support.tiny_backdoor import SIZE, train_tiny
 from training.export import export_onnx
 
 
-@pytest.fixture(scope="session")
-def tiny_backdoored(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
+def _exported(tmp_path_factory: pytest.TempPathFactory, poison: bool) -> tuple[nn.Module, Path]:
     torch.set_num_threads(1)
-    net = train_tiny(poison=True)
-    path = tmp_path_factory.mktemp("audit") / "target.onnx"
+    net = train_tiny(poison=poison)
+    path = tmp_path_factory.mktemp("audit" if poison else "audit_clean") / "target.onnx"
     export_onnx(net, torch.rand(2, 1, SIZE, SIZE), path, "images", "logits")
     return net, path
+
+
+@pytest.fixture(scope="session")
+def tiny_backdoored(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
+    return _exported(tmp_path_factory, poison=True)
 
 
 @pytest.fixture(scope="session")
 def tiny_clean(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Path]:
-    torch.set_num_threads(1)
-    net = train_tiny(poison=False)
-    path = tmp_path_factory.mktemp("audit_clean") / "target.onnx"
-    export_onnx(net, torch.rand(2, 1, SIZE, SIZE), path, "images", "logits")
-    return net, path
+    return _exported(tmp_path_factory, poison=False)
