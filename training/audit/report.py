@@ -29,26 +29,17 @@ def plot_triggers(synth: SynthResult, classes: list[str], flagged: list[int], pa
         axes[0, i].set_title(f"{classes[i]}{mark}\nL1={synth.l1[i]:.1f}", fontsize=7)
         for a in axes[:, i]:
             a.axis("off")
-    axes[0, 0].text(
-        -0.3,
-        0.5,
-        "mask",
-        transform=axes[0, 0].transAxes,
-        rotation=90,
-        va="center",
-        ha="right",
-        fontsize=8,
-    )
-    axes[1, 0].text(
-        -0.3,
-        0.5,
-        "mask x pattern",
-        transform=axes[1, 0].transAxes,
-        rotation=90,
-        va="center",
-        ha="right",
-        fontsize=8,
-    )
+    for row, label in enumerate(("mask", "mask x pattern")):
+        axes[row, 0].text(
+            -0.3,
+            0.5,
+            label,
+            transform=axes[row, 0].transAxes,
+            rotation=90,
+            va="center",
+            ha="right",
+            fontsize=8,
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
