@@ -97,3 +97,29 @@ def test_prune_curve_extends_past_stop_but_keeps_stop_point(tiny_backdoored) -> 
     )
     assert n == 0 and [r["pruned"] for r in curve] == [0, 4, 8]
     assert m.neuron_mask.sum() == 32  # left at the stop point, not at the curve's end
+
+
+def test_batchnorm_graph_fine_tunes_with_running_statistics_fixed(tmp_path) -> None:
+    # A fresh BatchNorm has zero bias and zero running mean; the exporter may store them as one
+    # initializer. Fine-tuning (unlearning) must still work and leave the statistics alone. The
+    # pool keeps the exporter from folding the BatchNorm into the Conv (as in ResNetSmall).
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3),
+        nn.MaxPool2d(2),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 2 * 2, 3),
+    ).eval()
+    path = tmp_path / "bn.onnx"
+    x = torch.rand(6, 1, 7, 7)
+    torch.onnx.export(net, (x,), str(path), dynamo=False, input_names=["images"])
+    m = load_onnx_module(path)
+    assert any(n.op_type == "BatchNormalization" for n in m.nodes)
+    with torch.no_grad():
+        assert torch.allclose(m(x), net(x), atol=1e-5)
+    m.train()
+    for p in m.parameters():
+        p.requires_grad_(True)
+    m(x).sum().backward()
+    assert all(p.grad is not None for p in m.parameters())

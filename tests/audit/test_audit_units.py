@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from training.audit.anomaly import MAD_CONSISTENCY, anomaly_index, flagged_classes
+from training.audit.data import audit_split
 from training.audit.identify import iou, mask_iou, neuron_overlap, trigger_pixels
 from training.audit.synthesis import apply_trigger, stamp_all
+from training.audit.tune import choose
 from training.audit.unlearn import UnlearnConfig, unlearning_set
 
 
@@ -142,3 +144,26 @@ def test_dilate_mask() -> None:
     grown = dilate_mask(mask, 1)
     assert torch.allclose(grown[1:4, 1:4], torch.full((3, 3), 0.7))
     assert grown.sum().item() == pytest.approx(9 * 0.7)
+
+
+def test_audit_split_keeps_synthesis_tuning_and_training_apart():
+    manifest = {"training": {"validation_split": {"n": 50}, "seed": 3}}
+    s = audit_split(200, manifest, n_synth=20, seed=0)
+    assert (len(s.synth), len(s.tune), len(s.pool)) == (20, 30, 150)
+    assert not set(s.synth) & set(s.tune)
+    assert not (set(s.synth) | set(s.tune)) & set(s.pool)
+    # A user's set (no validation split recorded): disjoint random draws.
+    u = audit_split(200, {}, n_synth=20, seed=0, n_tune=30)
+    assert sorted(np.concatenate([u.synth, u.tune, u.pool]).tolist()) == list(range(200))
+
+
+def test_tuning_rule_prefers_low_attack_success_within_the_accuracy_budget():
+    rows = [
+        {"lr": 1e-3, "dilate": 2, "accuracy": 0.950, "real_asr": 0.00},  # too inaccurate
+        {"lr": 5e-4, "dilate": 1, "accuracy": 0.987, "real_asr": 0.02},
+        {"lr": 2.5e-4, "dilate": 3, "accuracy": 0.990, "real_asr": 0.02},  # tie: smaller lr wins
+        {"lr": 2.5e-4, "dilate": 0, "accuracy": 0.991, "real_asr": 0.40},
+    ]
+    assert choose(rows, before_accuracy=0.99, max_drop=0.005) is rows[2]
+    # Nothing within budget: the most accurate setting.
+    assert choose(rows, before_accuracy=1.0, max_drop=0.001) is rows[3]

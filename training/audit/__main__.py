@@ -11,7 +11,6 @@ unlearned (or pruned) model as the model set <set>-repaired beside the source.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -19,32 +18,18 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from training import cli
+from training.audit.data import load_audit_data
 from training.audit.onnx_torch import load_onnx_module, write_onnx
 from training.audit.pipeline import AuditConfig, run_audit
 from training.audit.report import write_report
 from training.audit.synthesis import SynthConfig
 from training.audit.unlearn import UnlearnConfig
-from training.datasets import DATASETS, load_dataset
+from training.datasets import DATASETS
 from training.export import check_parity, sha256, write_manifest
 from training.reproduce import hardware, versions
-from training.train_target import split_train_val
-
-
-def synthesis_split(
-    n: int, manifest: dict, n_synth: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(synthesis indices, unlearning-pool indices) over n training images. For sets made by this
-    pipeline the synthesis images come from the held-out validation split (never trained on)."""
-    val = manifest.get("training", {}).get("validation_split", {}).get("n")
-    if val:
-        pool, held = split_train_val(n, int(val), int(manifest["training"].get("seed", 0)))
-    else:
-        perm = np.random.default_rng(seed).permutation(n)
-        held, pool = perm[:n_synth], perm[n_synth:]
-    return held[:n_synth], pool
 
 
 def export_repaired(
@@ -115,9 +100,7 @@ def export_repaired(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = cli.parser(__doc__)
     p.add_argument(
         "--model-set",
         default="models/mnist",
@@ -130,7 +113,7 @@ def main() -> None:
         help="clean labelled data: a preset dataset, or 'folder' with --data-dir "
         "holding train/ and test/ (default: mnist)",
     )
-    p.add_argument("--data-dir", default=None, help="folder looked at first for the data")
+    cli.add_data_dir(p)
     p.add_argument(
         "--out", default=None, help="report folder (default: reports/audit/<dataset>/<set name>)"
     )
@@ -168,14 +151,16 @@ def main() -> None:
     p.add_argument(
         "--unlearn-lr",
         type=float,
-        default=5e-4,
-        help="Adam learning rate of the unlearning epoch (default: 5e-4)",
+        default=UnlearnConfig.lr,
+        help="Adam learning rate of the unlearning epoch (default: %(default)s, chosen on "
+        "validation data by training.audit.tune)",
     )
     p.add_argument(
         "--unlearn-dilate",
         type=int,
-        default=2,
-        help="grow the synthesised mask by this many pixels for unlearning (default: 2)",
+        default=UnlearnConfig.dilate,
+        help="grow the synthesised mask by this many pixels for unlearning (default: "
+        "%(default)s, chosen on validation data by training.audit.tune)",
     )
     p.add_argument(
         "--repair",
@@ -208,14 +193,9 @@ def main() -> None:
     out = Path(args.out or f"reports/audit/{args.dataset}/{source.name}")
 
     model = load_onnx_module(source / manifest["target"]["file"])
-    train = load_dataset(args.dataset, "train", args.data_dir)
-    test = load_dataset(args.dataset, "test", args.data_dir)
-    synth_idx, pool_idx = synthesis_split(len(train), manifest, args.synth_images, args.seed)
-    synth_x = torch.from_numpy(train.images[synth_idx]).float().div_(255.0)  # (N, C, H, W)
-    train_x = torch.from_numpy(train.images[pool_idx])  # uint8, converted per batch
-    train_y = torch.from_numpy(train.labels[pool_idx])
-    test_x = torch.from_numpy(test.images).float().div_(255.0)
-    test_y = torch.from_numpy(test.labels)
+    data = load_audit_data(args.dataset, args.data_dir, manifest, args.synth_images, args.seed)
+    synth_x, train_x, train_y = data.synth_x, data.train_x, data.train_y
+    test_x, test_y = data.test_x, data.test_y
     cfg = AuditConfig(
         synth=SynthConfig(
             steps=args.steps, batch_size=args.batch_size, asr_target=args.asr_target, seed=args.seed
@@ -225,7 +205,7 @@ def main() -> None:
         prune_stop_asr=args.prune_stop_asr,
         repair=args.repair,
     )
-    classes = list(manifest.get("classes") or train.classes)
+    classes = data.classes
     res = run_audit(
         model,
         synth_x,

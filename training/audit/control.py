@@ -7,7 +7,6 @@ manifest.json without a `backdoor` entry).
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training import cli
 from training.datasets import load_dataset
 from training.export import export_and_check, sha256, write_manifest
 from training.presets import PRESETS
@@ -27,16 +27,8 @@ from training.train_target import predict, split_train_val, train_target
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--dataset",
-        default="mnist",
-        choices=list(PRESETS),
-        help="which preset's target to train without poisoning (default: mnist)",
-    )
-    p.add_argument("--data-dir", default=None, help="folder looked at first for the data files")
+    p = cli.parser(__doc__)
+    cli.add_dataset(p, "which preset's target to train without poisoning")
     p.add_argument(
         "--source",
         default=None,

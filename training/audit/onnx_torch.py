@@ -88,8 +88,10 @@ def _gemm(a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0, **_):
 
 
 def _batchnorm(x, scale, bias, mean, var, *, epsilon=1e-5, **_):
-    # Inference form (the exported graph's running statistics), also during unlearning.
-    return F.batch_norm(x, mean, var, scale, bias, False, 0.0, epsilon)
+    # Inference form (the exported graph's running statistics), also during unlearning. The
+    # statistics are detached: the exporter may store one initializer for equal tensors (a fresh
+    # model's zero bias and zero running mean), which would make the mean a trainable parameter.
+    return F.batch_norm(x, mean.detach(), var.detach(), scale, bias, False, 0.0, epsilon)
 
 
 def _reshape(x, shape, **_):
