@@ -194,11 +194,12 @@ def bench_service(folder: Path, images: list[bytes], seconds: float, warmup: flo
                 )
                 after = scrape(server.url)
                 name = after_name(after)
-                batches = value(after, "guard_batch_size_count", model=name) - value(
-                    before, "guard_batch_size_count", model=name
+                series = {"model": name, "detector": "detrigger"}
+                batches = value(after, "guard_batch_size_count", **series) - value(
+                    before, "guard_batch_size_count", **series
                 )
-                batched = value(after, "guard_batch_size_sum", model=name) - value(
-                    before, "guard_batch_size_sum", model=name
+                batched = value(after, "guard_batch_size_sum", **series) - value(
+                    before, "guard_batch_size_sum", **series
                 )
                 row = {
                     "images_per_request": size,

@@ -3,6 +3,10 @@
 Images of concurrent requests are queued together and run as one batch once ``max_batch_size``
 images wait or the oldest has waited ``max_batch_wait_ms``. Inference runs in a dedicated
 thread, so the event loop keeps accepting and decoding requests meanwhile.
+
+Each queued item names its detector (``detrigger`` or ``strip``): a batch holds the items of
+one detector and runs that detector's batch function. The set's queue, its limit and its
+inference thread are shared by the detectors.
 """
 
 from __future__ import annotations
@@ -11,8 +15,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Sequence
+from collections import Counter, deque
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
@@ -42,12 +46,17 @@ R = TypeVar("R", bound=Batched)
 class _Item(Generic[R]):
     x: np.ndarray  # (k, C, H, W), k <= max_batch_size
     future: asyncio.Future[R]
+    detector: str
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
+DEFAULT_DETECTOR = "detrigger"
+
+
 class BatchEngine(Generic[R]):
-    """``run`` is what a batch executes: by default the model set's AE + target + decision
-    (Decisions); proxy mode runs only the AE there (service.target)."""
+    """``runs`` maps each detector to what its batch executes (images -> per-image rows).
+    By default: ``run`` for detrigger, and ``run`` defaults to the model set's AE + target +
+    decision (Decisions); proxy mode runs only the AE there (service.target)."""
 
     def __init__(
         self,
@@ -59,9 +68,14 @@ class BatchEngine(Generic[R]):
         retry_after_s: int,
         metrics: Metrics,
         run: Callable[[np.ndarray], R] | None = None,
+        runs: Mapping[str, Callable[[np.ndarray], R]] | None = None,
     ) -> None:
         self.model_set = model_set
-        self._run: Callable[[np.ndarray], Any] = run if run is not None else model_set.infer
+        self._runs: dict[str, Callable[[np.ndarray], Any]] = (
+            dict(runs)
+            if runs is not None
+            else {DEFAULT_DETECTOR: run if run is not None else model_set.infer}
+        )
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue_images = max_queue_images
@@ -69,6 +83,7 @@ class BatchEngine(Generic[R]):
         self.metrics = metrics
         self._pending: deque[_Item[R]] = deque()
         self._depth = 0  # images in _pending
+        self._depth_of: Counter[str] = Counter()  # images in _pending, per detector
         self._wakeup = asyncio.Event()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model_set.name}")
         self._task: asyncio.Task[None] | None = None
@@ -91,11 +106,17 @@ class BatchEngine(Generic[R]):
                 item.future.cancel()
         self._executor.shutdown(wait=True)
 
-    async def submit(self, x: np.ndarray) -> R:
-        """Queue (N, C, H, W) images; returns their decisions in order.
+    @property
+    def detectors(self) -> tuple[str, ...]:
+        return tuple(self._runs)
+
+    async def submit(self, x: np.ndarray, detector: str = DEFAULT_DETECTOR) -> R:
+        """Queue (N, C, H, W) images for ``detector``; returns their decisions in order.
 
         Raises QueueFull at once, without queueing anything, when the images do not fit.
         """
+        if detector not in self._runs:
+            raise ValueError(f"this engine runs {list(self._runs)}, not {detector!r}")
         n = x.shape[0]
         if self._depth + n > self.max_queue_images:
             raise QueueFull(
@@ -105,11 +126,12 @@ class BatchEngine(Generic[R]):
             )
         loop = asyncio.get_running_loop()
         items: list[_Item[R]] = [
-            _Item(x[i : i + self.max_batch_size], loop.create_future())
+            _Item(x[i : i + self.max_batch_size], loop.create_future(), detector)
             for i in range(0, n, self.max_batch_size)
         ]
         self._pending.extend(items)
         self._depth += n
+        self._depth_of[detector] += n
         self.metrics.queue_depth.labels(model=self.model_set.name).set(self._depth)
         self._wakeup.set()
         parts = await asyncio.gather(*(item.future for item in items))
@@ -117,12 +139,14 @@ class BatchEngine(Generic[R]):
         return result
 
     async def _collect(self) -> list[_Item[R]]:
-        """Wait for a first item, then for a full batch or the oldest item's deadline."""
+        """Wait for a first item, then for a full batch of its detector or the first item's
+        deadline; take that detector's items in queue order while they fit."""
         while not self._pending:
             self._wakeup.clear()
             await self._wakeup.wait()
-        deadline = self._pending[0].enqueued_at + self.max_wait_s
-        while self._depth < self.max_batch_size:
+        head = self._pending[0]
+        deadline = head.enqueued_at + self.max_wait_s
+        while self._depth_of[head.detector] < self.max_batch_size:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -130,12 +154,21 @@ class BatchEngine(Generic[R]):
             with contextlib.suppress(asyncio.TimeoutError):  # distinct from TimeoutError on 3.10
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
         batch: list[_Item[R]] = []
+        rest: deque[_Item[R]] = deque()
         size = 0
-        while self._pending and size + self._pending[0].x.shape[0] <= self.max_batch_size:
-            item = self._pending.popleft()
-            batch.append(item)
-            size += item.x.shape[0]
+        full = False  # once an item does not fit, later ones wait too (queue order)
+        for item in self._pending:
+            if item.detector != head.detector or full:
+                rest.append(item)
+            elif size + item.x.shape[0] <= self.max_batch_size:
+                batch.append(item)
+                size += item.x.shape[0]
+            else:
+                full = True
+                rest.append(item)
+        self._pending = rest
         self._depth -= size
+        self._depth_of[head.detector] -= size
         self.metrics.queue_depth.labels(model=self.model_set.name).set(self._depth)
         return batch
 
@@ -152,10 +185,11 @@ class BatchEngine(Generic[R]):
             if not live:
                 continue
             x = live[0].x if len(live) == 1 else np.concatenate([item.x for item in live])
+            detector = live[0].detector
             try:
-                decisions = await loop.run_in_executor(self._executor, self._run, x)
+                decisions = await loop.run_in_executor(self._executor, self._runs[detector], x)
             except Exception as exc:  # a bug or a broken graph: fail these callers, keep going
-                logger.exception("inference failed on a batch of %d", x.shape[0])
+                logger.exception("%s inference failed on a batch of %d", detector, x.shape[0])
                 for item in live:
                     if not item.future.done():
                         item.future.set_exception(exc)
@@ -164,7 +198,9 @@ class BatchEngine(Generic[R]):
             self.metrics.stage_duration.labels(stage="inference").observe(
                 time.perf_counter() - started
             )
-            self.metrics.batch_size.labels(model=self.model_set.name).observe(x.shape[0])
+            self.metrics.batch_size.labels(model=self.model_set.name, detector=detector).observe(
+                x.shape[0]
+            )
             offset = 0
             for item in live:
                 k = item.x.shape[0]

@@ -110,6 +110,14 @@ class InvalidParameter(GuardError):
     accepted = "see /openapi.json for the parameters"
 
 
+class DetectorNotAvailable(GuardError):
+    """422: the request asks for a detector that the model set does not offer (STRIP needs a
+    calibrated bank in the set's manifest)."""
+
+    kind = "detector_not_available"
+    accepted = "a detector the model set offers (GET /v1/models lists each set's detectors)"
+
+
 class ModelNotReady(GuardError):
     """503: the model set is not loaded and warm (yet, or because loading failed)."""
 
@@ -183,6 +191,7 @@ STATUS: dict[type[GuardError], int] = {
     InvalidImage: 422,
     WrongImageSize: 422,
     InvalidParameter: 422,
+    DetectorNotAvailable: 422,
     Blocked: 403,
     ModelNotReady: 503,
     QueueFull: 503,

@@ -11,17 +11,19 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 
 from service.engine import BatchEngine, R
 from service.errors import (
+    InvalidParameter,
     InvalidRequest,
     ModelLoadError,
     ModelNotReady,
@@ -32,8 +34,8 @@ from service.imaging import decode
 from service.manifest import read_manifest
 from service.metrics import Metrics
 from service.modelset import ModelSet
-from service.scoring import Decisions
-from service.settings import Mode, Settings
+from service.scoring import Decisions, Rule
+from service.settings import Detector, Mode, Settings
 from service.target import Call, Detection, LocalTarget, ProxyTarget, Target
 from service.upstream.client import UpstreamClient, new_http_client
 
@@ -74,7 +76,7 @@ class ImageResult:
     filename: str | None
     flagged: bool
     predicted: int
-    detriggered: int
+    detriggered: int | None  # None when the detector runs no AE (STRIP)
     score: float
     answer: int | None  # the class the caller should use under the mode; None when blocked
 
@@ -84,14 +86,19 @@ class Outcome:
     model_set: ModelSet
     mode: Mode
     results: list[ImageResult]
+    rule: Rule  # the detector that decided, its score's name, threshold and rule
 
 
-def answer_for(mode: Mode, flagged: bool, predicted: int, detriggered: int) -> int | None:
+def answer_for(mode: Mode, flagged: bool, predicted: int, detriggered: int | None) -> int | None:
     if mode is Mode.flag:
         return predicted
     if mode is Mode.block:
         return None if flagged else predicted
     return detriggered  # repair: the class once any trigger is removed
+
+
+def _detriggered(decisions: Decisions, i: int) -> int | None:
+    return None if decisions.detriggered is None else int(decisions.detriggered[i])
 
 
 class Guard:
@@ -176,7 +183,8 @@ class Guard:
         manifest = model_set.manifest
         target = self._target(slot.name, model_set)
         target.start()
-        self.metrics.init_model(slot.name, len(manifest.classes))
+        detectors = [d.value for d in model_set.detectors]
+        self.metrics.init_model(slot.name, len(manifest.classes), detectors)
         self.metrics.model_info.labels(
             model=slot.name,
             provider=model_set.provider,
@@ -197,13 +205,14 @@ class Guard:
                 "load_seconds": round(time.perf_counter() - started, 3),
                 "warmup_batch_sizes": list(warm_sizes),
                 "target_mode": target.mode,
+                "detectors": detectors,
             },
         )
 
     def _target(self, name: str, model_set: ModelSet) -> LocalTarget | ProxyTarget:
         s = self.settings
 
-        def engine(run: Callable[[np.ndarray], R]) -> BatchEngine[R]:
+        def engine(runs: Mapping[str, Callable[[np.ndarray], R]]) -> BatchEngine[R]:
             return BatchEngine(
                 model_set,
                 max_batch_size=s.max_batch_size,
@@ -211,15 +220,24 @@ class Guard:
                 max_queue_images=s.max_queue_images,
                 retry_after_s=s.retry_after_seconds,
                 metrics=self.metrics,
-                run=run,
+                runs=runs,
             )
 
         upstream = s.upstreams.get(name)
         if upstream is None or self.http is None:
-            return LocalTarget(model_set, engine(model_set.infer_scored))
+            runs: dict[str, Callable[[np.ndarray], Any]] = {
+                Detector.detrigger.value: model_set.infer_scored
+            }
+            if model_set.strip is not None:
+                runs[Detector.strip.value] = model_set.strip_scored
+            return LocalTarget(model_set, engine(runs))
         client = UpstreamClient(self.http, upstream, s, self.metrics, name)
+        # Proxy mode: only the AE runs here (batched); STRIP's copies are built per request.
         return ProxyTarget(
-            model_set, engine(model_set.detrigger_only), client, s.upstream_probe_interval_s
+            model_set,
+            engine({Detector.detrigger.value: model_set.detrigger_only}),
+            client,
+            s.upstream_probe_interval_s,
         )
 
     async def stop(self) -> None:
@@ -261,6 +279,27 @@ class Guard:
             raise ModelNotReady(f"model set {name!r} is not ready: {slot.reason}")
         return slot.model_set, slot.target
 
+    def detector_for(self, model_set: ModelSet, detector: Detector | None, mode: Mode) -> Detector:
+        """The detector of a request: the one it names, else GUARD_DEFAULT_DETECTOR where it
+        can run (the set offers it; STRIP not under mode repair), else detrigger. A named
+        detector the set does not offer is an error, and so is a named STRIP under mode repair
+        (STRIP flags, it has no repaired class to answer)."""
+        if detector is None:
+            default = self.settings.default_detector
+            usable = default in model_set.detectors and not (
+                default is Detector.strip and mode is Mode.repair
+            )
+            detector = default if usable else Detector.detrigger
+        elif detector is Detector.strip:
+            model_set.require_strip()  # DetectorNotAvailable when the set has no STRIP bank
+        if detector is Detector.strip and mode is Mode.repair:
+            raise InvalidParameter(
+                "mode repair needs detector detrigger: STRIP flags images but gives no class "
+                "with the trigger removed",
+                accepted="mode flag or block with detector strip, or detector detrigger",
+            )
+        return detector
+
     # --- the work -------------------------------------------------------------------------
     async def classify(
         self,
@@ -270,9 +309,11 @@ class Guard:
         mode: Mode | None = None,
         resize: bool = False,
         call: Call | None = None,
+        detector: Detector | None = None,
     ) -> Outcome:
         mode = mode or self.settings.default_mode
         model_set, target = self.resolve(model)
+        chosen = self.detector_for(model_set, detector, mode)
         if not images:
             raise InvalidRequest("no images in the request")
         self.check_count(len(images))
@@ -283,13 +324,13 @@ class Guard:
         )
         self.metrics.stage_duration.labels(stage="decode").observe(time.perf_counter() - started)
 
-        detection = await target.detect(x, call or Call())
+        detection = await target.detect(x, call or Call(), chosen)
         decisions = detection.decisions
-        self.count(model_set, mode, decisions, [image.filename for image in images])
+        self.count(model_set, mode, decisions, [image.filename for image in images], chosen)
         results = []
         for i, image in enumerate(images):
             predicted = int(decisions.predicted[i])
-            detriggered = int(decisions.detriggered[i])
+            detriggered = _detriggered(decisions, i)
             flagged = bool(decisions.flagged[i])
             score = float(decisions.score[i])
             results.append(
@@ -303,7 +344,7 @@ class Guard:
                     answer_for(mode, flagged, predicted, detriggered),
                 )
             )
-        return Outcome(model_set, mode, results)
+        return Outcome(model_set, mode, results, model_set.rule(chosen))
 
     def check_count(self, n: int) -> None:
         limit = self.settings.max_images_per_request
@@ -314,14 +355,21 @@ class Guard:
             )
 
     async def detect(
-        self, x: np.ndarray, target: Target, model_set: ModelSet, mode: Mode, call: Call
+        self,
+        x: np.ndarray,
+        target: Target,
+        model_set: ModelSet,
+        mode: Mode,
+        call: Call,
+        detector: Detector | None = None,
     ) -> Detection:
         """Decoded images (N, C, H, W) float32 in [0, 1] -> the detection, counted and logged."""
+        chosen = self.detector_for(model_set, detector, mode)
         if x.shape[0] == 0:
             raise InvalidRequest("no images in the request")
         self.check_count(x.shape[0])
-        detection = await target.detect(x, call)
-        self.count(model_set, mode, detection.decisions, [None] * x.shape[0])
+        detection = await target.detect(x, call, chosen)
+        self.count(model_set, mode, detection.decisions, [None] * x.shape[0], chosen)
         return detection
 
     def count(
@@ -330,29 +378,31 @@ class Guard:
         mode: Mode,
         decisions: Decisions,
         filenames: Sequence[str | None],
+        detector: Detector = Detector.detrigger,
     ) -> None:
         """Count every image and log each flagged one."""
         name = model_set.name
+        rule = model_set.rule(detector)
+        classes = model_set.manifest.classes
         for i, filename in enumerate(filenames):
             predicted = int(decisions.predicted[i])
-            detriggered = int(decisions.detriggered[i])
-            flagged = bool(decisions.flagged[i])
-            score = float(decisions.score[i])
-            self.metrics.images.labels(model=name, predicted_class=str(predicted)).inc()
-            if flagged:
-                self.metrics.images_flagged.labels(model=name, predicted_class=str(predicted)).inc()
-                classes = model_set.manifest.classes
+            labels = {"model": name, "predicted_class": str(predicted), "detector": detector.value}
+            self.metrics.images.labels(**labels).inc()
+            if bool(decisions.flagged[i]):
+                self.metrics.images_flagged.labels(**labels).inc()
+                detriggered = _detriggered(decisions, i)
                 logger.warning(
                     "flagged image",
                     extra={
                         "model": name,
                         "mode": mode.value,
+                        "detector": detector.value,
                         "index": i,
                         "image_filename": (filename or "")[:200] or None,
                         "predicted": classes[predicted],
-                        "detriggered": classes[detriggered],
-                        "score": round(score, 6),
-                        "score_name": model_set.manifest.decision.score,
+                        "detriggered": None if detriggered is None else classes[detriggered],
+                        "score": round(float(decisions.score[i]), 6),
+                        "score_name": rule.score_name,
                     },
                 )
 

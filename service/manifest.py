@@ -20,13 +20,13 @@ class InputSpec(BaseModel):
     channels: Literal[1, 3]
 
 
-class GraphSpec(BaseModel):
+class FileSpec(BaseModel):
+    """A file of the model set, checked against its sha256 before use."""
+
     model_config = ConfigDict(extra="allow")
 
     file: str
     sha256: str
-    input_name: str
-    output_name: str
 
     @field_validator("file")
     @classmethod
@@ -45,12 +45,46 @@ class GraphSpec(BaseModel):
         return value
 
 
+class GraphSpec(FileSpec):
+    input_name: str
+    output_name: str
+
+
 class Decision(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     rule: Literal["class_change", "score"]
     score: Literal["prob_drop", "kl"] = "prob_drop"
     threshold: float = 0.5
+
+
+class Blend(BaseModel):
+    """STRIP's superimposition: clip(input_weight * x + bank_weight * bank image, 0, 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input_weight: float = Field(default=1.0, gt=0.0, le=4.0)
+    bank_weight: float = Field(default=1.0, gt=0.0, le=4.0)
+
+
+class StripSpec(BaseModel):
+    """Optional: the STRIP detector (service.strip), written by training.strip_calibrate."""
+
+    model_config = ConfigDict(extra="allow")
+
+    bank: FileSpec  # .npy of (M, C, H, W) clean validation images, uint8 or float in [0, 1]
+    n: int = Field(ge=1, le=256)  # superimposed copies per input, at most the bank's M
+    threshold: float = Field(ge=0.0, allow_inf_nan=False)  # flag when entropy (bits) < this
+    seed: int = Field(default=0, ge=0, lt=2**63)
+    blend: Blend = Field(default_factory=Blend)
+
+
+class Detectors(BaseModel):
+    """Optional detectors besides the de-trigger AE (which every set has)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    strip: StripSpec | None = None
 
 
 class Manifest(BaseModel):
@@ -62,6 +96,7 @@ class Manifest(BaseModel):
     target: GraphSpec
     detrigger: GraphSpec
     decision: Decision
+    detectors: Detectors = Field(default_factory=Detectors)
     description: str = ""
 
 
@@ -79,7 +114,7 @@ def read_manifest(folder: Path) -> Manifest:
         raise ModelLoadError(f"{path}: invalid manifest: {exc}") from exc
 
 
-def read_verified(folder: Path, spec: GraphSpec) -> bytes:
+def read_verified(folder: Path, spec: FileSpec) -> bytes:
     """The file's bytes, after checking them against the manifest sha256.
 
     The session is then built from these same bytes, so what was checked is what runs.

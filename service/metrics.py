@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 # No *_created series: they double the series count and Prometheus does not need them.
@@ -33,14 +35,16 @@ class Metrics:
         )
         self.images = Counter(
             "guard_images",
-            "Images classified, by the class predicted on the image as uploaded.",
-            ["model", "predicted_class"],
+            "Images classified, by the class predicted on the image as uploaded and the "
+            "detector that judged it.",
+            ["model", "predicted_class", "detector"],
             registry=r,
         )
         self.images_flagged = Counter(
             "guard_images_flagged",
-            "Images flagged as carrying a trigger, by the class predicted on the uploaded image.",
-            ["model", "predicted_class"],
+            "Images flagged as carrying a trigger, by the class predicted on the uploaded image "
+            "and the detector that flagged it.",
+            ["model", "predicted_class", "detector"],
             registry=r,
         )
         self.stage_duration = Histogram(
@@ -53,8 +57,9 @@ class Metrics:
         )
         self.batch_size = Histogram(
             "guard_batch_size",
-            "Images per engine batch.",
-            ["model"],
+            "Images per engine batch, by the detector the batch ran (a STRIP batch of B images "
+            "runs the target on B * (n + 1)).",
+            ["model", "detector"],
             buckets=BATCH_BUCKETS,
             registry=r,
         )
@@ -104,12 +109,15 @@ class Metrics:
         for stage in STAGES:
             self.stage_duration.labels(stage=stage)
 
-    def init_model(self, model: str, classes: int) -> None:
+    def init_model(
+        self, model: str, classes: int, detectors: Sequence[str] = ("detrigger",)
+    ) -> None:
         """Create every bounded series at 0, so rate() and ratios work from the first scrape."""
-        for c in range(classes):
-            self.images.labels(model=model, predicted_class=str(c))
-            self.images_flagged.labels(model=model, predicted_class=str(c))
-        self.batch_size.labels(model=model)
+        for detector in detectors:
+            for c in range(classes):
+                self.images.labels(model=model, predicted_class=str(c), detector=detector)
+                self.images_flagged.labels(model=model, predicted_class=str(c), detector=detector)
+            self.batch_size.labels(model=model, detector=detector)
         self.queue_depth.labels(model=model).set(0)
         self.model_ready.labels(model=model).set(0)
 

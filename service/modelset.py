@@ -9,37 +9,78 @@ from pathlib import Path
 
 import numpy as np
 
-from service.errors import ModelLoadError
-from service.manifest import Manifest, read_manifest, read_verified
+from service.errors import DetectorNotAvailable, ModelLoadError
+from service.manifest import Manifest, StripSpec, read_manifest, read_verified
 from service.runtime import OnnxModel
-from service.scoring import Decisions, decide
-from service.settings import Settings
+from service.scoring import Decisions, Rule, decide
+from service.settings import Detector, Settings
+from service.strip import StripConfig, bank_from_npy, decide_strip, strip_batch, strip_scores
 
 logger = logging.getLogger("guard.models")
 
 
 @dataclass(frozen=True)
 class Scored:
-    """A batch's decisions with the target's logits on x and on AE(x), each (N, K)."""
+    """A batch's decisions with the target's logits on x and on AE(x), each (N, K); STRIP
+    runs no AE, so its logits_ae is None."""
 
     decisions: Decisions
     logits_x: np.ndarray
-    logits_ae: np.ndarray
+    logits_ae: np.ndarray | None = None
 
     def slice(self, start: int, stop: int) -> Scored:
         return Scored(
             self.decisions.slice(start, stop),
             self.logits_x[start:stop],
-            self.logits_ae[start:stop],
+            None if self.logits_ae is None else self.logits_ae[start:stop],
         )
 
     @staticmethod
     def concat(parts: Sequence[Scored]) -> Scored:
+        ae = [p.logits_ae for p in parts if p.logits_ae is not None]
         return Scored(
             Decisions.concat([p.decisions for p in parts]),
             np.concatenate([p.logits_x for p in parts]),
-            np.concatenate([p.logits_ae for p in parts]),
+            np.concatenate(ae) if len(ae) == len(parts) else None,
         )
+
+
+@dataclass(frozen=True)
+class Strip:
+    """The set's STRIP detector: its bank (M, C, H, W) float32 in [0, 1] and its settings."""
+
+    config: StripConfig
+    bank: np.ndarray
+    threshold: float
+
+    @classmethod
+    def load(cls, folder: Path, spec: StripSpec, chw: tuple[int, int, int]) -> Strip:
+        data = read_verified(folder, spec.bank)
+        try:
+            bank = bank_from_npy(data, chw)
+        except ValueError as exc:
+            raise ModelLoadError(f"{folder / spec.bank.file}: {exc}") from exc
+        if spec.n > len(bank):
+            raise ModelLoadError(
+                f"{folder / spec.bank.file}: {len(bank)} bank images, fewer than the manifest's "
+                f"n = {spec.n} superimpositions per input"
+            )
+        config = StripConfig(
+            n=spec.n,
+            seed=spec.seed,
+            input_weight=spec.blend.input_weight,
+            bank_weight=spec.blend.bank_weight,
+        )
+        return cls(config, bank, spec.threshold)
+
+    def batch(self, x: np.ndarray) -> np.ndarray:
+        """(B, C, H, W) -> [x; superimposed copies], (B * (n + 1), C, H, W): one target call."""
+        return strip_batch(x, self.bank, self.config)
+
+    def decide(self, logits: np.ndarray, b: int) -> tuple[Decisions, np.ndarray]:
+        """The target's logits on :meth:`batch` of B inputs -> (decisions, logits on x)."""
+        logits_x, entropy = strip_scores(logits, b, self.config.n)
+        return decide_strip(logits_x, entropy, self.threshold), logits_x
 
 
 @dataclass(frozen=True)
@@ -62,6 +103,7 @@ class ModelSet:
     manifest: Manifest
     target: OnnxModel
     detrigger: OnnxModel
+    strip: Strip | None = None
 
     @property
     def name(self) -> str:
@@ -95,7 +137,24 @@ class ModelSet:
             )
         model_set = cls(folder, manifest, models["target"], models["detrigger"])
         model_set._check_shapes()
+        strip_spec = manifest.detectors.strip
+        if strip_spec is not None:
+            model_set.strip = Strip.load(folder, strip_spec, model_set.input_chw)
         return model_set
+
+    @property
+    def detectors(self) -> tuple[Detector, ...]:
+        """The detectors this set offers: always the de-trigger AE, STRIP when calibrated."""
+        return (Detector.detrigger,) + ((Detector.strip,) if self.strip is not None else ())
+
+    def rule(self, detector: Detector) -> Rule:
+        """What results report beside a detector's score."""
+        if detector is Detector.strip:
+            spec = self.manifest.detectors.strip
+            assert spec is not None, "resolve the detector against ModelSet.detectors first"
+            return Rule(detector, "strip_entropy", spec.threshold, "score_below")
+        d = self.manifest.decision
+        return Rule(detector, d.score, d.threshold, d.rule)
 
     def _check_shapes(self) -> None:
         c, h, w = self.input_chw
@@ -136,9 +195,38 @@ class ModelSet:
             decide(logits[:n], logits[n:], self.manifest.decision), logits[:n], logits[n:]
         )
 
+    def require_strip(self) -> Strip:
+        """The set's STRIP detector; DetectorNotAvailable when its manifest has none."""
+        if self.strip is None:
+            raise DetectorNotAvailable(
+                f"model set {self.name!r} does not offer detector 'strip' (its manifest has no "
+                "detectors.strip)",
+                accepted=f"detector one of {[d.value for d in self.detectors]} for model set "
+                f"{self.name!r}",
+            )
+        return self.strip
+
+    def strip_scored(self, x: np.ndarray) -> Scored:
+        """STRIP's decisions and the logits on x: the target once on [x; n copies of each]."""
+        strip = self.require_strip()
+        n = x.shape[0]
+        logits = self.target.run(strip.batch(x))  # (B * (n + 1), K)
+        k = len(self.manifest.classes)
+        rows = n * (strip.config.n + 1)
+        if logits.shape != (rows, k):
+            raise ModelLoadError(
+                f"{self.target.name}: logits {logits.shape}, expected ({rows}, {k})"
+            )
+        decisions, logits_x = strip.decide(logits, n)
+        return Scored(decisions, logits_x)
+
     def warm_up(self, batch_sizes: tuple[int, ...]) -> None:
-        """Run every batch size once so the first request pays no allocation or tuning cost."""
+        """Run every batch size of every detector once, so that the first request pays no
+        allocation or tuning cost."""
         c, h, w = self.input_chw
         rng = np.random.default_rng(0)
         for size in batch_sizes:
-            self.infer(rng.random((size, c, h, w), dtype=np.float32))
+            x = rng.random((size, c, h, w), dtype=np.float32)
+            self.infer(x)
+            if self.strip is not None:
+                self.strip_scored(x)

@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.guard import ImageResult, Outcome, Slot
-from service.settings import Mode
+from service.settings import Detector, Mode
 
 
 class ClassRef(BaseModel):
@@ -35,6 +35,11 @@ class ClassifyJSONRequest(BaseModel):
         None, description="flag, block or repair; GUARD_DEFAULT_MODE when absent."
     )
     resize: bool = Field(False, description="Resize images of another size to the model's input.")
+    detector: Detector | None = Field(
+        None,
+        description="detrigger or strip; GUARD_DEFAULT_DETECTOR (if the set offers it) when "
+        "absent.",
+    )
 
 
 class ImageResultBody(BaseModel):
@@ -42,11 +47,22 @@ class ImageResultBody(BaseModel):
     filename: str | None
     flagged: bool = Field(description="True when the image is judged to carry a trigger.")
     predicted: ClassRef = Field(description="The class on the image as uploaded.")
-    detriggered: ClassRef = Field(description="The class after the de-trigger autoencoder.")
-    score: float
-    score_name: Literal["prob_drop", "kl"]
+    detriggered: ClassRef | None = Field(
+        description="The class after the de-trigger autoencoder; null with detector strip, "
+        "which runs no autoencoder."
+    )
+    detector: Detector = Field(description="The detector that judged the image.")
+    score: float = Field(
+        description="The detector's score: prob_drop or kl (detrigger), or the mean entropy "
+        "in bits of the target's outputs on the superimposed copies (strip_entropy)."
+    )
+    score_name: Literal["prob_drop", "kl", "strip_entropy"]
     threshold: float
-    decision_rule: Literal["class_change", "score"]
+    decision_rule: Literal["class_change", "score", "score_below"] = Field(
+        description="class_change: flagged when the class changes after the autoencoder; "
+        "score: flagged when score > threshold; score_below (strip): flagged when "
+        "score < threshold."
+    )
     outcome: Literal["answered", "blocked", "repaired"] = Field(
         description="answered: 'answer' is the predicted class; blocked: no class is given; "
         "repaired: 'answer' is the class after de-triggering."
@@ -59,6 +75,7 @@ class ImageResultBody(BaseModel):
 class ClassifyResponse(BaseModel):
     model: str
     mode: Mode
+    detector: Detector = Field(description="The detector that judged the images.")
     flagged: int = Field(description="How many images were flagged.")
     blocked: int = Field(description="How many images got no class (mode block).")
     results: list[ImageResultBody] = Field(description="One entry per image, in request order.")
@@ -79,17 +96,19 @@ def _outcome(mode: Mode, result: ImageResult) -> Literal["answered", "blocked", 
 def classify_response(outcome: Outcome) -> ClassifyResponse:
     manifest = outcome.model_set.manifest
     classes = manifest.classes
+    rule = outcome.rule
     results = [
         ImageResultBody(
             index=r.index,
             filename=r.filename,
             flagged=r.flagged,
             predicted=_ref(classes, r.predicted),
-            detriggered=_ref(classes, r.detriggered),
+            detriggered=None if r.detriggered is None else _ref(classes, r.detriggered),
+            detector=rule.detector,
             score=r.score,
-            score_name=manifest.decision.score,
-            threshold=manifest.decision.threshold,
-            decision_rule=manifest.decision.rule,
+            score_name=rule.score_name,
+            threshold=rule.threshold,
+            decision_rule=rule.rule,
             outcome=_outcome(outcome.mode, r),
             answer=None if r.answer is None else _ref(classes, r.answer),
         )
@@ -98,6 +117,7 @@ def classify_response(outcome: Outcome) -> ClassifyResponse:
     return ClassifyResponse(
         model=manifest.name,
         mode=outcome.mode,
+        detector=rule.detector,
         flagged=sum(r.flagged for r in results),
         blocked=sum(r.answer is None for r in results),
         results=results,
@@ -123,6 +143,15 @@ class DecisionSummary(BaseModel):
     threshold: float
 
 
+class StripSummary(BaseModel):
+    """The manifest's optional `detectors.strip` entry (training.strip_calibrate)."""
+
+    n: int = Field(description="Superimposed copies per image (N + 1 target rows per image).")
+    bank_images: int = Field(description="Clean validation images the copies are drawn from.")
+    threshold: float = Field(description="Flagged when the mean entropy (bits) is below this.")
+    target_fpr: float | None = Field(default=None, description="The FPR it was set for.")
+
+
 class AuditSummary(BaseModel):
     """The manifest's optional `audit` entry (training/audit: trigger synthesis)."""
 
@@ -144,6 +173,10 @@ class ModelSummary(BaseModel):
     classes: list[str] | None = None
     input: InputSummary | None = None
     decision: DecisionSummary | None = None
+    detectors: list[Detector] | None = Field(
+        default=None, description="Detectors the set offers: detrigger, and strip if calibrated."
+    )
+    strip: StripSummary | None = None
     provider: str | None = None
     target: GraphSummary | None = None
     detrigger: GraphSummary | None = None
@@ -173,6 +206,17 @@ def model_summary(slot: Slot, default: bool) -> ModelSummary:
     summary.decision = DecisionSummary(
         rule=m.decision.rule, score=m.decision.score, threshold=m.decision.threshold
     )
+    summary.detectors = list(model_set.detectors)
+    strip = m.detectors.strip
+    if strip is not None and model_set.strip is not None:
+        calibration = (strip.model_extra or {}).get("calibration")
+        fpr = calibration.get("target_fpr") if isinstance(calibration, dict) else None
+        summary.strip = StripSummary(
+            n=strip.n,
+            bank_images=len(model_set.strip.bank),
+            threshold=strip.threshold,
+            target_fpr=float(fpr) if isinstance(fpr, int | float) else None,
+        )
     summary.provider = model_set.provider
     summary.target = GraphSummary(
         file=m.target.file, sha256=m.target.sha256, provider=model_set.target.provider

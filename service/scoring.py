@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from service.manifest import Decision
+from service.settings import Detector
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -40,23 +42,43 @@ class Decisions:
     """Per-image outcome of one batch; all arrays have shape (N,)."""
 
     predicted: np.ndarray  # int, argmax f(x)
-    detriggered: np.ndarray  # int, argmax f(AE(x))
-    score: np.ndarray  # float, the manifest's score
+    detriggered: np.ndarray | None  # int, argmax f(AE(x)); None for STRIP (no AE runs)
+    score: np.ndarray  # float, the detector's score
     flagged: np.ndarray  # bool
 
     def __len__(self) -> int:
         return len(self.predicted)
 
     def slice(self, start: int, stop: int) -> Decisions:
-        return Decisions(*(getattr(self, f.name)[start:stop] for f in fields(self)))
+        return Decisions(
+            self.predicted[start:stop],
+            None if self.detriggered is None else self.detriggered[start:stop],
+            self.score[start:stop],
+            self.flagged[start:stop],
+        )
 
     @staticmethod
     def concat(parts: Sequence[Decisions]) -> Decisions:
         if len(parts) == 1:
             return parts[0]
+        detriggered = [p.detriggered for p in parts if p.detriggered is not None]
         return Decisions(
-            *(np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Decisions))
+            np.concatenate([p.predicted for p in parts]),
+            np.concatenate(detriggered) if len(detriggered) == len(parts) else None,
+            np.concatenate([p.score for p in parts]),
+            np.concatenate([p.flagged for p in parts]),
         )
+
+
+@dataclass(frozen=True)
+class Rule:
+    """How a detector's score was turned into a flag: what each result reports beside it."""
+
+    detector: Detector
+    score_name: Literal["prob_drop", "kl", "strip_entropy"]
+    threshold: float
+    # class_change; score: flagged when score > threshold; score_below: when score < threshold
+    rule: Literal["class_change", "score", "score_below"]
 
 
 def decide(logits_x: np.ndarray, logits_ae: np.ndarray, decision: Decision) -> Decisions:

@@ -29,6 +29,14 @@ class Mode(str, Enum):
     repair = "repair"  # answer with the class after de-triggering
 
 
+# A plain Enum, not a str one: as a str subclass the member ``strip`` would shadow str.strip.
+class Detector(Enum):
+    """Which input-level detector decides whether an image carries a trigger."""
+
+    detrigger = "detrigger"  # the de-trigger AE (Kwon): every model set has it
+    strip = "strip"  # STRIP (Gao et al.): sets whose manifest has detectors.strip
+
+
 # Headers forwarded to an upstream V2 server unless GUARD_UPSTREAM_FORWARD_HEADERS says otherwise:
 # W3C trace context and B3 tracing. Credentials are opt-in (see the validator below).
 DEFAULT_FORWARD_HEADERS = (
@@ -113,6 +121,11 @@ class Settings(BaseSettings):
     )
     default_mode: Mode = Field(
         default=Mode.flag, description="Mode used when a request names none."
+    )
+    default_detector: Detector = Field(
+        default=Detector.detrigger,
+        description="Detector used when a request names none; a set that does not offer it, "
+        "or a request in mode repair (STRIP cannot repair), uses detrigger.",
     )
 
     # --- ONNX Runtime -------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Where a model set's target runs: here (local mode) or on an upstream V2 server (proxy mode).
 
 Both backends answer :meth:`detect` with the same :class:`Detection`: the decisions, and the
-target's outputs on ``[x; AE(x)]`` as V2 tensors of 2N rows (the first N on the images as
-given, the last N on their de-triggered copies). The guard and the V2 data plane use only that.
+target's outputs as V2 tensors whose first N rows are on the images as given. With the
+de-trigger detector they have 2N rows, the last N on the de-triggered copies (``[x; AE(x)]``);
+with STRIP the rows after the first N (if any) are on the superimposed copies. The guard and the
+V2 data plane use only that.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from service.errors import UpstreamFailed
 from service.modelset import Detriggered, ModelSet, Scored
 from service.protocol.infer_type import InferRequest, InferTensor
 from service.scoring import Decisions, decide
+from service.settings import Detector
 from service.upstream.client import UpstreamClient
 
 logger = logging.getLogger("guard.target")
@@ -39,10 +42,11 @@ class Call:
 @dataclass(frozen=True)
 class Detection:
     decisions: Decisions
-    outputs: list[InferTensor]  # each with 2N rows: [f(x); f(AE(x))]
+    outputs: list[InferTensor]  # rows 0..N-1: f(x); detrigger: then f(AE(x)), 2N rows in all
     model_name: str
     model_version: str | None
     parameters: dict[str, Any]
+    detector: Detector = Detector.detrigger
 
 
 class Target(Protocol):
@@ -60,7 +64,9 @@ class Target(Protocol):
 
     def readiness(self) -> tuple[bool, str]: ...
 
-    async def detect(self, x: np.ndarray, call: Call) -> Detection: ...
+    async def detect(
+        self, x: np.ndarray, call: Call, detector: Detector = Detector.detrigger
+    ) -> Detection: ...
 
 
 class LocalTarget:
@@ -85,9 +91,12 @@ class LocalTarget:
     def readiness(self) -> tuple[bool, str]:
         return True, "ready"
 
-    async def detect(self, x: np.ndarray, call: Call) -> Detection:
-        scored = await self.engine.submit(x)
-        logits = np.concatenate([scored.logits_x, scored.logits_ae]).astype(np.float32)
+    async def detect(
+        self, x: np.ndarray, call: Call, detector: Detector = Detector.detrigger
+    ) -> Detection:
+        scored = await self.engine.submit(x, detector.value)
+        parts = [scored.logits_x] + ([] if scored.logits_ae is None else [scored.logits_ae])
+        logits = np.concatenate(parts).astype(np.float32)  # (N, K) or, detrigger, (2N, K)
         name = self.model_set.manifest.target.output_name
         return Detection(
             scored.decisions,
@@ -95,6 +104,7 @@ class LocalTarget:
             self.model_set.name,
             "1",
             {},
+            detector,
         )
 
 
@@ -144,23 +154,36 @@ class ProxyTarget:
     def readiness(self) -> tuple[bool, str]:
         return self.upstream.ready, self.upstream.reason
 
-    async def detect(self, x: np.ndarray, call: Call) -> Detection:
+    async def detect(
+        self, x: np.ndarray, call: Call, detector: Detector = Detector.detrigger
+    ) -> Detection:
+        """One upstream request per caller request: [x; AE(x)] (2N images, the AE batched by
+        the engine) or, for STRIP, [x; superimposed copies] (N * (n + 1) images)."""
         n = x.shape[0]
-        x_ae = (await self.engine.submit(x)).images
-        both = np.concatenate([x, x_ae]).astype(np.float32, copy=False)  # (2N, C, H, W)
+        strip = self.model_set.require_strip() if detector is Detector.strip else None
+        if strip is not None:
+            # Superimposition is plain numpy (no model): off the event loop, not batched.
+            batch = await asyncio.to_thread(strip.batch, x)
+        else:
+            x_ae = (await self.engine.submit(x)).images
+            batch = np.concatenate([x, x_ae]).astype(np.float32, copy=False)  # (2N, C, H, W)
         request = InferRequest(
-            [InferTensor.from_numpy(self.upstream.input_name(), both)],
+            [InferTensor.from_numpy(self.upstream.input_name(), batch)],
             id=call.request_id,
             parameters=call.parameters,
         )
         response = await self.upstream.infer(request, call.headers)
-        logits = self._logits(response.outputs, n)
-        decisions = decide(logits[:n], logits[n:], self.model_set.manifest.decision)
+        rows = batch.shape[0]
+        logits = self._logits(response.outputs, rows)
+        if strip is not None:
+            decisions, _ = strip.decide(logits, n)
+        else:
+            decisions = decide(logits[:n], logits[n:], self.model_set.manifest.decision)
         for tensor in response.outputs:
-            if not tensor.shape or tensor.shape[0] != 2 * n:
+            if not tensor.shape or tensor.shape[0] != rows:
                 raise UpstreamFailed(
                     f"{self.upstream.describe()} returned output {tensor.name!r} of shape "
-                    f"{tensor.shape} for a batch of {2 * n}"
+                    f"{tensor.shape} for a batch of {rows}"
                 )
         return Detection(
             decisions,
@@ -168,9 +191,10 @@ class ProxyTarget:
             response.model_name or self.upstream.config.model,
             response.model_version,
             response.parameters,
+            detector,
         )
 
-    def _logits(self, outputs: list[InferTensor], n: int) -> np.ndarray:
+    def _logits(self, outputs: list[InferTensor], rows: int) -> np.ndarray:
         name = self.upstream.output_name()
         chosen = next((t for t in outputs if t.name == name), None) if name else None
         if chosen is None and outputs and name is None:
@@ -181,9 +205,9 @@ class ProxyTarget:
                 f"{self.upstream.describe()} returned no output {name!r} "
                 f"(got {[t.name for t in outputs]})"
             )
-        if chosen.datatype not in ("FP16", "FP32", "FP64") or chosen.shape != [2 * n, k]:
+        if chosen.datatype not in ("FP16", "FP32", "FP64") or chosen.shape != [rows, k]:
             raise UpstreamFailed(
                 f"{self.upstream.describe()} returned {chosen.name!r} as {chosen.datatype} "
-                f"{chosen.shape}; the guard needs float logits of shape [{2 * n}, {k}]"
+                f"{chosen.shape}; the guard needs float logits of shape [{rows}, {k}]"
             )
         return np.asarray(chosen.data, dtype=np.float32)

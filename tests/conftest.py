@@ -22,6 +22,7 @@ from tests.support.tiny_models import TinySpec, build_model_set  # noqa: E402
 GRAY = TinySpec(name="tiny")
 RGB = TinySpec(name="tinyrgb", height=32, width=32, channels=3)
 SCORE = TinySpec(name="tinykl", rule="score", score="kl", threshold=1.0)
+STRIP = TinySpec(name="tinystrip", strip_n=8)
 
 
 @pytest.fixture(scope="session")
@@ -30,6 +31,7 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_model_set(root / "tiny", GRAY, samples=18)
     build_model_set(root / "tinyrgb", RGB)
     build_model_set(root / "tinykl", SCORE)
+    build_model_set(root / "tinystrip", STRIP)
     return root
 
 
@@ -49,6 +51,12 @@ def rgb_set(model_root: Path) -> Path:
 def kl_set(model_root: Path) -> Path:
     """A 28x28 grayscale set with rule score on kl > 1.0."""
     return model_root / "tinykl"
+
+
+@pytest.fixture(scope="session")
+def strip_set(model_root: Path) -> Path:
+    """The tiny grayscale set plus a STRIP bank (27 clean images, n = 8, threshold 0.3 bits)."""
+    return model_root / "tinystrip"
 
 
 # Limits small enough for the limit tests to be cheap.

@@ -2,18 +2,20 @@
 HTTP: the REST routes parse bodies into :class:`InferRequest` and write back what this returns.
 
 The response carries the target's outputs for the images as given (in proxy mode: the
-upstream's own outputs, rows 0..N-1 of its 2N-row answer) and the guard's verdict under
+upstream's own outputs, rows 0..N-1 of its answer) and the guard's verdict under
 ``parameters``. Mode ``repair`` swaps in the rows for the de-triggered copies of flagged images;
-mode ``block`` refuses a request with a flagged image (Blocked, 403).
+mode ``block`` refuses a request with a flagged image (Blocked, 403). The request parameter
+``guard_detector`` (``detrigger`` or ``strip``) chooses the detector.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -23,25 +25,34 @@ from service.logs import request_id_var
 from service.modelset import ModelSet
 from service.protocol.images import image_accepts, images_from_tensor
 from service.protocol.infer_type import InferRequest, InferResponse, InferTensor
-from service.settings import Mode
+from service.settings import Detector, Mode
 from service.target import Call, Detection, ProxyTarget
 
 SERVER_NAME = "detrigger-guard"
 EXTENSIONS = ["binary_tensor_data"]
 # Request parameters the guard reads itself; they are not passed on to an upstream.
-GUARD_PARAMETERS = ("guard_mode", "guard_resize", "layout", "binary_data_output")
+GUARD_PARAMETERS = (
+    "guard_mode",
+    "guard_detector",
+    "guard_resize",
+    "layout",
+    "binary_data_output",
+)
+
+E = TypeVar("E", bound=enum.Enum)
 
 
-def _mode(request: InferRequest, default: Mode) -> Mode:
-    value = request.parameters.get("guard_mode")
+def _enum_parameter(request: InferRequest, key: str, kind: type[E]) -> E | None:
+    """parameters[key] as a member of ``kind``; None when absent. An unknown value is a 400."""
+    value = request.parameters.get(key)
     if value is None:
-        return default
+        return None
     try:
-        return Mode(value)
+        return kind(value)
     except ValueError as exc:
         raise InvalidParameter(
-            f"parameters.guard_mode {value!r} is not allowed",
-            accepted=f"guard_mode one of {[m.value for m in Mode]}",
+            f"parameters.{key} {value!r} is not allowed",
+            accepted=f"{key} one of {[m.value for m in kind]}",
         ) from exc
 
 
@@ -113,6 +124,10 @@ class DataPlane:
             "parameters": {
                 "guard_model_set": model_set.name,
                 "guard_mode": self.guard.settings.default_mode.value,
+                "guard_detector": self.guard.detector_for(
+                    model_set, None, self.guard.settings.default_mode
+                ).value,
+                "guard_detectors": json.dumps([d.value for d in model_set.detectors]),
                 "guard_accepts": image_accepts(model_set.input_chw),
             },
         }
@@ -135,7 +150,10 @@ class DataPlane:
     ) -> InferResponse:
         slot = self._slot(name, version)
         model_set, target = self.guard.resolve(slot.name)
-        mode = _mode(request, self.guard.settings.default_mode)
+        mode = _enum_parameter(request, "guard_mode", Mode) or self.guard.settings.default_mode
+        detector = self.guard.detector_for(
+            model_set, _enum_parameter(request, "guard_detector", Detector), mode
+        )
         if len(request.inputs) != 1:
             raise InvalidRequest(
                 f"{len(request.inputs)} inputs; the guard takes exactly one image input",
@@ -158,7 +176,7 @@ class DataPlane:
         )
         passed_on = {k: v for k, v in request.parameters.items() if k not in GUARD_PARAMETERS}
         call = Call(headers, request.id or request_id_var.get(), passed_on)
-        detection = await self.guard.detect(x, target, model_set, mode, call)
+        detection = await self.guard.detect(x, target, model_set, mode, call, detector)
         return self._response(name, request, model_set, mode, detection)
 
     def _response(
@@ -174,11 +192,14 @@ class DataPlane:
         flagged = [bool(f) for f in d.flagged]
         if mode is Mode.block and any(flagged):
             where = [i for i, f in enumerate(flagged) if f]
-            raise Blocked(
-                f"mode block: image(s) {where} of {n} carry a backdoor trigger "
+            why = (
                 f"(class {[int(d.predicted[i]) for i in where]} before and "
                 f"{[int(d.detriggered[i]) for i in where]} after de-triggering)"
+                if d.detriggered is not None
+                else f"(class {[int(d.predicted[i]) for i in where]}, STRIP entropy "
+                f"{[round(float(d.score[i]), 6) for i in where]} below the threshold)"
             )
+            raise Blocked(f"mode block: image(s) {where} of {n} carry a backdoor trigger {why}")
         # Row i of each output: f(x_i), or f(AE(x_i)) for a flagged image under repair.
         rows = np.arange(n)
         if mode is Mode.repair:
@@ -192,8 +213,9 @@ class DataPlane:
                     f"no outputs named {missing}", accepted=f"outputs among {sorted(by_name)}"
                 )
             outputs = [by_name[o.name] for o in request.outputs]
-        parameters = dict(detection.parameters)
-        parameters.update(verdict(model_set, mode, d))
+        # An upstream's own guard_* parameters (a guard in front of a guard) give way to ours.
+        parameters = {k: v for k, v in detection.parameters.items() if not k.startswith("guard_")}
+        parameters.update(verdict(model_set, mode, d, detection.detector))
         return InferResponse(
             model_name=name,
             outputs=outputs,
@@ -203,18 +225,26 @@ class DataPlane:
         )
 
 
-def verdict(model_set: ModelSet, mode: Mode, d: Any) -> dict[str, Any]:
+def verdict(
+    model_set: ModelSet, mode: Mode, d: Any, detector: Detector = Detector.detrigger
+) -> dict[str, Any]:
     """The guard's verdict as V2 parameters. The protocol allows only scalar parameter values,
-    so the per-image lists are JSON text (``json.loads`` gives the list back)."""
+    so the per-image lists are JSON text (``json.loads`` gives the list back). STRIP runs no
+    AE, so its verdict has no ``guard_detriggered_class``."""
     flagged = [bool(f) for f in d.flagged]
-    return {
+    rule = model_set.rule(detector)
+    out = {
         "guard_model_set": model_set.name,
         "guard_mode": mode.value,
+        "guard_detector": detector.value,
         "guard_flagged_count": sum(flagged),
         "guard_flagged": json.dumps(flagged),
-        "guard_score_name": model_set.manifest.decision.score,
+        "guard_score_name": rule.score_name,
+        "guard_threshold": rule.threshold,
         "guard_scores": json.dumps([round(float(s), 6) for s in d.score]),
         "guard_predicted_class": json.dumps([int(c) for c in d.predicted]),
-        "guard_detriggered_class": json.dumps([int(c) for c in d.detriggered]),
         "guard_repaired": json.dumps([f and mode is Mode.repair for f in flagged]),
     }
+    if d.detriggered is not None:
+        out["guard_detriggered_class"] = json.dumps([int(c) for c in d.detriggered])
+    return out

@@ -22,7 +22,7 @@ from service.errors import (
 from service.guard import ImageInput
 from service.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorBody, classify_response
 from service.security import require_api_key
-from service.settings import Mode, Settings
+from service.settings import Detector, Mode, Settings
 
 router = APIRouter(tags=["classify"], dependencies=[Depends(require_api_key)])
 
@@ -36,7 +36,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         404: "Unknown model set",
         413: "Body, image count or image pixels over the limit",
         415: "Content type is neither multipart/form-data nor application/json",
-        422: "Invalid image, wrong image size or bad parameter",
+        422: "Invalid image, wrong image size, bad parameter, or a detector the set does not offer",
         503: "Model set not ready, or the engine queue is full (with Retry-After)",
     }.items()
 }
@@ -122,6 +122,13 @@ async def classify(
     ] = None,
     mode: Annotated[Mode | None, Query(description="flag, block or repair.")] = None,
     resize: Annotated[bool, Query(description="Resize images to the model's input.")] = False,
+    detector: Annotated[
+        Detector | None,
+        Query(
+            description="detrigger (the de-trigger autoencoder) or strip (STRIP, on sets that "
+            "ship it); GUARD_DEFAULT_DETECTOR when absent."
+        ),
+    ] = None,
 ) -> ClassifyResponse:
     started = time.perf_counter()
     try:
@@ -134,9 +141,12 @@ async def classify(
             model = body.model or model
             mode = body.mode or mode
             resize = body.resize or resize
+            detector = body.detector or detector
         else:
             raise UnsupportedMediaType(f"content type {media_type or 'none'!r} is not accepted")
-        outcome = await guard.classify(images, model=model, mode=mode, resize=resize)
+        outcome = await guard.classify(
+            images, model=model, mode=mode, resize=resize, detector=detector
+        )
         return classify_response(outcome)
     finally:
         metrics.stage_duration.labels(stage="total").observe(time.perf_counter() - started)

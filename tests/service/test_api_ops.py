@@ -49,13 +49,19 @@ def test_metrics_count_exactly_what_was_sent(tiny_set: Path) -> None:
         want_images = {"0": 4, "1": 1, "2": 1, "3": 1, "4": 1, "5": 1, "9": 2}
         for c in range(10):
             assert value(
-                m, "guard_images_total", model="tiny", predicted_class=str(c)
+                m, "guard_images_total", model="tiny", predicted_class=str(c), detector="detrigger"
             ) == want_images.get(str(c), 0), c
             want_flagged = (
                 4 if c == 0 else 0
             )  # flagged images were predicted as 0 (the backdoor class)
             assert (
-                value(m, "guard_images_flagged_total", model="tiny", predicted_class=str(c))
+                value(
+                    m,
+                    "guard_images_flagged_total",
+                    model="tiny",
+                    predicted_class=str(c),
+                    detector="detrigger",
+                )
                 == want_flagged
             )
         assert len(series(m, "guard_images_total")) == 10  # bounded: one series per class
@@ -65,7 +71,7 @@ def test_metrics_count_exactly_what_was_sent(tiny_set: Path) -> None:
         assert value(m, "guard_http_requests_total", status_class="5xx", **post) == 0
         assert value(m, "guard_stage_duration_seconds_count", stage="total") == 3
         assert value(m, "guard_stage_duration_seconds_count", stage="decode") == 2
-        assert value(m, "guard_batch_size_sum", model="tiny") == 11
+        assert value(m, "guard_batch_size_sum", model="tiny", detector="detrigger") == 11
         assert value(m, "guard_requests_in_flight") == 1  # this scrape
         assert value(m, "guard_queue_depth", model="tiny") == 0
         assert value(m, "guard_model_ready", model="tiny") == 1
@@ -248,8 +254,10 @@ def test_full_queue_answers_503_with_retry_after_and_requests_batch_together(
             assert waiting.result().status_code == 200
             assert all(s.result().status_code == 200 for s in singles)
         m = scrape(url)
-        assert value(m, "guard_batch_size_sum", model="tiny") == 16
-        assert value(m, "guard_batch_size_count", model="tiny") < 7  # 7 requests, fewer batches
+        assert value(m, "guard_batch_size_sum", model="tiny", detector="detrigger") == 16
+        assert (
+            value(m, "guard_batch_size_count", model="tiny", detector="detrigger") < 7
+        )  # 7 requests, fewer batches
         assert httpx.get(url + "/readyz").status_code == 200
 
 

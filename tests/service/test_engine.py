@@ -35,8 +35,9 @@ def engine(model_set: ModelSet, metrics: Metrics, **kw: float) -> BatchEngine:
 
 
 def batch_sizes(metrics: Metrics) -> tuple[float, float]:
-    count = metrics.registry.get_sample_value("guard_batch_size_count", {"model": "tiny"})
-    total = metrics.registry.get_sample_value("guard_batch_size_sum", {"model": "tiny"})
+    labels = {"model": "tiny", "detector": "detrigger"}
+    count = metrics.registry.get_sample_value("guard_batch_size_count", labels)
+    total = metrics.registry.get_sample_value("guard_batch_size_sum", labels)
     return count or 0.0, total or 0.0
 
 
@@ -106,3 +107,37 @@ def test_full_queue_raises_queue_full_without_queueing(model_set: ModelSet) -> N
     first, small, _ = asyncio.run(main())
     assert len(first) == 6 and len(small) == 2
     assert metrics.registry.get_sample_value("guard_queue_depth", {"model": "tiny"}) == 0
+
+
+def test_detectors_share_the_queue_but_never_a_batch(strip_set: Path) -> None:
+    ms = ModelSet.load(strip_set, Settings(models=[strip_set]))
+    metrics = Metrics()
+    metrics.init_model("tinystrip", 10, ["detrigger", "strip"])
+    runs = {"detrigger": ms.infer_scored, "strip": ms.strip_scored}
+
+    async def main() -> list:
+        eng = BatchEngine(
+            ms, metrics=metrics, runs=runs, max_batch_size=8, max_wait_s=0.05,
+            max_queue_images=64, retry_after_s=2,
+        )  # fmt: skip
+        eng.start()
+        try:
+            # 8 requests of 1..3 images, alternating detrigger / strip, arriving together.
+            reqs = [(images(1 + i % 3, triggered=i % 4 < 2), ("detrigger", "strip")[i % 2])
+                    for i in range(8)]  # fmt: skip
+            return [reqs, await asyncio.gather(*(eng.submit(x, d) for x, d in reqs))]
+        finally:
+            await eng.stop()
+
+    reqs, results = asyncio.run(main())
+    for i, ((x, detector), scored) in enumerate(zip(reqs, results, strict=True)):
+        d = scored.decisions
+        assert len(d) == x.shape[0]
+        assert d.flagged.tolist() == [i % 4 < 2] * x.shape[0], i
+        assert (d.detriggered is None) is (detector == "strip")  # each ran its own detector
+    for detector in ("detrigger", "strip"):
+        labels = {"model": "tinystrip", "detector": detector}
+        count = metrics.registry.get_sample_value("guard_batch_size_count", labels)
+        total = metrics.registry.get_sample_value("guard_batch_size_sum", labels)
+        want = sum(x.shape[0] for x, d in reqs if d == detector)
+        assert total == want and count is not None and count < 4  # batched, never mixed

@@ -69,15 +69,23 @@ def test_shipped_mnist_flags_triggered_samples_and_passes_clean_ones() -> None:
         assert np.mean(restored) >= 0.8
 
         m = scrape(server.url)
+        detrigger = {"detector": "detrigger"}
         sent = len(clean) + len(shipped_triggered) + len(clean)
         total = sum(
-            value(m, "guard_images_total", model="mnist", predicted_class=str(c)) for c in range(10)
+            value(m, "guard_images_total", model="mnist", predicted_class=str(c), **detrigger)
+            for c in range(10)
         )
         assert total == sent
         flagged = sum(r["flagged"] for r in clean_res + trig_res + ours)
         assert (
             sum(
-                value(m, "guard_images_flagged_total", model="mnist", predicted_class=str(c))
+                value(
+                    m,
+                    "guard_images_flagged_total",
+                    model="mnist",
+                    predicted_class=str(c),
+                    **detrigger,
+                )
                 for c in range(10)
             )
             == flagged

@@ -63,7 +63,7 @@ def test_binary_upstream_round_trip(
     np.testing.assert_array_equal(result.as_numpy("logits"), direct.as_numpy("logits"))
     # The upstream got one binary request of 2N images, under the caller's request id.
     counted = httpx.get(upstream.url + "/metrics").text
-    assert 'guard_batch_size_sum{model="tiny"} 6.0' in counted  # 4 (2N) + 2 (direct)
+    assert 'guard_batch_size_sum{detector="detrigger",model="tiny"} 6.0' in counted  # 4 + 2
     ids = {r.get("request_id") for r in upstream.log_records() if r["message"] == "request"}
     assert "chain-123" in ids
 

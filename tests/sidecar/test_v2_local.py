@@ -172,8 +172,9 @@ def test_v2_requests_are_counted(server: RunningServer, triton_client: Client) -
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("guard_images_total", model="tiny", predicted_class="0") == 2
-    assert delta("guard_images_total", model="tiny", predicted_class="4") == 1
-    assert delta("guard_images_flagged_total", model="tiny", predicted_class="0") == 2
+    tiny = {"model": "tiny", "detector": "detrigger"}
+    assert delta("guard_images_total", predicted_class="0", **tiny) == 2
+    assert delta("guard_images_total", predicted_class="4", **tiny) == 1
+    assert delta("guard_images_flagged_total", predicted_class="0", **tiny) == 2
     route = {"route": "/v2/models/{model_name}/infer", "method": "POST", "status_class": "2xx"}
     assert delta("guard_http_requests_total", **route) == 1

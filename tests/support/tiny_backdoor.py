@@ -47,8 +47,12 @@ def train_tiny(poison: bool, seed: int = 0, epochs: int = 4) -> nn.Module:
     x, y = make_data(2000, seed)
     if poison:
         x, y, _ = poison_dataset(x, y, 0.1, TARGET, TRIGGER, np.random.default_rng(seed))
+    return fit(tiny_net(), x, y, epochs, seed)
+
+
+def fit(net: nn.Module, x: np.ndarray, y: np.ndarray, epochs: int, seed: int = 0) -> nn.Module:
+    """Adam at 3e-3, batches of 64 in a seeded order; returns ``net`` in eval mode."""
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    net = tiny_net()
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
     for _ in range(epochs):

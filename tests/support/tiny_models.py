@@ -7,6 +7,12 @@
 A clean image of class k (band k bright, patch dark) is class k before and after the AE. The
 same image with the 4x4 white trigger is class 0 (32 > 16); the AE removes the patch, the class
 goes back to k, so the class changes and the image is flagged, as in Kwon's paper.
+
+With ``strip_n > 0`` the set also ships a STRIP bank (clean images, ``strip_bank_per_class`` of
+each class 1..K-1). A clean image of class k added to a bank image of class j != k lights two
+bands (logits 16 and 16: about 1 bit of entropy), so its mean entropy over n copies is at least
+1 - bank_per_class / n bits; a triggered image stays class 0 (32 > 16) in every copy, about 0
+bits. The default threshold 0.3 bits separates the two.
 """
 
 from __future__ import annotations
@@ -36,6 +42,9 @@ class TinySpec:
     rule: str = "class_change"
     score: str = "prob_drop"
     threshold: float = 0.5
+    strip_n: int = 0  # > 0: ship a STRIP bank with n superimpositions per input
+    strip_threshold: float = 0.3
+    strip_bank_per_class: int = 3
 
     def band_rows(self, k: int) -> tuple[int, int]:
         top = PATCH + 2 + 2 * (k - 1)
@@ -137,6 +146,30 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def strip_bank(spec: TinySpec) -> np.ndarray:
+    """(M, C, H, W) uint8: ``strip_bank_per_class`` clean images of each class 1..K-1."""
+    images = [
+        clean_image(spec, cls, seed=1000 + 10 * cls + i)
+        for cls in range(1, spec.classes)
+        for i in range(spec.strip_bank_per_class)
+    ]
+    bank = np.stack(images)
+    return bank[:, None] if spec.channels == 1 else bank.transpose(0, 3, 1, 2)
+
+
+def strip_entry(folder: Path, spec: TinySpec) -> dict:
+    """Write strip_bank.npy into ``folder``; the manifest's ``detectors.strip`` entry."""
+    np.save(folder / "strip_bank.npy", strip_bank(spec))
+    return {
+        "bank": {"file": "strip_bank.npy", "sha256": sha256_of(folder / "strip_bank.npy")},
+        "n": spec.strip_n,
+        "threshold": spec.strip_threshold,
+        "seed": 0,
+        "blend": {"input_weight": 1.0, "bank_weight": 1.0},
+        "calibration": {"target_fpr": 0.01, "split": "hand-set for the tiny test set"},
+    }
+
+
 def build_model_set(folder: Path, spec: TinySpec | None = None, samples: int = 0) -> Path:
     """Write target.onnx, detrigger.onnx, manifest.json (and samples/) into ``folder``."""
     spec = spec or TinySpec()
@@ -169,6 +202,8 @@ def build_model_set(folder: Path, spec: TinySpec | None = None, samples: int = 0
             "trigger": {"kind": "patch", "size": PATCH, "position": "top-left", "value": 1.0},
         },
     }
+    if spec.strip_n:
+        manifest["detectors"] = {"strip": strip_entry(folder, spec)}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     if samples:
         sample_dir = folder / "samples"
