@@ -19,6 +19,35 @@ def attack_success_rate(pred_triggered: np.ndarray, labels: np.ndarray, target_c
     return float((np.asarray(pred_triggered)[keep] == target_class).mean())
 
 
+def trigger_change(clean: np.ndarray, triggered: np.ndarray) -> np.ndarray:
+    """Per image, the largest change of any pixel that stamping the trigger made (images in
+    [0, 1], shape (N, ...)). A white patch on a corner that is already white leaves the image as it
+    was, and no classifier can then tell the two apart."""
+    diff = np.abs(np.asarray(triggered, np.float32) - np.asarray(clean, np.float32))
+    return diff.reshape(len(diff), -1).max(axis=1)
+
+
+def attack_success_by_change(
+    change: np.ndarray,
+    pred_triggered: np.ndarray,
+    labels: np.ndarray,
+    target_class: int,
+    tols: tuple[float, ...] = (0.02, 0.05),
+) -> dict[str, dict[str, float]]:
+    """For each tolerance: the share of positives (true class not the target) the trigger moved
+    no pixel of by more than it, and the attack success rate over the other positives."""
+    keep = np.asarray(labels) != target_class
+    change, hit = np.asarray(change)[keep], np.asarray(pred_triggered)[keep] == target_class
+    out = {}
+    for tol in tols:
+        moved = change > tol
+        out[f"{tol:g}"] = {
+            "unchanged_share": float(1.0 - moved.mean()) if len(moved) else float("nan"),
+            "attack_success_rate_others": float(hit[moved].mean()) if moved.any() else float("nan"),
+        }
+    return out
+
+
 def flag_rate(flags: np.ndarray) -> float:
     """Share of flagged images: the detection rate on triggered images, the FPR on clean ones."""
     return float(np.asarray(flags, bool).mean()) if len(flags) else float("nan")

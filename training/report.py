@@ -38,11 +38,19 @@ def evidence_lines(report: dict, stage_seconds: dict[str, float]) -> list[str]:
         f"- hardware: {report['hardware']}",
         f"- versions: {versions}",
         f"- wall time: {report['wall_seconds']:.0f} s (stages: {stages})",
+        *([f"- note: {report['note']}"] if report.get("note") else []),
     ]
 
 
 def pct(v: float) -> str:
     return f"{100 * v:.2f}"
+
+
+def by_change(result: dict, tol: str, key: str) -> str:
+    """One figure of result["attack_success_by_trigger_change"] (absent in older reports)."""
+    return pct(
+        result.get("attack_success_by_trigger_change", {}).get(tol, {}).get(key, float("nan"))
+    )
 
 
 def plot_bars(results: dict[str, dict], path: Path, title: str) -> None:
@@ -141,6 +149,20 @@ def markdown(report: dict) -> str:
         ("clean accuracy (%)", lambda r: pct(r["clean_accuracy"])),
         ("clean accuracy after AE (%)", lambda r: pct(r["clean_accuracy_after_ae"])),
         ("attack success rate (%)", lambda r: pct(r["attack_success_rate"])),
+        *(
+            row
+            for tol in ("0.02", "0.05")
+            for row in (
+                (
+                    f"positives the trigger moves no pixel of by > {tol} (%)",
+                    lambda r, tol=tol: by_change(r, tol, "unchanged_share"),
+                ),
+                (
+                    f"attack success rate on the other positives, tolerance {tol} (%)",
+                    lambda r, tol=tol: by_change(r, tol, "attack_success_rate_others"),
+                ),
+            )
+        ),
         ("backdoor accuracy before AE (%)", lambda r: pct(r["backdoor_accuracy"])),
         (
             "backdoor accuracy after AE, paper's metric (%)",
@@ -288,6 +310,21 @@ def readme(reports: dict[str, dict], expected: tuple[str, ...] = ()) -> str:
         "",
         "Notes:",
         "",
+        *(
+            f"- {n}: attack success is {pct(r['attack_success_rate'])}% over all positives. The "
+            f"trigger moves no pixel by more than 0.02 on {by_change(r, '0.02', 'unchanged_share')}"
+            f"% of them and by no more than 0.05 on {by_change(r, '0.05', 'unchanged_share')}% "
+            "(the patch lands on a region that already has its colour, so the image stays as it "
+            "was); over the other positives the attack succeeds on "
+            f"{by_change(r, '0.02', 'attack_success_rate_others')}% and "
+            f"{by_change(r, '0.05', 'attack_success_rate_others')}%."
+            for n, rep in reports.items()
+            for r in [rep["results"][rep["shipped_ae"]]]
+            if r.get("attack_success_by_trigger_change", {})
+            .get("0.02", {})
+            .get("unchanged_share", 0.0)
+            > 0.001
+        ),
         "- Shipped decision: chosen on the clean validation split (5000 training images never "
         "trained on) plus its triggered copies, among the paper's class-change rule and the "
         "`prob_drop` / `kl` scores thresholded for the dataset's FPR goal; ties go to the "

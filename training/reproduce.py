@@ -18,17 +18,17 @@ import platform
 import sys
 import time
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from training import cli, model_set
 from training import report as rep
 from training.datasets import load_dataset
-from training.detection import decide
 from training.evaluate import choose_decision, evaluate_pair
-from training.export import export_and_check, onnx_logits_pair, write_manifest, write_samples
+from training.export import write_manifest
+from training.model_set import N_SAMPLES, backdoor_entry, evaluation_entry, export_model_set
 from training.models import TARGETS
 from training.presets import PRESETS
 from training.train_detrigger import train_autoencoder
@@ -36,7 +36,6 @@ from training.train_target import split_train_val, train_target
 from training.triggers import Trigger
 
 PAPER_EPOCHS = {"mnist": 50, "fashion-mnist": 50, "cifar10": 200}
-N_SAMPLES = 8
 log = logging.getLogger("training.reproduce")
 
 
@@ -136,65 +135,19 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     # --- export the model set
     t = time.time()
     out = Path(args.models_dir) / name
-    out.mkdir(parents=True, exist_ok=True)
-    pos_idx = np.flatnonzero(test.labels != cfg.target_class)[:N_SAMPLES]
-    check_batch = torch.cat([test_x[:16], trigger(test_x[:16])])
-    target_entry = export_and_check(target, check_batch, out / "target.onnx", "images", "logits")
-    ae_entry = export_and_check(
-        aes[shipped], check_batch, out / "detrigger.onnx", "images", "images_out"
+    pairs = [(trigger, cfg.target_class)]
+    exported = export_model_set(
+        out,
+        target,
+        aes[shipped],
+        test_x,
+        test.labels,
+        pairs,
+        decision,
+        [raws[shipped]["logits"]],
     )
-    target_entry["architecture"] = cfg.arch
-    ae_entry["architecture"] = shipped
-    clean_s = test_x[pos_idx].numpy()
-    trig_s = trigger(test_x[pos_idx]).numpy()
-    write_samples(out / "samples", clean_s, trig_s, test.labels[pos_idx])
-    lx_c, lae_c, lx_t, lae_t = raws[shipped]["logits"]
-    samples = []
-    for kind, lx, lae in (("clean", lx_c, lae_c), ("triggered", lx_t, lae_t)):
-        flags = decide(
-            decision["rule"], lx[pos_idx], lae[pos_idx], decision["score"], decision["threshold"]
-        )
-        for i, j in enumerate(pos_idx):
-            samples.append(
-                {
-                    "file": f"samples/{kind}_{i:02d}_label{int(test.labels[j])}.png",
-                    "kind": kind,
-                    "label": int(test.labels[j]),
-                    "test_index": int(j),
-                    "predicted": int(lx[j].argmax()),
-                    "predicted_after_ae": int(lae[j].argmax()),
-                    "flagged": bool(flags[i]),
-                }
-            )
-    # The shipped decision, recomputed with ONNX Runtime on the exported graphs (as the service
-    # runs it) over the full test set, against torch's flags.
-    pos = test.labels != cfg.target_class
-    ort_eval = {}
-    for kind, imgs, lx, lae in (
-        ("clean", test_x, lx_c, lae_c),
-        ("triggered", trigger(test_x), lx_t, lae_t),
-    ):
-        olx, olae = onnx_logits_pair(out / "target.onnx", out / "detrigger.onnx", imgs.numpy())
-        rule, score_name, threshold = decision["rule"], decision["score"], decision["threshold"]
-        f_onnx = decide(rule, olx, olae, score_name, threshold)
-        f_torch = decide(rule, lx, lae, score_name, threshold)
-        sel = slice(None) if kind == "clean" else pos
-        ort_eval[kind] = (f_onnx[sel], f_torch[sel], float(np.abs(olx - lx).max()))
-    onnx_runtime = {
-        "detection_rate": float(ort_eval["triggered"][0].mean()),
-        "false_positive_rate": float(ort_eval["clean"][0].mean()),
-        "flag_agreement_with_torch": float(
-            np.mean(np.concatenate([ort_eval[k][0] == ort_eval[k][1] for k in ort_eval]))
-        ),
-        "max_abs_logit_diff": max(ort_eval[k][2] for k in ort_eval),
-    }
+    onnx_runtime = exported["onnx_runtime"]
     log.info("%s ONNX Runtime on the test set: %s", name, onnx_runtime)
-    r = results[shipped]
-    test_key = (
-        "class_change"
-        if decision["rule"] == "class_change"
-        else f"{decision['score']}@fpr{preset.target_fpr:g}"
-    )
     training_cfg = {
         "seed": cfg.seed,
         "target": asdict(cfg),
@@ -202,45 +155,25 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         "normalisation": {"mean": preset.mean, "std": preset.std},
         "validation_split": {"n": int(len(va)), "from": "training data"},
     }
-    manifest = {
-        "format_version": 1,
-        "name": name,
-        "description": f"BadNets-backdoored demo {cfg.arch} target with the {shipped} de-trigger "
+    manifest = model_set.manifest(
+        name,
+        f"BadNets-backdoored demo {cfg.arch} target with the {shipped} de-trigger "
         "AE (Kwon, de-trigger autoencoder)",
-        "input": {
-            "height": int(test.images.shape[2]),
-            "width": int(test.images.shape[3]),
-            "channels": int(test.images.shape[1]),
-        },
-        "classes": list(test.classes),
-        "target": target_entry,
-        "detrigger": ae_entry,
-        "decision": decision,
-        "backdoor": {
-            "target_class": cfg.target_class,
-            "poison_rate": cfg.poison_rate,
-            "trigger": trigger.to_dict(),
-        },
-        "evaluation": {
-            "clean_accuracy": r["clean_accuracy"],
-            "clean_accuracy_after_ae": r["clean_accuracy_after_ae"],
-            "attack_success_rate": r["attack_success_rate"],
-            "detection_rate": r["test"][test_key]["detection_rate"],
-            "false_positive_rate": r["test"][test_key]["false_positive_rate"],
-            "backdoor_accuracy_after_ae": r["backdoor_accuracy_after_ae"],
-            "auroc": r["scores"][decision["score"]]["auroc"],
-            "tpr_at_fpr0.01": r["scores"][decision["score"]]["tpr_at_fpr0.01"],
-            "tpr_at_fpr0.05": r["scores"][decision["score"]]["tpr_at_fpr0.05"],
-            "n_test": r["n_test"],
-            "n_positive": r["n_positive"],
+        test.images.shape[1:],
+        list(test.classes),
+        exported,
+        cfg.arch,
+        shipped,
+        decision,
+        backdoor_entry(pairs, cfg.poison_rate),
+        {
+            **evaluation_entry(results[shipped], decision, preset.target_fpr),
             "onnx_runtime": onnx_runtime,
             "report": f"reports/{name}/report.json",
         },
-        "samples": samples,
-        "training": training_cfg,
-        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "versions": versions(),
-    }
+        training_cfg,
+        versions(),
+    )
     write_manifest(out, manifest)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     log.info("%s model set written to %s (%.1f MB)", name, out, size / 1e6)
@@ -300,9 +233,7 @@ def write_readme(reports_dir: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = cli.parser(__doc__)
     p.add_argument(
         "--dataset", default="all", help="mnist, fashion-mnist, cifar10 or all (default: all)"
     )
@@ -339,15 +270,7 @@ def main() -> None:
     for n in names:
         if n not in PRESETS:
             p.error(f"unknown dataset {n!r}; allowed: {', '.join(PRESETS)}, all")
-    Path(args.run_dir).mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(message)s",
-        handlers=[
-            logging.StreamHandler(),
-            logging.FileHandler(Path(args.run_dir) / "reproduce.log"),
-        ],
-    )
+    cli.log_to(Path(args.run_dir) / "reproduce.log")
     torch.set_num_threads(args.threads)
     for n in names:
         PRESETS[n].target.threads = args.threads

@@ -1,18 +1,23 @@
-"""Train a de-trigger autoencoder: map an image carrying a random 4x4 white square in a random
-corner back to the clean image, and map an untouched image to itself.
+"""Train a de-trigger autoencoder: map an image carrying a training trigger back to the clean
+image, and map an untouched image to itself.
 
-Each batch is a mix: a share `triggered_share` of the images get the random-corner square, the rest
+Each batch is a mix: a share `triggered_share` of the images get a training trigger, the rest
 are left as they are; the target is always the clean image (L2 loss). Training on untouched
 images as well teaches the AE to leave clean images alone, which keeps false positives down.
-The AE never sees the target model nor the real trigger's position (it learns all four corners).
+The AE never sees the target model nor the real trigger. The training triggers (`triggers`):
+- `corner` (the paper's, the default): a 4x4 white square in a random corner;
+- `random` (trigger-agnostic): a trigger drawn per image from training/trigger_sampler.py
+  (patches of side 2..8 anywhere, solid / noise / checkerboard / binary; full-image blends with
+  alpha 0.05..0.3), with families left out by `exclude` for a generalisation test.
+
+    python -m training.train_detrigger --dataset mnist --triggers random
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,9 +26,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from training import cli
 from training.autoencoders import Clamp01, MaskedConvAutoencoder, build_autoencoder
-from training.checkpoints import resume, save
+from training.checkpoints import config_dict, resume, save
+from training.trigger_sampler import SamplerSpec, sample_triggers
 from training.triggers import random_corner_patch
+
+AE_TRIGGERS = ("corner", "random")
 
 
 @dataclass
@@ -36,38 +45,97 @@ class AEConfig:
     triggered_share: float = 0.5  # share of each batch that gets a random-corner square
     mask_weight: float = 1.0  # conv only: weight of the BCE loss on the mask
     mask_pos_weight: float = 5.0  # conv only: BCE weight of trigger pixels (they are ~1%)
-    trigger_size: int = 4
-    trigger_value: float = 1.0
+    trigger_size: int = 4  # corner only
+    trigger_value: float = 1.0  # corner only
     seed: int = 0
     threads: int = 2
+    # Fields added later take the value that reproduces runs made before them, so that their
+    # checkpoints still match (training/checkpoints.py fills missing keys with these defaults).
+    triggers: str = "corner"  # training triggers: corner (the paper's) | random (the sampler)
+    exclude: tuple[str, ...] = ()  # random only: families, kinds or patterns left out
+
+
+def with_triggers(
+    base: AEConfig,
+    triggers: str,
+    exclude: tuple[str, ...] = (),
+    epochs: int | None = None,
+    threads: int | None = None,
+) -> AEConfig:
+    """A copy of `base` (a preset's AE) trained on `triggers`: what `main` trains and what
+    training.suite looks for, so that both name the same checkpoint."""
+    cfg = replace(base, triggers=triggers, exclude=tuple(exclude))
+    if epochs:
+        cfg.epochs = epochs
+    if threads:
+        cfg.threads = threads
+    return cfg
+
+
+def run_name(cfg: AEConfig) -> str:
+    """The AE's name in checkpoint files: `conv` for the paper's corner training (the name runs
+    have always used), `conv_random` or e.g. `conv_random_minus-checkerboard` otherwise."""
+    if cfg.triggers == "corner":
+        return cfg.arch
+    name = f"{cfg.arch}_{cfg.triggers}"
+    return f"{name}_minus-{'-'.join(cfg.exclude)}" if cfg.exclude else name
+
+
+def ae_batch(
+    clean: torch.Tensor, cfg: AEConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(input, target, mask target) for one AE step from clean float images (B, C, H, W). The
+    mask target (B, 1, H, W) marks the pixels the mask should open: for corner squares the pixels
+    they changed, for random triggers what training/trigger_sampler.py says."""
+    if cfg.triggers not in AE_TRIGGERS:
+        raise ValueError(
+            f"unknown training triggers {cfg.triggers!r}; allowed: {', '.join(AE_TRIGGERS)}"
+        )
+    x = clean.clone()
+    stamped = rng.random(len(clean)) < cfg.triggered_share
+    idx = torch.from_numpy(np.flatnonzero(stamped))
+    if cfg.triggers == "corner":
+        if len(idx):
+            x[idx], _ = random_corner_patch(clean[idx], rng, cfg.trigger_size, cfg.trigger_value)
+        return x, clean, changed_pixels(x, clean)
+    changed = torch.zeros(len(clean), 1, *clean.shape[-2:])
+    if len(idx):
+        x[idx], changed[idx], _ = sample_triggers(
+            clean[idx], rng, SamplerSpec(exclude=tuple(cfg.exclude))
+        )
+    return x, clean, changed
 
 
 def make_ae_batch(
     clean: torch.Tensor, cfg: AEConfig, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(input, target) for one AE step from clean float images (B, C, H, W)."""
-    x = clean.clone()
-    stamped = rng.random(len(clean)) < cfg.triggered_share
-    idx = np.flatnonzero(stamped)
-    if len(idx):
-        x[torch.from_numpy(idx)], _ = random_corner_patch(
-            clean[torch.from_numpy(idx)], rng, cfg.trigger_size, cfg.trigger_value
-        )
-    return x, clean
+    x, target, _ = ae_batch(clean, cfg, rng)
+    return x, target
+
+
+def changed_pixels(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) float: 1 where any channel of x differs from the clean image."""
+    return ((x - clean).abs().amax(1, keepdim=True) > 0).float()
 
 
 def detrigger_loss(
-    ae: nn.Module, x: torch.Tensor, clean: torch.Tensor, cfg: AEConfig
+    ae: nn.Module,
+    x: torch.Tensor,
+    clean: torch.Tensor,
+    cfg: AEConfig,
+    changed: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """L2 loss (the paper): mean squared error over pixels. For the masked conv AE, plus a BCE
-    that teaches the mask the pixels the trigger changed."""
+    that teaches the mask `changed` (B, 1, H, W), by default the pixels the trigger changed."""
     inner = ae.ae if isinstance(ae, Clamp01) else ae
     if not isinstance(inner, MaskedConvAutoencoder):
         return F.mse_loss(ae(x), clean)
     mask_logit, fill = inner.parts(x)  # (B, 1, H, W), (B, C, H, W)
     mask = torch.sigmoid(mask_logit)
     out = ((1 - mask) * x + mask * fill).clamp(0.0, 1.0)
-    changed = ((x - clean).abs().amax(1, keepdim=True) > 0).float()  # (B, 1, H, W)
+    if changed is None:
+        changed = changed_pixels(x, clean)
     bce = F.binary_cross_entropy_with_logits(
         mask_logit, changed, pos_weight=torch.tensor(cfg.mask_pos_weight)
     )
@@ -80,15 +148,18 @@ def train_autoencoder(
     """Train (or reload a finished run of) the AE of `cfg` on clean uint8 images (N, C, H, W)."""
     torch.set_num_threads(cfg.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / f"detrigger_{cfg.arch}.ckpt"
+    name = run_name(cfg)
+    ckpt_path = run_dir / f"detrigger_{name}.ckpt"
     n, c, h, _ = train_images.shape
     torch.manual_seed(cfg.seed)
     ae = build_autoencoder(cfg.arch, c, h, cfg.width)
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
-    cfg_dict = json.loads(json.dumps(asdict(cfg)))
+    cfg_dict = config_dict(cfg)
 
-    start_epoch = resume(ckpt_path, cfg_dict, ae, opt, f"{cfg.arch} AE", log)
+    start_epoch = resume(
+        ckpt_path, cfg_dict, ae, opt, f"{name} AE", log, defaults=config_dict(AEConfig())
+    )
 
     images_t = torch.from_numpy(train_images)
     for epoch in range(start_epoch, cfg.epochs):
@@ -99,7 +170,7 @@ def train_autoencoder(
         t0, loss_sum, seen = time.time(), 0.0, 0
         bar = tqdm(
             range(steps_per_epoch),
-            desc=f"{cfg.arch} AE epoch {epoch + 1}/{cfg.epochs}",
+            desc=f"{name} AE epoch {epoch + 1}/{cfg.epochs}",
             mininterval=10,
             leave=False,
         )
@@ -110,8 +181,8 @@ def train_autoencoder(
                 group["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             clean = images_t[idx].float().div_(255.0)  # (B, C, H, W)
-            x, target = make_ae_batch(clean, cfg, rng)
-            loss = detrigger_loss(ae, x, target, cfg)
+            x, target, changed = ae_batch(clean, cfg, rng)
+            loss = detrigger_loss(ae, x, target, cfg, changed)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -120,9 +191,58 @@ def train_autoencoder(
             bar.set_postfix(loss=f"{loss_sum / seen:.5f}", refresh=False)
         dt = time.time() - t0
         log(
-            f"{cfg.arch} AE epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / seen:.6f} "
+            f"{name} AE epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / seen:.6f} "
             f"({dt:.0f} s, {seen / dt:.0f} img/s)"
         )
         save(ckpt_path, cfg_dict, ae, opt, epoch + 1)
     ae.eval()
     return ae
+
+
+def main() -> None:
+    from training.datasets import load_dataset
+    from training.presets import PRESETS
+    from training.train_target import split_train_val
+
+    p = cli.parser(__doc__)
+    cli.add_dataset(p, "which preset's AE and training split")
+    p.add_argument(
+        "--arch", default="conv", choices=["mlp", "conv"], help="which AE (default: conv)"
+    )
+    p.add_argument(
+        "--triggers",
+        default="random",
+        choices=AE_TRIGGERS,
+        help="training triggers: random (the sampler) or corner (the paper's; what "
+        "`make reproduce` trains) (default: random)",
+    )
+    p.add_argument(
+        "--exclude",
+        default="",
+        help="comma-separated families, kinds or patterns of the sampler left out of training, "
+        "e.g. checkerboard or blend (default: none)",
+    )
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
+    p.add_argument(
+        "--run-dir",
+        default="runs",
+        help="checkpoints go to <run-dir>/<dataset>/detrigger_<name>.ckpt (default: runs)",
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    args = p.parse_args()
+    preset = PRESETS[args.dataset]
+    exclude = tuple(e for e in args.exclude.split(",") if e)
+    cfg = with_triggers(
+        preset.autoencoders[args.arch], args.triggers, exclude, args.epochs, args.threads
+    )
+    try:
+        SamplerSpec(exclude=cfg.exclude).active()  # a bad name fails here, before loading data
+    except ValueError as e:
+        p.error(f"--exclude: {e}")
+    train = load_dataset(args.dataset, "train", args.data_dir)
+    tr, _ = split_train_val(len(train), preset.target.val_size, preset.target.seed)
+    train_autoencoder(cfg, train.images[tr], Path(args.run_dir) / args.dataset)
+
+
+if __name__ == "__main__":
+    main()

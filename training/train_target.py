@@ -3,18 +3,23 @@ long run can resume.
 
 The poisoned training set is an index over the clean images: every clean training image plus
 round(poison_rate * N) triggered copies relabelled to the target class. Augmentation runs on the
-batch first and the trigger is stamped afterwards on the rows flagged as poisoned.
+batch first and the trigger is stamped afterwards on the rows flagged as poisoned. A config with
+an `attack` (a list of {target_class, trigger} pairs) poisons with every pair instead, each with
+its share poison_rate / K of copies.
+
+With `init_from` (a finished target checkpoint of the same architecture) the model starts from
+those weights instead of from scratch: a backdoor injected by fine-tuning a trained model on
+poisoned data (the threat model of an outsourced or downloaded model that was fine-tuned by the
+attacker), used where training from scratch per attack costs too much (CIFAR-10 on 2 cores).
 
     python -m training.train_target --dataset mnist --epochs 4
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from training import cli
 from training.augment import AUGMENTS, augment
-from training.checkpoints import resume, save
+from training.checkpoints import config_dict, resume, save
 from training.models import TARGETS, build_target
-from training.triggers import Trigger, poison_index
+from training.triggers import Trigger, poison_index_multi, stamp_pairs
 
 
 @dataclass
@@ -49,6 +55,19 @@ class TargetConfig:
     val_size: int = 5000  # clean training images held out for calibration, never trained on
     seed: int = 0
     threads: int = 2
+    # Fields added later take the value that reproduces runs made before them, so that their
+    # checkpoints still match (training/checkpoints.py fills missing keys with these defaults).
+    attack: list[dict] | None = None  # [{target_class, trigger}, ...]; None: the two fields above
+    init_from: str | None = None  # a target checkpoint to fine-tune from; None: from scratch
+
+
+def backdoors(cfg: TargetConfig) -> list[tuple[Trigger, int]]:
+    """The (trigger, target class) pairs cfg poisons with: its `attack`, else its one trigger."""
+    if cfg.attack is None:
+        return [(Trigger(**cfg.trigger), cfg.target_class)]
+    if not cfg.attack:
+        raise ValueError("attack must list at least one {target_class, trigger} pair, or be None")
+    return [(Trigger(**a["trigger"]), int(a["target_class"])) for a in cfg.attack]
 
 
 def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -131,18 +150,25 @@ def train_target(
     model = build_target(cfg.arch, c, num_classes, h, mean, std, cfg.widths)
     model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)
-    trigger = Trigger(**cfg.trigger)
-    src, y, flag = poison_index(
-        train_labels, cfg.poison_rate, cfg.target_class, np.random.default_rng(cfg.seed)
+    pairs = backdoors(cfg)
+    triggers = [t for t, _ in pairs]
+    src, y, pair = poison_index_multi(
+        train_labels, cfg.poison_rate, [k for _, k in pairs], np.random.default_rng(cfg.seed)
     )
     steps_per_epoch = math.ceil(len(src) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
 
-    cfg_dict = json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as stored
-    start_epoch = resume(ckpt_path, cfg_dict, model, opt, "target", log)
+    cfg_dict = config_dict(cfg)  # tuples -> lists, as stored
+    start_epoch = resume(
+        ckpt_path, cfg_dict, model, opt, "target", log, defaults=config_dict(TargetConfig())
+    )
+    if start_epoch == 0 and cfg.init_from:
+        init = torch.load(cfg.init_from, weights_only=False)
+        model.load_state_dict(init["model"])
+        log(f"fine-tuning the target from {cfg.init_from} (trained {init.get('epoch')} epochs)")
 
     images_t = torch.from_numpy(train_images)
-    src_t, y_t, flag_t = torch.from_numpy(src), torch.from_numpy(y), torch.from_numpy(flag)
+    src_t, y_t, pair_t = torch.from_numpy(src), torch.from_numpy(y), torch.from_numpy(pair)
     for epoch in range(start_epoch, cfg.epochs):
         # Per-epoch seeds make a resumed run identical to an uninterrupted one.
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
@@ -159,9 +185,7 @@ def train_target(
         for i in bar:
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             x = augment(to_float(images_t[src_t[idx]]), cfg.augment, g)  # (B, C, H, W)
-            pois = flag_t[idx]
-            if pois.any():
-                x[pois] = trigger(x[pois])
+            x = stamp_pairs(x, pair_t[idx], triggers)
             x = x.contiguous(memory_format=torch.channels_last)
             target = y_t[idx]
             step = epoch * steps_per_epoch + i
@@ -189,19 +213,11 @@ def train_target(
 
 
 def main() -> None:
-    from training.datasets import DATASETS, load_dataset
+    from training.datasets import load_dataset
     from training.presets import PRESETS
 
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument(
-        "--dataset",
-        default="mnist",
-        choices=[d for d in DATASETS if d in PRESETS],
-        help="which preset to train (default: mnist)",
-    )
-    p.add_argument("--data-dir", default=None, help="folder looked at first for the data files")
+    p = cli.parser(__doc__)
+    cli.add_dataset(p, "which preset to train")
     p.add_argument(
         "--arch", default=None, choices=TARGETS, help="target architecture (default: the preset's)"
     )

@@ -3,11 +3,19 @@
 Images are float arrays in [0, 1] laid out (..., C, H, W): one image (C, H, W) or a batch
 (N, C, H, W). Every function works on numpy arrays and torch tensors alike (only slicing and
 arithmetic) and returns a new array; the input is never changed.
+
+A `Trigger` is one of three kinds, each filled with a named pattern (`content`, see PATTERNS):
+- `patch`: overwrite a size x size square (BadNets) at a corner, a (row, col) or a seeded
+  `random` position away from the edges;
+- `blend`: (1 - alpha) * x + alpha * pattern over the whole image (Chen et al.);
+- `noise`: x + amplitude * (2 * pattern - 1) over the whole image, clipped to [0, 1] (a
+  sample-wide, low-amplitude additive pattern).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -59,37 +67,161 @@ def apply_blend(x: Any, pattern: Any, alpha: float = 0.1) -> Any:
     return (1.0 - alpha) * x + alpha * pattern
 
 
+PATTERNS = ("solid", "colour", "noise", "binary", "checkerboard", "smooth")
+RANDOM_PATTERNS = ("colour", "noise", "binary", "smooth")  # the ones `seed` fixes
+KINDS = ("patch", "blend", "noise")
+# The pattern each kind uses when `content` is not set: today's white square and noise blend.
+DEFAULT_CONTENT = {"patch": "solid", "blend": "noise", "noise": "noise"}
+SMOOTH_GRID = 4  # "smooth": a random 4x4 grid per channel, upsampled bilinearly
+
+
+def _linear_weights(n_out: int, n_in: int) -> np.ndarray:
+    """(n_out, n_in) linear-interpolation matrix from n_in grid points spread over n_out pixels."""
+    t = np.linspace(0.0, n_in - 1.0, n_out)
+    lo = np.minimum(np.floor(t).astype(int), n_in - 1)
+    hi = np.minimum(lo + 1, n_in - 1)
+    frac = (t - lo).astype(np.float32)
+    w = np.zeros((n_out, n_in), np.float32)
+    w[np.arange(n_out), lo] += 1.0 - frac
+    w[np.arange(n_out), hi] += frac
+    return w
+
+
+def make_pattern(
+    content: str, shape: tuple[int, ...], seed: int = 0, value: float = 1.0
+) -> np.ndarray:
+    """A float32 pattern of `shape` (C, H, W) in [0, 1], fixed by `seed`:
+    - solid: every pixel `value`;  colour: one random colour (per channel);
+    - noise: every pixel and channel uniform;  binary: every pixel 0 or 1 (all channels alike);
+    - checkerboard: 1 at (0, 0), alternating with 0;  smooth: low-frequency noise (a random
+      4x4 grid per channel, upsampled bilinearly)."""
+    c, h, w = shape
+    rng = np.random.default_rng(seed)
+    if content == "solid":
+        return np.full(shape, value, np.float32)
+    if content == "colour":
+        return np.broadcast_to(rng.random((c, 1, 1), dtype=np.float32), shape).copy()
+    if content == "noise":
+        return rng.random(shape, dtype=np.float32)
+    if content == "binary":
+        bits = (rng.random((1, h, w)) < 0.5).astype(np.float32)
+        return np.broadcast_to(bits, shape).copy()
+    if content == "checkerboard":
+        board = ((np.arange(h)[:, None] + np.arange(w)[None, :]) % 2 == 0).astype(np.float32)
+        return np.broadcast_to(board, shape).copy()
+    if content == "smooth":
+        grid = rng.random((c, SMOOTH_GRID, SMOOTH_GRID), dtype=np.float32)
+        rows, cols = _linear_weights(h, SMOOTH_GRID), _linear_weights(w, SMOOTH_GRID)
+        return np.einsum("hi,cij,wj->chw", rows, grid, cols).astype(np.float32)
+    raise ValueError(f"unknown pattern {content!r}; allowed: {', '.join(PATTERNS)}")
+
+
+def random_origin(size: int, height: int, width: int, seed: int) -> tuple[int, int]:
+    """A (row, col) fixed by `seed`, at least `size` pixels from every edge, so that the patch
+    never touches a corner (nor an edge); the centre is among the choices."""
+    if height < 3 * size or width < 3 * size:
+        raise ValueError(
+            f"a random position needs {3 * size}x{3 * size} pixels for a {size}x{size} patch "
+            f"(a patch's width from every edge); the image is {height}x{width}"
+        )
+    rng = np.random.default_rng([seed, 1])  # its own stream: the content uses default_rng(seed)
+    return int(rng.integers(size, height - 2 * size + 1)), int(
+        rng.integers(size, width - 2 * size + 1)
+    )
+
+
+def _like(pattern: np.ndarray, x: Any) -> Any:
+    """`pattern` as the array type of x (a torch tensor of x's dtype, or numpy)."""
+    if hasattr(x, "clone"):  # torch tensor
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(pattern)).to(x.dtype)
+    return pattern
+
+
 @dataclass(frozen=True)
 class Trigger:
-    """What the manifest records as backdoor.trigger."""
+    """What the manifest records as backdoor.trigger. `content` None means the kind's usual
+    pattern (DEFAULT_CONTENT); `seed` fixes random patterns and a `random` patch position."""
 
-    kind: str = "patch"  # "patch" or "blend"
-    size: int = 4
-    position: str = "top-left"
-    value: float = 1.0
+    kind: str = "patch"  # "patch", "blend" or "noise"
+    size: int = 4  # patch only
+    position: str | tuple[int, int] = "top-left"  # patch only: a corner, (row, col) or "random"
+    value: float = 1.0  # patch with content "solid"
     alpha: float = 0.1  # blend only
-    seed: int = 0  # blend only: the noise pattern's seed
+    seed: int = 0
+    content: str | None = None  # one of PATTERNS
+    amplitude: float = 0.05  # noise only: the largest change of a pixel
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"unknown trigger kind {self.kind!r}; allowed: {', '.join(KINDS)}")
+        if self.content is not None and self.content not in PATTERNS:
+            raise ValueError(
+                f"unknown trigger content {self.content!r}; allowed: {', '.join(PATTERNS)}"
+            )
+        if not isinstance(self.position, str):  # a JSON list -> a hashable (row, col) tuple
+            pos = tuple(int(v) for v in self.position)
+            if len(pos) != 2:
+                raise ValueError(f"position must be a corner, 'random' or (row, col), got {pos}")
+            object.__setattr__(self, "position", pos)
+        elif self.position not in (*CORNERS, "random"):
+            raise ValueError(
+                f"unknown position {self.position!r}; allowed: {', '.join(CORNERS)}, random "
+                "or a (row, col) pair"
+            )
+        if self.size < 1:
+            raise ValueError(f"size must be >= 1, got {self.size}")
+        for name in ("alpha", "amplitude", "value"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+
+    @property
+    def pattern_name(self) -> str:
+        return self.content or DEFAULT_CONTENT[self.kind]
 
     def pattern(self, shape: tuple[int, ...]) -> np.ndarray:
-        """The blend noise pattern for images of shape (C, H, W), fixed by `seed`."""
-        return np.random.default_rng(self.seed).random(shape, dtype=np.float32)
+        """The pattern for images of shape (C, H, W) (a blend's or a noise trigger's), or for a
+        patch (C, size, size), fixed by `seed`."""
+        return make_pattern(self.pattern_name, shape, self.seed, self.value)
+
+    def resolve(self, height: int, width: int) -> Trigger:
+        """This trigger with a `random` position replaced by the (row, col) its seed gives for
+        height x width images (what a manifest should record); other triggers unchanged."""
+        if self.kind == "patch" and self.position == "random":
+            return replace(self, position=random_origin(self.size, height, width, self.seed))
+        return self
 
     def __call__(self, x: Any) -> Any:
+        c, h, w = (int(v) for v in x.shape[-3:])
         if self.kind == "patch":
-            return apply_patch(x, self.size, self.position, self.value)
+            t = self.resolve(h, w)
+            if self.pattern_name == "solid":
+                return apply_patch(x, self.size, t.position, self.value)
+            p = _like(self.pattern((c, self.size, self.size)), x)
+            return apply_patch(x, self.size, t.position, p)
+        p = _like(self.pattern((c, h, w)), x)
         if self.kind == "blend":
-            p = self.pattern(tuple(x.shape[-3:]))
-            if hasattr(x, "clone"):  # torch tensor
-                import torch
-
-                p = torch.from_numpy(p).to(x.dtype)
             return apply_blend(x, p, self.alpha)
-        raise ValueError(f"unknown trigger kind {self.kind!r}; allowed: patch, blend")
+        return (x + self.amplitude * (2.0 * p - 1.0)).clip(0.0, 1.0)  # kind "noise"
 
     def to_dict(self) -> dict:
+        """The fields this kind uses: `content` only when set, `seed` only for a random pattern or
+        position, `value` only for a solid patch. The default white patch gives {"kind", "size",
+        "position", "value"}, as manifests have always had it."""
         d = asdict(self)
-        if self.kind == "patch":
-            d.pop("alpha"), d.pop("seed")
+        used = {
+            "patch": ("kind", "size", "position", "value", "content", "seed"),
+            "blend": ("kind", "alpha", "content", "seed"),
+            "noise": ("kind", "amplitude", "content", "seed"),
+        }[self.kind]
+        d = {k: v for k, v in d.items() if k in used}
+        if self.content is None:
+            d.pop("content")
+        if self.pattern_name not in RANDOM_PATTERNS and self.position != "random":
+            d.pop("seed", None)
+        if self.kind == "patch" and self.pattern_name != "solid":
+            d.pop("value")
         return d
 
 
@@ -129,18 +261,52 @@ def choose_poison(
     return np.sort(rng.choice(pool, size=n, replace=False))
 
 
+def poison_index_multi(
+    labels: np.ndarray, rate: float, target_classes: Sequence[int], rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The poisoned training set of several (trigger, target class) pairs, as an index over the
+    clean one: returns (source index (M,), training label (M,), pair (M,)) where pair is -1 for a
+    clean row and k for a copy to be stamped with trigger k and labelled target_classes[k]. Each
+    pair makes its own round(rate / K * N) copies (the poisoned share stays `rate` in all), drawn
+    one pair after the other from the same rng, each from the samples not of its own target."""
+    if not len(target_classes):
+        raise ValueError("at least one target class is needed")
+    share = rate / len(target_classes)
+    chosen = [choose_poison(labels, share, int(t), rng) for t in target_classes]
+    n = len(labels)
+    src = np.concatenate([np.arange(n), *chosen])
+    y = np.concatenate(
+        [
+            labels,
+            *(
+                np.full(len(c), t, labels.dtype)
+                for c, t in zip(chosen, target_classes, strict=True)
+            ),
+        ]
+    )
+    pair = np.concatenate([np.full(n, -1), *(np.full(len(c), k) for k, c in enumerate(chosen))])
+    return src, y, pair
+
+
 def poison_index(
     labels: np.ndarray, rate: float, target_class: int, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The poisoned training set as an index over the clean one, so that the trigger can be stamped
     after augmentation: returns (source index (M,), training label (M,), poisoned flag (M,)) with
     M = N + round(rate * N). Rows with flag True are triggered copies labelled target_class."""
-    chosen = choose_poison(labels, rate, target_class, rng)
-    n = len(labels)
-    src = np.concatenate([np.arange(n), chosen])
-    y = np.concatenate([labels, np.full(len(chosen), target_class, labels.dtype)])
-    flag = np.concatenate([np.zeros(n, bool), np.ones(len(chosen), bool)])
-    return src, y, flag
+    src, y, pair = poison_index_multi(labels, rate, [target_class], rng)
+    return src, y, pair >= 0
+
+
+def stamp_pairs(x: Any, pair: Any, triggers: Sequence[Trigger]) -> Any:
+    """Stamp row i of the batch x (N, C, H, W) with triggers[pair[i]] (pair -1: left clean).
+    `pair` is an int array (numpy or torch) of length N."""
+    out = _copy(x)
+    for k, trigger in enumerate(triggers):
+        rows = pair == k
+        if rows.any():
+            out[rows] = trigger(x[rows])
+    return out
 
 
 def poison_dataset(
@@ -152,7 +318,18 @@ def poison_dataset(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Materialised poisoned set from float images (N, C, H, W): (images, labels, poisoned flag)."""
-    src, y, flag = poison_index(labels, rate, target_class, rng)
-    out = images[src]
-    out[flag] = trigger(out[flag])
-    return out, y, flag
+    out, y, pair = poison_dataset_multi(images, labels, rate, [(trigger, target_class)], rng)
+    return out, y, pair >= 0
+
+
+def poison_dataset_multi(
+    images: np.ndarray,
+    labels: np.ndarray,
+    rate: float,
+    backdoors: Sequence[tuple[Trigger, int]],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Materialised poisoned set of several (trigger, target class) pairs from float images
+    (N, C, H, W): (images, labels, pair index per row, -1 for clean rows)."""
+    src, y, pair = poison_index_multi(labels, rate, [t for _, t in backdoors], rng)
+    return stamp_pairs(images[src], pair, [trig for trig, _ in backdoors]), y, pair

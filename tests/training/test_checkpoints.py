@@ -3,7 +3,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training.checkpoints import resume, save
+from training.checkpoints import config_dict, resume, same_config, save
 
 
 def _model_and_opt(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:
@@ -35,3 +35,74 @@ def test_resume_starts_over_on_another_config_or_no_file(tmp_path: Path) -> None
     assert resume(path, {"lr": 5e-4}, other, other_opt, "target", logs.append) == 0
     assert torch.equal(other.weight, before)
     assert "another config" in logs[0]
+
+
+# The configs stored by runs made before `triggers`/`exclude` (AEConfig) and `attack`/`init_from`
+# (TargetConfig) existed, copied from runs/mnist/*.ckpt.
+OLD_AE = {
+    "arch": "conv",
+    "epochs": 1,
+    "batch_size": 128,
+    "lr": 0.002,
+    "width": 16,
+    "triggered_share": 0.5,
+    "mask_weight": 1.0,
+    "mask_pos_weight": 5.0,
+    "trigger_size": 4,
+    "trigger_value": 1.0,
+    "seed": 0,
+    "threads": 1,
+}
+OLD_TARGET = {
+    "dataset": "mnist",
+    "arch": "kwon_cnn",
+    "widths": None,
+    "epochs": 4,
+    "batch_size": 128,
+    "optimizer": "adam",
+    "lr": 0.001,
+    "momentum": 0.9,
+    "weight_decay": 0.0,
+    "schedule": "onecycle",
+    "label_smoothing": 0.0,
+    "augment": "none",
+    "poison_rate": 0.1,
+    "target_class": 0,
+    "trigger": {"kind": "patch", "size": 4, "position": "top-left", "value": 1.0},
+    "val_size": 5000,
+    "seed": 0,
+    "threads": 1,
+}
+
+
+def test_checkpoints_older_than_a_new_field_match_it_at_its_default(tmp_path: Path) -> None:
+    from training.presets import PRESETS
+    from training.train_detrigger import AEConfig
+    from training.train_target import TargetConfig
+
+    ae_now = config_dict(PRESETS["mnist"].autoencoders["conv"])  # threads 2, triggers "corner"
+    ae_defaults = config_dict(AEConfig())
+    assert set(ae_now) - set(OLD_AE) == {"triggers", "exclude"}
+    assert not same_config(OLD_AE, ae_now)  # without the defaults: a missing key differs
+    assert same_config(OLD_AE, ae_now, ae_defaults)
+    assert not same_config(OLD_AE, {**ae_now, "triggers": "random"}, ae_defaults)
+    assert not same_config(OLD_AE, {**ae_now, "exclude": ["blend"]}, ae_defaults)
+
+    target_now = config_dict(PRESETS["mnist"].target)
+    target_defaults = config_dict(TargetConfig())
+    assert set(target_now) - set(OLD_TARGET) == {"attack", "init_from"}
+    assert same_config(OLD_TARGET, target_now, target_defaults)
+    assert not same_config(
+        OLD_TARGET, {**target_now, "init_from": "runs/x/target.ckpt"}, target_defaults
+    )
+    two = [{"target_class": 1, "trigger": OLD_TARGET["trigger"]}] * 2
+    assert not same_config(OLD_TARGET, {**target_now, "attack": two}, target_defaults)
+
+    # and through resume(), as train_target and train_autoencoder call it
+    path = tmp_path / "old.ckpt"
+    model, opt = _model_and_opt(0)
+    save(path, OLD_TARGET, model, opt, epoch=4)
+    other, other_opt = _model_and_opt(1)
+    logs: list[str] = []
+    assert resume(path, target_now, other, other_opt, "target", logs.append, target_defaults) == 4
+    assert torch.equal(other.weight, model.weight)

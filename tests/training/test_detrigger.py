@@ -1,10 +1,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from training.autoencoders import build_autoencoder
-from training.train_detrigger import AEConfig, detrigger_loss, make_ae_batch
+from training.train_detrigger import (
+    AEConfig,
+    ae_batch,
+    detrigger_loss,
+    make_ae_batch,
+    run_name,
+    with_triggers,
+)
 
 
 def test_ae_batch_mixes_triggered_and_untouched_images():
@@ -48,3 +56,70 @@ def test_mlp_loss_is_plain_l2():
         want = torch.mean((ae(x) - x) ** 2)
         got = detrigger_loss(ae, x, x, AEConfig(arch="mlp"))
     assert torch.isclose(got, want)
+
+
+def test_random_trigger_batch_gives_the_sampler_mask():
+    clean = torch.full((300, 1, 12, 12), 0.5)
+    cfg = AEConfig(triggers="random", triggered_share=0.5)
+    x, target, changed = ae_batch(clean, cfg, np.random.default_rng(0))
+    assert torch.equal(target, clean) and changed.shape == (300, 1, 12, 12)
+    stamped = (x != clean).flatten(1).any(1)
+    assert 110 < int(stamped.sum()) < 190
+    assert changed[~stamped].sum() == 0  # untouched images: the mask stays shut
+    assert (changed.flatten(1).sum(1)[stamped] >= 4).all()
+    # corner mode: the mask is the changed pixels, as detrigger_loss has always computed it
+    x, _, changed = ae_batch(clean, AEConfig(trigger_size=2), np.random.default_rng(0))
+    assert torch.equal(changed, ((x - clean).abs().amax(1, keepdim=True) > 0).float())
+    with pytest.raises(ValueError, match="allowed: corner, random"):
+        ae_batch(clean, AEConfig(triggers="everything"), np.random.default_rng(0))
+
+
+def test_random_trigger_batch_honours_exclude():
+    clean = torch.zeros(400, 1, 12, 12)
+    cfg = AEConfig(triggers="random", triggered_share=1.0, exclude=("patch",))
+    x, _, changed = ae_batch(clean, cfg, np.random.default_rng(1))
+    assert x.flatten(1).amax(1).max() <= 0.3 + 1e-6  # only blends (alpha <= 0.3) of a black image
+    assert ((x > 0).flatten(1).float().mean(1) > 0.3).all()
+
+
+def test_checkpoint_names_keep_the_corner_name():
+    assert run_name(AEConfig(arch="conv")) == "conv"
+    assert run_name(AEConfig(arch="conv", triggers="random")) == "conv_random"
+    cfg = AEConfig(arch="mlp", triggers="random", exclude=("checkerboard", "blend"))
+    assert run_name(cfg) == "mlp_random_minus-checkerboard-blend"
+
+
+def test_conv_ae_learns_to_remove_random_patches():
+    # As the corner test: a few steps with random patches anywhere; the L2 error on triggered
+    # images drops well below leaving them as they are, and clean images pass nearly unchanged.
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    cfg = AEConfig(arch="conv", width=8, triggers="random", exclude=("blend",))
+    ae = build_autoencoder("conv", 1, 12, width=8)
+    opt = torch.optim.Adam(ae.parameters(), lr=1e-2)
+    clean = torch.rand(64, 1, 12, 12) * 0.3
+    for _ in range(150):
+        x, target, changed = ae_batch(clean, cfg, rng)
+        loss = detrigger_loss(ae, x, target, cfg, changed)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    triggered = AEConfig(**{**cfg.__dict__, "triggered_share": 1.0})
+    x, target, _ = ae_batch(clean, triggered, rng)
+    with torch.no_grad():
+        err_ae = torch.mean((ae(x) - target) ** 2)
+        err_clean = torch.mean((ae(clean) - clean) ** 2)
+    err_identity = torch.mean((x - target) ** 2)
+    assert err_ae < 0.3 * err_identity
+    assert err_clean < 0.1 * err_identity
+
+
+def test_with_triggers_copies_the_preset_ae():
+    from training.presets import PRESETS
+
+    base = PRESETS["mnist"].autoencoders["conv"]
+    cfg = with_triggers(base, "random", ("blend",), epochs=3, threads=1)
+    assert (base.triggers, base.exclude) == ("corner", ())  # the preset is not changed
+    assert (cfg.triggers, cfg.exclude, cfg.epochs, cfg.threads) == ("random", ("blend",), 3, 1)
+    assert (cfg.lr, cfg.width, cfg.batch_size) == (base.lr, base.width, base.batch_size)
+    assert run_name(cfg) == "conv_random_minus-blend"

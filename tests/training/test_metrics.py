@@ -16,6 +16,29 @@ def test_accuracy_and_attack_success_rate():
     assert metrics.flag_rate(np.array([True, False, False, False])) == 0.25
 
 
+def test_attack_success_by_trigger_change_sets_apart_images_the_trigger_cannot_alter():
+    from training.triggers import Trigger
+
+    x = np.zeros((4, 1, 6, 6), np.float32)
+    x[1, :, :2, :2] = 0.99  # corner already white: the patch changes nothing that counts
+    x[2, :, :2, :2] = 0.97
+    stamped = Trigger(kind="patch", size=2, position="top-left")(x)
+    change = metrics.trigger_change(x, stamped)
+    np.testing.assert_allclose(change, [1.0, 0.01, 0.03, 1.0], atol=1e-6)
+    labels = np.array([1, 2, 3, 0])  # the last is the target class: not a positive
+    pred = np.array([0, 2, 0, 0])  # the attack fails only on the unchanged image
+    by = metrics.attack_success_by_change(change, pred, labels, 0)
+    assert by["0.02"] == {
+        "unchanged_share": pytest.approx(1 / 3),
+        "attack_success_rate_others": 1.0,
+    }
+    assert by["0.05"] == {
+        "unchanged_share": pytest.approx(2 / 3),
+        "attack_success_rate_others": 1.0,
+    }
+    assert metrics.attack_success_rate(pred, labels, 0) == pytest.approx(2 / 3)
+
+
 def test_auroc_hand_computed():
     # Pairs (pos, neg): pos 0.9 beats all 3 negatives; pos 0.5 beats 0.1 and 0.4, ties 0.5
     # (counts 1/2); pos 0.2 beats 0.1. (3 + 2.5 + 1) / 9 = 6.5 / 9.

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -7,13 +9,17 @@ import torch
 from training.augment import augment, random_flip, random_translate
 from training.triggers import (
     CORNERS,
+    PATTERNS,
     Trigger,
     apply_blend,
     apply_patch,
     choose_poison,
+    make_pattern,
     patch_origin,
     poison_dataset,
+    poison_dataset_multi,
     poison_index,
+    poison_index_multi,
     random_corner_patch,
 )
 
@@ -124,3 +130,142 @@ def test_translate_keeps_shape_and_content_range():
     assert set(out.unique().tolist()) <= set(x.unique().tolist())
     with pytest.raises(ValueError, match="none, flip, translate, flip-translate"):
         augment(x, "rotate", g)
+
+
+def test_patterns_shape_range_and_seed():
+    for name in PATTERNS:
+        a = make_pattern(name, (3, 6, 6), seed=1, value=0.5)
+        assert a.shape == (3, 6, 6) and a.dtype == np.float32
+        assert a.min() >= 0 and a.max() <= 1
+        np.testing.assert_array_equal(a, make_pattern(name, (3, 6, 6), seed=1, value=0.5))
+    board = make_pattern("checkerboard", (1, 2, 3))
+    np.testing.assert_array_equal(board[0], [[1, 0, 1], [0, 1, 0]])
+    binary = make_pattern("binary", (3, 8, 8), seed=0)
+    assert set(np.unique(binary)) == {0.0, 1.0} and (binary == binary[:1]).all()
+    colour = make_pattern("colour", (3, 4, 4), seed=0)
+    assert (colour == colour[:, :1, :1]).all() and len(np.unique(colour)) == 3
+    smooth = make_pattern("smooth", (1, 16, 16), seed=0)
+    assert np.abs(np.diff(smooth, axis=-1)).max() < 0.35  # no jumps between neighbours
+    assert not np.allclose(make_pattern("noise", (1, 4, 4), 0), make_pattern("noise", (1, 4, 4), 1))
+    with pytest.raises(ValueError, match="allowed: solid, colour"):
+        make_pattern("stripes", (1, 4, 4))
+
+
+def test_patch_contents_numpy_and_torch_alike():
+    x = np.full((2, 3, 8, 8), 0.5, np.float32)
+    for content in ("checkerboard", "noise", "colour", "binary"):
+        t = Trigger(size=3, position="bottom-right", content=content, seed=4)
+        out = t(x)
+        np.testing.assert_array_equal(
+            out[:, :, 5:, 5:], np.broadcast_to(t.pattern((3, 3, 3)), (2, 3, 3, 3))
+        )
+        assert (out[:, :, :5] == 0.5).all() and (out[:, :, :, :5] == 0.5).all()
+        out_t = t(torch.from_numpy(x))
+        assert isinstance(out_t, torch.Tensor) and out_t.dtype == torch.float32
+        np.testing.assert_array_equal(out_t.numpy(), out)
+
+
+def test_random_position_is_fixed_by_seed_and_away_from_the_edges():
+    t = Trigger(size=5, position="random", content="noise", seed=7)
+    r = t.resolve(28, 28)
+    row, col = r.position
+    assert 5 <= row <= 28 - 10 and 5 <= col <= 28 - 10
+    assert r == t.resolve(28, 28) and r.to_dict()["position"] == (row, col)
+    x = np.zeros((1, 1, 28, 28), np.float32)
+    np.testing.assert_array_equal(t(x), r(x))  # applying resolves the same way
+    positions = {
+        Trigger(size=5, position="random", seed=s).resolve(28, 28).position for s in range(20)
+    }
+    assert len(positions) > 5
+    with pytest.raises(ValueError, match="needs 15x15 pixels"):
+        t.resolve(12, 12)
+
+
+def test_noise_and_blend_kinds():
+    x = np.full((2, 1, 6, 6), 0.5, np.float32)
+    noise = Trigger(kind="noise", amplitude=0.08, seed=2)
+    out = noise(x)
+    p = noise.pattern((1, 6, 6))
+    np.testing.assert_allclose(out[0], 0.5 + 0.08 * (2 * p - 1), atol=1e-6)
+    assert np.abs(out - x).max() <= 0.08 + 1e-6 and (out[0] == out[1]).all()
+    clipped = noise(np.ones((1, 1, 6, 6), np.float32))
+    assert clipped.max() <= 1.0 and clipped.min() >= 1 - 0.08 - 1e-6
+    np.testing.assert_allclose(noise(torch.from_numpy(x)).numpy(), out, atol=1e-6)
+    board = Trigger(kind="blend", alpha=0.2, content="checkerboard")(np.zeros((1, 1, 2, 2)))
+    np.testing.assert_allclose(board[0, 0], [[0.2, 0.0], [0.0, 0.2]])
+    # the old blend (no content) keeps its noise pattern
+    np.testing.assert_array_equal(
+        Trigger(kind="blend", seed=3).pattern((1, 3, 3)),
+        np.random.default_rng(3).random((1, 3, 3), dtype=np.float32),
+    )
+
+
+def test_to_dict_round_trips_and_keeps_old_shapes():
+    assert Trigger(kind="blend", alpha=0.1, seed=0).to_dict() == {
+        "kind": "blend",
+        "alpha": 0.1,
+        "seed": 0,
+    }
+    for t in (
+        Trigger(),
+        Trigger(size=3, position=(2, 5), content="checkerboard"),
+        Trigger(kind="noise", amplitude=0.05, seed=9, content="binary"),
+        Trigger(kind="blend", alpha=0.3, content="smooth", seed=1),
+    ):
+        d = json.loads(json.dumps(t.to_dict()))
+        assert Trigger(**d) == t
+    assert "seed" not in Trigger(content="checkerboard").to_dict()
+    assert "value" not in Trigger(content="noise").to_dict()
+    # an old blend manifest entry still loads
+    old = {
+        "kind": "blend",
+        "size": 4,
+        "position": "top-left",
+        "value": 1.0,
+        "alpha": 0.1,
+        "seed": 0,
+    }
+    assert Trigger(**old).kind == "blend"
+
+
+def test_bad_trigger_fields_are_refused():
+    with pytest.raises(ValueError, match="content 'stripes'"):
+        Trigger(content="stripes")
+    with pytest.raises(ValueError, match="position 'middle'"):
+        Trigger(position="middle")
+    with pytest.raises(ValueError, match="amplitude must lie"):
+        Trigger(kind="noise", amplitude=2.0)
+    with pytest.raises(ValueError, match="size must be"):
+        Trigger(size=0)
+
+
+def test_poison_index_multi_gives_each_pair_its_share():
+    labels = np.repeat(np.arange(5), 40)  # 200 samples
+    src, y, pair = poison_index_multi(labels, 0.1, [1, 3], np.random.default_rng(0))
+    assert len(src) == 220 and (pair[:200] == -1).all()
+    for k, target in enumerate((1, 3)):
+        rows = pair == k
+        assert rows.sum() == 10 and (y[rows] == target).all()
+        assert (labels[src[rows]] != target).all()  # never a copy of its own target class
+    np.testing.assert_array_equal(y[:200], labels)
+    # one pair is exactly the single-target poisoning
+    a = poison_index(labels, 0.1, 2, np.random.default_rng(4))
+    b = poison_index_multi(labels, 0.1, [2], np.random.default_rng(4))
+    for u, v in zip(a, (b[0], b[1], b[2] >= 0), strict=True):
+        np.testing.assert_array_equal(u, v)
+    with pytest.raises(ValueError, match="at least one"):
+        poison_index_multi(labels, 0.1, [], np.random.default_rng(0))
+
+
+def test_poison_dataset_multi_stamps_each_pair_its_trigger():
+    labels = np.repeat(np.arange(4), 25)
+    images = np.zeros((100, 1, 8, 8), np.float32)
+    white = Trigger(size=2, position="top-left")
+    board = Trigger(size=2, position="bottom-right", content="checkerboard")
+    x, y, pair = poison_dataset_multi(
+        images, labels, 0.2, [(white, 0), (board, 1)], np.random.default_rng(0)
+    )
+    assert x.shape == (120, 1, 8, 8) and (pair == 0).sum() == 10 and (pair == 1).sum() == 10
+    assert (x[pair == 0][:, 0, :2, :2] == 1).all() and x[pair == 0].sum() == 10 * 4
+    assert (x[pair == 1][:, 0, 6:, 6:] == np.array([[1, 0], [0, 1]])).all()
+    assert x[pair == -1].sum() == 0 and (y[pair == 1] == 1).all()

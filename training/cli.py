@@ -1,0 +1,44 @@
+"""What the training commands' argument parsers share."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+
+def parser(doc: str | None) -> argparse.ArgumentParser:
+    """A parser whose --help shows the module docstring as written."""
+    return argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+
+
+def add_data_dir(p: argparse.ArgumentParser) -> None:
+    """--data-dir: where the dataset files are looked for before the standard places."""
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="folder looked at first for the data files (default: the standard places, see "
+        "training/datasets.py)",
+    )
+
+
+def log_to(path: Path) -> None:
+    """Log INFO lines with a timestamp to the console and to ``path`` (its folder is made)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(message)s",
+        handlers=[logging.StreamHandler(), logging.FileHandler(path)],
+    )
+
+
+def add_dataset(p: argparse.ArgumentParser, what: str) -> None:
+    """--dataset (one of the presets, default mnist; ``what`` says what it picks) and --data-dir."""
+    from training.presets import PRESETS  # the presets import the trainers, which import this
+
+    p.add_argument(
+        "--dataset", default="mnist", choices=list(PRESETS), help=f"{what} (default: mnist)"
+    )
+    add_data_dir(p)
