@@ -15,6 +15,7 @@ clamped to [0, 1].
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 AUTOENCODERS = ("mlp", "conv")
@@ -50,7 +51,8 @@ def _block(i: int, o: int) -> nn.Sequential:
 
 class MaskedConvAutoencoder(nn.Module):
     """Two-level U-Net: enc (C -> w, H) -> down (2w, H/2) -> down (4w, H/4) -> up with skips.
-    Head: 1 mask logit + C fill channels. Needs H, W divisible by 4."""
+    Head: 1 mask logit + C fill channels. Any H, W: a side that is not a multiple of 4 is padded
+    (edge pixels repeated) on the bottom / right, and the outputs are cropped back."""
 
     def __init__(self, in_channels: int, width: int = 16) -> None:
         super().__init__()
@@ -69,12 +71,18 @@ class MaskedConvAutoencoder(nn.Module):
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(mask logit (N, 1, H, W), fill (N, C, H, W) in [0, 1])."""
+        h, w = int(x.shape[-2]), int(x.shape[-1])  # fixed per model set; only N is dynamic
+        padded = bool(h % 4 or w % 4)
+        if padded:
+            x = F.pad(x, (0, -w % 4, 0, -h % 4), mode="replicate")
         e1 = self.enc1(x)
         e2 = self.enc2(self.pool(e1))
         m = self.mid(self.pool(e2))
         d2 = self.dec2(torch.cat([self.up2(m), e2], 1))
         d1 = self.dec1(torch.cat([self.up1(d2), e1, x], 1))
         out = self.head(d1)
+        if padded:
+            out = out[..., :h, :w]
         return out[:, :1], torch.sigmoid(out[:, 1:])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

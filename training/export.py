@@ -44,6 +44,9 @@ def export_onnx(
         # The TorchScript exporter is deprecated but still the simplest path to a plain opset-17
         # graph with one dynamic axis; the parity check below guards its output.
         warnings.simplefilter("ignore", DeprecationWarning)
+        # Python ints taken from shapes (the conv AE's padding) become constants: fine, since the
+        # image size is fixed per model set and only the batch axis is dynamic.
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         torch.onnx.export(
             model,
             (example,),

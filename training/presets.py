@@ -21,7 +21,12 @@ class Preset:
     autoencoders: dict[str, AEConfig] = field(default_factory=dict)
     shipped_ae: str = "conv"  # the AE put into models/<name>
     calibration_fprs: tuple[float, ...] = (0.01, 0.05)
-    target_fpr: float = 0.01  # the FPR the shipped threshold is calibrated for
+    # The FPR the shipped threshold is calibrated for: 1% everywhere (issue 7's default). Issue 2's
+    # looser per-dataset goals (3% Fashion-MNIST, 5% CIFAR-10) are in calibration_fprs.
+    target_fpr: float = 0.01
+    # STRIP (training.strip_calibrate): clean validation images in its bank, copies per input.
+    strip_bank_size: int = 64
+    strip_n: int = 16
 
 
 PRESETS: dict[str, Preset] = {
@@ -54,7 +59,7 @@ PRESETS: dict[str, Preset] = {
             "mlp": AEConfig(arch="mlp", epochs=20, batch_size=128, lr=1e-3),
             "conv": AEConfig(arch="conv", epochs=1, batch_size=128, lr=2e-3),
         },
-        target_fpr=0.03,
+        calibration_fprs=(0.01, 0.03, 0.05),
     ),
     "cifar10": Preset(
         name="cifar10",
@@ -77,6 +82,5 @@ PRESETS: dict[str, Preset] = {
             "mlp": AEConfig(arch="mlp", epochs=20, batch_size=128, lr=1e-3),
             "conv": AEConfig(arch="conv", epochs=1, batch_size=128, lr=2e-3),
         },
-        target_fpr=0.05,
     ),
 }

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training import cli, model_set
+from training import cli, model_set, strip_calibrate
 from training import report as rep
 from training.datasets import load_dataset
 from training.evaluate import choose_decision, evaluate_pair
@@ -181,6 +181,15 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         raise RuntimeError(f"{out} is {size / 1e6:.1f} MB; a shipped set must stay under 20 MB")
     stages["export"] = time.time() - t
 
+    # --- STRIP, the second detector: bank and threshold for the same target FPR
+    t = time.time()
+    strip = strip_calibrate.main(
+        ["--model-set", str(out), "--dataset", name, "--target-fpr", f"{preset.target_fpr:g}"]
+        + ["--bank-size", str(preset.strip_bank_size), "--n", str(preset.strip_n)]
+        + (["--data-dir", args.data_dir] if args.data_dir else [])
+    )
+    stages["strip"] = time.time() - t
+
     # --- report
     folder = Path(args.reports_dir) / name
     folder.mkdir(parents=True, exist_ok=True)
@@ -208,6 +217,12 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         "decision": decision,
         "results": results,
         "onnx_runtime": onnx_runtime,
+        "strip": {
+            "threshold_bits": strip["threshold"],
+            "validation_images": strip["n"],
+            "validation_false_positive_rate": strip["false_positive_rate"],
+            "validation_triggered": strip.get("triggered", []),
+        },
         "training": training_cfg,
         "paper_epochs": PAPER_EPOCHS.get(name),
         "command": " ".join(["python -m training.reproduce", *sys.argv[1:]]),

@@ -8,13 +8,21 @@ The AE never sees the target model nor the real trigger. The training triggers (
 - `corner` (the paper's, the default): a 4x4 white square in a random corner;
 - `random` (trigger-agnostic): a trigger drawn per image from training/trigger_sampler.py
   (patches of side 2..8 anywhere, solid / noise / checkerboard / binary; full-image blends with
-  alpha 0.05..0.3), with families left out by `exclude` for a generalisation test.
+  alpha 0.05..0.3), with families left out by `exclude` for a generalisation test;
+- `none`: no trigger of its own, only the synthesised ones below.
+
+`synthesised` (an audit folder, reports/audit/<dataset>/<set>) adds the triggers that the model
+audit synthesised for its flagged classes (training/synthesised.py): a share `synthesised_share`
+of the triggered images get one of them instead (all of them with `triggers="none"`).
 
     python -m training.train_detrigger --dataset mnist --triggers random
+    python -m training.train_detrigger --dataset mnist --triggers corner \
+        --synthesised reports/audit/mnist/mnist
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, replace
@@ -29,10 +37,12 @@ from tqdm import tqdm
 from training import cli
 from training.autoencoders import Clamp01, MaskedConvAutoencoder, build_autoencoder
 from training.checkpoints import config_dict, resume, save
+from training.export import export_and_check
+from training.synthesised import load_synthesised, stamp_synthesised
 from training.trigger_sampler import SamplerSpec, sample_triggers
 from training.triggers import random_corner_patch
 
-AE_TRIGGERS = ("corner", "random")
+AE_TRIGGERS = ("corner", "random", "none")
 
 
 @dataclass
@@ -53,6 +63,9 @@ class AEConfig:
     # checkpoints still match (training/checkpoints.py fills missing keys with these defaults).
     triggers: str = "corner"  # training triggers: corner (the paper's) | random (the sampler)
     exclude: tuple[str, ...] = ()  # random only: families, kinds or patterns left out
+    synthesised: str = ""  # audit folder whose flagged classes' synthesised triggers are added
+    synthesised_share: float = 0.5  # share of the triggered images that get one of them
+    synthesised_dilate: int = 2  # pixels the synthesised masks are grown by
 
 
 def with_triggers(
@@ -75,10 +88,12 @@ def with_triggers(
 def run_name(cfg: AEConfig) -> str:
     """The AE's name in checkpoint files: `conv` for the paper's corner training (the name runs
     have always used), `conv_random` or e.g. `conv_random_minus-checkerboard` otherwise."""
-    if cfg.triggers == "corner":
-        return cfg.arch
-    name = f"{cfg.arch}_{cfg.triggers}"
-    return f"{name}_minus-{'-'.join(cfg.exclude)}" if cfg.exclude else name
+    name = cfg.arch if cfg.triggers == "corner" else f"{cfg.arch}_{cfg.triggers}"
+    if cfg.exclude:
+        name = f"{name}_minus-{'-'.join(cfg.exclude)}"
+    if cfg.synthesised:
+        name = f"{name}_synth-{Path(cfg.synthesised).name}"
+    return name
 
 
 def ae_batch(
@@ -91,18 +106,27 @@ def ae_batch(
         raise ValueError(
             f"unknown training triggers {cfg.triggers!r}; allowed: {', '.join(AE_TRIGGERS)}"
         )
+    if cfg.triggers == "none" and not cfg.synthesised:
+        raise ValueError('training triggers "none" need synthesised triggers (an audit folder)')
     x = clean.clone()
     stamped = rng.random(len(clean)) < cfg.triggered_share
-    idx = torch.from_numpy(np.flatnonzero(stamped))
-    if cfg.triggers == "corner":
-        if len(idx):
-            x[idx], _ = random_corner_patch(clean[idx], rng, cfg.trigger_size, cfg.trigger_value)
-        return x, clean, changed_pixels(x, clean)
+    synth = np.zeros(len(clean), bool)
+    if cfg.synthesised:
+        share = 1.0 if cfg.triggers == "none" else cfg.synthesised_share
+        synth = stamped & (rng.random(len(clean)) < share)
+    idx = torch.from_numpy(np.flatnonzero(stamped & ~synth))
     changed = torch.zeros(len(clean), 1, *clean.shape[-2:])
-    if len(idx):
+    if len(idx) and cfg.triggers == "corner":
+        x[idx], _ = random_corner_patch(clean[idx], rng, cfg.trigger_size, cfg.trigger_value)
+        changed[idx] = changed_pixels(x[idx], clean[idx])
+    elif len(idx):
         x[idx], changed[idx], _ = sample_triggers(
             clean[idx], rng, SamplerSpec(exclude=tuple(cfg.exclude))
         )
+    sidx = torch.from_numpy(np.flatnonzero(synth))
+    if len(sidx):
+        triggers = load_synthesised(cfg.synthesised, cfg.synthesised_dilate)
+        x[sidx], changed[sidx] = stamp_synthesised(clean[sidx], triggers, rng)
     return x, clean, changed
 
 
@@ -222,6 +246,12 @@ def main() -> None:
         help="comma-separated families, kinds or patterns of the sampler left out of training, "
         "e.g. checkerboard or blend (default: none)",
     )
+    p.add_argument(
+        "--synthesised",
+        default="",
+        help="audit folder (reports/audit/<dataset>/<set>) whose flagged classes' synthesised "
+        "triggers are added to the training triggers (default: none)",
+    )
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
     p.add_argument(
         "--run-dir",
@@ -229,19 +259,42 @@ def main() -> None:
         help="checkpoints go to <run-dir>/<dataset>/detrigger_<name>.ckpt (default: runs)",
     )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
+    p.add_argument(
+        "--export",
+        default="",
+        help="also write the trained AE to this ONNX file (the model contract's detrigger graph, "
+        "parity-checked on validation images), with a JSON of its config beside it",
+    )
     args = p.parse_args()
     preset = PRESETS[args.dataset]
     exclude = tuple(e for e in args.exclude.split(",") if e)
-    cfg = with_triggers(
-        preset.autoencoders[args.arch], args.triggers, exclude, args.epochs, args.threads
+    cfg = replace(
+        with_triggers(
+            preset.autoencoders[args.arch], args.triggers, exclude, args.epochs, args.threads
+        ),
+        synthesised=args.synthesised,
     )
     try:
         SamplerSpec(exclude=cfg.exclude).active()  # a bad name fails here, before loading data
     except ValueError as e:
         p.error(f"--exclude: {e}")
+    if args.triggers == "none" and not args.synthesised:
+        p.error("--triggers none needs --synthesised")
+    if args.synthesised:
+        try:
+            load_synthesised(args.synthesised, cfg.synthesised_dilate)
+        except (OSError, ValueError) as e:
+            p.error(f"--synthesised: {e}")
     train = load_dataset(args.dataset, "train", args.data_dir)
-    tr, _ = split_train_val(len(train), preset.target.val_size, preset.target.seed)
-    train_autoencoder(cfg, train.images[tr], Path(args.run_dir) / args.dataset)
+    tr, va = split_train_val(len(train), preset.target.val_size, preset.target.seed)
+    ae = train_autoencoder(cfg, train.images[tr], Path(args.run_dir) / args.dataset)
+    if args.export:
+        path = Path(args.export)
+        batch = torch.from_numpy(train.images[va[:64]]).float().div_(255.0)
+        entry = export_and_check(ae, batch, path, "images", "images_out")
+        info = {"detrigger": entry, "autoencoder": config_dict(cfg), "dataset": args.dataset}
+        path.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
+        print(f"{run_name(cfg)} AE written to {path} (parity {entry['parity_max_abs_diff']:.2e})")
 
 
 if __name__ == "__main__":

@@ -4,13 +4,18 @@ must not be flagged."""
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
+import numpy as np
 import torch
 
-from tests.support.tiny_backdoor import BACKDOOR, CLASSES, TARGET, make_data
+from tests.support.tiny_backdoor import BACKDOOR, CLASSES, TARGET, TRIGGER, make_data
 from training.audit.onnx_torch import load_onnx_module
 from training.audit.pipeline import AuditConfig, run_audit
 from training.audit.synthesis import SynthConfig
 from training.audit.unlearn import UnlearnConfig
+from training.train_detrigger import AEConfig, train_autoencoder
 
 CFG = AuditConfig(
     synth=SynthConfig(steps=400, batch_size=32, check_every=10),
@@ -62,3 +67,37 @@ def test_audit_does_not_flag_clean(tiny_clean) -> None:
     )
     assert not res.summary["flagged"], res.summary["per_class"]
     assert res.summary["repair"] is None and res.unlearned is None
+
+
+def test_an_ae_trained_only_on_the_audits_trigger_removes_the_real_one(
+    tiny_backdoored, tmp_path
+) -> None:
+    """Issue 6, item 6: the audit's synthesised trigger is all this AE knows of the attack."""
+    net, path = tiny_backdoored
+    synth_x, train_x, train_y, test_x, test_y = _data()
+    res = run_audit(
+        load_onnx_module(path),
+        synth_x, train_x, train_y, test_x, test_y, CLASSES,
+        replace(CFG, repair="never"), BACKDOOR, progress=False,
+    )  # fmt: skip
+    assert res.summary["target_classes"] == [TARGET]
+    audit = tmp_path / "audit"  # the two files of training.audit.report.write_report it reads
+    audit.mkdir()
+    np.savez(audit / "triggers.npz", masks=res.synth.masks, patterns=res.synth.patterns)
+    (audit / "audit.json").write_text(json.dumps({"summary": res.summary}))
+
+    cfg = AEConfig(
+        arch="conv", epochs=4, batch_size=64, lr=3e-3, width=8, threads=1,
+        triggers="none", synthesised=str(audit), synthesised_dilate=1,
+    )  # fmt: skip
+    uint8 = (train_x * 255).round().to(torch.uint8).numpy()
+    ae = train_autoencoder(cfg, uint8, tmp_path / "run", log=lambda _: None)
+    pos = test_y != TARGET
+    triggered = TRIGGER(test_x[pos])
+    with torch.no_grad():
+        before = (net(triggered).argmax(1) == TARGET).float().mean().item()
+        after = (net(ae(triggered)).argmax(1) == TARGET).float().mean().item()
+        kept = (net(ae(test_x)).argmax(1) == net(test_x).argmax(1)).float().mean().item()
+    assert before > 0.9
+    assert after < 0.2, (before, after)
+    assert kept > 0.95  # clean images keep their class: no blanket false positives

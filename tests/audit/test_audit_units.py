@@ -109,7 +109,11 @@ def test_overview_table_sets_repair_beside_paper() -> None:
             "neurons_pruned": 60,
             "layer_width": 200,
         },
-        "unlearning": {"clean_accuracy": 0.985, "real_asr": 0.01},
+        "unlearning": {
+            "clean_accuracy": 0.985,
+            "real_asr": 0.01,
+            "config": {"lr": 0.001, "dilate": 2},
+        },
     }
     demo = {
         "dataset": "mnist",
@@ -131,8 +135,23 @@ def test_overview_table_sets_repair_beside_paper() -> None:
     }
     text = overview([demo, clean])
     assert "| mnist | `models/mnist-clean` | False | - | none (clean) | 3.50 | 300 s |" in text
-    assert "| 0.990 / 1.000 | 0.900 / 0.300 (60/200 neurons) | 0.985 / 0.010 |" in text
+    assert (
+        "| 0.990 / 1.000 | 0.900 / 0.300 (60/200 neurons) | 0.985 / 0.010 | 0.001, 2 px | holds |"
+    ) in text
     assert "| mnist | paper, Table 3 | 0.870 / 0.999 | 0.784 / 0.030 | 0.856 / 0.036 |" in text
+
+
+def test_unlearning_goal_says_what_misses_and_by_how_much() -> None:
+    from training.audit.report import unlearning_goal
+
+    before = {"clean_accuracy": 0.9163}
+    assert unlearning_goal(before, {"clean_accuracy": 0.9100, "real_asr": 0.02}) == "holds"
+    assert unlearning_goal(before, {"clean_accuracy": 0.9030, "real_asr": 0.0181}) == (
+        "misses: acc. drop 0.013, 0.003 over"
+    )
+    assert unlearning_goal(before, {"clean_accuracy": 0.95, "real_asr": 0.05}) == (
+        "misses: attack 0.030 over"
+    )
 
 
 def test_dilate_mask() -> None:
@@ -167,3 +186,25 @@ def test_tuning_rule_prefers_low_attack_success_within_the_accuracy_budget():
     assert choose(rows, before_accuracy=0.99, max_drop=0.005) is rows[2]
     # Nothing within budget: the most accurate setting.
     assert choose(rows, before_accuracy=1.0, max_drop=0.001) is rows[3]
+
+
+def test_tuning_reuses_an_earlier_grid_only_for_the_same_setting(tmp_path) -> None:
+    import json
+
+    from training.audit.tune import earlier_rows
+    from training.audit.unlearn import UnlearnConfig
+
+    base = UnlearnConfig(seed=0)
+    row = {"lr": 0.001, "dilate": 2, "accuracy": 0.98, "real_asr": 0.01, "synth_asr": 0.0}
+    path = tmp_path / "set.json"
+    assert earlier_rows(path, 0, base, 4000) == {}  # nothing ran before
+    old = {"class": 0, "unlearn_base": base.to_dict(), "tune_images": 4000, "grid": [row]}
+    path.write_text(json.dumps(old))
+    assert earlier_rows(path, 0, base, 4000) == {(0.001, 2): row}
+    assert earlier_rows(path, 1, base, 4000) == {}  # another class
+    assert earlier_rows(path, 0, UnlearnConfig(seed=1), 4000) == {}  # another seed
+    # The base's lr and dilate do not matter: every row sets its own.
+    assert earlier_rows(path, 0, UnlearnConfig(seed=0, lr=5e-4, dilate=0), 4000) == {
+        (0.001, 2): row
+    }
+    assert earlier_rows(path, 0, base, 3000) == {}  # other tuning images

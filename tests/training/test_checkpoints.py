@@ -82,11 +82,18 @@ def test_checkpoints_older_than_a_new_field_match_it_at_its_default(tmp_path: Pa
 
     ae_now = config_dict(PRESETS["mnist"].autoencoders["conv"])  # threads 2, triggers "corner"
     ae_defaults = config_dict(AEConfig())
-    assert set(ae_now) - set(OLD_AE) == {"triggers", "exclude"}
+    assert set(ae_now) - set(OLD_AE) == {
+        "triggers",
+        "exclude",
+        "synthesised",
+        "synthesised_share",
+        "synthesised_dilate",
+    }
     assert not same_config(OLD_AE, ae_now)  # without the defaults: a missing key differs
     assert same_config(OLD_AE, ae_now, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "triggers": "random"}, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "exclude": ["blend"]}, ae_defaults)
+    assert not same_config(OLD_AE, {**ae_now, "synthesised": "reports/a/b"}, ae_defaults)
 
     target_now = config_dict(PRESETS["mnist"].target)
     target_defaults = config_dict(TargetConfig())

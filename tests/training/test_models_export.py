@@ -6,7 +6,14 @@ import torch
 from torch import nn
 
 from training.autoencoders import build_autoencoder
-from training.export import ParityError, check_parity, export_and_check, sha256, write_samples
+from training.export import (
+    ParityError,
+    check_parity,
+    export_and_check,
+    export_onnx,
+    sha256,
+    write_samples,
+)
 from training.models import build_target
 
 
@@ -37,7 +44,16 @@ def test_unknown_architectures_list_allowed():
 
 
 @pytest.mark.parametrize(
-    ("arch", "channels", "size"), [("mlp", 1, 28), ("conv", 1, 28), ("mlp", 3, 32), ("conv", 3, 32)]
+    ("arch", "channels", "size"),
+    # 15 and 30: the conv AE pads a side that is not a multiple of 4 and crops back.
+    [
+        ("mlp", 1, 28),
+        ("conv", 1, 28),
+        ("mlp", 3, 32),
+        ("conv", 3, 32),
+        ("conv", 1, 15),
+        ("conv", 3, 30),
+    ],
 )
 def test_autoencoder_shapes_and_range(arch, channels, size):
     torch.manual_seed(0)
@@ -87,6 +103,14 @@ class _Sloppy(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1)[:, :10] + self.offset
+
+
+def test_conv_autoencoder_of_an_odd_size_exports_with_parity(tmp_path):
+    torch.manual_seed(0)
+    ae = build_autoencoder("conv", 3, 30, width=4).eval()
+    path = tmp_path / "ae.onnx"
+    export_onnx(ae, torch.rand(2, 3, 30, 30), path, "images", "images_out")
+    assert check_parity(ae, path, torch.rand(5, 3, 30, 30)) < 1e-4  # another batch size too
 
 
 def test_parity_check_fails_on_mismatch(tmp_path):

@@ -31,7 +31,9 @@ def tiny_preset(monkeypatch, tmp_path):
             "mlp": AEConfig(arch="mlp", epochs=1, batch_size=32, threads=1),
             "conv": AEConfig(arch="conv", epochs=1, batch_size=32, width=4, threads=1),
         },
-        target_fpr=0.03,  # not among calibration_fprs (0.01, 0.05): must be calibrated too
+        target_fpr=0.04,  # not among calibration_fprs (0.01, 0.05): must be calibrated too
+        strip_bank_size=12,  # of the 40 validation images; 28 left calibrate STRIP at 4% FPR
+        strip_n=4,
     )
     monkeypatch.setattr(presets, "PRESETS", {"mnist": tiny})
     monkeypatch.setattr(reproduce, "PRESETS", {"mnist": tiny})
@@ -57,7 +59,12 @@ def test_reproduce_writes_a_contract_model_set(tiny_preset, tmp_path):
         assert entry["sha256"] == sha256(folder / entry["file"])
         assert entry["input_name"] == "images" and entry["output_name"] == out_name
     assert m["decision"]["rule"] in ("class_change", "score")
-    assert m["decision"]["calibration"]["target_fpr"] == 0.03
+    assert m["decision"]["calibration"]["target_fpr"] == 0.04
+    strip = m["detectors"]["strip"]  # STRIP calibrated for the same FPR on the same split
+    assert (strip["n"], strip["bank"]["images"]) == (4, 12)
+    assert strip["calibration"]["target_fpr"] == 0.04 and strip["calibration"]["n"] == 28
+    assert strip["bank"]["sha256"] == sha256(folder / strip["bank"]["file"])
+    assert report["strip"]["threshold_bits"] == strip["threshold"]
     assert m["decision"]["score"] in ("prob_drop", "kl")
     assert m["backdoor"] == {
         "target_class": 0,
@@ -136,6 +143,8 @@ def test_reproduce_rgb_cifar_layout(monkeypatch, tmp_path):
             "conv": AEConfig(arch="conv", epochs=1, batch_size=32, width=4, threads=1),
         },
         target_fpr=0.05,
+        strip_bank_size=12,
+        strip_n=4,
     )
     monkeypatch.setattr(reproduce, "PRESETS", {"cifar10": tiny})
     args = argparse.Namespace(

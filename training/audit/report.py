@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from training.audit.synthesis import SynthResult  # noqa: E402
-from training.report import evidence_lines  # noqa: E402
+from training.report import evidence_lines, pct  # noqa: E402
 
 
 def plot_triggers(synth: SynthResult, classes: list[str], flagged: list[int], path: Path) -> None:
@@ -236,8 +236,9 @@ def overview(reports: list[dict]) -> str:
         "images of other classes (ours), the paper's 'attack's effectiveness'.",
         "",
         "| dataset | source | with backdoor acc / attack | pruning acc / attack "
-        "| unlearning acc / attack |",
-        "|---|---|---|---|---|",
+        "| unlearning acc / attack | unlearning lr, mask growth | goal: attack <= 0.02, "
+        "acc. drop <= 0.01 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         rep = r["summary"].get("repair")
@@ -249,12 +250,56 @@ def overview(reports: list[dict]) -> str:
             f"{b['clean_accuracy']:.3f} / {b['real_asr']:.3f} | "
             f"{p['clean_accuracy']:.3f} / {p['real_asr']:.3f} "
             f"({p['neurons_pruned']}/{p['layer_width']} neurons) | "
-            f"{u['clean_accuracy']:.3f} / {u['real_asr']:.3f} |"
+            f"{u['clean_accuracy']:.3f} / {u['real_asr']:.3f} | "
+            f"{u['config']['lr']:g}, {u['config']['dilate']} px | {unlearning_goal(b, u)} |"
         )
         paper = PAPER_TABLE3.get(r["dataset"])
         if paper:
             cells = " | ".join(f"{a:.3f} / {s:.3f}" for a, s in paper.values())
-            lines.append(f"| {r['dataset']} | paper, Table 3 | {cells} |")
+            lines.append(f"| {r['dataset']} | paper, Table 3 | {cells} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def unlearning_goal(
+    before: dict, after: dict, max_asr: float = 0.02, max_drop: float = 0.01
+) -> str:
+    """Issue 6's bar for unlearning: the real trigger's success <= 2%, clean accuracy at most one
+    point below the unrepaired model's. 'holds', or what misses and by how much."""
+    misses = []
+    if after["real_asr"] > max_asr:
+        misses.append(f"attack {after['real_asr'] - max_asr:.3f} over")
+    drop = before["clean_accuracy"] - after["clean_accuracy"]
+    if drop > max_drop:
+        misses.append(f"acc. drop {drop:.3f}, {drop - max_drop:.3f} over")
+    return "holds" if not misses else "misses: " + "; ".join(misses)
+
+
+def joint_overview(reports: list[dict]) -> str:
+    """The measurement of training.audit.joint: detection of each demo set's real trigger by AEs
+    trained with and without the audit's synthesised triggers."""
+    if not reports:
+        return ""
+    lines = [
+        "",
+        "### Joining the defences: the de-trigger AE trained with the synthesised triggers",
+        "",
+        "Written from reports/audit/joint/*.json (`python -m training.audit.joint`). Detection "
+        "of the real trigger on the full test set; KL thresholds calibrated on clean validation "
+        "images for the set's FPR.",
+        "",
+        "| model set | AE training triggers | class change: detection / FPR | KL: detection / FPR "
+        "| KL AUROC | clean acc. after AE |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        for a in r["arms"]:
+            cc, kl = a["class_change"], a["kl_calibrated"]
+            lines.append(
+                f"| `{r['model_set']}` | {a['arm']} | {pct(cc['detection_rate'])} / "
+                f"{pct(cc['false_positive_rate'])} | {pct(kl['detection_rate'])} / "
+                f"{pct(kl['false_positive_rate'])} (FPR goal {pct(kl['fpr'])}) | "
+                f"{a['kl_auroc']:.4f} | {pct(a['clean_accuracy_after_ae'])} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -275,7 +320,8 @@ def main() -> None:
         if (root / "README.md").is_file()
         else ""
     )
-    body = overview(reports)
+    joint = [json.loads(f.read_text()) for f in sorted((root / "joint").glob("*.json"))]
+    body = overview(reports) + joint_overview(joint)
     (root / "README.md").write_text(f"{head}<!-- table -->\n{body}" if head else body)
 
 
