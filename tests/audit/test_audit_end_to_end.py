@@ -51,6 +51,9 @@ def test_audit_flags_and_repairs_backdoored(tiny_backdoored) -> None:
     assert ident["neuron_overlap"]["cosine"] > 0.5
     rep = s["repair"]
     assert rep["before"]["real_asr"] > 0.9
+    # Without the trigger, images of other classes are not sent to the target: the ASR's floor.
+    assert rep["before"]["clean_to_target"] < 0.05
+    assert rep["unlearning"]["clean_to_target"] <= rep["unlearning"]["real_asr"] + 0.02
     assert rep["unlearning"]["real_asr"] < 0.1
     assert rep["unlearning"]["clean_accuracy"] > rep["before"]["clean_accuracy"] - 0.05
     assert rep["pruning"]["synth_asr"] < rep["before"]["synth_asr"]

@@ -150,7 +150,11 @@ def test_unlearning_goal_says_what_misses_and_by_how_much() -> None:
         "misses: acc. drop 0.013, 0.003 over"
     )
     assert unlearning_goal(before, {"clean_accuracy": 0.95, "real_asr": 0.05}) == (
-        "misses: attack 0.030 over"
+        "misses: attack 0.0300 over"
+    )
+    after = {"clean_accuracy": 0.9095, "real_asr": 0.0202, "clean_to_target": 0.015}
+    assert unlearning_goal(before, after) == (
+        "misses: attack 0.0002 over (clean images sent to the target: 0.015)"
     )
 
 

@@ -131,7 +131,11 @@ def run_audit(
             "synth_asr": success(m, x_other, stamp, k),
         }
         if real_trigger is not None:
-            out["real_asr"] = success(m, test_x[test_y != real_target], real_trigger, real_target)
+            others = test_x[test_y != real_target]
+            out["real_asr"] = success(m, others, real_trigger, real_target)
+            # The floor of real_asr: clean images of other classes the model already sends to the
+            # target class without any trigger (class confusion, e.g. shirt / T-shirt).
+            out["clean_to_target"] = success(m, others, lambda v: v, real_target)
         return out
 
     # --- pruning

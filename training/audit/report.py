@@ -143,17 +143,18 @@ def markdown(report: dict) -> str:
     else:
         p, u, b = rep["pruning"], rep["unlearning"], rep["before"]
         lines += [
-            "| model | clean accuracy | synth. trigger ASR | real trigger ASR |",
-            "|---|---|---|---|",
+            "| model | clean accuracy | synth. trigger ASR | real trigger ASR | clean images "
+            "of other classes sent to the target (the floor of the real ASR) |",
+            "|---|---|---|---|---|",
             f"| unrepaired | {_pct(b['clean_accuracy'])} | {_pct(b['synth_asr'])} | "
-            f"{_pct(b.get('real_asr'))} |",
+            f"{_pct(b.get('real_asr'))} | {_pct(b.get('clean_to_target'))} |",
             f"| pruned ({p['neurons_pruned']}/{p['layer_width']} neurons) | "
             f"{_pct(p['clean_accuracy'])} | {_pct(p['synth_asr'])} | "
-            f"{_pct(p.get('real_asr'))} |",
-            f"| unlearned (1 epoch, 20% clean + 20% synth.-triggered, mask grown by "
-            f"{u['config'].get('dilate', 0)} px) | "
+            f"{_pct(p.get('real_asr'))} | {_pct(p.get('clean_to_target'))} |",
+            f"| unlearned (1 epoch, 20% clean + 20% synth.-triggered, lr "
+            f"{u['config']['lr']:g}, mask grown by {u['config'].get('dilate', 0)} px) | "
             f"{_pct(u['clean_accuracy'])} | {_pct(u['synth_asr'])} | "
-            f"{_pct(u.get('real_asr'))} |",
+            f"{_pct(u.get('real_asr'))} | {_pct(u.get('clean_to_target'))} |",
             "",
             "![pruning](prune.png)",
         ]
@@ -267,11 +268,14 @@ def unlearning_goal(
     point below the unrepaired model's. 'holds', or what misses and by how much."""
     misses = []
     if after["real_asr"] > max_asr:
-        misses.append(f"attack {after['real_asr'] - max_asr:.3f} over")
+        misses.append(f"attack {after['real_asr'] - max_asr:.4f} over")
     drop = before["clean_accuracy"] - after["clean_accuracy"]
     if drop > max_drop:
         misses.append(f"acc. drop {drop:.3f}, {drop - max_drop:.3f} over")
-    return "holds" if not misses else "misses: " + "; ".join(misses)
+    verdict = "holds" if not misses else "misses: " + "; ".join(misses)
+    if "clean_to_target" in after:  # the floor: confusion into the target class, no trigger
+        verdict += f" (clean images sent to the target: {after['clean_to_target']:.3f})"
+    return verdict
 
 
 def joint_overview(reports: list[dict]) -> str:
