@@ -136,7 +136,8 @@ def test_overview_table_sets_repair_beside_paper() -> None:
     text = overview([demo, clean])
     assert "| mnist | `models/mnist-clean` | False | - | none (clean) | 3.50 | 300 s |" in text
     assert (
-        "| 0.990 / 1.000 | 0.900 / 0.300 (60/200 neurons) | 0.985 / 0.010 | 0.001, 2 px | holds |"
+        "| 0.990 / 1.000 | 0.900 / 0.300 (60/200 neurons) | 0.985 / 0.010 | 0.001 constant, 2 px "
+        "| holds |"
     ) in text
     assert "| mnist | paper, Table 3 | 0.870 / 0.999 | 0.784 / 0.030 | 0.856 / 0.036 |" in text
 
@@ -204,11 +205,23 @@ def test_tuning_reuses_an_earlier_grid_only_for_the_same_setting(tmp_path) -> No
     assert earlier_rows(path, 0, base, 4000) == {}  # nothing ran before
     old = {"class": 0, "unlearn_base": base.to_dict(), "tune_images": 4000, "grid": [row]}
     path.write_text(json.dumps(old))
-    assert earlier_rows(path, 0, base, 4000) == {(0.001, 2): row}
+    assert earlier_rows(path, 0, base, 4000) == {(0.001, 2, "constant"): row}
     assert earlier_rows(path, 1, base, 4000) == {}  # another class
     assert earlier_rows(path, 0, UnlearnConfig(seed=1), 4000) == {}  # another seed
-    # The base's lr and dilate do not matter: every row sets its own.
-    assert earlier_rows(path, 0, UnlearnConfig(seed=0, lr=5e-4, dilate=0), 4000) == {
-        (0.001, 2): row
-    }
+    # The base's lr, dilate and schedule do not matter: every row sets its own.
+    other = UnlearnConfig(seed=0, lr=5e-4, dilate=0, schedule="cosine")
+    assert earlier_rows(path, 0, other, 4000) == {(0.001, 2, "constant"): row}
     assert earlier_rows(path, 0, base, 3000) == {}  # other tuning images
+
+
+def test_cosine_unlearning_decays_the_learning_rate_to_zero() -> None:
+    from training.audit.unlearn import lr_factor, unlearn
+
+    assert [lr_factor(k, 10, "constant") for k in (0, 5, 10)] == [1.0, 1.0, 1.0]
+    assert [lr_factor(k, 10, "cosine") for k in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
+    assert lr_factor(12, 10, "cosine") == pytest.approx(0.0)  # never negative past the end
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    images, labels = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    with pytest.raises(ValueError, match="unknown schedule"):
+        unlearn(net, images, labels, torch.zeros(4, 4), torch.zeros(1, 4, 4),
+                UnlearnConfig(schedule="step"), progress=False)  # fmt: skip

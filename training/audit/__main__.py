@@ -26,7 +26,7 @@ from training.audit.onnx_torch import load_onnx_module, write_onnx
 from training.audit.pipeline import AuditConfig, run_audit
 from training.audit.report import write_report
 from training.audit.synthesis import SynthConfig
-from training.audit.unlearn import UnlearnConfig
+from training.audit.unlearn import SCHEDULES, UnlearnConfig
 from training.datasets import DATASETS
 from training.export import check_parity, sha256, write_manifest
 from training.reproduce import hardware, versions
@@ -163,6 +163,12 @@ def main() -> None:
         "%(default)s, chosen on validation data by training.audit.tune)",
     )
     p.add_argument(
+        "--unlearn-schedule",
+        default=UnlearnConfig.schedule,
+        choices=SCHEDULES,
+        help="unlearning lr schedule (default: %(default)s)",
+    )
+    p.add_argument(
         "--repair",
         default="flagged",
         choices=("flagged", "always", "never"),
@@ -200,7 +206,12 @@ def main() -> None:
         synth=SynthConfig(
             steps=args.steps, batch_size=args.batch_size, asr_target=args.asr_target, seed=args.seed
         ),
-        unlearn=UnlearnConfig(lr=args.unlearn_lr, seed=args.seed, dilate=args.unlearn_dilate),
+        unlearn=UnlearnConfig(
+            lr=args.unlearn_lr,
+            seed=args.seed,
+            dilate=args.unlearn_dilate,
+            schedule=args.unlearn_schedule,
+        ),
         anomaly_threshold=args.anomaly_threshold,
         prune_stop_asr=args.prune_stop_asr,
         repair=args.repair,

@@ -152,7 +152,8 @@ def markdown(report: dict) -> str:
             f"{_pct(p['clean_accuracy'])} | {_pct(p['synth_asr'])} | "
             f"{_pct(p.get('real_asr'))} | {_pct(p.get('clean_to_target'))} |",
             f"| unlearned (1 epoch, 20% clean + 20% synth.-triggered, lr "
-            f"{u['config']['lr']:g}, mask grown by {u['config'].get('dilate', 0)} px) | "
+            f"{u['config']['lr']:g} {u['config'].get('schedule', 'constant')}, mask grown by "
+            f"{u['config'].get('dilate', 0)} px) | "
             f"{_pct(u['clean_accuracy'])} | {_pct(u['synth_asr'])} | "
             f"{_pct(u.get('real_asr'))} | {_pct(u.get('clean_to_target'))} |",
             "",
@@ -237,8 +238,8 @@ def overview(reports: list[dict]) -> str:
         "images of other classes (ours), the paper's 'attack's effectiveness'.",
         "",
         "| dataset | source | with backdoor acc / attack | pruning acc / attack "
-        "| unlearning acc / attack | unlearning lr, mask growth | goal: attack <= 0.02, "
-        "acc. drop <= 0.01 |",
+        "| unlearning acc / attack | unlearning lr and schedule, mask growth "
+        "| goal: attack <= 0.02, acc. drop <= 0.01 |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in reports:
@@ -252,7 +253,8 @@ def overview(reports: list[dict]) -> str:
             f"{p['clean_accuracy']:.3f} / {p['real_asr']:.3f} "
             f"({p['neurons_pruned']}/{p['layer_width']} neurons) | "
             f"{u['clean_accuracy']:.3f} / {u['real_asr']:.3f} | "
-            f"{u['config']['lr']:g}, {u['config']['dilate']} px | {unlearning_goal(b, u)} |"
+            f"{u['config']['lr']:g} {u['config'].get('schedule', 'constant')}, "
+            f"{u['config']['dilate']} px | {unlearning_goal(b, u)} |"
         )
         paper = PAPER_TABLE3.get(r["dataset"])
         if paper:

@@ -47,7 +47,12 @@ def choose(rows: list[dict], before_accuracy: float, max_drop: float) -> dict:
     ok = [r for r in rows if r["accuracy"] >= before_accuracy - max_drop]
     if not ok:
         return max(rows, key=lambda r: (r["accuracy"], -r["lr"], -r["dilate"]))
-    return min(ok, key=lambda r: (r["real_asr"], r["lr"], r["dilate"]))
+    return min(ok, key=lambda r: (r["real_asr"], r["lr"], r["dilate"], schedule(r) != "constant"))
+
+
+def schedule(row: dict) -> str:
+    """A grid row's lr schedule (rows written before schedules were tried are "constant")."""
+    return row.get("schedule", "constant")
 
 
 def earlier_rows(path: Path, k: int, base: UnlearnConfig, n_images: int) -> dict:
@@ -58,15 +63,15 @@ def earlier_rows(path: Path, k: int, base: UnlearnConfig, n_images: int) -> dict
         return {}
     old = json.loads(path.read_text())
 
-    def fixed(cfg: dict) -> dict:  # lr and dilate are set per row
-        return {key: v for key, v in cfg.items() if key not in ("lr", "dilate")}
+    def fixed(cfg: dict) -> dict:  # lr, dilate and schedule are set per row
+        return {k: v for k, v in cfg.items() if k not in ("lr", "dilate", "schedule")}
 
     same = (old["class"], fixed(old["unlearn_base"]), old["tune_images"]) == (
         k,
         fixed(base.to_dict()),
         n_images,
     )
-    return {(r["lr"], r["dilate"]): r for r in old["grid"]} if same else {}
+    return {(r["lr"], r["dilate"], schedule(r)): r for r in old["grid"]} if same else {}
 
 
 def markdown(report: dict) -> str:
@@ -82,13 +87,15 @@ def markdown(report: dict) -> str:
         f"trigger success {report['before']['real_asr']:.4f}. Rule: lowest real-trigger success "
         f"with accuracy at most {report['max_drop']} below the unrepaired model's.",
         "",
-        "| lr | dilate | val accuracy | val real-trigger success | val synthesised success |",
-        "|---|---|---|---|---|",
+        "| lr | dilate | schedule | val accuracy | val real-trigger success "
+        "| val synthesised success |",
+        "|---|---|---|---|---|---|",
     ]
     for r in report["grid"]:
         mark = " **chosen**" if r == c else ""
         lines.append(
-            f"| {r['lr']:g} | {r['dilate']} | {r['accuracy']:.4f} | {r['real_asr']:.4f}{mark} "
+            f"| {r['lr']:g} | {r['dilate']} | {schedule(r)} | {r['accuracy']:.4f} | "
+            f"{r['real_asr']:.4f}{mark} "
             f"| {r['synth_asr']:.4f} |"
         )
     return "\n".join(lines) + "\n"
@@ -113,6 +120,11 @@ def main() -> None:
         "--lrs",
         default=",".join(f"{v:g}" for v in LRS),
         help="comma-separated learning rates to try (default: %(default)s)",
+    )
+    p.add_argument(
+        "--schedules",
+        default="constant",
+        help="comma-separated lr schedules to try: constant, cosine (default: %(default)s)",
     )
     p.add_argument(
         "--dilates",
@@ -155,14 +167,16 @@ def main() -> None:
     grid = []
     for lr in (float(v) for v in args.lrs.split(",")):
         for dilate in (int(v) for v in args.dilates.split(",")):
-            if (lr, dilate) in done:
-                grid.append(done[lr, dilate])
-                print(f"lr {lr:g} dilate {dilate}: from the earlier run", flush=True)
-                continue
-            m, cfg = copy.deepcopy(model), replace(base, lr=lr, dilate=dilate)
-            unlearn(m, data.train_x, data.train_y, mask, pattern, cfg)
-            grid.append({"lr": lr, "dilate": dilate, **score(m)})
-            print(f"lr {lr:g} dilate {dilate}: {grid[-1]}", flush=True)
+            for sched in args.schedules.split(","):
+                if (lr, dilate, sched) in done:
+                    grid.append(done[lr, dilate, sched])
+                    print(f"lr {lr:g} dilate {dilate} {sched}: from the earlier run", flush=True)
+                    continue
+                m = copy.deepcopy(model)
+                cfg = replace(base, lr=lr, dilate=dilate, schedule=sched)
+                unlearn(m, data.train_x, data.train_y, mask, pattern, cfg)
+                grid.append({"lr": lr, "dilate": dilate, "schedule": sched, **score(m)})
+                print(f"lr {lr:g} dilate {dilate} {sched}: {grid[-1]}", flush=True)
     before = score(model)
     report = {
         "model_set": str(source),
@@ -185,7 +199,10 @@ def main() -> None:
     (out / f"{source.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / f"{source.name}.md").write_text(markdown(report))
     c = report["chosen"]
-    print(f"chosen: lr {c['lr']:g}, dilate {c['dilate']}; written to {out}/{source.name}.md")
+    print(
+        f"chosen: lr {c['lr']:g}, dilate {c['dilate']}, schedule {schedule(c)}; written to "
+        f"{out}/{source.name}.md"
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ trigger, all with their TRUE labels, so that the model learns to ignore the trig
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -29,9 +30,21 @@ class UnlearnConfig:
     # mask is a minimal subset of the real trigger (the paper: "redundant pixels ... removed");
     # growing it shows the synthesised pattern around it, so more of the trigger is unlearned.
     dilate: int = 2
+    # "constant" lr, or "cosine": decayed to 0 over the run, so that the fine-tune ends gently.
+    schedule: str = "constant"
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(step: int, total: int, schedule: str) -> float:
+    """The share of cfg.lr used at optimiser step ``step`` of ``total``."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    return 1.0
 
 
 def dilate_mask(mask: torch.Tensor, radius: int) -> torch.Tensor:
@@ -69,8 +82,14 @@ def unlearn(
     g = torch.Generator().manual_seed(cfg.seed)
     for p in model.parameters():
         p.requires_grad_(True)
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {cfg.schedule!r}; allowed: {', '.join(SCHEDULES)}")
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     idx_t, flag_t = torch.from_numpy(idx), torch.from_numpy(flag)
+    total_steps = cfg.epochs * math.ceil(len(idx_t) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: lr_factor(step, total_steps, cfg.schedule)
+    )
     losses = []
     model.train()
     for epoch in range(cfg.epochs):
@@ -90,6 +109,7 @@ def unlearn(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             total += loss.item() * len(sel)
             seen += len(sel)
         losses.append(total / seen)
