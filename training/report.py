@@ -37,7 +37,7 @@ def evidence_lines(report: dict, stage_seconds: dict[str, float]) -> list[str]:
         f"- seed: {report['seed']}",
         f"- hardware: {report['hardware']}",
         f"- versions: {versions}",
-        f"- wall time: {report['wall_seconds']:.0f} s (stages: {stages})",
+        f"- wall time: {report['wall_seconds']:.0f} s" + (f" (stages: {stages})" if stages else ""),
         *([f"- note: {report['note']}"] if report.get("note") else []),
     ]
 

@@ -1,0 +1,316 @@
+"""The detection comparison report (training/detection_report.py, training/detection_tables.py):
+the metrics on hand-made scores, then the command end to end on tiny generated model sets whose
+outputs are known: the patch-masking AE removes the tiny trigger (everything detected), an
+identity AE removes nothing (nothing detected), and a second trigger the target ignores never
+fires."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from tests.support.tiny_models import OPSET, TinySpec, build_model_set, clean_image
+from tests.training.conftest import write_idx
+from training import detection_tables, strip_calibrate
+from training.attack_suite import load_suite
+from training.detection_report import (
+    AESpec,
+    Outcome,
+    aes_for,
+    attack_name,
+    main,
+    miss_reasons,
+    rates,
+    roc_on_grid,
+)
+from training.detection_tables import FPR_GRID
+
+SPEC = TinySpec(name="tinydet")
+N_TRAIN, N_VAL, N_TEST = 400, 200, 54
+FPR = 0.05
+
+
+# --- pure pieces ------------------------------------------------------------------------------
+def outcome(scores: np.ndarray, threshold: float, predicted: np.ndarray | None = None) -> Outcome:
+    predicted = np.zeros(len(scores), int) if predicted is None else predicted
+    return Outcome(scores, scores > threshold, predicted, predicted.copy(), scores)
+
+
+def test_rates_on_known_scores() -> None:
+    neg = outcome(np.arange(100) / 100.0, 0.985)  # 0.00 .. 0.99: one (0.99) above 0.985
+    pos = outcome(np.array([0.995, 0.999, 0.5, 0.2]), 0.985)  # two above every negative
+    r = rates(neg, pos)
+    assert r["detection_rate"] == 0.5 and r["false_positive_rate"] == 0.01
+    assert r["n_positive"] == 4
+    assert r["tpr_at_fpr0.01"] == 0.5  # the 1% threshold is 0.98: only 0.995 and 0.999 pass
+    assert r["tpr_at_fpr0.05"] == 0.5  # 0.94: still those two
+    # AUROC = P(pos > neg) + P(tie) / 2: 1, 1, 0.505 (50 below, 1 tied), 0.205 (20 below, 1 tied)
+    assert r["auroc"] == pytest.approx((1 + 1 + 0.505 + 0.205) / 4)
+
+
+def test_the_roc_on_the_grid_is_the_best_tpr_at_each_fpr() -> None:
+    neg = np.arange(100) / 100.0
+    pos = np.array([1.5, 0.995, 0.5, -1.0])
+    # Two positives lie above every negative; 0.5 ties the 51st highest negative (FPR 50%);
+    # -1 lies below them all.
+    for g, tpr in zip(FPR_GRID, roc_on_grid(neg, pos), strict=True):
+        assert tpr == (0.5 if g < 0.5 else 0.75 if g < 1.0 else 1.0), g
+
+
+def test_miss_reasons_split_the_missed_positives() -> None:
+    # target 0: two did not fire (f(x) = 3), one stayed in 0 after the AE, one changed class
+    # but scored under the threshold, one flagged (not a miss)
+    predicted = np.array([3, 3, 0, 0, 0])
+    detriggered = np.array([3, 3, 0, 4, 4])
+    flagged = np.array([False, False, False, False, True])
+    o = Outcome(np.zeros(5), flagged, predicted, detriggered, np.zeros(5))
+    assert miss_reasons(o, 0) == {"not_fired": 0.5, "ae_kept_target": 0.25, "under_threshold": 0.25}
+    strip = Outcome(np.zeros(5), flagged, predicted, None, np.zeros(5))
+    assert miss_reasons(strip, 0) == {"not_fired": 0.5, "under_threshold": 0.5}
+
+
+def test_ae_specs_parse_and_a_per_attack_ae_wins(tmp_path: Path) -> None:
+    f = tmp_path / "ae.onnx"
+    f.write_bytes(b"x")
+    every, one = AESpec.parse(f"audit={f}"), AESpec.parse(f"audit@blend={f}")
+    assert (one.label, one.attack, one.path) == ("audit", "blend", str(f))
+    assert aes_for([one, every], "blend")["audit"] is one
+    assert aes_for([every, one], "blend")["audit"] is one
+    assert aes_for([one], "noise") == {}
+    for bad in ("audit", f"Audit={f}", "audit=missing.onnx", f"a@B={f}"):
+        with pytest.raises(ValueError):
+            AESpec.parse(bad)
+
+
+def test_a_shipped_sets_backdoor_is_named_by_the_suite() -> None:
+    raw = {
+        "classes": [str(k) for k in range(10)],
+        "backdoor": {
+            "target_class": 0,
+            "trigger": {"kind": "patch", "size": 4, "position": "top-left", "value": 1.0},
+        },
+    }
+    suite = load_suite()
+    assert attack_name(raw, Path("models/x"), suite, (1, 28, 28)) == "badnets-white"
+    raw["backdoor"]["target_class"] = 7  # no suite attack has this pair
+    assert attack_name(raw, Path("models/x"), suite, (1, 28, 28)) == "x"
+    raw["training"] = {"suite": {"attack": "blend"}}  # training.suite's record wins
+    assert attack_name(raw, Path("models/x"), suite, (1, 28, 28)) == "blend"
+
+
+# --- the command on tiny sets -----------------------------------------------------------------
+def labels_for(n: int) -> np.ndarray:
+    return 1 + np.arange(n) % 9  # classes 1..9: the tiny target has no clean class-0 image
+
+
+def write_data(folder: Path) -> Path:
+    """A tiny MNIST-style dataset of the tiny set's clean images, classes 1..9."""
+    folder.mkdir()
+    for prefix, n, offset in (("train", N_TRAIN, 0), ("t10k", N_TEST, 10_000)):
+        labels = labels_for(n)
+        images = np.stack(
+            [clean_image(SPEC, int(k), seed=offset + i) for i, k in enumerate(labels)]
+        )
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels.astype(np.uint8))
+    return folder
+
+
+def with_training(folder: Path, extra: dict | None = None) -> Path:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["training"] = {"seed": 0, "validation_split": {"n": N_VAL, "from": "training data"}}
+    manifest.update(extra or {})
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return folder
+
+
+def two_target_set(folder: Path) -> Path:
+    """A copy of the tiny set with a second pair: a white square at the bottom right, target 5,
+    which the tiny target ignores (it never fires)."""
+    build_model_set(folder, SPEC)
+    backdoor = json.loads((folder / "manifest.json").read_text())["backdoor"]
+    square = {"kind": "patch", "size": 4, "value": 1.0}
+    backdoor["attacks"] = [
+        {"target_class": 0, "trigger": {**square, "position": "top-left"}},
+        {"target_class": 5, "trigger": {**square, "position": "bottom-right"}},
+    ]
+    return with_training(folder, {"backdoor": backdoor})
+
+
+def identity_ae(path: Path) -> Path:
+    images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["N", 1, 28, 28])
+    out = helper.make_tensor_value_info("images_out", TensorProto.FLOAT, ["N", 1, 28, 28])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["images"], ["images_out"])], "identity", [images], [out]
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+    model.ir_version = 8
+    onnx.save(model, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """The report on two tiny sets (run once for the module): the tiny set (the paper's white
+    square, target 0; the patch-masking AE as `paper`) and the two-target copy; the identity AE
+    as `improved` on both and as `audit` on the two-target set only; STRIP with n = 8."""
+    root = tmp_path_factory.mktemp("report")
+    data_dir = write_data(root / "mnist")
+    paper = with_training(build_model_set(root / "tiny", SPEC))
+    two = two_target_set(root / "two")
+    # STRIP calibrated for the shipped set by its own command: the report must find the same
+    # threshold (one implementation, the same bank and calibration images).
+    strip_calibrate.main(
+        ["--model-set", str(paper), "--dataset", "mnist", "--data-dir", str(data_dir)]
+        + ["--n", "8", "--bank-size", "27", "--target-fpr", str(FPR), "--triggered-images", "0"]
+    )
+    identity = identity_ae(root / "identity.onnx")
+    report = main(
+        ["--dataset", "mnist", "--data-dir", str(data_dir), "--sets", f"{paper},two-targets={two}"]
+        + ["--ae", f"improved={identity}", "--ae", f"audit@two-targets={identity}"]
+        + ["--strip-n", "8", "--bank-size", "27", "--target-fpr", str(FPR), "--batch-size", "16"]
+        + ["--examples", "3", "--out", str(root / "out")]
+    )
+    return report, root / "out"
+
+
+@pytest.fixture
+def report(built: tuple[dict, Path]) -> dict:
+    return built[0]
+
+
+@pytest.fixture
+def out(built: tuple[dict, Path], tmp_path: Path) -> Path:
+    """A copy of the report folder, which a test may change."""
+    return Path(shutil.copytree(built[1], tmp_path / "out"))
+
+
+def det(entry: dict, name: str) -> dict:
+    (d,) = [d for d in entry["detectors"] if d["name"] == name]
+    return d
+
+
+def test_known_detection_rates_passes_and_times(report: dict) -> None:
+    paper, two = report["sets"]
+    assert (paper["attack"], two["attack"]) == ("badnets-white", "two-targets")
+    assert paper["paper_trigger"] and not two["paper_trigger"]
+    assert paper["clean_accuracy"] == 1.0 and paper["n_negative"] == N_TEST
+    (pair,) = paper["pairs"]
+    assert pair["n_positive"] == N_TEST and pair["attack_success_rate"] == 1.0
+    n_images = N_TEST + N_TEST  # clean negatives + triggered positives, all timed
+
+    # The masking AE removes the trigger: every positive flagged, no clean image flagged.
+    masking = det(paper, "paper AE, class change")
+    assert masking["detection_rate"] == 1.0 and masking["false_positive_rate"] == 0.0
+    assert masking["auroc"] == 1.0 and masking["tpr_at_fpr0.01"] == 1.0
+    assert masking["forward_passes"] == {"ae": 1, "target": 2, "total": 3}
+    assert masking["images_timed"] == n_images and masking["ms_per_image"] > 0
+    kl = det(paper, f"paper AE, KL @ {FPR:g} FPR")
+    assert kl["detection_rate"] == 1.0 and kl["threshold"] >= 0.01
+
+    # The identity AE changes nothing: no class change, KL 0 everywhere (threshold at the floor).
+    for name in ("improved AE, class change", f"improved AE, KL @ {FPR:g} FPR"):
+        d = det(paper, name)
+        assert d["detection_rate"] == 0.0 and d["false_positive_rate"] == 0.0
+    assert det(paper, f"improved AE, KL @ {FPR:g} FPR")["threshold"] == 0.01
+
+    # STRIP: n + 1 target passes; the trigger pins every copy to class 0.
+    strip = det(paper, "STRIP (n=8)")
+    assert strip["forward_passes"] == {"ae": 0, "target": 9, "total": 9}
+    assert strip["detection_rate"] == 1.0 and strip["ms_per_image"] > 0
+    assert strip["threshold"] == pytest.approx(
+        strip["manifest_threshold"], rel=1e-9
+    )  # as training.strip_calibrate
+
+    # Every threshold flags at most the target FPR of the clean validation images.
+    for entry in report["sets"]:
+        assert entry["validation"]["n"] == N_VAL - 27
+        for d in entry["detectors"]:
+            assert d["validation_false_positive_rate"] <= FPR
+
+
+def test_two_targets_are_reported_per_pair_and_pooled(report: dict) -> None:
+    _, two = report["sets"]
+    first, second = two["pairs"]
+    assert first["attack_success_rate"] == 1.0 and second["attack_success_rate"] == 0.0
+    n1, n2 = N_TEST, int((labels_for(N_TEST) != 5).sum())
+    assert (first["n_positive"], second["n_positive"]) == (n1, n2)
+    d = det(two, "paper AE, class change")
+    assert [p["detection_rate"] for p in d["pairs"]] == [1.0, 0.0]
+    assert d["detection_rate"] == pytest.approx(n1 / (n1 + n2))
+    assert d["images_timed"] == N_TEST + n1 + n2
+    # The audit-based AE was given for this set only.
+    assert "audit" in two["aes"] and "audit" not in report["sets"][0]["aes"]
+    assert any(x["ae"] == "audit" for x in two["detectors"])
+
+
+def test_misses_say_by_how_much_and_show_examples(report: dict, out: Path) -> None:
+    paper, two = report["sets"]
+    (miss,) = [m for m in paper["misses"] if m["detector"] == "improved AE, class change"]
+    assert miss["short_by"] == pytest.approx(0.9) and miss["missed"] == N_TEST
+    assert miss["reasons"] == {"not_fired": 0.0, "ae_kept_target": 1.0, "under_threshold": 0.0}
+    image = out / miss["examples"]
+    assert image.is_file() and image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [m for m in paper["misses"] if m["detector"] == "paper AE, class change"]
+    # The ignored second trigger: missed because it never fired.
+    dud = [m for m in two["misses"] if m["detector"] == "paper AE, class change"]
+    assert [m["target_class"] for m in dud] == [5] and dud[0]["reasons"]["not_fired"] == 1.0
+    assert (out / dud[0]["examples"]).is_file()
+
+    md = (out / "mnist.md").read_text()
+    assert (
+        "**badnets-white, improved AE, class change**: detection 0.00%, 90.00 points under the "
+        "90.00% goal" in md
+    )
+    assert miss["examples"] in md and "the AE output stayed in the target class 100.00%" in md
+
+
+def test_the_markdown_has_table_7_goals_and_the_per_attack_tables(report: dict, out: Path) -> None:
+    md = (out / "mnist.md").read_text()
+    assert "## Table 7, laid out like the paper's" in md
+    rows = {line.split(" | ")[0]: line for line in md.splitlines() if line.startswith("| ")}
+    assert "| badnets-white (paper trigger) | two-targets |" in md
+    assert rows["| paper, reported (Kwon)"].startswith("| paper, reported (Kwon) | 91.50 | - |")
+    assert "| 100.00 / 0.00 |" in rows["| paper's method, reproduced (paper AE, class change)"]
+    assert rows["| audit-based (audit AE, KL at the target FPR)"].split(" | ")[1] == "not run"
+    assert "| STRIP (n=8) | 100.00 |" in md and "9 (0 AE + 9 target)" in md
+    # Goals: the paper trigger at >= 99% with FPR <= 1%; the rest; against STRIP.
+    assert "- paper AE, class change: 100.00% at FPR 0.00%: holds" in md.replace("  - ", "- ")
+    assert "improved AE, class change: 0.00% at FPR 0.00%: misses: detection 99.00 points" in md
+    assert "(no set for: checkerboard, random-colour-patch, blend, noise)" in md
+    assert "over 1 attack(s) (two-targets): misses by" in md
+    assert "3 vs 9 forward passes per image (33%)" in md
+    assert "![ROC curves](mnist/roc.png)" in md and (out / "mnist" / "roc.png").is_file()
+    assert f"- command: `{report['command']}`" in md and report["command"].startswith(
+        "python -m training.detection_report --dataset mnist"
+    )
+    assert report["hardware"] and report["versions"]["onnxruntime"]
+    readme = (out / "README.md").read_text()
+    assert "| mnist: paper trigger | mnist: rest, mean TPR @ 1% FPR |" in readme
+    assert "[mnist.md](mnist.md)" in readme
+
+
+def test_the_tables_are_rewritten_from_the_jsons_alone(out: Path) -> None:
+    before = {p: (out / p).read_text() for p in ("mnist.md", "README.md")}
+    (out / "mnist.md").unlink()
+    (out / "README.md").unlink()
+    (out / "mnist" / "roc.png").unlink(missing_ok=True)
+    detection_tables.main(["--out", str(out)])
+    assert {p: (out / p).read_text() for p in before} == before
+    assert (out / "mnist" / "roc.png").is_file()
+
+
+def test_a_set_that_does_not_fit_the_data_is_refused(tmp_path: Path) -> None:
+    data_dir = write_data(tmp_path / "mnist")
+    small = with_training(build_model_set(tmp_path / "small", TinySpec(height=24, width=24)))
+    with pytest.raises(SystemExit, match="takes"):
+        main(
+            ["--dataset", "mnist", "--data-dir", str(data_dir), "--sets", str(small)]
+            + ["--strip-n", "0", "--out", str(tmp_path / "o")]
+        )
