@@ -32,6 +32,25 @@ from training.export import check_parity, sha256, write_manifest
 from training.reproduce import hardware, versions
 
 
+def audit_entry(summary: dict) -> dict:
+    """The manifest's `audit` field (docs/model-contract.md), which /v1/models shows."""
+    return {
+        "flagged": summary["flagged"],
+        "target_classes": summary["target_classes"],
+        "anomaly_index": [c["anomaly_index"] for c in summary["per_class"]],
+        "report": summary.get("report"),
+    }
+
+
+def record_audit(model_set: Path, summary: dict) -> None:
+    """Write the audit's verdict into the audited set's own manifest (every other field is kept),
+    so that the guard serving it shows it. A new export of the set (`make reproduce`) drops it:
+    a retrained target needs a new audit."""
+    raw = json.loads((model_set / "manifest.json").read_text())
+    raw["audit"] = audit_entry(summary)
+    write_manifest(model_set, raw)
+
+
 def export_repaired(
     module,
     source: Path,
@@ -75,12 +94,7 @@ def export_repaired(
         "its decision threshold are copied from the source set and were "
         "calibrated on the unrepaired target",
     }
-    new["audit"] = {
-        "flagged": audit["flagged"],
-        "target_classes": audit["target_classes"],
-        "anomaly_index": [c["anomaly_index"] for c in audit["per_class"]],
-        "report": audit.get("report"),
-    }
+    new["audit"] = audit_entry(audit)
     new["repair"] = {
         "method": repair,
         "source": str(source),
@@ -190,6 +204,12 @@ def main() -> None:
     )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default: 2)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument(
+        "--no-record",
+        action="store_true",
+        help="leave the audited set's manifest as it is (default: its `audit` field is written, "
+        "which the guard's /v1/models shows)",
+    )
     args = p.parse_args()
     t0 = time.time()
     torch.set_num_threads(args.threads)
@@ -265,6 +285,8 @@ def main() -> None:
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     write_report(out, report, res.synth, res.prune_curve)
+    if not args.no_record:
+        record_audit(source, s)
     verdict = f"FLAGGED, target class(es) {s['target_classes']}" if s["flagged"] else "not flagged"
     print(f"{source}: {verdict}; report in {out} ({report['wall_seconds']:.0f} s)")
 
