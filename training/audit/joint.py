@@ -33,10 +33,10 @@ import torch
 
 from training import cli
 from training.audit.onnx_torch import load_onnx_module
+from training.audit.report import JOINT_COLUMNS, joint_cells
 from training.datasets import load_dataset
 from training.evaluate import evaluate_pair
 from training.presets import PRESETS
-from training.report import pct
 from training.reproduce import hardware, to_float, versions
 from training.train_detrigger import AEConfig, run_name, train_autoencoder
 from training.train_target import split_train_val
@@ -80,19 +80,10 @@ def markdown(report: dict) -> str:
         f"({report['n_positive']} triggered positives, {report['n_test']} clean negatives). KL "
         f"thresholds are calibrated on the clean validation split for FPR {f:g}.",
         "",
-        "| training triggers | clean acc. after AE | class change: detection / FPR | "
-        f"kl @ FPR {f:g}: detection / FPR | kl AUROC | kl TPR at 1% FPR | backdoor acc. after AE |",
-        "|---|---|---|---|---|---|---|",
+        "| training triggers " + JOINT_COLUMNS + " |",
+        "|---" + "|---" * JOINT_COLUMNS.count("|") + "|",
     ]
-    for r in report["arms"]:
-        cc, kl = r["class_change"], r["kl_calibrated"]
-        lines.append(
-            f"| {r['arm']} | {pct(r['clean_accuracy_after_ae'])} | "
-            f"{pct(cc['detection_rate'])} / {pct(cc['false_positive_rate'])} | "
-            f"{pct(kl['detection_rate'])} / {pct(kl['false_positive_rate'])} | "
-            f"{r['kl_auroc']:.4f} | {pct(r['kl_tpr_at_fpr0.01'])} | "
-            f"{pct(r['backdoor_accuracy_after_ae'])} |"
-        )
+    lines += [f"| {r['arm']} | " + joint_cells(r) for r in report["arms"]]
     lines += [
         "",
         "All figures in %, from the test set.",

@@ -280,6 +280,24 @@ def unlearning_goal(
     return verdict
 
 
+# The columns of a joined-defence arm (training.audit.joint), in %, from the test set.
+JOINT_COLUMNS = (
+    "| class change: detection / FPR | KL: detection / FPR (FPR goal) | KL AUROC "
+    "| KL TPR at 1% FPR | clean acc. after AE | backdoor acc. after AE"
+)
+
+
+def joint_cells(arm: dict) -> str:
+    """One arm's cells under JOINT_COLUMNS, with the closing bar."""
+    cc, kl = arm["class_change"], arm["kl_calibrated"]
+    return (
+        f"{pct(cc['detection_rate'])} / {pct(cc['false_positive_rate'])} | "
+        f"{pct(kl['detection_rate'])} / {pct(kl['false_positive_rate'])} ({pct(kl['fpr'])}) | "
+        f"{arm['kl_auroc']:.4f} | {pct(arm['kl_tpr_at_fpr0.01'])} | "
+        f"{pct(arm['clean_accuracy_after_ae'])} | {pct(arm['backdoor_accuracy_after_ae'])} |"
+    )
+
+
 def joint_overview(reports: list[dict]) -> str:
     """The measurement of training.audit.joint: detection of each demo set's real trigger by AEs
     trained with and without the audit's synthesised triggers."""
@@ -293,19 +311,12 @@ def joint_overview(reports: list[dict]) -> str:
         "of the real trigger on the full test set; KL thresholds calibrated on clean validation "
         "images for the set's FPR.",
         "",
-        "| model set | AE training triggers | class change: detection / FPR | KL: detection / FPR "
-        "| KL AUROC | clean acc. after AE |",
-        "|---|---|---|---|---|---|",
+        "| model set | AE training triggers " + JOINT_COLUMNS + " |",
+        "|---|---" + "|---" * JOINT_COLUMNS.count("|") + "|",
     ]
     for r in reports:
         for a in r["arms"]:
-            cc, kl = a["class_change"], a["kl_calibrated"]
-            lines.append(
-                f"| `{r['model_set']}` | {a['arm']} | {pct(cc['detection_rate'])} / "
-                f"{pct(cc['false_positive_rate'])} | {pct(kl['detection_rate'])} / "
-                f"{pct(kl['false_positive_rate'])} (FPR goal {pct(kl['fpr'])}) | "
-                f"{a['kl_auroc']:.4f} | {pct(a['clean_accuracy_after_ae'])} |"
-            )
+            lines.append(f"| `{r['model_set']}` | {a['arm']} | " + joint_cells(a))
     return "\n".join(lines) + "\n"
 
 
