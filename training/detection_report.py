@@ -74,7 +74,7 @@ from training.strip_calibrate import (
     strip_threshold,
     validation_indices,
 )
-from training.triggers import Trigger
+from training.triggers import Trigger, manifest_backdoors
 
 LABEL = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 OWN_AE = "set"  # --ae LABEL=set: each model set's own detrigger.onnx
@@ -116,14 +116,8 @@ def aes_for(specs: Sequence[AESpec], attack: str) -> dict[str, AESpec]:
 
 
 def backdoor_pairs(raw: dict) -> list[tuple[Trigger, int]]:
-    """The manifest's (trigger, target class) pairs: `backdoor.attacks`, or its single pair."""
-    backdoor = raw.get("backdoor") or {}
-    entries = backdoor.get("attacks") or (
-        [{"target_class": backdoor.get("target_class", 0), "trigger": backdoor["trigger"]}]
-        if backdoor.get("trigger")
-        else []
-    )
-    return [(Trigger(**e["trigger"]), int(e["target_class"])) for e in entries]
+    """The manifest's (trigger, target class) pairs."""
+    return [(Trigger(**e["trigger"]), int(e["target_class"])) for e in manifest_backdoors(raw)]
 
 
 def attack_name(raw: dict, folder: Path, suite: dict[str, Attack], chw: tuple) -> str:

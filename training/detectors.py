@@ -28,6 +28,16 @@ from service.strip import StripConfig, run_strip
 Transform = Callable[[np.ndarray], np.ndarray]
 
 
+def cpu_session(data: bytes, threads: int) -> ort.InferenceSession:
+    """An ONNX Runtime session on the CPU provider from a graph's bytes (the ones whose sha256 was
+    checked); threads 0 = ONNX Runtime's default."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
+
+
 @dataclass(frozen=True)
 class Graph:
     """One ONNX graph with one input and one output, on ONNX Runtime's CPU provider."""
@@ -38,15 +48,8 @@ class Graph:
 
     @classmethod
     def load(cls, data: bytes, threads: int) -> Graph:
-        """A session from the graph's bytes (the ones whose sha256 was checked), with the
-        options of training.strip_calibrate; input and output names read from the graph."""
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3
-        session = ort.InferenceSession(
-            data, sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        """A session from the graph's bytes; input and output names read from the graph."""
+        session = cpu_session(data, threads)
         return cls(session, session.get_inputs()[0].name, session.get_outputs()[0].name)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:

@@ -38,10 +38,11 @@ from service.modelset import Strip
 from service.strip import StripConfig, bank_from_npy, flag, run_strip
 from training import cli
 from training.datasets import DATASETS, Dataset, load_dataset
+from training.detectors import cpu_session
 from training.export import sha256, write_manifest
 from training.metrics import threshold_at_fpr
 from training.train_target import split_train_val
-from training.triggers import Trigger
+from training.triggers import Trigger, manifest_backdoors
 
 BANK_FILE = "strip_bank.npy"
 
@@ -101,12 +102,7 @@ def onnx_target(
     """The set's target on ONNX Runtime (CPU), built from the bytes checked against the
     manifest's sha256: images (N, C, H, W) float32 -> logits (N, K)."""
     spec = manifest.target
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    session = ort.InferenceSession(
-        read_verified(folder, spec), sess_options=options, providers=["CPUExecutionProvider"]
-    )
+    session = cpu_session(read_verified(folder, spec), threads)
 
     def run(x: np.ndarray) -> np.ndarray:
         (out,) = session.run([spec.output_name], {spec.input_name: x})
@@ -330,12 +326,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "entropy_bits": quantiles(entropy),
     }
 
-    backdoor = raw.get("backdoor") or {}
-    attacks = backdoor.get("attacks") or (
-        [{"target_class": backdoor.get("target_class", 0), "trigger": backdoor["trigger"]}]
-        if backdoor.get("trigger")
-        else []
-    )
+    attacks = manifest_backdoors(raw)
     if attacks and args.triggered_images > 0:
         calibration["triggered"] = [
             triggered_check(attack, train, calib_idx, bank, config, target, threshold, args)

@@ -333,3 +333,15 @@ def poison_dataset_multi(
     (N, C, H, W): (images, labels, pair index per row, -1 for clean rows)."""
     src, y, pair = poison_index_multi(labels, rate, [t for _, t in backdoors], rng)
     return stamp_pairs(images[src], pair, [trig for trig, _ in backdoors]), y, pair
+
+
+def manifest_backdoors(manifest: dict) -> list[dict]:
+    """A manifest's backdoor as a list of {"target_class", "trigger"} entries: its
+    `backdoor.attacks` (several pairs, training/model_set.py writes them), else its single pair;
+    empty for a set with no recorded backdoor."""
+    backdoor = manifest.get("backdoor") or {}
+    if backdoor.get("attacks"):
+        return list(backdoor["attacks"])
+    if backdoor.get("trigger"):
+        return [{"target_class": backdoor.get("target_class", 0), "trigger": backdoor["trigger"]}]
+    return []

@@ -269,3 +269,14 @@ def test_poison_dataset_multi_stamps_each_pair_its_trigger():
     assert (x[pair == 0][:, 0, :2, :2] == 1).all() and x[pair == 0].sum() == 10 * 4
     assert (x[pair == 1][:, 0, 6:, 6:] == np.array([[1, 0], [0, 1]])).all()
     assert x[pair == -1].sum() == 0 and (y[pair == 1] == 1).all()
+
+
+def test_manifest_backdoors_reads_one_pair_several_or_none():
+    from training.triggers import manifest_backdoors
+
+    white = {"kind": "patch", "size": 4, "position": "top-left", "value": 1.0}
+    one = {"backdoor": {"target_class": 3, "poison_rate": 0.1, "trigger": white}}
+    assert manifest_backdoors(one) == [{"target_class": 3, "trigger": white}]
+    pairs = [{"target_class": 5, "trigger": white}, {"target_class": 6, "trigger": white}]
+    assert manifest_backdoors({"backdoor": {"trigger": white, "attacks": pairs}}) == pairs
+    assert manifest_backdoors({"name": "clean"}) == []
