@@ -7,6 +7,7 @@ set, calibrated on the clean validation split and exported with the parity check
     python -m training.suite --dataset mnist                        # every attack
     python -m training.suite --dataset mnist --attacks blend,noise  # some
     python -m training.suite --dataset cifar10 --init-from runs/cifar10-clean/target.ckpt
+    python -m training.suite --dataset cifar10 --init-from models/cifar10-clean/target.onnx
 
 Model sets go to --out/<dataset>/<attack>/ (manifest `backdoor` describes the attack), the full
 results to --out/<dataset>/reports/<attack>.json, a table of all attacks run so far to
@@ -21,7 +22,8 @@ a tenth of the preset's learning rate) instead of from scratch. The threat model
 backdoor injected by fine-tuning: the attacker takes a trained model (a downloaded or outsourced
 one) and fine-tunes it on poisoned data. A clean checkpoint (training.audit.control) is the
 honest start; the demo target (runs/<dataset>/target.ckpt) already carries the white-square
-backdoor, which fine-tuning will mostly keep.
+backdoor, which fine-tuning will mostly keep. A `.onnx` start (the shipped clean control's
+target.onnx) needs no checkpoint: the graph is fine-tuned as torch (training.train_target).
 """
 
 from __future__ import annotations

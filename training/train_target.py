@@ -11,6 +11,10 @@ With `init_from` (a finished target checkpoint of the same architecture) the mod
 those weights instead of from scratch: a backdoor injected by fine-tuning a trained model on
 poisoned data (the threat model of an outsourced or downloaded model that was fine-tuned by the
 attacker), used where training from scratch per attack costs too much (CIFAR-10 on 2 cores).
+`init_from` may also be a target graph under the model contract (a `.onnx` file, e.g. a shipped
+clean control's target.onnx): it is run as torch by training.audit.onnx_torch, its Conv / Gemm /
+MatMul / BatchNormalization weights trainable (batch norm keeps its running statistics), so a
+shipped model can be fine-tuned without the checkpoint that made it.
 
     python -m training.train_target --dataset mnist --epochs 4
 """
@@ -58,7 +62,7 @@ class TargetConfig:
     # Fields added later take the value that reproduces runs made before them, so that their
     # checkpoints still match (training/checkpoints.py fills missing keys with these defaults).
     attack: list[dict] | None = None  # [{target_class, trigger}, ...]; None: the two fields above
-    init_from: str | None = None  # a target checkpoint to fine-tune from; None: from scratch
+    init_from: str | None = None  # a target checkpoint or .onnx to fine-tune; None: from scratch
 
 
 def backdoors(cfg: TargetConfig) -> list[tuple[Trigger, int]]:
@@ -147,7 +151,13 @@ def train_target(
     num_classes = int(train_labels.max()) + 1
 
     torch.manual_seed(cfg.seed)
-    model = build_target(cfg.arch, c, num_classes, h, mean, std, cfg.widths)
+    from_onnx = bool(cfg.init_from) and str(cfg.init_from).endswith(".onnx")
+    if from_onnx:
+        from training.audit.onnx_torch import load_onnx_module  # torch ops run node by node
+
+        model: nn.Module = load_onnx_module(str(cfg.init_from))
+    else:
+        model = build_target(cfg.arch, c, num_classes, h, mean, std, cfg.widths)
     model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(model, cfg)
     pairs = backdoors(cfg)
@@ -162,7 +172,9 @@ def train_target(
     start_epoch = resume(
         ckpt_path, cfg_dict, model, opt, "target", log, defaults=config_dict(TargetConfig())
     )
-    if start_epoch == 0 and cfg.init_from:
+    if start_epoch == 0 and from_onnx:
+        log(f"fine-tuning the target from the ONNX graph {cfg.init_from}")
+    elif start_epoch == 0 and cfg.init_from:
         init = torch.load(cfg.init_from, weights_only=False)
         model.load_state_dict(init["model"])
         log(f"fine-tuning the target from {cfg.init_from} (trained {init.get('epoch')} epochs)")

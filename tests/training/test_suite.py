@@ -188,3 +188,19 @@ def test_suite_refuses_bad_attack_names(tiny_suite, capsys):
     with pytest.raises(SystemExit):
         suite.main([*tiny_suite, "--attacks", "white,nope"])
     assert "unknown attack(s) nope; allowed: white, pair" in capsys.readouterr().err
+
+
+def test_suite_fine_tunes_from_an_onnx_target(tiny_suite, tmp_path, caplog):
+    """A shipped model set has no checkpoint, only target.onnx: --init-from takes the graph."""
+    caplog.set_level(logging.INFO, logger="training.suite")
+    suite.main([*tiny_suite, "--attacks", "white"])
+    start = tmp_path / "suite" / "mnist" / "white" / "target.onnx"
+    caplog.clear()
+    args = ["--attacks", "pair", "--init-from", str(start), "--epochs", "3", "--lr", "3e-3"]
+    suite.main([*tiny_suite, *args, "--out", str(tmp_path / "tuned")])
+    assert any("fine-tuning the target from the ONNX graph" in r.message for r in caplog.records)
+    m = json.loads((tmp_path / "tuned" / "mnist" / "pair" / "manifest.json").read_text())
+    assert m["training"]["init_from"] == {"path": str(start), "sha256": sha256(start)}
+    assert m["evaluation"]["clean_accuracy"] > 0.9
+    for e in m["evaluation"]["attacks"]:
+        assert e["attack_success_rate"] > 0.8, e
