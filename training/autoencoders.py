@@ -10,6 +10,10 @@ clamped to [0, 1].
   Trained with the L2 loss plus a per-pixel BCE on the mask against the pixels the training trigger
   changed: with the L2 loss alone the mask collapses to 0 everywhere (the ~1% trigger pixels lose
   to the ~99% clean ones and the sigmoid saturates), and the AE stays the identity.
+  The fill is a sigmoid (`fill="sigmoid"`, the first AEs) or linear (`"linear"`, clipped to [0, 1]
+  with the output). A sigmoid fill never reaches 0 or 1: on MNIST's black background it stayed
+  near 0.02-0.05 where the mask opened, and a faint uniform lift of the background is itself
+  enough to fire a noise backdoor, so the "de-triggered" image kept the backdoor.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 AUTOENCODERS = ("mlp", "conv")
+FILLS = ("sigmoid", "linear")  # the conv AE's fill activation
 
 
 class MLPAutoencoder(nn.Module):
@@ -54,8 +59,11 @@ class MaskedConvAutoencoder(nn.Module):
     Head: 1 mask logit + C fill channels. Any H, W: a side that is not a multiple of 4 is padded
     (edge pixels repeated) on the bottom / right, and the outputs are cropped back."""
 
-    def __init__(self, in_channels: int, width: int = 16) -> None:
+    def __init__(self, in_channels: int, width: int = 16, fill: str = "sigmoid") -> None:
         super().__init__()
+        if fill not in FILLS:
+            raise ValueError(f"unknown fill {fill!r}; allowed: {', '.join(FILLS)}")
+        self.fill = fill
         w = width
         self.enc1 = _block(in_channels, w)  # (N, w, H, W)
         self.enc2 = _block(w, 2 * w)  # (N, 2w, H/2, W/2)
@@ -70,7 +78,8 @@ class MaskedConvAutoencoder(nn.Module):
         nn.init.constant_(self.head.bias[:1], -4.0)
 
     def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mask logit (N, 1, H, W), fill (N, C, H, W) in [0, 1])."""
+        """(mask logit (N, 1, H, W), fill (N, C, H, W): in [0, 1] for the sigmoid fill, unbounded
+        for the linear one)."""
         h, w = int(x.shape[-2]), int(x.shape[-1])  # fixed per model set; only N is dynamic
         padded = bool(h % 4 or w % 4)
         if padded:
@@ -83,7 +92,8 @@ class MaskedConvAutoencoder(nn.Module):
         out = self.head(d1)
         if padded:
             out = out[..., :h, :w]
-        return out[:, :1], torch.sigmoid(out[:, 1:])
+        fill = torch.sigmoid(out[:, 1:]) if self.fill == "sigmoid" else out[:, 1:]
+        return out[:, :1], fill
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mask_logit, fill = self.parts(x)
@@ -106,11 +116,13 @@ class Clamp01(nn.Module):
         return self.ae(x).clamp(0.0, 1.0)
 
 
-def build_autoencoder(arch: str, in_channels: int, size: int, width: int = 16) -> nn.Module:
+def build_autoencoder(
+    arch: str, in_channels: int, size: int, width: int = 16, fill: str = "sigmoid"
+) -> nn.Module:
     if arch == "mlp":
         ae: nn.Module = MLPAutoencoder(in_channels, size)
     elif arch == "conv":
-        ae = MaskedConvAutoencoder(in_channels, width)
+        ae = MaskedConvAutoencoder(in_channels, width, fill)
     else:
         raise ValueError(f"unknown autoencoder {arch!r}; allowed: {', '.join(AUTOENCODERS)}")
     return Clamp01(ae)

@@ -158,12 +158,13 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     manifest = model_set.manifest(
         name,
         f"BadNets-backdoored demo {cfg.arch} target with the {shipped} de-trigger "
-        "AE (Kwon, de-trigger autoencoder)",
+        f"AE (Kwon, de-trigger autoencoder; {preset.autoencoders[shipped].arch}, trained on "
+        f"{preset.autoencoders[shipped].triggers} triggers)",
         test.images.shape[1:],
         list(test.classes),
         exported,
         cfg.arch,
-        shipped,
+        preset.autoencoders[shipped].arch,
         decision,
         backdoor_entry(pairs, cfg.poison_rate),
         {

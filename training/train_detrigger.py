@@ -8,7 +8,8 @@ The AE never sees the target model nor the real trigger. The training triggers (
 - `corner` (the paper's, the default): a 4x4 white square in a random corner;
 - `random` (trigger-agnostic): a trigger drawn per image from training/trigger_sampler.py
   (patches of side 2..8 anywhere, solid / noise / checkerboard / binary; full-image blends with
-  alpha 0.05..0.3), with families left out by `exclude` for a generalisation test;
+  alpha 0.05..0.3; full-image additive patterns of amplitude 0.02..0.15), with families left out
+  by `exclude` for a generalisation test;
 - `none`: no trigger of its own, only the synthesised ones below.
 
 `synthesised` (an audit folder, reports/audit/<dataset>/<set>) adds the triggers that the model
@@ -66,6 +67,7 @@ class AEConfig:
     synthesised: str = ""  # audit folder whose flagged classes' synthesised triggers are added
     synthesised_share: float = 0.5  # share of the triggered images that get one of them
     synthesised_dilate: int = 2  # pixels the synthesised masks are grown by
+    fill: str = "sigmoid"  # conv only: the fill's activation, sigmoid | linear (autoencoders.py)
 
 
 def with_triggers(
@@ -83,6 +85,16 @@ def with_triggers(
     if threads:
         cfg.threads = threads
     return cfg
+
+
+def preset_autoencoder(autoencoders: dict[str, AEConfig], arch: str, triggers: str) -> AEConfig:
+    """The preset's AE of `arch` trained on `triggers` if it has one (e.g. `random`, with its own
+    epochs), so that `train_detrigger` trains and exports the very AE `make reproduce` ships;
+    else its `arch` AE, whose triggers `with_triggers` then replaces."""
+    for cfg in autoencoders.values():
+        if (cfg.arch, cfg.triggers) == (arch, triggers):
+            return cfg
+    return autoencoders[arch]
 
 
 def run_name(cfg: AEConfig) -> str:
@@ -157,7 +169,9 @@ def detrigger_loss(
         return F.mse_loss(ae(x), clean)
     mask_logit, fill = inner.parts(x)  # (B, 1, H, W), (B, C, H, W)
     mask = torch.sigmoid(mask_logit)
-    out = ((1 - mask) * x + mask * fill).clamp(0.0, 1.0)
+    # Not clipped: a linear fill is pulled to the clean value itself (a clip would stop its
+    # gradient outside [0, 1]); a sigmoid fill keeps the blend in [0, 1] anyway.
+    out = (1 - mask) * x + mask * fill
     if changed is None:
         changed = changed_pixels(x, clean)
     bce = F.binary_cross_entropy_with_logits(
@@ -176,7 +190,7 @@ def train_autoencoder(
     ckpt_path = run_dir / f"detrigger_{name}.ckpt"
     n, c, h, _ = train_images.shape
     torch.manual_seed(cfg.seed)
-    ae = build_autoencoder(cfg.arch, c, h, cfg.width)
+    ae = build_autoencoder(cfg.arch, c, h, cfg.width, cfg.fill)
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     cfg_dict = config_dict(cfg)
@@ -268,10 +282,9 @@ def main() -> None:
     args = p.parse_args()
     preset = PRESETS[args.dataset]
     exclude = tuple(e for e in args.exclude.split(",") if e)
+    base = preset_autoencoder(preset.autoencoders, args.arch, args.triggers)
     cfg = replace(
-        with_triggers(
-            preset.autoencoders[args.arch], args.triggers, exclude, args.epochs, args.threads
-        ),
+        with_triggers(base, args.triggers, exclude, args.epochs, args.threads),
         synthesised=args.synthesised,
     )
     try:

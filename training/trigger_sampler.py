@@ -8,7 +8,10 @@ parameters drawn per image:
   solid colour (a grey level, a random per-channel colour, or a saturated one: white, black,
   primaries), uniform noise, a checkerboard or a random binary pattern (both in two colours);
 - blends: a full-image pattern (noise, binary, checkerboard, or smooth low-frequency noise)
-  mixed in as (1 - alpha) * x + alpha * pattern with alpha in [0.05, 0.3].
+  mixed in as (1 - alpha) * x + alpha * pattern with alpha in [0.05, 0.3];
+- additive: a full-image zero-mean pattern (noise, binary or smooth) added as
+  clip(x + amplitude * (2 * pattern - 1)) with amplitude in [0.02, 0.15]: a sample-wide
+  low-amplitude perturbation, which a blend (pulled towards its pattern) is not.
 
 The families and ranges live in `SamplerSpec`, so that a family can be held out of training and
 used to test generalisation: `SamplerSpec(exclude=("checkerboard",))` drops every family whose
@@ -21,7 +24,8 @@ The mask target (for the masked conv AE's BCE, whose output is (1 - m) * x + m *
 - patch: the patch's footprint, every pixel the trigger wrote, whether or not it happened to keep
   its clean value (replacing such a pixel with a good fill costs nothing, and a whole square is
   an easier target than a square with holes);
-- blend: the pixels the blend moved by more than `mask_tau` (0.02, about 5 grey levels). A blend
+- blend and additive: the pixels the trigger moved by more than `mask_tau` (0.02, about 5 grey
+  levels). A blend
   touches every pixel, but "replace with the fill" only lowers the L2 error of a pixel that is
   further from its clean value than the fill is; a pixel moved by a hair is better kept, and a
   mask trained to open on every pixel of a faintly blended image would learn to open on clean
@@ -44,7 +48,7 @@ from training.triggers import SMOOTH_GRID
 @dataclass(frozen=True)
 class Family:
     name: str  # unique: "<kind>-<pattern>"
-    kind: str  # "patch" or "blend"
+    kind: str  # "patch", "blend" or "additive"
     pattern: str  # "solid", "noise", "checkerboard", "binary", "smooth"
     weight: float = 1.0  # relative probability of being drawn
 
@@ -59,6 +63,9 @@ FAMILIES: tuple[Family, ...] = (
     Family("blend-binary", "blend", "binary", 0.5),
     Family("blend-checkerboard", "blend", "checkerboard", 0.5),
     Family("blend-smooth", "blend", "smooth", 0.5),
+    Family("additive-noise", "additive", "noise", 0.5),
+    Family("additive-binary", "additive", "binary", 0.5),
+    Family("additive-smooth", "additive", "smooth", 0.5),
 )
 
 
@@ -66,6 +73,7 @@ FAMILIES: tuple[Family, ...] = (
 class SamplerSpec:
     sizes: tuple[int, int] = (2, 8)  # patch side, both ends included
     alphas: tuple[float, float] = (0.05, 0.3)  # blend opacity, uniform
+    amplitudes: tuple[float, float] = (0.02, 0.15)  # additive: largest change of a pixel, uniform
     grey_share: float = 0.4  # colours: share of grey levels (all channels alike)
     saturated_share: float = 0.3  # colours: share with every channel 0 or 1
     mask_tau: float = 0.02  # blend: a pixel moved by more than this is in the mask target
@@ -163,6 +171,21 @@ def _blend(
     return out, moved.float()
 
 
+def _additive(
+    x: torch.Tensor, family: Family, rng: np.random.Generator, spec: SamplerSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    n, c, h, w = x.shape
+    lo, hi = spec.amplitudes
+    amp = torch.from_numpy(rng.uniform(lo, hi, n).astype(np.float32))[:, None, None, None]
+    pattern = _content(family.pattern, (n, c, h, w), rng, spec)  # (B, C, H, W) in [0, 1]
+    out = (x + amp * (2.0 * pattern - 1.0)).clamp(0.0, 1.0)
+    moved = (out - x).abs().amax(1, keepdim=True) > spec.mask_tau  # (B, 1, H, W)
+    return out, moved.float()
+
+
+STAMPS = {"patch": _patch, "blend": _blend, "additive": _additive}
+
+
 def sample_triggers(
     x: torch.Tensor, rng: np.random.Generator, spec: SamplerSpec | None = None
 ) -> Sampled:
@@ -179,6 +202,5 @@ def sample_triggers(
         idx = torch.from_numpy(np.flatnonzero(drawn == k))
         if len(idx) == 0:
             continue
-        stamp = _patch if family.kind == "patch" else _blend
-        out[idx], mask[idx] = stamp(x[idx], family, rng, spec)
+        out[idx], mask[idx] = STAMPS[family.kind](x[idx], family, rng, spec)
     return Sampled(out, mask, drawn)

@@ -88,12 +88,14 @@ def test_checkpoints_older_than_a_new_field_match_it_at_its_default(tmp_path: Pa
         "synthesised",
         "synthesised_share",
         "synthesised_dilate",
+        "fill",
     }
     assert not same_config(OLD_AE, ae_now)  # without the defaults: a missing key differs
     assert same_config(OLD_AE, ae_now, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "triggers": "random"}, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "exclude": ["blend"]}, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "synthesised": "reports/a/b"}, ae_defaults)
+    assert not same_config(OLD_AE, {**ae_now, "fill": "linear"}, ae_defaults)
 
     target_now = config_dict(PRESETS["mnist"].target)
     target_defaults = config_dict(TargetConfig())

@@ -10,6 +10,7 @@ from training.train_detrigger import (
     ae_batch,
     detrigger_loss,
     make_ae_batch,
+    preset_autoencoder,
     run_name,
     with_triggers,
 )
@@ -60,7 +61,8 @@ def test_mlp_loss_is_plain_l2():
 
 def test_random_trigger_batch_gives_the_sampler_mask():
     clean = torch.full((300, 1, 12, 12), 0.5)
-    cfg = AEConfig(triggers="random", triggered_share=0.5)
+    # (additive triggers left out: a faint one moves no pixel past mask_tau, so its mask is empty)
+    cfg = AEConfig(triggers="random", triggered_share=0.5, exclude=("additive",))
     x, target, changed = ae_batch(clean, cfg, np.random.default_rng(0))
     assert torch.equal(target, clean) and changed.shape == (300, 1, 12, 12)
     stamped = (x != clean).flatten(1).any(1)
@@ -76,7 +78,7 @@ def test_random_trigger_batch_gives_the_sampler_mask():
 
 def test_random_trigger_batch_honours_exclude():
     clean = torch.zeros(400, 1, 12, 12)
-    cfg = AEConfig(triggers="random", triggered_share=1.0, exclude=("patch",))
+    cfg = AEConfig(triggers="random", triggered_share=1.0, exclude=("patch", "additive"))
     x, _, changed = ae_batch(clean, cfg, np.random.default_rng(1))
     assert x.flatten(1).amax(1).max() <= 0.3 + 1e-6  # only blends (alpha <= 0.3) of a black image
     assert ((x > 0).flatten(1).float().mean(1) > 0.3).all()
@@ -123,3 +125,38 @@ def test_with_triggers_copies_the_preset_ae():
     assert (cfg.triggers, cfg.exclude, cfg.epochs, cfg.threads) == ("random", ("blend",), 3, 1)
     assert (cfg.lr, cfg.width, cfg.batch_size) == (base.lr, base.width, base.batch_size)
     assert run_name(cfg) == "conv_random_minus-blend"
+
+
+def test_the_preset_random_ae_is_the_base_for_random_triggers():
+    """`train_detrigger --triggers random` trains the preset's `random` AE (its epochs), the one
+    `make reproduce` ships, so both name and reuse one checkpoint; a preset without one falls
+    back to its `conv` AE with the triggers replaced."""
+    from training.presets import PRESETS
+
+    mnist = PRESETS["mnist"].autoencoders
+    assert preset_autoencoder(mnist, "conv", "random") is mnist["random"]
+    assert preset_autoencoder(mnist, "conv", "corner") is mnist["conv"]
+    assert preset_autoencoder(mnist, "conv", "none") is mnist["conv"]
+    assert mnist["random"].epochs > mnist["conv"].epochs
+    assert run_name(with_triggers(mnist["random"], "random")) == "conv_random"
+    cifar = {k: v for k, v in PRESETS["cifar10"].autoencoders.items() if k != "random"}
+    assert preset_autoencoder(cifar, "conv", "random") is cifar["conv"]
+
+
+def test_linear_fill_is_unbounded_inside_and_clipped_outside():
+    """The sigmoid fill lives in (0, 1), so it can only approach black or white; the linear fill
+    can reach them (and overshoot: the contract's clip to [0, 1] is applied to the output)."""
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 8, 8)
+    fills = {}
+    for fill in ("sigmoid", "linear"):
+        ae = build_autoencoder("conv", 1, 8, width=4, fill=fill)
+        with torch.no_grad():
+            ae.ae.head.weight.mul_(50.0)  # large fills, as an over-confident AE gives
+            fills[fill] = ae.ae.parts(x)[1]
+            out = ae(x)
+        assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert float(fills["sigmoid"].min()) > 0.0 and float(fills["sigmoid"].max()) < 1.0
+    assert float(fills["linear"].min()) < 0.0 or float(fills["linear"].max()) > 1.0
+    with pytest.raises(ValueError, match="unknown fill 'tanh'; allowed: sigmoid, linear"):
+        build_autoencoder("conv", 1, 8, fill="tanh")

@@ -69,7 +69,7 @@ def test_patch_mask_is_one_square_of_side_2_to_8_holding_every_changed_pixel():
 
 def test_blend_alpha_stays_in_range():
     x = torch.zeros(300, 1, 8, 8)
-    spec = SamplerSpec(exclude=("patch",))
+    spec = SamplerSpec(exclude=("patch", "additive"))
     s = sample_triggers(x, np.random.default_rng(3), spec)
     peak = s.images.flatten(1).amax(1)  # blend of a zero image: alpha * pattern <= alpha
     assert peak.max() <= 0.3 + 1e-6
@@ -84,17 +84,17 @@ def test_exclude_drops_a_family_by_name_kind_or_pattern():
     assert len(names) == len(FAMILIES) - 2
     s = sample_triggers(x, np.random.default_rng(0), spec)
     assert set(s.family.tolist()) == set(range(len(names)))
-    assert [f.kind for f in SamplerSpec(exclude=("blend",)).active()] == ["patch"] * 4
+    assert [f.kind for f in SamplerSpec(exclude=("blend", "additive")).active()] == ["patch"] * 4
     assert len(SamplerSpec(exclude=("patch-solid",)).active()) == len(FAMILIES) - 1
-    with pytest.raises(ValueError, match="cannot exclude 'stripes'.*allowed: binary"):
+    with pytest.raises(ValueError, match="cannot exclude 'stripes'.*allowed: additive, "):
         SamplerSpec(exclude=("stripes",)).active()
     with pytest.raises(ValueError, match="leaves no trigger family"):
-        SamplerSpec(exclude=("patch", "blend")).active()
+        SamplerSpec(exclude=("patch", "blend", "additive")).active()
 
 
 def test_checkerboard_patch_alternates_two_colours():
     x = torch.full((50, 3, 12, 12), 0.5)
-    spec = SamplerSpec(exclude=("blend", "solid", "noise", "binary"))
+    spec = SamplerSpec(exclude=("blend", "additive", "solid", "noise", "binary"))
     s = sample_triggers(x, np.random.default_rng(4), spec)
     for i in range(len(x)):
         m = s.mask[i, 0].bool()
@@ -102,3 +102,19 @@ def test_checkerboard_patch_alternates_two_colours():
         patch = s.images[i][:, m].reshape(3, side, side)
         assert not torch.equal(patch[:, 0, 0], patch[:, 0, 1])
         assert torch.equal(patch[:, 0, 0], patch[:, 1, 1])
+
+
+def test_additive_trigger_is_a_bounded_zero_mean_perturbation():
+    """The additive families move every pixel by at most the amplitude (0.15), up and down alike,
+    clipped to [0, 1]; the mask target is the pixels moved by more than mask_tau."""
+    x = torch.full((200, 1, 16, 16), 0.5)
+    spec = SamplerSpec(exclude=("patch", "blend"))
+    s = sample_triggers(x, np.random.default_rng(5), spec)
+    d = s.images - x
+    assert d.abs().max() <= 0.15 + 1e-6
+    noise = [i for i, f in enumerate(s.family) if spec.active()[f].name == "additive-noise"]
+    assert len(noise) > 30
+    assert abs(float(d[noise].mean())) < 0.01  # zero-mean: not a blend towards a pattern
+    assert torch.equal(s.mask, (d.abs().amax(1, keepdim=True) > spec.mask_tau).float())
+    edge = sample_triggers(torch.ones(20, 1, 8, 8), np.random.default_rng(6), spec).images
+    assert edge.max() <= 1.0  # clipped
