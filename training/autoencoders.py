@@ -10,10 +10,18 @@ clamped to [0, 1].
   Trained with the L2 loss plus a per-pixel BCE on the mask against the pixels the training trigger
   changed: with the L2 loss alone the mask collapses to 0 everywhere (the ~1% trigger pixels lose
   to the ~99% clean ones and the sigmoid saturates), and the AE stays the identity.
-  The fill is a sigmoid (`fill="sigmoid"`, the first AEs) or linear (`"linear"`, clipped to [0, 1]
-  with the output). A sigmoid fill never reaches 0 or 1: on MNIST's black background it stayed
-  near 0.02-0.05 where the mask opened, and a faint uniform lift of the background is itself
-  enough to fire a noise backdoor, so the "de-triggered" image kept the backdoor.
+  The fill is a sigmoid (`fill="sigmoid"`, the first AEs) or a sigmoid stretched to
+  (-0.05, 1.05) (`"extended"`, clipped to [0, 1] with the output). A plain sigmoid never reaches
+  0 or 1: on MNIST's black background it stayed near 0.02-0.05 where the mask opened, and a
+  faint uniform lift of the background is itself enough to fire a noise backdoor, so the
+  "de-triggered" image kept the backdoor. A linear fill reached black but, two epochs in, copied
+  the input through the U-Net's skip under an open mask (a white square came back white).
+  With `residual` r > 0 the AE also predicts a bounded correction d = r * tanh(.) and outputs
+  (1 - m) * (x + d) + m * fill: the mask and fill replace local patches (inpainting, the fill
+  need not resemble the input), the correction undoes full-image perturbations (blends,
+  additive noise: the output is the input minus a small change). One fill for both learnt to
+  copy its input (the right answer for a faint full-image trigger) and then copied white
+  squares back too.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 AUTOENCODERS = ("mlp", "conv")
-FILLS = ("sigmoid", "linear")  # the conv AE's fill activation
+FILLS = ("sigmoid", "extended")  # the conv AE's fill activation
+EXTEND = 0.05  # "extended": the fill's range is (-EXTEND, 1 + EXTEND)
 
 
 class MLPAutoencoder(nn.Module):
@@ -59,11 +68,15 @@ class MaskedConvAutoencoder(nn.Module):
     Head: 1 mask logit + C fill channels. Any H, W: a side that is not a multiple of 4 is padded
     (edge pixels repeated) on the bottom / right, and the outputs are cropped back."""
 
-    def __init__(self, in_channels: int, width: int = 16, fill: str = "sigmoid") -> None:
+    def __init__(
+        self, in_channels: int, width: int = 16, fill: str = "sigmoid", residual: float = 0.0
+    ) -> None:
         super().__init__()
         if fill not in FILLS:
             raise ValueError(f"unknown fill {fill!r}; allowed: {', '.join(FILLS)}")
         self.fill = fill
+        self.residual = residual
+        self.channels = in_channels
         w = width
         self.enc1 = _block(in_channels, w)  # (N, w, H, W)
         self.enc2 = _block(w, 2 * w)  # (N, 2w, H/2, W/2)
@@ -73,13 +86,18 @@ class MaskedConvAutoencoder(nn.Module):
         self.dec2 = _block(4 * w, 2 * w)
         self.up1 = nn.ConvTranspose2d(2 * w, w, 2, stride=2)
         self.dec1 = _block(2 * w + in_channels, w)
-        self.head = nn.Conv2d(w, 1 + in_channels, 1)
+        # mask logit, fill (C), and with a residual the correction (C)
+        self.head = nn.Conv2d(w, 1 + in_channels * (2 if residual else 1), 1)
         # Start with a nearly closed mask (sigmoid(-4) ~ 0.02): the identity is the default.
         nn.init.constant_(self.head.bias[:1], -4.0)
+        if residual:  # and no correction
+            nn.init.zeros_(self.head.weight[1 + in_channels :])
+            nn.init.zeros_(self.head.bias[1 + in_channels :])
 
-    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mask logit (N, 1, H, W), fill (N, C, H, W): in [0, 1] for the sigmoid fill, unbounded
-        for the linear one)."""
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(mask logit (N, 1, H, W), fill (N, C, H, W): in (0, 1) for the sigmoid fill, in
+        (-EXTEND, 1 + EXTEND) for the extended one, correction d (N, C, H, W) in
+        (-residual, residual), zeros without one)."""
         h, w = int(x.shape[-2]), int(x.shape[-1])  # fixed per model set; only N is dynamic
         padded = bool(h % 4 or w % 4)
         if padded:
@@ -92,13 +110,29 @@ class MaskedConvAutoencoder(nn.Module):
         out = self.head(d1)
         if padded:
             out = out[..., :h, :w]
-        fill = torch.sigmoid(out[:, 1:]) if self.fill == "sigmoid" else out[:, 1:]
-        return out[:, :1], fill
+        c = self.channels
+        fill = torch.sigmoid(out[:, 1 : 1 + c])
+        if self.fill == "extended":
+            fill = fill * (1 + 2 * EXTEND) - EXTEND
+        if self.residual:
+            correction = self.residual * torch.tanh(out[:, 1 + c :])
+        else:
+            correction = torch.zeros_like(fill)
+        return out[:, :1], fill, correction
+
+    def blend(
+        self,
+        x: torch.Tensor,
+        mask_logit: torch.Tensor,
+        fill: torch.Tensor,
+        correction: torch.Tensor,
+    ) -> torch.Tensor:
+        """The output from the parts (not clipped)."""
+        mask = torch.sigmoid(mask_logit)
+        return (1 - mask) * (x + correction) + mask * fill
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mask_logit, fill = self.parts(x)
-        mask = torch.sigmoid(mask_logit)  # (N, 1, H, W)
-        return (1 - mask) * x + mask * fill
+        return self.blend(x, *self.parts(x))
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
         """The predicted mask (N, 1, H, W), for plots."""
@@ -117,12 +151,17 @@ class Clamp01(nn.Module):
 
 
 def build_autoencoder(
-    arch: str, in_channels: int, size: int, width: int = 16, fill: str = "sigmoid"
+    arch: str,
+    in_channels: int,
+    size: int,
+    width: int = 16,
+    fill: str = "sigmoid",
+    residual: float = 0.0,
 ) -> nn.Module:
     if arch == "mlp":
         ae: nn.Module = MLPAutoencoder(in_channels, size)
     elif arch == "conv":
-        ae = MaskedConvAutoencoder(in_channels, width, fill)
+        ae = MaskedConvAutoencoder(in_channels, width, fill, residual)
     else:
         raise ValueError(f"unknown autoencoder {arch!r}; allowed: {', '.join(AUTOENCODERS)}")
     return Clamp01(ae)

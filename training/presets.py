@@ -46,7 +46,13 @@ PRESETS: dict[str, Preset] = {
             "mlp": AEConfig(arch="mlp", epochs=20, batch_size=128, lr=1e-3),
             "conv": AEConfig(arch="conv", epochs=1, batch_size=128, lr=2e-3),
             "random": AEConfig(
-                arch="conv", epochs=6, batch_size=128, lr=2e-3, triggers="random", fill="linear"
+                arch="conv",
+                epochs=6,
+                batch_size=128,
+                lr=2e-3,
+                triggers="random",
+                fill="extended",
+                residual=0.35,
             ),
         },
         shipped_ae="random",
@@ -68,7 +74,13 @@ PRESETS: dict[str, Preset] = {
             "mlp": AEConfig(arch="mlp", epochs=20, batch_size=128, lr=1e-3),
             "conv": AEConfig(arch="conv", epochs=1, batch_size=128, lr=2e-3),
             "random": AEConfig(
-                arch="conv", epochs=6, batch_size=128, lr=2e-3, triggers="random", fill="linear"
+                arch="conv",
+                epochs=6,
+                batch_size=128,
+                lr=2e-3,
+                triggers="random",
+                fill="extended",
+                residual=0.35,
             ),
         },
         shipped_ae="random",

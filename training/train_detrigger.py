@@ -67,7 +67,11 @@ class AEConfig:
     synthesised: str = ""  # audit folder whose flagged classes' synthesised triggers are added
     synthesised_share: float = 0.5  # share of the triggered images that get one of them
     synthesised_dilate: int = 2  # pixels the synthesised masks are grown by
-    fill: str = "sigmoid"  # conv only: the fill's activation, sigmoid | linear (autoencoders.py)
+    fill: str = "sigmoid"  # conv only: the fill's activation, sigmoid | extended (autoencoders.py)
+    # conv only: bound of the full-image correction (0: none). With one, the mask target of a
+    # full-image random trigger (blend, additive) is empty: the correction undoes it, the mask
+    # and fill are for patches.
+    residual: float = 0.0
 
 
 def with_triggers(
@@ -132,9 +136,11 @@ def ae_batch(
         x[idx], _ = random_corner_patch(clean[idx], rng, cfg.trigger_size, cfg.trigger_value)
         changed[idx] = changed_pixels(x[idx], clean[idx])
     elif len(idx):
-        x[idx], changed[idx], _ = sample_triggers(
-            clean[idx], rng, SamplerSpec(exclude=tuple(cfg.exclude))
-        )
+        spec = SamplerSpec(exclude=tuple(cfg.exclude))
+        x[idx], changed[idx], family = sample_triggers(clean[idx], rng, spec)
+        if cfg.residual:  # full-image triggers are the correction's: the mask stays shut
+            kinds = np.array([f.kind for f in spec.active()])[family]
+            changed[idx[torch.from_numpy(kinds != "patch")]] = 0.0
     sidx = torch.from_numpy(np.flatnonzero(synth))
     if len(sidx):
         triggers = load_synthesised(cfg.synthesised, cfg.synthesised_dilate)
@@ -167,11 +173,10 @@ def detrigger_loss(
     inner = ae.ae if isinstance(ae, Clamp01) else ae
     if not isinstance(inner, MaskedConvAutoencoder):
         return F.mse_loss(ae(x), clean)
-    mask_logit, fill = inner.parts(x)  # (B, 1, H, W), (B, C, H, W)
-    mask = torch.sigmoid(mask_logit)
-    # Not clipped: a linear fill is pulled to the clean value itself (a clip would stop its
-    # gradient outside [0, 1]); a sigmoid fill keeps the blend in [0, 1] anyway.
-    out = (1 - mask) * x + mask * fill
+    mask_logit, fill, correction = inner.parts(x)  # (B, 1, H, W), (B, C, H, W) x 2
+    # Not clipped: an extended fill or a correction is pulled to the clean value itself (a clip
+    # would stop its gradient outside [0, 1]).
+    out = inner.blend(x, mask_logit, fill, correction)
     if changed is None:
         changed = changed_pixels(x, clean)
     bce = F.binary_cross_entropy_with_logits(
@@ -190,7 +195,7 @@ def train_autoencoder(
     ckpt_path = run_dir / f"detrigger_{name}.ckpt"
     n, c, h, _ = train_images.shape
     torch.manual_seed(cfg.seed)
-    ae = build_autoencoder(cfg.arch, c, h, cfg.width, cfg.fill)
+    ae = build_autoencoder(cfg.arch, c, h, cfg.width, cfg.fill, cfg.residual)
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     cfg_dict = config_dict(cfg)

@@ -143,20 +143,47 @@ def test_the_preset_random_ae_is_the_base_for_random_triggers():
     assert preset_autoencoder(cifar, "conv", "random") is cifar["conv"]
 
 
-def test_linear_fill_is_unbounded_inside_and_clipped_outside():
-    """The sigmoid fill lives in (0, 1), so it can only approach black or white; the linear fill
-    can reach them (and overshoot: the contract's clip to [0, 1] is applied to the output)."""
+def test_extended_fill_reaches_black_and_white_and_output_stays_in_range():
+    """The sigmoid fill lives in (0, 1), so it can only approach black or white; the extended
+    fill spans (-0.05, 1.05), reaching both with finite logits (the output is clipped to
+    [0, 1], the model contract)."""
     torch.manual_seed(0)
     x = torch.rand(16, 1, 8, 8)
     fills = {}
-    for fill in ("sigmoid", "linear"):
+    for fill in ("sigmoid", "extended"):
         ae = build_autoencoder("conv", 1, 8, width=4, fill=fill)
-        with torch.no_grad():
-            ae.ae.head.weight.mul_(50.0)  # large fills, as an over-confident AE gives
-            fills[fill] = ae.ae.parts(x)[1]
-            out = ae(x)
-        assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-    assert float(fills["sigmoid"].min()) > 0.0 and float(fills["sigmoid"].max()) < 1.0
-    assert float(fills["linear"].min()) < 0.0 or float(fills["linear"].max()) > 1.0
-    with pytest.raises(ValueError, match="unknown fill 'tanh'; allowed: sigmoid, linear"):
+        for logit in (-8.0, 8.0):  # a confident fill: black, then white
+            with torch.no_grad():
+                ae.ae.head.bias[1:] = logit
+                ae.ae.head.bias[:1] = 8.0  # the mask wide open: the output is the fill
+                fills[fill, logit] = ae.ae.parts(x)[1]
+                out = ae(x)
+            assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert float(fills["sigmoid", -8.0].min()) > 0.0 and float(fills["sigmoid", 8.0].max()) < 1.0
+    assert -0.05 < float(fills["extended", -8.0].max()) < 0.0  # past black: clipped to 0
+    assert 1.0 < float(fills["extended", 8.0].min()) < 1.05
+    with pytest.raises(ValueError, match="unknown fill 'tanh'; allowed: sigmoid, extended"):
         build_autoencoder("conv", 1, 8, fill="tanh")
+
+
+def test_residual_ae_leaves_full_image_triggers_to_its_bounded_correction():
+    """With a residual, the mask target of a blend or additive trigger is empty (the correction
+    undoes those) while a patch keeps its footprint; the correction starts at zero (the AE
+    starts as the identity) and never exceeds its bound."""
+    clean = torch.full((400, 1, 12, 12), 0.5)
+    cfg = AEConfig(triggers="random", triggered_share=1.0, residual=0.35)
+    x, _, changed = ae_batch(clean, cfg, np.random.default_rng(0))
+    moved = (x != clean).flatten(1).float().mean(1)
+    full = moved > 0.9  # blends and additive patterns reach (nearly) every pixel
+    assert 50 < int(full.sum()) < 350
+    assert changed[full].sum() == 0
+    assert (changed[~full].flatten(1).sum(1) >= 4).all()  # patches: side 2..8
+
+    torch.manual_seed(0)
+    ae = build_autoencoder("conv", 1, 12, width=4, residual=0.35)
+    with torch.no_grad():
+        assert torch.equal(ae.ae.parts(x)[2], torch.zeros_like(x))
+        ae.ae.head.bias[2:] = 50.0  # a saturated correction
+        assert float(ae.ae.parts(x)[2].max()) <= 0.35
+        out = ae(x)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0

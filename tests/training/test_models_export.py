@@ -137,3 +137,16 @@ def test_write_samples_names_and_pixels(tmp_path):
     ]
     a = np.asarray(Image.open(tmp_path / "triggered_01_label3.png"))
     assert a.shape == (4, 4) and a[:2, :2].min() == 255 and a[2:].max() == 0
+
+
+def test_residual_extended_autoencoder_exports_with_parity(tmp_path):
+    """The shipped random-trigger AE's head (extended fill, bounded correction) through ONNX."""
+    torch.manual_seed(0)
+    ae = build_autoencoder("conv", 3, 32, width=4, fill="extended", residual=0.35).eval()
+    with torch.no_grad():
+        ae.ae.head.weight.normal_(0.0, 0.5)  # a non-trivial correction and fill
+    batch = torch.rand(5, 3, 32, 32)
+    a = export_and_check(ae, batch, tmp_path / "detrigger.onnx", "images", "images_out")
+    assert a["parity_max_abs_diff"] <= 1e-4
+    with torch.no_grad():
+        assert (ae(batch) - batch).abs().max() > 0.01  # the parity is not that of an identity
