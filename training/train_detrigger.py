@@ -72,6 +72,7 @@ class AEConfig:
     # full-image random trigger (blend, additive) is empty: the correction undoes it, the mask
     # and fill are for patches.
     residual: float = 0.0
+    corner_share: float = 0.0  # random only: share of patches put in a corner (trigger_sampler)
 
 
 def with_triggers(
@@ -136,7 +137,7 @@ def ae_batch(
         x[idx], _ = random_corner_patch(clean[idx], rng, cfg.trigger_size, cfg.trigger_value)
         changed[idx] = changed_pixels(x[idx], clean[idx])
     elif len(idx):
-        spec = SamplerSpec(exclude=tuple(cfg.exclude))
+        spec = SamplerSpec(exclude=tuple(cfg.exclude), corner_share=cfg.corner_share)
         x[idx], changed[idx], family = sample_triggers(clean[idx], rng, spec)
         if cfg.residual:  # full-image triggers are the correction's: the mask stays shut
             kinds = np.array([f.kind for f in spec.active()])[family]

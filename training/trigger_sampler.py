@@ -4,7 +4,9 @@ The paper trains its AE on one trigger: a white 4x4 square in a random corner. H
 to be triggered gets a trigger drawn from a table of families (FAMILIES), each with its own
 parameters drawn per image:
 
-- patches: a square of side 2..8 at any position (corners and centre included), filled with a
+- patches: a square of side 2..8 at any position (corners and centre included; a share
+  `corner_share` of them snapped to one of the four corners, BadNets' usual place, which uniform
+  positions reach too rarely for an AE to learn to paint over the image's edge), filled with a
   solid colour (a grey level, a random per-channel colour, or a saturated one: white, black,
   primaries), uniform noise, a checkerboard or a random binary pattern (both in two colours);
 - blends: a full-image pattern (noise, binary, checkerboard, or smooth low-frequency noise)
@@ -77,6 +79,7 @@ class SamplerSpec:
     grey_share: float = 0.4  # colours: share of grey levels (all channels alike)
     saturated_share: float = 0.3  # colours: share with every channel 0 or 1
     mask_tau: float = 0.02  # blend: a pixel moved by more than this is in the mask target
+    corner_share: float = 0.0  # patches put in a random corner instead of anywhere
     families: tuple[Family, ...] = FAMILIES
     exclude: tuple[str, ...] = ()  # family names, kinds or patterns left out
 
@@ -151,6 +154,12 @@ def _patch(
     # Top-left corner uniform over every position where the patch fits.
     row = torch.from_numpy(np.floor(rng.random(n) * (h - size.numpy() + 1)).astype(np.int64))
     col = torch.from_numpy(np.floor(rng.random(n) * (w - size.numpy() + 1)).astype(np.int64))
+    if spec.corner_share:
+        corner = torch.from_numpy(rng.random(n) < spec.corner_share)
+        bottom = torch.from_numpy(rng.random(n) < 0.5)
+        right = torch.from_numpy(rng.random(n) < 0.5)
+        row = torch.where(corner, torch.where(bottom, h - size, 0), row)
+        col = torch.where(corner, torch.where(right, w - size, 0), col)
     rr, cc = torch.arange(h)[None, :], torch.arange(w)[None, :]
     in_rows = (rr >= row[:, None]) & (rr < (row + size)[:, None])  # (B, H)
     in_cols = (cc >= col[:, None]) & (cc < (col + size)[:, None])  # (B, W)

@@ -89,13 +89,17 @@ def test_checkpoints_older_than_a_new_field_match_it_at_its_default(tmp_path: Pa
         "synthesised_share",
         "synthesised_dilate",
         "fill",
+        "residual",
+        "corner_share",
     }
     assert not same_config(OLD_AE, ae_now)  # without the defaults: a missing key differs
     assert same_config(OLD_AE, ae_now, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "triggers": "random"}, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "exclude": ["blend"]}, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "synthesised": "reports/a/b"}, ae_defaults)
-    assert not same_config(OLD_AE, {**ae_now, "fill": "linear"}, ae_defaults)
+    assert not same_config(OLD_AE, {**ae_now, "fill": "extended"}, ae_defaults)
+    assert not same_config(OLD_AE, {**ae_now, "residual": 0.35}, ae_defaults)
+    assert not same_config(OLD_AE, {**ae_now, "corner_share": 0.25}, ae_defaults)
 
     target_now = config_dict(PRESETS["mnist"].target)
     target_defaults = config_dict(TargetConfig())

@@ -118,3 +118,19 @@ def test_additive_trigger_is_a_bounded_zero_mean_perturbation():
     assert torch.equal(s.mask, (d.abs().amax(1, keepdim=True) > spec.mask_tau).float())
     edge = sample_triggers(torch.ones(20, 1, 8, 8), np.random.default_rng(6), spec).images
     assert edge.max() <= 1.0  # clipped
+
+
+def test_corner_share_puts_that_share_of_patches_in_the_four_corners():
+    x = _batch(2000, c=1, size=16)
+    spec = SamplerSpec(exclude=("blend", "additive"), corner_share=0.5)
+    s = sample_triggers(x, np.random.default_rng(7), spec)
+    corners = {(0, 0): 0, (0, 1): 0, (1, 0): 0, (1, 1): 0}
+    for m in s.mask[:, 0].bool():
+        r, c = torch.nonzero(m, as_tuple=True)
+        top, left = int(r.min()) == 0, int(c.min()) == 0
+        bottom, right = int(r.max()) == 15, int(c.max()) == 15
+        if (top or bottom) and (left or right):
+            corners[int(bottom), int(right)] += 1
+    # half snapped to a corner (about 1000), plus the uniform ones that land in one by chance
+    assert 900 < sum(corners.values()) < 1200
+    assert min(corners.values()) > 180  # all four alike
