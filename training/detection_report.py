@@ -2,7 +2,7 @@
 detector on one dataset, from one command.
 
     python -m training.detection_report --dataset mnist \\
-        --ae improved=runs/mnist/detrigger_conv_random.onnx
+        --ae paper=runs/mnist/detrigger_conv.onnx --ae improved=models/mnist/detrigger.onnx
 
 Model sets: the shipped one (--shipped, default models/<dataset>: the paper's trigger,
 `badnets-white`) and every attack of the suite file found under --suite-dir/<dataset>/<attack>/
