@@ -120,7 +120,7 @@ class MaskedConvAutoencoder(nn.Module):
             correction = torch.zeros_like(fill)
         return out[:, :1], fill, correction
 
-    def blend(
+    def compose(
         self,
         x: torch.Tensor,
         mask_logit: torch.Tensor,
@@ -132,7 +132,7 @@ class MaskedConvAutoencoder(nn.Module):
         return (1 - mask) * (x + correction) + mask * fill
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blend(x, *self.parts(x))
+        return self.compose(x, *self.parts(x))
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
         """The predicted mask (N, 1, H, W), for plots."""

@@ -276,7 +276,7 @@ def run_suite(dataset: str, attacks: list[Attack], args: argparse.Namespace) -> 
     }
     exclude = tuple(e for e in args.ae_exclude.split(",") if e)
     ae_cfg = with_triggers(
-        preset.autoencoders["conv"],  # the paper's training; --ae-triggers random for issue 7's
+        preset.autoencoders["conv"],  # corner-trained, as the paper; --ae-triggers changes it
         args.ae_triggers,
         exclude,
         args.ae_epochs,

@@ -177,7 +177,7 @@ def detrigger_loss(
     mask_logit, fill, correction = inner.parts(x)  # (B, 1, H, W), (B, C, H, W) x 2
     # Not clipped: an extended fill or a correction is pulled to the clean value itself (a clip
     # would stop its gradient outside [0, 1]).
-    out = inner.blend(x, mask_logit, fill, correction)
+    out = inner.compose(x, mask_logit, fill, correction)
     if changed is None:
         changed = changed_pixels(x, clean)
     bce = F.binary_cross_entropy_with_logits(

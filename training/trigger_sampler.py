@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.triggers import SMOOTH_GRID
+from training.triggers import SMOOTH_GRID, apply_additive
 
 
 @dataclass(frozen=True)
@@ -168,31 +168,23 @@ def _patch(
     return torch.where(foot, content, x), foot.float()
 
 
-def _blend(
+def _full_image(
     x: torch.Tensor, family: Family, rng: np.random.Generator, spec: SamplerSpec
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    n, c, h, w = x.shape
-    lo, hi = spec.alphas
-    alpha = torch.from_numpy(rng.uniform(lo, hi, n).astype(np.float32))[:, None, None, None]
-    pattern = _content(family.pattern, (n, c, h, w), rng, spec)  # (B, C, H, W)
-    out = (1.0 - alpha) * x + alpha * pattern
+    """A blend, (1 - alpha) * x + alpha * pattern, or an additive pattern, clip(x + amplitude *
+    (2 * pattern - 1)): a per-image strength drawn from the kind's range, then the pattern."""
+    lo, hi = spec.alphas if family.kind == "blend" else spec.amplitudes
+    strength = torch.from_numpy(rng.uniform(lo, hi, len(x)).astype(np.float32))[:, None, None, None]
+    pattern = _content(family.pattern, tuple(x.shape), rng, spec)  # (B, C, H, W) in [0, 1]
+    if family.kind == "blend":
+        out = (1.0 - strength) * x + strength * pattern
+    else:
+        out = apply_additive(x, pattern, strength)
     moved = (out - x).abs().amax(1, keepdim=True) > spec.mask_tau  # (B, 1, H, W)
     return out, moved.float()
 
 
-def _additive(
-    x: torch.Tensor, family: Family, rng: np.random.Generator, spec: SamplerSpec
-) -> tuple[torch.Tensor, torch.Tensor]:
-    n, c, h, w = x.shape
-    lo, hi = spec.amplitudes
-    amp = torch.from_numpy(rng.uniform(lo, hi, n).astype(np.float32))[:, None, None, None]
-    pattern = _content(family.pattern, (n, c, h, w), rng, spec)  # (B, C, H, W) in [0, 1]
-    out = (x + amp * (2.0 * pattern - 1.0)).clamp(0.0, 1.0)
-    moved = (out - x).abs().amax(1, keepdim=True) > spec.mask_tau  # (B, 1, H, W)
-    return out, moved.float()
-
-
-STAMPS = {"patch": _patch, "blend": _blend, "additive": _additive}
+STAMPS = {"patch": _patch, "blend": _full_image, "additive": _full_image}
 
 
 def sample_triggers(

@@ -67,6 +67,12 @@ def apply_blend(x: Any, pattern: Any, alpha: float = 0.1) -> Any:
     return (1.0 - alpha) * x + alpha * pattern
 
 
+def apply_additive(x: Any, pattern: Any, amplitude: Any) -> Any:
+    """Sample-wide additive trigger: clip(x + amplitude * (2 * pattern - 1), 0, 1), pattern in
+    [0, 1] broadcastable to x; amplitude a scalar or per-image (N, 1, 1, 1) array / tensor."""
+    return (x + amplitude * (2.0 * pattern - 1.0)).clip(0.0, 1.0)
+
+
 PATTERNS = ("solid", "colour", "noise", "binary", "checkerboard", "smooth")
 RANDOM_PATTERNS = ("colour", "noise", "binary", "smooth")  # the ones `seed` fixes
 KINDS = ("patch", "blend", "noise")
@@ -203,7 +209,7 @@ class Trigger:
         p = _like(self.pattern((c, h, w)), x)
         if self.kind == "blend":
             return apply_blend(x, p, self.alpha)
-        return (x + self.amplitude * (2.0 * p - 1.0)).clip(0.0, 1.0)  # kind "noise"
+        return apply_additive(x, p, self.amplitude)  # kind "noise"
 
     def to_dict(self) -> dict:
         """The fields this kind uses: `content` only when set, `seed` only for a random pattern or
