@@ -216,12 +216,16 @@ def pool(outcomes: Sequence[Outcome]) -> Outcome:
     )
 
 
-def rates(neg: Outcome, pos: Outcome) -> dict[str, Any]:
+def rates(neg: Outcome, pos: Outcome, fired: np.ndarray) -> dict[str, Any]:
     """Detection rate and FPR at the calibrated decision; AUROC and TPR at fixed FPRs from the
-    ROC on these test images (for the class-change rule: its single operating point)."""
+    ROC on these test images (for the class-change rule: its single operating point). `fired`
+    marks the positives the backdoor sent to its target class: detection on them alone tells a
+    detector's misses from the attack's (None when the trigger fired on none)."""
     out = {
         "n_positive": int(len(pos.flagged)),
         "detection_rate": flag_rate(pos.flagged),
+        "n_fired": int(fired.sum()),
+        "detection_rate_fired": flag_rate(pos.flagged[fired]) if fired.any() else None,
         "false_positive_rate": flag_rate(neg.flagged),
         "auroc": auroc(neg.suspicion, pos.suspicion),
     }
@@ -440,6 +444,7 @@ def strip_run(
 
 def detector_entry(run: Run, pairs: list[tuple[Trigger, int]], timed_images: int) -> dict:
     pooled = pool(run.pos)
+    fired = [o.predicted == k for (_, k), o in zip(pairs, run.pos, strict=True)]
     return {
         "name": run.name,
         "ae": run.ae,
@@ -449,10 +454,10 @@ def detector_entry(run: Run, pairs: list[tuple[Trigger, int]], timed_images: int
         "ms_per_image": 1000.0 * run.seconds / max(timed_images, 1),
         "images_timed": int(timed_images),
         "validation_false_positive_rate": flag_rate(run.val),
-        **rates(run.neg, pooled),
+        **rates(run.neg, pooled, np.concatenate(fired)),
         "pairs": [
-            {"target_class": k, **rates(run.neg, o)}
-            for (_, k), o in zip(pairs, run.pos, strict=True)
+            {"target_class": k, **rates(run.neg, o, f)}
+            for (_, k), o, f in zip(pairs, run.pos, fired, strict=True)
         ],
         "roc_tpr": roc_on_grid(run.neg.suspicion, pooled.suspicion),
         **run.extra,

@@ -209,11 +209,19 @@ def table7(report: dict) -> list[str]:
     return lines
 
 
+def fired_cell(r: dict) -> str:
+    """Detection on the positives the backdoor fired on, with how many they were; "-" where the
+    trigger fired on none, or in a json written before the figure existed."""
+    if r.get("detection_rate_fired") is None:
+        return "-"
+    return f"{pct(r['detection_rate_fired'])} (of {r['n_fired']})"
+
+
 def attack_table(report: dict, entry: dict) -> list[str]:
     lines = [
-        "| detector | detection | FPR (test) | FPR (validation) | AUROC | TPR @ 1% FPR "
-        "| TPR @ 5% FPR | threshold | forward passes / image | ms / image |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| detector | detection | detection, attack fired | FPR (test) | FPR (validation) | AUROC "
+        "| TPR @ 1% FPR | TPR @ 5% FPR | threshold | forward passes / image | ms / image |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for d in entry["detectors"]:
         t = "-" if d["threshold"] is None else f"{d['threshold']:.4g}"
@@ -227,7 +235,8 @@ def attack_table(report: dict, entry: dict) -> list[str]:
             rows += [(f"&nbsp;&nbsp;target {r['target_class']} only", r) for r in d["pairs"]]
         for name, r in rows:
             lines.append(
-                f"| {name} | {pct(r['detection_rate'])} | {pct(r['false_positive_rate'])} | "
+                f"| {name} | {pct(r['detection_rate'])} | {fired_cell(r)} | "
+                f"{pct(r['false_positive_rate'])} | "
                 f"{pct(d['validation_false_positive_rate'])} | {r['auroc']:.4f} | "
                 f"{pct(r['tpr_at_fpr0.01'])} | {pct(r['tpr_at_fpr0.05'])} | {t} | "
                 f"{p['total']} ({p['ae']} AE + {p['target']} target) | {d['ms_per_image']:.3f} |"

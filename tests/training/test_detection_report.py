@@ -45,9 +45,12 @@ def outcome(scores: np.ndarray, threshold: float, predicted: np.ndarray | None =
 def test_rates_on_known_scores() -> None:
     neg = outcome(np.arange(100) / 100.0, 0.985)  # 0.00 .. 0.99: one (0.99) above 0.985
     pos = outcome(np.array([0.995, 0.999, 0.5, 0.2]), 0.985)  # two above every negative
-    r = rates(neg, pos)
+    fired = np.array([True, False, True, False])  # the backdoor sent the 1st and 3rd to its class
+    r = rates(neg, pos, fired)
     assert r["detection_rate"] == 0.5 and r["false_positive_rate"] == 0.01
     assert r["n_positive"] == 4
+    assert r["n_fired"] == 2 and r["detection_rate_fired"] == 0.5  # 0.995 flagged, 0.5 not
+    assert rates(neg, pos, np.zeros(4, bool))["detection_rate_fired"] is None
     assert r["tpr_at_fpr0.01"] == 0.5  # the 1% threshold is 0.98: only 0.995 and 0.999 pass
     assert r["tpr_at_fpr0.05"] == 0.5  # 0.94: still those two
     # AUROC = P(pos > neg) + P(tie) / 2: 1, 1, 0.505 (50 below, 1 tied), 0.205 (20 below, 1 tied)
@@ -243,6 +246,10 @@ def test_two_targets_are_reported_per_pair_and_pooled(report: dict) -> None:
     assert (first["n_positive"], second["n_positive"]) == (n1, n2)
     d = det(two, "paper AE, class change")
     assert [p["detection_rate"] for p in d["pairs"]] == [1.0, 0.0]
+    # The second trigger never fired: no detection on fired positives to report for it, and the
+    # pooled figure on fired positives is the first pair's.
+    assert [p["detection_rate_fired"] for p in d["pairs"]] == [1.0, None]
+    assert (d["n_fired"], d["detection_rate_fired"]) == (n1, 1.0)
     assert d["detection_rate"] == pytest.approx(n1 / (n1 + n2))
     assert d["images_timed"] == N_TEST + n1 + n2
     # The audit-based AE was given for this set only.
@@ -280,6 +287,8 @@ def test_the_markdown_has_table_7_goals_and_the_per_attack_tables(report: dict, 
     assert "| 100.00 / 0.00 |" in rows["| paper's method, reproduced (paper AE, class change)"]
     assert rows["| audit-based (audit AE, KL at the target FPR)"].split(" | ")[1] == "not run"
     assert "| STRIP (n=8) | 100.00 |" in md and "9 (0 AE + 9 target)" in md
+    assert f"| paper AE, class change | 100.00 | 100.00 (of {N_TEST}) | 0.00 |" in md
+    assert "| &nbsp;&nbsp;target 5 only | 0.00 | - |" in md  # the dud trigger fired on none
     # Goals: the paper trigger at >= 99% with FPR <= 1%; the rest; against STRIP.
     assert "- paper AE, class change: 100.00% at FPR 0.00%: holds" in md.replace("  - ", "- ")
     assert "improved AE, class change: 0.00% at FPR 0.00%: misses: detection 99.00 points" in md
