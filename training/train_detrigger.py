@@ -274,6 +274,13 @@ def main() -> None:
     )
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
     p.add_argument(
+        "--corner-share",
+        type=float,
+        default=None,
+        help="with --triggers random: share of patches put in a corner (default: the preset's); "
+        "use another --run-dir to keep the preset's checkpoint",
+    )
+    p.add_argument(
         "--run-dir",
         default="runs",
         help="checkpoints go to <run-dir>/<dataset>/detrigger_<name>.ckpt (default: runs)",
@@ -293,6 +300,10 @@ def main() -> None:
         with_triggers(base, args.triggers, exclude, args.epochs, args.threads),
         synthesised=args.synthesised,
     )
+    if args.corner_share is not None:
+        if not 0.0 <= args.corner_share <= 1.0:
+            p.error(f"--corner-share must lie in [0, 1], got {args.corner_share}")
+        cfg = replace(cfg, corner_share=args.corner_share)
     try:
         SamplerSpec(exclude=cfg.exclude).active()  # a bad name fails here, before loading data
     except ValueError as e:

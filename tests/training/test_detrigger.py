@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -187,3 +190,17 @@ def test_residual_ae_leaves_full_image_triggers_to_its_bounded_correction():
         assert float(ae.ae.parts(x)[2].max()) <= 0.35
         out = ae(x)
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_a_corner_share_outside_0_1_is_refused_before_any_data_is_read(tmp_path):
+    """`--corner-share` (an experiment knob beside the preset's) fails fast on a bad value,
+    naming the flag (were it let through, the run would go on to load MNIST and train)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "training.train_detrigger", "--dataset", "mnist"]
+        + ["--corner-share", "1.5", "--data-dir", str(tmp_path), "--run-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert "--corner-share must lie in [0, 1], got 1.5" in run.stderr
