@@ -744,6 +744,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "batch_size": args.batch_size,
             "threads": args.threads,
             "test_images": int(len(test_idx)),
+            "test_set_size": int(len(data.test)),
             "suite": str(args.suite),
             "aes": [{"label": s.label, "attack": s.attack, "path": s.path} for s in args.ae_specs],
         },

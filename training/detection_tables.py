@@ -290,6 +290,14 @@ def miss_lines(report: dict) -> list[str]:
     return lines
 
 
+def subset_note(config: dict) -> str:
+    """Says so when the report ran on a seeded random subset of the test set (--test-images)."""
+    full = config.get("test_set_size")
+    if full is None or config["test_images"] >= full:
+        return ""
+    return f": a seeded random subset of the {full} test images (--test-images), not all of them"
+
+
 def dataset_markdown(report: dict) -> str:
     name, c = report["dataset"], report["config"]
     lines = [
@@ -298,12 +306,13 @@ def dataset_markdown(report: dict) -> str:
         "Every attack of the suite against every per-input detector, all run with ONNX Runtime "
         "as the guard runs them. Positives: test images whose true class is not the attack's "
         "target class, with its trigger stamped on; negatives: the clean test images "
-        f"({c['test_images']}). Every threshold is set on clean validation images (never the "
-        f"test split) to flag at most {pct(c['target_fpr'])}% of them (KL thresholds at least "
-        f"{c['kl_floor']:g}); the test FPR shows whether that holds. Detection and FPR are at "
-        "that threshold; AUROC and TPR at 1% / 5% FPR come from the ROC on the test set (for "
-        "the class-change rule, its one operating point). Forward passes and milliseconds are "
-        "per image over the test set (clean and triggered), batches of "
+        f"({c['test_images']}{subset_note(c)}). Every threshold is set on clean validation "
+        f"images (never the test split) to flag at most {pct(c['target_fpr'])}% of them (KL "
+        f"thresholds at least {c['kl_floor']:g}); the test FPR shows whether that holds. "
+        "Detection and FPR are at that threshold; AUROC and TPR at 1% / 5% FPR come from the "
+        "ROC on the test set (for the class-change rule, its one operating point). Forward "
+        "passes and milliseconds are per image over the test set (clean and triggered), "
+        "batches of "
         f"{c['batch_size']}, {c['threads']} ONNX Runtime thread(s).",
         "",
         "## Table 7, laid out like the paper's",

@@ -29,7 +29,7 @@ from training.detection_report import (
     rates,
     roc_on_grid,
 )
-from training.detection_tables import FPR_GRID
+from training.detection_tables import FPR_GRID, subset_note
 
 SPEC = TinySpec(name="tinydet")
 N_TRAIN, N_VAL, N_TEST = 400, 200, 54
@@ -55,6 +55,14 @@ def test_rates_on_known_scores() -> None:
     assert r["tpr_at_fpr0.05"] == 0.5  # 0.94: still those two
     # AUROC = P(pos > neg) + P(tie) / 2: 1, 1, 0.505 (50 below, 1 tied), 0.205 (20 below, 1 tied)
     assert r["auroc"] == pytest.approx((1 + 1 + 0.505 + 0.205) / 4)
+
+
+def test_a_report_on_part_of_the_test_set_says_so() -> None:
+    assert subset_note({"test_images": 1000, "test_set_size": 10000}) == (
+        ": a seeded random subset of the 10000 test images (--test-images), not all of them"
+    )
+    assert subset_note({"test_images": 10000, "test_set_size": 10000}) == ""
+    assert subset_note({"test_images": 10000}) == ""  # a json written before the field
 
 
 def test_the_roc_on_the_grid_is_the_best_tpr_at_each_fpr() -> None:
@@ -204,6 +212,7 @@ def test_known_detection_rates_passes_and_times(report: dict) -> None:
     assert (paper["attack"], two["attack"]) == ("badnets-white", "two-targets")
     assert paper["paper_trigger"] and not two["paper_trigger"]
     assert paper["clean_accuracy"] == 1.0 and paper["n_negative"] == N_TEST
+    assert report["config"]["test_images"] == report["config"]["test_set_size"] == N_TEST
     (pair,) = paper["pairs"]
     assert pair["n_positive"] == N_TEST and pair["attack_success_rate"] == 1.0
     n_images = N_TEST + N_TEST  # clean negatives + triggered positives, all timed
