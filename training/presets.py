@@ -16,19 +16,22 @@ from dataclasses import dataclass, field
 from training.train_detrigger import AEConfig
 from training.train_target import TargetConfig
 
-# Issue 7's trigger-agnostic AE, one recipe for every dataset: the conv AE on random triggers
-# (training/trigger_sampler.py) with the bounded full-image correction and the extended fill
-# (training/autoencoders.py), a quarter of the patches in a corner.
-RANDOM_AE = AEConfig(
-    arch="conv",
-    epochs=6,
-    batch_size=128,
-    lr=2e-3,
-    triggers="random",
-    fill="extended",
-    residual=0.35,
-    corner_share=0.25,
-)
+
+def random_ae() -> AEConfig:
+    """Issue 7's trigger-agnostic AE, one recipe for every dataset: the conv AE on random
+    triggers (training/trigger_sampler.py) with the bounded full-image correction and the
+    extended fill (training/autoencoders.py), a quarter of the patches in a corner. A new config
+    per preset: configs are mutable (training.reproduce sets their thread count)."""
+    return AEConfig(
+        arch="conv",
+        epochs=6,
+        batch_size=128,
+        lr=2e-3,
+        triggers="random",
+        fill="extended",
+        residual=0.35,
+        corner_share=0.25,
+    )
 
 
 @dataclass
@@ -59,7 +62,7 @@ PRESETS: dict[str, Preset] = {
         autoencoders={
             "mlp": AEConfig(arch="mlp", epochs=20, batch_size=128, lr=1e-3),
             "conv": AEConfig(arch="conv", epochs=1, batch_size=128, lr=2e-3),
-            "random": RANDOM_AE,
+            "random": random_ae(),
         },
         shipped_ae="random",
         target_fpr=0.01,
@@ -79,7 +82,7 @@ PRESETS: dict[str, Preset] = {
         autoencoders={
             "mlp": AEConfig(arch="mlp", epochs=20, batch_size=128, lr=1e-3),
             "conv": AEConfig(arch="conv", epochs=1, batch_size=128, lr=2e-3),
-            "random": RANDOM_AE,
+            "random": random_ae(),
         },
         shipped_ae="random",
         calibration_fprs=(0.01, 0.03, 0.05),
@@ -104,7 +107,7 @@ PRESETS: dict[str, Preset] = {
         autoencoders={
             "mlp": AEConfig(arch="mlp", epochs=20, batch_size=128, lr=1e-3),
             "conv": AEConfig(arch="conv", epochs=1, batch_size=128, lr=2e-3),
-            "random": RANDOM_AE,
+            "random": random_ae(),
         },
     ),
 }
