@@ -91,6 +91,8 @@ def test_checkpoints_older_than_a_new_field_match_it_at_its_default(tmp_path: Pa
         "fill",
         "residual",
         "corner_share",
+        "l2_weight",
+        "paper_share",
     }
     assert not same_config(OLD_AE, ae_now)  # without the defaults: a missing key differs
     assert same_config(OLD_AE, ae_now, ae_defaults)
@@ -100,6 +102,8 @@ def test_checkpoints_older_than_a_new_field_match_it_at_its_default(tmp_path: Pa
     assert not same_config(OLD_AE, {**ae_now, "fill": "extended"}, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "residual": 0.35}, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "corner_share": 0.25}, ae_defaults)
+    assert not same_config(OLD_AE, {**ae_now, "l2_weight": 60.0}, ae_defaults)
+    assert not same_config(OLD_AE, {**ae_now, "paper_share": 0.2}, ae_defaults)
 
     target_now = config_dict(PRESETS["mnist"].target)
     target_defaults = config_dict(TargetConfig())

@@ -2,12 +2,14 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from training.autoencoders import build_autoencoder
+from training.checkpoints import config_dict
 from training.train_detrigger import (
     AEConfig,
     ae_batch,
@@ -192,15 +194,79 @@ def test_residual_ae_leaves_full_image_triggers_to_its_bounded_correction():
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
-def test_a_corner_share_outside_0_1_is_refused_before_any_data_is_read(tmp_path):
-    """`--corner-share` (an experiment knob beside the preset's) fails fast on a bad value,
-    naming the flag (were it let through, the run would go on to load MNIST and train)."""
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--corner-share", "1.5", "--corner-share must lie in [0, 1], got 1.5"),
+        ("--paper-share", "-0.1", "--paper-share must lie in [0, 1], got -0.1"),
+        ("--l2-weight", "0", "--l2-weight must be positive, got 0.0"),
+    ],
+)
+def test_a_bad_recipe_flag_is_refused_before_any_data_is_read(tmp_path, flag, value, message):
+    """The recipe knobs beside the preset's fail fast on a bad value, naming the flag (were it
+    let through, the run would go on to load MNIST and train)."""
     run = subprocess.run(
         [sys.executable, "-m", "training.train_detrigger", "--dataset", "mnist"]
-        + ["--corner-share", "1.5", "--data-dir", str(tmp_path), "--run-dir", str(tmp_path)],
+        + [flag, value, "--data-dir", str(tmp_path), "--run-dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert run.returncode == 2
-    assert "--corner-share must lie in [0, 1], got 1.5" in run.stderr
+    assert message in run.stderr
+
+
+def test_l2_weight_scales_only_the_l2_term_of_the_conv_loss():
+    """`l2_weight` moves the balance between the L2 loss and the mask BCE: raising it by 2 adds
+    exactly two more L2 terms and leaves the BCE as it was."""
+    torch.manual_seed(0)
+    ae = build_autoencoder("conv", 1, 8, width=4, residual=0.35)
+    clean = torch.rand(6, 1, 8, 8)
+    x = clean.clone()
+    x[:, :, :2, :2] = 1.0
+    with torch.no_grad():
+        mse = torch.mean((ae.ae(x) - clean) ** 2)
+        base = detrigger_loss(ae, x, clean, AEConfig(arch="conv", residual=0.35))
+        heavy = detrigger_loss(ae, x, clean, AEConfig(arch="conv", residual=0.35, l2_weight=3.0))
+    assert float(mse) > 0
+    assert torch.isclose(heavy - base, 2 * mse, rtol=1e-4)
+
+
+def test_paper_share_gives_that_share_the_papers_corner_square():
+    """With `paper_share`, about that share of the triggered images carry exactly the paper's
+    training trigger (a white 4x4 square in a corner, its pixels as the mask target); the rest
+    get random triggers."""
+    clean = torch.full((600, 1, 12, 12), 0.5)
+    cfg = AEConfig(triggers="random", triggered_share=1.0, paper_share=0.3)
+    x, _, changed = ae_batch(clean, cfg, np.random.default_rng(0))
+    corners = [(slice(0, 4), slice(0, 4)), (slice(0, 4), slice(8, 12))]
+    corners += [(slice(8, 12), slice(0, 4)), (slice(8, 12), slice(8, 12))]
+
+    def papers(x: torch.Tensor, changed: torch.Tensor) -> float:
+        """The share of images whose only change is a white 4x4 corner square, in the mask."""
+        hits = [
+            int((x[i, 0] != 0.5).sum()) == 16
+            and any(
+                bool((x[i, 0][r, c] == 1.0).all()) and bool(changed[i, 0][r, c].all())
+                for r, c in corners
+            )
+            for i in range(len(x))
+        ]
+        return float(np.mean(hits))
+
+    assert 0.22 < papers(x, changed) < 0.38
+    x, _, changed = ae_batch(clean, replace(cfg, paper_share=0.0), np.random.default_rng(0))
+    assert papers(x, changed) < 0.02
+
+
+def test_only_cifar10_changes_the_shared_random_ae_recipe():
+    """MNIST and Fashion-MNIST ship AEs trained with the shared recipe (their checkpoints must
+    keep matching it); CIFAR-10 changes exactly the fields it names, and the changes are real."""
+    from training.presets import CIFAR10_RANDOM_AE, PRESETS, random_ae
+
+    shared = config_dict(random_ae())
+    for name in ("mnist", "fashion-mnist"):
+        assert config_dict(PRESETS[name].autoencoders["random"]) == shared
+    cifar = config_dict(PRESETS["cifar10"].autoencoders["random"])
+    changed = {k for k in shared if cifar[k] != shared[k]}
+    assert changed == set(CIFAR10_RANDOM_AE)
