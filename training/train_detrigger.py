@@ -84,6 +84,13 @@ class AEConfig:
     # left white squares on bright corners (sky) in place, which the paper's AE removes.
     paper_share: float = 0.0
 
+    def __post_init__(self) -> None:
+        for name in ("triggered_share", "synthesised_share", "corner_share", "paper_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.l2_weight <= 0:
+            raise ValueError(f"l2_weight must be positive, got {self.l2_weight}")
+
 
 def with_triggers(
     base: AEConfig,
@@ -330,18 +337,15 @@ def main() -> None:
         with_triggers(base, args.triggers, exclude, args.epochs, args.threads),
         synthesised=args.synthesised,
     )
-    if args.corner_share is not None:
-        if not 0.0 <= args.corner_share <= 1.0:
-            p.error(f"--corner-share must lie in [0, 1], got {args.corner_share}")
-        cfg = replace(cfg, corner_share=args.corner_share)
-    if args.paper_share is not None:
-        if not 0.0 <= args.paper_share <= 1.0:
-            p.error(f"--paper-share must lie in [0, 1], got {args.paper_share}")
-        cfg = replace(cfg, paper_share=args.paper_share)
-    if args.l2_weight is not None:
-        if args.l2_weight <= 0:
-            p.error(f"--l2-weight must be positive, got {args.l2_weight}")
-        cfg = replace(cfg, l2_weight=args.l2_weight)
+    recipe = {
+        "corner_share": args.corner_share,
+        "paper_share": args.paper_share,
+        "l2_weight": args.l2_weight,
+    }
+    try:
+        cfg = replace(cfg, **{k: v for k, v in recipe.items() if v is not None})
+    except ValueError as e:  # AEConfig's own checks, named by flag
+        p.error("--" + str(e).replace("_", "-"))
     try:
         SamplerSpec(exclude=cfg.exclude).active()  # a bad name fails here, before loading data
     except ValueError as e:

@@ -216,6 +216,17 @@ def test_a_bad_recipe_flag_is_refused_before_any_data_is_read(tmp_path, flag, va
     assert message in run.stderr
 
 
+@pytest.mark.parametrize(
+    ("field", "value"), [("triggered_share", 1.2), ("paper_share", -0.5), ("l2_weight", -1.0)]
+)
+def test_the_config_refuses_a_share_outside_0_1_or_a_non_positive_l2_weight(field, value):
+    """Also for configs built in code (presets), not only through the CLI flags."""
+    with pytest.raises(ValueError, match=f"{field} must"):
+        AEConfig(**{field: value})
+    with pytest.raises(ValueError, match=f"{field} must"):
+        replace(AEConfig(), **{field: value})
+
+
 def test_l2_weight_scales_only_the_l2_term_of_the_conv_loss():
     """`l2_weight` moves the balance between the L2 loss and the mask BCE: raising it by 2 adds
     exactly two more L2 terms and leaves the BCE as it was."""
