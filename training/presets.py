@@ -41,8 +41,8 @@ def random_ae(**changes: Any) -> AEConfig:
 # left blends and noise in place (its correction learnt nothing: the mask BCE outweighed the L2
 # loss) and white squares on bright corners too. The L2 loss weighted 60 against the BCE, half
 # the patches in a corner and a fifth of the triggered images carrying the paper's own corner
-# square fix both (reports/detection/cifar10.md). MNIST and Fashion-MNIST keep the shared recipe
-# that their shipped AEs were trained with.
+# square lift both (noise least: reports/detection/cifar10.md). MNIST and Fashion-MNIST keep
+# the shared recipe that their shipped AEs were trained with.
 CIFAR10_RANDOM_AE = {"l2_weight": 60.0, "corner_share": 0.5, "paper_share": 0.2}
 
 
