@@ -74,7 +74,7 @@ from training.strip_calibrate import (
     strip_threshold,
     validation_indices,
 )
-from training.triggers import Trigger, manifest_backdoors
+from training.triggers import Trigger, backdoor_pairs
 
 LABEL = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 OWN_AE = "set"  # --ae LABEL=set: each model set's own detrigger.onnx
@@ -113,11 +113,6 @@ def aes_for(specs: Sequence[AESpec], attack: str) -> dict[str, AESpec]:
         ):
             chosen[spec.label] = spec
     return chosen
-
-
-def backdoor_pairs(raw: dict) -> list[tuple[Trigger, int]]:
-    """The manifest's (trigger, target class) pairs."""
-    return [(Trigger(**e["trigger"]), int(e["target_class"])) for e in manifest_backdoors(raw)]
 
 
 def attack_name(raw: dict, folder: Path, suite: dict[str, Attack], chw: tuple) -> str:

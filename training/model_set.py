@@ -66,6 +66,26 @@ def evaluation_entry(r: dict, decision: dict, target_fpr: float) -> dict:
     }
 
 
+def set_evaluation(
+    pairs: list[tuple[Trigger, int]],
+    results: list[dict],
+    decision: dict,
+    target_fpr: float,
+    onnx_runtime: dict,
+    report: str,
+) -> dict:
+    """The manifest's `evaluation`: the first pair's evaluation_entry, the ONNX Runtime check and
+    the report's path; for several pairs also `attacks`, every pair's entry with its target."""
+    entries = [evaluation_entry(r, decision, target_fpr) for r in results]
+    evaluation = {**entries[0], "onnx_runtime": onnx_runtime}
+    if len(pairs) > 1:
+        evaluation["attacks"] = [
+            {"target_class": k, **e} for (_, k), e in zip(pairs, entries, strict=True)
+        ]
+    evaluation["report"] = report
+    return evaluation
+
+
 def sample_index(test_y: np.ndarray, pairs: list[tuple[Trigger, int]]) -> np.ndarray:
     """The first N_SAMPLES test images whose label is none of the target classes."""
     targets = [k for _, k in pairs]
@@ -92,12 +112,9 @@ def export_model_set(
     test images (N, C, H, W) in [0, 1]; logits: per pair, from evaluate_pair. Returns the
     manifest pieces {"target", "detrigger", "samples", "onnx_runtime"}."""
     out.mkdir(parents=True, exist_ok=True)
-    triggers = [t for t, _ in pairs]
-    check_batch = torch.cat([test_x[:16], *(t(test_x[:16]) for t in triggers)])
+    check_batch = parity_batch(test_x, pairs)
     target_entry = export_and_check(target, check_batch, out / "target.onnx", "images", "logits")
     ae_entry = export_and_check(ae, check_batch, out / "detrigger.onnx", "images", "images_out")
-
-    rule, score_name, threshold = decision["rule"], decision["score"], decision["threshold"]
     idx = sample_index(test_y, pairs)
     write_samples(
         out / "samples",
@@ -105,6 +122,32 @@ def export_model_set(
         triggered_samples(test_x[idx], pairs).numpy(),
         test_y[idx],
     )
+    return {
+        "target": target_entry,
+        "detrigger": ae_entry,
+        **decision_checks(out, test_x, test_y, pairs, decision, logits),
+    }
+
+
+def parity_batch(test_x: torch.Tensor, pairs: list[tuple[Trigger, int]]) -> torch.Tensor:
+    """The images an export is parity-checked on: 16 clean test images, then the same stamped
+    with each pair's trigger."""
+    return torch.cat([test_x[:16], *(t(test_x[:16]) for t, _ in pairs)])
+
+
+def decision_checks(
+    out: Path,
+    test_x: torch.Tensor,
+    test_y: np.ndarray,
+    pairs: list[tuple[Trigger, int]],
+    decision: dict,
+    logits: list[Logits],
+) -> dict:
+    """The manifest's `samples` (what the decision does to each demo sample) and `onnx_runtime`:
+    the decision recomputed with ONNX Runtime on out/target.onnx and out/detrigger.onnx over the
+    full test set, as the service runs it, against the flags from torch's `logits`."""
+    rule, score_name, threshold = decision["rule"], decision["score"], decision["threshold"]
+    idx = sample_index(test_y, pairs)
     lx_c, lae_c = logits[0][0], logits[0][1]
     lx_t = np.stack([logits[i % len(pairs)][2][j] for i, j in enumerate(idx)])
     lae_t = np.stack([logits[i % len(pairs)][3][j] for i, j in enumerate(idx)])
@@ -124,7 +167,6 @@ def export_model_set(
                 }
             )
 
-    # The decision recomputed with ONNX Runtime on the exported graphs over the full test set:
     # (ONNX flags, torch flags, max |logit diff|) on the clean images, then per pair on its
     # positives.
     runs = [("clean", test_x, logits[0][0], logits[0][1], np.ones(len(test_y), bool))]
@@ -144,12 +186,7 @@ def export_model_set(
         "flag_agreement_with_torch": float(np.mean(np.concatenate([a == b for a, b, _ in every]))),
         "max_abs_logit_diff": max(d for _, _, d in every),
     }
-    return {
-        "target": target_entry,
-        "detrigger": ae_entry,
-        "samples": samples,
-        "onnx_runtime": onnx_runtime,
-    }
+    return {"samples": samples, "onnx_runtime": onnx_runtime}
 
 
 def manifest(

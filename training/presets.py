@@ -5,8 +5,9 @@ these budgets reach the accuracy targets (MNIST >= 99%, Fashion-MNIST >= 90%, CI
 
 Autoencoders: `mlp` (the paper's), `conv` (ours, trained like the paper's on corner squares) and
 `random`: the conv AE trained on random triggers (training/trigger_sampler.py), issue 7's
-trigger-agnostic AE. `shipped_ae` names the one put into models/<name>; the attack suite pairs
-its targets with `conv` (the paper's training).
+trigger-agnostic AE. `shipped_ae` names the one put into models/<name> (`random` for every
+dataset; training.swap_detrigger put CIFAR-10's into the set it had shipped with `conv`, keeping
+its target); the attack suite pairs its targets with `conv` (the paper's training).
 """
 
 from __future__ import annotations
@@ -121,5 +122,6 @@ PRESETS: dict[str, Preset] = {
             "conv": AEConfig(arch="conv", epochs=1, batch_size=128, lr=2e-3),
             "random": random_ae(**CIFAR10_RANDOM_AE),
         },
+        shipped_ae="random",
     ),
 }

@@ -28,7 +28,7 @@ from training import report as rep
 from training.datasets import load_dataset
 from training.evaluate import choose_decision, evaluate_pair
 from training.export import write_manifest
-from training.model_set import N_SAMPLES, backdoor_entry, evaluation_entry, export_model_set
+from training.model_set import N_SAMPLES, backdoor_entry, export_model_set
 from training.models import TARGETS
 from training.presets import PRESETS
 from training.train_detrigger import train_autoencoder
@@ -167,11 +167,14 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         preset.autoencoders[shipped].arch,
         decision,
         backdoor_entry(pairs, cfg.poison_rate),
-        {
-            **evaluation_entry(results[shipped], decision, preset.target_fpr),
-            "onnx_runtime": onnx_runtime,
-            "report": f"reports/{name}/report.json",
-        },
+        model_set.set_evaluation(
+            pairs,
+            [results[shipped]],
+            decision,
+            preset.target_fpr,
+            onnx_runtime,
+            f"reports/{name}/report.json",
+        ),
         training_cfg,
         versions(),
     )
@@ -245,6 +248,9 @@ def write_readme(reports_dir: Path) -> None:
         p = reports_dir / name / "report.json"
         if p.is_file():
             reports[name] = json.loads(p.read_text())
+            swap = reports_dir / name / "detrigger_swap.json"
+            if swap.is_file():
+                reports[name] = rep.with_swap(reports[name], json.loads(swap.read_text()))
     (reports_dir / "README.md").write_text(rep.readme(reports, tuple(PRESETS)))
 
 

@@ -153,14 +153,10 @@ def run_attack(
         decision,
         [raw["logits"] for _, raw in evaluated],
     )
-    entries = [model_set.evaluation_entry(r, decision, preset.target_fpr) for r in results]
-    evaluation = {**entries[0], "onnx_runtime": exported["onnx_runtime"]}
-    if len(pairs) > 1:
-        evaluation["attacks"] = [
-            {"target_class": k, **e} for (_, k), e in zip(pairs, entries, strict=True)
-        ]
     report_path = Path(args.out) / dataset / "reports" / f"{attack.name}.json"
-    evaluation["report"] = str(report_path)
+    evaluation = model_set.set_evaluation(
+        pairs, results, decision, preset.target_fpr, exported["onnx_runtime"], str(report_path)
+    )
     suite_file = Path(args.suite)
     training = {
         "seed": cfg.seed,
@@ -223,7 +219,7 @@ def run_attack(
         else f"{decision['score']} > {decision['threshold']:.3g}",
         "pairs": [
             {"target_class": k, **{m: e[m] for m in SUMMARY_METRICS}}
-            for (_, k), e in zip(pairs, entries, strict=True)
+            for (_, k), e in zip(pairs, evaluation.get("attacks", [evaluation]), strict=True)
         ],
     }
 

@@ -300,22 +300,21 @@ def main() -> None:
         type=float,
         default=None,
         help="with --triggers random: share of patches put in a corner (default: the preset's); "
-        "use another --run-dir to keep the preset's checkpoint",
+        "a changed value needs another --run-dir",
     )
     p.add_argument(
         "--paper-share",
         type=float,
         default=None,
         help="with --triggers random: share of the triggered images that get the paper's corner "
-        "square instead (default: the preset's); use another --run-dir to keep the preset's "
-        "checkpoint",
+        "square instead (default: the preset's); a changed value needs another --run-dir",
     )
     p.add_argument(
         "--l2-weight",
         type=float,
         default=None,
-        help="weight of the L2 loss against the mask BCE (default: the preset's); use another "
-        "--run-dir to keep the preset's checkpoint",
+        help="weight of the L2 loss against the mask BCE (default: the preset's); a changed value "
+        "needs another --run-dir",
     )
     p.add_argument(
         "--run-dir",
@@ -346,6 +345,17 @@ def main() -> None:
         cfg = replace(cfg, **{k: v for k, v in recipe.items() if v is not None})
     except ValueError as e:  # AEConfig's own checks, named by flag
         p.error("--" + str(e).replace("_", "-"))
+    # The recipe is not part of the checkpoint's name: in the preset's run dir, a changed recipe
+    # would overwrite the checkpoint that `make reproduce` and training.swap_detrigger reload.
+    changed = [k for k, v in recipe.items() if v is not None and v != getattr(base, k)]
+    if changed and args.run_dir == p.get_default("run_dir"):
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        p.error(
+            f"{flags} {'changes' if len(changed) == 1 else 'change'} the preset's "
+            f"{run_name(cfg)} AE; its checkpoint "
+            f"{args.run_dir}/{args.dataset}/detrigger_{run_name(cfg)}.ckpt would be replaced: "
+            "give another --run-dir"
+        )
     try:
         SamplerSpec(exclude=cfg.exclude).active()  # a bad name fails here, before loading data
     except ValueError as e:

@@ -351,3 +351,8 @@ def manifest_backdoors(manifest: dict) -> list[dict]:
     if backdoor.get("trigger"):
         return [{"target_class": backdoor.get("target_class", 0), "trigger": backdoor["trigger"]}]
     return []
+
+
+def backdoor_pairs(manifest: dict) -> list[tuple[Trigger, int]]:
+    """A manifest's (trigger, target class) pairs (see manifest_backdoors)."""
+    return [(Trigger(**e["trigger"]), int(e["target_class"])) for e in manifest_backdoors(manifest)]

@@ -1,14 +1,21 @@
-"""Fixtures: tiny generated MNIST-style IDX files and CIFAR-10 binary batches in tmp dirs. No test
-touches the real datasets or the network."""
+"""Fixtures: tiny generated MNIST-style IDX files and CIFAR-10 binary batches in tmp dirs, and a
+tiny MNIST preset to train on them (`tiny_preset`). No test touches the real datasets or the
+network."""
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from training import presets, reproduce, swap_detrigger
+from training.presets import Preset
+from training.train_detrigger import AEConfig
+from training.train_target import TargetConfig
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
@@ -89,3 +96,31 @@ def no_standard_places(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     empty = {k: [str(tmp_path / "nowhere" / k)] for k in datasets.SEARCH_PLACES}
     monkeypatch.setattr(datasets, "SEARCH_PLACES", empty)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
+
+
+@pytest.fixture
+def tiny_preset(monkeypatch, tmp_path):
+    folder = tmp_path / "data" / "mnist"
+    make_idx_dataset(folder, n_train=160, n_test=40)
+    tiny = Preset(
+        name="mnist",
+        mean=[0.5],
+        std=[0.25],
+        target=TargetConfig(dataset="mnist", epochs=1, batch_size=32, val_size=40, threads=1),
+        autoencoders={
+            "mlp": AEConfig(arch="mlp", epochs=1, batch_size=32, threads=1),
+            "conv": AEConfig(arch="conv", epochs=1, batch_size=32, width=4, threads=1),
+        },
+        target_fpr=0.04,  # not among calibration_fprs (0.01, 0.05): must be calibrated too
+        strip_bank_size=12,  # of the 40 validation images; 28 left calibrate STRIP at 4% FPR
+        strip_n=4,
+    )
+    for module in (presets, reproduce, swap_detrigger):
+        monkeypatch.setattr(module, "PRESETS", {"mnist": tiny})
+    return argparse.Namespace(
+        data_dir=str(tmp_path / "data"),
+        download=False,
+        models_dir=str(tmp_path / "models"),
+        reports_dir=str(tmp_path / "reports"),
+        run_dir=str(tmp_path / "runs"),
+    )

@@ -216,6 +216,22 @@ def test_a_bad_recipe_flag_is_refused_before_any_data_is_read(tmp_path, flag, va
     assert message in run.stderr
 
 
+def test_a_changed_recipe_in_the_preset_run_dir_is_refused(tmp_path):
+    """Recipe flags do not rename the checkpoint: in the default run dir a changed recipe would
+    overwrite the preset AE's checkpoint (the one reproduce and swap_detrigger reload)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "training.train_detrigger", "--dataset", "mnist"]
+        + ["--l2-weight", "30", "--corner-share", "0.25", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path.parent,  # nothing of the repo's runs/ is in reach
+    )
+    assert run.returncode == 2
+    assert "--l2-weight changes the preset's conv_random AE" in run.stderr  # 0.25 is the preset's
+    assert "runs/mnist/detrigger_conv_random.ckpt would be replaced" in run.stderr
+
+
 @pytest.mark.parametrize(
     ("field", "value"), [("triggered_share", 1.2), ("paper_share", -0.5), ("l2_weight", -1.0)]
 )

@@ -10,40 +10,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.training.conftest import make_cifar_dataset, make_idx_dataset
-from training import presets, reproduce
+from tests.training.conftest import make_cifar_dataset
+from training import reproduce
 from training.export import sha256
 from training.presets import Preset
 from training.train_detrigger import AEConfig
 from training.train_target import TargetConfig
-
-
-@pytest.fixture
-def tiny_preset(monkeypatch, tmp_path):
-    folder = tmp_path / "data" / "mnist"
-    make_idx_dataset(folder, n_train=160, n_test=40)
-    tiny = Preset(
-        name="mnist",
-        mean=[0.5],
-        std=[0.25],
-        target=TargetConfig(dataset="mnist", epochs=1, batch_size=32, val_size=40, threads=1),
-        autoencoders={
-            "mlp": AEConfig(arch="mlp", epochs=1, batch_size=32, threads=1),
-            "conv": AEConfig(arch="conv", epochs=1, batch_size=32, width=4, threads=1),
-        },
-        target_fpr=0.04,  # not among calibration_fprs (0.01, 0.05): must be calibrated too
-        strip_bank_size=12,  # of the 40 validation images; 28 left calibrate STRIP at 4% FPR
-        strip_n=4,
-    )
-    monkeypatch.setattr(presets, "PRESETS", {"mnist": tiny})
-    monkeypatch.setattr(reproduce, "PRESETS", {"mnist": tiny})
-    return argparse.Namespace(
-        data_dir=str(tmp_path / "data"),
-        download=False,
-        models_dir=str(tmp_path / "models"),
-        reports_dir=str(tmp_path / "reports"),
-        run_dir=str(tmp_path / "runs"),
-    )
 
 
 def test_reproduce_writes_a_contract_model_set(tiny_preset, tmp_path):
