@@ -272,7 +272,13 @@ def ae_info(spec: AESpec, folder: Path, raw: dict) -> tuple[bytes, dict[str, Any
         data = read_verified(folder, manifest.detrigger)
         training = raw.get("training") or {}
         arch = (raw.get("detrigger") or {}).get("architecture", "")
-        cfg = training.get("autoencoder") or (training.get("autoencoders") or {}).get(arch, {})
+        # A swapped-in AE (training.swap_detrigger) first: `autoencoders` holds every AE
+        # reproduce trained, and more than one of them can share the shipped one's arch.
+        cfg = (
+            (training.get("detrigger_swap") or {}).get("autoencoder")
+            or training.get("autoencoder")
+            or (training.get("autoencoders") or {}).get(arch, {})
+        )
         path = str(folder / manifest.detrigger.file)
     else:
         data = Path(spec.path).read_bytes()
@@ -285,6 +291,7 @@ def ae_info(spec: AESpec, folder: Path, raw: dict) -> tuple[bytes, dict[str, Any
         "sha256": hashlib.sha256(data).hexdigest(),
         "triggers": cfg.get("triggers"),
         "synthesised": cfg.get("synthesised") or None,
+        "exclude": cfg.get("exclude") or None,
     }
     return data, info
 

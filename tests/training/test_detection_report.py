@@ -6,6 +6,7 @@ fires."""
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -312,6 +313,32 @@ def test_the_markdown_has_table_7_goals_and_the_per_attack_tables(report: dict, 
     readme = (out / "README.md").read_text()
     assert "| mnist: paper trigger | mnist: rest, mean TPR @ 1% FPR |" in readme
     assert "[mnist.md](mnist.md)" in readme
+
+
+def test_the_held_out_row_shows_only_where_a_held_out_ae_ran(report: dict) -> None:
+    row = "| held out (improved recipe without the attack's family"
+    assert row not in detection_tables.dataset_markdown(report)
+    assert row not in detection_tables.readme([report])
+    # The two-target set also run with an AE trained without its family (--ae heldout@...):
+    # here the identity AE's KL detector again, under the held-out label.
+    changed = copy.deepcopy(report)
+    two = changed["sets"][1]
+    improved = next(d for d in two["detectors"] if (d["ae"], d["rule"]) == ("improved", "kl"))
+    two["detectors"].append({**improved, "ae": "heldout", "name": "heldout AE, KL"})
+    two["aes"]["heldout"] = {
+        **two["aes"]["improved"],
+        "label": "heldout",
+        "triggers": "random",
+        "exclude": ["checkerboard"],
+    }
+    md = detection_tables.dataset_markdown(changed)
+    (line,) = [x for x in md.splitlines() if x.startswith(row)]
+    cells = line.split(" | ")
+    assert cells[1] == "not run"  # the paper-trigger set had no held-out AE
+    rates = (100 * improved["detection_rate"], 100 * improved["false_positive_rate"])
+    assert cells[2] == "{:.2f} / {:.2f}".format(*rates)
+    assert "| heldout | " in md and "| random minus checkerboard | two-targets |" in md
+    assert row in detection_tables.readme([changed])
 
 
 def test_the_tables_are_rewritten_from_the_jsons_alone(out: Path) -> None:
