@@ -10,7 +10,7 @@ DATA_DIR ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test test-fast reproduce bench lint typecheck clean mlserver-venv docker-smoke
+.PHONY: serve test test-fast reproduce detection-report bench lint typecheck clean mlserver-venv docker-smoke
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,17 @@ test-fast: $(VENV)/.dev
 ## reproduce: train, evaluate and export the shipped model sets (DATASET=mnist|fashion-mnist|cifar10|all)
 reproduce: $(VENV)/.train
 	$(PY) -m training.reproduce --dataset $(DATASET) $(if $(DATA_DIR),--data-dir $(DATA_DIR))
+
+## detection-report: issue 7's detection comparison for DATASET into reports/detection/ (each
+## set's paper AE runs/<dataset>/detrigger_conv.onnx and, for MNIST, the held-out AEs must exist:
+## docs/detection-report.md says how to make them); about 15 min (MNIST) to 2 h (CIFAR-10) here
+DETECTION_DATASETS := $(if $(filter all,$(DATASET)),mnist fashion-mnist cifar10,$(DATASET))
+DETECTION_AES_mnist := --ae heldout@checkerboard=runs/mnist/detrigger_random_minus-checkerboard.onnx \
+	--ae heldout@noise=runs/mnist/detrigger_random_minus-additive.onnx
+detection-report: $(VENV)/.train
+	$(foreach d,$(DETECTION_DATASETS),$(PY) -m training.detection_report --dataset $(d) \
+		--ae paper=runs/$(d)/detrigger_conv.onnx --ae improved=models/$(d)/detrigger.onnx \
+		$(DETECTION_AES_$(d)) --threads 2 $(if $(DATA_DIR),--data-dir $(DATA_DIR)) &&) true
 
 ## mlserver-venv: MLServer from PyPI in .venv-mlserver/, the V2 upstream of tests/sidecar (the
 ## tests make it themselves on first use; this only does it ahead of time)
