@@ -239,6 +239,13 @@ def write_dataset_report(folder: Path, report: dict) -> None:
     (folder / "report.md").write_text(markdown(report))
 
 
+def rule_text(decision: dict, digits: int = 4) -> str:
+    """A manifest decision as text: "class change" or e.g. "kl > 0.03492"."""
+    if decision["rule"] == "class_change":
+        return "class change"
+    return f"{decision['score']} > {decision['threshold']:.{digits}g}"
+
+
 def with_swap(rep: dict, swap: dict) -> dict:
     """A reproduce report as the set ships after training.swap_detrigger put another AE into it
     (`swap`: its report): that AE's results, decision and ONNX Runtime check, and the swap kept
@@ -278,11 +285,7 @@ def readme(reports: dict[str, dict], expected: tuple[str, ...] = ()) -> str:
             else f"{d['score']}@fpr{d['calibration']['target_fpr']:g}"
         )
         t = r["test"][key]
-        rule = (
-            "class change"
-            if d["rule"] == "class_change"
-            else f"{d['score']} > {d['threshold']:.4g}"
-        )
+        rule = rule_text(d)
         p = PAPER.get(name)
         g = GOALS.get(name)
         lines.append(

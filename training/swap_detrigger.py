@@ -35,6 +35,7 @@ from training.datasets import load_dataset
 from training.evaluate import choose_decision_pairs, evaluate_pairs
 from training.export import export_and_check, sha256, write_manifest
 from training.presets import PRESETS
+from training.report import pct, rule_text
 from training.reproduce import hardware, to_float, versions, write_readme
 from training.train_detrigger import run_name, train_autoencoder
 from training.train_target import split_train_val
@@ -100,22 +101,13 @@ def summary_md(report: dict) -> str:
         f"| AE | {report['previous']['detrigger'].get('architecture', '?')} "
         f"(`{report['previous']['detrigger']['sha256'][:12]}`) | {report['ae']} "
         f"(`{report['detrigger']['sha256'][:12]}`) |",
-        f"| decision | {rule_text(report['previous']['decision'])} | "
-        f"{rule_text(report['decision'])} |",
+        f"| decision | {rule_text(report['previous']['decision'], 3)} | "
+        f"{rule_text(report['decision'], 3)} |",
     ]
     for k in keys:
-        lines.append(f"| {k.replace('_', ' ')} | {pct(before.get(k))} | {pct(after.get(k))} |")
+        cells = ["-" if r.get(k) is None else f"{pct(r[k])}%" for r in (before, after)]
+        lines.append(f"| {k.replace('_', ' ')} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
-
-
-def rule_text(decision: dict) -> str:
-    if decision["rule"] == "class_change":
-        return "class change"
-    return f"{decision['score']} > {decision['threshold']:.3g}"
-
-
-def pct(v) -> str:
-    return "-" if v is None else f"{100 * v:.2f}%"
 
 
 def swap(
@@ -183,13 +175,13 @@ def swap(
         ),
         samples=checks["samples"],
     )
+    machine = {"hardware": hardware(), "versions": versions()}
     manifest["training"]["detrigger_swap"] = {
         "ae": ae_name,
         "autoencoder": config_dict(cfg),
         "checkpoint": {"path": str(ckpt), "sha256": sha256(ckpt)},
         "command": command,
-        "hardware": hardware(),
-        "versions": versions(),
+        **machine,
         "swapped": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "previous": previous,
     }
@@ -213,8 +205,7 @@ def swap(
         "previous": previous,
         "command": command,
         "seed": int(split["seed"]),
-        "hardware": hardware(),
-        "versions": versions(),
+        **machine,
         "wall_seconds": time.time() - t0,
     }
     report_path.parent.mkdir(parents=True, exist_ok=True)
