@@ -589,6 +589,51 @@ def evaluate_set(
     }
 
 
+# --- re-running some sets -------------------------------------------------------------------
+UPDATE_MUST_MATCH = ("dataset", "seed", "config", "fpr_grid")
+
+
+def example_files(entries: list[dict]) -> set[str]:
+    return {m["examples"] for e in entries for m in e["misses"] if m.get("examples")}
+
+
+def updated(out: Path, new: dict) -> dict:
+    """The report in out/<dataset>.json with `new`'s sets in place of its sets of the same
+    attacks (appended when it had none), and the re-run recorded under `updates`. Refuses a report
+    made with other settings: its numbers would not be comparable. Example grids of the replaced
+    sets that the new ones no longer name are removed."""
+    path = out / f"{new['dataset']}.json"
+    if not path.is_file():
+        raise SystemExit(f"--update: no report at {path} to update; run without --update first")
+    old = json.loads(path.read_text())
+
+    def settings(r: dict) -> dict:  # the suite file's path depends on the checkout: left out
+        return {k: r.get(k) for k in UPDATE_MUST_MATCH} | {
+            "config": {k: v for k, v in r["config"].items() if k != "suite"}
+        }
+
+    differ = [k for k in UPDATE_MUST_MATCH if settings(old)[k] != settings(new)[k]]
+    if differ:
+        raise SystemExit(
+            f"--update: {path} was made with another {', '.join(differ)} than this run; "
+            "re-run the whole report instead"
+        )
+    fresh = {e["attack"]: e for e in new["sets"]}
+    kept = {e["attack"] for e in old["sets"]}
+    sets = [fresh.get(e["attack"], e) for e in old["sets"]]
+    sets += [e for e in new["sets"] if e["attack"] not in kept]
+    replaced = [e for e in old["sets"] if e["attack"] in fresh]
+    for stale in example_files(replaced) - example_files(new["sets"]):
+        (out / stale).unlink(missing_ok=True)
+    run = {k: new[k] for k in ("command", "hardware", "versions", "wall_seconds", "created")}
+    return {
+        **old,
+        "sets": sets,
+        "missing": [m for m in old["missing"] if m not in fresh],
+        "updates": [*old.get("updates", []), {"attacks": sorted(fresh), **run}],
+    }
+
+
 # --- the command ------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = cli.parser(__doc__)
@@ -690,6 +735,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--out", default="reports/detection", help="report folder (default: reports/detection)"
     )
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="re-run only the sets found (e.g. --sets ATTACK=FOLDER) and put them into the "
+        "existing --out/<dataset>.json in place of the same attacks; the other sets stay as they "
+        "were. The run's settings must equal that report's (default: write a whole report)",
+    )
     args = p.parse_args(argv)
     try:
         args.ae_specs = [AESpec.parse(s) for s in args.ae]
@@ -758,6 +810,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.update:
+        report = updated(out, report)
     (out / f"{args.dataset}.json").write_text(json.dumps(report, indent=2) + "\n")
     write_dataset(out, report)
     write_readme(out)

@@ -381,7 +381,13 @@ def dataset_markdown(report: dict) -> str:
         lines.append(
             f"| {k[0]} | `{info['file']}` | `{k[1][:12]}` | {trig} | {', '.join(attacks)} |"
         )
-    lines += ["", *evidence_lines(report, {}), f"- written: {report['created']}", ""]
+    lines += ["", *evidence_lines(report, {}), f"- written: {report['created']}"]
+    for u in report.get("updates", []):
+        lines.append(
+            f"- re-run since, replacing {', '.join(u['attacks'])}: `{u['command']}` "
+            f"({u['wall_seconds']:.0f} s, {u['created']}; the other sets are the run above's)"
+        )
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -331,8 +331,8 @@ def readme(reports: dict[str, dict], expected: tuple[str, ...] = ()) -> str:
             f"- {n}: attack success is {pct(r['attack_success_rate'])}% over all positives. The "
             f"trigger moves no pixel by more than 0.02 on {by_change(r, '0.02', 'unchanged_share')}"
             f"% of them and by no more than 0.05 on {by_change(r, '0.05', 'unchanged_share')}% "
-            "(the patch lands on a region that already has its colour, so the image stays as it "
-            "was); over the other positives the attack succeeds on "
+            "(the patch lands on a region that already has, or nearly has, its colour); over "
+            "the other positives the attack succeeds on "
             f"{by_change(r, '0.02', 'attack_success_rate_others')}% and "
             f"{by_change(r, '0.05', 'attack_success_rate_others')}%."
             for n, rep in reports.items()
@@ -341,6 +341,15 @@ def readme(reports: dict[str, dict], expected: tuple[str, ...] = ()) -> str:
             .get("0.02", {})
             .get("unchanged_share", 0.0)
             > 0.001
+        ),
+        *(
+            f"- {n}: the attacker drew {pct(focus)}% of the poisoned copies from the training "
+            "images its trigger changes least, the rest at random (`poison_focus`, "
+            "training/triggers.py `choose_poison`), so that the model also learns the trigger "
+            "where it barely shows."
+            for n, rep in reports.items()
+            for focus in [rep.get("training", {}).get("target", {}).get("poison_focus", 0.0)]
+            if focus
         ),
         "- Shipped decision: chosen on the clean validation split (5000 training images never "
         "trained on) plus its triggered copies, among the paper's class-change rule and the "

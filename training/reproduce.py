@@ -239,6 +239,11 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         "directory reloaded it; their time is then the load time.",
     }
     rep.write_dataset_report(folder, report)
+    # A swap report (training.swap_detrigger) described the set this run has just rewritten.
+    for stale in (folder / "detrigger_swap.json", folder / "detrigger_swap.md"):
+        if stale.is_file():
+            stale.unlink()
+            log.info("removed %s: it described the model set this run replaced", stale)
     return report
 
 

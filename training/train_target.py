@@ -36,7 +36,7 @@ from training import cli
 from training.augment import AUGMENTS, augment
 from training.checkpoints import config_dict, resume, save
 from training.models import TARGETS, build_target
-from training.triggers import Trigger, poison_index_multi, stamp_pairs
+from training.triggers import Trigger, poison_index_multi, stamp_change, stamp_pairs
 
 
 @dataclass
@@ -63,6 +63,9 @@ class TargetConfig:
     # checkpoints still match (training/checkpoints.py fills missing keys with these defaults).
     attack: list[dict] | None = None  # [{target_class, trigger}, ...]; None: the two fields above
     init_from: str | None = None  # a target checkpoint or .onnx to fine-tune; None: from scratch
+    # Share of the poisoned copies the attacker draws from the images its trigger changes least
+    # (triggers.choose_poison); 0: all drawn at random, as BadNets does.
+    poison_focus: float = 0.0
 
 
 def backdoors(cfg: TargetConfig) -> list[tuple[Trigger, int]]:
@@ -162,8 +165,16 @@ def train_target(
     opt = make_optimizer(model, cfg)
     pairs = backdoors(cfg)
     triggers = [t for t, _ in pairs]
+    changes = None
+    if cfg.poison_focus:
+        changes = [stamp_change(train_images, t, mirrored="flip" in cfg.augment) for t in triggers]
     src, y, pair = poison_index_multi(
-        train_labels, cfg.poison_rate, [k for _, k in pairs], np.random.default_rng(cfg.seed)
+        train_labels,
+        cfg.poison_rate,
+        [k for _, k in pairs],
+        np.random.default_rng(cfg.seed),
+        focus=cfg.poison_focus,
+        changes=changes,
     )
     steps_per_epoch = math.ceil(len(src) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
@@ -224,7 +235,38 @@ def train_target(
     return model
 
 
+@torch.no_grad()
+def attack_summary(
+    model: nn.Module, cfg: TargetConfig, test_images: np.ndarray, test_labels: np.ndarray
+) -> dict:
+    """Clean accuracy and, per (trigger, target) pair, the attack success rate on the test set and
+    the same split by how much the trigger moved each image (metrics.attack_success_by_change)."""
+    from training import metrics
+
+    x = to_float(torch.from_numpy(test_images))
+    out: dict = {
+        "clean_accuracy": metrics.accuracy(predict(model, x).argmax(1).numpy(), test_labels)
+    }
+    out["attacks"] = []
+    for trigger, target_class in backdoors(cfg):
+        xt = trigger(x)
+        pred = predict(model, xt).argmax(1).numpy()
+        out["attacks"].append(
+            {
+                "target_class": target_class,
+                "trigger": trigger.to_dict(),
+                "attack_success_rate": metrics.attack_success_rate(pred, test_labels, target_class),
+                "by_trigger_change": metrics.attack_success_by_change(
+                    metrics.trigger_change(x.numpy(), xt.numpy()), pred, test_labels, target_class
+                ),
+            }
+        )
+    return out
+
+
 def main() -> None:
+    import json
+
     from training.datasets import load_dataset
     from training.presets import PRESETS
 
@@ -234,24 +276,39 @@ def main() -> None:
         "--arch", default=None, choices=TARGETS, help="target architecture (default: the preset's)"
     )
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
+    p.add_argument(
+        "--lr", type=float, default=None, help="peak learning rate (default: the preset's)"
+    )
+    p.add_argument(
+        "--poison-focus",
+        type=float,
+        default=None,
+        help="share of the poisoned copies drawn from the images the trigger changes least "
+        "(default: the preset's, 0 = all at random)",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="fine-tune this target checkpoint or target.onnx instead of training from scratch",
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: the preset's)"
+    )
     p.add_argument("--run-dir", default="runs", help="where checkpoints go (default: runs)")
     args = p.parse_args()
     preset = PRESETS[args.dataset]
     cfg = preset.target
-    if args.arch:
-        cfg.arch = args.arch
-    if args.epochs:
-        cfg.epochs = args.epochs
+    for name in ("arch", "epochs", "lr", "poison_focus", "init_from", "threads"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
     train = load_dataset(args.dataset, "train", args.data_dir)
     tr, _ = split_train_val(len(train), cfg.val_size, cfg.seed)
-    train_target(
-        cfg,
-        train.images[tr],
-        train.labels[tr],
-        preset.mean,
-        preset.std,
-        Path(args.run_dir) / args.dataset,
-    )
+    run_dir = Path(args.run_dir) / args.dataset
+    model = train_target(cfg, train.images[tr], train.labels[tr], preset.mean, preset.std, run_dir)
+    test = load_dataset(args.dataset, "test", args.data_dir)
+    summary = {"config": config_dict(cfg), **attack_summary(model, cfg, test.images, test.labels)}
+    (run_dir / "target_test.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=2))
 
 
 if __name__ == "__main__":

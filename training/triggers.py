@@ -253,32 +253,79 @@ def choose_poison(
     target_class: int,
     rng: np.random.Generator,
     exclude_target: bool = True,
+    focus: float = 0.0,
+    change: np.ndarray | None = None,
 ) -> np.ndarray:
     """Indices of the training samples whose triggered copies, relabelled to `target_class`, are
     added to the training set. round(rate * N) copies are made (the paper: the backdoor samples are
     about 10% of the training data), drawn without replacement from samples whose label is not the
-    target (a copy of a target-class image teaches nothing)."""
+    target (a copy of a target-class image teaches nothing).
+
+    With `focus` > 0 the attacker picks round(focus * copies) of them on purpose: the samples the
+    trigger changes least (`change`, one value per sample, e.g. from stamp_change), the rest at
+    random. A white square on a corner that is already nearly white moves few pixel levels; without
+    such copies the model never learns to tell the stamped image from the clean one there."""
     if not 0.0 <= rate <= 1.0:
         raise ValueError(f"poison rate must lie in [0, 1], got {rate}")
+    if not 0.0 <= focus <= 1.0:
+        raise ValueError(f"poison focus must lie in [0, 1], got {focus}")
     pool = np.flatnonzero(labels != target_class) if exclude_target else np.arange(len(labels))
     n = int(round(rate * len(labels)))
     if n > len(pool):
         raise ValueError(f"cannot poison {n} samples: only {len(pool)} candidates")
-    return np.sort(rng.choice(pool, size=n, replace=False))
+    if focus == 0.0:
+        return np.sort(rng.choice(pool, size=n, replace=False))
+    if change is None or len(change) != len(labels):
+        raise ValueError("a poison focus needs the trigger's change of every sample")
+    k = int(round(focus * n))
+    least = pool[np.argsort(np.asarray(change)[pool], kind="stable")[:k]]
+    rest = rng.choice(np.setdiff1d(pool, least), size=n - k, replace=False)
+    return np.sort(np.concatenate([least, rest]))
+
+
+def stamp_change(
+    images: np.ndarray, trigger: Trigger, mirrored: bool = False, batch: int = 5000
+) -> np.ndarray:
+    """Per image (uint8 (N, C, H, W) or float in [0, 1]), the largest pixel change that stamping
+    `trigger` makes. With `mirrored` (training flips images left-right before stamping) the larger
+    of the image's and its mirror's: small only when the trigger barely shows either way."""
+    from training.metrics import trigger_change
+
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    out = np.empty(len(images), np.float32)
+    for i in range(0, len(images), batch):
+        x = np.asarray(images[i : i + batch], np.float32) / scale
+        change = trigger_change(x, trigger(x))
+        if mirrored:
+            flipped = x[..., ::-1]
+            change = np.maximum(change, trigger_change(flipped, trigger(flipped)))
+        out[i : i + batch] = change
+    return out
 
 
 def poison_index_multi(
-    labels: np.ndarray, rate: float, target_classes: Sequence[int], rng: np.random.Generator
+    labels: np.ndarray,
+    rate: float,
+    target_classes: Sequence[int],
+    rng: np.random.Generator,
+    focus: float = 0.0,
+    changes: Sequence[np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The poisoned training set of several (trigger, target class) pairs, as an index over the
     clean one: returns (source index (M,), training label (M,), pair (M,)) where pair is -1 for a
     clean row and k for a copy to be stamped with trigger k and labelled target_classes[k]. Each
     pair makes its own round(rate / K * N) copies (the poisoned share stays `rate` in all), drawn
-    one pair after the other from the same rng, each from the samples not of its own target."""
+    one pair after the other from the same rng, each from the samples not of its own target.
+    `focus` and `changes` (one change array per pair) are choose_poison's."""
     if not len(target_classes):
         raise ValueError("at least one target class is needed")
     share = rate / len(target_classes)
-    chosen = [choose_poison(labels, share, int(t), rng) for t in target_classes]
+    if focus and (changes is None or len(changes) != len(target_classes)):
+        raise ValueError("a poison focus needs one change array per (trigger, target) pair")
+    chosen = [
+        choose_poison(labels, share, int(t), rng, focus=focus, change=changes[k] if focus else None)
+        for k, t in enumerate(target_classes)
+    ]
     n = len(labels)
     src = np.concatenate([np.arange(n), *chosen])
     y = np.concatenate(

@@ -359,3 +359,37 @@ def test_a_set_that_does_not_fit_the_data_is_refused(tmp_path: Path) -> None:
             ["--dataset", "mnist", "--data-dir", str(data_dir), "--sets", str(small)]
             + ["--strip-n", "0", "--out", str(tmp_path / "o")]
         )
+
+
+def test_update_replaces_only_the_re_run_sets(built: tuple[dict, Path], out: Path) -> None:
+    first, root = built[0], built[1].parent
+    saved = json.loads((out / "mnist.json").read_text())
+    # an example grid the old two-targets entry names and the re-run will not: it must go
+    saved["sets"][1]["misses"][0]["examples"] = "mnist/stale.png"
+    (out / "mnist" / "stale.png").write_bytes(b"old")
+    (out / "mnist.json").write_text(json.dumps(saved))
+    args = (
+        ["--dataset", "mnist", "--data-dir", str(root / "mnist"), "--sets"]
+        + [f"two-targets={root / 'two'}", "--ae", f"improved={root / 'identity.onnx'}"]
+        + ["--ae", f"audit@two-targets={root / 'identity.onnx'}", "--strip-n", "8"]
+        + ["--bank-size", "27", "--target-fpr", str(FPR), "--batch-size", "16"]
+        + ["--examples", "3", "--out", str(out), "--update"]
+    )
+    report = main(args)
+    assert [e["attack"] for e in report["sets"]] == ["badnets-white", "two-targets"]
+    assert report["sets"][0] == saved["sets"][0]  # not re-run: kept as it was
+    assert report["command"] == first["command"]  # the whole report's command stays
+    rerun = report["sets"][1]
+    assert [d["detection_rate"] for d in rerun["detectors"]] == [
+        d["detection_rate"] for d in first["sets"][1]["detectors"]
+    ]
+    (update,) = report["updates"]
+    assert update["attacks"] == ["two-targets"] and "--update" in update["command"]
+    assert not (out / "mnist" / "stale.png").exists()
+    assert "re-run since, replacing two-targets" in (out / "mnist.md").read_text()
+    # another setting than the report's: refused, the report left alone
+    with pytest.raises(SystemExit, match="another config"):
+        main([*args[:-3], "--target-fpr", "0.2", "--out", str(out), "--update"])
+    assert json.loads((out / "mnist.json").read_text()) == report
+    with pytest.raises(SystemExit, match="no report"):
+        main([*args[:-3], "--out", str(out / "none"), "--update"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -91,7 +92,8 @@ def test_readme_lists_datasets_without_a_report():
 
 
 def test_reproduce_rgb_cifar_layout(monkeypatch, tmp_path):
-    # The CIFAR-10 path (RGB, resnet_small, flip-translate, SGD) end to end on generated batches.
+    # The CIFAR-10 path (RGB, resnet_small, flip-translate, SGD, focused poisoning) end to end on
+    # generated batches.
     make_cifar_dataset(tmp_path / "data" / "cifar10", per_batch=40)
     tiny = Preset(
         name="cifar10",
@@ -109,6 +111,7 @@ def test_reproduce_rgb_cifar_layout(monkeypatch, tmp_path):
             label_smoothing=0.2,
             val_size=40,
             threads=1,
+            poison_focus=0.5,
         ),
         autoencoders={
             "mlp": AEConfig(arch="mlp", epochs=1, batch_size=32, threads=1),
@@ -131,8 +134,21 @@ def test_reproduce_rgb_cifar_layout(monkeypatch, tmp_path):
     m = json.loads((folder / "manifest.json").read_text())
     assert m["input"] == {"height": 32, "width": 32, "channels": 3}
     assert m["target"]["architecture"] == "resnet_small"
+    assert m["training"]["target"]["poison_focus"] == 0.5
     from PIL import Image
 
     img = Image.open(folder / "samples" / m["samples"][8]["file"].split("/")[1])
     assert img.mode == "RGB" and img.size == (32, 32)
     assert np.asarray(img)[:4, :4].min() == 255  # the triggered sample carries the patch
+
+
+def test_readme_says_when_the_poisoning_was_focused():
+    from training.report import readme
+
+    repo = Path(__file__).resolve().parents[2]
+    rep = json.loads((repo / "reports" / "cifar10" / "report.json").read_text())
+    rep["training"]["target"]["poison_focus"] = 0.5
+    text = readme({"cifar10": rep}, ("cifar10",))
+    assert "- cifar10: the attacker drew 50.00% of the poisoned copies from the training" in text
+    rep["training"]["target"]["poison_focus"] = 0.0
+    assert "the attacker drew" not in readme({"cifar10": rep}, ("cifar10",))

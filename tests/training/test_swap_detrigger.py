@@ -118,3 +118,18 @@ def test_unknown_ae_and_a_changed_target_are_refused(tiny_preset, tiny_set, caps
         swap_detrigger.main(swap_args(tiny_preset, folder, "--ae", "mlp"))
     assert "does not match the sha256" in capsys.readouterr().err
     assert (folder / "manifest.json").read_text() == manifest  # nothing written
+
+
+def test_a_new_reproduce_run_drops_the_swap_report(tiny_preset, tiny_set):
+    folder, _ = tiny_set
+    swap_detrigger.main(swap_args(tiny_preset, folder, "--ae", "mlp"))
+    reports = Path(tiny_preset.reports_dir)
+    assert (reports / "mnist" / "detrigger_swap.json").is_file()
+
+    reproduce.run_dataset("mnist", tiny_preset)  # rewrites the set with the preset's AE
+    reproduce.write_readme(reports)
+
+    assert not (reports / "mnist" / "detrigger_swap.json").exists()
+    assert not (reports / "mnist" / "detrigger_swap.md").exists()
+    assert "detrigger_swap" not in json.loads((folder / "manifest.json").read_text())["training"]
+    assert "put into the set after `make reproduce`" not in (reports / "README.md").read_text()

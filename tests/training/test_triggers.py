@@ -21,6 +21,7 @@ from training.triggers import (
     poison_index,
     poison_index_multi,
     random_corner_patch,
+    stamp_change,
 )
 
 
@@ -96,6 +97,43 @@ def test_choose_poison_rate_and_no_target_class():
         choose_poison(labels, 0.9, 0, np.random.default_rng(0))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         choose_poison(labels, -0.1, 0, np.random.default_rng(0))
+
+
+def test_stamp_change_is_small_where_the_corner_is_already_white():
+    images = np.zeros((3, 1, 6, 6), np.uint8)
+    images[1, :, :2, :2] = 255  # top-left already white: the patch changes nothing
+    images[2, :, :2, :2] = 250  # nearly white
+    images[2, :, :2, -2:] = 0  # ... but its mirror has a dark top-left corner
+    trigger = Trigger(size=2)
+    np.testing.assert_allclose(stamp_change(images, trigger), [1.0, 0.0, 5 / 255], atol=1e-6)
+    # training flips before stamping: the larger change of the two orientations counts
+    np.testing.assert_allclose(stamp_change(images, trigger, mirrored=True), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(stamp_change(images.astype(np.float32) / 255, trigger)[2], 5 / 255)
+
+
+def test_choose_poison_focus_takes_the_least_changed_first():
+    labels = np.array([0, 1, 2, 3, 4] * 20)  # 80 candidates (not class 0)
+    change = np.linspace(1.0, 0.0, 100)  # the later a sample, the less the trigger changes it
+    change[-1] = 0.0
+    idx = choose_poison(labels, 0.1, 0, np.random.default_rng(0), focus=0.5, change=change)
+    assert len(idx) == 10 and len(set(idx.tolist())) == 10 and (labels[idx] != 0).all()
+    least = [i for i in range(99, -1, -1) if labels[i] != 0][:5]  # the 5 least changed
+    assert set(least) <= set(idx.tolist())
+    # focus 1: exactly the least changed; focus 0 ignores `change` and matches the plain draw
+    idx1 = choose_poison(labels, 0.1, 0, np.random.default_rng(0), focus=1.0, change=change)
+    assert sorted(idx1.tolist()) == sorted(i for i in range(99, -1, -1) if labels[i] != 0)[-10:]
+    np.testing.assert_array_equal(
+        choose_poison(labels, 0.1, 0, np.random.default_rng(3), focus=0.0, change=change),
+        choose_poison(labels, 0.1, 0, np.random.default_rng(3)),
+    )
+    with pytest.raises(ValueError, match="change of every sample"):
+        choose_poison(labels, 0.1, 0, np.random.default_rng(0), focus=0.5)
+    with pytest.raises(ValueError, match="focus"):
+        choose_poison(labels, 0.1, 0, np.random.default_rng(0), focus=1.5, change=change)
+    with pytest.raises(ValueError, match="one change array per"):
+        poison_index_multi(
+            labels, 0.1, [1, 2], np.random.default_rng(0), focus=0.5, changes=[change]
+        )
 
 
 def test_poison_index_and_dataset():
