@@ -107,11 +107,12 @@ def test_checkpoints_older_than_a_new_field_match_it_at_its_default(tmp_path: Pa
 
     target_now = config_dict(PRESETS["mnist"].target)
     target_defaults = config_dict(TargetConfig())
-    assert set(target_now) - set(OLD_TARGET) == {"attack", "init_from"}
+    assert set(target_now) - set(OLD_TARGET) == {"attack", "init_from", "poison_focus"}
     assert same_config(OLD_TARGET, target_now, target_defaults)
     assert not same_config(
         OLD_TARGET, {**target_now, "init_from": "runs/x/target.ckpt"}, target_defaults
     )
+    assert not same_config(OLD_TARGET, {**target_now, "poison_focus": 0.5}, target_defaults)
     two = [{"target_class": 1, "trigger": OLD_TARGET["trigger"]}] * 2
     assert not same_config(OLD_TARGET, {**target_now, "attack": two}, target_defaults)
 
