@@ -17,6 +17,11 @@ MatMul / BatchNormalization weights trainable (batch norm keeps its running stat
 shipped model can be fine-tuned without the checkpoint that made it.
 
     python -m training.train_target --dataset mnist --epochs 4
+    python -m training.train_target --dataset cifar10 --epochs 12 --poison-focus 0.5 \
+        --run-dir runs/focus
+
+It prints (and writes beside the checkpoint, target_test.json) the clean test accuracy and the
+attack success, split by how much the trigger moved each test image.
 """
 
 from __future__ import annotations
@@ -298,7 +303,17 @@ def main() -> None:
     args = p.parse_args()
     preset = PRESETS[args.dataset]
     cfg = preset.target
-    for name in ("arch", "epochs", "lr", "poison_focus", "init_from", "threads"):
+    # In the preset's run dir a changed config would overwrite the checkpoint `make reproduce`
+    # reloads (train_target starts over on another config): such runs go elsewhere.
+    recipe = ("arch", "epochs", "lr", "poison_focus", "init_from")
+    changed = [k for k in recipe if getattr(args, k) not in (None, getattr(cfg, k))]
+    if changed and args.run_dir == p.get_default("run_dir"):
+        p.error(
+            f"{', '.join('--' + k.replace('_', '-') for k in changed)} changes the preset's "
+            f"target; its checkpoint {args.run_dir}/{args.dataset}/target.ckpt would be "
+            "replaced: give another --run-dir"
+        )
+    for name in (*recipe, "threads"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     train = load_dataset(args.dataset, "train", args.data_dir)

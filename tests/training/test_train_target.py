@@ -32,3 +32,16 @@ def test_attack_summary_on_known_answers() -> None:
     split = attack["by_trigger_change"]["0.02"]
     assert split["unchanged_share"] == pytest.approx(1 / 3)  # 1 of the 3 non-target images
     assert split["attack_success_rate_others"] == 1.0
+
+
+def test_the_cli_refuses_a_changed_recipe_in_the_presets_run_dir(monkeypatch, capsys) -> None:
+    from training import train_target
+
+    argv = ["train_target", "--dataset", "cifar10", "--poison-focus", "0.5", "--epochs", "12"]
+    monkeypatch.setattr("sys.argv", argv)
+    with pytest.raises(SystemExit) as e:
+        train_target.main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--epochs, --poison-focus changes the preset's target" in err
+    assert "runs/cifar10/target.ckpt would be replaced" in err
