@@ -42,3 +42,17 @@ def add_dataset(p: argparse.ArgumentParser, what: str) -> None:
         "--dataset", default="mnist", choices=list(PRESETS), help=f"{what} (default: mnist)"
     )
     add_data_dir(p)
+
+
+def refuse_in_default_run_dir(
+    p: argparse.ArgumentParser, run_dir: str, changed: list[str], what: str, checkpoint: str
+) -> None:
+    """Stop (parser error) when recipe flags `changed` (field names) alter `what` while run_dir is
+    the parser's default: the recipe is not in the checkpoint's name, so the run would overwrite
+    the checkpoint `make reproduce` reloads (`checkpoint`, a path under run_dir)."""
+    if changed and run_dir == p.get_default("run_dir"):
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        p.error(
+            f"{flags} {'changes' if len(changed) == 1 else 'change'} the preset's {what}; its "
+            f"checkpoint {checkpoint} would be replaced: give another --run-dir"
+        )

@@ -347,15 +347,13 @@ def main() -> None:
         p.error("--" + str(e).replace("_", "-"))
     # The recipe is not part of the checkpoint's name: in the preset's run dir, a changed recipe
     # would overwrite the checkpoint that `make reproduce` and training.swap_detrigger reload.
-    changed = [k for k, v in recipe.items() if v is not None and v != getattr(base, k)]
-    if changed and args.run_dir == p.get_default("run_dir"):
-        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
-        p.error(
-            f"{flags} {'changes' if len(changed) == 1 else 'change'} the preset's "
-            f"{run_name(cfg)} AE; its checkpoint "
-            f"{args.run_dir}/{args.dataset}/detrigger_{run_name(cfg)}.ckpt would be replaced: "
-            "give another --run-dir"
-        )
+    cli.refuse_in_default_run_dir(
+        p,
+        args.run_dir,
+        [k for k, v in recipe.items() if v is not None and v != getattr(base, k)],
+        f"{run_name(cfg)} AE",
+        f"{args.run_dir}/{args.dataset}/detrigger_{run_name(cfg)}.ckpt",
+    )
     try:
         SamplerSpec(exclude=cfg.exclude).active()  # a bad name fails here, before loading data
     except ValueError as e:

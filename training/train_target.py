@@ -26,6 +26,7 @@ attack success, split by how much the trigger moved each test image.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from training import cli
+from training import cli, metrics
 from training.augment import AUGMENTS, augment
 from training.checkpoints import config_dict, resume, save
 from training.models import TARGETS, build_target
@@ -246,8 +247,6 @@ def attack_summary(
 ) -> dict:
     """Clean accuracy and, per (trigger, target) pair, the attack success rate on the test set and
     the same split by how much the trigger moved each image (metrics.attack_success_by_change)."""
-    from training import metrics
-
     x = to_float(torch.from_numpy(test_images))
     out: dict = {
         "clean_accuracy": metrics.accuracy(predict(model, x).argmax(1).numpy(), test_labels)
@@ -270,8 +269,6 @@ def attack_summary(
 
 
 def main() -> None:
-    import json
-
     from training.datasets import load_dataset
     from training.presets import PRESETS
 
@@ -306,13 +303,13 @@ def main() -> None:
     # In the preset's run dir a changed config would overwrite the checkpoint `make reproduce`
     # reloads (train_target starts over on another config): such runs go elsewhere.
     recipe = ("arch", "epochs", "lr", "poison_focus", "init_from")
-    changed = [k for k in recipe if getattr(args, k) not in (None, getattr(cfg, k))]
-    if changed and args.run_dir == p.get_default("run_dir"):
-        p.error(
-            f"{', '.join('--' + k.replace('_', '-') for k in changed)} changes the preset's "
-            f"target; its checkpoint {args.run_dir}/{args.dataset}/target.ckpt would be "
-            "replaced: give another --run-dir"
-        )
+    cli.refuse_in_default_run_dir(
+        p,
+        args.run_dir,
+        [k for k in recipe if getattr(args, k) not in (None, getattr(cfg, k))],
+        "target",
+        f"{args.run_dir}/{args.dataset}/target.ckpt",
+    )
     for name in (*recipe, "threads"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from training.metrics import trigger_change
+
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
 
@@ -289,8 +291,6 @@ def stamp_change(
     """Per image (uint8 (N, C, H, W) or float in [0, 1]), the largest pixel change that stamping
     `trigger` makes. With `mirrored` (training flips images left-right before stamping) the larger
     of the image's and its mirror's: small only when the trigger barely shows either way."""
-    from training.metrics import trigger_change
-
     scale = 255.0 if images.dtype == np.uint8 else 1.0
     out = np.empty(len(images), np.float32)
     for i in range(0, len(images), batch):

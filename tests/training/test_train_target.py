@@ -43,5 +43,5 @@ def test_the_cli_refuses_a_changed_recipe_in_the_presets_run_dir(monkeypatch, ca
         train_target.main()
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "--epochs, --poison-focus changes the preset's target" in err
+    assert "--epochs, --poison-focus change the preset's target" in err
     assert "runs/cifar10/target.ckpt would be replaced" in err
