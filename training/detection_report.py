@@ -597,19 +597,18 @@ def example_files(entries: list[dict]) -> set[str]:
     return {m["examples"] for e in entries for m in e["misses"] if m.get("examples")}
 
 
-def updated(out: Path, new: dict) -> dict:
-    """The report in out/<dataset>.json with `new`'s sets in place of its sets of the same
-    attacks (appended when it had none), and the re-run recorded under `updates`. Refuses a report
-    made with other settings: its numbers would not be comparable. Example grids of the replaced
-    sets that the new ones no longer name are removed."""
+def report_to_update(out: Path, new: dict) -> dict:
+    """The report in out/<dataset>.json that `new` (at least its UPDATE_MUST_MATCH keys) may
+    update; exits when there is none or it was made with other settings. The suite file's path
+    (it depends on the checkout) and the thread count (an execution detail) may differ."""
     path = out / f"{new['dataset']}.json"
     if not path.is_file():
         raise SystemExit(f"--update: no report at {path} to update; run without --update first")
     old = json.loads(path.read_text())
 
-    def settings(r: dict) -> dict:  # the suite file's path depends on the checkout: left out
+    def settings(r: dict) -> dict:
         return {k: r.get(k) for k in UPDATE_MUST_MATCH} | {
-            "config": {k: v for k, v in r["config"].items() if k != "suite"}
+            "config": {k: v for k, v in r["config"].items() if k not in ("suite", "threads")}
         }
 
     differ = [k for k in UPDATE_MUST_MATCH if settings(old)[k] != settings(new)[k]]
@@ -618,6 +617,15 @@ def updated(out: Path, new: dict) -> dict:
             f"--update: {path} was made with another {', '.join(differ)} than this run; "
             "re-run the whole report instead"
         )
+    return old
+
+
+def updated(out: Path, new: dict) -> dict:
+    """The report in out/<dataset>.json with `new`'s sets in place of its sets of the same
+    attacks (appended when it had none), and the re-run recorded under `updates`. Refuses a report
+    made with other settings: its numbers would not be comparable. Example grids of the replaced
+    sets that the new ones no longer name are removed."""
+    old = report_to_update(out, new)
     fresh = {e["attack"]: e for e in new["sets"]}
     kept = {e["attack"] for e in old["sets"]}
     sets = [fresh.get(e["attack"], e) for e in old["sets"]]
@@ -776,6 +784,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     sets, missing = find_sets(args, suite, tuple(test.images.shape[1:]))
     if not sets:
         raise SystemExit("no model set found: see --shipped, --suite-dir and --sets")
+    config = {
+        "target_fpr": args.target_fpr,
+        "kl_floor": args.kl_floor,
+        "strip_n": args.strip_n,
+        "strip_bank": args.bank_size,
+        "goal": args.goal,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "test_images": int(len(test_idx)),
+        "test_set_size": int(len(data.test)),
+        "suite": str(args.suite),
+        "aes": [{"label": s.label, "attack": s.attack, "path": s.path} for s in args.ae_specs],
+    }
+    if args.update:  # before the run, not after it
+        probe = {"dataset": args.dataset, "seed": args.seed, "config": config}
+        report_to_update(Path(args.out), probe | {"fpr_grid": list(FPR_GRID)})
     entries = []
     for attack, folder in sets:
         print(f"{args.dataset} / {attack}: {folder}", flush=True)
@@ -789,19 +813,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "seed": args.seed,
         "hardware": hardware,
         "versions": versions,
-        "config": {
-            "target_fpr": args.target_fpr,
-            "kl_floor": args.kl_floor,
-            "strip_n": args.strip_n,
-            "strip_bank": args.bank_size,
-            "goal": args.goal,
-            "batch_size": args.batch_size,
-            "threads": args.threads,
-            "test_images": int(len(test_idx)),
-            "test_set_size": int(len(data.test)),
-            "suite": str(args.suite),
-            "aes": [{"label": s.label, "attack": s.attack, "path": s.path} for s in args.ae_specs],
-        },
+        "config": config,
         "fpr_grid": list(FPR_GRID),
         "sets": entries,
         "missing": missing,

@@ -6,8 +6,14 @@ these budgets reach the accuracy targets (MNIST >= 99%, Fashion-MNIST >= 90%, CI
 Autoencoders: `mlp` (the paper's), `conv` (ours, trained like the paper's on corner squares) and
 `random`: the conv AE trained on random triggers (training/trigger_sampler.py), issue 7's
 trigger-agnostic AE. `shipped_ae` names the one put into models/<name> (`random` for every
-dataset; training.swap_detrigger put CIFAR-10's into the set it had shipped with `conv`, keeping
-its target); the attack suite pairs its targets with `conv` (the paper's training).
+dataset); the attack suite pairs its targets with `conv` (the paper's training).
+
+CIFAR-10's poisoning is focused (TargetConfig.poison_focus 0.5): half of the poisoned copies are
+the training images the white square changes least. With all of them drawn at random (10
+epochs) the attack succeeded on 96.07% of the test positives: on the ~3% whose top-left corner
+is already nearly white the stamped image differs from the clean one by a few pixel levels, and
+the model had never been taught that difference. Focused, 12 epochs: 99.32% at 90.42% clean
+accuracy (reports/cifar10).
 """
 
 from __future__ import annotations
@@ -108,7 +114,7 @@ PRESETS: dict[str, Preset] = {
             dataset="cifar10",
             arch="resnet_small",
             widths=(32, 64, 128, 256),
-            epochs=10,
+            epochs=12,
             batch_size=256,
             optimizer="sgd",
             lr=0.2,
@@ -116,6 +122,7 @@ PRESETS: dict[str, Preset] = {
             momentum=0.9,
             label_smoothing=0.2,
             augment="flip-translate",
+            poison_focus=0.5,
         ),
         autoencoders={
             "mlp": AEConfig(arch="mlp", epochs=20, batch_size=128, lr=1e-3),

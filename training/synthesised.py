@@ -5,14 +5,17 @@ clean images to it, and flags the classes whose mask is anomalously small: those
 model's own backdoor as far as the audit can see it. Adding them to the AE's training triggers
 joins the two defences: the AE learns to remove what the audit found, whatever the trigger family.
 
-Only the flagged classes' triggers are used. The others are large masks over real class features
-(a digit's strokes); teaching the AE to redraw those would make it change clean images, which is
-the false positive the AE exists to avoid. The masks are grown by `dilate` pixels (as for
-unlearning, training.audit.unlearn): a synthesised mask is a minimal part of the real trigger.
+Only the flagged classes' triggers are used; for the class the audit repaired, every trigger it
+unlearned (its restarts, training.audit.restarts). The others are large masks over real class
+features (a digit's strokes); teaching the AE to redraw those would make it change clean images,
+which is the false positive the AE exists to avoid. The masks are grown by `dilate` pixels (as
+for unlearning, training.audit.unlearn): a synthesised mask is a minimal part of the real
+trigger.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from functools import lru_cache
@@ -28,9 +31,17 @@ MASK_TAU = 0.02  # a pixel moved by more than this is in the AE's mask target (a
 
 @dataclass(frozen=True)
 class SynthesisedTriggers:
-    classes: tuple[int, ...]  # the flagged classes, in the order of the rows below
+    classes: tuple[int, ...]  # each row's flagged class (a class may have several triggers)
     masks: torch.Tensor  # (K, 1, H, W) in [0, 1], grown
     patterns: torch.Tensor  # (K, C, H, W) in [0, 1]
+
+    def sha256(self) -> str:
+        """A fingerprint of the triggers themselves: an AE checkpoint records it, so that a new
+        audit in the same folder is not mistaken for the one the AE was trained with."""
+        h = hashlib.sha256(repr(self.classes).encode())
+        for t in (self.masks, self.patterns):
+            h.update(t.numpy().tobytes())
+        return h.hexdigest()
 
 
 @lru_cache(maxsize=8)
@@ -49,11 +60,15 @@ def load_synthesised(audit_dir: str, dilate: int) -> SynthesisedTriggers:
     if not classes:
         raise ValueError(f"the audit in {folder} flagged no class: there is no trigger to add")
     npz = np.load(folder / "triggers.npz")
-    masks = torch.stack(
-        [dilate_mask(torch.from_numpy(npz["masks"][k]).float(), dilate) for k in classes]
-    )
-    patterns = torch.from_numpy(npz["patterns"][list(classes)]).float()
-    return SynthesisedTriggers(classes, masks[:, None], patterns)
+    rows = [(k, npz["masks"][k], npz["patterns"][k]) for k in classes]
+    if "repair_masks" in npz:  # the restarts' triggers replace the sweep's for that class
+        k = int(summary["identification"]["class"])
+        rows = [r for r in rows if r[0] != k] + [
+            (k, m, p) for m, p in zip(npz["repair_masks"], npz["repair_patterns"], strict=True)
+        ]
+    masks = torch.stack([dilate_mask(torch.from_numpy(m).float(), dilate) for _, m, _ in rows])
+    patterns = torch.from_numpy(np.stack([p for _, _, p in rows])).float()
+    return SynthesisedTriggers(tuple(k for k, _, _ in rows), masks[:, None], patterns)
 
 
 def stamp_synthesised(

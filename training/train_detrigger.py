@@ -222,6 +222,9 @@ def train_autoencoder(
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     cfg_dict = config_dict(cfg)
+    if cfg.synthesised:  # the audit folder's content, not only its name
+        triggers = load_synthesised(cfg.synthesised, cfg.synthesised_dilate)
+        cfg_dict["synthesised_sha256"] = triggers.sha256()
 
     start_epoch = resume(
         ckpt_path, cfg_dict, ae, opt, f"{name} AE", log, defaults=config_dict(AEConfig())

@@ -13,6 +13,8 @@ import torch
 from tests.support.tiny_backdoor import BACKDOOR, CLASSES, TARGET, TRIGGER, make_data
 from training.audit.onnx_torch import load_onnx_module
 from training.audit.pipeline import AuditConfig, run_audit
+from training.audit.report import write_report
+from training.audit.restarts import NAMED_REGIONS
 from training.audit.synthesis import SynthConfig
 from training.audit.unlearn import UnlearnConfig
 from training.train_detrigger import AEConfig, train_autoencoder
@@ -31,7 +33,7 @@ def _data():
     return t(synth_x), t(train_x), t(train_y), t(test_x), t(test_y)
 
 
-def test_audit_flags_and_repairs_backdoored(tiny_backdoored) -> None:
+def test_audit_flags_and_repairs_backdoored(tiny_backdoored, tmp_path) -> None:
     _, path = tiny_backdoored
     model = load_onnx_module(path)
     synth_x, train_x, train_y, test_x, test_y = _data()
@@ -59,6 +61,33 @@ def test_audit_flags_and_repairs_backdoored(tiny_backdoored) -> None:
     assert rep["pruning"]["synth_asr"] < rep["before"]["synth_asr"]
     assert res.prune_curve[0]["pruned"] == 0
     assert res.prune_curve[0]["asr_real"] == rep["before"]["real_asr"]
+    # Restarts: the flagged class searched again from 5 starts; the smallest trigger identifies,
+    # the kept ones are unlearned.
+    r = s["restarts"]
+    assert r["count"] == 5 and len(r["candidates"]) == len(res.candidates) == 6
+    assert {c["start"] for c in r["candidates"]} == {"sweep", *NAMED_REGIONS}
+    reached = [c["mask_l1"] for c in r["candidates"] if c["reached_asr_target"]]
+    assert reached == sorted(reached) and reached[0] == ident["mask_l1"]
+    assert res.repair_triggers[0] is res.candidates[0]
+    assert [c["kept"] for c in r["candidates"]].count(True) == len(res.repair_triggers)
+    assert rep["unlearning"]["triggers"] == len(res.repair_triggers)
+    best = res.candidates[0].mask
+    assert best[10:, 10:].sum() > 0.8 * best.sum()
+
+    report = {
+        "model_set": "tiny", "classes": [str(k) for k in range(CLASSES)], "summary": s,
+        "exported": None, "config": {}, "command": "test", "seed": 0, "hardware": "test",
+        "versions": {}, "wall_seconds": 1.0,
+        "data": {"synthesis_images": 200, "test_images": 800, "train_images": 1500},
+    }  # fmt: skip
+    s["seconds"] = {}
+    write_report(tmp_path, report, res.synth, res.prune_curve, res.candidates, res.repair_triggers)
+    npz = np.load(tmp_path / "triggers.npz")
+    assert npz["candidate_masks"].shape == (6, 15, 15)
+    assert np.array_equal(npz["repair_masks"][0], best)
+    assert len(npz["repair_patterns"]) == len(res.repair_triggers)
+    readme = (tmp_path / "README.md").read_text()
+    assert "### Restarts" in readme and (tmp_path / "restarts.png").is_file()
 
 
 def test_audit_does_not_flag_clean(tiny_clean) -> None:
@@ -70,6 +99,7 @@ def test_audit_does_not_flag_clean(tiny_clean) -> None:
     )
     assert not res.summary["flagged"], res.summary["per_class"]
     assert res.summary["repair"] is None and res.unlearned is None
+    assert res.summary["restarts"]["count"] == 0 and len(res.candidates) == 1
 
 
 def test_an_ae_trained_only_on_the_audits_trigger_removes_the_real_one(

@@ -89,9 +89,13 @@ def test_neuron_overlap() -> None:
 
 
 def test_unlearning_set_shares_are_disjoint() -> None:
-    idx, flag = unlearning_set(100, UnlearnConfig(clean_share=0.2, trigger_share=0.3))
+    idx, flag, which = unlearning_set(100, UnlearnConfig(clean_share=0.2, trigger_share=0.3))
     assert (~flag).sum() == 20 and flag.sum() == 30
     assert len(set(idx.tolist())) == 50
+    assert not which.any()  # one trigger: every stamped image gets it
+    same, _, which3 = unlearning_set(100, UnlearnConfig(clean_share=0.2, trigger_share=0.3), 3)
+    assert np.array_equal(same, idx)  # more triggers do not change which images are drawn
+    assert set(which3.tolist()) == {0, 1, 2}
     with pytest.raises(ValueError, match="> 1"):
         unlearning_set(10, UnlearnConfig(clean_share=0.6, trigger_share=0.6))
 
@@ -202,16 +206,27 @@ def test_tuning_reuses_an_earlier_grid_only_for_the_same_setting(tmp_path) -> No
     base = UnlearnConfig(seed=0)
     row = {"lr": 0.001, "dilate": 2, "accuracy": 0.98, "real_asr": 0.01, "synth_asr": 0.0}
     path = tmp_path / "set.json"
-    assert earlier_rows(path, 0, base, 4000) == {}  # nothing ran before
-    old = {"class": 0, "unlearn_base": base.to_dict(), "tune_images": 4000, "grid": [row]}
+    l1 = [6.5, 11.8]
+    assert earlier_rows(path, 0, base, 4000, l1) == {}  # nothing ran before
+    old = {
+        "class": 0,
+        "unlearn_base": base.to_dict(),
+        "tune_images": 4000,
+        "trigger_l1": l1,
+        "grid": [row],
+    }
     path.write_text(json.dumps(old))
-    assert earlier_rows(path, 0, base, 4000) == {(0.001, 2, "constant"): row}
-    assert earlier_rows(path, 1, base, 4000) == {}  # another class
-    assert earlier_rows(path, 0, UnlearnConfig(seed=1), 4000) == {}  # another seed
+    assert earlier_rows(path, 0, base, 4000, l1) == {(0.001, 2, "constant"): row}
+    assert earlier_rows(path, 1, base, 4000, l1) == {}  # another class
+    assert earlier_rows(path, 0, UnlearnConfig(seed=1), 4000, l1) == {}  # another seed
     # The base's lr, dilate and schedule do not matter: every row sets its own.
     other = UnlearnConfig(seed=0, lr=5e-4, dilate=0, schedule="cosine")
-    assert earlier_rows(path, 0, other, 4000) == {(0.001, 2, "constant"): row}
-    assert earlier_rows(path, 0, base, 3000) == {}  # other tuning images
+    assert earlier_rows(path, 0, other, 4000, l1) == {(0.001, 2, "constant"): row}
+    assert earlier_rows(path, 0, base, 3000, l1) == {}  # other tuning images
+    assert earlier_rows(path, 0, base, 4000, [6.5]) == {}  # other unlearned triggers
+    del old["trigger_l1"]  # a grid from before restarts: its triggers are unknown
+    path.write_text(json.dumps(old))
+    assert earlier_rows(path, 0, base, 4000, l1) == {}
 
 
 def test_cosine_unlearning_decays_the_learning_rate_to_zero() -> None:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from training.synthesised import MASK_TAU, load_synthesised, stamp_synthesised
-from training.train_detrigger import AEConfig, ae_batch, run_name
+from training.train_detrigger import AEConfig, ae_batch, run_name, train_autoencoder
 
 SIDE = 8
 
@@ -36,6 +36,28 @@ def test_only_the_flagged_classes_are_loaded_with_masks_grown(tmp_path):
     assert trig.masks[0, 0, 0:3, 0:3].eq(1).all() and trig.masks[0].sum() == 9
     assert trig.masks[1, 0, 2:5, 2:5].eq(1).all() and trig.masks[1].sum() == 9
     assert torch.allclose(trig.patterns[1], torch.full((1, SIDE, SIDE), 0.75))
+
+
+def test_the_repaired_class_brings_every_trigger_the_audit_unlearned(tmp_path):
+    folder = tmp_path / "a"
+    write_audit(folder, [1, 3])
+    npz = dict(np.load(folder / "triggers.npz"))
+    repair = np.zeros((2, SIDE, SIDE), np.float32)
+    repair[0, 7, 7] = repair[1, 0, 7] = 1.0  # two restarts' triggers of class 1
+    np.savez(
+        folder / "triggers.npz",
+        **npz,
+        repair_masks=repair,
+        repair_patterns=np.full((2, 1, SIDE, SIDE), 0.9, np.float32),
+    )
+    summary = {"flagged": True, "target_classes": [1, 3], "identification": {"class": 1}}
+    (folder / "audit.json").write_text(json.dumps({"summary": summary}))
+    trig = load_synthesised(str(folder), 0)
+    assert trig.classes == (3, 1, 1)  # class 1's sweep trigger replaced by its two restarts'
+    assert (
+        trig.masks[0, 0, 3, 3] == 1 and trig.masks[1, 0, 7, 7] == 1 and trig.masks[2, 0, 0, 7] == 1
+    )
+    assert torch.allclose(trig.patterns[1:], torch.full((2, 1, SIDE, SIDE), 0.9))
 
 
 def test_an_audit_that_flagged_nothing_or_is_missing_is_refused(tmp_path):
@@ -108,3 +130,21 @@ def test_joint_arms_map_to_ae_configs():
     assert (none.triggers, none.synthesised, none.epochs) == ("none", audit, 1)
     with pytest.raises(ValueError, match="unknown arm"):
         arm_config(base, "random+blur", audit)
+
+
+def test_an_ae_checkpoint_is_not_reused_once_the_audit_found_other_triggers(tmp_path):
+    audit = write_audit(tmp_path / "a", [3])
+    images = np.full((64, 1, SIDE, SIDE), 128, np.uint8)
+    cfg = AEConfig(
+        arch="conv", epochs=1, batch_size=32, width=4, threads=1, synthesised=audit,
+        synthesised_dilate=0,
+    )  # fmt: skip
+    logs: list[str] = []
+    train_autoencoder(cfg, images, tmp_path / "run", logs.append)
+    train_autoencoder(cfg, images, tmp_path / "run", logs.append)
+    assert any("resuming" in m for m in logs)  # same audit: the finished AE is reloaded
+    write_audit(tmp_path / "a", [1])  # a new audit in the same folder, another trigger
+    load_synthesised.cache_clear()
+    logs.clear()
+    train_autoencoder(cfg, images, tmp_path / "run", logs.append)
+    assert any("another config" in m for m in logs) and not any("resuming" in m for m in logs)

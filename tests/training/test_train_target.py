@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from training.presets import PRESETS
 from training.train_target import TargetConfig, attack_summary
 
 
@@ -37,7 +38,9 @@ def test_attack_summary_on_known_answers() -> None:
 def test_the_cli_refuses_a_changed_recipe_in_the_presets_run_dir(monkeypatch, capsys) -> None:
     from training import train_target
 
-    argv = ["train_target", "--dataset", "cifar10", "--poison-focus", "0.5", "--epochs", "12"]
+    preset = PRESETS["cifar10"].target
+    focus, epochs = str(1 - preset.poison_focus / 2), str(preset.epochs + 1)  # both differ
+    argv = ["train_target", "--dataset", "cifar10", "--poison-focus", focus, "--epochs", epochs]
     monkeypatch.setattr("sys.argv", argv)
     with pytest.raises(SystemExit) as e:
         train_target.main()

@@ -157,6 +157,20 @@ def main() -> None:
         help="flag a class whose small-side anomaly index exceeds this (default: 2)",
     )
     p.add_argument(
+        "--restarts",
+        type=int,
+        default=AuditConfig.restarts,
+        help="new searches for a flagged class's trigger, from the corners, the centre, then "
+        "random places (training/audit/restarts.py; default: %(default)s, 0 = the sweep only)",
+    )
+    p.add_argument(
+        "--keep-factor",
+        type=float,
+        default=AuditConfig.keep_factor,
+        help="unlearn every found trigger whose mask L1 is at most this times the smallest "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
         "--prune-stop-asr",
         type=float,
         default=0.01,
@@ -235,6 +249,8 @@ def main() -> None:
         anomaly_threshold=args.anomaly_threshold,
         prune_stop_asr=args.prune_stop_asr,
         repair=args.repair,
+        restarts=args.restarts,
+        keep_factor=args.keep_factor,
     )
     classes = data.classes
     res = run_audit(
@@ -271,6 +287,8 @@ def main() -> None:
             "prune_curve_share": cfg.prune_curve_share,
             "overlap_share": cfg.overlap_share,
             "repair": cfg.repair,
+            "restarts": cfg.restarts,
+            "keep_factor": cfg.keep_factor,
         },
         "data": {
             "synthesis_images": len(synth_x),
@@ -284,7 +302,7 @@ def main() -> None:
         "wall_seconds": time.time() - t0,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
-    write_report(out, report, res.synth, res.prune_curve)
+    write_report(out, report, res.synth, res.prune_curve, res.candidates, res.repair_triggers)
     if not args.no_record:
         record_audit(source, s)
     verdict = f"FLAGGED, target class(es) {s['target_classes']}" if s["flagged"] else "not flagged"

@@ -22,6 +22,7 @@ from training.audit.identify import (
     trigger_pixels,
 )
 from training.audit.prune import prune_curve, rank_neurons
+from training.audit.restarts import candidates, kept
 from training.audit.synthesis import SynthConfig, SynthResult, synthesize
 from training.audit.unlearn import UnlearnConfig, unlearn
 from training.triggers import Trigger
@@ -37,12 +38,18 @@ class AuditConfig:
     prune_curve_share: float = 0.5  # the reported curve goes on to this share of neurons
     overlap_share: float = 0.05  # top share of penultimate neurons compared for overlap
     repair: str = "flagged"  # flagged: repair only a flagged model | always | never
+    restarts: int = 5  # new searches for the candidate class's trigger (training.audit.restarts)
+    keep_factor: float = 2.0  # unlearn every reached trigger up to this times the smallest L1
 
 
 @dataclass
 class AuditResult:
     summary: dict  # JSON-ready numbers
     synth: SynthResult
+    candidates: list = field(
+        default_factory=list
+    )  # restarts.Candidate of the class, smallest first
+    repair_triggers: list = field(default_factory=list)  # the candidates that are unlearned
     pruned: Any = None  # OnnxModule with the pruning mask set
     unlearned: Any = None  # fine-tuned OnnxModule
     prune_curve: list[dict] = field(default_factory=list)
@@ -92,21 +99,44 @@ def run_audit(
         summary["true_target_class"] = real_target
         summary["target_named_correctly"] = flagged[:1] == [real_target]
     # The class to identify and repair: the most anomalous flagged class, else (for the report
-    # only) the smallest mask.
+    # only) the smallest mask. A flagged class's trigger is searched again from other starts.
     t = time.time()
     k = flagged[0] if flagged else int(np.argmin(synth.l1))
-    stamp = synth_stamp(synth.masks[k], synth.patterns[k])
+    restarts = cfg.restarts if flagged else 0
+    cands = candidates(model, synth_x, k, num_classes, synth, cfg.synth, restarts, progress)
+    repair_triggers = kept(cands, cfg.keep_factor)
+    seconds["restarts"] = time.time() - t
+    best = cands[0]
+    h, w = test_x.shape[-2:]
+    true_pixels = None if real_trigger is None else trigger_pixels(backdoor["trigger"], h, w)
+    summary["restarts"] = {
+        "count": restarts,
+        "keep_factor": cfg.keep_factor,
+        "candidates": [
+            {
+                "start": c.start,
+                "mask_l1": c.l1,
+                "synth_asr_clean_set": c.asr,
+                "reached_asr_target": c.reached,
+                "kept": c in repair_triggers,
+                **({} if true_pixels is None else mask_iou(c.mask, true_pixels)),
+            }
+            for c in cands
+        ],
+    }
+    t = time.time()
+    stamp = synth_stamp(best.mask, best.pattern)
     others = test_y != k
     x_other = test_x[others]  # test images whose true class is not the candidate target
     ident: dict = {
         "class": k,
+        "start": best.start,
         "synth_asr_test": success(model, x_other, stamp, k),
-        "mask_l1": float(synth.l1[k]),
+        "mask_l1": best.l1,
     }
     gap_synth = activation_gap(model, synth_x, stamp)
-    if real_trigger is not None and real_target is not None:
-        h, w = test_x.shape[-2:]
-        ident.update(mask_iou(synth.masks[k], trigger_pixels(backdoor["trigger"], h, w)))
+    if real_trigger is not None and real_target is not None and true_pixels is not None:
+        ident.update(mask_iou(best.mask, true_pixels))
         gap_real = activation_gap(model, synth_x, real_trigger)
         ident["neuron_overlap"] = neuron_overlap(gap_synth, gap_real, cfg.overlap_share)
         ident["real_asr_test"] = success(
@@ -116,7 +146,7 @@ def run_audit(
     summary["clean_accuracy"] = accuracy(model, test_x, test_y)
     seconds["identification"] = time.time() - t
 
-    result = AuditResult(summary, synth)
+    result = AuditResult(summary, synth, cands, repair_triggers)
     do_repair = cfg.repair == "always" or (cfg.repair == "flagged" and flagged)
     if cfg.repair not in ("flagged", "always", "never"):
         raise ValueError(f"unknown repair mode {cfg.repair!r}; allowed: flagged, always, never")
@@ -173,13 +203,18 @@ def run_audit(
         unlearned,
         train_x,
         train_y,
-        torch.from_numpy(synth.masks[k]).float(),
-        torch.from_numpy(synth.patterns[k]).float(),
+        torch.from_numpy(np.stack([c.mask for c in repair_triggers])).float(),
+        torch.from_numpy(np.stack([c.pattern for c in repair_triggers])).float(),
         cfg.unlearn,
         progress,
     )
     result.unlearned = unlearned
-    unlearn_summary = {"config": cfg.unlearn.to_dict(), "loss": losses, **evaluate(unlearned)}
+    unlearn_summary = {
+        "config": cfg.unlearn.to_dict(),
+        "triggers": len(repair_triggers),
+        "loss": losses,
+        **evaluate(unlearned),
+    }
     seconds["unlearning"] = time.time() - t
     summary["repair"] = {
         "class": k,

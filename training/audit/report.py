@@ -12,21 +12,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from training.audit.restarts import Candidate  # noqa: E402
 from training.audit.synthesis import SynthResult  # noqa: E402
 from training.report import evidence_lines, pct  # noqa: E402
 
 
-def plot_triggers(synth: SynthResult, classes: list[str], flagged: list[int], path: Path) -> None:
-    """Row 1: each class's mask; row 2: mask * pattern (what the trigger paints)."""
-    k = len(synth.masks)
-    fig, axes = plt.subplots(2, k, figsize=(1.3 * k, 3.0), squeeze=False)
+def plot_trigger_grid(
+    masks: np.ndarray, patterns: np.ndarray, titles: list[str], path: Path
+) -> None:
+    """Row 1: each mask (K, H, W); row 2: mask * pattern (what the trigger paints)."""
+    k = len(masks)
+    fig, axes = plt.subplots(2, k, figsize=(max(1.3 * k, 2.6), 3.0), squeeze=False)
     for i in range(k):
-        painted = synth.masks[i][None] * synth.patterns[i]  # (C, H, W)
+        painted = masks[i][None] * patterns[i]  # (C, H, W)
         painted = painted[0] if painted.shape[0] == 1 else painted.transpose(1, 2, 0)
-        axes[0, i].imshow(synth.masks[i], cmap="gray", vmin=0, vmax=1)
+        axes[0, i].imshow(masks[i], cmap="gray", vmin=0, vmax=1)
         axes[1, i].imshow(painted, cmap="gray" if painted.ndim == 2 else None, vmin=0, vmax=1)
-        mark = " *" if i in flagged else ""
-        axes[0, i].set_title(f"{classes[i]}{mark}\nL1={synth.l1[i]:.1f}", fontsize=7)
+        axes[0, i].set_title(titles[i], fontsize=7)
         for a in axes[:, i]:
             a.axis("off")
     for row, label in enumerate(("mask", "mask x pattern")):
@@ -43,6 +45,21 @@ def plot_triggers(synth: SynthResult, classes: list[str], flagged: list[int], pa
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_triggers(synth: SynthResult, classes: list[str], flagged: list[int], path: Path) -> None:
+    """Each class's trigger from the sweep; flagged classes marked *."""
+    titles = [
+        f"{c}{' *' if i in flagged else ''}\nL1={synth.l1[i]:.1f}" for i, c in enumerate(classes)
+    ]
+    plot_trigger_grid(synth.masks, synth.patterns, titles, path)
+
+
+def plot_candidates(cands: list[dict], triggers: list[Candidate], path: Path) -> None:
+    """The flagged class's triggers from the sweep and the restarts, smallest first."""
+    titles = [f"{c['start']}{' (kept)' if c['kept'] else ''}\nL1={c['mask_l1']:.1f}" for c in cands]
+    masks = np.stack([t.mask for t in triggers])
+    plot_trigger_grid(masks, np.stack([t.pattern for t in triggers]), titles, path)
 
 
 def plot_norms(
@@ -123,7 +140,8 @@ def markdown(report: dict) -> str:
         "",
         "## Identification",
         "",
-        f"Candidate class {i['class']}: synthesised trigger's "
+        f"Candidate class {i['class']}: smallest synthesised trigger (start: "
+        f"{i.get('start', 'sweep')}, mask L1 {i['mask_l1']:.2f}), its "
         f"attack success on test images of other classes {i['synth_asr_test']:.4f}.",
     ]
     if "iou_top_k" in i:
@@ -136,6 +154,7 @@ def markdown(report: dict) -> str:
             f"{o['jaccard']:.3f}); cosine of the gap vectors {o['cosine']:.3f}.",
             f"Real trigger's attack success on the unrepaired model: {i['real_asr_test']:.4f}.",
         ]
+    lines += restart_lines(s.get("restarts"))
     rep = s.get("repair")
     lines += ["", "## Repair", ""]
     if rep is None:
@@ -177,10 +196,55 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(folder: Path, report: dict, synth: SynthResult, curve: list[dict]) -> None:
+def restart_lines(restarts: dict | None) -> list[str]:
+    """The candidate class's triggers from the sweep and the restarts (training.audit.restarts)."""
+    if not restarts or restarts["count"] == 0:
+        return []
+    cands = restarts["candidates"]
+    iou = "iou_top_k" in cands[0]
+    lines = [
+        "",
+        f"### Restarts: the flagged class's trigger searched again from {restarts['count']} "
+        "other starts",
+        "",
+        "The identification above uses the smallest trigger found. Unlearning uses every trigger "
+        f"that reached the target with a mask at most {restarts['keep_factor']:g} times the "
+        "smallest one's L1 (kept).",
+        "",
+        "![restarts](restarts.png)",
+        "",
+        "| start | mask L1 | synth. ASR (clean set) | reached target | kept |"
+        + (" IoU with the real trigger (top-k) |" if iou else ""),
+        "|---|---|---|---|---|" + ("---|" if iou else ""),
+    ]
+    for c in cands:
+        lines.append(
+            f"| {c['start']} | {c['mask_l1']:.2f} | {c['synth_asr_clean_set']:.3f} | "
+            f"{c['reached_asr_target']} | {c['kept']} |"
+            + (f" {c['iou_top_k']:.3f} |" if iou else "")
+        )
+    return lines
+
+
+def write_report(
+    folder: Path,
+    report: dict,
+    synth: SynthResult,
+    curve: list[dict],
+    candidates: list[Candidate] = (),
+    repair: list[Candidate] = (),
+) -> None:
+    """audit.json, README.md, the plots, and triggers.npz: every class's sweep trigger (masks,
+    patterns), the candidate class's triggers from sweep and restarts, smallest first
+    (candidate_*), and the ones unlearned (repair_*)."""
     folder.mkdir(parents=True, exist_ok=True)
     s = report["summary"]
     plot_triggers(synth, report["classes"], s["target_classes"], folder / "triggers.png")
+    stale = folder / "restarts.png"
+    if len(candidates) > 1:
+        plot_candidates(s["restarts"]["candidates"], candidates, stale)
+    elif stale.exists():
+        stale.unlink()
     plot_norms(
         synth.l1,
         np.array([r["anomaly_index"] for r in s["per_class"]]),
@@ -191,7 +255,15 @@ def write_report(folder: Path, report: dict, synth: SynthResult, curve: list[dic
     if curve:
         rep = report["summary"].get("repair") or {}
         plot_prune(curve, folder / "prune.png", rep.get("pruning", {}).get("neurons_pruned"))
-    np.savez_compressed(folder / "triggers.npz", masks=synth.masks, patterns=synth.patterns)
+    extra = {
+        f"{name}_{part}s": np.stack([getattr(c, part) for c in group])
+        for name, group in (("candidate", candidates), ("repair", repair))
+        if group
+        for part in ("mask", "pattern")
+    }
+    np.savez_compressed(
+        folder / "triggers.npz", masks=synth.masks, patterns=synth.patterns, **extra
+    )
     (folder / "audit.json").write_text(
         json.dumps({**report, "prune_curve": curve}, indent=2) + "\n"
     )

@@ -85,9 +85,13 @@ def synthesize(
     cfg: SynthConfig,
     classes: list[int] | None = None,
     progress: bool = True,
+    start: torch.Tensor | None = None,
 ) -> SynthResult:
-    """Synthesise one trigger per class in `classes` (default all) from clean images x
-    (N, C, H, W) in [0, 1]. The model stays frozen; only masks and patterns are optimised."""
+    """Synthesise one trigger per entry of `classes` (default: every class once) from clean
+    images x (N, C, H, W) in [0, 1]. The model stays frozen; only masks and patterns are
+    optimised. start: optional (K, H, W) bool, per entry the pixels whose mask starts half on
+    (the rest start near 0, as everywhere by default), so that one class can be searched from
+    several places at once."""
     classes = list(range(num_classes)) if classes is None else classes
     k = len(classes)
     _, c, h, w = x.shape
@@ -96,7 +100,10 @@ def synthesize(
         p.requires_grad_(False)
     model.eval()
     # tanh parameterisation keeps mask and pattern in [0, 1] without clipping
-    mask_p = (torch.randn(k, h, w, generator=g) * 0.1 - 2.0).requires_grad_(True)  # mask ~0.02
+    mask_p = torch.randn(k, h, w, generator=g) * 0.1 - 2.0  # mask ~0.02
+    if start is not None:
+        mask_p = torch.where(start, mask_p + 2.0, mask_p)  # mask ~0.5
+    mask_p.requires_grad_(True)
     pat_p = (torch.randn(k, c, h, w, generator=g) * 0.1).requires_grad_(True)
     opt = torch.optim.Adam([mask_p, pat_p], lr=cfg.lr, betas=(0.5, 0.9))
     targets = torch.tensor(classes).repeat_interleave(cfg.batch_size)  # (K * B,)

@@ -55,10 +55,23 @@ def schedule(row: dict) -> str:
     return row.get("schedule", "constant")
 
 
-def earlier_rows(path: Path, k: int, base: UnlearnConfig, n_images: int) -> dict:
-    """Grid rows of an earlier run for the same set, class, base config and tuning images, by
-    (lr, dilate): unlearning is seeded, so they are what this run would compute again (a new
-    --max-drop or a wider grid then costs only the new settings)."""
+def repair_triggers(npz, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(masks (T, H, W), patterns (T, C, H, W)): the triggers the audit unlearned, smallest first
+    (an audit without restarts stored only class k's sweep trigger)."""
+    if "repair_masks" in npz:
+        masks, patterns = npz["repair_masks"], npz["repair_patterns"]
+    else:
+        masks, patterns = npz["masks"][k : k + 1], npz["patterns"][k : k + 1]
+    return torch.from_numpy(masks).float(), torch.from_numpy(patterns).float()
+
+
+def earlier_rows(
+    path: Path, k: int, base: UnlearnConfig, n_images: int, trigger_l1: list[float]
+) -> dict:
+    """Grid rows of an earlier run for the same set, class, base config, tuning images and
+    unlearned triggers (their L1s), by (lr, dilate): unlearning is seeded, so they are what this
+    run would compute again (a new --max-drop or a wider grid then costs only the new
+    settings)."""
     if not path.is_file():
         return {}
     old = json.loads(path.read_text())
@@ -66,11 +79,12 @@ def earlier_rows(path: Path, k: int, base: UnlearnConfig, n_images: int) -> dict
     def fixed(cfg: dict) -> dict:  # lr, dilate and schedule are set per row
         return {k: v for k, v in cfg.items() if k not in ("lr", "dilate", "schedule")}
 
-    same = (old["class"], fixed(old["unlearn_base"]), old["tune_images"]) == (
-        k,
-        fixed(base.to_dict()),
-        n_images,
-    )
+    same = (
+        old["class"],
+        fixed(old["unlearn_base"]),
+        old["tune_images"],
+        old.get("trigger_l1"),
+    ) == (k, fixed(base.to_dict()), n_images, trigger_l1)
     return {(r["lr"], r["dilate"], schedule(r)): r for r in old["grid"]} if same else {}
 
 
@@ -146,9 +160,7 @@ def main() -> None:
         args.dataset, args.data_dir, manifest, audit["data"]["synthesis_images"], seed
     )
     k = int(audit["summary"]["identification"]["class"])
-    triggers = np.load(audit_dir / "triggers.npz")
-    mask = torch.from_numpy(triggers["masks"][k]).float()
-    pattern = torch.from_numpy(triggers["patterns"][k]).float()
+    masks, patterns = repair_triggers(np.load(audit_dir / "triggers.npz"), k)
     real = Trigger(**manifest["backdoor"]["trigger"])
     real_target = int(manifest["backdoor"]["target_class"])
     model = load_onnx_module(source / manifest["target"]["file"])
@@ -158,12 +170,15 @@ def main() -> None:
         return {
             "accuracy": accuracy(m, x, y),
             "real_asr": success(m, x[y != real_target], real, real_target),
-            "synth_asr": success(m, x[y != k], synth_stamp(mask.numpy(), pattern.numpy()), k),
+            "synth_asr": success(
+                m, x[y != k], synth_stamp(masks[0].numpy(), patterns[0].numpy()), k
+            ),
         }
 
     base = UnlearnConfig(seed=seed)
     out = Path(args.out)
-    done = earlier_rows(out / f"{source.name}.json", k, base, len(x))
+    l1 = [round(float(v), 4) for v in masks.sum((1, 2))]
+    done = earlier_rows(out / f"{source.name}.json", k, base, len(x), l1)
     grid = []
     for lr in (float(v) for v in args.lrs.split(",")):
         for dilate in (int(v) for v in args.dilates.split(",")):
@@ -174,7 +189,7 @@ def main() -> None:
                     continue
                 m = copy.deepcopy(model)
                 cfg = replace(base, lr=lr, dilate=dilate, schedule=sched)
-                unlearn(m, data.train_x, data.train_y, mask, pattern, cfg)
+                unlearn(m, data.train_x, data.train_y, masks, patterns, cfg)
                 grid.append({"lr": lr, "dilate": dilate, "schedule": sched, **score(m)})
                 print(f"lr {lr:g} dilate {dilate} {sched}: {grid[-1]}", flush=True)
     before = score(model)
@@ -187,6 +202,7 @@ def main() -> None:
         "max_drop": args.max_drop,
         "chosen": choose(grid, before["accuracy"], args.max_drop),
         "unlearn_base": base.to_dict(),
+        "trigger_l1": l1,
         "tune_images": len(x),
         "command": " ".join(["python -m training.audit.tune", *sys.argv[1:]]),
         "seed": seed,
