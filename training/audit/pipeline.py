@@ -46,9 +46,8 @@ class AuditConfig:
 class AuditResult:
     summary: dict  # JSON-ready numbers
     synth: SynthResult
-    candidates: list = field(
-        default_factory=list
-    )  # restarts.Candidate of the class, smallest first
+    # restarts.Candidate: the candidate class's triggers (sweep and restarts), smallest first
+    candidates: list = field(default_factory=list)
     repair_triggers: list = field(default_factory=list)  # the candidates that are unlearned
     pruned: Any = None  # OnnxModule with the pruning mask set
     unlearned: Any = None  # fine-tuned OnnxModule
