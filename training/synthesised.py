@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.audit.restarts import unlearned_triggers
 from training.audit.unlearn import dilate_mask
 
 MASK_TAU = 0.02  # a pixel moved by more than this is in the AE's mask target (as for blends)
@@ -64,7 +65,7 @@ def load_synthesised(audit_dir: str, dilate: int) -> SynthesisedTriggers:
     if "repair_masks" in npz:  # the restarts' triggers replace the sweep's for that class
         k = int(summary["identification"]["class"])
         rows = [r for r in rows if r[0] != k] + [
-            (k, m, p) for m, p in zip(npz["repair_masks"], npz["repair_patterns"], strict=True)
+            (k, m, p) for m, p in zip(*unlearned_triggers(npz, k), strict=True)
         ]
     masks = torch.stack([dilate_mask(torch.from_numpy(m).float(), dilate) for _, m, _ in rows])
     patterns = torch.from_numpy(np.stack([p for _, _, p in rows])).float()

@@ -22,7 +22,7 @@ from training.audit.identify import (
     trigger_pixels,
 )
 from training.audit.prune import prune_curve, rank_neurons
-from training.audit.restarts import candidates, kept
+from training.audit.restarts import candidates, kept, stack
 from training.audit.synthesis import SynthConfig, SynthResult, synthesize
 from training.audit.unlearn import UnlearnConfig, unlearn
 from training.triggers import Trigger
@@ -202,8 +202,7 @@ def run_audit(
         unlearned,
         train_x,
         train_y,
-        torch.from_numpy(np.stack([c.mask for c in repair_triggers])).float(),
-        torch.from_numpy(np.stack([c.pattern for c in repair_triggers])).float(),
+        *(torch.from_numpy(a).float() for a in stack(repair_triggers)),
         cfg.unlearn,
         progress,
     )

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from training.audit.restarts import Candidate  # noqa: E402
+from training.audit.restarts import Candidate, stack  # noqa: E402
 from training.audit.synthesis import SynthResult  # noqa: E402
 from training.report import evidence_lines, pct  # noqa: E402
 
@@ -58,8 +58,7 @@ def plot_triggers(synth: SynthResult, classes: list[str], flagged: list[int], pa
 def plot_candidates(cands: list[dict], triggers: list[Candidate], path: Path) -> None:
     """The flagged class's triggers from the sweep and the restarts, smallest first."""
     titles = [f"{c['start']}{' (kept)' if c['kept'] else ''}\nL1={c['mask_l1']:.1f}" for c in cands]
-    masks = np.stack([t.mask for t in triggers])
-    plot_trigger_grid(masks, np.stack([t.pattern for t in triggers]), titles, path)
+    plot_trigger_grid(*stack(triggers), titles, path)
 
 
 def plot_norms(
@@ -255,12 +254,10 @@ def write_report(
     if curve:
         rep = report["summary"].get("repair") or {}
         plot_prune(curve, folder / "prune.png", rep.get("pruning", {}).get("neurons_pruned"))
-    extra = {
-        f"{name}_{part}s": np.stack([getattr(c, part) for c in group])
-        for name, group in (("candidate", candidates), ("repair", repair))
-        if group
-        for part in ("mask", "pattern")
-    }
+    extra = {}
+    for name, group in (("candidate", candidates), ("repair", repair)):
+        if group:
+            extra[f"{name}_masks"], extra[f"{name}_patterns"] = stack(group)
     np.savez_compressed(
         folder / "triggers.npz", masks=synth.masks, patterns=synth.patterns, **extra
     )

@@ -62,6 +62,18 @@ class Candidate:
     asr: float  # attack success on the synthesis set
     reached: bool
 
+    @classmethod
+    def of(cls, res: SynthResult, i: int, start: str) -> Candidate:
+        """Entry i of a synthesis result."""
+        return cls(
+            start,
+            res.masks[i],
+            res.patterns[i],
+            float(res.l1[i]),
+            float(res.asr[i]),
+            bool(res.reached[i]),
+        )
+
 
 def candidates(
     model: nn.Module,
@@ -75,30 +87,11 @@ def candidates(
 ) -> list[Candidate]:
     """Class k's trigger from the sweep, then from `restarts` new starts (all run in one batch),
     smallest reached L1 first (unreached ones last)."""
-    out = [
-        Candidate(
-            "sweep",
-            sweep.masks[k],
-            sweep.patterns[k],
-            float(sweep.l1[k]),
-            float(sweep.asr[k]),
-            bool(sweep.reached[k]),
-        )
-    ]
+    out = [Candidate.of(sweep, k, "sweep")]
     if restarts > 0:
         names, starts = start_regions(restarts, *x.shape[-2:], seed=cfg.seed)
         res = synthesize(model, x, num_classes, cfg, [k] * restarts, progress, starts)
-        out += [
-            Candidate(
-                name,
-                res.masks[i],
-                res.patterns[i],
-                float(res.l1[i]),
-                float(res.asr[i]),
-                bool(res.reached[i]),
-            )
-            for i, name in enumerate(names)
-        ]
+        out += [Candidate.of(res, i, name) for i, name in enumerate(names)]
     return sorted(out, key=lambda c: (not c.reached, c.l1))
 
 
@@ -109,3 +102,17 @@ def kept(cands: list[Candidate], keep_factor: float) -> list[Candidate]:
     if not reached:
         return cands[:1]
     return [c for c in reached if c.l1 <= keep_factor * reached[0].l1]
+
+
+def stack(cands: list[Candidate]) -> tuple[np.ndarray, np.ndarray]:
+    """(masks (T, H, W), patterns (T, C, H, W)) of the candidates, in their order."""
+    return np.stack([c.mask for c in cands]), np.stack([c.pattern for c in cands])
+
+
+def unlearned_triggers(npz, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(masks (T, H, W), patterns (T, C, H, W)) that an audit's triggers.npz says were unlearned
+    for class k, smallest first: its `repair_*` arrays (training.audit.report.write_report), or
+    for an audit made before restarts the class's sweep trigger alone."""
+    if "repair_masks" in npz:
+        return npz["repair_masks"], npz["repair_patterns"]
+    return npz["masks"][k : k + 1], npz["patterns"][k : k + 1]

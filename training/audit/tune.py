@@ -32,6 +32,7 @@ from training import cli
 from training.audit.data import load_audit_data
 from training.audit.identify import accuracy, success, synth_stamp
 from training.audit.onnx_torch import load_onnx_module
+from training.audit.restarts import unlearned_triggers
 from training.audit.unlearn import UnlearnConfig, unlearn
 from training.datasets import DATASETS
 from training.reproduce import hardware, versions
@@ -53,16 +54,6 @@ def choose(rows: list[dict], before_accuracy: float, max_drop: float) -> dict:
 def schedule(row: dict) -> str:
     """A grid row's lr schedule (rows written before schedules were tried are "constant")."""
     return row.get("schedule", "constant")
-
-
-def repair_triggers(npz, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(masks (T, H, W), patterns (T, C, H, W)): the triggers the audit unlearned, smallest first
-    (an audit without restarts stored only class k's sweep trigger)."""
-    if "repair_masks" in npz:
-        masks, patterns = npz["repair_masks"], npz["repair_patterns"]
-    else:
-        masks, patterns = npz["masks"][k : k + 1], npz["patterns"][k : k + 1]
-    return torch.from_numpy(masks).float(), torch.from_numpy(patterns).float()
 
 
 def earlier_rows(
@@ -160,7 +151,10 @@ def main() -> None:
         args.dataset, args.data_dir, manifest, audit["data"]["synthesis_images"], seed
     )
     k = int(audit["summary"]["identification"]["class"])
-    masks, patterns = repair_triggers(np.load(audit_dir / "triggers.npz"), k)
+    masks, patterns = (
+        torch.from_numpy(a).float()
+        for a in unlearned_triggers(np.load(audit_dir / "triggers.npz"), k)
+    )
     real = Trigger(**manifest["backdoor"]["trigger"])
     real_target = int(manifest["backdoor"]["target_class"])
     model = load_onnx_module(source / manifest["target"]["file"])
