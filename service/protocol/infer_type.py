@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import InvalidRequest
+from service.errors import InvalidParameter, InvalidRequest
 
 DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -43,8 +43,37 @@ V2_ACCEPTS = (
 )
 
 
+# numpy arrays have at most 64 dimensions and 2**63 elements; no image tensor needs more than
+# a handful of dimensions, or one of 2**31 or more.
+MAX_DIMS = 16
+MAX_DIM = 2**31 - 1
+
+
 def _bad(message: str) -> InvalidRequest:
     return InvalidRequest(message, accepted=V2_ACCEPTS)
+
+
+def load_json(head: bytes | memoryview) -> Any:
+    """JSON text -> Python objects. ValueError for anything that is not JSON the parser can
+    hold: bad syntax or encoding, nesting past the interpreter's recursion limit, integers of
+    over 4,300 digits (CPython's limit on int parsing)."""
+    try:
+        return json.loads(bytes(head))
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc
+    except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise ValueError(str(exc)) from exc
+
+
+def boolean(value: Any, where: str) -> bool:
+    """A V2 boolean parameter: a JSON boolean, or the text "true" / "false" (some clients send
+    parameters as strings). Anything else is refused rather than read by truthiness, where
+    "false" would mean True."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise InvalidParameter(f"{where} {value!r} is not a boolean", accepted=f"{where} true or false")
 
 
 def datatype_of(dtype: np.dtype[Any]) -> str:
@@ -116,26 +145,33 @@ class InferTensor:
         name, datatype, shape = obj.get("name"), obj.get("datatype"), obj.get("shape")
         if not isinstance(name, str) or not name:
             raise _bad(f"{where}.name must be a non-empty string")
-        if datatype not in DATATYPES:
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
             raise _bad(f"{where}.datatype {datatype!r} is not one of {list(DATATYPES)}")
-        if not isinstance(shape, list) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_DIMS
+            or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIM for d in shape
+            )
         ):
-            raise _bad(f"{where}.shape must be a list of non-negative integers")
+            raise _bad(
+                f"{where}.shape must be a list of at most {MAX_DIMS} integers in [0, {MAX_DIM}]"
+            )
         params = _parameters(obj, where)
         count = math.prod(shape)
         dtype = DATATYPES[datatype]
         size = params.pop(BINARY_DATA_SIZE, None)
         if size is not None:
-            if not isinstance(size, int) or size < 0:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise _bad(f"{where}.parameters.binary_data_size must be a non-negative integer")
             if binary is None or offset + size > len(binary):
                 raise _bad(f"{where}: binary_data_size {size} runs past the binary tensor data")
             raw = binary[offset : offset + size]
             offset += size
             if datatype == "BYTES":
+                items = _split_bytes(raw, count, where)  # checks the count before allocating
                 array = np.empty(count, dtype=object)
-                array[:] = _split_bytes(raw, count, where)
+                array[:] = items
             else:
                 if size != count * dtype.itemsize:
                     raise _bad(
@@ -147,7 +183,11 @@ class InferTensor:
             if "data" not in obj:
                 raise _bad(f"{where} has neither data nor parameters.binary_data_size")
             array = _json_data(obj["data"], dtype, datatype, count, where)
-        return cls(name, datatype, shape, array.reshape(shape), params, size is not None), offset
+        try:
+            array = array.reshape(shape)
+        except ValueError as exc:  # e.g. [2**31 - 1] * 3 + [0]: no elements, too many for numpy
+            raise _bad(f"{where}.shape {shape} cannot hold a tensor: {exc}") from exc
+        return cls(name, datatype, shape, array, params, size is not None), offset
 
     def to_rest(self, binary: bool) -> tuple[dict[str, Any], bytes]:
         """The JSON object and, when ``binary``, the raw bytes that follow the JSON."""
@@ -180,6 +220,11 @@ class InferTensor:
 def _json_data(
     data: Any, dtype: np.dtype[Any], datatype: str, count: int, where: str
 ) -> np.ndarray:
+    """A tensor's JSON ``data`` (flat or nested lists) -> a flat array of ``dtype``.
+
+    Strict, so that no value changes on the way in: BOOL takes only booleans, integer types
+    only integers within their range, float types integers or floats.
+    """
     if not isinstance(data, list):
         raise _bad(f"{where}.data must be a list")
     if datatype == "BYTES":
@@ -190,9 +235,29 @@ def _json_data(
         array[:] = [x.encode("utf-8") for x in flat]
     else:
         try:
-            array = np.asarray(data, dtype=dtype).reshape(-1)
-        except (TypeError, ValueError) as exc:
+            # numpy infers the values' kind: b (bools), i/u (ints), f (floats), O (ints past
+            # 64 bits, None, mixed), U (strings); ragged nesting raises ValueError.
+            raw = np.asarray(data).reshape(-1)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
             raise _bad(f"{where}.data does not hold {datatype} values: {exc}") from exc
+        allowed = "b" if dtype.kind == "b" else "iu" if dtype.kind in "iu" else "iuf"
+        if raw.size and raw.dtype.kind not in allowed:
+            what = {"b": "booleans", "iu": "integers", "iuf": "numbers"}[allowed]
+            found = (
+                "null, values of mixed kinds or integers past 64 bits"
+                if raw.dtype.kind == "O"
+                else f"{raw.dtype.kind!r}-kind values"
+            )
+            raise _bad(f"{where}.data of a {datatype} tensor must hold {what}, not {found}")
+        if raw.size and dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            low, high = int(raw.min()), int(raw.max())
+            if low < info.min or high > info.max:
+                raise _bad(
+                    f"{where}.data holds {low if low < info.min else high}, outside the "
+                    f"{datatype} range [{info.min}, {info.max}]"
+                )
+        array = raw.astype(dtype)
     if array.size != count:
         raise _bad(f"{where}.data has {array.size} elements, the shape says {count}")
     return array
@@ -222,8 +287,8 @@ class InferRequest:
         head = body if header_length is None else body[:header_length]
         binary = None if header_length is None else memoryview(body)[header_length:]
         try:
-            obj = json.loads(head)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            obj = load_json(head)
+        except ValueError as exc:
             raise _bad(f"the request is not valid JSON: {exc}") from exc
         if not isinstance(obj, dict):
             raise _bad("the request must be a JSON object")
@@ -248,7 +313,10 @@ class InferRequest:
                 if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
                     raise _bad(f"outputs[{i}] must be an object with a name")
                 outputs.append(RequestedOutput(raw["name"], _parameters(raw, f"outputs[{i}]")))
-        return cls(inputs, request_id, _parameters(obj, "request"), outputs)
+        request = cls(inputs, request_id, _parameters(obj, "request"), outputs)
+        for wanted in outputs or [RequestedOutput("")]:
+            request.wants_binary(wanted.name)  # a bad binary_data flag is refused up front
+        return request
 
     def to_rest(self, binary: bool = False) -> tuple[bytes, int | None]:
         """The body and its Inference-Header-Content-Length (None for plain JSON), as the guard
@@ -281,8 +349,10 @@ class InferRequest:
         """Whether the caller asked for this output as binary tensor data."""
         for wanted in self.outputs or []:
             if wanted.name == output_name and "binary_data" in wanted.parameters:
-                return bool(wanted.parameters["binary_data"])
-        return bool(self.parameters.get("binary_data_output", False))
+                return boolean(wanted.parameters["binary_data"], "outputs.parameters.binary_data")
+        return boolean(
+            self.parameters.get("binary_data_output", False), "parameters.binary_data_output"
+        )
 
 
 @dataclass
@@ -302,8 +372,8 @@ class InferResponse:
         head = body if header_length is None else body[:header_length]
         binary = None if header_length is None else memoryview(body)[header_length:]
         try:
-            obj = json.loads(head)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            obj = load_json(head)
+        except ValueError as exc:
             raise ValueError(f"not JSON: {exc}") from exc
         if not isinstance(obj, dict) or not isinstance(obj.get("outputs"), list):
             raise ValueError("not a V2 inference response: no outputs list")

@@ -8,8 +8,8 @@ import struct
 import numpy as np
 import pytest
 
-from service.errors import InvalidRequest
-from service.protocol.infer_type import InferRequest, InferResponse, InferTensor
+from service.errors import InvalidParameter, InvalidRequest
+from service.protocol.infer_type import InferRequest, InferResponse, InferTensor, boolean
 
 
 def binary_request(header: dict, *chunks: bytes) -> tuple[bytes, int]:
@@ -116,3 +116,80 @@ def test_binary_request_round_trip_as_sent_upstream() -> None:
     body, length = request.to_rest(binary=False)
     assert length is None
     np.testing.assert_array_equal(InferRequest.from_rest(body, None).inputs[0].data, x)
+
+
+def tensor_body(**tensor: object) -> bytes:
+    return json.dumps({"inputs": [{"name": "x", "shape": [1], **tensor}]}).encode()
+
+
+# Issue 19 #1-#3: each escaped the parser as OverflowError, RecursionError, ValueError or
+# TypeError, i.e. a 500 (before the model lookup, so for any model name).
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (tensor_body(datatype="UINT8", data=[300]), "outside the UINT8 range"),
+        (tensor_body(datatype="UINT8", data=[-1]), "outside the UINT8 range"),
+        (tensor_body(datatype="UINT16", data=[-1]), "outside the UINT16 range"),
+        (tensor_body(datatype="UINT32", data=[-5]), "outside the UINT32 range"),
+        (tensor_body(datatype="INT8", data=[128]), "outside the INT8 range"),
+        (tensor_body(datatype="INT32", data=[10**30]), "past 64 bits"),
+        (tensor_body(datatype="INT64", data=[2**63]), "outside the INT64 range"),
+        (b'{"inputs":[{"name":"x","datatype":"UINT8","shape":[1],"data":[1e400]}]}',
+         "must hold integers"),
+        (tensor_body(datatype="UINT8", data=[1.5]), "must hold integers"),
+        (tensor_body(datatype="BOOL", data=[1]), "must hold booleans"),
+        (tensor_body(datatype="FP32", data=["1"]), "must hold numbers"),
+        (tensor_body(datatype="FP32", data=[None]), "must hold numbers, not null"),
+        (tensor_body(datatype="FP32", shape=[2], data=[[1.0], [2.0, 3.0]]), "does not hold"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"inputs":' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+        (b'{"inputs":[{"name":"x","datatype":"FP32","shape":[1' + b"0" * 5000 + b'],"data":[1]}]}',
+         "not valid JSON"),
+        (tensor_body(datatype=[], data=[1]), "datatype"),
+        (tensor_body(datatype={}, data=[1]), "datatype"),
+        (tensor_body(datatype="FP32", shape=[2**70, 0], data=[]), "shape"),
+        (tensor_body(datatype="FP32", shape=[2**31 - 1] * 3 + [0], data=[]), "cannot hold"),
+        (tensor_body(datatype="FP32", shape=[1] * 17, data=[1.0]), "shape"),
+    ],
+)  # fmt: skip
+def test_out_of_range_deep_or_odd_json_is_a_400(body: bytes, says: str) -> None:
+    with pytest.raises(InvalidRequest, match=says):
+        InferRequest.from_rest(body, None)
+
+
+def test_a_bytes_tensor_of_a_huge_shape_is_refused_before_allocating() -> None:
+    head = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "BYTES", "shape": [2**31 - 1],
+                     "parameters": {"binary_data_size": 0}}]}
+    ).encode()  # fmt: skip
+    with pytest.raises(InvalidRequest, match="0 BYTES elements, the shape says 2147483647"):
+        InferRequest.from_rest(head, len(head))
+
+
+@pytest.mark.parametrize("flag", ["yes", 1, [], None])
+def test_boolean_parameters_are_booleans(flag: object) -> None:
+    """Issue 19 #8: "false" read by truthiness was True. Only booleans or "true"/"false"."""
+    body = json.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [0.5]}],
+         "parameters": {"binary_data_output": flag}}
+    ).encode()  # fmt: skip
+    with pytest.raises(InvalidParameter, match="binary_data_output"):
+        InferRequest.from_rest(body, None)
+    assert boolean("false", "p") is False and boolean("True", "p") is True
+
+
+# Issue 19 #4: the upstream's answer goes through the same parser; it must fail only with
+# ValueError, which the upstream client turns into a 502 upstream_error.
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"outputs":[{"name":"l","datatype":"UINT8","shape":[1],"data":[999]}]}',
+        b'{"outputs":[{"name":"l","datatype":"INT8","shape":[1],"data":[128]}]}',
+        b'{"outputs":[{"name":"l","datatype":[],"shape":[1],"data":[1]}]}',
+        b'{"outputs":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"outputs":[{"name":"l","datatype":"FP32","shape":[1' + b"0" * 5000 + b'],"data":[1]}]}',
+    ],
+)
+def test_a_malformed_upstream_answer_is_a_value_error(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        InferResponse.from_rest(body, None)
