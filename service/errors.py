@@ -228,19 +228,18 @@ def v2_error_body(kind: str, message: str, accepted: str = "") -> dict[str, obje
     }
 
 
-def is_v2(request: Request) -> bool:
+def is_v2(path: str) -> bool:
     """Routes of the V2 protocol answer errors in its shape."""
-    return request.url.path == "/v2" or request.url.path.startswith("/v2/")
+    return path == "/v2" or path.startswith("/v2/")
 
 
-def body_for(request: Request, kind: str, message: str, accepted: str = "") -> dict[str, object]:
-    shape = v2_error_body if is_v2(request) else error_body
+def body_for(path: str, kind: str, message: str, accepted: str = "") -> dict[str, object]:
+    """The error body in the shape of the route at ``path``: V2's, else the guard's own."""
+    shape = v2_error_body if is_v2(path) else error_body
     return shape(kind, message, accepted)
 
 
-def error_response(
-    exc: GuardError, retry_after: int = 1, request: Request | None = None
-) -> JSONResponse:
+def error_response(exc: GuardError, retry_after: int, path: str) -> JSONResponse:
     status = status_of(exc)
     headers: dict[str, str] = {}
     if isinstance(exc, QueueFull | ModelNotReady):
@@ -262,7 +261,7 @@ def add_exception_handlers(app: FastAPI, retry_after: int) -> None:
 
     async def on_guard_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, GuardError)
-        return error_response(exc, retry_after, request)
+        return error_response(exc, retry_after, request.url.path)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -272,7 +271,10 @@ def add_exception_handlers(app: FastAPI, retry_after: int) -> None:
         )
         return JSONResponse(
             body_for(
-                request, InvalidParameter.kind, problems, "see /openapi.json for the parameters"
+                request.url.path,
+                InvalidParameter.kind,
+                problems,
+                "see /openapi.json for the parameters",
             ),
             status_code=422,
         )
@@ -281,14 +283,16 @@ def add_exception_handlers(app: FastAPI, retry_after: int) -> None:
         assert isinstance(exc, StarletteHTTPException)
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return JSONResponse(
-            body_for(request, kind, str(exc.detail), "see /openapi.json for the routes"),
+            body_for(request.url.path, kind, str(exc.detail), "see /openapi.json for the routes"),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )
 
     async def on_bug(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error: %s", type(exc).__name__)
-        return JSONResponse(body_for(request, "internal_error", "internal error"), status_code=500)
+        return JSONResponse(
+            body_for(request.url.path, "internal_error", "internal error"), status_code=500
+        )
 
     app.add_exception_handler(GuardError, on_guard_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, error_body
+from service.errors import PayloadTooLarge, body_for
 from service.logs import request_id_var
 from service.metrics import Metrics
 
@@ -72,7 +72,7 @@ class RequestContextMiddleware:
             logger.exception("unhandled error")
             if response_started:
                 raise
-            body = json.dumps(error_body("internal_error", "internal error")).encode()
+            body = json.dumps(body_for(scope["path"], "internal_error", "internal error")).encode()
             await send_with_id(
                 {
                     "type": "http.response.start",
@@ -113,8 +113,8 @@ class BodyLimitMiddleware:
             accepted=f"request bodies of at most {self.max_bytes} bytes",
         )
 
-    async def _reject(self, send: Send, exc: PayloadTooLarge) -> None:
-        body = json.dumps(error_body(exc.kind, exc.message, exc.accepted)).encode()
+    async def _reject(self, scope: Scope, send: Send, exc: PayloadTooLarge) -> None:
+        body = json.dumps(body_for(scope["path"], exc.kind, exc.message, exc.accepted)).encode()
         await send(
             {
                 "type": "http.response.start",
@@ -139,7 +139,7 @@ class BodyLimitMiddleware:
             except ValueError:
                 length = -1
             if length > self.max_bytes:
-                await self._reject(send, self._error(f"declares {length} bytes"))
+                await self._reject(scope, send, self._error(f"declares {length} bytes"))
                 return
 
         received = 0
@@ -166,4 +166,4 @@ class BodyLimitMiddleware:
             # Normally the app's error handler answers; this covers reads outside a route.
             if started:
                 raise
-            await self._reject(send, exc)
+            await self._reject(scope, send, exc)
