@@ -19,7 +19,6 @@ from typing import Any, Protocol
 import numpy as np
 
 from service.engine import BatchEngine
-from service.errors import UpstreamFailed
 from service.modelset import Detriggered, ModelSet, Scored
 from service.protocol.infer_type import InferRequest, InferTensor
 from service.scoring import Decisions, decide
@@ -172,19 +171,12 @@ class ProxyTarget:
             id=call.request_id,
             parameters=call.parameters,
         )
-        response = await self.upstream.infer(request, call.headers)
-        rows = batch.shape[0]
-        logits = self._logits(response.outputs, rows)
+        classes = len(self.model_set.manifest.classes)
+        response, logits = await self.upstream.infer(request, call.headers, classes)
         if strip is not None:
             decisions, _ = strip.decide(logits, n)
         else:
             decisions = decide(logits[:n], logits[n:], self.model_set.manifest.decision)
-        for tensor in response.outputs:
-            if not tensor.shape or tensor.shape[0] != rows:
-                raise UpstreamFailed(
-                    f"{self.upstream.describe()} returned output {tensor.name!r} of shape "
-                    f"{tensor.shape} for a batch of {rows}"
-                )
         return Detection(
             decisions,
             response.outputs,
@@ -193,21 +185,3 @@ class ProxyTarget:
             response.parameters,
             detector,
         )
-
-    def _logits(self, outputs: list[InferTensor], rows: int) -> np.ndarray:
-        name = self.upstream.output_name()
-        chosen = next((t for t in outputs if t.name == name), None) if name else None
-        if chosen is None and outputs and name is None:
-            chosen = outputs[0]
-        k = len(self.model_set.manifest.classes)
-        if chosen is None:
-            raise UpstreamFailed(
-                f"{self.upstream.describe()} returned no output {name!r} "
-                f"(got {[t.name for t in outputs]})"
-            )
-        if chosen.datatype not in ("FP16", "FP32", "FP64") or chosen.shape != [rows, k]:
-            raise UpstreamFailed(
-                f"{self.upstream.describe()} returned {chosen.name!r} as {chosen.datatype} "
-                f"{chosen.shape}; the guard needs float logits of shape [{rows}, {k}]"
-            )
-        return np.asarray(chosen.data, dtype=np.float32)

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
+import numpy as np
 
 from service.errors import (
     UpstreamFailed,
@@ -23,7 +24,7 @@ from service.errors import (
 )
 from service.logs import request_id_var
 from service.metrics import Metrics
-from service.protocol.infer_type import InferRequest, InferResponse
+from service.protocol.infer_type import InferRequest, InferResponse, load_json
 from service.settings import Settings, Upstream
 from service.upstream.breaker import BreakerOpen, BreakerState, CircuitBreaker
 
@@ -55,6 +56,20 @@ def forwarded_headers(incoming: Mapping[str, str], allow: list[str]) -> dict[str
     if request_id:
         out["x-request-id"] = request_id
     return out
+
+
+def _model_metadata(obj: Any) -> dict[str, Any]:
+    """The upstream's model metadata, checked as far as the guard reads it: an object whose
+    ``inputs`` and ``outputs``, where present, are lists of objects with a string name."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"model metadata is a JSON {type(obj).__name__}, not an object")
+    for key in ("inputs", "outputs"):
+        tensors = obj.get(key, [])
+        if not isinstance(tensors, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("name"), str) for t in tensors
+        ):
+            raise ValueError(f"model metadata {key!r} is not a list of named tensors")
+    return obj
 
 
 def _error_text(response: httpx.Response) -> str:
@@ -108,7 +123,12 @@ class UpstreamClient:
         self.metrics.upstream_errors.labels(model=self.label, kind=kind).inc()
 
     # --- inference ------------------------------------------------------------------------
-    async def infer(self, request: InferRequest, headers: Mapping[str, str]) -> InferResponse:
+    async def infer(
+        self, request: InferRequest, headers: Mapping[str, str], classes: int
+    ) -> tuple[InferResponse, np.ndarray]:
+        """One call for a batch of ``rows`` images: the upstream's V2 response and its logits,
+        (rows, classes) float32, every one finite. An answer that is not that is the upstream's
+        failure: 502, counted as ``invalid_response``, and it counts against the breaker."""
         try:
             self.breaker.before_call()
         except BreakerOpen as exc:
@@ -118,6 +138,7 @@ class UpstreamClient:
                 f"not call it until the next probe ({exc.retry_after_s:.1f} s)",
                 retry_after=self.breaker.retry_after(),
             ) from exc
+        rows = request.inputs[0].shape[0]
         body, header_length = request.to_rest(binary=self.config.binary)
         send_headers = forwarded_headers(headers, self.settings.upstream_forward_headers)
         if header_length is None:
@@ -128,54 +149,23 @@ class UpstreamClient:
         started = time.perf_counter()
         outcome = "error"
         try:
-            try:
-                response = await self.http.post(
-                    self.model_url + "/infer", content=body, headers=send_headers
-                )
-            except httpx.TimeoutException as exc:
-                self.breaker.record_failure()
-                self._error("timeout")
-                phase = "connect" if isinstance(exc, httpx.ConnectTimeout) else "answer"
-                limit = (
-                    self.settings.upstream_connect_timeout_s
-                    if phase == "connect"
-                    else self.settings.upstream_read_timeout_s
-                )
-                raise UpstreamTimeout(
-                    f"{self.describe()} did not {phase} within {limit} s ({type(exc).__name__})"
-                ) from exc
-            except httpx.TransportError as exc:
-                self.breaker.record_failure()
-                self._error("connect")
-                raise UpstreamUnreachable(
-                    f"{self.describe()} is unreachable: {type(exc).__name__}: {exc}"
-                ) from exc
-            if response.status_code >= 500:
-                self.breaker.record_failure()
-                self._error("http_5xx")
-                raise UpstreamFailed(
-                    f"{self.describe()} answered {response.status_code}: {_error_text(response)}"
-                )
-            self.breaker.record_success()  # it answered: it is up
-            if response.status_code != 200:
-                self._error("http_4xx")
-                raise UpstreamFailed(
-                    f"{self.describe()} refused the request with {response.status_code}: "
-                    f"{_error_text(response)}"
-                )
+            response = await self._post(body, send_headers)
             try:
                 raw_length = response.headers.get(HEADER_LENGTH)
                 parsed = InferResponse.from_rest(
                     response.content, None if raw_length is None else int(raw_length)
                 )
+                logits = self._logits(parsed, rows, classes)
             except ValueError as exc:
+                self.breaker.record_failure()
                 self._error("invalid_response")
                 raise UpstreamFailed(
-                    f"{self.describe()} answered 200 with a body that is not a V2 inference "
-                    f"response: {exc}"
+                    f"{self.describe()} answered 200 with a body that is not a usable V2 "
+                    f"inference response: {exc}"
                 ) from exc
+            self.breaker.record_success()
             outcome = "ok"
-            return parsed
+            return parsed, logits
         except BaseException:
             if self.breaker.state is BreakerState.half_open:
                 self.breaker.release_probe()  # e.g. the caller went away mid-probe
@@ -185,23 +175,95 @@ class UpstreamClient:
                 time.perf_counter() - started
             )
 
+    async def _post(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
+        """POST .../infer; a 200 response, or the typed error of what went wrong."""
+        try:
+            response = await self.http.post(
+                self.model_url + "/infer", content=body, headers=headers
+            )
+        except httpx.TimeoutException as exc:
+            self.breaker.record_failure()
+            self._error("timeout")
+            phase = "connect" if isinstance(exc, httpx.ConnectTimeout) else "answer"
+            limit = (
+                self.settings.upstream_connect_timeout_s
+                if phase == "connect"
+                else self.settings.upstream_read_timeout_s
+            )
+            raise UpstreamTimeout(
+                f"{self.describe()} did not {phase} within {limit} s ({type(exc).__name__})"
+            ) from exc
+        except httpx.TransportError as exc:
+            self.breaker.record_failure()
+            self._error("connect")
+            raise UpstreamUnreachable(
+                f"{self.describe()} is unreachable: {type(exc).__name__}: {exc}"
+            ) from exc
+        if response.status_code >= 500:
+            self.breaker.record_failure()
+            self._error("http_5xx")
+            raise UpstreamFailed(
+                f"{self.describe()} answered {response.status_code}: {_error_text(response)}"
+            )
+        if response.status_code != 200:
+            self.breaker.record_success()  # it answered: it is up, it refused this request
+            self._error("http_4xx")
+            raise UpstreamFailed(
+                f"{self.describe()} refused the request with {response.status_code}: "
+                f"{_error_text(response)}"
+            )
+        return response
+
+    def _logits(self, response: InferResponse, rows: int, classes: int) -> np.ndarray:
+        """The chosen output as (rows, classes) finite float32 logits; ValueError otherwise.
+        Every output must have one row per image sent, as the caller's answer slices rows."""
+        for tensor in response.outputs:
+            if not tensor.shape or tensor.shape[0] != rows:
+                raise ValueError(
+                    f"output {tensor.name!r} has shape {tensor.shape} for a batch of {rows}"
+                )
+        name = self.output_name()
+        if name is None:
+            chosen = response.outputs[0] if response.outputs else None
+        else:
+            chosen = next((t for t in response.outputs if t.name == name), None)
+        if chosen is None:
+            raise ValueError(f"no output {name!r} (got {[t.name for t in response.outputs]})")
+        if chosen.datatype not in ("FP16", "FP32", "FP64") or chosen.shape != [rows, classes]:
+            raise ValueError(
+                f"{chosen.name!r} is {chosen.datatype} {chosen.shape}; the guard needs float "
+                f"logits of shape [{rows}, {classes}]"
+            )
+        logits = np.asarray(chosen.data, dtype=np.float32)
+        if not np.isfinite(logits).all():
+            bad = sorted({int(r) for r in np.flatnonzero(~np.isfinite(logits).all(axis=1))})
+            raise ValueError(f"{chosen.name!r} has non-finite logits (NaN or inf) in rows {bad}")
+        return logits
+
     # --- readiness ------------------------------------------------------------------------
     async def probe(self) -> bool:
-        """GET .../ready (and the model metadata, once); sets ``ready`` and ``reason``."""
+        """GET .../ready, then the model metadata; sets ``ready``, ``reason`` and ``metadata``.
+
+        The metadata is read on every probe that finds the model ready and kept only when it
+        is a metadata object, so an upstream that answered nonsense once, or was redeployed
+        with other tensor names, is read afresh."""
         timeout = httpx.Timeout(
             self.settings.upstream_connect_timeout_s, read=self.settings.upstream_read_timeout_s
         )
         try:
             r = await self.http.get(self.model_url + "/ready", timeout=timeout)
-            if r.status_code == 200 and self.metadata is None:
-                meta = await self.http.get(self.model_url, timeout=timeout)
-                if meta.status_code == 200:
-                    self.metadata = meta.json()
+            if r.status_code != 200:
+                raise ValueError(f"ready answered {r.status_code}")
+            meta = await self.http.get(self.model_url, timeout=timeout)
+            if meta.status_code != 200:
+                raise ValueError(f"model metadata answered {meta.status_code}")
+            self.metadata = _model_metadata(load_json(meta.content))
         except (httpx.HTTPError, ValueError) as exc:
+            # Not ready. The last good metadata, if any, stays: tensor names do not vanish
+            # with a blip.
             ready, reason = False, f"{self.describe()}: {type(exc).__name__}: {exc}"
         else:
-            ready = r.status_code == 200 and self.metadata is not None
-            reason = "ready" if ready else f"{self.describe()}: ready answered {r.status_code}"
+            ready, reason = True, "ready"
         if ready != self.ready:
             log = logger.info if ready else logger.warning
             log(
