@@ -20,9 +20,11 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.guard import ImageInput
+from service.logs import request_id_var
 from service.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorBody, classify_response
 from service.security import require_api_key
 from service.settings import Detector, Mode, Settings
+from service.target import Call
 
 router = APIRouter(tags=["classify"], dependencies=[Depends(require_api_key)])
 
@@ -144,8 +146,11 @@ async def classify(
             detector = body.detector or detector
         else:
             raise UnsupportedMediaType(f"content type {media_type or 'none'!r} is not accepted")
+        # In proxy mode the upstream gets the allow-listed headers (trace context among them),
+        # as from the V2 route.
+        call = Call(dict(request.headers), request_id_var.get())
         outcome = await guard.classify(
-            images, model=model, mode=mode, resize=resize, detector=detector
+            images, model=model, mode=mode, resize=resize, call=call, detector=detector
         )
         return classify_response(outcome)
     finally:
