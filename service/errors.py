@@ -82,6 +82,14 @@ class ImageTooLarge(GuardError):
     accepted = "images with fewer pixels (GUARD_MAX_IMAGE_PIXELS)"
 
 
+class TooManyPixels(GuardError):
+    """413: the image files of one request decode to more pixels, all together, than
+    GUARD_MAX_REQUEST_PIXELS (checked on their headers, before decoding)."""
+
+    kind = "too_many_pixels"
+    accepted = "fewer or smaller images per request (GUARD_MAX_REQUEST_PIXELS)"
+
+
 class UnsupportedMediaType(GuardError):
     """415: the request's content type is neither multipart/form-data nor application/json."""
 
@@ -173,8 +181,26 @@ class UpstreamTimeout(GuardError):
     accepted = "a retry; GUARD_UPSTREAM_CONNECT_TIMEOUT_S / GUARD_UPSTREAM_READ_TIMEOUT_S"
 
 
+class UnscorableImage(GuardError):
+    """422: the model set's own graphs gave non-finite logits (NaN or infinity) on an image,
+    so no verdict can be computed for it. The guard answers none of the request's images
+    rather than answer an image it could not judge (fail closed)."""
+
+    kind = "unscorable_image"
+    accepted = "images on which the model set's graphs give finite logits"
+
+
+class ModelFailed(GuardError):
+    """503: a loaded model set's graph answered outside the model contract at inference time
+    (e.g. logits of the wrong shape): not the caller's fault, and no verdict is given."""
+
+    kind = "model_failed"
+    accepted = "a retry once the model set is fixed (GET /readyz, GET /v1/models)"
+
+
 class ModelLoadError(GuardError):
-    """Not an HTTP error: a model set failed to load (sha256, missing or corrupt file)."""
+    """503 if it ever reaches a caller: a model set failed to load (sha256, missing or corrupt
+    file). The loader keeps it off the request path: the set is marked failed, not ready."""
 
     kind = "model_load_error"
 
@@ -187,11 +213,13 @@ STATUS: dict[type[GuardError], int] = {
     PayloadTooLarge: 413,
     TooManyImages: 413,
     ImageTooLarge: 413,
+    TooManyPixels: 413,
     UnsupportedMediaType: 415,
     InvalidImage: 422,
     WrongImageSize: 422,
     InvalidParameter: 422,
     DetectorNotAvailable: 422,
+    UnscorableImage: 422,
     Blocked: 403,
     ModelNotReady: 503,
     QueueFull: 503,
@@ -199,6 +227,8 @@ STATUS: dict[type[GuardError], int] = {
     UpstreamUnreachable: 502,
     UpstreamFailed: 502,
     UpstreamTimeout: 504,
+    ModelFailed: 503,
+    ModelLoadError: 503,
     GuardError: 500,
 }
 
@@ -248,11 +278,7 @@ def error_response(exc: GuardError, retry_after: int, path: str) -> JSONResponse
         headers["Retry-After"] = str(max(1, exc.retry_after or retry_after))
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="detrigger-guard"'
-    body = (
-        body_for(request, exc.kind, exc.message, exc.accepted)
-        if request is not None
-        else error_body(exc.kind, exc.message, exc.accepted)
-    )
+    body = body_for(path, exc.kind, exc.message, exc.accepted)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

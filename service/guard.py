@@ -25,12 +25,15 @@ from service.engine import BatchEngine, R
 from service.errors import (
     InvalidParameter,
     InvalidRequest,
+    ModelFailed,
     ModelLoadError,
     ModelNotReady,
     TooManyImages,
+    TooManyPixels,
     UnknownModel,
+    UnscorableImage,
 )
-from service.imaging import decode
+from service.imaging import decode, pixels
 from service.manifest import read_manifest
 from service.metrics import Metrics
 from service.modelset import ModelSet
@@ -107,6 +110,8 @@ class Guard:
         self.metrics = metrics
         self.slots: dict[str, Slot] = {}
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+        # Requests of many pixels decode here, one at a time, never in front of small ones.
+        self.bulk_decode_pool = ThreadPoolExecutor(1, thread_name_prefix="decode-bulk")
         self._loader: asyncio.Task[None] | None = None
         self.default_model: str | None = None
         # The ONE pooled HTTP client of every upstream (proxy mode only).
@@ -170,7 +175,7 @@ class Guard:
 
         try:
             model_set = await asyncio.get_running_loop().run_in_executor(None, load_and_warm)
-        except ModelLoadError as exc:
+        except (ModelLoadError, ModelFailed) as exc:
             slot.state, slot.reason = SlotState.failed, exc.message
             logger.error(
                 "model set failed to load", extra={"model": slot.name, "reason": exc.message}
@@ -250,7 +255,8 @@ class Guard:
                 await slot.target.stop()
         if self.http is not None:
             await self.http.aclose()
-        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.decode_pool, self.bulk_decode_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # --- queries --------------------------------------------------------------------------
     def readiness(self) -> tuple[bool, dict[str, str]]:
@@ -318,15 +324,10 @@ class Guard:
             raise InvalidRequest("no images in the request")
         self.check_count(len(images))
 
-        started = time.perf_counter()
-        x = await asyncio.get_running_loop().run_in_executor(
-            self.decode_pool, self._decode_all, images, model_set, resize
-        )
-        self.metrics.stage_duration.labels(stage="decode").observe(time.perf_counter() - started)
-
-        detection = await target.detect(x, call or Call(), chosen)
+        x = await self.decode(images, model_set, resize)
+        filenames = [image.filename for image in images]
+        detection = await self._judge(x, target, model_set, mode, call or Call(), chosen, filenames)
         decisions = detection.decisions
-        self.count(model_set, mode, decisions, [image.filename for image in images], chosen)
         results = []
         for i, image in enumerate(images):
             predicted = int(decisions.predicted[i])
@@ -368,8 +369,35 @@ class Guard:
         if x.shape[0] == 0:
             raise InvalidRequest("no images in the request")
         self.check_count(x.shape[0])
-        detection = await target.detect(x, call, chosen)
-        self.count(model_set, mode, detection.decisions, [None] * x.shape[0], chosen)
+        return await self._judge(x, target, model_set, mode, call, chosen, [None] * x.shape[0])
+
+    async def _judge(
+        self,
+        x: np.ndarray,
+        target: Target,
+        model_set: ModelSet,
+        mode: Mode,
+        call: Call,
+        detector: Detector,
+        filenames: Sequence[str | None],
+    ) -> Detection:
+        """Run the detector, refuse what it could not judge, count the rest.
+
+        A non-finite score means non-finite logits (NaN or infinity on x or its de-triggered
+        or superimposed copies); its comparison with the threshold would be False, i.e. an
+        unflagged, answered image. Fail closed instead: no verdict, no answer. (In proxy mode
+        the upstream's non-finite logits are refused earlier, as its error: 502.)
+        """
+        detection = await target.detect(x, call, detector)
+        unscorable = np.flatnonzero(~np.isfinite(detection.decisions.score))
+        if unscorable.size:
+            self.metrics.unscorable.labels(model=model_set.name).inc(unscorable.size)
+            raise UnscorableImage(
+                f"image(s) {unscorable.tolist()} of {x.shape[0]} gave non-finite logits on model "
+                f"set {model_set.name!r}; the guard cannot judge them and answers no image of "
+                "this request"
+            )
+        self.count(model_set, mode, detection.decisions, filenames, detector)
         return detection
 
     def count(
@@ -406,8 +434,51 @@ class Guard:
                     },
                 )
 
+    async def decode(
+        self, images: Sequence[ImageInput], model_set: ModelSet, resize: bool
+    ) -> np.ndarray:
+        """Image files -> (N, C, H, W) float32 in [0, 1], off the event loop.
+
+        First their headers alone (cheap): the request's pixel budget, each image's limit and
+        size. Then the decoding, on the shared pool, or on the bulk lane for a request of many
+        pixels, so that a few huge requests cannot starve every small one.
+        """
+        started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        total = await loop.run_in_executor(
+            self.decode_pool, self._pixels, images, model_set, resize
+        )
+        lane = (
+            self.bulk_decode_pool if total > self.settings.bulk_decode_pixels else self.decode_pool
+        )
+        x = await loop.run_in_executor(lane, self._decode_all, images, model_set, resize)
+        self.metrics.stage_duration.labels(stage="decode").observe(time.perf_counter() - started)
+        return x
+
+    def _pixels(self, images: Sequence[ImageInput], model_set: ModelSet, resize: bool) -> int:
+        _, h, w = model_set.input_chw
+        budget = self.settings.max_request_pixels
+        total = 0
+        for i, image in enumerate(images):
+            total += pixels(
+                image.data,
+                index=i,
+                filename=image.filename,
+                height=h,
+                width=w,
+                resize=resize,
+                max_pixels=self.settings.max_image_pixels,
+            )
+            if total > budget:
+                raise TooManyPixels(
+                    f"the {len(images)} images of this request decode to more than {budget} "
+                    f"pixels in all (over the budget at image {i})",
+                    accepted=f"at most {budget} decoded pixels per request, all images together",
+                )
+        return total
+
     def _decode_all(
-        self, images: list[ImageInput], model_set: ModelSet, resize: bool
+        self, images: Sequence[ImageInput], model_set: ModelSet, resize: bool
     ) -> np.ndarray:
         c, h, w = model_set.input_chw
         out = np.empty((len(images), c, h, w), dtype=np.float32)  # (N, C, H, W) in [0, 1]

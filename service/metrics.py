@@ -47,6 +47,13 @@ class Metrics:
             ["model", "predicted_class", "detector"],
             registry=r,
         )
+        self.unscorable = Counter(
+            "guard_images_unscorable",
+            "Images refused because the model set's graphs gave non-finite logits on them, so "
+            "no verdict could be computed (their requests get 422 unscorable_image).",
+            ["model"],
+            registry=r,
+        )
         self.stage_duration = Histogram(
             "guard_stage_duration_seconds",
             "Latency by stage: decode (per request), queue (per engine item), inference (per "
@@ -118,6 +125,7 @@ class Metrics:
                 self.images.labels(model=model, predicted_class=str(c), detector=detector)
                 self.images_flagged.labels(model=model, predicted_class=str(c), detector=detector)
             self.batch_size.labels(model=model, detector=detector)
+        self.unscorable.labels(model=model)
         self.queue_depth.labels(model=model).set(0)
         self.model_ready.labels(model=model).set(0)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from service.errors import DetectorNotAvailable, ModelLoadError
+from service.errors import DetectorNotAvailable, ModelFailed, ModelLoadError
 from service.manifest import Manifest, StripSpec, read_manifest, read_verified
 from service.runtime import OnnxModel
 from service.scoring import Decisions, Rule, decide
@@ -178,7 +178,7 @@ class ModelSet:
         """AE(x) alone; proxy mode sends [x; AE(x)] to the upstream target."""
         x_ae = self.detrigger.run(x).astype(np.float32, copy=False)
         if x_ae.shape != x.shape:
-            raise ModelLoadError(f"{self.detrigger.name}: output {x_ae.shape} != input {x.shape}")
+            raise ModelFailed(f"{self.detrigger.name}: output {x_ae.shape} != input {x.shape}")
         return Detriggered(x_ae)
 
     def infer_scored(self, x: np.ndarray) -> Scored:
@@ -187,7 +187,7 @@ class ModelSet:
         x_ae = self.detrigger_only(x).images
         logits = self.target.run(np.concatenate([x, x_ae], axis=0))  # (2N, K)
         if logits.shape != (2 * n, len(self.manifest.classes)):
-            raise ModelLoadError(
+            raise ModelFailed(
                 f"{self.target.name}: logits {logits.shape}, expected "
                 f"({2 * n}, {len(self.manifest.classes)})"
             )
@@ -214,9 +214,7 @@ class ModelSet:
         k = len(self.manifest.classes)
         rows = n * (strip.config.n + 1)
         if logits.shape != (rows, k):
-            raise ModelLoadError(
-                f"{self.target.name}: logits {logits.shape}, expected ({rows}, {k})"
-            )
+            raise ModelFailed(f"{self.target.name}: logits {logits.shape}, expected ({rows}, {k})")
         decisions, logits_x = strip.decide(logits, n)
         return Scored(decisions, logits_x)
 

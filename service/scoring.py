@@ -13,9 +13,11 @@ from service.settings import Detector
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
-    """(N, K) logits -> (N, K) log-probabilities, numerically stable."""
-    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    """(N, K) logits -> (N, K) log-probabilities, numerically stable. A row with NaN or
+    infinite logits gives NaN (the guard refuses to judge such an image), without a warning."""
+    with np.errstate(invalid="ignore"):
+        z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
 def prob_drop(logits_x: np.ndarray, logits_ae: np.ndarray) -> np.ndarray:

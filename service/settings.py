@@ -180,6 +180,20 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         default=16_777_216, ge=1, le=200_000_000, description="Most pixels (w*h) in one image."
     )
+    max_request_pixels: int = Field(
+        default=33_554_432,
+        ge=1,
+        le=2_000_000_000,
+        description="Most pixels decoded for one request, all its image files together; "
+        "checked on the files' headers before any decoding (413 when over).",
+    )
+    bulk_decode_pixels: int = Field(
+        default=4_194_304,
+        ge=1,
+        le=2_000_000_000,
+        description="Requests whose image files decode to more pixels than this decode one at "
+        "a time on their own thread, so that they never hold up small requests.",
+    )
 
     # --- security and logs ------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(

@@ -23,8 +23,8 @@ from service.errors import Blocked, InvalidParameter, InvalidRequest, UnknownMod
 from service.guard import Guard, Slot
 from service.logs import request_id_var
 from service.modelset import ModelSet
-from service.protocol.images import image_accepts, images_from_tensor
-from service.protocol.infer_type import InferRequest, InferResponse, InferTensor
+from service.protocol.images import files_from_tensor, image_accepts, images_from_tensor
+from service.protocol.infer_type import InferRequest, InferResponse, InferTensor, boolean
 from service.settings import Detector, Mode
 from service.target import Call, Detection, ProxyTarget
 
@@ -159,21 +159,20 @@ class DataPlane:
                 f"{len(request.inputs)} inputs; the guard takes exactly one image input",
                 accepted=image_accepts(model_set.input_chw),
             )
-        resize = bool(request.parameters.get("guard_resize", False))
-        started = time.perf_counter()
-        x = await asyncio.get_running_loop().run_in_executor(
-            self.guard.decode_pool,
-            lambda: images_from_tensor(
-                request.inputs[0],
-                request,
-                model_set.input_chw,
-                max_pixels=self.guard.settings.max_image_pixels,
-                resize=resize,
-            ),
-        )
-        self.guard.metrics.stage_duration.labels(stage="decode").observe(
-            time.perf_counter() - started
-        )
+        resize = boolean(request.parameters.get("guard_resize", False), "parameters.guard_resize")
+        tensor = request.inputs[0]
+        self.guard.check_count(tensor.shape[0] if tensor.shape else 0)
+        if tensor.datatype == "BYTES":
+            files = files_from_tensor(tensor, model_set.input_chw)
+            x = await self.guard.decode(files, model_set, resize)
+        else:
+            started = time.perf_counter()
+            x = await asyncio.get_running_loop().run_in_executor(
+                self.guard.decode_pool, images_from_tensor, tensor, request, model_set.input_chw
+            )
+            self.guard.metrics.stage_duration.labels(stage="decode").observe(
+                time.perf_counter() - started
+            )
         passed_on = {k: v for k, v in request.parameters.items() if k not in GUARD_PARAMETERS}
         call = Call(headers, request.id or request_id_var.get(), passed_on)
         detection = await self.guard.detect(x, target, model_set, mode, call, detector)

@@ -2,7 +2,8 @@
 
 Accepted: FP32 in [0, 1] or UINT8 in [0, 255], NCHW or NHWC (the input's parameter ``layout``,
 else the request's, else NCHW); or BYTES, one encoded image file per element (binary tensor
-data, or base64 text in JSON). Runs in a worker thread, never on the event loop.
+data, or base64 text in JSON), which the guard decodes as it does /classify's uploads. Runs in
+a worker thread, never on the event loop.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from service.errors import IMAGE_FORMATS_TEXT, InvalidImage, InvalidRequest, WrongImageSize
-from service.imaging import decode
+from service.guard import ImageInput
 from service.protocol.infer_type import InferRequest, InferTensor
 
 LAYOUTS = ("NCHW", "NHWC")
@@ -40,18 +41,12 @@ def layout_of(tensor: InferTensor, request: InferRequest) -> str:
 
 
 def images_from_tensor(
-    tensor: InferTensor,
-    request: InferRequest,
-    chw: tuple[int, int, int],
-    *,
-    max_pixels: int,
-    resize: bool = False,
+    tensor: InferTensor, request: InferRequest, chw: tuple[int, int, int]
 ) -> np.ndarray:
-    """(N, C, H, W) float32 in [0, 1] from one V2 input tensor."""
+    """(N, C, H, W) float32 in [0, 1] from one FP32 or UINT8 V2 input tensor (BYTES inputs are
+    files: :func:`files_from_tensor`)."""
     c, h, w = chw
     accepts = image_accepts(chw)
-    if tensor.datatype == "BYTES":
-        return _decode_files(tensor, chw, max_pixels=max_pixels, resize=resize, accepts=accepts)
     if tensor.datatype not in ("FP32", "UINT8"):
         raise InvalidRequest(
             f"input {tensor.name!r} has datatype {tensor.datatype}", accepted=accepts
@@ -77,36 +72,17 @@ def images_from_tensor(
     return x
 
 
-def _decode_files(
-    tensor: InferTensor,
-    chw: tuple[int, int, int],
-    *,
-    max_pixels: int,
-    resize: bool,
-    accepts: str,
-) -> np.ndarray:
+def files_from_tensor(tensor: InferTensor, chw: tuple[int, int, int]) -> list[ImageInput]:
+    """A BYTES input of shape [N] or [N, 1]: one encoded image file per element."""
     shape = tuple(tensor.shape)
     if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)):
         raise InvalidRequest(
-            f"BYTES input {tensor.name!r} has shape {list(shape)}", accepted=accepts
+            f"BYTES input {tensor.name!r} has shape {list(shape)}", accepted=image_accepts(chw)
         )
-    c, h, w = chw
-    items = tensor.data.reshape(-1)
-    out = np.empty((len(items), c, h, w), dtype=np.float32)
-    binary = tensor.from_binary
-    for i, item in enumerate(items):
-        data = _file_bytes(item, i, tensor.name, binary)
-        out[i] = decode(
-            data,
-            index=i,
-            filename=None,
-            channels=c,
-            height=h,
-            width=w,
-            resize=resize,
-            max_pixels=max_pixels,
-        )
-    return out
+    return [
+        ImageInput(_file_bytes(item, i, tensor.name, tensor.from_binary))
+        for i, item in enumerate(tensor.data.reshape(-1))
+    ]
 
 
 def _file_bytes(item: Any, index: int, name: str, binary: bool) -> bytes:

@@ -1,17 +1,36 @@
 """The guard without HTTP: what a second transport (KServe V2) would call."""
 
 import asyncio
+import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
-from service.errors import InvalidImage, ModelNotReady, TooManyImages, UnknownModel
+from service.errors import (
+    InvalidImage,
+    ModelNotReady,
+    TooManyImages,
+    TooManyPixels,
+    UnknownModel,
+    UnscorableImage,
+    WrongImageSize,
+    status_of,
+)
 from service.guard import Guard, ImageInput, Outcome
 from service.metrics import Metrics
 from service.settings import Mode, Settings
-from tests.support.tiny_models import TinySpec, add_trigger, clean_image, png_bytes
+from tests.support.promtext import parse, value
+from tests.support.tiny_models import (
+    TinySpec,
+    add_trigger,
+    build_model_set,
+    clean_image,
+    png_bytes,
+)
 
 T = TypeVar("T")
 
@@ -69,3 +88,81 @@ def test_errors_are_domain_errors(tiny_set: Path, tmp_path: Path) -> None:
     )
     assert ready is False
     assert "manifest.json not found" in reasons["missing"]
+
+
+def test_an_image_whose_logits_are_not_finite_is_never_answered(tmp_path: Path) -> None:
+    """Issue 19 #6 (fail-open): NaN scores compare False with the threshold, so an image whose
+    de-triggered copy gave non-finite logits came back unflagged and answered, in block mode
+    too, with the backdoor's class. The set's target gives -inf logits on an all-black image:
+    here the trigger alone on black, whose de-triggered copy is all black."""
+    spec = TinySpec(name="nonfinite", nonfinite_when_black=True)
+    folder = build_model_set(tmp_path / "nonfinite", spec)
+    black = np.zeros((spec.height, spec.width), dtype=np.uint8)
+    trigger_only = ImageInput(png_bytes(add_trigger(black)), "t.png")
+    clean = ImageInput(png_bytes(clean_image(spec, 3)), "c.png")
+    metrics = Metrics()
+
+    async def body(guard: Guard) -> list[int | None]:
+        for mode in Mode:
+            with pytest.raises(UnscorableImage, match=r"image\(s\) \[1\] of 2"):
+                await guard.classify([clean, trigger_only], mode=mode)
+        outcome = await guard.classify([clean], mode=Mode.block)  # the set still serves
+        return [r.answer for r in outcome.results]
+
+    async def main() -> list[int | None]:
+        guard = Guard(Settings(models=[folder]), metrics)
+        await guard.start()
+        await guard.wait_loaded()
+        try:
+            return await body(guard)
+        finally:
+            await guard.stop()
+
+    assert asyncio.run(main()) == [3]
+    assert status_of(UnscorableImage("x")) == 422
+    scraped = parse(generate_latest(metrics.registry).decode())
+    assert value(scraped, "guard_images_unscorable_total", model="nonfinite") == 3.0
+
+
+def test_the_pixel_budget_is_checked_on_headers_before_decoding(tiny_set: Path) -> None:
+    """Issue 19 #9: a request's files may decode to at most GUARD_MAX_REQUEST_PIXELS in all;
+    a wrong size is refused from the header too, before any decoding."""
+    spec = TinySpec()
+    big = ImageInput(png_bytes(np.zeros((200, 200), dtype=np.uint8)), "big.png")
+    small = ImageInput(png_bytes(clean_image(spec, 4)), "s.png")
+
+    async def body(guard: Guard) -> int:
+        with pytest.raises(TooManyPixels, match="more than 50000 pixels"):
+            await guard.classify([big, big], resize=True)  # 80,000 pixels
+        with pytest.raises(WrongImageSize):
+            await guard.classify([big])
+        outcome = await guard.classify([big, small], resize=True)  # 40,784: within budget
+        return len(outcome.results)
+
+    settings = Settings(models=[tiny_set], max_request_pixels=50_000)
+    assert run_guard(settings, body) == 2
+    assert status_of(TooManyPixels("x")) == 413
+
+
+def test_a_request_of_many_pixels_cannot_hold_up_small_ones(tiny_set: Path) -> None:
+    """Issue 19 #9: requests over GUARD_BULK_DECODE_PIXELS decode on their own lane. With that
+    lane held, a big request waits and a small one is still answered."""
+    spec = TinySpec()
+    big = ImageInput(png_bytes(np.zeros((100, 100), dtype=np.uint8)), "big.png")
+    small = ImageInput(png_bytes(clean_image(spec, 4)), "s.png")
+    release = threading.Event()
+
+    async def body(guard: Guard) -> tuple[bool, list[int | None], int]:
+        guard.bulk_decode_pool.submit(release.wait)  # the bulk lane is busy until released
+        waiting = asyncio.ensure_future(guard.classify([big], resize=True))
+        answers = []
+        for _ in range(3):
+            outcome = await asyncio.wait_for(guard.classify([small]), timeout=10)
+            answers += [r.answer for r in outcome.results]
+        held = not waiting.done()
+        release.set()
+        done = await asyncio.wait_for(waiting, timeout=10)
+        return held, answers, len(done.results)
+
+    settings = Settings(models=[tiny_set], bulk_decode_pixels=5_000)
+    assert run_guard(settings, body) == (True, [4, 4, 4], 1)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,9 +23,12 @@ SPEC = TinySpec()
 Client = Callable[[str], triton.InferenceServerClient]
 
 
+LIMITS = {"GUARD_MAX_BODY_BYTES": str(256 * 1024), "GUARD_MAX_REQUEST_PIXELS": "100000"}
+
+
 @pytest.fixture(scope="module")
 def server(tiny_set: Path, rgb_set: Path) -> Iterator[RunningServer]:
-    with serve([tiny_set, rgb_set], {"GUARD_INTRA_OP_THREADS": "1"}) as running:
+    with serve([tiny_set, rgb_set], {"GUARD_INTRA_OP_THREADS": "1", **LIMITS}) as running:
         yield running
 
 
@@ -161,6 +165,54 @@ def test_errors_use_the_v2_shape(server: RunningServer, triton_client: Client) -
     # /classify keeps its own error shape.
     r = httpx.post(server.url + "/classify", content=b"x", headers={"content-type": "text/plain"})
     assert r.json()["error"]["type"] == "unsupported_media_type"
+
+
+def test_issue_19_reproducers_are_4xx_in_the_v2_shape(server: RunningServer) -> None:
+    """Each of these was a 500 (or, for the 413, the /classify error shape)."""
+    uint8 = {"name": "images", "datatype": "UINT8", "shape": [1, 1, 28, 28], "data": [300]}
+    for model in ("tiny", "nope"):  # the parser runs before the model lookup
+        r = httpx.post(f"{server.url}/v2/models/{model}/infer", json={"inputs": [uint8]})
+        assert r.status_code == 400 and "outside the UINT8 range" in r.json()["error"], r.text
+    url = server.url + "/v2/models/tiny/infer"
+    r = httpx.post(url, content=b"[" * 100_000 + b"]" * 100_000)
+    assert r.status_code == 400 and "nested too deeply" in r.json()["error"]
+    r = httpx.post(url, json={"inputs": [{**uint8, "datatype": []}]})
+    assert r.status_code == 400 and r.json()["type"] == "invalid_request"
+    r = httpx.post(url, content=b"{" + b" " * (300 * 1024) + b"}")  # over GUARD_MAX_BODY_BYTES
+    assert r.status_code == 413
+    body = r.json()
+    assert isinstance(body["error"], str) and body["type"] == "payload_too_large", body
+
+
+def test_guard_resize_false_as_text_does_not_resize(server: RunningServer) -> None:
+    """Issue 19 #8: bool("false") is True, so the text "false" turned resizing on."""
+    big = png_bytes(clean_image(TinySpec(height=32, width=32), 2))
+    encoded = base64.b64encode(big).decode()
+    tensor = {"name": "images", "datatype": "BYTES", "shape": [1], "data": [encoded]}
+    url = server.url + "/v2/models/tiny/infer"
+    answers = {
+        flag: httpx.post(url, json={"inputs": [tensor], "parameters": {"guard_resize": flag}})
+        for flag in ("false", False, "true", "maybe")
+    }
+    assert answers["false"].status_code == 422, answers["false"].text
+    assert answers["false"].json()["type"] == "wrong_image_size"
+    assert answers[False].status_code == 422
+    assert answers["true"].status_code == 200
+    assert answers["maybe"].status_code == 422
+    assert answers["maybe"].json()["type"] == "invalid_parameter"
+
+
+def test_bytes_inputs_share_the_pixel_budget(server: RunningServer) -> None:
+    """Issue 19 #9: encoded images over V2 count against GUARD_MAX_REQUEST_PIXELS (100,000
+    here) on their headers, before decoding, as /classify's uploads do."""
+    big = base64.b64encode(png_bytes(np.zeros((200, 200), dtype=np.uint8))).decode()
+    tensor = {"name": "images", "datatype": "BYTES", "shape": [3], "data": [big] * 3}
+    body = {"inputs": [tensor], "parameters": {"guard_resize": True}}
+    r = httpx.post(server.url + "/v2/models/tiny/infer", json=body)
+    assert r.status_code == 413 and r.json()["type"] == "too_many_pixels", r.text
+    tensor = {**tensor, "shape": [2], "data": [big] * 2}
+    r = httpx.post(server.url + "/v2/models/tiny/infer", json={**body, "inputs": [tensor]})
+    assert r.status_code == 200, r.text
 
 
 def test_v2_requests_are_counted(server: RunningServer, triton_client: Client) -> None:

@@ -45,6 +45,9 @@ class TinySpec:
     strip_n: int = 0  # > 0: ship a STRIP bank with n superimpositions per input
     strip_threshold: float = 0.3
     strip_bank_per_class: int = 3
+    # The target adds log(max pixel) to every logit: no change for an image with any light
+    # pixel, -inf logits (so NaN scores) for an all-black image or de-triggered copy.
+    nonfinite_when_black: bool = False
 
     def band_rows(self, k: int) -> tuple[int, int]:
         top = PATCH + 2 + 2 * (k - 1)
@@ -99,8 +102,16 @@ def target_graph(spec: TinySpec) -> onnx.ModelProto:
     nodes = [
         helper.make_node("Flatten", ["images"], ["flat"], axis=1),
         helper.make_node("MatMul", ["flat", "W"], ["scores"]),
-        helper.make_node("Add", ["scores", "b"], ["logits"]),
     ]
+    if spec.nonfinite_when_black:
+        nodes += [
+            helper.make_node("ReduceMax", ["flat"], ["brightest"], axes=[1], keepdims=1),
+            helper.make_node("Log", ["brightest"], ["offset"]),  # (N, 1); -inf when all black
+            helper.make_node("Add", ["scores", "offset"], ["shifted"]),
+            helper.make_node("Add", ["shifted", "b"], ["logits"]),
+        ]
+    else:
+        nodes.append(helper.make_node("Add", ["scores", "b"], ["logits"]))
     graph = helper.make_graph(
         nodes,
         "tiny_target",
