@@ -141,6 +141,22 @@ def flag_panels() -> list[dict]:
             },
         ),
         panel(
+            "timeseries",
+            "Unscorable images by model set",
+            "Images refused (422 unscorable_image) because the set's own graphs gave NaN or "
+            "infinite logits on them, so no verdict could be computed. Any rate here means a "
+            "broken or numerically fragile model, or inputs crafted to break it.",
+            [
+                target(
+                    f"sum by (model) (rate(guard_images_unscorable_total{{{JOB},{MODEL}}}"
+                    f"[{RATE}]))",
+                    "{{model}}",
+                    "A",
+                )
+            ],
+            "short",
+        ),
+        panel(
             "stat",
             "Flag ratio, all model sets",
             "Flagged / classified images over the dashboard's time range, all selected sets.",
