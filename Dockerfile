@@ -45,6 +45,7 @@ RUN groupadd --gid 10001 guard \
     && useradd --uid 10001 --gid guard --no-create-home --home-dir /nonexistent \
          --shell /usr/sbin/nologin guard
 WORKDIR /app
+COPY contract/ /app/contract/
 COPY service/ /app/service/
 COPY models/ /app/models/
 ENV PATH=/opt/venv/bin:$PATH \
@@ -87,6 +88,7 @@ RUN groupadd --gid 10001 guard \
     && useradd --uid 10001 --gid guard --no-create-home --home-dir /nonexistent \
          --shell /usr/sbin/nologin guard
 WORKDIR /app
+COPY contract/ /app/contract/
 COPY service/ /app/service/
 COPY models/ /app/models/
 ENV PATH=/opt/venv/bin:$PATH \

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.errors import ModelLoadError
+from contract.errors import ModelLoadError
 
 
 class InputSpec(BaseModel):
@@ -68,7 +68,7 @@ class Blend(BaseModel):
 
 
 class StripSpec(BaseModel):
-    """Optional: the STRIP detector (service.strip), written by training.strip_calibrate."""
+    """Optional: the STRIP detector (contract.strip), written by training.strip_calibrate."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -8,8 +8,8 @@ from typing import Literal
 
 import numpy as np
 
-from service.manifest import Decision
-from service.settings import Detector
+from contract.manifest import Decision
+from contract.modes import Detector
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

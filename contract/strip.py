@@ -9,8 +9,8 @@ one is pulled between its class and the bank image's. Flagged when entropy < thr
 threshold being the target-FPR quantile of clean validation entropies
 (``python -m training.strip_calibrate``).
 
-One implementation for both halves: the service (service.modelset, service.target) and the
-offline calibration (training.strip_calibrate) call :func:`strip_batch` and
+One implementation for both halves: the service (service.runtime.modelset, service.backends)
+and the offline calibration (training.strip_calibrate) call :func:`strip_batch` and
 :func:`strip_scores`, so a calibrated threshold means what the service computes.
 
 Everything is vectorised over the batch: B inputs become one array of B * (n + 1) images
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.scoring import Decisions, log_softmax
+from contract.scoring import Decisions, log_softmax
 
 # splitmix64 constants (Steele et al.): a cheap, well-mixed 64-bit hash of 64-bit integers.
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

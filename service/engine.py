@@ -1,8 +1,9 @@
-"""The batching inference engine of one model set.
+"""The batching engine of one model set, in front of its backend (service.backends).
 
-Images of concurrent requests are queued together and run as one batch once ``max_batch_size``
-images wait or the oldest has waited ``max_batch_wait_ms``. Inference runs in a dedicated
-thread, so the event loop keeps accepting and decoding requests meanwhile.
+Images of concurrent requests are queued together and run as one batch of the backend's batch
+function once ``max_batch_size`` images wait or the oldest has waited ``max_batch_wait_ms``.
+That runs in a dedicated thread, so the event loop keeps accepting and decoding requests
+meanwhile; then the backend completes each request from its rows (:meth:`BatchEngine.detect`).
 
 Each queued item names its detector (``detrigger`` or ``strip``): a batch holds the items of
 one detector and runs that detector's batch function. The set's queue, its limit and its
@@ -16,16 +17,17 @@ import contextlib
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
-from service.errors import QueueFull
+from contract.errors import QueueFull
+from contract.modes import Detector
+from service.backends.base import Backend, Call, Detection
 from service.metrics import Metrics
-from service.modelset import ModelSet
 
 logger = logging.getLogger("guard.engine")
 
@@ -46,36 +48,26 @@ R = TypeVar("R", bound=Batched)
 class _Item(Generic[R]):
     x: np.ndarray  # (k, C, H, W), k <= max_batch_size
     future: asyncio.Future[R]
-    detector: str
+    detector: Detector
     enqueued_at: float = field(default_factory=time.perf_counter)
 
 
-DEFAULT_DETECTOR = "detrigger"
-
-
 class BatchEngine(Generic[R]):
-    """``runs`` maps each detector to what its batch executes (images -> per-image rows).
-    By default: ``run`` for detrigger, and ``run`` defaults to the model set's AE + target +
-    decision (Decisions); proxy mode runs only the AE there (service.target)."""
+    """Batches the images of concurrent requests into calls of ``backend.batch_runs``."""
 
     def __init__(
         self,
-        model_set: ModelSet,
+        name: str,
+        backend: Backend,
         *,
         max_batch_size: int,
         max_wait_s: float,
         max_queue_images: int,
         retry_after_s: int,
         metrics: Metrics,
-        run: Callable[[np.ndarray], R] | None = None,
-        runs: Mapping[str, Callable[[np.ndarray], R]] | None = None,
     ) -> None:
-        self.model_set = model_set
-        self._runs: dict[str, Callable[[np.ndarray], Any]] = (
-            dict(runs)
-            if runs is not None
-            else {DEFAULT_DETECTOR: run if run is not None else model_set.infer}
-        )
+        self.name = name
+        self.backend = backend
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue_images = max_queue_images
@@ -83,11 +75,10 @@ class BatchEngine(Generic[R]):
         self.metrics = metrics
         self._pending: deque[_Item[R]] = deque()
         self._depth = 0  # images in _pending
-        self._depth_of: Counter[str] = Counter()  # images in _pending, per detector
+        self._depth_of: Counter[Detector] = Counter()  # images in _pending, per detector
         self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{model_set.name}")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"ort-{name}")
         self._task: asyncio.Task[None] | None = None
-        self.batches_run = 0
 
     @property
     def depth(self) -> int:
@@ -95,8 +86,10 @@ class BatchEngine(Generic[R]):
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="engine")
+        self.backend.start()
 
     async def stop(self) -> None:
+        await self.backend.stop()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -106,21 +99,26 @@ class BatchEngine(Generic[R]):
                 item.future.cancel()
         self._executor.shutdown(wait=True)
 
-    @property
-    def detectors(self) -> tuple[str, ...]:
-        return tuple(self._runs)
+    async def detect(self, x: np.ndarray, call: Call, detector: Detector) -> Detection:
+        """(N, C, H, W) images -> their detection: batched where the backend batches the
+        detector, then completed by the backend for this request alone."""
+        batched = await self.submit(x, detector) if detector in self.backend.batch_runs else None
+        return await self.backend.complete(x, batched, call, detector)
 
-    async def submit(self, x: np.ndarray, detector: str = DEFAULT_DETECTOR) -> R:
-        """Queue (N, C, H, W) images for ``detector``; returns their decisions in order.
+    async def submit(self, x: np.ndarray, detector: Detector) -> R:
+        """Queue (N, C, H, W) images for ``detector``; returns their rows of the batch
+        function's result, in order.
 
         Raises QueueFull at once, without queueing anything, when the images do not fit.
         """
-        if detector not in self._runs:
-            raise ValueError(f"this engine runs {list(self._runs)}, not {detector!r}")
+        if detector not in self.backend.batch_runs:
+            raise ValueError(
+                f"{self.name!r} batches {list(self.backend.batch_runs)}, not {detector}"
+            )
         n = x.shape[0]
         if self._depth + n > self.max_queue_images:
             raise QueueFull(
-                f"the engine queue of model {self.model_set.name!r} is full "
+                f"the engine queue of model {self.name!r} is full "
                 f"({self._depth} of {self.max_queue_images} images waiting)",
                 accepted=f"retry after {self.retry_after_s} s",
             )
@@ -132,7 +130,7 @@ class BatchEngine(Generic[R]):
         self._pending.extend(items)
         self._depth += n
         self._depth_of[detector] += n
-        self.metrics.queue_depth.labels(model=self.model_set.name).set(self._depth)
+        self.metrics.queue_depth.labels(model=self.name).set(self._depth)
         self._wakeup.set()
         parts = await asyncio.gather(*(item.future for item in items))
         result: R = parts[0] if len(parts) == 1 else type(parts[0]).concat(parts)
@@ -169,7 +167,7 @@ class BatchEngine(Generic[R]):
         self._pending = rest
         self._depth -= size
         self._depth_of[head.detector] -= size
-        self.metrics.queue_depth.labels(model=self.model_set.name).set(self._depth)
+        self.metrics.queue_depth.labels(model=self.name).set(self._depth)
         return batch
 
     async def _loop(self) -> None:
@@ -187,23 +185,24 @@ class BatchEngine(Generic[R]):
             x = live[0].x if len(live) == 1 else np.concatenate([item.x for item in live])
             detector = live[0].detector
             try:
-                decisions = await loop.run_in_executor(self._executor, self._runs[detector], x)
+                rows = await loop.run_in_executor(
+                    self._executor, self.backend.batch_runs[detector], x
+                )
             except Exception as exc:  # a bug or a broken graph: fail these callers, keep going
-                logger.exception("%s inference failed on a batch of %d", detector, x.shape[0])
+                logger.exception("%s inference failed on a batch of %d", detector.value, x.shape[0])
                 for item in live:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
-            self.batches_run += 1
             self.metrics.stage_duration.labels(stage="inference").observe(
                 time.perf_counter() - started
             )
-            self.metrics.batch_size.labels(model=self.model_set.name, detector=detector).observe(
+            self.metrics.batch_size.labels(model=self.name, detector=detector.value).observe(
                 x.shape[0]
             )
             offset = 0
             for item in live:
                 k = item.x.shape[0]
                 if not item.future.done():
-                    item.future.set_result(decisions.slice(offset, offset + k))
+                    item.future.set_result(rows.slice(offset, offset + k))
                 offset += k

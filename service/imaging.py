@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.errors import ImageTooLarge, InvalidImage, WrongImageSize
+from contract.errors import ImageTooLarge, InvalidImage, WrongImageSize
 
 # Only formats whose decoders are in Pillow itself; nothing that shells out (EPS) or that
 # exists mostly for exotic containers.

@@ -13,14 +13,15 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 
-from service.errors import add_exception_handlers
+from service.api import classify, health, models, scrape, v2
+from service.api.error_responses import add_exception_handlers
+from service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from service.api.schemas import ClassifyJSONRequest
+from service.api.v2_dataplane import DataPlane
 from service.guard import Guard
 from service.logs import configure_logging
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from service.protocol.dataplane import DataPlane
-from service.routers import classify, health, metrics, models, v2
-from service.schemas import ClassifyJSONRequest
+from service.repository import ModelRepository
 from service.settings import Settings
 
 VERSION = "0.1.0"
@@ -28,7 +29,7 @@ ROUTERS = (
     classify.router,
     models.router,
     health.router,
-    metrics.router,
+    scrape.router,
     v2.health_router,
     v2.router,
 )
@@ -66,15 +67,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
     configure_logging(settings.log_level)
     metrics = Metrics(CollectorRegistry())
-    guard = Guard(settings, metrics)
+    repository = ModelRepository(settings, metrics)
+    guard = Guard(settings, metrics, repository)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await guard.start()
+        await repository.start()
         try:
             yield
         finally:
-            await guard.stop()
+            await repository.stop()
+            guard.stop()
 
     app = FastAPI(
         title="detrigger-guard",
@@ -84,8 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.metrics = metrics
+    app.state.repository = repository
     app.state.guard = guard
-    app.state.dataplane = DataPlane(guard, VERSION)
+    app.state.dataplane = DataPlane(guard, repository, VERSION)
 
     add_middlewares(app, settings, metrics)
     register_routes(app)

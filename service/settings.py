@@ -7,34 +7,19 @@ comma-separated string. Validators refuse values that would make the service uns
 from __future__ import annotations
 
 import json
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from contract.modes import Detector, Mode
+
 KNOWN_PROVIDERS = (
     "TensorrtExecutionProvider",
     "CUDAExecutionProvider",
     "CPUExecutionProvider",
 )
-
-
-class Mode(str, Enum):
-    """What /classify answers for a flagged image."""
-
-    flag = "flag"  # always answer the class on the input; mark flagged images
-    block = "block"  # flagged images get no class at all
-    repair = "repair"  # answer with the class after de-triggering
-
-
-# A plain Enum, not a str one: as a str subclass the member ``strip`` would shadow str.strip.
-class Detector(Enum):
-    """Which input-level detector decides whether an image carries a trigger."""
-
-    detrigger = "detrigger"  # the de-trigger AE (Kwon): every model set has it
-    strip = "strip"  # STRIP (Gao et al.): sets whose manifest has detectors.strip
 
 
 # Headers forwarded to an upstream V2 server unless GUARD_UPSTREAM_FORWARD_HEADERS says otherwise:

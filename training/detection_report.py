@@ -14,7 +14,7 @@ milliseconds are those of the deployable path:
 - for each de-trigger AE (--ae LABEL=PATH; default `paper=set`, each set's own detrigger.onnx):
   the paper's class-change rule, and the KL score with its threshold set on clean validation
   images for --target-fpr (at least --kl-floor);
-- STRIP (service/strip.py, the service's own code) with --strip-n copies, its bank drawn from
+- STRIP (contract/strip.py, the service's own code) with --strip-n copies, its bank drawn from
   the validation split as training.strip_calibrate draws it, and its threshold set on the other
   validation images for the same --target-fpr.
 `--ae LABEL@ATTACK=PATH` gives an AE to one attack's set only (the audit-based AE, trained with
@@ -48,8 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from service.manifest import read_manifest, read_verified
-from service.strip import StripConfig, flag
+from contract.manifest import read_manifest, read_verified
+from contract.strip import StripConfig, flag
 from training import cli
 from training.attack_suite import DEFAULT_SUITE, Attack, SuiteError, load_suite
 from training.datasets import DATASETS, Dataset, load_dataset

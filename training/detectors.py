@@ -1,5 +1,5 @@
 """Run the per-input detectors the way the guard deploys them: ONNX Runtime sessions, the
-service's own scoring (service.scoring for the de-trigger AE, service.strip for STRIP), one
+service's own scoring (contract.scoring for the de-trigger AE, contract.strip for STRIP), one
 batch at a time, with the inference timed by time.perf_counter.
 
 - De-trigger AE: ``AE(x)``, then the target once on ``[x; AE(x)]`` (as the service's engine
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from service.scoring import kl
-from service.strip import StripConfig, run_strip
+from contract.scoring import kl
+from contract.strip import StripConfig, run_strip
 
 Transform = Callable[[np.ndarray], np.ndarray]
 

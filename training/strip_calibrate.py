@@ -3,7 +3,7 @@
     python -m training.strip_calibrate --model-set models/mnist --dataset mnist
 
 Runs the set's target.onnx with ONNX Runtime (so any model set under the contract works, a
-user's own ONNX model included) and the guard's own STRIP code (service.strip: the same draws,
+user's own ONNX model included) and the guard's own STRIP code (contract.strip: the same draws,
 superimposition and entropy as the service). From the dataset's held-out validation split (the
 5000 training images the set's target never trained on, as its manifest records; a set made
 elsewhere gets a seeded random subset of the training data, and the manifest says so) it draws
@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from service.manifest import Manifest, read_manifest, read_verified
-from service.modelset import Strip
-from service.strip import StripConfig, bank_from_npy, flag, run_strip
+from contract.manifest import Manifest, read_manifest, read_verified
+from contract.strip import StripConfig, bank_from_npy, flag, run_strip
+from service.runtime.modelset import Strip
 from training import cli
 from training.datasets import DATASETS, Dataset, load_dataset
 from training.detectors import cpu_session

@@ -13,18 +13,15 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from service.deps import GuardDep, MetricsDep, SettingsDep
-from service.errors import (
-    InvalidRequest,
-    TooManyImages,
-    UnsupportedMediaType,
-)
+from contract.errors import InvalidRequest, TooManyImages, UnsupportedMediaType
+from contract.modes import Detector, Mode
+from service.api.deps import GuardDep, MetricsDep, SettingsDep
+from service.api.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorBody, classify_response
+from service.api.security import require_api_key
+from service.backends.base import Call
 from service.guard import ImageInput
 from service.logs import request_id_var
-from service.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorBody, classify_response
-from service.security import require_api_key
-from service.settings import Detector, Mode, Settings
-from service.target import Call
+from service.settings import Settings
 
 router = APIRouter(tags=["classify"], dependencies=[Depends(require_api_key)])
 

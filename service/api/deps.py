@@ -6,9 +6,10 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from service.api.v2_dataplane import DataPlane
 from service.guard import Guard
 from service.metrics import Metrics
-from service.protocol.dataplane import DataPlane
+from service.repository import ModelRepository
 from service.settings import Settings
 
 
@@ -20,6 +21,11 @@ def get_settings(request: Request) -> Settings:
 def get_guard(request: Request) -> Guard:
     guard: Guard = request.app.state.guard
     return guard
+
+
+def get_repository(request: Request) -> ModelRepository:
+    repository: ModelRepository = request.app.state.repository
+    return repository
 
 
 def get_metrics(request: Request) -> Metrics:
@@ -34,5 +40,6 @@ def get_dataplane(request: Request) -> DataPlane:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 GuardDep = Annotated[Guard, Depends(get_guard)]
+RepositoryDep = Annotated[ModelRepository, Depends(get_repository)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 DataPlaneDep = Annotated[DataPlane, Depends(get_dataplane)]

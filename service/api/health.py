@@ -5,9 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
-from service.deps import GuardDep
-from service.schemas import Health, Readiness
-from service.security import require_key_for_health
+from service.api.deps import RepositoryDep
+from service.api.schemas import Health, Readiness
+from service.api.security import require_key_for_health
 
 router = APIRouter(tags=["health"], dependencies=[Depends(require_key_for_health)])
 
@@ -24,7 +24,7 @@ async def healthz() -> Health:
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "Not ready; the reasons per model set"}},
 )
-async def readyz(guard: GuardDep) -> JSONResponse:
-    ready, reasons = guard.readiness()
+async def readyz(repository: RepositoryDep) -> JSONResponse:
+    ready, reasons = repository.readiness()
     body = Readiness(ready=ready, models=reasons)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, body_for
+from contract.errors import PayloadTooLarge
+from service.api.error_responses import body_for
 from service.logs import request_id_var
 from service.metrics import Metrics
 

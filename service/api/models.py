@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from service.deps import GuardDep
-from service.schemas import ModelsResponse, model_summary
-from service.security import require_api_key
+from service.api.deps import RepositoryDep
+from service.api.schemas import ModelsResponse, model_summary
+from service.api.security import require_api_key
 
 router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
 
@@ -17,10 +17,10 @@ router = APIRouter(tags=["models"], dependencies=[Depends(require_api_key)])
     summary="Each model set's manifest summary, provider and state",
     response_model=ModelsResponse,
 )
-async def list_models(guard: GuardDep) -> ModelsResponse:
+async def list_models(repository: RepositoryDep) -> ModelsResponse:
     return ModelsResponse(
         models=[
-            model_summary(slot, default=name == guard.default_model)
-            for name, slot in guard.slots.items()
+            model_summary(slot, default=name == repository.default_model)
+            for name, slot in repository.slots.items()
         ]
     )

@@ -6,8 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.guard import ImageResult, Outcome, Slot
-from service.settings import Detector, Mode
+from contract.modes import Detector, Mode
+from service.guard import ImageResult, Outcome
+from service.repository import Slot
 
 
 class ClassRef(BaseModel):

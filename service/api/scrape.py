@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service.deps import MetricsDep
-from service.security import require_key_for_metrics
+from service.api.deps import MetricsDep
+from service.api.security import require_key_for_metrics
 
 router = APIRouter(tags=["metrics"], dependencies=[Depends(require_key_for_metrics)])
 

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from service.deps import SettingsDep
-from service.errors import Unauthorized
+from contract.errors import Unauthorized
+from service.api.deps import SettingsDep
 from service.settings import Settings
 
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, scheme_name="ApiKey")

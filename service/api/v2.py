@@ -1,8 +1,8 @@
 """The Open Inference Protocol (KServe V2) over REST: health, metadata, infer.
 
 Thin: parse the body (JSON, or JSON + binary tensor data), call the data plane, write back.
-Errors come back in the protocol's shape, {"error": "..."} (service.errors). The protocol
-defines these routes; they are left out of the guard's own OpenAPI document.
+Errors come back in the protocol's shape, {"error": "..."} (service.api.error_responses). The
+protocol defines these routes; they are left out of the guard's own OpenAPI document.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import DataPlaneDep, MetricsDep
-from service.errors import InvalidRequest
+from contract.errors import InvalidRequest
+from service.api.deps import DataPlaneDep, MetricsDep
+from service.api.security import require_api_key, require_key_for_health
 from service.protocol.infer_type import InferRequest
-from service.security import require_api_key, require_key_for_health
 
 HEADER_LENGTH = "inference-header-content-length"
 

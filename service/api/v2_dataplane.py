@@ -1,4 +1,4 @@
-"""The V2 data plane: decode -> guard (local or proxy target) -> encode. Knows nothing about
+"""The V2 data plane: decode -> guard (local or proxy backend) -> encode. Knows nothing about
 HTTP: the REST routes parse bodies into :class:`InferRequest` and write back what this returns.
 
 The response carries the target's outputs for the images as given (in proxy mode: the
@@ -10,7 +10,6 @@ mode ``block`` refuses a request with a flagged image (Blocked, 403). The reques
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
 import time
@@ -19,14 +18,16 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from service.errors import Blocked, InvalidParameter, InvalidRequest, UnknownModel
-from service.guard import Guard, Slot
+from contract.errors import Blocked, InvalidParameter, InvalidRequest, UnknownModel
+from contract.modes import Detector, Mode
+from service.api.v2_images import files_from_tensor, image_accepts, images_from_tensor
+from service.backends.base import Call, Detection
+from service.backends.proxy import ProxyBackend
+from service.guard import Guard
 from service.logs import request_id_var
-from service.modelset import ModelSet
-from service.protocol.images import files_from_tensor, image_accepts, images_from_tensor
 from service.protocol.infer_type import InferRequest, InferResponse, InferTensor, boolean
-from service.settings import Detector, Mode
-from service.target import Call, Detection, ProxyTarget
+from service.repository import ModelRepository, Slot
+from service.runtime.modelset import ModelSet
 
 SERVER_NAME = "detrigger-guard"
 EXTENSIONS = ["binary_tensor_data"]
@@ -62,8 +63,9 @@ def _rows(tensor: InferTensor, rows: np.ndarray) -> InferTensor:
 
 
 class DataPlane:
-    def __init__(self, guard: Guard, version: str) -> None:
+    def __init__(self, guard: Guard, repository: ModelRepository, version: str) -> None:
         self.guard = guard
+        self.repository = repository
         self.version = version
 
     # --- health and metadata --------------------------------------------------------------
@@ -71,24 +73,14 @@ class DataPlane:
         return {"name": SERVER_NAME, "version": self.version, "extensions": EXTENSIONS}
 
     def ready(self) -> bool:
-        return self.guard.readiness()[0]
+        return self.repository.readiness()[0]
 
     def _slot(self, name: str, version: str | None) -> Slot:
-        """A model set by its name, or by its upstream's model name in proxy mode (so that a
-        client of the upstream changes only the host)."""
-        slot = self.guard.slots.get(name)
-        if slot is None:
-            for candidate_name, candidate in self.guard.slots.items():
-                upstream = self.guard.settings.upstreams.get(candidate_name)
-                if upstream is not None and upstream.model == name:
-                    slot = candidate
-                    break
-        if slot is None:
-            raise UnknownModel(
-                f"no model named {name!r}", accepted=f"a model one of {sorted(self.guard.slots)}"
-            )
-        if version is not None and slot.target is not None:
-            versions = slot.target.versions
+        """A model set by its name, or by its upstream's model name in proxy mode; a version,
+        when named, must be one its backend answers to."""
+        slot = self.repository.find(name)
+        if version is not None and slot.engine is not None:
+            versions = slot.engine.backend.versions
             if version not in versions:
                 raise UnknownModel(
                     f"model {name!r} has no version {version!r}",
@@ -98,19 +90,20 @@ class DataPlane:
 
     def model_ready(self, name: str, version: str | None) -> bool:
         slot = self._slot(name, version)
-        if slot.target is None:
+        if slot.engine is None:
             return False
-        return slot.target.readiness()[0]
+        return slot.engine.backend.readiness()[0]
 
     def model_metadata(self, name: str, version: str | None) -> dict[str, Any]:
         slot = self._slot(name, version)
-        model_set, target = self.guard.resolve(slot.name)
+        model_set, engine = self.repository.resolve(slot.name)
+        backend = engine.backend
         c, h, w = model_set.input_chw
         manifest = model_set.manifest
         meta: dict[str, Any] = {
             "name": name,
-            "versions": list(target.versions),
-            "platform": f"{SERVER_NAME}_{target.mode}",
+            "versions": list(backend.versions),
+            "platform": f"{SERVER_NAME}_{backend.mode}",
             "inputs": [
                 {"name": manifest.target.input_name, "datatype": "FP32", "shape": [-1, c, h, w]}
             ],
@@ -131,8 +124,8 @@ class DataPlane:
                 "guard_accepts": image_accepts(model_set.input_chw),
             },
         }
-        if isinstance(target, ProxyTarget):
-            upstream = target.upstream
+        if isinstance(backend, ProxyBackend):
+            upstream = backend.upstream
             meta["inputs"][0]["name"] = upstream.input_name()
             if upstream.metadata and upstream.metadata.get("outputs"):
                 meta["outputs"] = upstream.metadata["outputs"]
@@ -149,7 +142,7 @@ class DataPlane:
         headers: Mapping[str, str],
     ) -> InferResponse:
         slot = self._slot(name, version)
-        model_set, target = self.guard.resolve(slot.name)
+        model_set, engine = self.repository.resolve(slot.name)
         mode = _enum_parameter(request, "guard_mode", Mode) or self.guard.settings.default_mode
         detector = self.guard.detector_for(
             model_set, _enum_parameter(request, "guard_detector", Detector), mode
@@ -167,15 +160,13 @@ class DataPlane:
             x = await self.guard.decode(files, model_set, resize)
         else:
             started = time.perf_counter()
-            x = await asyncio.get_running_loop().run_in_executor(
-                self.guard.decode_pool, images_from_tensor, tensor, request, model_set.input_chw
-            )
+            x = await self.guard.offload(images_from_tensor, tensor, request, model_set.input_chw)
             self.guard.metrics.stage_duration.labels(stage="decode").observe(
                 time.perf_counter() - started
             )
         passed_on = {k: v for k, v in request.parameters.items() if k not in GUARD_PARAMETERS}
         call = Call(headers, request.id or request_id_var.get(), passed_on)
-        detection = await self.guard.detect(x, target, model_set, mode, call, detector)
+        detection = await self.guard.detect(x, engine, model_set, mode, call, detector)
         return self._response(name, request, model_set, mode, detection)
 
     def _response(

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import IMAGE_FORMATS_TEXT, InvalidImage, InvalidRequest, WrongImageSize
+from contract.errors import IMAGE_FORMATS_TEXT, InvalidImage, InvalidRequest, WrongImageSize
 from service.guard import ImageInput
 from service.protocol.infer_type import InferRequest, InferTensor
 

@@ -16,17 +16,17 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.errors import (
+from contract.errors import (
     UpstreamFailed,
     UpstreamTimeout,
     UpstreamUnavailable,
     UpstreamUnreachable,
 )
+from service.backends.breaker import BreakerOpen, BreakerState, CircuitBreaker
 from service.logs import request_id_var
 from service.metrics import Metrics
 from service.protocol.infer_type import InferRequest, InferResponse, load_json
 from service.settings import Settings, Upstream
-from service.upstream.breaker import BreakerOpen, BreakerState, CircuitBreaker
 
 logger = logging.getLogger("guard.upstream")
 HEADER_LENGTH = "inference-header-content-length"

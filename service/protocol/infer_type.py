@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import InvalidParameter, InvalidRequest
+from contract.errors import InvalidParameter, InvalidRequest
 
 DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from service.errors import DetectorNotAvailable, ModelFailed, ModelLoadError
-from service.manifest import Manifest, StripSpec, read_manifest, read_verified
-from service.runtime import OnnxModel
-from service.scoring import Decisions, Rule, decide
-from service.settings import Detector, Settings
-from service.strip import StripConfig, bank_from_npy, decide_strip, strip_batch, strip_scores
+from contract.errors import DetectorNotAvailable, ModelFailed, ModelLoadError
+from contract.manifest import Manifest, StripSpec, read_manifest, read_verified
+from contract.modes import Detector
+from contract.scoring import Decisions, Rule, decide
+from contract.strip import StripConfig, bank_from_npy, decide_strip, strip_batch, strip_scores
+from service.runtime.onnx import OnnxModel
+from service.settings import Settings
 
 logger = logging.getLogger("guard.models")
 
@@ -170,10 +171,6 @@ class ModelSet:
                     f"(N, {c}, {h}, {w})"
                 )
 
-    def infer(self, x: np.ndarray) -> Decisions:
-        """x: (N, C, H, W) float32 in [0, 1]. AE once, then the target once on [x; AE(x)]."""
-        return self.infer_scored(x).decisions
-
     def detrigger_only(self, x: np.ndarray) -> Detriggered:
         """AE(x) alone; proxy mode sends [x; AE(x)] to the upstream target."""
         x_ae = self.detrigger.run(x).astype(np.float32, copy=False)
@@ -225,6 +222,6 @@ class ModelSet:
         rng = np.random.default_rng(0)
         for size in batch_sizes:
             x = rng.random((size, c, h, w), dtype=np.float32)
-            self.infer(x)
+            self.infer_scored(x)
             if self.strip is not None:
                 self.strip_scored(x)

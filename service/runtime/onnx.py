@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from service.errors import ModelLoadError
+from contract.errors import ModelLoadError
 from service.settings import Settings
 
 logger = logging.getLogger("guard.runtime")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from service import errors
-from service.errors import GuardError, ModelFailed, ModelLoadError, status_of
+from contract import errors
+from contract.errors import GuardError, ModelFailed, ModelLoadError
+from service.api.error_responses import status_of
 
 
 def every_error() -> list[type[GuardError]]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prometheus_client import generate_latest
 
-from service.errors import (
+from contract.errors import (
     InvalidImage,
     ModelNotReady,
     TooManyImages,
@@ -18,11 +18,13 @@ from service.errors import (
     UnknownModel,
     UnscorableImage,
     WrongImageSize,
-    status_of,
 )
+from contract.modes import Mode
+from service.api.error_responses import status_of
 from service.guard import Guard, ImageInput, Outcome
 from service.metrics import Metrics
-from service.settings import Mode, Settings
+from service.settings import Settings
+from tests.support.guard import running_guard
 from tests.support.promtext import parse, value
 from tests.support.tiny_models import (
     TinySpec,
@@ -35,15 +37,12 @@ from tests.support.tiny_models import (
 T = TypeVar("T")
 
 
-def run_guard(settings: Settings, body: Callable[[Guard], Awaitable[T]]) -> T:
+def run_guard(
+    settings: Settings, body: Callable[[Guard], Awaitable[T]], metrics: Metrics | None = None
+) -> T:
     async def main() -> T:
-        guard = Guard(settings, Metrics())
-        await guard.start()
-        await guard.wait_loaded()
-        try:
+        async with running_guard(settings, metrics) as guard:
             return await body(guard)
-        finally:
-            await guard.stop()
 
     return asyncio.run(main())
 
@@ -56,8 +55,8 @@ def test_classify_in_each_mode(tiny_set: Path, rgb_set: Path) -> None:
     ]
 
     async def body(guard: Guard) -> dict[Mode, Outcome]:
-        assert guard.default_model == "tiny"
-        assert guard.readiness() == (True, {"tiny": "ready", "tinyrgb": "ready"})
+        assert guard.repository.default_model == "tiny"
+        assert guard.repository.readiness() == (True, {"tiny": "ready", "tinyrgb": "ready"})
         return {mode: await guard.classify(images, mode=mode) for mode in Mode}
 
     outcomes = run_guard(Settings(models=[tiny_set, rgb_set]), body)
@@ -81,7 +80,7 @@ def test_errors_are_domain_errors(tiny_set: Path, tmp_path: Path) -> None:
             await guard.classify([good] * 3)
         with pytest.raises(InvalidImage):
             await guard.classify([good, ImageInput(b"")])
-        return guard.readiness()
+        return guard.repository.readiness()
 
     ready, reasons = run_guard(
         Settings(models=[tiny_set, tmp_path / "missing"], max_images_per_request=2), body
@@ -109,16 +108,7 @@ def test_an_image_whose_logits_are_not_finite_is_never_answered(tmp_path: Path) 
         outcome = await guard.classify([clean], mode=Mode.block)  # the set still serves
         return [r.answer for r in outcome.results]
 
-    async def main() -> list[int | None]:
-        guard = Guard(Settings(models=[folder]), metrics)
-        await guard.start()
-        await guard.wait_loaded()
-        try:
-            return await body(guard)
-        finally:
-            await guard.stop()
-
-    assert asyncio.run(main()) == [3]
+    assert run_guard(Settings(models=[folder]), body, metrics) == [3]
     assert status_of(UnscorableImage("x")) == 422
     scraped = parse(generate_latest(metrics.registry).decode())
     assert value(scraped, "guard_images_unscorable_total", model="nonfinite") == 3.0

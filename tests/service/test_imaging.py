@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import ImageTooLarge, InvalidImage, WrongImageSize
+from contract.errors import ImageTooLarge, InvalidImage, WrongImageSize
 from service.imaging import decode
 
 

@@ -8,8 +8,8 @@ import json
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
+from service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.metrics import Metrics
-from service.middleware import BodyLimitMiddleware, RequestContextMiddleware
 
 
 async def failing_app(scope: Scope, receive: Receive, send: Send) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from service.guard import Slot, SlotState
-from service.modelset import ModelSet
-from service.schemas import model_summary
+from service.api.schemas import model_summary
+from service.repository import Slot, SlotState
+from service.runtime.modelset import ModelSet
 from service.settings import Settings
 from tests.support.tiny_models import build_model_set
 

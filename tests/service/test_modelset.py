@@ -6,9 +6,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.errors import ModelLoadError
-from service.modelset import ModelSet
-from service.runtime import provider_in_use, requested_providers, session_options
+from contract.errors import ModelLoadError
+from service.runtime.modelset import ModelSet
+from service.runtime.onnx import provider_in_use, requested_providers, session_options
 from service.settings import Settings
 from tests.support.tiny_models import TinySpec, add_trigger, build_model_set, clean_image
 
@@ -29,7 +29,7 @@ def test_loads_and_detects_the_trigger(tiny_set: Path) -> None:
     clean = np.stack([clean_image(spec, k, seed=k) for k in range(1, 10)])
     triggered = np.stack([add_trigger(im) for im in clean])
     x = np.concatenate([clean, triggered])[:, None].astype(np.float32) / 255.0
-    d = ms.infer(x)
+    d = ms.infer_scored(x).decisions
     assert d.predicted.tolist() == list(range(1, 10)) + [0] * 9
     assert d.detriggered.tolist() == list(range(1, 10)) * 2
     assert d.flagged.tolist() == [False] * 9 + [True] * 9

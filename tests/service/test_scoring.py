@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from service.manifest import Decision
-from service.scoring import Decisions, decide, kl, log_softmax, prob_drop
+from contract.manifest import Decision
+from contract.scoring import Decisions, decide, kl, log_softmax, prob_drop
 
 
 def test_log_softmax_is_stable_and_normalised() -> None:

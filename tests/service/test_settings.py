@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.settings import KNOWN_PROVIDERS, Mode, Settings
+from contract.modes import Mode
+from service.settings import KNOWN_PROVIDERS, Settings
 
 
 def test_defaults_load_models_mnist_in_flag_mode(monkeypatch: pytest.MonkeyPatch) -> None:

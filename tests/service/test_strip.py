@@ -1,4 +1,4 @@
-"""STRIP's numpy core (service/strip.py) and its place in a model set, without HTTP."""
+"""STRIP's numpy core (contract/strip.py) and its place in a model set, without HTTP."""
 
 import asyncio
 import io
@@ -9,12 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.errors import InvalidParameter, ModelLoadError
-from service.guard import Guard, ImageInput, Outcome
-from service.metrics import Metrics
-from service.modelset import ModelSet
-from service.settings import Detector, Mode, Settings
-from service.strip import (
+from contract.errors import InvalidParameter, ModelLoadError
+from contract.modes import Detector, Mode
+from contract.strip import (
     StripConfig,
     bank_from_npy,
     draw_indices,
@@ -25,6 +22,12 @@ from service.strip import (
     strip_batch,
     superimpose,
 )
+from service.guard import Guard, ImageInput, Outcome
+from service.metrics import Metrics
+from service.repository import ModelRepository
+from service.runtime.modelset import ModelSet
+from service.settings import Settings
+from tests.support.guard import running_guard
 from tests.support.tiny_models import TinySpec, add_trigger, clean_image, png_bytes
 
 RNG = np.random.default_rng(7)
@@ -251,17 +254,12 @@ def test_the_default_detector_applies_where_the_set_offers_it(
     settings = Settings(models=[strip_set, tiny_set], default_detector=Detector.strip)
 
     async def main() -> tuple[Outcome, Outcome, Outcome]:
-        guard = Guard(settings, Metrics())
-        await guard.start()
-        await guard.wait_loaded()
-        try:
+        async with running_guard(settings) as guard:
             return (
                 await guard.classify(images),  # tinystrip offers STRIP: the default
                 await guard.classify(images, model="tiny"),  # tiny does not: detrigger
                 await guard.classify(images, detector=Detector.detrigger),
             )
-        finally:
-            await guard.stop()
 
     strip, tiny, named = asyncio.run(main())
     assert strip.rule.detector is Detector.strip and strip.rule.score_name == "strip_entropy"
@@ -274,10 +272,11 @@ def test_the_default_detector_applies_where_the_set_offers_it(
 
 def test_an_unnamed_detector_under_repair_falls_back_to_detrigger(strip_set: Path) -> None:
     settings = Settings(models=[strip_set], default_detector=Detector.strip)
-    guard = Guard(settings, Metrics())
+    metrics = Metrics()
+    guard = Guard(settings, metrics, ModelRepository(settings, metrics))
     ms = ModelSet.load(strip_set, settings)
     assert guard.detector_for(ms, None, Mode.flag) is Detector.strip
     assert guard.detector_for(ms, None, Mode.repair) is Detector.detrigger
     with pytest.raises(InvalidParameter):
         guard.detector_for(ms, Detector.strip, Mode.repair)
-    guard.decode_pool.shutdown()
+    guard.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.upstream.breaker import BreakerOpen, BreakerState, CircuitBreaker
+from service.backends.breaker import BreakerOpen, BreakerState, CircuitBreaker
 
 
 class Clock:

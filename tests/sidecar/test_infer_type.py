@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from service.errors import InvalidParameter, InvalidRequest
+from contract.errors import InvalidParameter, InvalidRequest
 from service.protocol.infer_type import InferRequest, InferResponse, InferTensor, boolean
 
 

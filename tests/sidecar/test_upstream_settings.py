@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from service.backends.upstream import forwarded_headers
 from service.logs import request_id_var
 from service.settings import Settings
-from service.upstream.client import forwarded_headers
 
 
 def test_upstreams_parse_from_json(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.modelset import ModelSet
-from service.settings import Detector, Settings
-from service.strip import flag
+from contract.modes import Detector
+from contract.strip import flag
+from service.runtime.modelset import ModelSet
+from service.settings import Settings
 from tests.support.tiny_models import TinySpec, add_trigger, build_model_set, clean_image
 from tests.training.conftest import write_idx
 from training.strip_calibrate import (

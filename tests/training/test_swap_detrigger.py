@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.modelset import ModelSet
+from service.runtime.modelset import ModelSet
 from service.settings import Settings
 from training import reproduce, swap_detrigger
 from training.export import sha256
@@ -84,7 +84,7 @@ def test_swap_puts_the_ae_in_and_keeps_the_target(tiny_preset, tiny_set, tmp_pat
     ms = ModelSet.load(folder, Settings(models=[folder]))
     assert ms.manifest.decision.threshold == pytest.approx(after["decision"]["threshold"])
     x = np.random.default_rng(0).random((2, 1, 28, 28), dtype=np.float32)
-    assert len(ms.infer(x).flagged) == 2
+    assert len(ms.infer_scored(x).decisions.flagged) == 2
 
 
 def test_swap_twice_with_the_same_ae_changes_no_number(tiny_preset, tiny_set):

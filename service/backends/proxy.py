@@ -1,0 +1,99 @@
+"""Proxy (sidecar) mode: the AE here, batched by the engine; the target classifier on an
+upstream V2 server, one upstream request of ``[x; AE(x)]`` (2N images) per caller request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from contract.modes import Detector
+from contract.scoring import decide
+from service.backends.base import Call, Detection
+from service.backends.upstream import UpstreamClient
+from service.protocol.infer_type import InferRequest, InferTensor
+from service.runtime.modelset import Detriggered, ModelSet
+
+logger = logging.getLogger("guard.backends")
+
+
+class ProxyBackend:
+    mode = "proxy"
+
+    def __init__(
+        self, model_set: ModelSet, upstream: UpstreamClient, probe_interval_s: float
+    ) -> None:
+        self.model_set = model_set
+        self.upstream = upstream
+        self.probe_interval_s = probe_interval_s
+        self._prober: asyncio.Task[None] | None = None
+        # Only the AE runs here in batches; STRIP's copies are built per request.
+        self._runs: dict[Detector, Callable[[np.ndarray], Any]] = {
+            Detector.detrigger: model_set.detrigger_only
+        }
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        version = self.upstream.config.version
+        return (version,) if version else ()
+
+    @property
+    def batch_runs(self) -> Mapping[Detector, Callable[[np.ndarray], Any]]:
+        return self._runs
+
+    def start(self) -> None:
+        self._prober = asyncio.get_running_loop().create_task(self._probe_loop(), name="probe")
+
+    async def stop(self) -> None:
+        if self._prober is not None:
+            self._prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._prober
+
+    async def _probe_loop(self) -> None:
+        while True:
+            try:
+                await self.upstream.probe()
+            except Exception:  # a bug in probing must not stop probing
+                logger.exception("upstream probe failed", extra={"model": self.model_set.name})
+            await asyncio.sleep(self.probe_interval_s)
+
+    def readiness(self) -> tuple[bool, str]:
+        return self.upstream.ready, self.upstream.reason
+
+    async def complete(
+        self, x: np.ndarray, batched: Detriggered | None, call: Call, detector: Detector
+    ) -> Detection:
+        """[x; AE(x)] (2N images) or, for STRIP, [x; superimposed copies] (N * (n + 1) images),
+        in one upstream request."""
+        n = x.shape[0]
+        strip = self.model_set.require_strip() if detector is Detector.strip else None
+        if strip is not None:
+            # Superimposition is plain numpy (no model): off the event loop, not batched.
+            batch = await asyncio.to_thread(strip.batch, x)
+        else:
+            assert batched is not None, "the engine batches the AE of the detrigger detector"
+            batch = np.concatenate([x, batched.images]).astype(np.float32, copy=False)
+        request = InferRequest(
+            [InferTensor.from_numpy(self.upstream.input_name(), batch)],
+            id=call.request_id,
+            parameters=call.parameters,
+        )
+        classes = len(self.model_set.manifest.classes)
+        response, logits = await self.upstream.infer(request, call.headers, classes)
+        if strip is not None:
+            decisions, _ = strip.decide(logits, n)
+        else:
+            decisions = decide(logits[:n], logits[n:], self.model_set.manifest.decision)
+        return Detection(
+            decisions,
+            response.outputs,
+            response.model_name or self.upstream.config.model,
+            response.model_version,
+            response.parameters,
+            detector,
+        )
