@@ -112,3 +112,15 @@ def table(path: Path, header: list[str]) -> list[dict[str, str]]:
     found = [t for t in tables(path) if t and t[0] == header]
     assert len(found) == 1, f"{path.name}: {len(found)} tables with header {header}"
     return [dict(zip(header, row, strict=True)) for row in found[0][1:]]
+
+
+def code_spans(path: Path) -> Iterator[Link]:
+    """Every inline code span of ``path`` (not fenced blocks: those hold commands whose
+    arguments may be outputs still to be made), with the line of its block."""
+    for token in tokens(path):
+        if token.type != "inline":
+            continue
+        line = token.map[0] + 1 if token.map else 0
+        for child in token.children or []:
+            if child.type == "code_inline":
+                yield Link(child.content, line)
