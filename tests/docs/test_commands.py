@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.markdown import REPO, code_spans, tokens
+from tests.docs.mdparse import REPO, code_spans, tokens
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 MAKE = re.compile(r"(?<![\w-])make ([a-z][\w-]*)")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docs.markdown import REPO
+from tests.docs.mdparse import REPO
 
 HOOK = REPO / ".githooks" / "commit-msg"
 SINCE = "9ba8aa5"  # the last commit before the rule; everything after it must obey

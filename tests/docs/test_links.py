@@ -11,7 +11,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from tests.docs.markdown import REPO, Link, anchors, code_spans, links
+from tests.docs.mdparse import REPO, Link, anchors, code_spans, links
 
 DOCS = sorted(
     [REPO / "README.md", *(REPO / "docs").glob("*.md"), *(REPO / "reports").rglob("*.md")]

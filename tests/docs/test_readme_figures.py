@@ -14,7 +14,7 @@ import re
 
 import pytest
 
-from tests.docs.markdown import REPO, table
+from tests.docs.mdparse import REPO, table
 
 README = REPO / "README.md"
 REPORTS = REPO / "reports"
