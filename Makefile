@@ -10,7 +10,7 @@ DATA_DIR ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test test-fast reproduce detection-report bench lint typecheck clean mlserver-venv docker-smoke
+.PHONY: serve test test-fast reproduce detection-report bench lint typecheck clean mlserver-venv docker-smoke hooks
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ bench: $(VENV)/.dev
 SMOKE_MODEL_SET ?= mnist
 docker-smoke:
 	MODEL_SET=$(SMOKE_MODEL_SET) deploy/podman/smoke.sh
+
+## hooks: use the repository's git hooks (.githooks/commit-msg: a subject under 72 characters,
+## a blank line, then a body that says why)
+hooks:
+	git config core.hooksPath .githooks
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .
