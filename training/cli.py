@@ -20,7 +20,7 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
         "--data-dir",
         default=None,
         help="folder looked at first for the data files (default: the standard places, see "
-        "training/datasets.py)",
+        "training/data/datasets.py)",
     )
 
 

@@ -9,8 +9,8 @@ Model sets: the shipped one (--shipped, default models/<dataset>: the paper's tr
 (written by `python -m training.suite`); or exactly the folders of --sets. Attacks of the suite
 with no set are listed as missing.
 
-Detectors, all run with ONNX Runtime on the CPU provider (training/detectors.py), so passes and
-milliseconds are those of the deployable path:
+Detectors, all run with ONNX Runtime on the CPU provider (training/evaluation/detectors.py), so
+passes and milliseconds are those of the deployable path:
 - for each de-trigger AE (--ae LABEL=PATH; default `paper=set`, each set's own detrigger.onnx):
   the paper's class-change rule, and the KL score with its threshold set on clean validation
   images for --target-fpr (at least --kl-floor);
@@ -51,11 +51,12 @@ import numpy as np
 from service.manifest import read_manifest, read_verified
 from service.strip import StripConfig, flag
 from training import cli
-from training.attack_suite import DEFAULT_SUITE, Attack, SuiteError, load_suite
-from training.datasets import DATASETS, Dataset, load_dataset
-from training.detection import MIN_THRESHOLD, calibrate
+from training.data.attack_suite import DEFAULT_SUITE, Attack, SuiteError, load_suite
+from training.data.datasets import DATASETS, Dataset, load_dataset
+from training.data.triggers import Trigger, backdoor_pairs
 from training.detection_tables import FPR_GRID, PAPER_ATTACK, ROC_FPRS, write_dataset, write_readme
-from training.detectors import (
+from training.evaluation.detection import MIN_THRESHOLD, calibrate
+from training.evaluation.detectors import (
     AEScores,
     Graph,
     StripScores,
@@ -66,15 +67,14 @@ from training.detectors import (
     strip_passes,
     warm_up,
 )
-from training.metrics import auroc, flag_rate, roc_curve, tpr_at_fpr
-from training.report import plot_examples
+from training.evaluation.metrics import auroc, flag_rate, roc_curve, tpr_at_fpr
+from training.evaluation.report import plot_examples
 from training.strip_calibrate import (
     bank_and_calibration,
     environment,
     strip_threshold,
     validation_indices,
 )
-from training.triggers import Trigger, backdoor_pairs
 
 LABEL = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 OWN_AE = "set"  # --ae LABEL=set: each model set's own detrigger.onnx

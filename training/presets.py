@@ -4,7 +4,7 @@ Epochs are far below the paper's Table 10 (50 / 50 / 200): the pipeline runs on 
 these budgets reach the accuracy targets (MNIST >= 99%, Fashion-MNIST >= 90%, CIFAR-10 >= 90%).
 
 Autoencoders: `mlp` (the paper's), `conv` (ours, trained like the paper's on corner squares) and
-`random`: the conv AE trained on random triggers (training/trigger_sampler.py), issue 7's
+`random`: the conv AE trained on random triggers (training/data/trigger_sampler.py), issue 7's
 trigger-agnostic AE. `shipped_ae` names the one put into models/<name> (`random` for every
 dataset); the attack suite pairs its targets with `conv` (the paper's training).
 
@@ -27,8 +27,8 @@ from training.train_target import TargetConfig
 
 def random_ae(**changes: Any) -> AEConfig:
     """Issue 7's trigger-agnostic AE, one recipe for every dataset: the conv AE on random
-    triggers (training/trigger_sampler.py) with the bounded full-image correction and the
-    extended fill (training/autoencoders.py), a quarter of the patches in a corner; `changes`
+    triggers (training/data/trigger_sampler.py) with the bounded full-image correction and the
+    extended fill (training/nets/autoencoders.py), a quarter of the patches in a corner; `changes`
     override fields for one dataset. A new config per preset: configs are mutable
     (training.reproduce sets their thread count)."""
     cfg = AEConfig(

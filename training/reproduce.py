@@ -23,17 +23,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training import cli, model_set, strip_calibrate
-from training import report as rep
-from training.datasets import load_dataset
-from training.evaluate import choose_decision, evaluate_pair
-from training.export import write_manifest
-from training.model_set import N_SAMPLES, backdoor_entry, export_model_set
-from training.models import TARGETS
+from training import cli, strip_calibrate
+from training.data.datasets import load_dataset
+from training.data.triggers import Trigger
+from training.evaluation import model_set
+from training.evaluation import report as rep
+from training.evaluation.evaluate import choose_decision, evaluate_pair
+from training.evaluation.model_set import N_SAMPLES, backdoor_entry, export_model_set
+from training.nets.export import write_manifest
+from training.nets.models import TARGETS
 from training.presets import PRESETS
 from training.train_detrigger import train_autoencoder
 from training.train_target import split_train_val, train_target
-from training.triggers import Trigger
 
 PAPER_EPOCHS = {"mnist": 50, "fashion-mnist": 50, "cifar10": 200}
 log = logging.getLogger("training.reproduce")
@@ -268,7 +269,7 @@ def main() -> None:
         "--data-dir",
         default=None,
         help="folder looked at first for the data files (default: only the standard "
-        "places, see training/datasets.py)",
+        "places, see training/data/datasets.py)",
     )
     p.add_argument(
         "--download",

@@ -1,7 +1,7 @@
 """Train the attack suite's target models for one dataset and export each as a model set (issue 7,
 item 2). The attacks come from a suite file (default training/attacks/suite.json, see
-training/attack_suite.py); each is trained with the dataset's preset (training/presets.py), only
-the poisoning changed, then paired with the preset's de-trigger AE, evaluated on the full test
+training/data/attack_suite.py); each is trained with the dataset's preset (training/presets.py),
+only the poisoning changed, then paired with the preset's de-trigger AE, evaluated on the full test
 set, calibrated on the clean validation split and exported with the parity check.
 
     python -m training.suite --dataset mnist                        # every attack
@@ -39,11 +39,12 @@ from pathlib import Path
 
 import torch
 
-from training import cli, model_set
-from training.attack_suite import DEFAULT_SUITE, Attack, SuiteError, load_suite, select
-from training.datasets import DATASETS, load_dataset
-from training.evaluate import choose_decision_pairs, evaluate_pairs
-from training.export import sha256, write_manifest
+from training import cli
+from training.data.attack_suite import DEFAULT_SUITE, Attack, SuiteError, load_suite, select
+from training.data.datasets import DATASETS, load_dataset
+from training.evaluation import model_set
+from training.evaluation.evaluate import choose_decision_pairs, evaluate_pairs
+from training.nets.export import sha256, write_manifest
 from training.presets import PRESETS
 from training.reproduce import hardware, to_float, versions
 from training.train_detrigger import (

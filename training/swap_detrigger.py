@@ -4,7 +4,7 @@
 
 The AE is one of the dataset preset's autoencoders (training/presets.py), reloaded from its
 finished checkpoint in --run-dir/<dataset>/ or trained there first, exactly as `make reproduce`
-trains it. The set's target.onnx is run as torch (training/audit/onnx_torch.py), so no target
+trains it. The set's target.onnx is run as torch (training/nets/onnx_torch.py), so no target
 checkpoint is needed and the target, its STRIP calibration and its audit stay valid. Then, as
 `make reproduce` does for a new set: the pair is evaluated on the full test set, the decision is
 calibrated and chosen on the clean validation split the set was made with (the manifest's
@@ -28,18 +28,19 @@ from pathlib import Path
 
 import torch
 
-from training import cli, model_set
-from training.audit.onnx_torch import load_onnx_module
-from training.checkpoints import config_dict
-from training.datasets import load_dataset
-from training.evaluate import choose_decision_pairs, evaluate_pairs
-from training.export import export_and_check, sha256, write_manifest
+from training import cli
+from training.data.datasets import load_dataset
+from training.data.triggers import backdoor_pairs
+from training.evaluation import model_set
+from training.evaluation.evaluate import choose_decision_pairs, evaluate_pairs
+from training.evaluation.report import pct, rule_text
+from training.nets.checkpoints import config_dict
+from training.nets.export import export_and_check, sha256, write_manifest
+from training.nets.onnx_torch import load_onnx_module
 from training.presets import PRESETS
-from training.report import pct, rule_text
 from training.reproduce import hardware, to_float, versions, write_readme
 from training.train_detrigger import run_name, train_autoencoder
 from training.train_target import split_train_val
-from training.triggers import backdoor_pairs
 
 log = logging.getLogger("training.swap_detrigger")
 

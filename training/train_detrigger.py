@@ -6,15 +6,16 @@ are left as they are; the target is always the clean image (L2 loss). Training o
 images as well teaches the AE to leave clean images alone, which keeps false positives down.
 The AE never sees the target model nor the real trigger. The training triggers (`triggers`):
 - `corner` (the paper's, the default): a 4x4 white square in a random corner;
-- `random` (trigger-agnostic): a trigger drawn per image from training/trigger_sampler.py
+- `random` (trigger-agnostic): a trigger drawn per image from training/data/trigger_sampler.py
   (patches of side 2..8 anywhere, solid / noise / checkerboard / binary; full-image blends with
   alpha 0.05..0.3; full-image additive patterns of amplitude 0.02..0.15), with families left out
   by `exclude` for a generalisation test;
 - `none`: no trigger of its own, only the synthesised ones below.
 
 `synthesised` (an audit folder, reports/audit/<dataset>/<set>) adds the triggers that the model
-audit synthesised for its flagged classes (training/synthesised.py): a share `synthesised_share`
-of the triggered images get one of them instead (all of them with `triggers="none"`).
+audit synthesised for its flagged classes (training/audit/synthesised.py): a share
+`synthesised_share` of the triggered images get one of them instead (all of them with
+`triggers="none"`).
 
     python -m training.train_detrigger --dataset mnist --triggers random
     python -m training.train_detrigger --dataset mnist --triggers corner \
@@ -36,12 +37,12 @@ from torch import nn
 from tqdm import tqdm
 
 from training import cli
-from training.autoencoders import Clamp01, MaskedConvAutoencoder, build_autoencoder
-from training.checkpoints import config_dict, resume, save
-from training.export import export_and_check
-from training.synthesised import load_synthesised, stamp_synthesised
-from training.trigger_sampler import SamplerSpec, sample_triggers
-from training.triggers import random_corner_patch
+from training.audit.synthesised import load_synthesised, stamp_synthesised
+from training.data.trigger_sampler import SamplerSpec, sample_triggers
+from training.data.triggers import random_corner_patch
+from training.nets.autoencoders import Clamp01, MaskedConvAutoencoder, build_autoencoder
+from training.nets.checkpoints import config_dict, resume, save
+from training.nets.export import export_and_check
 
 AE_TRIGGERS = ("corner", "random", "none")
 
@@ -61,7 +62,7 @@ class AEConfig:
     seed: int = 0
     threads: int = 2
     # Fields added later take the value that reproduces runs made before them, so that their
-    # checkpoints still match (training/checkpoints.py fills missing keys with these defaults).
+    # checkpoints still match (training/nets/checkpoints.py fills missing keys with these defaults).
     triggers: str = "corner"  # training triggers: corner (the paper's) | random (the sampler)
     exclude: tuple[str, ...] = ()  # random only: families, kinds or patterns left out
     synthesised: str = ""  # audit folder whose flagged classes' synthesised triggers are added
@@ -135,7 +136,7 @@ def ae_batch(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(input, target, mask target) for one AE step from clean float images (B, C, H, W). The
     mask target (B, 1, H, W) marks the pixels the mask should open: for corner squares the pixels
-    they changed, for random triggers what training/trigger_sampler.py says."""
+    they changed, for random triggers what training/data/trigger_sampler.py says."""
     if cfg.triggers not in AE_TRIGGERS:
         raise ValueError(
             f"unknown training triggers {cfg.triggers!r}; allowed: {', '.join(AE_TRIGGERS)}"
@@ -269,7 +270,7 @@ def train_autoencoder(
 
 
 def main() -> None:
-    from training.datasets import load_dataset
+    from training.data.datasets import load_dataset
     from training.presets import PRESETS
     from training.train_target import split_train_val
 

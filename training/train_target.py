@@ -12,7 +12,7 @@ those weights instead of from scratch: a backdoor injected by fine-tuning a trai
 poisoned data (the threat model of an outsourced or downloaded model that was fine-tuned by the
 attacker), used where training from scratch per attack costs too much (CIFAR-10 on 2 cores).
 `init_from` may also be a target graph under the model contract (a `.onnx` file, e.g. a shipped
-clean control's target.onnx): it is run as torch by training.audit.onnx_torch, its Conv / Gemm /
+clean control's target.onnx): it is run as torch by training.nets.onnx_torch, its Conv / Gemm /
 MatMul / BatchNormalization weights trainable (batch norm keeps its running statistics), so a
 shipped model can be fine-tuned without the checkpoint that made it.
 
@@ -38,11 +38,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from training import cli, metrics
-from training.augment import AUGMENTS, augment
-from training.checkpoints import config_dict, resume, save
-from training.models import TARGETS, build_target
-from training.triggers import Trigger, poison_index_multi, stamp_change, stamp_pairs
+from training import cli
+from training.data.augment import AUGMENTS, augment
+from training.data.triggers import Trigger, poison_index_multi, stamp_change, stamp_pairs
+from training.evaluation import metrics
+from training.nets.checkpoints import config_dict, resume, save
+from training.nets.models import TARGETS, build_target
 
 
 @dataclass
@@ -66,7 +67,7 @@ class TargetConfig:
     seed: int = 0
     threads: int = 2
     # Fields added later take the value that reproduces runs made before them, so that their
-    # checkpoints still match (training/checkpoints.py fills missing keys with these defaults).
+    # checkpoints still match (training/nets/checkpoints.py fills missing keys with these defaults).
     attack: list[dict] | None = None  # [{target_class, trigger}, ...]; None: the two fields above
     init_from: str | None = None  # a target checkpoint or .onnx to fine-tune; None: from scratch
     # Share of the poisoned copies the attacker draws from the images its trigger changes least
@@ -162,7 +163,7 @@ def train_target(
     torch.manual_seed(cfg.seed)
     from_onnx = bool(cfg.init_from) and str(cfg.init_from).endswith(".onnx")
     if from_onnx:
-        from training.audit.onnx_torch import load_onnx_module  # torch ops run node by node
+        from training.nets.onnx_torch import load_onnx_module  # torch ops run node by node
 
         model: nn.Module = load_onnx_module(str(cfg.init_from))
     else:
@@ -269,7 +270,7 @@ def attack_summary(
 
 
 def main() -> None:
-    from training.datasets import load_dataset
+    from training.data.datasets import load_dataset
     from training.presets import PRESETS
 
     p = cli.parser(__doc__)

@@ -11,12 +11,12 @@ import numpy as np
 import torch
 
 from tests.support.tiny_backdoor import BACKDOOR, CLASSES, TARGET, TRIGGER, make_data
-from training.audit.onnx_torch import load_onnx_module
 from training.audit.pipeline import AuditConfig, run_audit
 from training.audit.report import write_report
 from training.audit.restarts import NAMED_REGIONS
 from training.audit.synthesis import SynthConfig
 from training.audit.unlearn import UnlearnConfig
+from training.nets.onnx_torch import load_onnx_module
 from training.train_detrigger import AEConfig, train_autoencoder
 
 CFG = AuditConfig(

@@ -91,7 +91,7 @@ def idx_writer():
 @pytest.fixture
 def no_standard_places(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Point the standard places at empty tmp folders, so a test never finds the real data."""
-    from training import datasets
+    from training.data import datasets
 
     empty = {k: [str(tmp_path / "nowhere" / k)] for k in datasets.SEARCH_PLACES}
     monkeypatch.setattr(datasets, "SEARCH_PLACES", empty)

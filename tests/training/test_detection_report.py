@@ -19,7 +19,7 @@ from onnx import TensorProto, helper
 from tests.support.tiny_models import OPSET, TinySpec, build_model_set, clean_image
 from tests.training.conftest import write_idx
 from training import detection_tables, strip_calibrate
-from training.attack_suite import load_suite
+from training.data.attack_suite import load_suite
 from training.detection_report import (
     AESpec,
     Outcome,

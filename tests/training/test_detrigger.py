@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.autoencoders import build_autoencoder
-from training.checkpoints import config_dict
+from training.nets.autoencoders import build_autoencoder
+from training.nets.checkpoints import config_dict
 from training.train_detrigger import (
     AEConfig,
     ae_batch,

@@ -12,7 +12,7 @@ import pytest
 from service.modelset import ModelSet
 from service.settings import Settings
 from training import reproduce, swap_detrigger
-from training.export import sha256
+from training.nets.export import sha256
 
 
 @pytest.fixture

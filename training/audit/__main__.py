@@ -2,7 +2,7 @@
 
     python -m training.audit --model-set models/mnist --dataset mnist
 
-Reads target.onnx (converted to torch by training.audit.onnx_torch, so any model set under the
+Reads target.onnx (converted to torch by training.nets.onnx_torch, so any model set under the
 contract works), synthesises a trigger per class on a small clean set, flags classes whose mask
 norm is anomalously small, identifies the trigger, repairs by pruning and by unlearning, writes
 reports/audit/<dataset>/<set>/ (audit.json, README.md, plots) and, when repaired, exports the
@@ -22,13 +22,13 @@ import torch
 
 from training import cli
 from training.audit.data import load_audit_data
-from training.audit.onnx_torch import load_onnx_module, write_onnx
 from training.audit.pipeline import AuditConfig, run_audit
 from training.audit.report import write_report
 from training.audit.synthesis import SynthConfig
 from training.audit.unlearn import SCHEDULES, UnlearnConfig
-from training.datasets import DATASETS
-from training.export import check_parity, sha256, write_manifest
+from training.data.datasets import DATASETS
+from training.nets.export import check_parity, sha256, write_manifest
+from training.nets.onnx_torch import load_onnx_module, write_onnx
 from training.reproduce import hardware, versions
 
 

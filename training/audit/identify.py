@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from training.audit.synthesis import apply_trigger
-from training.triggers import Trigger, patch_origin
+from training.data.triggers import Trigger, patch_origin
 
 
 def trigger_pixels(trigger: dict, height: int, width: int) -> np.ndarray:

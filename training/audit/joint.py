@@ -5,16 +5,16 @@ audit synthesised, and measure whether that raises detection on the demo sets.
 
 For one demo set it trains the preset's conv AE in up to three ways (--arms) on the same training
 split, then evaluates every AE with the set's own target on the full test set, exactly as
-`make reproduce` does (training.evaluate.evaluate_pair: positives are the triggered test images
-of other classes, thresholds are calibrated on the clean validation split):
+`make reproduce` does (training.evaluation.evaluate.evaluate_pair: positives are the triggered
+test images of other classes, thresholds are calibrated on the clean validation split):
 
 - `corner`: the paper's training triggers (the AE `make reproduce` ships; reused when finished);
 - `corner+synth`: the same, with half of the triggered images carrying instead the audit's
-  synthesised trigger of a flagged class (training/synthesised.py);
+  synthesised trigger of a flagged class (training/audit/synthesised.py);
 - `none+synth`: only the synthesised triggers, i.e. an AE that knows nothing of the attack but
   what the audit found.
 
-The target is the set's target.onnx run as a torch module (training.audit.onnx_torch), so any
+The target is the set's target.onnx run as a torch module (training.nets.onnx_torch), so any
 demo set under the model contract works. Needs the set's audit (`python -m training.audit`).
 Writes reports/audit/joint/<set>.json and .md.
 """
@@ -32,15 +32,15 @@ from pathlib import Path
 import torch
 
 from training import cli
-from training.audit.onnx_torch import load_onnx_module
 from training.audit.report import JOINT_COLUMNS, joint_cells
-from training.datasets import load_dataset
-from training.evaluate import evaluate_pair
+from training.data.datasets import load_dataset
+from training.data.triggers import Trigger
+from training.evaluation.evaluate import evaluate_pair
+from training.nets.onnx_torch import load_onnx_module
 from training.presets import PRESETS
 from training.reproduce import hardware, to_float, versions
 from training.train_detrigger import AEConfig, run_name, train_autoencoder
 from training.train_target import split_train_val
-from training.triggers import Trigger
 
 ARMS = ("corner", "corner+synth", "none+synth")
 log = logging.getLogger("training.audit.joint")

@@ -25,7 +25,7 @@ from training.audit.prune import prune_curve, rank_neurons
 from training.audit.restarts import candidates, kept, stack
 from training.audit.synthesis import SynthConfig, SynthResult, synthesize
 from training.audit.unlearn import UnlearnConfig, unlearn
-from training.triggers import Trigger
+from training.data.triggers import Trigger
 
 
 @dataclass

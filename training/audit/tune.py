@@ -31,12 +31,12 @@ import torch
 from training import cli
 from training.audit.data import load_audit_data
 from training.audit.identify import accuracy, success, synth_stamp
-from training.audit.onnx_torch import load_onnx_module
 from training.audit.restarts import unlearned_triggers
 from training.audit.unlearn import UnlearnConfig, unlearn
-from training.datasets import DATASETS
+from training.data.datasets import DATASETS
+from training.data.triggers import Trigger
+from training.nets.onnx_torch import load_onnx_module
 from training.reproduce import hardware, versions
-from training.triggers import Trigger
 
 LRS = (2.5e-4, 5e-4, 1e-3)
 DILATES = (0, 1, 2, 3)

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import datasets
-from training.datasets import DatasetError, load_dataset, read_cifar_batch, read_idx
+from training.data import datasets
+from training.data.datasets import DatasetError, load_dataset, read_cifar_batch, read_idx
 
 pytestmark = pytest.mark.usefixtures("no_standard_places")
 

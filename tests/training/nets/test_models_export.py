@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from training.autoencoders import build_autoencoder
-from training.export import (
+from training.nets.autoencoders import build_autoencoder
+from training.nets.export import (
     ParityError,
     check_parity,
     export_and_check,
@@ -14,7 +14,7 @@ from training.export import (
     sha256,
     write_samples,
 )
-from training.models import build_target
+from training.nets.models import build_target
 
 
 @pytest.mark.parametrize(

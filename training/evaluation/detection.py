@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.metrics import threshold_at_fpr
+from training.evaluation.metrics import threshold_at_fpr
 
 SCORES = ("prob_drop", "kl")
 RULES = ("class_change", "score")

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training import detection, metrics
-from training.evaluate import choose_decision
+from training.evaluation import detection, metrics
+from training.evaluation.evaluate import choose_decision
 
 
 def test_accuracy_and_attack_success_rate():
@@ -17,7 +17,7 @@ def test_accuracy_and_attack_success_rate():
 
 
 def test_attack_success_by_trigger_change_sets_apart_images_the_trigger_cannot_alter():
-    from training.triggers import Trigger
+    from training.data.triggers import Trigger
 
     x = np.zeros((4, 1, 6, 6), np.float32)
     x[1, :, :2, :2] = 0.99  # corner already white: the patch changes nothing that counts

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.augment import augment, random_flip, random_translate
-from training.triggers import (
+from training.data.augment import augment, random_flip, random_translate
+from training.data.triggers import (
     CORNERS,
     PATTERNS,
     Trigger,
@@ -310,7 +310,7 @@ def test_poison_dataset_multi_stamps_each_pair_its_trigger():
 
 
 def test_manifest_backdoors_reads_one_pair_several_or_none():
-    from training.triggers import manifest_backdoors
+    from training.data.triggers import manifest_backdoors
 
     white = {"kind": "patch", "size": 4, "position": "top-left", "value": 1.0}
     one = {"backdoor": {"target_class": 3, "poison_rate": 0.1, "trigger": white}}

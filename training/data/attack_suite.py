@@ -13,7 +13,7 @@ and a poison rate, read from a JSON file (training/attacks/suite.json).
       ]
     }
 
-A trigger is the keyword form of training.triggers.Trigger (kind, size, position, value, alpha,
+A trigger is the keyword form of training.data.triggers.Trigger (kind, size, position, value, alpha,
 seed, content, amplitude); a patch `position` may be "random" (fixed by the trigger's seed, away
 from the edges), resolved to a (row, col) for the dataset's image size when the attack is used.
 With several pairs, each poisons poison_rate / K of the training set. Every error names the file
@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from training.triggers import Trigger
+from training.data.triggers import Trigger
 
-DEFAULT_SUITE = Path(__file__).parent / "attacks" / "suite.json"
+DEFAULT_SUITE = Path(__file__).parents[1] / "attacks" / "suite.json"
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")  # a folder name
 TRIGGER_TYPES: dict[str, tuple[type, ...]] = {
     "kind": (str,),

@@ -13,16 +13,16 @@ import torch
 from torch import nn
 
 from tests.support.tiny_backdoor import fit
-from training.attack_suite import (
+from training.data.attack_suite import (
     DEFAULT_SUITE,
     SuiteError,
     load_suite,
     parse_suite,
     select,
 )
+from training.data.triggers import Trigger, poison_dataset_multi
 from training.suite import attack_config
 from training.train_target import TargetConfig, backdoors
-from training.triggers import Trigger, poison_dataset_multi
 
 GOOD = {
     "poison_rate": 0.1,

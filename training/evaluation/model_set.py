@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.detection import decide
-from training.export import export_and_check, onnx_logits_pair, write_samples
-from training.triggers import Trigger, stamp_pairs
+from training.data.triggers import Trigger, stamp_pairs
+from training.evaluation.detection import decide
+from training.nets.export import export_and_check, onnx_logits_pair, write_samples
 
 N_SAMPLES = 8
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.synthesised import MASK_TAU, load_synthesised, stamp_synthesised
+from training.audit.synthesised import MASK_TAU, load_synthesised, stamp_synthesised
 from training.train_detrigger import AEConfig, ae_batch, run_name, train_autoencoder
 
 SIDE = 8

@@ -3,7 +3,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from training.checkpoints import config_dict, resume, same_config, save
+from training.nets.checkpoints import config_dict, resume, same_config, save
 
 
 def _model_and_opt(seed: int) -> tuple[nn.Module, torch.optim.Optimizer]:

@@ -44,7 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.triggers import SMOOTH_GRID, apply_additive
+from training.data.triggers import SMOOTH_GRID, apply_additive
 
 
 @dataclass(frozen=True)

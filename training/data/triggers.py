@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from training.metrics import trigger_change
+from training.evaluation.metrics import trigger_change
 
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
@@ -390,7 +390,8 @@ def poison_dataset_multi(
 
 def manifest_backdoors(manifest: dict) -> list[dict]:
     """A manifest's backdoor as a list of {"target_class", "trigger"} entries: its
-    `backdoor.attacks` (several pairs, training/model_set.py writes them), else its single pair;
+    `backdoor.attacks` (several pairs, training/evaluation/model_set.py writes them), else its
+    single pair;
     empty for a set with no recorded backdoor."""
     backdoor = manifest.get("backdoor") or {}
     if backdoor.get("attacks"):

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from training.trigger_sampler import FAMILIES, SamplerSpec, sample_triggers
+from training.data.trigger_sampler import FAMILIES, SamplerSpec, sample_triggers
 
 
 def _batch(n: int = 400, c: int = 3, size: int = 16, seed: int = 0) -> torch.Tensor:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from training import detection, metrics
+from training.evaluation import detection, metrics
 from training.train_target import predict
 
 
