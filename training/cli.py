@@ -6,6 +6,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from training import config
+
 
 def parser(doc: str | None) -> argparse.ArgumentParser:
     """A parser whose --help shows the module docstring as written."""
@@ -36,10 +38,11 @@ def log_to(path: Path) -> None:
 
 def add_dataset(p: argparse.ArgumentParser, what: str) -> None:
     """--dataset (one of the presets, default mnist; ``what`` says what it picks) and --data-dir."""
-    from training.presets import PRESETS  # the presets import the trainers, which import this
-
     p.add_argument(
-        "--dataset", default="mnist", choices=list(PRESETS), help=f"{what} (default: mnist)"
+        "--dataset",
+        default="mnist",
+        choices=list(config.PRESETS),
+        help=f"{what} (default: mnist)",
     )
     add_data_dir(p)
 

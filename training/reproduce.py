@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from training import cli, strip_calibrate
+from training.config import PRESETS
 from training.data.datasets import load_dataset
 from training.data.triggers import Trigger
 from training.evaluation import model_set
@@ -32,7 +33,6 @@ from training.evaluation.evaluate import choose_decision, evaluate_pair
 from training.evaluation.model_set import N_SAMPLES, backdoor_entry, export_model_set
 from training.nets.export import write_manifest
 from training.nets.models import TARGETS
-from training.presets import PRESETS
 from training.train_detrigger import train_autoencoder
 from training.train_target import split_train_val, train_target
 

@@ -1,6 +1,6 @@
 """Train the attack suite's target models for one dataset and export each as a model set (issue 7,
 item 2). The attacks come from a suite file (default training/attacks/suite.json, see
-training/data/attack_suite.py); each is trained with the dataset's preset (training/presets.py),
+training/data/attack_suite.py); each is trained with the dataset's preset (training/config.py),
 only the poisoning changed, then paired with the preset's de-trigger AE, evaluated on the full test
 set, calibrated on the clean validation split and exported with the parity check.
 
@@ -40,21 +40,15 @@ from pathlib import Path
 import torch
 
 from training import cli
+from training.config import AE_TRIGGERS, PRESETS, AEConfig, TargetConfig, run_name, with_triggers
 from training.data.attack_suite import DEFAULT_SUITE, Attack, SuiteError, load_suite, select
 from training.data.datasets import DATASETS, load_dataset
 from training.evaluation import model_set
 from training.evaluation.evaluate import choose_decision_pairs, evaluate_pairs
 from training.nets.export import sha256, write_manifest
-from training.presets import PRESETS
 from training.reproduce import hardware, to_float, versions
-from training.train_detrigger import (
-    AE_TRIGGERS,
-    AEConfig,
-    run_name,
-    train_autoencoder,
-    with_triggers,
-)
-from training.train_target import TargetConfig, split_train_val, train_target
+from training.train_detrigger import train_autoencoder
+from training.train_target import split_train_val, train_target
 
 FINETUNE_EPOCHS = 2
 FINETUNE_LR_SCALE = 0.1

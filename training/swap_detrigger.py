@@ -2,7 +2,7 @@
 
     python -m training.swap_detrigger --model-set models/cifar10 --ae random
 
-The AE is one of the dataset preset's autoencoders (training/presets.py), reloaded from its
+The AE is one of the dataset preset's autoencoders (training/config.py), reloaded from its
 finished checkpoint in --run-dir/<dataset>/ or trained there first, exactly as `make reproduce`
 trains it. The set's target.onnx is run as torch (training/nets/onnx_torch.py), so no target
 checkpoint is needed and the target, its STRIP calibration and its audit stay valid. Then, as
@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from training import cli
+from training.config import PRESETS, run_name
 from training.data.datasets import load_dataset
 from training.data.triggers import backdoor_pairs
 from training.evaluation import model_set
@@ -37,9 +38,8 @@ from training.evaluation.report import pct, rule_text
 from training.nets.checkpoints import config_dict
 from training.nets.export import export_and_check, sha256, write_manifest
 from training.nets.onnx_torch import load_onnx_module
-from training.presets import PRESETS
 from training.reproduce import hardware, to_float, versions, write_readme
-from training.train_detrigger import run_name, train_autoencoder
+from training.train_detrigger import train_autoencoder
 from training.train_target import split_train_val
 
 log = logging.getLogger("training.swap_detrigger")

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,97 +38,21 @@ from tqdm import tqdm
 
 from training import cli
 from training.audit.synthesised import load_synthesised, stamp_synthesised
+from training.config import (
+    AE_TRIGGERS,
+    PRESETS,
+    AEConfig,
+    preset_autoencoder,
+    run_name,
+    with_triggers,
+)
+from training.data.datasets import load_dataset
 from training.data.trigger_sampler import SamplerSpec, sample_triggers
 from training.data.triggers import random_corner_patch
 from training.nets.autoencoders import Clamp01, MaskedConvAutoencoder, build_autoencoder
 from training.nets.checkpoints import config_dict, resume, save
 from training.nets.export import export_and_check
-
-AE_TRIGGERS = ("corner", "random", "none")
-
-
-@dataclass
-class AEConfig:
-    arch: str = "conv"
-    epochs: int = 4
-    batch_size: int = 128
-    lr: float = 1e-3  # Adam
-    width: int = 16  # conv only
-    triggered_share: float = 0.5  # share of each batch that gets a random-corner square
-    mask_weight: float = 1.0  # conv only: weight of the BCE loss on the mask
-    mask_pos_weight: float = 5.0  # conv only: BCE weight of trigger pixels (they are ~1%)
-    trigger_size: int = 4  # corner only
-    trigger_value: float = 1.0  # corner only
-    seed: int = 0
-    threads: int = 2
-    # Fields added later take the value that reproduces runs made before them, so that their
-    # checkpoints still match (training/nets/checkpoints.py fills missing keys with these defaults).
-    triggers: str = "corner"  # training triggers: corner (the paper's) | random (the sampler)
-    exclude: tuple[str, ...] = ()  # random only: families, kinds or patterns left out
-    synthesised: str = ""  # audit folder whose flagged classes' synthesised triggers are added
-    synthesised_share: float = 0.5  # share of the triggered images that get one of them
-    synthesised_dilate: int = 2  # pixels the synthesised masks are grown by
-    fill: str = "sigmoid"  # conv only: the fill's activation, sigmoid | extended (autoencoders.py)
-    # conv only: bound of the full-image correction (0: none). With one, the mask target of a
-    # full-image random trigger (blend, additive) is empty: the correction undoes it, the mask
-    # and fill are for patches.
-    residual: float = 0.0
-    corner_share: float = 0.0  # random only: share of patches put in a corner (trigger_sampler)
-    # conv only: weight of the L2 loss against the mask BCE. At 1 the BCE (~0.01) dwarfs what a
-    # full-image trigger adds to the L2 (~0.001 on a quarter of the images), the shared U-Net
-    # serves the mask, and on CIFAR-10 the correction learnt nothing (blends and noise passed
-    # through whole).
-    l2_weight: float = 1.0
-    # random only: share of the triggered images that get the paper's training trigger (a
-    # `trigger_size` square of `trigger_value` in a random corner) instead of a random one. The
-    # random AE is then trained on a superset of the paper's data: on CIFAR-10 the sampler alone
-    # left white squares on bright corners (sky) in place, which the paper's AE removes.
-    paper_share: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("triggered_share", "synthesised_share", "corner_share", "paper_share"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        if self.l2_weight <= 0:
-            raise ValueError(f"l2_weight must be positive, got {self.l2_weight}")
-
-
-def with_triggers(
-    base: AEConfig,
-    triggers: str,
-    exclude: tuple[str, ...] = (),
-    epochs: int | None = None,
-    threads: int | None = None,
-) -> AEConfig:
-    """A copy of `base` (a preset's AE) trained on `triggers`: what `main` trains and what
-    training.suite looks for, so that both name the same checkpoint."""
-    cfg = replace(base, triggers=triggers, exclude=tuple(exclude))
-    if epochs:
-        cfg.epochs = epochs
-    if threads:
-        cfg.threads = threads
-    return cfg
-
-
-def preset_autoencoder(autoencoders: dict[str, AEConfig], arch: str, triggers: str) -> AEConfig:
-    """The preset's AE of `arch` trained on `triggers` if it has one (e.g. `random`, with its own
-    epochs), so that `train_detrigger` trains and exports the very AE `make reproduce` ships;
-    else its `arch` AE, whose triggers `with_triggers` then replaces."""
-    for cfg in autoencoders.values():
-        if (cfg.arch, cfg.triggers) == (arch, triggers):
-            return cfg
-    return autoencoders[arch]
-
-
-def run_name(cfg: AEConfig) -> str:
-    """The AE's name in checkpoint files: `conv` for the paper's corner training (the name runs
-    have always used), `conv_random` or e.g. `conv_random_minus-checkerboard` otherwise."""
-    name = cfg.arch if cfg.triggers == "corner" else f"{cfg.arch}_{cfg.triggers}"
-    if cfg.exclude:
-        name = f"{name}_minus-{'-'.join(cfg.exclude)}"
-    if cfg.synthesised:
-        name = f"{name}_synth-{Path(cfg.synthesised).name}"
-    return name
+from training.train_target import split_train_val
 
 
 def ae_batch(
@@ -270,10 +194,6 @@ def train_autoencoder(
 
 
 def main() -> None:
-    from training.data.datasets import load_dataset
-    from training.presets import PRESETS
-    from training.train_target import split_train_val
-
     p = cli.parser(__doc__)
     cli.add_dataset(p, "which preset's AE and training split")
     p.add_argument(

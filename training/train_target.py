@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,49 +38,14 @@ from torch import nn
 from tqdm import tqdm
 
 from training import cli
+from training.config import PRESETS, TargetConfig, backdoors
 from training.data.augment import AUGMENTS, augment
-from training.data.triggers import Trigger, poison_index_multi, stamp_change, stamp_pairs
+from training.data.datasets import load_dataset
+from training.data.triggers import poison_index_multi, stamp_change, stamp_pairs
 from training.evaluation import metrics
 from training.nets.checkpoints import config_dict, resume, save
 from training.nets.models import TARGETS, build_target
-
-
-@dataclass
-class TargetConfig:
-    dataset: str = "mnist"
-    arch: str = "kwon_cnn"
-    widths: tuple[int, int, int, int] | None = None  # resnet_small only
-    epochs: int = 4
-    batch_size: int = 128
-    optimizer: str = "adam"  # adam | sgd (Nesterov)
-    lr: float = 1e-3  # peak learning rate
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "onecycle"  # onecycle (linear warm-up 20%, linear decay to 0) | constant
-    label_smoothing: float = 0.0
-    augment: str = "none"
-    poison_rate: float = 0.1
-    target_class: int = 0
-    trigger: dict = field(default_factory=lambda: Trigger().to_dict())
-    val_size: int = 5000  # clean training images held out for calibration, never trained on
-    seed: int = 0
-    threads: int = 2
-    # Fields added later take the value that reproduces runs made before them, so that their
-    # checkpoints still match (training/nets/checkpoints.py fills missing keys with these defaults).
-    attack: list[dict] | None = None  # [{target_class, trigger}, ...]; None: the two fields above
-    init_from: str | None = None  # a target checkpoint or .onnx to fine-tune; None: from scratch
-    # Share of the poisoned copies the attacker draws from the images its trigger changes least
-    # (triggers.choose_poison); 0: all drawn at random, as BadNets does.
-    poison_focus: float = 0.0
-
-
-def backdoors(cfg: TargetConfig) -> list[tuple[Trigger, int]]:
-    """The (trigger, target class) pairs cfg poisons with: its `attack`, else its one trigger."""
-    if cfg.attack is None:
-        return [(Trigger(**cfg.trigger), cfg.target_class)]
-    if not cfg.attack:
-        raise ValueError("attack must list at least one {target_class, trigger} pair, or be None")
-    return [(Trigger(**a["trigger"]), int(a["target_class"])) for a in cfg.attack]
+from training.nets.onnx_torch import load_onnx_module
 
 
 def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -163,8 +127,6 @@ def train_target(
     torch.manual_seed(cfg.seed)
     from_onnx = bool(cfg.init_from) and str(cfg.init_from).endswith(".onnx")
     if from_onnx:
-        from training.nets.onnx_torch import load_onnx_module  # torch ops run node by node
-
         model: nn.Module = load_onnx_module(str(cfg.init_from))
     else:
         model = build_target(cfg.arch, c, num_classes, h, mean, std, cfg.widths)
@@ -270,9 +232,6 @@ def attack_summary(
 
 
 def main() -> None:
-    from training.data.datasets import load_dataset
-    from training.presets import PRESETS
-
     p = cli.parser(__doc__)
     cli.add_dataset(p, "which preset to train")
     p.add_argument(

@@ -16,8 +16,9 @@ from training.audit.report import write_report
 from training.audit.restarts import NAMED_REGIONS
 from training.audit.synthesis import SynthConfig
 from training.audit.unlearn import UnlearnConfig
+from training.config import AEConfig
 from training.nets.onnx_torch import load_onnx_module
-from training.train_detrigger import AEConfig, train_autoencoder
+from training.train_detrigger import train_autoencoder
 
 CFG = AuditConfig(
     synth=SynthConfig(steps=400, batch_size=32, check_every=10),

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from training.audit.synthesised import MASK_TAU, load_synthesised, stamp_synthesised
-from training.train_detrigger import AEConfig, ae_batch, run_name, train_autoencoder
+from training.config import AEConfig, run_name
+from training.train_detrigger import ae_batch, train_autoencoder
 
 SIDE = 8
 

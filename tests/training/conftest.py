@@ -12,10 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import presets, reproduce, swap_detrigger
-from training.presets import Preset
-from training.train_detrigger import AEConfig
-from training.train_target import TargetConfig
+from training import config, reproduce, swap_detrigger
+from training.config import AEConfig, Preset, TargetConfig
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
@@ -115,7 +113,7 @@ def tiny_preset(monkeypatch, tmp_path):
         strip_bank_size=12,  # of the 40 validation images; 28 left calibrate STRIP at 4% FPR
         strip_n=4,
     )
-    for module in (presets, reproduce, swap_detrigger):
+    for module in (config, reproduce, swap_detrigger):
         monkeypatch.setattr(module, "PRESETS", {"mnist": tiny})
     return argparse.Namespace(
         data_dir=str(tmp_path / "data"),

@@ -8,17 +8,10 @@ import numpy as np
 import pytest
 import torch
 
+from training.config import AEConfig, preset_autoencoder, run_name, with_triggers
 from training.nets.autoencoders import build_autoencoder
 from training.nets.checkpoints import config_dict
-from training.train_detrigger import (
-    AEConfig,
-    ae_batch,
-    detrigger_loss,
-    make_ae_batch,
-    preset_autoencoder,
-    run_name,
-    with_triggers,
-)
+from training.train_detrigger import ae_batch, detrigger_loss, make_ae_batch
 
 
 def test_ae_batch_mixes_triggered_and_untouched_images():
@@ -122,7 +115,7 @@ def test_conv_ae_learns_to_remove_random_patches():
 
 
 def test_with_triggers_copies_the_preset_ae():
-    from training.presets import PRESETS
+    from training.config import PRESETS
 
     base = PRESETS["mnist"].autoencoders["conv"]
     cfg = with_triggers(base, "random", ("blend",), epochs=3, threads=1)
@@ -136,7 +129,7 @@ def test_the_preset_random_ae_is_the_base_for_random_triggers():
     """`train_detrigger --triggers random` trains the preset's `random` AE (its epochs), the one
     `make reproduce` ships, so both name and reuse one checkpoint; a preset without one falls
     back to its `conv` AE with the triggers replaced."""
-    from training.presets import PRESETS
+    from training.config import PRESETS
 
     mnist = PRESETS["mnist"].autoencoders
     assert preset_autoencoder(mnist, "conv", "random") is mnist["random"]
@@ -289,7 +282,7 @@ def test_paper_share_gives_that_share_the_papers_corner_square():
 def test_only_cifar10_changes_the_shared_random_ae_recipe():
     """MNIST and Fashion-MNIST ship AEs trained with the shared recipe (their checkpoints must
     keep matching it); CIFAR-10 changes exactly the fields it names, and the changes are real."""
-    from training.presets import CIFAR10_RANDOM_AE, PRESETS, random_ae
+    from training.config import CIFAR10_RANDOM_AE, PRESETS, random_ae
 
     shared = config_dict(random_ae())
     for name in ("mnist", "fashion-mnist"):

@@ -13,10 +13,8 @@ import pytest
 
 from tests.training.conftest import make_cifar_dataset
 from training import reproduce
+from training.config import AEConfig, Preset, TargetConfig
 from training.nets.export import sha256
-from training.presets import Preset
-from training.train_detrigger import AEConfig
-from training.train_target import TargetConfig
 
 
 def test_reproduce_writes_a_contract_model_set(tiny_preset, tmp_path):

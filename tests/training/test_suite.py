@@ -14,10 +14,8 @@ import pytest
 
 from tests.training.conftest import write_idx
 from training import suite
+from training.config import AEConfig, Preset, TargetConfig
 from training.nets.export import sha256
-from training.presets import Preset
-from training.train_detrigger import AEConfig
-from training.train_target import TargetConfig
 
 TINY_SUITE = {
     "poison_rate": 0.1,

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from training import cli
+from training.config import PRESETS
 from training.data.datasets import load_dataset
 from training.nets.export import export_and_check, sha256, write_manifest
-from training.presets import PRESETS
 from training.reproduce import hardware, versions
 from training.train_target import predict, split_train_val, train_target
 

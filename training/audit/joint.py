@@ -33,13 +33,13 @@ import torch
 
 from training import cli
 from training.audit.report import JOINT_COLUMNS, joint_cells
+from training.config import PRESETS, AEConfig, run_name
 from training.data.datasets import load_dataset
 from training.data.triggers import Trigger
 from training.evaluation.evaluate import evaluate_pair
 from training.nets.onnx_torch import load_onnx_module
-from training.presets import PRESETS
 from training.reproduce import hardware, to_float, versions
-from training.train_detrigger import AEConfig, run_name, train_autoencoder
+from training.train_detrigger import train_autoencoder
 from training.train_target import split_train_val
 
 ARMS = ("corner", "corner+synth", "none+synth")

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from tests.support.tiny_backdoor import fit
+from training.config import TargetConfig, backdoors
 from training.data.attack_suite import (
     DEFAULT_SUITE,
     SuiteError,
@@ -22,7 +23,6 @@ from training.data.attack_suite import (
 )
 from training.data.triggers import Trigger, poison_dataset_multi
 from training.suite import attack_config
-from training.train_target import TargetConfig, backdoors
 
 GOOD = {
     "poison_rate": 0.1,

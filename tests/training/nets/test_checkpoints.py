@@ -76,9 +76,7 @@ OLD_TARGET = {
 
 
 def test_checkpoints_older_than_a_new_field_match_it_at_its_default(tmp_path: Path) -> None:
-    from training.presets import PRESETS
-    from training.train_detrigger import AEConfig
-    from training.train_target import TargetConfig
+    from training.config import PRESETS, AEConfig, TargetConfig
 
     ae_now = config_dict(PRESETS["mnist"].autoencoders["conv"])  # threads 2, triggers "corner"
     ae_defaults = config_dict(AEConfig())
