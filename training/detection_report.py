@@ -50,7 +50,7 @@ import numpy as np
 
 from service.manifest import read_manifest, read_verified
 from service.strip import StripConfig, flag
-from training import cli
+from training import cli, evidence
 from training.data.attack_suite import DEFAULT_SUITE, Attack, SuiteError, load_suite
 from training.data.datasets import DATASETS, Dataset, load_dataset
 from training.data.triggers import Trigger, backdoor_pairs
@@ -71,7 +71,6 @@ from training.evaluation.metrics import auroc, flag_rate, roc_curve, tpr_at_fpr
 from training.evaluation.report import plot_examples
 from training.strip_calibrate import (
     bank_and_calibration,
-    environment,
     strip_threshold,
     validation_indices,
 )
@@ -804,15 +803,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for attack, folder in sets:
         print(f"{args.dataset} / {attack}: {folder}", flush=True)
         entries.append(evaluate_set(attack, folder, args.ae_specs, data, args))
-    hardware, versions = environment(args.threads)
     report = {
         "dataset": args.dataset,
         "command": " ".join(
             ["python -m training.detection_report", *(sys.argv[1:] if argv is None else argv)]
         ),
         "seed": args.seed,
-        "hardware": hardware,
-        "versions": versions,
+        "hardware": evidence.onnx_hardware(args.threads),
+        "versions": evidence.versions(evidence.ONNX_PACKAGES),
         "config": config,
         "fpr_grid": list(FPR_GRID),
         "sets": entries,

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import time
 from dataclasses import asdict
@@ -31,6 +29,7 @@ from training.evaluation import model_set
 from training.evaluation import report as rep
 from training.evaluation.evaluate import choose_decision, evaluate_pair
 from training.evaluation.model_set import N_SAMPLES, backdoor_entry, export_model_set
+from training.evidence import hardware, versions
 from training.nets.export import write_manifest
 from training.nets.models import TARGETS
 from training.train_detrigger import train_autoencoder
@@ -38,35 +37,6 @@ from training.train_target import split_train_val, train_target
 
 PAPER_EPOCHS = {"mnist": 50, "fashion-mnist": 50, "cifar10": 200}
 log = logging.getLogger("training.reproduce")
-
-
-def hardware() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = "CUDA GPU" if torch.cuda.is_available() else "no GPU"
-    return (
-        f"{model} ({os.cpu_count()} CPU cores), {torch.get_num_threads()} torch threads, "
-        f"{platform.machine()}, {gpu}"
-    )
-
-
-def versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-    }
 
 
 def to_float(images: np.ndarray) -> torch.Tensor:

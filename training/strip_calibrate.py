@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import platform
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -31,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from service.manifest import Manifest, read_manifest, read_verified
 from service.modelset import Strip
 from service.strip import StripConfig, bank_from_npy, flag, run_strip
-from training import cli
+from training import cli, evidence
 from training.data.datasets import DATASETS, Dataset, load_dataset
 from training.data.triggers import Trigger, manifest_backdoors
 from training.evaluation.detectors import cpu_session
@@ -171,27 +168,6 @@ def triggered_check(
 def quantiles(values: np.ndarray) -> dict[str, float]:
     qs = {"min": 0.0, "p01": 0.01, "p05": 0.05, "median": 0.5, "p95": 0.95, "max": 1.0}
     return {name: float(np.quantile(values, q)) for name, q in qs.items()}
-
-
-def environment(threads: int) -> tuple[str, dict[str, str]]:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    hardware = (
-        f"{cpu} ({os.cpu_count()} CPU cores), ONNX Runtime CPU, "
-        f"{threads or 'default'} intra-op threads, {platform.machine()}"
-    )
-    versions = {
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "onnxruntime": ort.__version__,
-    }
-    return hardware, versions
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -334,13 +310,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ]
 
     np.save(folder / BANK_FILE, np.ascontiguousarray(train.images[bank_idx]))
-    hardware, versions = environment(args.threads)
     calibration.update(
         {
             "command": " ".join(["python -m training.strip_calibrate", *(argv or sys.argv[1:])]),
             "seed": args.seed,
-            "hardware": hardware,
-            "versions": versions,
+            "hardware": evidence.onnx_hardware(args.threads),
+            "versions": evidence.versions(evidence.ONNX_PACKAGES),
             "wall_seconds": round(time.time() - t0, 1),
             "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }

@@ -45,8 +45,9 @@ from training.data.attack_suite import DEFAULT_SUITE, Attack, SuiteError, load_s
 from training.data.datasets import DATASETS, load_dataset
 from training.evaluation import model_set
 from training.evaluation.evaluate import choose_decision_pairs, evaluate_pairs
+from training.evidence import hardware, versions
 from training.nets.export import sha256, write_manifest
-from training.reproduce import hardware, to_float, versions
+from training.reproduce import to_float
 from training.train_detrigger import train_autoencoder
 from training.train_target import split_train_val, train_target
 

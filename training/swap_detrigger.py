@@ -35,10 +35,11 @@ from training.data.triggers import backdoor_pairs
 from training.evaluation import model_set
 from training.evaluation.evaluate import choose_decision_pairs, evaluate_pairs
 from training.evaluation.report import pct, rule_text
+from training.evidence import hardware, versions
 from training.nets.checkpoints import config_dict
 from training.nets.export import export_and_check, sha256, write_manifest
 from training.nets.onnx_torch import load_onnx_module
-from training.reproduce import hardware, to_float, versions, write_readme
+from training.reproduce import to_float, write_readme
 from training.train_detrigger import train_autoencoder
 from training.train_target import split_train_val
 

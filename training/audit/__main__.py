@@ -27,9 +27,9 @@ from training.audit.report import write_report
 from training.audit.synthesis import SynthConfig
 from training.audit.unlearn import SCHEDULES, UnlearnConfig
 from training.data.datasets import DATASETS
+from training.evidence import hardware, versions
 from training.nets.export import check_parity, sha256, write_manifest
 from training.nets.onnx_torch import load_onnx_module, write_onnx
-from training.reproduce import hardware, versions
 
 
 def audit_entry(summary: dict) -> dict:

@@ -21,8 +21,8 @@ import torch
 from training import cli
 from training.config import PRESETS
 from training.data.datasets import load_dataset
+from training.evidence import hardware, versions
 from training.nets.export import export_and_check, sha256, write_manifest
-from training.reproduce import hardware, versions
 from training.train_target import predict, split_train_val, train_target
 
 

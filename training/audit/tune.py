@@ -35,8 +35,8 @@ from training.audit.restarts import unlearned_triggers
 from training.audit.unlearn import UnlearnConfig, unlearn
 from training.data.datasets import DATASETS
 from training.data.triggers import Trigger
+from training.evidence import hardware, versions
 from training.nets.onnx_torch import load_onnx_module
-from training.reproduce import hardware, versions
 
 LRS = (2.5e-4, 5e-4, 1e-3)
 DILATES = (0, 1, 2, 3)
