@@ -23,7 +23,7 @@ import torch
 
 from training import cli, strip_calibrate
 from training.config import PRESETS
-from training.data.datasets import load_dataset
+from training.data.datasets import load_dataset, split_train_val, to_float
 from training.data.triggers import Trigger
 from training.evaluation import model_set
 from training.evaluation import report as rep
@@ -33,14 +33,10 @@ from training.evidence import hardware, versions
 from training.nets.export import write_manifest
 from training.nets.models import TARGETS
 from training.train_detrigger import train_autoencoder
-from training.train_target import split_train_val, train_target
+from training.train_target import train_target
 
 PAPER_EPOCHS = {"mnist": 50, "fashion-mnist": 50, "cifar10": 200}
 log = logging.getLogger("training.reproduce")
-
-
-def to_float(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).float().div_(255.0)  # (N, C, H, W) in [0, 1]
 
 
 def run_dataset(name: str, args: argparse.Namespace) -> dict:

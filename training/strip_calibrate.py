@@ -34,12 +34,11 @@ from service.manifest import Manifest, read_manifest, read_verified
 from service.modelset import Strip
 from service.strip import StripConfig, bank_from_npy, flag, run_strip
 from training import cli, evidence
-from training.data.datasets import DATASETS, Dataset, load_dataset
+from training.data.datasets import DATASETS, Dataset, load_dataset, split_train_val
 from training.data.triggers import Trigger, manifest_backdoors
 from training.evaluation.detectors import cpu_session
 from training.evaluation.metrics import threshold_at_fpr
 from training.nets.export import sha256, write_manifest
-from training.train_target import split_train_val
 
 BANK_FILE = "strip_bank.npy"
 

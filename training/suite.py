@@ -42,14 +42,13 @@ import torch
 from training import cli
 from training.config import AE_TRIGGERS, PRESETS, AEConfig, TargetConfig, run_name, with_triggers
 from training.data.attack_suite import DEFAULT_SUITE, Attack, SuiteError, load_suite, select
-from training.data.datasets import DATASETS, load_dataset
+from training.data.datasets import DATASETS, load_dataset, split_train_val, to_float
 from training.evaluation import model_set
 from training.evaluation.evaluate import choose_decision_pairs, evaluate_pairs
 from training.evidence import hardware, versions
 from training.nets.export import sha256, write_manifest
-from training.reproduce import to_float
 from training.train_detrigger import train_autoencoder
-from training.train_target import split_train_val, train_target
+from training.train_target import train_target
 
 FINETUNE_EPOCHS = 2
 FINETUNE_LR_SCALE = 0.1

@@ -30,7 +30,7 @@ import torch
 
 from training import cli
 from training.config import PRESETS, run_name
-from training.data.datasets import load_dataset
+from training.data.datasets import load_dataset, split_train_val, to_float
 from training.data.triggers import backdoor_pairs
 from training.evaluation import model_set
 from training.evaluation.evaluate import choose_decision_pairs, evaluate_pairs
@@ -39,9 +39,8 @@ from training.evidence import hardware, versions
 from training.nets.checkpoints import config_dict
 from training.nets.export import export_and_check, sha256, write_manifest
 from training.nets.onnx_torch import load_onnx_module
-from training.reproduce import to_float, write_readme
+from training.reproduce import write_readme
 from training.train_detrigger import train_autoencoder
-from training.train_target import split_train_val
 
 log = logging.getLogger("training.swap_detrigger")
 

@@ -46,13 +46,12 @@ from training.config import (
     run_name,
     with_triggers,
 )
-from training.data.datasets import load_dataset
+from training.data.datasets import load_dataset, split_train_val
 from training.data.trigger_sampler import SamplerSpec, sample_triggers
 from training.data.triggers import random_corner_patch
 from training.nets.autoencoders import Clamp01, MaskedConvAutoencoder, build_autoencoder
 from training.nets.checkpoints import config_dict, resume, save
 from training.nets.export import export_and_check
-from training.train_target import split_train_val
 
 
 def ae_batch(

@@ -40,22 +40,12 @@ from tqdm import tqdm
 from training import cli
 from training.config import PRESETS, TargetConfig, backdoors
 from training.data.augment import AUGMENTS, augment
-from training.data.datasets import load_dataset
+from training.data.datasets import load_dataset, split_train_val, to_float
 from training.data.triggers import poison_index_multi, stamp_change, stamp_pairs
 from training.evaluation import metrics
 from training.nets.checkpoints import config_dict, resume, save
-from training.nets.models import TARGETS, build_target
+from training.nets.models import TARGETS, build_target, predict
 from training.nets.onnx_torch import load_onnx_module
-
-
-def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint (train, val) index arrays over n training images, fixed by seed."""
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
-
-
-def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
-    return x_uint8.float().div_(255.0)
 
 
 def lr_factor(step: int, total: int, schedule: str) -> float:
@@ -87,22 +77,6 @@ def make_optimizer(model: nn.Module, cfg: TargetConfig) -> torch.optim.Optimizer
             nesterov=True,
         )
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}; allowed: adam, sgd")
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 1000, transform=None
-) -> torch.Tensor:
-    """Logits (N, classes) for float images (N, C, H, W) in [0, 1] (or uint8, converted)."""
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size]
-        x = to_float(x) if x.dtype == torch.uint8 else x
-        if transform is not None:
-            x = transform(x)
-        out.append(model(x.contiguous(memory_format=torch.channels_last)))
-    return torch.cat(out)
 
 
 def train_target(

@@ -14,6 +14,7 @@ from service.settings import Detector, Settings
 from service.strip import flag
 from tests.support.tiny_models import TinySpec, add_trigger, build_model_set, clean_image
 from tests.training.conftest import write_idx
+from training.data.datasets import split_train_val
 from training.strip_calibrate import (
     bank_and_calibration,
     main,
@@ -21,7 +22,6 @@ from training.strip_calibrate import (
     strip_threshold,
     validation_indices,
 )
-from training.train_target import split_train_val
 
 
 # --- the threshold ----------------------------------------------------------------------------

@@ -20,10 +20,11 @@ import torch
 
 from training import cli
 from training.config import PRESETS
-from training.data.datasets import load_dataset
+from training.data.datasets import load_dataset, split_train_val
 from training.evidence import hardware, versions
 from training.nets.export import export_and_check, sha256, write_manifest
-from training.train_target import predict, split_train_val, train_target
+from training.nets.models import predict
+from training.train_target import train_target
 
 
 def main() -> None:

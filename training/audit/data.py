@@ -9,8 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from training.data.datasets import load_dataset
-from training.train_target import split_train_val
+from training.data.datasets import load_dataset, split_train_val
 
 
 @dataclass

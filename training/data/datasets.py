@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "folder")
 
@@ -344,3 +345,16 @@ def load_dataset(
     if name == "cifar10":
         return load_cifar10(split, data_dir)
     return load_idx_dataset(name, split, data_dir)
+
+
+def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint (train, val) index arrays over n training images, fixed by seed."""
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
+
+
+def to_float(images: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 images (N, C, H, W), an array or a tensor -> float tensor in [0, 1]."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    return images.float().div_(255.0)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from training.evaluation import detection, metrics
-from training.train_target import predict
+from training.nets.models import predict
 
 
 @torch.no_grad()

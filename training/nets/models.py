@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from training.data.datasets import to_float
+
 TARGETS = ("kwon_cnn", "vgg19", "resnet_small")
 
 
@@ -185,3 +187,19 @@ def build_target(
     else:
         raise ValueError(f"unknown target architecture {arch!r}; allowed: {', '.join(TARGETS)}")
     return nn.Sequential(Normalize(mean, std), net)
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, images: torch.Tensor, batch_size: int = 1000, transform=None
+) -> torch.Tensor:
+    """Logits (N, classes) for float images (N, C, H, W) in [0, 1] (or uint8, converted)."""
+    model.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size]
+        x = to_float(x) if x.dtype == torch.uint8 else x
+        if transform is not None:
+            x = transform(x)
+        out.append(model(x.contiguous(memory_format=torch.channels_last)))
+    return torch.cat(out)
