@@ -30,10 +30,10 @@ from training.evaluation import report as rep
 from training.evaluation.evaluate import choose_decision, evaluate_pair
 from training.evaluation.model_set import N_SAMPLES, backdoor_entry, export_model_set
 from training.evidence import hardware, versions
+from training.fit.autoencoder import train_autoencoder
+from training.fit.target import train_target
 from training.nets.export import write_manifest
 from training.nets.models import TARGETS
-from training.train_detrigger import train_autoencoder
-from training.train_target import train_target
 
 PAPER_EPOCHS = {"mnist": 50, "fashion-mnist": 50, "cifar10": 200}
 log = logging.getLogger("training.reproduce")

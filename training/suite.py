@@ -46,9 +46,9 @@ from training.data.datasets import DATASETS, load_dataset, split_train_val, to_f
 from training.evaluation import model_set
 from training.evaluation.evaluate import choose_decision_pairs, evaluate_pairs
 from training.evidence import hardware, versions
+from training.fit.autoencoder import train_autoencoder
+from training.fit.target import train_target
 from training.nets.export import sha256, write_manifest
-from training.train_detrigger import train_autoencoder
-from training.train_target import train_target
 
 FINETUNE_EPOCHS = 2
 FINETUNE_LR_SCALE = 0.1

@@ -36,11 +36,11 @@ from training.evaluation import model_set
 from training.evaluation.evaluate import choose_decision_pairs, evaluate_pairs
 from training.evaluation.report import pct, rule_text
 from training.evidence import hardware, versions
+from training.fit.autoencoder import train_autoencoder
 from training.nets.checkpoints import config_dict
 from training.nets.export import export_and_check, sha256, write_manifest
 from training.nets.onnx_torch import load_onnx_module
 from training.reproduce import write_readme
-from training.train_detrigger import train_autoencoder
 
 log = logging.getLogger("training.swap_detrigger")
 

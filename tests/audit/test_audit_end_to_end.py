@@ -17,8 +17,8 @@ from training.audit.restarts import NAMED_REGIONS
 from training.audit.synthesis import SynthConfig
 from training.audit.unlearn import UnlearnConfig
 from training.config import AEConfig
+from training.fit.autoencoder import train_autoencoder
 from training.nets.onnx_torch import load_onnx_module
-from training.train_detrigger import train_autoencoder
 
 CFG = AuditConfig(
     synth=SynthConfig(steps=400, batch_size=32, check_every=10),

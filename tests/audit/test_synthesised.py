@@ -10,7 +10,7 @@ import torch
 
 from training.audit.synthesised import MASK_TAU, load_synthesised, stamp_synthesised
 from training.config import AEConfig, run_name
-from training.train_detrigger import ae_batch, train_autoencoder
+from training.fit.autoencoder import ae_batch, train_autoencoder
 
 SIDE = 8
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from training.config import AEConfig, preset_autoencoder, run_name, with_triggers
+from training.fit.autoencoder import ae_batch, detrigger_loss, make_ae_batch
 from training.nets.autoencoders import build_autoencoder
 from training.nets.checkpoints import config_dict
-from training.train_detrigger import ae_batch, detrigger_loss, make_ae_batch
 
 
 def test_ae_batch_mixes_triggered_and_untouched_images():

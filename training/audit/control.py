@@ -22,9 +22,9 @@ from training import cli
 from training.config import PRESETS
 from training.data.datasets import load_dataset, split_train_val
 from training.evidence import hardware, versions
+from training.fit.target import train_target
 from training.nets.export import export_and_check, sha256, write_manifest
 from training.nets.models import predict
-from training.train_target import train_target
 
 
 def main() -> None:

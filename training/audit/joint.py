@@ -38,8 +38,8 @@ from training.data.datasets import load_dataset, split_train_val, to_float
 from training.data.triggers import Trigger
 from training.evaluation.evaluate import evaluate_pair
 from training.evidence import hardware, versions
+from training.fit.autoencoder import train_autoencoder
 from training.nets.onnx_torch import load_onnx_module
-from training.train_detrigger import train_autoencoder
 
 ARMS = ("corner", "corner+synth", "none+synth")
 log = logging.getLogger("training.audit.joint")
