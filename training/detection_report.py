@@ -69,11 +69,7 @@ from training.evaluation.detectors import (
 )
 from training.evaluation.metrics import auroc, flag_rate, roc_curve, tpr_at_fpr
 from training.evaluation.report import plot_examples
-from training.strip_calibrate import (
-    bank_and_calibration,
-    strip_threshold,
-    validation_indices,
-)
+from training.evaluation.strip import bank_and_calibration, strip_threshold, validation_indices
 
 LABEL = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 OWN_AE = "set"  # --ae LABEL=set: each model set's own detrigger.onnx

@@ -11,7 +11,6 @@ config is reused, a partial one is resumed, so an interrupted run can be started
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training import cli, strip_calibrate
+from training import cli
 from training.config import PRESETS
 from training.data.datasets import load_dataset, split_train_val, to_float
 from training.data.triggers import Trigger
@@ -29,6 +28,7 @@ from training.evaluation import model_set
 from training.evaluation import report as rep
 from training.evaluation.evaluate import choose_decision, evaluate_pair
 from training.evaluation.model_set import N_SAMPLES, backdoor_entry, export_model_set
+from training.evaluation.strip import StripOptions, calibrate_model_set
 from training.evidence import hardware, versions
 from training.fit.autoencoder import train_autoencoder
 from training.fit.target import train_target
@@ -154,10 +154,22 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
 
     # --- STRIP, the second detector: bank and threshold for the same target FPR
     t = time.time()
-    strip = strip_calibrate.main(
+    strip_argv = (
         ["--model-set", str(out), "--dataset", name, "--target-fpr", f"{preset.target_fpr:g}"]
         + ["--bank-size", str(preset.strip_bank_size), "--n", str(preset.strip_n)]
         + (["--data-dir", args.data_dir] if args.data_dir else [])
+    )
+    strip = calibrate_model_set(
+        StripOptions(
+            model_set=str(out),
+            dataset=name,
+            data_dir=args.data_dir,
+            n=preset.strip_n,
+            target_fpr=preset.target_fpr,
+            bank_size=preset.strip_bank_size,
+        ),
+        # the command that makes the same entry alone
+        " ".join(["python -m training.strip_calibrate", *strip_argv]),
     )
     stages["strip"] = time.time() - t
 
@@ -214,18 +226,6 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     return report
 
 
-def write_readme(reports_dir: Path) -> None:
-    reports = {}
-    for name in PRESETS:
-        p = reports_dir / name / "report.json"
-        if p.is_file():
-            reports[name] = json.loads(p.read_text())
-            swap = reports_dir / name / "detrigger_swap.json"
-            if swap.is_file():
-                reports[name] = rep.with_swap(reports[name], json.loads(swap.read_text()))
-    (reports_dir / "README.md").write_text(rep.readme(reports, tuple(PRESETS)))
-
-
 def main() -> None:
     p = cli.parser(__doc__)
     p.add_argument(
@@ -273,7 +273,7 @@ def main() -> None:
         for ae_cfg in PRESETS[n].autoencoders.values():
             ae_cfg.threads = args.threads
         run_dataset(n, args)
-        write_readme(Path(args.reports_dir))
+        rep.write_readme(Path(args.reports_dir))
 
 
 if __name__ == "__main__":

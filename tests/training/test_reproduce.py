@@ -14,13 +14,14 @@ import pytest
 from tests.training.conftest import make_cifar_dataset
 from training import reproduce
 from training.config import AEConfig, Preset, TargetConfig
+from training.evaluation import report as rep
 from training.nets.export import sha256
 
 
 def test_reproduce_writes_a_contract_model_set(tiny_preset, tmp_path):
     args = tiny_preset
     report = reproduce.run_dataset("mnist", args)
-    reproduce.write_readme(tmp_path / "reports")
+    rep.write_readme(tmp_path / "reports")
     folder = tmp_path / "models" / "mnist"
     m = json.loads((folder / "manifest.json").read_text())
     assert m["name"] == "mnist" and m["input"] == {"height": 28, "width": 28, "channels": 1}

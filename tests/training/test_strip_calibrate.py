@@ -15,13 +15,13 @@ from service.strip import flag
 from tests.support.tiny_models import TinySpec, add_trigger, build_model_set, clean_image
 from tests.training.conftest import write_idx
 from training.data.datasets import split_train_val
-from training.strip_calibrate import (
+from training.evaluation.strip import (
     bank_and_calibration,
-    main,
     quantiles,
     strip_threshold,
     validation_indices,
 )
+from training.strip_calibrate import main
 
 
 # --- the threshold ----------------------------------------------------------------------------

@@ -12,6 +12,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from training import config  # noqa: E402
+
 # The paper's figures (Section V, Figs 2-4): detection rate = accuracy on backdoor samples after
 # the AE; clean accuracy = accuracy on legitimate samples after the AE.
 PAPER = {
@@ -393,3 +395,18 @@ def readme(reports: dict[str, dict], expected: tuple[str, ...] = ()) -> str:
         )
     lines.append("")
     return "\n".join(lines)
+
+
+def write_readme(reports_dir: Path, names: tuple[str, ...] | None = None) -> None:
+    """reports_dir/README.md from every <name>/report.json there (with its swap report, if any);
+    `names`: the datasets expected, default the presets'."""
+    names = tuple(config.PRESETS) if names is None else names
+    reports = {}
+    for name in names:
+        p = reports_dir / name / "report.json"
+        if p.is_file():
+            reports[name] = json.loads(p.read_text())
+            swap = reports_dir / name / "detrigger_swap.json"
+            if swap.is_file():
+                reports[name] = with_swap(reports[name], json.loads(swap.read_text()))
+    (reports_dir / "README.md").write_text(readme(reports, names))
