@@ -54,8 +54,14 @@ from training import cli, evidence
 from training.data.attack_suite import DEFAULT_SUITE, Attack, SuiteError, load_suite
 from training.data.datasets import DATASETS, Dataset, load_dataset
 from training.data.triggers import Trigger, backdoor_pairs
-from training.detection_tables import FPR_GRID, PAPER_ATTACK, ROC_FPRS, write_dataset, write_readme
 from training.evaluation.detection import MIN_THRESHOLD, calibrate
+from training.evaluation.detection_markdown import (
+    FPR_GRID,
+    PAPER_ATTACK,
+    ROC_FPRS,
+    write_dataset,
+    write_readme,
+)
 from training.evaluation.detectors import (
     AEScores,
     Graph,

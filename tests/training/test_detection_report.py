@@ -30,7 +30,8 @@ from training.detection_report import (
     rates,
     roc_on_grid,
 )
-from training.detection_tables import FPR_GRID, subset_note
+from training.evaluation import detection_markdown
+from training.evaluation.detection_markdown import FPR_GRID, subset_note
 
 SPEC = TinySpec(name="tinydet")
 N_TRAIN, N_VAL, N_TEST = 400, 200, 54
@@ -317,8 +318,8 @@ def test_the_markdown_has_table_7_goals_and_the_per_attack_tables(report: dict, 
 
 def test_the_held_out_row_shows_only_where_a_held_out_ae_ran(report: dict) -> None:
     row = "| held out (improved recipe without the attack's family"
-    assert row not in detection_tables.dataset_markdown(report)
-    assert row not in detection_tables.readme([report])
+    assert row not in detection_markdown.dataset_markdown(report)
+    assert row not in detection_markdown.readme([report])
     # The two-target set also run with an AE trained without its family (--ae heldout@...):
     # here the identity AE's KL detector again, under the held-out label.
     changed = copy.deepcopy(report)
@@ -331,14 +332,14 @@ def test_the_held_out_row_shows_only_where_a_held_out_ae_ran(report: dict) -> No
         "triggers": "random",
         "exclude": ["checkerboard"],
     }
-    md = detection_tables.dataset_markdown(changed)
+    md = detection_markdown.dataset_markdown(changed)
     (line,) = [x for x in md.splitlines() if x.startswith(row)]
     cells = line.split(" | ")
     assert cells[1] == "not run"  # the paper-trigger set had no held-out AE
     rates = (100 * improved["detection_rate"], 100 * improved["false_positive_rate"])
     assert cells[2] == "{:.2f} / {:.2f}".format(*rates)
     assert "| heldout | " in md and "| random minus checkerboard | two-targets |" in md
-    assert row in detection_tables.readme([changed])
+    assert row in detection_markdown.readme([changed])
 
 
 def test_the_tables_are_rewritten_from_the_jsons_alone(out: Path) -> None:
