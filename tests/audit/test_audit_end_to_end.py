@@ -12,7 +12,7 @@ import torch
 
 from tests.support.tiny_backdoor import BACKDOOR, CLASSES, TARGET, TRIGGER, make_data
 from training.audit.pipeline import AuditConfig, run_audit
-from training.audit.report import write_report
+from training.audit.render import write_report
 from training.audit.restarts import NAMED_REGIONS
 from training.audit.synthesis import SynthConfig
 from training.audit.unlearn import UnlearnConfig
@@ -115,7 +115,7 @@ def test_an_ae_trained_only_on_the_audits_trigger_removes_the_real_one(
         replace(CFG, repair="never"), BACKDOOR, progress=False,
     )  # fmt: skip
     assert res.summary["target_classes"] == [TARGET]
-    audit = tmp_path / "audit"  # the two files of training.audit.report.write_report it reads
+    audit = tmp_path / "audit"  # the two files of training.audit.render.write_report it reads
     audit.mkdir()
     np.savez(audit / "triggers.npz", masks=res.synth.masks, patterns=res.synth.patterns)
     (audit / "audit.json").write_text(json.dumps({"summary": res.summary}))

@@ -101,7 +101,7 @@ def test_unlearning_set_shares_are_disjoint() -> None:
 
 
 def test_overview_table_sets_repair_beside_paper() -> None:
-    from training.audit.report import overview
+    from training.audit.render import overview
 
     per_class = [{"anomaly_index": 3.5}, {"anomaly_index": -0.2}]
     before = {"clean_accuracy": 0.99, "real_asr": 1.0, "synth_asr": 0.98}
@@ -147,7 +147,7 @@ def test_overview_table_sets_repair_beside_paper() -> None:
 
 
 def test_unlearning_goal_says_what_misses_and_by_how_much() -> None:
-    from training.audit.report import unlearning_goal
+    from training.audit.render import unlearning_goal
 
     before = {"clean_accuracy": 0.9163}
     assert unlearning_goal(before, {"clean_accuracy": 0.9100, "real_asr": 0.02}) == "holds"

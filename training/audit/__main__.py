@@ -23,7 +23,7 @@ import torch
 from training import cli
 from training.audit.data import load_audit_data
 from training.audit.pipeline import AuditConfig, run_audit
-from training.audit.report import write_report
+from training.audit.render import write_report
 from training.audit.synthesis import SynthConfig
 from training.audit.unlearn import SCHEDULES, UnlearnConfig
 from training.data.datasets import DATASETS

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from training import cli
-from training.audit.report import JOINT_COLUMNS, joint_cells
+from training.audit.render import JOINT_COLUMNS, joint_cells
 from training.config import PRESETS, AEConfig, run_name
 from training.data.datasets import load_dataset, split_train_val, to_float
 from training.data.triggers import Trigger

@@ -111,7 +111,7 @@ def stack(cands: list[Candidate]) -> tuple[np.ndarray, np.ndarray]:
 
 def unlearned_triggers(npz, k: int) -> tuple[np.ndarray, np.ndarray]:
     """(masks (T, H, W), patterns (T, C, H, W)) that an audit's triggers.npz says were unlearned
-    for class k, smallest first: its `repair_*` arrays (training.audit.report.write_report), or
+    for class k, smallest first: its `repair_*` arrays (training.audit.render.write_report), or
     for an audit made before restarts the class's sweep trigger alone."""
     if "repair_masks" in npz:
         return npz["repair_masks"], npz["repair_patterns"]
