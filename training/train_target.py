@@ -36,6 +36,7 @@ from torch import nn
 from training import cli
 from training.config import PRESETS, TargetConfig, backdoors
 from training.data.datasets import load_dataset, split_train_val, to_float
+from training.data.triggers import trigger_change
 from training.evaluation import metrics
 from training.fit.target import train_target
 from training.nets.checkpoints import config_dict
@@ -62,7 +63,7 @@ def attack_summary(
                 "trigger": trigger.to_dict(),
                 "attack_success_rate": metrics.attack_success_rate(pred, test_labels, target_class),
                 "by_trigger_change": metrics.attack_success_by_change(
-                    metrics.trigger_change(x.numpy(), xt.numpy()), pred, test_labels, target_class
+                    trigger_change(x.numpy(), xt.numpy()), pred, test_labels, target_class
                 ),
             }
         )

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from training.data.triggers import trigger_change
 from training.evaluation import detection, metrics
 from training.nets.models import predict
 
@@ -109,7 +110,7 @@ def evaluate_pair(
         "attack_success_rate": metrics.attack_success_rate(lx_t.argmax(1), test_y, target_class),
         # Positives the trigger leaves (nearly) as they were, and the ASR on the others.
         "attack_success_by_trigger_change": metrics.attack_success_by_change(
-            metrics.trigger_change(test_x.numpy(), test_t.numpy()),
+            trigger_change(test_x.numpy(), test_t.numpy()),
             lx_t.argmax(1),
             test_y,
             target_class,

@@ -19,14 +19,6 @@ def attack_success_rate(pred_triggered: np.ndarray, labels: np.ndarray, target_c
     return float((np.asarray(pred_triggered)[keep] == target_class).mean())
 
 
-def trigger_change(clean: np.ndarray, triggered: np.ndarray) -> np.ndarray:
-    """Per image, the largest change of any pixel that stamping the trigger made (images in
-    [0, 1], shape (N, ...)). A white patch on a corner that is already white leaves the image as it
-    was, and no classifier can then tell the two apart."""
-    diff = np.abs(np.asarray(triggered, np.float32) - np.asarray(clean, np.float32))
-    return diff.reshape(len(diff), -1).max(axis=1)
-
-
 def attack_success_by_change(
     change: np.ndarray,
     pred_triggered: np.ndarray,

@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from training.data.triggers import trigger_change
 from training.evaluation import detection, metrics
 from training.evaluation.evaluate import choose_decision
 
@@ -23,7 +24,7 @@ def test_attack_success_by_trigger_change_sets_apart_images_the_trigger_cannot_a
     x[1, :, :2, :2] = 0.99  # corner already white: the patch changes nothing that counts
     x[2, :, :2, :2] = 0.97
     stamped = Trigger(kind="patch", size=2, position="top-left")(x)
-    change = metrics.trigger_change(x, stamped)
+    change = trigger_change(x, stamped)
     np.testing.assert_allclose(change, [1.0, 0.01, 0.03, 1.0], atol=1e-6)
     labels = np.array([1, 2, 3, 0])  # the last is the target class: not a positive
     pred = np.array([0, 2, 0, 0])  # the attack fails only on the unchanged image
