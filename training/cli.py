@@ -9,10 +9,13 @@ from pathlib import Path
 from training import config
 
 
-def parser(doc: str | None) -> argparse.ArgumentParser:
-    """A parser whose --help shows the module docstring as written."""
+def parser(doc: str | None, module: str) -> argparse.ArgumentParser:
+    """A parser whose usage names the command as typed (`python -m <module>`, not the file,
+    which for a package would read __main__.py) and whose --help shows the docstring as written."""
     return argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"python -m {module}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
 
 

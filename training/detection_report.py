@@ -645,7 +645,7 @@ def updated(out: Path, new: dict) -> dict:
 
 # --- the command ------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.detection_report")
     p.add_argument(
         "--dataset",
         default="mnist",

@@ -12,16 +12,14 @@ beside its method reproduced here, the improved detector, STRIP and the audit-ba
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
+from training import cli
 from training.evaluation.detection_markdown import load_reports, write_dataset, write_readme
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    p = cli.parser(__doc__, "training.detection_tables")
     p.add_argument(
         "--out",
         default="reports/detection",

@@ -227,7 +227,7 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
 
 
 def main() -> None:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.reproduce")
     p.add_argument(
         "--dataset", default="all", help="mnist, fashion-mnist, cifar10 or all (default: all)"
     )

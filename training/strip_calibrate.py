@@ -28,7 +28,7 @@ from training.evaluation.strip import StripOptions, calibrate_model_set
 
 
 def parse_args(argv: Sequence[str] | None) -> StripOptions:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.strip_calibrate")
     p.add_argument(
         "--model-set",
         default="models/mnist",

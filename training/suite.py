@@ -282,7 +282,7 @@ def run_suite(dataset: str, attacks: list[Attack], args: argparse.Namespace) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.suite")
     p.add_argument(
         "--dataset",
         required=True,

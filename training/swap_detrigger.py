@@ -218,7 +218,7 @@ def swap(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.swap_detrigger")
     p.add_argument("--model-set", required=True, help="the model-set folder to change")
     p.add_argument(
         "--ae",

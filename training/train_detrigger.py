@@ -47,7 +47,7 @@ from training.nets.export import export_and_check
 
 
 def main() -> None:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.train_detrigger")
     cli.add_dataset(p, "which preset's AE and training split")
     p.add_argument(
         "--arch", default="conv", choices=["mlp", "conv"], help="which AE (default: conv)"

@@ -71,7 +71,7 @@ def attack_summary(
 
 
 def main() -> None:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.train_target")
     cli.add_dataset(p, "which preset to train")
     p.add_argument(
         "--arch", default=None, choices=TARGETS, help="target architecture (default: the preset's)"

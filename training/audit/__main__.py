@@ -114,7 +114,7 @@ def export_repaired(
 
 
 def main() -> None:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.audit")
     p.add_argument(
         "--model-set",
         default="models/mnist",

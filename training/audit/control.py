@@ -28,7 +28,7 @@ from training.nets.models import predict
 
 
 def main() -> None:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.audit.control")
     cli.add_dataset(p, "which preset's target to train without poisoning")
     p.add_argument(
         "--source",

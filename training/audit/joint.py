@@ -97,7 +97,7 @@ def markdown(report: dict) -> str:
 
 
 def main() -> None:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.audit.joint")
     cli.add_dataset(p, "the demo set's dataset")
     p.add_argument("--model-set", default=None, help="demo set (default: models/<dataset>)")
     p.add_argument(

@@ -7,15 +7,15 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
+from training import cli
 from training.audit.render import joint_overview, overview
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description="Write reports/audit/README.md from the audits.")
+    p = cli.parser(__doc__, "training.audit.report")
     p.add_argument(
         "--reports-dir",
         default="reports/audit",

@@ -107,7 +107,7 @@ def markdown(report: dict) -> str:
 
 
 def main() -> None:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.audit.tune")
     p.add_argument("--model-set", default="models/mnist", help="a demo set (default: models/mnist)")
     p.add_argument("--dataset", default="mnist", choices=DATASETS)
     cli.add_data_dir(p)

@@ -1,0 +1,36 @@
+"""What every training command shares: its usage line names the command as it is run."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import pytest
+
+# module -> the command a user types (a package's __main__ runs as the package)
+COMMANDS = {
+    "training.train_target": "python -m training.train_target",
+    "training.train_detrigger": "python -m training.train_detrigger",
+    "training.reproduce": "python -m training.reproduce",
+    "training.strip_calibrate": "python -m training.strip_calibrate",
+    "training.swap_detrigger": "python -m training.swap_detrigger",
+    "training.suite": "python -m training.suite",
+    "training.detection_report": "python -m training.detection_report",
+    "training.detection_tables": "python -m training.detection_tables",
+    "training.audit.__main__": "python -m training.audit",
+    "training.audit.control": "python -m training.audit.control",
+    "training.audit.joint": "python -m training.audit.joint",
+    "training.audit.report": "python -m training.audit.report",
+    "training.audit.tune": "python -m training.audit.tune",
+}
+
+
+@pytest.mark.parametrize("module", sorted(COMMANDS))
+def test_usage_names_the_command(module: str, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", [module, "--help"])
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(module).main()
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {COMMANDS[module]} ")
+    assert "__main__.py" not in out
