@@ -19,6 +19,15 @@ def parser(doc: str | None, module: str) -> argparse.ArgumentParser:
     )
 
 
+def require_model_set(folder: Path) -> None:
+    """Stop with one line (no traceback) when `folder` holds no manifest.json."""
+    if not (folder / "manifest.json").is_file():
+        raise SystemExit(
+            f"{folder}: no manifest.json here; --model-set takes a model set folder "
+            "(docs/model-contract.md)"
+        )
+
+
 def add_data_dir(p: argparse.ArgumentParser) -> None:
     """--data-dir: where the dataset files are looked for before the standard places."""
     p.add_argument(

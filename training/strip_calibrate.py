@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from training import cli
@@ -112,6 +113,7 @@ def parse_args(argv: Sequence[str] | None) -> StripOptions:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     opts = parse_args(argv)
+    cli.require_model_set(Path(opts.model_set))
     command = " ".join(["python -m training.strip_calibrate", *(argv or sys.argv[1:])])
     return calibrate_model_set(opts, command)
 

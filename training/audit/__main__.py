@@ -229,6 +229,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     source = Path(args.model_set)
+    cli.require_model_set(source)
     manifest = json.loads((source / "manifest.json").read_text())
     out = Path(args.out or f"reports/audit/{args.dataset}/{source.name}")
 
