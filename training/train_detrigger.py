@@ -4,15 +4,19 @@ image, and map an untouched image to itself.
 Each batch is a mix: a share `triggered_share` of the images get a training trigger, the rest
 are left as they are; the target is always the clean image (L2 loss). Training on untouched
 images as well teaches the AE to leave clean images alone, which keeps false positives down.
-The AE never sees the target model nor the real trigger. The training triggers (`triggers`):
-- `corner` (the paper's, the default): a 4x4 white square in a random corner;
-- `random` (trigger-agnostic): a trigger drawn per image from training/data/trigger_sampler.py
-  (patches of side 2..8 anywhere, solid / noise / checkerboard / binary; full-image blends with
-  alpha 0.05..0.3; full-image additive patterns of amplitude 0.02..0.15), with families left out
-  by `exclude` for a generalisation test;
+The AE never sees the target model nor the real trigger. The training triggers (--triggers):
+- `random` (trigger-agnostic, the default: the shipped AE's): a trigger drawn per image from
+  training/data/trigger_sampler.py (patches of side 2..8 anywhere, solid / noise / checkerboard
+  / binary; full-image blends with alpha 0.05..0.3; full-image additive patterns of amplitude
+  0.02..0.15), with families left out by --exclude for a generalisation test;
+- `corner` (the paper's, which `make reproduce` also trains for its mlp and conv AEs): a 4x4
+  white square in a random corner;
 - `none`: no trigger of its own, only the synthesised ones below.
 
-`synthesised` (an audit folder, reports/audit/<dataset>/<set>) adds the triggers that the model
+Epochs and recipe are the preset's (training/config.py): its AE of that --arch trained on those
+triggers where it has one (the `random` AE), else its --arch AE.
+
+--synthesised (an audit folder, reports/audit/<dataset>/<set>) adds the triggers that the model
 audit synthesised for its flagged classes (training/audit/synthesised.py): a share
 `synthesised_share` of the triggered images get one of them instead (all of them with
 `triggers="none"`).
@@ -56,8 +60,8 @@ def main() -> None:
         "--triggers",
         default="random",
         choices=AE_TRIGGERS,
-        help="training triggers: random (the sampler) or corner (the paper's; what "
-        "`make reproduce` trains) (default: random)",
+        help="training triggers: random (the sampler; the shipped AE's), corner (the paper's) or "
+        "none (only --synthesised) (default: random)",
     )
     p.add_argument(
         "--exclude",
