@@ -11,6 +11,7 @@ unlearned (or pruned) model as the model set <set>-repaired beside the source.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from training import cli
-from training.audit.data import load_audit_data
+from training.audit.data import AuditData, load_audit_data
 from training.audit.pipeline import AuditConfig, run_audit
 from training.audit.render import write_report
 from training.audit.synthesis import SynthConfig
@@ -113,7 +114,7 @@ def export_repaired(
     return {"path": str(out), "repair": repair, "parity_max_abs_diff": diff}
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.parser(__doc__, "training.audit")
     p.add_argument(
         "--model-set",
@@ -224,20 +225,12 @@ def main() -> None:
         help="leave the audited set's manifest as it is (default: its `audit` field is written, "
         "which the guard's /v1/models shows)",
     )
-    args = p.parse_args()
-    t0 = time.time()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    source = Path(args.model_set)
-    cli.require_model_set(source)
-    manifest = json.loads((source / "manifest.json").read_text())
-    out = Path(args.out or f"reports/audit/{args.dataset}/{source.name}")
+    return p.parse_args(argv)
 
-    model = load_onnx_module(source / manifest["target"]["file"])
-    data = load_audit_data(args.dataset, args.data_dir, manifest, args.synth_images, args.seed)
-    synth_x, train_x, train_y = data.synth_x, data.train_x, data.train_y
-    test_x, test_y = data.test_x, data.test_y
-    cfg = AuditConfig(
+
+def audit_config(args: argparse.Namespace) -> AuditConfig:
+    """The audit's settings from the command line."""
+    return AuditConfig(
         synth=SynthConfig(
             steps=args.steps, batch_size=args.batch_size, asr_target=args.asr_target, seed=args.seed
         ),
@@ -253,31 +246,22 @@ def main() -> None:
         restarts=args.restarts,
         keep_factor=args.keep_factor,
     )
-    classes = data.classes
-    res = run_audit(
-        model,
-        synth_x,
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        len(classes),
-        cfg,
-        manifest.get("backdoor"),
-        progress=not args.no_progress,
-    )
-    s = res.summary
-    s["report"] = str(out / "audit.json")
-    exported = None
-    if s.get("repair") and args.export != "none":
-        module = res.unlearned if args.export == "unlearning" else res.pruned
-        dest = Path(args.export_dir or f"{source}-repaired")
-        exported = export_repaired(module, source, dest, manifest, s, args.export, test_x[:32])
-    report = {
-        "model_set": str(source),
+
+
+def audit_report(
+    args: argparse.Namespace,
+    cfg: AuditConfig,
+    data: AuditData,
+    summary: dict,
+    exported: dict | None,
+    wall_seconds: float,
+) -> dict:
+    """audit.json: the verdict, the exported repair, the settings and the evidence."""
+    return {
+        "model_set": str(Path(args.model_set)),
         "dataset": args.dataset,
-        "classes": classes,
-        "summary": s,
+        "classes": data.classes,
+        "summary": summary,
         "exported": exported,
         "config": {
             "synth": cfg.synth.to_dict(),
@@ -292,17 +276,57 @@ def main() -> None:
             "keep_factor": cfg.keep_factor,
         },
         "data": {
-            "synthesis_images": len(synth_x),
-            "test_images": len(test_x),
-            "train_images": len(train_x),
+            "synthesis_images": len(data.synth_x),
+            "test_images": len(data.test_x),
+            "train_images": len(data.train_x),
         },
         "command": " ".join(["python -m training.audit", *sys.argv[1:]]),
         "seed": args.seed,
         "hardware": hardware(),
         "versions": versions(),
-        "wall_seconds": time.time() - t0,
+        "wall_seconds": wall_seconds,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+def main() -> None:
+    args = parse_args()
+    t0 = time.time()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    source = Path(args.model_set)
+    cli.require_model_set(source)
+    manifest = json.loads((source / "manifest.json").read_text())
+    out = Path(args.out or f"reports/audit/{args.dataset}/{source.name}")
+
+    # data and model: the set's own target graph as torch, the audit's clean splits
+    model = load_onnx_module(source / manifest["target"]["file"])
+    data = load_audit_data(args.dataset, args.data_dir, manifest, args.synth_images, args.seed)
+    cfg = audit_config(args)
+
+    # the audit: synthesis, anomaly, identification, repair
+    res = run_audit(
+        model,
+        data.synth_x,
+        data.train_x,
+        data.train_y,
+        data.test_x,
+        data.test_y,
+        len(data.classes),
+        cfg,
+        manifest.get("backdoor"),
+        progress=not args.no_progress,
+    )
+    s = res.summary
+    s["report"] = str(out / "audit.json")
+
+    # save: the repaired set, the report, the verdict in the audited set's manifest
+    exported = None
+    if s.get("repair") and args.export != "none":
+        module = res.unlearned if args.export == "unlearning" else res.pruned
+        dest = Path(args.export_dir or f"{source}-repaired")
+        exported = export_repaired(module, source, dest, manifest, s, args.export, data.test_x[:32])
+    report = audit_report(args, cfg, data, s, exported, time.time() - t0)
     write_report(out, report, res.synth, res.prune_curve, res.candidates, res.repair_triggers)
     if not args.no_record:
         record_audit(source, s)
