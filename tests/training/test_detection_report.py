@@ -20,17 +20,17 @@ from tests.support.tiny_models import OPSET, TinySpec, build_model_set, clean_im
 from tests.training.conftest import write_idx
 from training import detection_tables, strip_calibrate
 from training.data.attack_suite import load_suite
-from training.detection_report import (
+from training.detection_report import main
+from training.evaluation import detection_markdown
+from training.evaluation.comparison import (
     AESpec,
     Outcome,
     aes_for,
     attack_name,
-    main,
     miss_reasons,
     rates,
     roc_on_grid,
 )
-from training.evaluation import detection_markdown
 from training.evaluation.detection_markdown import FPR_GRID, subset_note
 
 SPEC = TinySpec(name="tinydet")
