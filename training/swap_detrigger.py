@@ -34,7 +34,8 @@ from training.data.datasets import load_dataset, split_train_val, to_float
 from training.data.triggers import backdoor_pairs
 from training.evaluation import model_set
 from training.evaluation.evaluate import choose_decision_pairs, evaluate_pairs
-from training.evaluation.report import pct, rule_text, write_readme
+from training.evaluation.markdown import pct
+from training.evaluation.report import rule_text, write_readme
 from training.evidence import hardware, versions
 from training.fit.autoencoder import train_autoencoder
 from training.nets.checkpoints import config_dict

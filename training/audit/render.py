@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 
 from training.audit.restarts import Candidate, stack  # noqa: E402
 from training.audit.synthesis import SynthResult  # noqa: E402
-from training.evaluation.report import evidence_lines, pct  # noqa: E402
+from training.evaluation.markdown import evidence_lines, pct  # noqa: E402
 
 
 def plot_trigger_grid(

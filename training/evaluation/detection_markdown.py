@@ -19,7 +19,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from training.evaluation.report import PAPER, evidence_lines, pct  # noqa: E402
+from training.evaluation.markdown import evidence_lines, pct  # noqa: E402
+from training.evaluation.report import PAPER
 
 PAPER_ATTACK = "badnets-white"  # the paper's trigger: the shipped sets
 ROC_FPRS = (0.01, 0.05)  # TPR reported at these FPRs (ROC points on the test set)

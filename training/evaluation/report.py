@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from training import config  # noqa: E402
+from training.evaluation.markdown import evidence_lines, pct, row, rule, table  # noqa: E402
 
 # The paper's figures (Section V, Figs 2-4): detection rate = accuracy on backdoor samples after
 # the AE; clean accuracy = accuracy on legitimate samples after the AE.
@@ -26,26 +27,6 @@ GOALS = {  # issue 2: (clean accuracy, detection rate, max FPR)
     "fashion-mnist": (0.90, 0.97, 0.03),
     "cifar10": (0.90, 0.95, 0.05),
 }
-
-
-def evidence_lines(report: dict, stage_seconds: dict[str, float]) -> list[str]:
-    """The "Evidence" heading and its lines: command, seed, hardware, versions, wall time."""
-    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
-    stages = ", ".join(f"{k} {v:.0f} s" for k, v in stage_seconds.items())
-    return [
-        "## Evidence",
-        "",
-        f"- command: `{report['command']}`",
-        f"- seed: {report['seed']}",
-        f"- hardware: {report['hardware']}",
-        f"- versions: {versions}",
-        f"- wall time: {report['wall_seconds']:.0f} s" + (f" (stages: {stages})" if stages else ""),
-        *([f"- note: {report['note']}"] if report.get("note") else []),
-    ]
-
-
-def pct(v: float) -> str:
-    return f"{100 * v:.2f}"
 
 
 def by_change(result: dict, tol: str, key: str) -> str:
@@ -144,8 +125,8 @@ def markdown(report: dict) -> str:
         f"({report['results'][report['shipped_ae']]['n_positive']}). Negatives: the "
         f"{report['results'][report['shipped_ae']]['n_test']} clean test images.",
         "",
-        "| metric | " + " | ".join(f"{ae} AE" for ae in report["results"]) + " |",
-        "| --- |" + " --- |" * len(report["results"]),
+        row(["metric", *(f"{ae} AE" for ae in report["results"])]),
+        rule(1 + len(report["results"]), spaced=True),
     ]
     rows = [
         ("clean accuracy (%)", lambda r: pct(r["clean_accuracy"])),
@@ -198,8 +179,7 @@ def markdown(report: dict) -> str:
             (f"{s}: TPR at 1% FPR (%)", lambda r, s=s: pct(r["scores"][s]["tpr_at_fpr0.01"])),
             (f"{s}: TPR at 5% FPR (%)", lambda r, s=s: pct(r["scores"][s]["tpr_at_fpr0.05"])),
         ]
-    for label, fn in rows:
-        lines.append(f"| {label} | " + " | ".join(fn(r) for r in report["results"].values()) + " |")
+    lines += [row([label, *(fn(r) for r in report["results"].values())]) for label, fn in rows]
     p = PAPER.get(name)
     lines += [
         "",
@@ -262,6 +242,20 @@ def with_swap(rep: dict, swap: dict) -> dict:
     }
 
 
+README_COLUMNS = (
+    "dataset",
+    "clean acc.",
+    "ASR",
+    "shipped rule",
+    "detection",
+    "FPR",
+    "backdoor acc. after AE",
+    "clean acc. after AE",
+    "paper: detection / clean acc.",
+    "goal: clean / detection / FPR",
+)
+
+
 def readme(reports: dict[str, dict], expected: tuple[str, ...] = ()) -> str:
     """reports/README.md: one row per dataset beside the paper; `expected` datasets without a
     report get a row that says so."""
@@ -274,9 +268,8 @@ def readme(reports: dict[str, dict], expected: tuple[str, ...] = ()) -> str:
         "clean test images it flags. The paper reports detection as the accuracy on backdoor "
         "samples after the AE; that number is in its own column.",
         "",
-        "| dataset | clean acc. | ASR | shipped rule | detection | FPR | backdoor acc. after AE "
-        "| clean acc. after AE | paper: detection / clean acc. | goal: clean / detection / FPR |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        row(README_COLUMNS),
+        rule(len(README_COLUMNS), spaced=True),
     ]
     for name, rep in reports.items():
         r = rep["results"][rep["shipped_ae"]]
@@ -287,44 +280,51 @@ def readme(reports: dict[str, dict], expected: tuple[str, ...] = ()) -> str:
             else f"{d['score']}@fpr{d['calibration']['target_fpr']:g}"
         )
         t = r["test"][key]
-        rule = rule_text(d)
+        shipped_rule = rule_text(d)
         p = PAPER.get(name)
         g = GOALS.get(name)
         lines.append(
-            f"| {name} | {pct(r['clean_accuracy'])} | {pct(r['attack_success_rate'])} | "
-            f"{rep['shipped_ae']} AE, {rule} | {pct(t['detection_rate'])} | "
-            f"{pct(t['false_positive_rate'])} | {pct(r['backdoor_accuracy_after_ae'])} | "
-            f"{pct(r['clean_accuracy_after_ae'])} | "
-            + (f"{pct(p['detection'])} / {pct(p['clean_accuracy_after_ae'])}" if p else "-")
-            + " | "
-            + (f">= {pct(g[0])} / >= {pct(g[1])} / <= {pct(g[2])}" if g else "-")
-            + " |"
+            row(
+                [
+                    name,
+                    pct(r["clean_accuracy"]),
+                    pct(r["attack_success_rate"]),
+                    f"{rep['shipped_ae']} AE, {shipped_rule}",
+                    pct(t["detection_rate"]),
+                    pct(t["false_positive_rate"]),
+                    pct(r["backdoor_accuracy_after_ae"]),
+                    pct(r["clean_accuracy_after_ae"]),
+                    f"{pct(p['detection'])} / {pct(p['clean_accuracy_after_ae'])}" if p else "-",
+                    f">= {pct(g[0])} / >= {pct(g[1])} / <= {pct(g[2])}" if g else "-",
+                ]
+            )
         )
     for name in expected:
         if name not in reports:
             p = PAPER.get(name)
             paper = f"{pct(p['detection'])} / {pct(p['clean_accuracy_after_ae'])}" if p else "-"
-            lines.append(
-                f"| {name} | not produced yet: run `make reproduce DATASET={name}` "
-                f"| | | | | | | {paper} | |"
-            )
+            todo = f"not produced yet: run `make reproduce DATASET={name}`"
+            lines.append(row([name, todo, *[""] * 6, paper, ""]))
     lines += [
         "",
         "Paper's MLP AE on the same target (class-change rule):",
         "",
-        "| dataset | detection | FPR | backdoor acc. after AE | clean acc. after AE |",
-        "| --- | --- | --- | --- | --- |",
+        *table(
+            ["dataset", "detection", "FPR", "backdoor acc. after AE", "clean acc. after AE"],
+            [
+                [
+                    name,
+                    pct(rep["results"]["mlp"]["test"]["class_change"]["detection_rate"]),
+                    pct(rep["results"]["mlp"]["test"]["class_change"]["false_positive_rate"]),
+                    pct(rep["results"]["mlp"]["backdoor_accuracy_after_ae"]),
+                    pct(rep["results"]["mlp"]["clean_accuracy_after_ae"]),
+                ]
+                for name, rep in reports.items()
+                if "mlp" in rep["results"]
+            ],
+            spaced=True,
+        ),
     ]
-    for name, rep in reports.items():
-        if "mlp" in rep["results"]:
-            r = rep["results"]["mlp"]
-            t = r["test"]["class_change"]
-            lines.append(
-                f"| {name} | {pct(t['detection_rate'])} | "
-                f"{pct(t['false_positive_rate'])} | "
-                f"{pct(r['backdoor_accuracy_after_ae'])} | "
-                f"{pct(r['clean_accuracy_after_ae'])} |"
-            )
     lines += [
         "",
         "Notes:",
