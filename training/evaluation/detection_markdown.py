@@ -19,7 +19,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from training.evaluation.markdown import evidence_lines, pct  # noqa: E402
+from training.evaluation.markdown import evidence_lines, pct, row, rule  # noqa: E402
 from training.evaluation.report import PAPER
 
 PAPER_ATTACK = "badnets-white"  # the paper's trigger: the shipped sets
@@ -192,18 +192,21 @@ def table7(report: dict) -> list[str]:
     """Rows = methods, columns = the attacks: detection / clean FPR on the test set."""
     sets = report["sets"]
     head = [f"{e['attack']}{' (paper trigger)' if e['paper_trigger'] else ''}" for e in sets]
-    lines = [
-        "| method | " + " | ".join(head) + " | mean TPR @ 1% FPR, rest of suite | forward passes "
-        "/ image | ms / image |",
-        "|---|" + "---:|" * (len(sets) + 3),
+    columns = [
+        "method",
+        *head,
+        "mean TPR @ 1% FPR, rest of suite",
+        "forward passes / image",
+        "ms / image",
     ]
-    for row, key in table7_rows([report]):
+    lines = [row(columns), rule(len(columns), right=True)]
+    for method, key in table7_rows([report]):
         if key is None:
             paper = PAPER.get(report["dataset"], {}).get("detection")
             cells = [
                 f"{pct(paper)}" if e["paper_trigger"] and paper is not None else "-" for e in sets
             ]
-            lines.append(f"| {row} | " + " | ".join(cells) + " | - | - | - |")
+            lines.append(row([method, *cells, "-", "-", "-"]))
             continue
         found = [find(e, key) for e in sets]
         cells = [
@@ -215,13 +218,15 @@ def table7(report: dict) -> list[str]:
         ran = [d for d in found if d is not None]
         mean, _ = mean_tpr_rest(report, key)
         cost = (
-            f"{np.mean([d['forward_passes']['total'] for d in ran]):g} | "
-            f"{np.mean([d['ms_per_image'] for d in ran]):.3f}"
+            [
+                f"{np.mean([d['forward_passes']['total'] for d in ran]):g}",
+                f"{np.mean([d['ms_per_image'] for d in ran]):.3f}",
+            ]
             if ran
-            else "- | -"
+            else ["-", "-"]
         )
         mean_cell = pct(mean) if mean is not None else ("not run" if not ran else "-")
-        lines.append(f"| {row} | " + " | ".join(cells) + f" | {mean_cell} | {cost} |")
+        lines.append(row([method, *cells, mean_cell, *cost]))
     return lines
 
 
@@ -233,12 +238,23 @@ def fired_cell(r: dict) -> str:
     return f"{pct(r['detection_rate_fired'])} (of {r['n_fired']})"
 
 
+ATTACK_COLUMNS = (
+    "detector",
+    "detection",
+    "detection, attack fired",
+    "FPR (test)",
+    "FPR (validation)",
+    "AUROC",
+    "TPR @ 1% FPR",
+    "TPR @ 5% FPR",
+    "threshold",
+    "forward passes / image",
+    "ms / image",
+)
+
+
 def attack_table(report: dict, entry: dict) -> list[str]:
-    lines = [
-        "| detector | detection | detection, attack fired | FPR (test) | FPR (validation) | AUROC "
-        "| TPR @ 1% FPR | TPR @ 5% FPR | threshold | forward passes / image | ms / image |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
+    lines = [row(ATTACK_COLUMNS), rule(len(ATTACK_COLUMNS), right=True)]
     for d in entry["detectors"]:
         t = "-" if d["threshold"] is None else f"{d['threshold']:.4g}"
         if d["rule"] == "strip":
@@ -251,11 +267,21 @@ def attack_table(report: dict, entry: dict) -> list[str]:
             rows += [(f"&nbsp;&nbsp;target {r['target_class']} only", r) for r in d["pairs"]]
         for name, r in rows:
             lines.append(
-                f"| {name} | {pct(r['detection_rate'])} | {fired_cell(r)} | "
-                f"{pct(r['false_positive_rate'])} | "
-                f"{pct(d['validation_false_positive_rate'])} | {r['auroc']:.4f} | "
-                f"{pct(r['tpr_at_fpr0.01'])} | {pct(r['tpr_at_fpr0.05'])} | {t} | "
-                f"{p['total']} ({p['ae']} AE + {p['target']} target) | {d['ms_per_image']:.3f} |"
+                row(
+                    [
+                        name,
+                        pct(r["detection_rate"]),
+                        fired_cell(r),
+                        pct(r["false_positive_rate"]),
+                        pct(d["validation_false_positive_rate"]),
+                        f"{r['auroc']:.4f}",
+                        pct(r["tpr_at_fpr0.01"]),
+                        pct(r["tpr_at_fpr0.05"]),
+                        t,
+                        f"{p['total']} ({p['ae']} AE + {p['target']} target)",
+                        f"{d['ms_per_image']:.3f}",
+                    ]
+                )
             )
     return lines
 
@@ -359,8 +385,8 @@ def dataset_markdown(report: dict) -> str:
             f"training.suite --dataset {name} --attacks {','.join(report['missing'])}`.",
             "",
         ]
-    lines += ["## De-trigger AEs", "", "| label | file | sha256 | training triggers | sets |"]
-    lines += ["|---|---|---|---|---|"]
+    columns = ["label", "file", "sha256", "training triggers", "sets"]
+    lines += ["## De-trigger AEs", "", row(columns), rule(len(columns))]
     seen: dict[tuple[str, str], list[str]] = {}
     infos: dict[tuple[str, str], dict] = {}
     for entry in report["sets"]:
@@ -375,9 +401,7 @@ def dataset_markdown(report: dict) -> str:
             trig += f" minus {', '.join(info['exclude'])}"
         if info.get("synthesised"):
             trig += f" + synthesised ({info['synthesised']})"
-        lines.append(
-            f"| {k[0]} | `{info['file']}` | `{k[1][:12]}` | {trig} | {', '.join(attacks)} |"
-        )
+        lines.append(row([k[0], f"`{info['file']}`", f"`{k[1][:12]}`", trig, ", ".join(attacks)]))
     lines += ["", *evidence_lines(report, {}), f"- written: {report['created']}"]
     for u in report.get("updates", []):
         lines.append(
@@ -448,11 +472,11 @@ def readme(reports: list[dict[str, Any]]) -> str:
         "the suite.",
         "",
     ]
-    head = "| method |"
+    columns = ["method"]
     for r in reports:
-        head += f" {r['dataset']}: paper trigger | {r['dataset']}: rest, mean TPR @ 1% FPR |"
-    lines += [head, "|---|" + "---:|" * (2 * len(reports))]
-    for row, key in table7_rows(reports):
+        columns += [f"{r['dataset']}: paper trigger", f"{r['dataset']}: rest, mean TPR @ 1% FPR"]
+    lines += [row(columns), rule(len(columns), right=True)]
+    for method, key in table7_rows(reports):
         cells = []
         for r in reports:
             paper = next((e for e in r["sets"] if e["paper_trigger"]), None)
@@ -467,7 +491,7 @@ def readme(reports: list[dict[str, Any]]) -> str:
             mean, _ = mean_tpr_rest(r, key)
             ran = any(find(e, key) is not None for e in r["sets"])
             cells.append(pct(mean) if mean is not None else ("-" if ran else "not run"))
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        lines.append(row([method, *cells]))
     for r in reports:
         lines += [
             "",
