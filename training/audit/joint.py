@@ -37,6 +37,7 @@ from training.config import PRESETS, AEConfig, run_name
 from training.data.datasets import load_dataset, split_train_val, to_float
 from training.data.triggers import Trigger
 from training.evaluation.evaluate import evaluate_pair
+from training.evaluation.markdown import table
 from training.evidence import hardware, versions
 from training.fit.autoencoder import train_autoencoder
 from training.nets.onnx_torch import load_onnx_module
@@ -79,10 +80,11 @@ def markdown(report: dict) -> str:
         f"({report['n_positive']} triggered positives, {report['n_test']} clean negatives). KL "
         f"thresholds are calibrated on the clean validation split for FPR {f:g}.",
         "",
-        "| training triggers " + JOINT_COLUMNS + " |",
-        "|---" + "|---" * JOINT_COLUMNS.count("|") + "|",
+        *table(
+            ["training triggers", *JOINT_COLUMNS],
+            [[r["arm"], *joint_cells(r)] for r in report["arms"]],
+        ),
     ]
-    lines += [f"| {r['arm']} | " + joint_cells(r) for r in report["arms"]]
     lines += [
         "",
         "All figures in %, from the test set.",

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 
 from training.audit.restarts import Candidate, stack  # noqa: E402
 from training.audit.synthesis import SynthResult  # noqa: E402
-from training.evaluation.markdown import evidence_lines, pct  # noqa: E402
+from training.evaluation.markdown import evidence_lines, pct, row, rule, table  # noqa: E402
 
 
 def plot_trigger_grid(
@@ -31,12 +31,12 @@ def plot_trigger_grid(
         axes[0, i].set_title(titles[i], fontsize=7)
         for a in axes[:, i]:
             a.axis("off")
-    for row, label in enumerate(("mask", "mask x pattern")):
-        axes[row, 0].text(
+    for line, label in enumerate(("mask", "mask x pattern")):
+        axes[line, 0].text(
             -0.3,
             0.5,
             label,
-            transform=axes[row, 0].transAxes,
+            transform=axes[line, 0].transAxes,
             rotation=90,
             va="center",
             ha="right",
@@ -125,15 +125,20 @@ def markdown(report: dict) -> str:
         "",
         "![norms](norms.png)",
         "",
-        "| class | mask L1 | anomaly index | synth. ASR (clean set) | reached target |",
-        "|---|---|---|---|---|",
+        *table(
+            ["class", "mask L1", "anomaly index", "synth. ASR (clean set)", "reached target"],
+            [
+                [
+                    report["classes"][r["class"]],
+                    f"{r['mask_l1']:.2f}",
+                    f"{r['anomaly_index']:.2f}",
+                    f"{r['synth_asr_clean_set']:.3f}",
+                    r["reached_asr_target"],
+                ]
+                for r in s["per_class"]
+            ],
+        ),
     ]
-    for r in s["per_class"]:
-        lines.append(
-            f"| {report['classes'][r['class']]} | {r['mask_l1']:.2f} | "
-            f"{r['anomaly_index']:.2f} | {r['synth_asr_clean_set']:.3f} | "
-            f"{r['reached_asr_target']} |"
-        )
     i = s["identification"]
     lines += [
         "",
@@ -160,20 +165,36 @@ def markdown(report: dict) -> str:
         lines += ["No repair (model not flagged)."]
     else:
         p, u, b = rep["pruning"], rep["unlearning"], rep["before"]
-        lines += [
-            "| model | clean accuracy | synth. trigger ASR | real trigger ASR | clean images "
-            "of other classes sent to the target (the floor of the real ASR) |",
-            "|---|---|---|---|---|",
-            f"| unrepaired | {_pct(b['clean_accuracy'])} | {_pct(b['synth_asr'])} | "
-            f"{_pct(b.get('real_asr'))} | {_pct(b.get('clean_to_target'))} |",
-            f"| pruned ({p['neurons_pruned']}/{p['layer_width']} neurons) | "
-            f"{_pct(p['clean_accuracy'])} | {_pct(p['synth_asr'])} | "
-            f"{_pct(p.get('real_asr'))} | {_pct(p.get('clean_to_target'))} |",
-            f"| unlearned (1 epoch, 20% clean + 20% synth.-triggered, lr "
+        unlearned = (
+            f"unlearned (1 epoch, 20% clean + 20% synth.-triggered, lr "
             f"{u['config']['lr']:g} {u['config'].get('schedule', 'constant')}, mask grown by "
-            f"{u['config'].get('dilate', 0)} px) | "
-            f"{_pct(u['clean_accuracy'])} | {_pct(u['synth_asr'])} | "
-            f"{_pct(u.get('real_asr'))} | {_pct(u.get('clean_to_target'))} |",
+            f"{u['config'].get('dilate', 0)} px)"
+        )
+        models = [
+            ("unrepaired", b),
+            (f"pruned ({p['neurons_pruned']}/{p['layer_width']} neurons)", p),
+            (unlearned, u),
+        ]
+        lines += [
+            *table(
+                [
+                    "model",
+                    "clean accuracy",
+                    "synth. trigger ASR",
+                    "real trigger ASR",
+                    "clean images of other classes sent to the target (the floor of the real ASR)",
+                ],
+                [
+                    [
+                        name,
+                        _pct(m["clean_accuracy"]),
+                        _pct(m["synth_asr"]),
+                        _pct(m.get("real_asr")),
+                        _pct(m.get("clean_to_target")),
+                    ]
+                    for name, m in models
+                ],
+            ),
             "",
             "![pruning](prune.png)",
         ]
@@ -212,16 +233,22 @@ def restart_lines(restarts: dict | None) -> list[str]:
         "",
         "![restarts](restarts.png)",
         "",
-        "| start | mask L1 | synth. ASR (clean set) | reached target | kept |"
-        + (" IoU with the real trigger (top-k) |" if iou else ""),
-        "|---|---|---|---|---|" + ("---|" if iou else ""),
+        *table(
+            ["start", "mask L1", "synth. ASR (clean set)", "reached target", "kept"]
+            + (["IoU with the real trigger (top-k)"] if iou else []),
+            [
+                [
+                    c["start"],
+                    f"{c['mask_l1']:.2f}",
+                    f"{c['synth_asr_clean_set']:.3f}",
+                    c["reached_asr_target"],
+                    c["kept"],
+                ]
+                + ([f"{c['iou_top_k']:.3f}"] if iou else [])
+                for c in cands
+            ],
+        ),
     ]
-    for c in cands:
-        lines.append(
-            f"| {c['start']} | {c['mask_l1']:.2f} | {c['synth_asr_clean_set']:.3f} | "
-            f"{c['reached_asr_target']} | {c['kept']} |"
-            + (f" {c['iou_top_k']:.3f} |" if iou else "")
-        )
     return lines
 
 
@@ -277,6 +304,17 @@ PAPER_TABLE3 = {
 }
 
 
+TABLE3_COLUMNS = (
+    "dataset",
+    "source",
+    "with backdoor acc / attack",
+    "pruning acc / attack",
+    "unlearning acc / attack",
+    "unlearning lr and schedule, mask growth",
+    "goal: attack <= 0.02, acc. drop <= 0.01",
+)
+
+
 def overview(reports: list[dict]) -> str:
     """reports/audit/README.md: every audited set in one table, beside the paper's Table 3."""
     lines = [
@@ -287,18 +325,30 @@ def overview(reports: list[dict]) -> str:
         "",
         "### Detection",
         "",
-        "| dataset | model set | flagged | named target | real target | max anomaly index "
-        "| audit wall time |",
-        "|---|---|---|---|---|---|---|",
+        *table(
+            [
+                "dataset",
+                "model set",
+                "flagged",
+                "named target",
+                "real target",
+                "max anomaly index",
+                "audit wall time",
+            ],
+            [
+                [
+                    r["dataset"],
+                    f"`{r['model_set']}`",
+                    r["summary"]["flagged"],
+                    r["summary"]["target_classes"] or "-",
+                    r["summary"].get("true_target_class", "none (clean)"),
+                    f"{max(c['anomaly_index'] for c in r['summary']['per_class']):.2f}",
+                    f"{r['wall_seconds']:.0f} s",
+                ]
+                for r in reports
+            ],
+        ),
     ]
-    for r in reports:
-        s = r["summary"]
-        top = max(c["anomaly_index"] for c in s["per_class"])
-        lines.append(
-            f"| {r['dataset']} | `{r['model_set']}` | {s['flagged']} | "
-            f"{s['target_classes'] or '-'} | {s.get('true_target_class', 'none (clean)')}"
-            f" | {top:.2f} | {r['wall_seconds']:.0f} s |"
-        )
     lines += [
         "",
         "### Repair beside the paper's Table 3",
@@ -306,10 +356,8 @@ def overview(reports: list[dict]) -> str:
         "Accuracy: clean test accuracy. Attack: the REAL trigger's attack success on test "
         "images of other classes (ours), the paper's 'attack's effectiveness'.",
         "",
-        "| dataset | source | with backdoor acc / attack | pruning acc / attack "
-        "| unlearning acc / attack | unlearning lr and schedule, mask growth "
-        "| goal: attack <= 0.02, acc. drop <= 0.01 |",
-        "|---|---|---|---|---|---|---|",
+        row(TABLE3_COLUMNS),
+        rule(len(TABLE3_COLUMNS)),
     ]
     for r in reports:
         rep = r["summary"].get("repair")
@@ -317,18 +365,24 @@ def overview(reports: list[dict]) -> str:
             continue
         b, p, u = rep["before"], rep["pruning"], rep["unlearning"]
         lines.append(
-            f"| {r['dataset']} | this repo (`{r['model_set']}`) | "
-            f"{b['clean_accuracy']:.3f} / {b['real_asr']:.3f} | "
-            f"{p['clean_accuracy']:.3f} / {p['real_asr']:.3f} "
-            f"({p['neurons_pruned']}/{p['layer_width']} neurons) | "
-            f"{u['clean_accuracy']:.3f} / {u['real_asr']:.3f} | "
-            f"{u['config']['lr']:g} {u['config'].get('schedule', 'constant')}, "
-            f"{u['config']['dilate']} px | {unlearning_goal(b, u)} |"
+            row(
+                [
+                    r["dataset"],
+                    f"this repo (`{r['model_set']}`)",
+                    f"{b['clean_accuracy']:.3f} / {b['real_asr']:.3f}",
+                    f"{p['clean_accuracy']:.3f} / {p['real_asr']:.3f} "
+                    f"({p['neurons_pruned']}/{p['layer_width']} neurons)",
+                    f"{u['clean_accuracy']:.3f} / {u['real_asr']:.3f}",
+                    f"{u['config']['lr']:g} {u['config'].get('schedule', 'constant')}, "
+                    f"{u['config']['dilate']} px",
+                    unlearning_goal(b, u),
+                ]
+            )
         )
         paper = PAPER_TABLE3.get(r["dataset"])
         if paper:
-            cells = " | ".join(f"{a:.3f} / {s:.3f}" for a, s in paper.values())
-            lines.append(f"| {r['dataset']} | paper, Table 3 | {cells} | | |")
+            cells = [f"{a:.3f} / {s:.3f}" for a, s in paper.values()]
+            lines.append(row([r["dataset"], "paper, Table 3", *cells, "", ""]))
     return "\n".join(lines) + "\n"
 
 
@@ -351,20 +405,26 @@ def unlearning_goal(
 
 # The columns of a joined-defence arm (training.audit.joint), in %, from the test set.
 JOINT_COLUMNS = (
-    "| class change: detection / FPR | KL: detection / FPR (FPR goal) | KL AUROC "
-    "| KL TPR at 1% FPR | clean acc. after AE | backdoor acc. after AE"
+    "class change: detection / FPR",
+    "KL: detection / FPR (FPR goal)",
+    "KL AUROC",
+    "KL TPR at 1% FPR",
+    "clean acc. after AE",
+    "backdoor acc. after AE",
 )
 
 
-def joint_cells(arm: dict) -> str:
-    """One arm's cells under JOINT_COLUMNS, with the closing bar."""
+def joint_cells(arm: dict) -> list[str]:
+    """One arm's cells under JOINT_COLUMNS."""
     cc, kl = arm["class_change"], arm["kl_calibrated"]
-    return (
-        f"{pct(cc['detection_rate'])} / {pct(cc['false_positive_rate'])} | "
-        f"{pct(kl['detection_rate'])} / {pct(kl['false_positive_rate'])} ({pct(kl['fpr'])}) | "
-        f"{arm['kl_auroc']:.4f} | {pct(arm['kl_tpr_at_fpr0.01'])} | "
-        f"{pct(arm['clean_accuracy_after_ae'])} | {pct(arm['backdoor_accuracy_after_ae'])} |"
-    )
+    return [
+        f"{pct(cc['detection_rate'])} / {pct(cc['false_positive_rate'])}",
+        f"{pct(kl['detection_rate'])} / {pct(kl['false_positive_rate'])} ({pct(kl['fpr'])})",
+        f"{arm['kl_auroc']:.4f}",
+        pct(arm["kl_tpr_at_fpr0.01"]),
+        pct(arm["clean_accuracy_after_ae"]),
+        pct(arm["backdoor_accuracy_after_ae"]),
+    ]
 
 
 def joint_overview(reports: list[dict]) -> str:
@@ -380,10 +440,13 @@ def joint_overview(reports: list[dict]) -> str:
         "of the real trigger on the full test set; KL thresholds calibrated on clean validation "
         "images for the set's FPR.",
         "",
-        "| model set | AE training triggers " + JOINT_COLUMNS + " |",
-        "|---|---" + "|---" * JOINT_COLUMNS.count("|") + "|",
+        *table(
+            ["model set", "AE training triggers", *JOINT_COLUMNS],
+            [
+                [f"`{r['model_set']}`", a["arm"], *joint_cells(a)]
+                for r in reports
+                for a in r["arms"]
+            ],
+        ),
     ]
-    for r in reports:
-        for a in r["arms"]:
-            lines.append(f"| `{r['model_set']}` | {a['arm']} | " + joint_cells(a))
     return "\n".join(lines) + "\n"

@@ -35,6 +35,7 @@ from training.audit.restarts import unlearned_triggers
 from training.audit.unlearn import UnlearnConfig, unlearn
 from training.data.datasets import DATASETS
 from training.data.triggers import Trigger
+from training.evaluation.markdown import table
 from training.evidence import hardware, versions
 from training.nets.onnx_torch import load_onnx_module
 
@@ -92,17 +93,28 @@ def markdown(report: dict) -> str:
         f"trigger success {report['before']['real_asr']:.4f}. Rule: lowest real-trigger success "
         f"with accuracy at most {report['max_drop']} below the unrepaired model's.",
         "",
-        "| lr | dilate | schedule | val accuracy | val real-trigger success "
-        "| val synthesised success |",
-        "|---|---|---|---|---|---|",
+        *table(
+            [
+                "lr",
+                "dilate",
+                "schedule",
+                "val accuracy",
+                "val real-trigger success",
+                "val synthesised success",
+            ],
+            [
+                [
+                    f"{r['lr']:g}",
+                    r["dilate"],
+                    schedule(r),
+                    f"{r['accuracy']:.4f}",
+                    f"{r['real_asr']:.4f}" + (" **chosen**" if r == c else ""),
+                    f"{r['synth_asr']:.4f}",
+                ]
+                for r in report["grid"]
+            ],
+        ),
     ]
-    for r in report["grid"]:
-        mark = " **chosen**" if r == c else ""
-        lines.append(
-            f"| {r['lr']:g} | {r['dilate']} | {schedule(r)} | {r['accuracy']:.4f} | "
-            f"{r['real_asr']:.4f}{mark} "
-            f"| {r['synth_asr']:.4f} |"
-        )
     return "\n".join(lines) + "\n"
 
 
