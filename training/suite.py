@@ -45,6 +45,7 @@ from training.data.attack_suite import DEFAULT_SUITE, Attack, SuiteError, load_s
 from training.data.datasets import DATASETS, load_dataset, split_train_val, to_float
 from training.evaluation import model_set
 from training.evaluation.evaluate import choose_decision_pairs, evaluate_pairs
+from training.evaluation.markdown import table
 from training.evidence import hardware, versions
 from training.fit.autoencoder import train_autoencoder
 from training.fit.target import train_target
@@ -237,17 +238,34 @@ def write_summary(folder: Path, rows: dict[str, dict]) -> None:
     lines = [
         f"# Attack suite: {folder.name}",
         "",
-        "| attack | target | clean acc. | attack success | detection | clean FPR | AUROC | AE "
-        "| decision |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        *table(
+            [
+                "attack",
+                "target",
+                "clean acc.",
+                "attack success",
+                "detection",
+                "clean FPR",
+                "AUROC",
+                "AE",
+                "decision",
+            ],
+            [
+                [
+                    name,
+                    p["target_class"],
+                    *(f"{100 * p[m]:.2f}%" for m in SUMMARY_METRICS[:4]),
+                    f"{p['auroc']:.4f}",
+                    entry["ae"],
+                    entry["decision"],
+                ]
+                for name, entry in summary.items()
+                for p in entry["pairs"]
+            ],
+            spaced=True,
+            align="lrrrrrrll",
+        ),
     ]
-    for name, row in summary.items():
-        for p in row["pairs"]:
-            cells = " | ".join(f"{100 * p[m]:.2f}%" for m in SUMMARY_METRICS[:4])
-            lines.append(
-                f"| {name} | {p['target_class']} | {cells} | {p['auroc']:.4f} | {row['ae']} "
-                f"| {row['decision']} |"
-            )
     (folder / "summary.md").write_text("\n".join(lines) + "\n")
 
 

@@ -34,7 +34,7 @@ from training.data.datasets import load_dataset, split_train_val, to_float
 from training.data.triggers import backdoor_pairs
 from training.evaluation import model_set
 from training.evaluation.evaluate import choose_decision_pairs, evaluate_pairs
-from training.evaluation.markdown import pct
+from training.evaluation.markdown import pct, table
 from training.evaluation.report import rule_text, write_readme
 from training.evidence import hardware, versions
 from training.fit.autoencoder import train_autoencoder
@@ -97,17 +97,24 @@ def summary_md(report: dict) -> str:
         f"on the full test set ({after['n_test']} clean, {after['n_positive']} triggered "
         "non-target images), the paper's trigger.",
         "",
-        "| | before | after |",
-        "|---|---:|---:|",
-        f"| AE | {report['previous']['detrigger'].get('architecture', '?')} "
-        f"(`{report['previous']['detrigger']['sha256'][:12]}`) | {report['ae']} "
-        f"(`{report['detrigger']['sha256'][:12]}`) |",
-        f"| decision | {rule_text(report['previous']['decision'], 3)} | "
-        f"{rule_text(report['decision'], 3)} |",
+    ]
+    rows = [
+        [
+            "AE",
+            f"{report['previous']['detrigger'].get('architecture', '?')} "
+            f"(`{report['previous']['detrigger']['sha256'][:12]}`)",
+            f"{report['ae']} (`{report['detrigger']['sha256'][:12]}`)",
+        ],
+        [
+            "decision",
+            rule_text(report["previous"]["decision"], 3),
+            rule_text(report["decision"], 3),
+        ],
     ]
     for k in keys:
         cells = ["-" if r.get(k) is None else f"{pct(r[k])}%" for r in (before, after)]
-        lines.append(f"| {k.replace('_', ' ')} | {cells[0]} | {cells[1]} |")
+        rows.append([k.replace("_", " "), *cells])
+    lines += table(["", "before", "after"], rows, right=True)
     return "\n".join(lines) + "\n"
 
 

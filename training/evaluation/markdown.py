@@ -18,11 +18,14 @@ def row(cells: Iterable[object]) -> str:
     return "|" + "|".join(f" {c} " if str(c) else " " for c in cells) + "|"
 
 
-def rule(columns: int, right: bool = False, spaced: bool = False) -> str:
+def rule(columns: int, right: bool = False, spaced: bool = False, align: str = "") -> str:
     """The line under a header: `|---|---|` (`spaced`: `| --- | --- |`); `right`: every column
-    after the first right-aligned (`---:`), for columns of numbers."""
-    first, rest = "---", "---:" if right else "---"
-    cells = [first] + [rest] * (columns - 1)
+    after the first right-aligned (`---:`), for columns of numbers; `align`, one letter per
+    column (`l` or `r`), says it column by column instead."""
+    align = align or "l" + ("r" if right else "l") * (columns - 1)
+    if len(align) != columns or set(align) - {"l", "r"}:
+        raise ValueError(f"align {align!r}: one of l, r per column ({columns})")
+    cells = ["---:" if a == "r" else "---" for a in align]
     return row(cells) if spaced else "|" + "|".join(cells) + "|"
 
 
@@ -31,9 +34,10 @@ def table(
     rows: Iterable[Sequence[object]],
     right: bool = False,
     spaced: bool = False,
+    align: str = "",
 ) -> list[str]:
     """A whole table as lines: header, rule, one line per row."""
-    return [row(header), rule(len(header), right, spaced), *(row(r) for r in rows)]
+    return [row(header), rule(len(header), right, spaced, align), *(row(r) for r in rows)]
 
 
 def evidence_lines(report: dict, stage_seconds: dict[str, float]) -> list[str]:
