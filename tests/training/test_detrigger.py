@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from training.config import AEConfig, preset_autoencoder, run_name, with_triggers
-from training.fit.autoencoder import ae_batch, detrigger_loss, make_ae_batch
+from training.fit.autoencoder import ae_batch, detrigger_loss
 from training.nets.autoencoders import build_autoencoder
 from training.nets.checkpoints import config_dict
 
@@ -17,7 +17,7 @@ from training.nets.checkpoints import config_dict
 def test_ae_batch_mixes_triggered_and_untouched_images():
     clean = torch.zeros(200, 1, 8, 8)
     cfg = AEConfig(triggered_share=0.5, trigger_size=2)
-    x, target = make_ae_batch(clean, cfg, np.random.default_rng(0))
+    x, target, _ = ae_batch(clean, cfg, np.random.default_rng(0))
     assert torch.equal(target, clean)
     stamped = (x != clean).flatten(1).any(1)
     assert 70 < int(stamped.sum()) < 130  # about half
@@ -35,12 +35,12 @@ def test_conv_ae_learns_to_remove_corner_squares():
     opt = torch.optim.Adam(ae.parameters(), lr=1e-2)
     clean = torch.rand(64, 1, 8, 8) * 0.3
     for _ in range(150):
-        x, target = make_ae_batch(clean, cfg, rng)
+        x, target, _ = ae_batch(clean, cfg, rng)
         loss = detrigger_loss(ae, x, target, cfg)
         opt.zero_grad()
         loss.backward()
         opt.step()
-    x, target = make_ae_batch(clean, cfg, rng)
+    x, target, _ = ae_batch(clean, cfg, rng)
     with torch.no_grad():
         err_ae = torch.mean((ae(x) - target) ** 2)
     err_identity = torch.mean((x - target) ** 2)

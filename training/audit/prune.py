@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from training.audit.identify import features
@@ -60,7 +59,3 @@ def prune_curve(
 def rank_neurons(gap: torch.Tensor) -> torch.Tensor:
     """Neuron indices by activation gap (triggered - clean), largest first."""
     return torch.argsort(gap, descending=True, stable=True)
-
-
-def as_array(curve: list[dict], key: str) -> np.ndarray:
-    return np.array([r[key] for r in curve])

@@ -63,14 +63,6 @@ def ae_batch(
     return x, clean, changed
 
 
-def make_ae_batch(
-    clean: torch.Tensor, cfg: AEConfig, rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input, target) for one AE step from clean float images (B, C, H, W)."""
-    x, target, _ = ae_batch(clean, cfg, rng)
-    return x, target
-
-
 def changed_pixels(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
     """(B, 1, H, W) float: 1 where any channel of x differs from the clean image."""
     return ((x - clean).abs().amax(1, keepdim=True) > 0).float()

@@ -18,7 +18,6 @@ it needs torchvision and pip would replace the pinned torch.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -271,7 +270,3 @@ def write_onnx(module: OnnxModule, path: str | Path) -> None:
     model = module.to_onnx()
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
-
-
-def num_params(module: nn.Module) -> int:
-    return sum(math.prod(p.shape) for p in module.parameters())
