@@ -1,17 +1,17 @@
+"""The de-trigger AE's training loop (training/fit/autoencoder.py): its batches, masks and loss
+on tiny images, and that a few steps learn to remove triggers."""
+
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
-from training.config import AEConfig, preset_autoencoder, run_name, with_triggers
+from training.config import AEConfig
 from training.fit.autoencoder import ae_batch, detrigger_loss
 from training.nets.autoencoders import build_autoencoder
-from training.nets.checkpoints import config_dict
 
 
 def test_ae_batch_mixes_triggered_and_untouched_images():
@@ -82,13 +82,6 @@ def test_random_trigger_batch_honours_exclude():
     assert ((x > 0).flatten(1).float().mean(1) > 0.3).all()
 
 
-def test_checkpoint_names_keep_the_corner_name():
-    assert run_name(AEConfig(arch="conv")) == "conv"
-    assert run_name(AEConfig(arch="conv", triggers="random")) == "conv_random"
-    cfg = AEConfig(arch="mlp", triggers="random", exclude=("checkerboard", "blend"))
-    assert run_name(cfg) == "mlp_random_minus-checkerboard-blend"
-
-
 def test_conv_ae_learns_to_remove_random_patches():
     # As the corner test: a few steps with random patches anywhere; the L2 error on triggered
     # images drops well below leaving them as they are, and clean images pass nearly unchanged.
@@ -112,33 +105,6 @@ def test_conv_ae_learns_to_remove_random_patches():
     err_identity = torch.mean((x - target) ** 2)
     assert err_ae < 0.3 * err_identity
     assert err_clean < 0.1 * err_identity
-
-
-def test_with_triggers_copies_the_preset_ae():
-    from training.config import PRESETS
-
-    base = PRESETS["mnist"].autoencoders["conv"]
-    cfg = with_triggers(base, "random", ("blend",), epochs=3, threads=1)
-    assert (base.triggers, base.exclude) == ("corner", ())  # the preset is not changed
-    assert (cfg.triggers, cfg.exclude, cfg.epochs, cfg.threads) == ("random", ("blend",), 3, 1)
-    assert (cfg.lr, cfg.width, cfg.batch_size) == (base.lr, base.width, base.batch_size)
-    assert run_name(cfg) == "conv_random_minus-blend"
-
-
-def test_the_preset_random_ae_is_the_base_for_random_triggers():
-    """`train_detrigger --triggers random` trains the preset's `random` AE (its epochs), the one
-    `make reproduce` ships, so both name and reuse one checkpoint; a preset without one falls
-    back to its `conv` AE with the triggers replaced."""
-    from training.config import PRESETS
-
-    mnist = PRESETS["mnist"].autoencoders
-    assert preset_autoencoder(mnist, "conv", "random") is mnist["random"]
-    assert preset_autoencoder(mnist, "conv", "corner") is mnist["conv"]
-    assert preset_autoencoder(mnist, "conv", "none") is mnist["conv"]
-    assert mnist["random"].epochs > mnist["conv"].epochs
-    assert run_name(with_triggers(mnist["random"], "random")) == "conv_random"
-    cifar = {k: v for k, v in PRESETS["cifar10"].autoencoders.items() if k != "random"}
-    assert preset_autoencoder(cifar, "conv", "random") is cifar["conv"]
 
 
 def test_extended_fill_reaches_black_and_white_and_output_stays_in_range():
@@ -187,55 +153,6 @@ def test_residual_ae_leaves_full_image_triggers_to_its_bounded_correction():
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
 
 
-@pytest.mark.parametrize(
-    ("flag", "value", "message"),
-    [
-        ("--corner-share", "1.5", "--corner-share must lie in [0, 1], got 1.5"),
-        ("--paper-share", "-0.1", "--paper-share must lie in [0, 1], got -0.1"),
-        ("--l2-weight", "0", "--l2-weight must be positive, got 0.0"),
-    ],
-)
-def test_a_bad_recipe_flag_is_refused_before_any_data_is_read(tmp_path, flag, value, message):
-    """The recipe knobs beside the preset's fail fast on a bad value, naming the flag (were it
-    let through, the run would go on to load MNIST and train)."""
-    run = subprocess.run(
-        [sys.executable, "-m", "training.train_detrigger", "--dataset", "mnist"]
-        + [flag, value, "--data-dir", str(tmp_path), "--run-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert run.returncode == 2
-    assert message in run.stderr
-
-
-def test_a_changed_recipe_in_the_preset_run_dir_is_refused(tmp_path):
-    """Recipe flags do not rename the checkpoint: in the default run dir a changed recipe would
-    overwrite the preset AE's checkpoint (the one reproduce and swap_detrigger reload)."""
-    run = subprocess.run(
-        [sys.executable, "-m", "training.train_detrigger", "--dataset", "mnist"]
-        + ["--l2-weight", "30", "--corner-share", "0.25", "--data-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path.parent,  # nothing of the repo's runs/ is in reach
-    )
-    assert run.returncode == 2
-    assert "--l2-weight changes the preset's conv_random AE" in run.stderr  # 0.25 is the preset's
-    assert "runs/mnist/detrigger_conv_random.ckpt would be replaced" in run.stderr
-
-
-@pytest.mark.parametrize(
-    ("field", "value"), [("triggered_share", 1.2), ("paper_share", -0.5), ("l2_weight", -1.0)]
-)
-def test_the_config_refuses_a_share_outside_0_1_or_a_non_positive_l2_weight(field, value):
-    """Also for configs built in code (presets), not only through the CLI flags."""
-    with pytest.raises(ValueError, match=f"{field} must"):
-        AEConfig(**{field: value})
-    with pytest.raises(ValueError, match=f"{field} must"):
-        replace(AEConfig(), **{field: value})
-
-
 def test_l2_weight_scales_only_the_l2_term_of_the_conv_loss():
     """`l2_weight` moves the balance between the L2 loss and the mask BCE: raising it by 2 adds
     exactly two more L2 terms and leaves the BCE as it was."""
@@ -277,16 +194,3 @@ def test_paper_share_gives_that_share_the_papers_corner_square():
     assert 0.22 < papers(x, changed) < 0.38
     x, _, changed = ae_batch(clean, replace(cfg, paper_share=0.0), np.random.default_rng(0))
     assert papers(x, changed) < 0.02
-
-
-def test_only_cifar10_changes_the_shared_random_ae_recipe():
-    """MNIST and Fashion-MNIST ship AEs trained with the shared recipe (their checkpoints must
-    keep matching it); CIFAR-10 changes exactly the fields it names, and the changes are real."""
-    from training.config import CIFAR10_RANDOM_AE, PRESETS, random_ae
-
-    shared = config_dict(random_ae())
-    for name in ("mnist", "fashion-mnist"):
-        assert config_dict(PRESETS[name].autoencoders["random"]) == shared
-    cifar = config_dict(PRESETS["cifar10"].autoencoders["random"])
-    changed = {k for k in shared if cifar[k] != shared[k]}
-    assert changed == set(CIFAR10_RANDOM_AE)
