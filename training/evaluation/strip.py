@@ -191,16 +191,11 @@ def quantiles(values: np.ndarray) -> dict[str, float]:
     return {name: float(np.quantile(values, q)) for name, q in qs.items()}
 
 
-def calibrate_model_set(opts: StripOptions, command: str) -> dict[str, Any]:
-    """Calibrate STRIP for the model set opts.model_set: write its bank and manifest entry, check
-    that the service loads them, print one line and return the summary. `command` is what the
-    manifest records as the command that made the entry."""
-    t0 = time.time()
-    folder = Path(opts.model_set)
-    manifest = read_manifest(folder)  # validated: what the service will read
-    raw = json.loads((folder / "manifest.json").read_text())  # written back field for field
-    chw = (manifest.input.channels, manifest.input.height, manifest.input.width)
-
+def draw_split(
+    opts: StripOptions, folder: Path, raw: dict[str, Any], chw: tuple[int, int, int]
+) -> tuple[Dataset, str, np.ndarray, np.ndarray]:
+    """(training data, where the validation images come from, bank indices, calibration
+    indices); stops when the data does not fit the set or too few images are left."""
     train = load_dataset(opts.dataset, "train", opts.data_dir)
     if tuple(train.images.shape[1:]) != chw:
         raise SystemExit(
@@ -215,48 +210,19 @@ def calibrate_model_set(opts: StripOptions, command: str) -> dict[str, Any]:
             f"{len(calib_idx)} calibration images cannot measure an FPR of {opts.target_fpr}; "
             f"use at least {int(np.ceil(1 / opts.target_fpr))}"
         )
+    return train, source, bank_idx, calib_idx
 
-    # The bank as the service will read it: the .npy bytes through the service's own loader.
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(train.images[bank_idx]))  # (M, C, H, W) uint8
-    bank = bank_from_npy(buffer.getvalue(), chw)
-    config = StripConfig(opts.n, opts.seed, opts.input_weight, opts.bank_weight)
-    target = onnx_target(folder, manifest, opts.threads)
 
-    predicted, entropy = strip_entropies(
-        train.images[calib_idx], bank, config, target, opts.batch_size
-    )
-    threshold = strip_threshold(entropy, opts.target_fpr)
-    calibration: dict[str, Any] = {
-        "target_fpr": opts.target_fpr,
-        "split": "validation" if source.startswith("validation") else "training",
-        "source": source,
-        "dataset": opts.dataset,
-        "n": int(len(calib_idx)),
-        "false_positive_rate": float(flag(entropy, threshold).mean()),
-        "clean_accuracy": float((predicted == train.labels[calib_idx]).mean()),
-        "entropy_bits": quantiles(entropy),
-    }
-
-    attacks = manifest_backdoors(raw)
-    if attacks and opts.triggered_images > 0:
-        calibration["triggered"] = [
-            triggered_check(attack, train, calib_idx, bank, config, target, threshold, opts)
-            for attack in attacks
-        ]
-
-    np.save(folder / BANK_FILE, np.ascontiguousarray(train.images[bank_idx]))
-    calibration.update(
-        {
-            "command": command,
-            "seed": opts.seed,
-            "hardware": evidence.onnx_hardware(opts.threads),
-            "versions": evidence.versions(evidence.ONNX_PACKAGES),
-            "wall_seconds": round(time.time() - t0, 1),
-            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-    )
-    entry = {
+def strip_entry(
+    opts: StripOptions,
+    folder: Path,
+    bank_idx: np.ndarray,
+    source: str,
+    threshold: float,
+    calibration: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest's ``detectors.strip`` (the bank file must be written already)."""
+    return {
         "bank": {
             "file": BANK_FILE,
             "sha256": sha256(folder / BANK_FILE),
@@ -273,23 +239,88 @@ def calibrate_model_set(opts: StripOptions, command: str) -> dict[str, Any]:
         "flagged when below threshold",
         "calibration": calibration,
     }
+
+
+def write_entry(
+    folder: Path, raw: dict[str, Any], entry: dict[str, Any], chw: tuple[int, int, int]
+) -> None:
+    """Put `entry` into the manifest, every other field kept, and check that what was written
+    loads in the service: manifest, sha256 and bank shape."""
     detectors = raw.get("detectors") if isinstance(raw.get("detectors"), dict) else {}
     raw["detectors"] = {**detectors, "strip": entry}
     write_manifest(folder, raw)
-    # What was written must load in the service: manifest, sha256 and bank shape.
     written = read_manifest(folder)
     assert written.detectors.strip is not None
     Strip.load(folder, written.detectors.strip, chw)
 
-    summary = {"model_set": str(folder), "threshold": threshold, **calibration}
+
+def summary_line(folder: Path, opts: StripOptions, threshold: float, calibration: dict) -> str:
     line = (
         f"{folder}: STRIP n={opts.n}, threshold {threshold:.6f} bits; clean FPR "
-        f"{calibration['false_positive_rate']:.4f} on {len(calib_idx)} validation images"
+        f"{calibration['false_positive_rate']:.4f} on {calibration['n']} validation images"
     )
     for t in calibration.get("triggered", []):
         line += (
             f"; detection {t['detection_rate']:.4f} on {t['n']} triggered "
             f"(attack success {t['attack_success_rate']:.4f})"
         )
-    print(f"{line} ({calibration['wall_seconds']:.0f} s)")
-    return summary
+    return f"{line} ({calibration['wall_seconds']:.0f} s)"
+
+
+def calibrate_model_set(opts: StripOptions, command: str) -> dict[str, Any]:
+    """Calibrate STRIP for the model set opts.model_set: write its bank and manifest entry, check
+    that the service loads them, print one line and return the summary. `command` is what the
+    manifest records as the command that made the entry."""
+    t0 = time.time()
+    folder = Path(opts.model_set)
+    manifest = read_manifest(folder)  # validated: what the service will read
+    raw = json.loads((folder / "manifest.json").read_text())  # written back field for field
+    chw = (manifest.input.channels, manifest.input.height, manifest.input.width)
+    train, source, bank_idx, calib_idx = draw_split(opts, folder, raw, chw)
+
+    # The bank as the service will read it: the .npy bytes through the service's own loader.
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(train.images[bank_idx]))  # (M, C, H, W) uint8
+    bank = bank_from_npy(buffer.getvalue(), chw)
+    config = StripConfig(opts.n, opts.seed, opts.input_weight, opts.bank_weight)
+    target = onnx_target(folder, manifest, opts.threads)
+
+    # The threshold: at most target_fpr of the clean calibration images flagged.
+    predicted, entropy = strip_entropies(
+        train.images[calib_idx], bank, config, target, opts.batch_size
+    )
+    threshold = strip_threshold(entropy, opts.target_fpr)
+    calibration: dict[str, Any] = {
+        "target_fpr": opts.target_fpr,
+        "split": "validation" if source.startswith("validation") else "training",
+        "source": source,
+        "dataset": opts.dataset,
+        "n": int(len(calib_idx)),
+        "false_positive_rate": float(flag(entropy, threshold).mean()),
+        "clean_accuracy": float((predicted == train.labels[calib_idx]).mean()),
+        "entropy_bits": quantiles(entropy),
+    }
+    attacks = manifest_backdoors(raw)
+    if attacks and opts.triggered_images > 0:
+        calibration["triggered"] = [
+            triggered_check(attack, train, calib_idx, bank, config, target, threshold, opts)
+            for attack in attacks
+        ]
+
+    # Save: the bank, the manifest entry with its evidence.
+    np.save(folder / BANK_FILE, np.ascontiguousarray(train.images[bank_idx]))
+    calibration.update(
+        {
+            "command": command,
+            "seed": opts.seed,
+            "hardware": evidence.onnx_hardware(opts.threads),
+            "versions": evidence.versions(evidence.ONNX_PACKAGES),
+            "wall_seconds": round(time.time() - t0, 1),
+            "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    )
+    write_entry(
+        folder, raw, strip_entry(opts, folder, bank_idx, source, threshold, calibration), chw
+    )
+    print(summary_line(folder, opts, threshold, calibration))
+    return {"model_set": str(folder), "threshold": threshold, **calibration}
