@@ -28,6 +28,7 @@ audit synthesised for its flagged classes (training/audit/synthesised.py): a sha
 
 from __future__ import annotations
 
+import argparse
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -39,6 +40,8 @@ from training.audit.synthesised import load_synthesised
 from training.config import (
     AE_TRIGGERS,
     PRESETS,
+    AEConfig,
+    Preset,
     preset_autoencoder,
     run_name,
     with_triggers,
@@ -50,7 +53,7 @@ from training.nets.checkpoints import config_dict
 from training.nets.export import export_and_check
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     p = cli.parser(__doc__, "training.train_detrigger")
     cli.add_dataset(p, "which preset's AE and training split")
     p.add_argument(
@@ -109,8 +112,12 @@ def main() -> None:
         help="also write the trained AE to this ONNX file (the model contract's detrigger graph, "
         "parity-checked on validation images), with a JSON of its config beside it",
     )
-    args = p.parse_args()
-    preset = PRESETS[args.dataset]
+    return p
+
+
+def ae_config(p: argparse.ArgumentParser, args: argparse.Namespace, preset: Preset) -> AEConfig:
+    """The preset's AE with the command's triggers and recipe flags; a bad value, or a changed
+    recipe in the preset's run dir, stops with a parser error before any data is read."""
     exclude = tuple(e for e in args.exclude.split(",") if e)
     base = preset_autoencoder(preset.autoencoders, args.arch, args.triggers)
     cfg = replace(
@@ -146,6 +153,14 @@ def main() -> None:
             load_synthesised(args.synthesised, cfg.synthesised_dilate)
         except (OSError, ValueError) as e:
             p.error(f"--synthesised: {e}")
+    return cfg
+
+
+def main() -> None:
+    p = parser()
+    args = p.parse_args()
+    preset = PRESETS[args.dataset]
+    cfg = ae_config(p, args, preset)
     train = load_dataset(args.dataset, "train", args.data_dir)
     tr, va = split_train_val(len(train), preset.target.val_size, preset.target.seed)
     ae = train_autoencoder(cfg, train.images[tr], Path(args.run_dir) / args.dataset)
