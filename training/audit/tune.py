@@ -17,13 +17,15 @@ Fashion-MNIST and CIFAR-10 audits use them unchanged, so their repair numbers ar
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -118,7 +120,7 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     p = cli.parser(__doc__, "training.audit.tune")
     p.add_argument("--model-set", default="models/mnist", help="a demo set (default: models/mnist)")
     p.add_argument("--dataset", default="mnist", choices=DATASETS)
@@ -149,7 +151,60 @@ def main() -> None:
         help="comma-separated mask growths in pixels to try (default: %(default)s)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+@dataclass
+class Scorer:
+    """Scores a model on the held-out tuning images: accuracy, the real trigger's success, the
+    smallest synthesised trigger's success."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    real: Trigger
+    real_target: int
+    k: int
+    stamp: Any
+
+    def __call__(self, m: Any) -> dict:
+        x, y = self.x, self.y
+        return {
+            "accuracy": accuracy(m, x, y),
+            "real_asr": success(m, x[y != self.real_target], self.real, self.real_target),
+            "synth_asr": success(m, x[y != self.k], self.stamp, self.k),
+        }
+
+
+def run_grid(
+    args: argparse.Namespace,
+    model: Any,
+    data: Any,
+    masks: torch.Tensor,
+    patterns: torch.Tensor,
+    base: UnlearnConfig,
+    score: Scorer,
+    done: dict,
+) -> list[dict]:
+    """Every (lr, dilate, schedule) of the command line, unlearned on a copy of `model` and
+    scored; rows of an earlier run with the same settings are taken over as they are."""
+    grid = []
+    for lr in (float(v) for v in args.lrs.split(",")):
+        for dilate in (int(v) for v in args.dilates.split(",")):
+            for sched in args.schedules.split(","):
+                if (lr, dilate, sched) in done:
+                    grid.append(done[lr, dilate, sched])
+                    print(f"lr {lr:g} dilate {dilate} {sched}: from the earlier run", flush=True)
+                    continue
+                m = copy.deepcopy(model)
+                cfg = replace(base, lr=lr, dilate=dilate, schedule=sched)
+                unlearn(m, data.train_x, data.train_y, masks, patterns, cfg)
+                grid.append({"lr": lr, "dilate": dilate, "schedule": sched, **score(m)})
+                print(f"lr {lr:g} dilate {dilate} {sched}: {grid[-1]}", flush=True)
+    return grid
+
+
+def main() -> None:
+    args = parse_args()
     t0 = time.time()
     torch.set_num_threads(args.threads)
     source = Path(args.model_set)
@@ -170,34 +225,15 @@ def main() -> None:
     real = Trigger(**manifest["backdoor"]["trigger"])
     real_target = int(manifest["backdoor"]["target_class"])
     model = load_onnx_module(source / manifest["target"]["file"])
-    x, y = data.tune_x, data.tune_y
-
-    def score(m) -> dict:
-        return {
-            "accuracy": accuracy(m, x, y),
-            "real_asr": success(m, x[y != real_target], real, real_target),
-            "synth_asr": success(
-                m, x[y != k], synth_stamp(masks[0].numpy(), patterns[0].numpy()), k
-            ),
-        }
+    x = data.tune_x
+    stamp = synth_stamp(masks[0].numpy(), patterns[0].numpy())
+    score = Scorer(x, data.tune_y, real, real_target, k, stamp)
 
     base = UnlearnConfig(seed=seed)
     out = Path(args.out)
     l1 = [round(float(v), 4) for v in masks.sum((1, 2))]
     done = earlier_rows(out / f"{source.name}.json", k, base, len(x), l1)
-    grid = []
-    for lr in (float(v) for v in args.lrs.split(",")):
-        for dilate in (int(v) for v in args.dilates.split(",")):
-            for sched in args.schedules.split(","):
-                if (lr, dilate, sched) in done:
-                    grid.append(done[lr, dilate, sched])
-                    print(f"lr {lr:g} dilate {dilate} {sched}: from the earlier run", flush=True)
-                    continue
-                m = copy.deepcopy(model)
-                cfg = replace(base, lr=lr, dilate=dilate, schedule=sched)
-                unlearn(m, data.train_x, data.train_y, masks, patterns, cfg)
-                grid.append({"lr": lr, "dilate": dilate, "schedule": sched, **score(m)})
-                print(f"lr {lr:g} dilate {dilate} {sched}: {grid[-1]}", flush=True)
+    grid = run_grid(args, model, data, masks, patterns, base, score, done)
     before = score(model)
     report = {
         "model_set": str(source),
