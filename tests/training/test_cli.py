@@ -41,7 +41,10 @@ def test_usage_names_the_command(module: str, monkeypatch, capsys) -> None:
     assert "__main__.py" not in out
 
 
-@pytest.mark.parametrize("command", ["training.strip_calibrate", "training.audit"])
+@pytest.mark.parametrize(
+    "command",
+    ["training.strip_calibrate", "training.audit", "training.audit.tune", "training.audit.joint"],
+)
 def test_a_folder_without_a_manifest_is_refused_in_one_line(command: str, tmp_path: Path) -> None:
     (tmp_path / "target.onnx").write_bytes(b"")  # a folder that only looks like a set
     run = subprocess.run(

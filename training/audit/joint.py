@@ -116,6 +116,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     source = Path(args.model_set or f"models/{args.dataset}")
     audit = args.audit or f"reports/audit/{args.dataset}/{source.name}"
+    cli.require_model_set(source)
     cli.log_to(Path(args.run_dir) / f"joint-{source.name}.log")
     manifest = json.loads((source / "manifest.json").read_text())
     if "backdoor" not in manifest:

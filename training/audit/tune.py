@@ -208,6 +208,7 @@ def main() -> None:
     t0 = time.time()
     torch.set_num_threads(args.threads)
     source = Path(args.model_set)
+    cli.require_model_set(source)
     manifest = json.loads((source / "manifest.json").read_text())
     if "backdoor" not in manifest:
         sys.exit(f"{source}: no `backdoor` in its manifest; tuning needs a demo set's real trigger")
