@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from training import cli
-from training.config import PRESETS, run_name
+from training.config import PRESETS, AEConfig, run_name
 from training.data.datasets import load_dataset, split_train_val, to_float
 from training.data.triggers import backdoor_pairs
 from training.evaluation import model_set
@@ -118,6 +118,21 @@ def summary_md(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def chosen_ae(manifest: dict, ae_name: str | None) -> tuple[str, str, AEConfig]:
+    """(dataset, AE name, its config) for a set: the preset of the set's dataset and its
+    `ae_name` AE (default: its shipped_ae), trained with this process's torch threads."""
+    dataset = manifest["training"]["target"].get("dataset") or manifest["name"]
+    if dataset not in PRESETS:
+        raise SwapError(f"no preset for dataset {dataset!r}; presets: {', '.join(PRESETS)}")
+    preset = PRESETS[dataset]
+    ae_name = ae_name or preset.shipped_ae
+    if ae_name not in preset.autoencoders:
+        raise SwapError(
+            f"the {dataset} preset has no AE {ae_name!r}; it has {', '.join(preset.autoencoders)}"
+        )
+    return dataset, ae_name, replace(preset.autoencoders[ae_name], threads=torch.get_num_threads())
+
+
 def swap(
     folder: Path,
     ae_name: str | None,
@@ -130,16 +145,8 @@ def swap(
     the report written to reports_dir/<set name>/detrigger_swap.json."""
     t0 = time.time()
     manifest = read_set(folder)
-    dataset = manifest["training"]["target"].get("dataset") or manifest["name"]
-    if dataset not in PRESETS:
-        raise SwapError(f"no preset for dataset {dataset!r}; presets: {', '.join(PRESETS)}")
+    dataset, ae_name, cfg = chosen_ae(manifest, ae_name)
     preset = PRESETS[dataset]
-    ae_name = ae_name or preset.shipped_ae
-    if ae_name not in preset.autoencoders:
-        raise SwapError(
-            f"the {dataset} preset has no AE {ae_name!r}; it has {', '.join(preset.autoencoders)}"
-        )
-    cfg = replace(preset.autoencoders[ae_name], threads=torch.get_num_threads())
     split = manifest["training"]["target"]
     train = load_dataset(dataset, "train", data_dir)
     test = load_dataset(dataset, "test", data_dir)
@@ -216,13 +223,18 @@ def swap(
         **machine,
         "wall_seconds": time.time() - t0,
     }
+    write_report(report_path, report)
+    log.info("%s: %s AE in place; report %s", folder, ae_name, report_path)
+    return report
+
+
+def write_report(report_path: Path, report: dict) -> None:
+    """detrigger_swap.json and .md, and the reports README when the set has reproduce's report."""
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     report_path.with_suffix(".md").write_text(summary_md(report))
     if (report_path.parent / "report.json").is_file():  # beside reproduce's: its README too
         write_readme(report_path.parent.parent)
-    log.info("%s: %s AE in place; report %s", folder, ae_name, report_path)
-    return report
 
 
 def main(argv: list[str] | None = None) -> dict:
