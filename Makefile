@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # Which dataset `make reproduce` builds: mnist, fashion-mnist, cifar10 or all.
 DATASET ?= all
 # Where `make reproduce` looks first for the data files (empty: only the standard places, see
-# training/datasets.py).
+# training/data/datasets.py).
 DATA_DIR ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000

@@ -6,12 +6,26 @@ import argparse
 import logging
 from pathlib import Path
 
+from training import config
 
-def parser(doc: str | None) -> argparse.ArgumentParser:
-    """A parser whose --help shows the module docstring as written."""
+
+def parser(doc: str | None, module: str) -> argparse.ArgumentParser:
+    """A parser whose usage names the command as typed (`python -m <module>`, not the file,
+    which for a package would read __main__.py) and whose --help shows the docstring as written."""
     return argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog=f"python -m {module}",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def require_model_set(folder: Path) -> None:
+    """Stop with one line (no traceback) when `folder` holds no manifest.json."""
+    if not (folder / "manifest.json").is_file():
+        raise SystemExit(
+            f"{folder}: no manifest.json here; --model-set takes a model set folder "
+            "(docs/model-contract.md)"
+        )
 
 
 def add_data_dir(p: argparse.ArgumentParser) -> None:
@@ -20,7 +34,7 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
         "--data-dir",
         default=None,
         help="folder looked at first for the data files (default: the standard places, see "
-        "training/datasets.py)",
+        "training/data/datasets.py)",
     )
 
 
@@ -36,10 +50,11 @@ def log_to(path: Path) -> None:
 
 def add_dataset(p: argparse.ArgumentParser, what: str) -> None:
     """--dataset (one of the presets, default mnist; ``what`` says what it picks) and --data-dir."""
-    from training.presets import PRESETS  # the presets import the trainers, which import this
-
     p.add_argument(
-        "--dataset", default="mnist", choices=list(PRESETS), help=f"{what} (default: mnist)"
+        "--dataset",
+        default="mnist",
+        choices=list(config.PRESETS),
+        help=f"{what} (default: mnist)",
     )
     add_data_dir(p)
 

@@ -9,12 +9,12 @@ Model sets: the shipped one (--shipped, default models/<dataset>: the paper's tr
 (written by `python -m training.suite`); or exactly the folders of --sets. Attacks of the suite
 with no set are listed as missing.
 
-Detectors, all run with ONNX Runtime on the CPU provider (training/detectors.py), so passes and
-milliseconds are those of the deployable path:
+Detectors, all run with ONNX Runtime on the CPU provider (training/evaluation/detectors.py), so
+passes and milliseconds are those of the deployable path:
 - for each de-trigger AE (--ae LABEL=PATH; default `paper=set`, each set's own detrigger.onnx):
   the paper's class-change rule, and the KL score with its threshold set on clean validation
   images for --target-fpr (at least --kl-floor);
-- STRIP (contract/strip.py, the service's own code) with --strip-n copies, its bank drawn from
+- STRIP (service/strip.py, the service's own code) with --strip-n copies, its bank drawn from
   the validation split as training.strip_calibrate draws it, and its threshold set on the other
   validation images for the same --target-fpr.
 `--ae LABEL@ATTACK=PATH` gives an AE to one attack's set only (the audit-based AE, trained with
@@ -35,108 +35,34 @@ Writes --out/<dataset>.json (every number, the command, seed, hardware, versions
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from contract.manifest import read_manifest, read_verified
-from contract.strip import StripConfig, flag
-from training import cli
-from training.attack_suite import DEFAULT_SUITE, Attack, SuiteError, load_suite
-from training.datasets import DATASETS, Dataset, load_dataset
-from training.detection import MIN_THRESHOLD, calibrate
-from training.detection_tables import FPR_GRID, PAPER_ATTACK, ROC_FPRS, write_dataset, write_readme
-from training.detectors import (
-    AEScores,
-    Graph,
-    StripScores,
-    ae_passes,
-    float_batches,
-    run_ae,
-    run_strip_detector,
-    strip_passes,
-    warm_up,
+from training import cli, evidence
+from training.data.attack_suite import DEFAULT_SUITE, Attack, SuiteError, load_suite
+from training.data.datasets import DATASETS, load_dataset
+from training.evaluation.comparison import (
+    LABEL,
+    OWN_AE,
+    AESpec,
+    CompareOptions,
+    Data,
+    attack_name,
+    evaluate_set,
 )
-from training.metrics import auroc, flag_rate, roc_curve, tpr_at_fpr
-from training.report import plot_examples
-from training.strip_calibrate import (
-    bank_and_calibration,
-    environment,
-    strip_threshold,
-    validation_indices,
+from training.evaluation.detection import MIN_THRESHOLD
+from training.evaluation.detection_markdown import (
+    FPR_GRID,
+    write_dataset,
+    write_readme,
 )
-from training.triggers import Trigger, backdoor_pairs
-
-LABEL = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-OWN_AE = "set"  # --ae LABEL=set: each model set's own detrigger.onnx
-
-
-# --- what is compared -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AESpec:
-    """--ae LABEL[@ATTACK]=PATH: a de-trigger AE, for every set or for one attack's set."""
-
-    label: str
-    attack: str | None  # None: every set
-    path: str  # an ONNX file, or OWN_AE
-
-    @classmethod
-    def parse(cls, text: str) -> AESpec:
-        key, sep, path = text.partition("=")
-        label, _, attack = key.partition("@")
-        if not sep or not path or not LABEL.match(label) or (attack and not LABEL.match(attack)):
-            raise ValueError(
-                f"--ae {text!r}: expected LABEL=PATH or LABEL@ATTACK=PATH, LABEL and ATTACK of "
-                "[a-z0-9-] characters, PATH an ONNX file or 'set' (the set's own detrigger.onnx)"
-            )
-        if path != OWN_AE and not Path(path).is_file():
-            raise ValueError(f"--ae {text!r}: no such file {path}")
-        return cls(label, attack or None, path)
-
-
-def aes_for(specs: Sequence[AESpec], attack: str) -> dict[str, AESpec]:
-    """Label -> the AE that runs on this attack's set: one given for the attack itself wins over
-    one given for every set; a label with neither is not run on it."""
-    chosen: dict[str, AESpec] = {}
-    for spec in specs:
-        if spec.attack in (None, attack) and (
-            spec.label not in chosen or chosen[spec.label].attack is None
-        ):
-            chosen[spec.label] = spec
-    return chosen
-
-
-def attack_name(raw: dict, folder: Path, suite: dict[str, Attack], chw: tuple) -> str:
-    """Which attack a set carries: the suite attack its manifest names (training.suite), else
-    the suite attack whose pairs equal its backdoor (the shipped sets), else the folder name."""
-    named = ((raw.get("training") or {}).get("suite") or {}).get("attack")
-    if named:
-        return str(named)
-
-    def canon(pairs: list[tuple[Trigger, int]]) -> str:
-        return json.dumps([[t.to_dict(), k] for t, k in pairs], sort_keys=True, default=list)
-
-    try:
-        own = canon([(t.resolve(chw[1], chw[2]), k) for t, k in backdoor_pairs(raw)])
-    except (KeyError, TypeError, ValueError):
-        return folder.name
-    for attack in suite.values():
-        try:
-            resolved = attack.resolved(chw[1], chw[2], len(raw.get("classes") or [0] * 10))
-        except SuiteError:
-            continue
-        if canon(list(resolved.backdoors)) == own:
-            return attack.name
-    return folder.name
 
 
 def find_sets(
@@ -168,425 +94,6 @@ def find_sets(
                 found[name] = folder
     order = [n for n in suite if n in found] + [n for n in found if n not in suite]
     return [(n, found[n]) for n in order], [n for n in suite if n not in found]
-
-
-# --- metrics ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Outcome:
-    """One detector on one group of images: suspicion (higher = more suspicious), flags, and the
-    classes it saw (for the miss analysis)."""
-
-    suspicion: np.ndarray
-    flagged: np.ndarray
-    predicted: np.ndarray
-    detriggered: np.ndarray | None
-    raw_score: np.ndarray  # the detector's own score: KL in nats, entropy in bits, 0/1 change
-
-
-def ae_outcomes(s: AEScores, rule: str, threshold: float | None) -> Outcome:
-    if rule == "class_change":
-        flags = s.class_change
-        return Outcome(flags.astype(float), flags, s.predicted, s.detriggered, flags.astype(float))
-    assert threshold is not None
-    return Outcome(s.kl, s.kl > threshold, s.predicted, s.detriggered, s.kl)
-
-
-def strip_outcome(s: StripScores, threshold: float) -> Outcome:
-    return Outcome(-s.entropy, flag(s.entropy, threshold), s.predicted, None, s.entropy)
-
-
-def pool(outcomes: Sequence[Outcome]) -> Outcome:
-    """The outcomes of several groups of images as one (a two-target set's pooled positives)."""
-
-    def cat(field: str) -> np.ndarray:
-        return np.concatenate([getattr(o, field) for o in outcomes])
-
-    no_ae = any(o.detriggered is None for o in outcomes)
-    return Outcome(
-        cat("suspicion"),
-        cat("flagged"),
-        cat("predicted"),
-        None if no_ae else cat("detriggered"),
-        cat("raw_score"),
-    )
-
-
-def rates(neg: Outcome, pos: Outcome, fired: np.ndarray) -> dict[str, Any]:
-    """Detection rate and FPR at the calibrated decision; AUROC and TPR at fixed FPRs from the
-    ROC on these test images (for the class-change rule: its single operating point). `fired`
-    marks the positives the backdoor sent to its target class: detection on them alone tells a
-    detector's misses from the attack's (None when the trigger fired on none)."""
-    out = {
-        "n_positive": int(len(pos.flagged)),
-        "detection_rate": flag_rate(pos.flagged),
-        "n_fired": int(fired.sum()),
-        "detection_rate_fired": flag_rate(pos.flagged[fired]) if fired.any() else None,
-        "false_positive_rate": flag_rate(neg.flagged),
-        "auroc": auroc(neg.suspicion, pos.suspicion),
-    }
-    for f in ROC_FPRS:
-        out[f"tpr_at_fpr{f:g}"] = tpr_at_fpr(neg.suspicion, pos.suspicion, f)
-    return out
-
-
-def roc_on_grid(neg: np.ndarray, pos: np.ndarray) -> list[float]:
-    """TPR at FPR <= g for every g of FPR_GRID: the ROC curve, small enough for the json."""
-    fpr, tpr = roc_curve(neg, pos)
-    idx = np.searchsorted(fpr, np.asarray(FPR_GRID), side="right") - 1
-    return [round(float(v), 6) for v in tpr[idx]]
-
-
-def miss_reasons(pos: Outcome, target_class: int) -> dict[str, float]:
-    """Why missed positives were missed, as shares of them: the trigger did not send the image
-    to the target class (nothing to detect); the AE left it in the target class; or it did
-    neither and the score stayed on the clean side of the threshold."""
-    missed = ~pos.flagged
-    fired = pos.predicted == target_class
-    kept = fired & (pos.detriggered == target_class) if pos.detriggered is not None else None
-    n = max(int(missed.sum()), 1)
-    out = {"not_fired": float((missed & ~fired).sum() / n)}
-    if kept is not None:
-        out["ae_kept_target"] = float((missed & kept).sum() / n)
-        out["under_threshold"] = float((missed & fired & ~kept).sum() / n)
-    else:
-        out["under_threshold"] = float((missed & fired).sum() / n)
-    return out
-
-
-# --- one model set ----------------------------------------------------------------------------
-@dataclass
-class Data:
-    train: Dataset
-    test: Dataset
-    test_idx: np.ndarray  # the test images used (all unless --test-images)
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
-
-
-def ae_info(spec: AESpec, folder: Path, raw: dict) -> tuple[bytes, dict[str, Any]]:
-    """An AE's bytes and what is known of it: file, sha256, training triggers."""
-    if spec.path == OWN_AE:
-        manifest = read_manifest(folder)
-        data = read_verified(folder, manifest.detrigger)
-        training = raw.get("training") or {}
-        arch = (raw.get("detrigger") or {}).get("architecture", "")
-        # A swapped-in AE (training.swap_detrigger) first: `autoencoders` holds every AE
-        # reproduce trained, and more than one of them can share the shipped one's arch.
-        cfg = (
-            (training.get("detrigger_swap") or {}).get("autoencoder")
-            or training.get("autoencoder")
-            or (training.get("autoencoders") or {}).get(arch, {})
-        )
-        path = str(folder / manifest.detrigger.file)
-    else:
-        data = Path(spec.path).read_bytes()
-        beside = Path(spec.path).with_suffix(".json")  # training.train_detrigger --export
-        cfg = json.loads(beside.read_text()).get("autoencoder", {}) if beside.is_file() else {}
-        path = spec.path
-    info = {
-        "label": spec.label,
-        "file": path,
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "triggers": cfg.get("triggers"),
-        "synthesised": cfg.get("synthesised") or None,
-        "exclude": cfg.get("exclude") or None,
-    }
-    return data, info
-
-
-def example_grid(
-    path: Path,
-    data: Data,
-    idx: np.ndarray,
-    trigger: Trigger,
-    target: Graph,
-    ae: Graph | None,
-    pos: Outcome,
-    where: np.ndarray,
-    classes: list[str],
-    score_name: str,
-) -> None:
-    """Clean / triggered / AE output of some missed positives, captioned with the target's
-    predictions (and the detector's score)."""
-    (x,) = float_batches(data.test.images[idx], len(idx))
-    xt = np.asarray(trigger(x), np.float32)
-    rows = {"clean": x, "triggered": xt}
-    if ae is not None:
-        rows["AE output"] = ae(xt).astype(np.float32)
-    logits = target(np.concatenate(list(rows.values())))
-    pred = logits.argmax(axis=1).reshape(len(rows), len(idx))
-
-    def name(k: int) -> str:
-        return classes[k][:9]
-
-    captions = {
-        "clean": [
-            f"y={name(data.test.labels[i])} f={name(p)}" for i, p in zip(idx, pred[0], strict=True)
-        ],
-        "triggered": [
-            f"f={name(p)}" + ("" if ae is not None else f" H={pos.raw_score[w]:.2f}")
-            for p, w in zip(pred[1], where, strict=True)
-        ],
-    }
-    if ae is not None:
-        captions["AE output"] = [
-            f"f={name(p)} {score_name}={pos.raw_score[w]:.2g}"
-            for p, w in zip(pred[2], where, strict=True)
-        ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    plot_examples(rows, path, captions)
-
-
-@dataclass
-class Run:
-    """One detector run on one set: its validation flags, negatives and positives per pair."""
-
-    name: str
-    ae: str | None  # the AE's label; None for STRIP
-    rule: str  # class_change, kl or strip
-    threshold: float | None  # None for the class-change rule
-    passes: dict[str, int]
-    seconds: float  # over the test images, clean and triggered
-    val: np.ndarray  # (V,) flags on the clean validation images
-    neg: Outcome  # clean test images
-    pos: list[Outcome]  # triggered test images, one per pair
-    graph: Graph | None  # the AE, for the example grids
-    extra: dict[str, Any]  # reported beside the metrics
-
-
-@dataclass(frozen=True)
-class SetImages:
-    """Which images a set is measured on (indices into the train and test splits)."""
-
-    calib: np.ndarray  # clean validation images the thresholds are set on
-    bank: np.ndarray  # STRIP's bank (other validation images)
-    test: np.ndarray  # clean test images: the negatives
-    pos: list[np.ndarray]  # per pair: test images of other classes than its target
-
-
-def ae_runs(
-    label: str,
-    ae: Graph,
-    target: Graph,
-    pairs: list[tuple[Trigger, int]],
-    data: Data,
-    idx: SetImages,
-    args: argparse.Namespace,
-) -> list[Run]:
-    """One AE, two rules: the class change, and KL thresholded on validation."""
-    s_val = run_ae(data.train.images[idx.calib], ae, target, args.batch_size)
-    s_neg = run_ae(data.test.images[idx.test], ae, target, args.batch_size)
-    s_pos = [
-        run_ae(data.test.images[p], ae, target, args.batch_size, t)
-        for (t, _), p in zip(pairs, idx.pos, strict=True)
-    ]
-    seconds = s_neg.seconds + sum(s.seconds for s in s_pos)
-    accuracy = float((s_neg.detriggered == data.test.labels[idx.test]).mean())
-    runs = []
-    for rule, t in (
-        ("class_change", None),
-        ("kl", calibrate(s_val.kl, args.target_fpr, args.kl_floor)),
-    ):
-        runs.append(
-            Run(
-                f"{label} AE, "
-                + ("class change" if t is None else f"KL @ {args.target_fpr:g} FPR"),
-                label,
-                rule,
-                t,
-                ae_passes(),
-                seconds,
-                ae_outcomes(s_val, rule, t).flagged,
-                ae_outcomes(s_neg, rule, t),
-                [ae_outcomes(s, rule, t) for s in s_pos],
-                ae,
-                {"clean_accuracy_after_ae": accuracy},
-            )
-        )
-    return runs
-
-
-def strip_run(
-    target: Graph,
-    pairs: list[tuple[Trigger, int]],
-    data: Data,
-    idx: SetImages,
-    raw: dict,
-    args: argparse.Namespace,
-) -> Run:
-    """STRIP with the bank and calibration images training.strip_calibrate would take."""
-    bank = data.train.images[idx.bank].astype(np.float32) / np.float32(255.0)  # (M, C, H, W)
-    config = StripConfig(args.strip_n, args.seed)
-    h_val = run_strip_detector(data.train.images[idx.calib], bank, config, target, args.batch_size)
-    h_neg = run_strip_detector(data.test.images[idx.test], bank, config, target, args.batch_size)
-    h_pos = [
-        run_strip_detector(data.test.images[p], bank, config, target, args.batch_size, t)
-        for (t, _), p in zip(pairs, idx.pos, strict=True)
-    ]
-    threshold = strip_threshold(h_val.entropy, args.target_fpr)
-    shipped = (raw.get("detectors") or {}).get("strip") or {}
-    return Run(
-        f"STRIP (n={args.strip_n})",
-        None,
-        "strip",
-        threshold,
-        strip_passes(args.strip_n),
-        h_neg.seconds + sum(s.seconds for s in h_pos),
-        flag(h_val.entropy, threshold),
-        strip_outcome(h_neg, threshold),
-        [strip_outcome(s, threshold) for s in h_pos],
-        None,
-        # the set's own calibrated threshold, when it ships one: the same bank and images give
-        # the same number
-        {"manifest_threshold": shipped.get("threshold")} if shipped else {},
-    )
-
-
-def detector_entry(run: Run, pairs: list[tuple[Trigger, int]], timed_images: int) -> dict:
-    pooled = pool(run.pos)
-    fired = [o.predicted == k for (_, k), o in zip(pairs, run.pos, strict=True)]
-    return {
-        "name": run.name,
-        "ae": run.ae,
-        "rule": run.rule,
-        "threshold": run.threshold,
-        "forward_passes": run.passes,
-        "ms_per_image": 1000.0 * run.seconds / max(timed_images, 1),
-        "images_timed": int(timed_images),
-        "validation_false_positive_rate": flag_rate(run.val),
-        **rates(run.neg, pooled, np.concatenate(fired)),
-        "pairs": [
-            {"target_class": k, **rates(run.neg, o, f)}
-            for (_, k), o, f in zip(pairs, run.pos, fired, strict=True)
-        ],
-        "roc_tpr": roc_on_grid(run.neg.suspicion, pooled.suspicion),
-        **run.extra,
-    }
-
-
-def misses(
-    run: Run,
-    attack: str,
-    pairs: list[tuple[Trigger, int]],
-    idx: SetImages,
-    target: Graph,
-    data: Data,
-    classes: list[str],
-    args: argparse.Namespace,
-) -> list[dict[str, Any]]:
-    """Each pair this detector detects under --goal: by how much, why, and a grid of examples."""
-    out = []
-    for (trigger, k), p, o in zip(pairs, idx.pos, run.pos, strict=True):
-        rate = flag_rate(o.flagged)
-        if not rate < args.goal:
-            continue
-        miss: dict[str, Any] = {
-            "detector": run.name,
-            "target_class": k,
-            "detection_rate": rate,
-            "goal": args.goal,
-            "short_by": args.goal - rate,
-            "missed": int((~o.flagged).sum()),
-            "reasons": miss_reasons(o, k),
-            "examples": None,
-        }
-        where = np.flatnonzero(~o.flagged)[: args.examples]
-        if len(where):
-            name = f"miss-{slug(attack)}-{slug(run.name)}"
-            rel = f"{args.dataset}/{name}" + (f"-t{k}.png" if len(pairs) > 1 else ".png")
-            score = "H" if run.rule == "strip" else "KL"
-            example_grid(
-                Path(args.out) / rel,
-                data,
-                p[where],
-                trigger,
-                target,
-                run.graph,
-                o,
-                where,
-                classes,
-                score,
-            )
-            miss["examples"] = rel
-        out.append(miss)
-    return out
-
-
-def evaluate_set(
-    attack: str,
-    folder: Path,
-    specs: Sequence[AESpec],
-    data: Data,
-    args: argparse.Namespace,
-) -> dict[str, Any]:
-    """Every detector on one model set: its json entry."""
-    manifest = read_manifest(folder)
-    raw = json.loads((folder / "manifest.json").read_text())
-    chw = (manifest.input.channels, manifest.input.height, manifest.input.width)
-    if tuple(data.test.images.shape[1:]) != chw:
-        raise SystemExit(
-            f"{folder} takes {chw} images; {args.dataset} has {data.test.images.shape[1:]}"
-        )
-    pairs = backdoor_pairs(raw)
-    if not pairs:
-        raise SystemExit(f"{folder}: the manifest records no backdoor trigger to test")
-    target = Graph.load(read_verified(folder, manifest.target), args.threads)
-    val, source = validation_indices(len(data.train), raw, args.val_size, args.seed)
-    bank, calib = bank_and_calibration(val, args.bank_size, args.val_images, args.seed)
-    test = data.test_idx
-    idx = SetImages(calib, bank, test, [test[data.test.labels[test] != k] for _, k in pairs])
-    (probe,) = float_batches(data.test.images[test[: args.batch_size]], args.batch_size)
-    warm_up(target, probe)
-
-    runs: list[Run] = []
-    ae_used: dict[str, dict[str, Any]] = {}
-    for label, spec in aes_for(specs, attack).items():
-        blob, ae_used[label] = ae_info(spec, folder, raw)
-        ae = Graph.load(blob, args.threads)
-        try:
-            warm_up(ae, probe)
-        except Exception as exc:  # ORT's own errors: wrong input shape, names, ...
-            raise SystemExit(
-                f"--ae {label}: {ae_used[label]['file']} does not run on {chw} images: {exc}"
-            ) from exc
-        runs += ae_runs(label, ae, target, pairs, data, idx, args)
-    if args.strip_n > 0:
-        runs.append(strip_run(target, pairs, data, idx, raw, args))
-    if not runs:
-        raise SystemExit("nothing to run: no --ae for this set and --strip-n 0")
-
-    # The target's own predictions are the same in every run: take the first.
-    first = runs[0]
-    fired = [o.predicted == k for (_, k), o in zip(pairs, first.pos, strict=True)]
-    timed_images = len(test) + sum(len(p) for p in idx.pos)
-    return {
-        "attack": attack,
-        "model_set": str(folder),
-        "name": manifest.name,
-        "paper_trigger": attack == PAPER_ATTACK,
-        "clean_accuracy": float((first.neg.predicted == data.test.labels[test]).mean()),
-        "attack_success_rate": float(np.concatenate(fired).mean()),
-        "n_negative": int(len(test)),
-        "validation": {"n": int(len(calib)), "strip_bank": int(len(bank)), "source": source},
-        "pairs": [
-            {
-                "target_class": k,
-                "trigger": t.to_dict(),
-                "n_positive": int(len(p)),
-                "attack_success_rate": float(f.mean()) if len(f) else float("nan"),
-            }
-            for (t, k), p, f in zip(pairs, idx.pos, fired, strict=True)
-        ],
-        "aes": ae_used,
-        "detectors": [detector_entry(run, pairs, timed_images) for run in runs],
-        "misses": [
-            m
-            for run in runs
-            for m in misses(run, attack, pairs, idx, target, data, list(manifest.classes), args)
-        ],
-    }
 
 
 # --- re-running some sets -------------------------------------------------------------------
@@ -643,8 +150,8 @@ def updated(out: Path, new: dict) -> dict:
 
 
 # --- the command ------------------------------------------------------------------------------
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = cli.parser(__doc__)
+def add_set_options(p: argparse.ArgumentParser) -> None:
+    """Which model sets are compared, and on which data."""
     p.add_argument(
         "--dataset",
         default="mnist",
@@ -673,6 +180,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=str(DEFAULT_SUITE),
         help="suite file (default: training/attacks/suite.json)",
     )
+
+
+def add_detector_options(p: argparse.ArgumentParser) -> None:
+    """The detectors and how their thresholds are set."""
     p.add_argument(
         "--ae",
         action="append",
@@ -712,6 +223,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0.9,
         help="detection rate under which a (detector, attack) is analysed as a miss (default: 0.9)",
     )
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """How many images, how fast, with which seed, and where the report goes."""
     p.add_argument(
         "--examples", type=int, default=6, help="missed positives shown per miss (default: 6)"
     )
@@ -750,6 +265,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "existing --out/<dataset>.json in place of the same attacks; the other sets stay as they "
         "were. The run's settings must equal that report's (default: write a whole report)",
     )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = cli.parser(__doc__, "training.detection_report")
+    add_set_options(p)
+    add_detector_options(p)
+    add_run_options(p)
     args = p.parse_args(argv)
     try:
         args.ae_specs = [AESpec.parse(s) for s in args.ae]
@@ -800,19 +322,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.update:  # before the run, not after it
         probe = {"dataset": args.dataset, "seed": args.seed, "config": config}
         report_to_update(Path(args.out), probe | {"fpr_grid": list(FPR_GRID)})
+    opts = CompareOptions(**{f: getattr(args, f) for f in CompareOptions.__dataclass_fields__})
     entries = []
     for attack, folder in sets:
         print(f"{args.dataset} / {attack}: {folder}", flush=True)
-        entries.append(evaluate_set(attack, folder, args.ae_specs, data, args))
-    hardware, versions = environment(args.threads)
+        entries.append(evaluate_set(attack, folder, args.ae_specs, data, opts))
     report = {
         "dataset": args.dataset,
         "command": " ".join(
             ["python -m training.detection_report", *(sys.argv[1:] if argv is None else argv)]
         ),
         "seed": args.seed,
-        "hardware": hardware,
-        "versions": versions,
+        "hardware": evidence.onnx_hardware(args.threads),
+        "versions": evidence.versions(evidence.ONNX_PACKAGES),
         "config": config,
         "fpr_grid": list(FPR_GRID),
         "sets": entries,

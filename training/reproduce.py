@@ -11,75 +11,50 @@ config is reused, a partial one is resumed, so an interrupted run can be started
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import platform
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from training import cli, model_set, strip_calibrate
-from training import report as rep
-from training.datasets import load_dataset
-from training.evaluate import choose_decision, evaluate_pair
-from training.export import write_manifest
-from training.model_set import N_SAMPLES, backdoor_entry, export_model_set
-from training.models import TARGETS
-from training.presets import PRESETS
-from training.train_detrigger import train_autoencoder
-from training.train_target import split_train_val, train_target
-from training.triggers import Trigger
+from training import cli
+from training.config import PRESETS, Preset
+from training.data.datasets import load_dataset, split_train_val, to_float
+from training.data.triggers import Trigger
+from training.evaluation import model_set
+from training.evaluation import report as rep
+from training.evaluation.evaluate import choose_decision, evaluate_pair
+from training.evaluation.model_set import N_SAMPLES, backdoor_entry, export_model_set
+from training.evaluation.strip import StripOptions, calibrate_model_set
+from training.evidence import hardware, versions
+from training.fit.autoencoder import train_autoencoder
+from training.fit.target import train_target
+from training.nets.export import write_manifest
+from training.nets.models import TARGETS
 
 PAPER_EPOCHS = {"mnist": 50, "fashion-mnist": 50, "cifar10": 200}
 log = logging.getLogger("training.reproduce")
 
 
-def hardware() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = "CUDA GPU" if torch.cuda.is_available() else "no GPU"
-    return (
-        f"{model} ({os.cpu_count()} CPU cores), {torch.get_num_threads()} torch threads, "
-        f"{platform.machine()}, {gpu}"
-    )
+@dataclass
+class Evaluated:
+    """Every AE with the target on the full test set (evaluate_pair's results and raw arrays per
+    AE name), the decision chosen for the shipped AE, and the float test images."""
+
+    trigger: Trigger
+    test_x: torch.Tensor  # (N, C, H, W) in [0, 1]
+    results: dict[str, dict]
+    raws: dict[str, dict]
+    decision: dict
 
 
-def versions() -> dict[str, str]:
-    import onnx
-    import onnxruntime
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "numpy": np.__version__,
-    }
-
-
-def to_float(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(images).float().div_(255.0)  # (N, C, H, W) in [0, 1]
-
-
-def run_dataset(name: str, args: argparse.Namespace) -> dict:
-    preset = PRESETS[name]
+def load_split(name: str, preset: Preset, args: argparse.Namespace) -> tuple:
+    """(train, test, train indices, validation indices): the validation images are held out of
+    training, for calibration."""
     cfg = preset.target
-    t_start = time.time()
-    stages: dict[str, float] = {}
-    run_dir = Path(args.run_dir) / name
-
-    t = time.time()
     train = load_dataset(name, "train", args.data_dir, args.download)
     test = load_dataset(name, "test", args.data_dir, args.download)
     tr, va = split_train_val(len(train), cfg.val_size, cfg.seed)
@@ -91,20 +66,30 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         len(test),
         train.images.shape[1:],
     )
-    stages["load"] = time.time() - t
+    return train, test, tr, va
 
+
+def train_models(
+    preset: Preset, images: np.ndarray, labels: np.ndarray, run_dir: Path, stages: dict
+) -> tuple[torch.nn.Module, dict[str, torch.nn.Module]]:
+    """The backdoored target and every AE of the preset, each stage timed into `stages`."""
     t = time.time()
-    target = train_target(
-        cfg, train.images[tr], train.labels[tr], preset.mean, preset.std, run_dir, log.info
-    )
+    target = train_target(preset.target, images, labels, preset.mean, preset.std, run_dir, log.info)
     stages["target"] = time.time() - t
     aes = {}
     for ae_name, ae_cfg in preset.autoencoders.items():
         t = time.time()
-        aes[ae_name] = train_autoencoder(ae_cfg, train.images[tr], run_dir, log.info)
+        aes[ae_name] = train_autoencoder(ae_cfg, images, run_dir, log.info)
         stages[f"ae_{ae_name}"] = time.time() - t
+    return target, aes
 
-    t = time.time()
+
+def evaluate_models(
+    name: str, preset: Preset, target: torch.nn.Module, aes: dict, train, test, va: np.ndarray
+) -> Evaluated:
+    """Every AE with the target on the full test set, thresholds calibrated on the validation
+    images, and the decision of the shipped AE at the preset's target FPR."""
+    cfg = preset.target
     trigger = Trigger(**cfg.trigger)
     test_x, val_x = to_float(test.images), to_float(train.images[va])
     val_y = train.labels[va]
@@ -127,34 +112,49 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
             r["test"]["class_change"]["false_positive_rate"],
             r["backdoor_accuracy_after_ae"],
         )
-    shipped = preset.shipped_ae
-    decision = choose_decision(results[shipped], preset.target_fpr)
+    decision = choose_decision(results[preset.shipped_ae], preset.target_fpr)
     log.info("%s decision: %s", name, decision)
-    stages["evaluate"] = time.time() - t
+    return Evaluated(trigger, test_x, results, raws, decision)
 
-    # --- export the model set
-    t = time.time()
-    out = Path(args.models_dir) / name
-    pairs = [(trigger, cfg.target_class)]
-    exported = export_model_set(
-        out,
-        target,
-        aes[shipped],
-        test_x,
-        test.labels,
-        pairs,
-        decision,
-        [raws[shipped]["logits"]],
-    )
-    onnx_runtime = exported["onnx_runtime"]
-    log.info("%s ONNX Runtime on the test set: %s", name, onnx_runtime)
-    training_cfg = {
+
+def training_record(preset: Preset, va: np.ndarray) -> dict:
+    """The manifest's and the report's `training`: the configs that made the set."""
+    cfg = preset.target
+    return {
         "seed": cfg.seed,
         "target": asdict(cfg),
         "autoencoders": {k: asdict(v) for k, v in preset.autoencoders.items()},
         "normalisation": {"mean": preset.mean, "std": preset.std},
         "validation_split": {"n": int(len(va)), "from": "training data"},
     }
+
+
+def export_set(
+    name: str,
+    preset: Preset,
+    target: torch.nn.Module,
+    aes: dict,
+    ev: Evaluated,
+    test,
+    training_cfg: dict,
+    out: Path,
+) -> dict:
+    """models/<name>: both graphs (parity-checked), samples, the decision re-run with ONNX
+    Runtime, and the manifest; returns the ONNX Runtime check. A set must stay under 20 MB."""
+    cfg, shipped = preset.target, preset.shipped_ae
+    pairs = [(ev.trigger, cfg.target_class)]
+    exported = export_model_set(
+        out,
+        target,
+        aes[shipped],
+        ev.test_x,
+        test.labels,
+        pairs,
+        ev.decision,
+        [ev.raws[shipped]["logits"]],
+    )
+    onnx_runtime = exported["onnx_runtime"]
+    log.info("%s ONNX Runtime on the test set: %s", name, onnx_runtime)
     manifest = model_set.manifest(
         name,
         f"BadNets-backdoored demo {cfg.arch} target with the {shipped} de-trigger "
@@ -165,12 +165,12 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
         exported,
         cfg.arch,
         preset.autoencoders[shipped].arch,
-        decision,
+        ev.decision,
         backdoor_entry(pairs, cfg.poison_rate),
         model_set.set_evaluation(
             pairs,
-            [results[shipped]],
-            decision,
+            [ev.results[shipped]],
+            ev.decision,
             preset.target_fpr,
             onnx_runtime,
             f"reports/{name}/report.json",
@@ -183,25 +183,41 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     log.info("%s model set written to %s (%.1f MB)", name, out, size / 1e6)
     if size >= 20e6:
         raise RuntimeError(f"{out} is {size / 1e6:.1f} MB; a shipped set must stay under 20 MB")
-    stages["export"] = time.time() - t
+    return onnx_runtime
 
-    # --- STRIP, the second detector: bank and threshold for the same target FPR
-    t = time.time()
-    strip = strip_calibrate.main(
+
+def calibrate_strip(name: str, preset: Preset, out: Path, data_dir: str | None) -> dict:
+    """STRIP, the second detector: its bank and threshold for the same target FPR, as
+    `python -m training.strip_calibrate` with these options would write them (the manifest
+    records that command)."""
+    strip_argv = (
         ["--model-set", str(out), "--dataset", name, "--target-fpr", f"{preset.target_fpr:g}"]
         + ["--bank-size", str(preset.strip_bank_size), "--n", str(preset.strip_n)]
-        + (["--data-dir", args.data_dir] if args.data_dir else [])
+        + (["--data-dir", data_dir] if data_dir else [])
     )
-    stages["strip"] = time.time() - t
+    return calibrate_model_set(
+        StripOptions(
+            model_set=str(out),
+            dataset=name,
+            data_dir=data_dir,
+            n=preset.strip_n,
+            target_fpr=preset.target_fpr,
+            bank_size=preset.strip_bank_size,
+        ),
+        " ".join(["python -m training.strip_calibrate", *strip_argv]),
+    )
 
-    # --- report
-    folder = Path(args.reports_dir) / name
-    folder.mkdir(parents=True, exist_ok=True)
-    rep.plot_bars(results, folder / "bars.png", f"{name}: accuracy before / after the AE")
+
+def plot_figures(
+    name: str, aes: dict, ev: Evaluated, test, folder: Path, shipped: str, target_class: int
+) -> None:
+    """bars.png, roc.png and examples.png (clean, triggered and every AE's output)."""
+    rep.plot_bars(ev.results, folder / "bars.png", f"{name}: accuracy before / after the AE")
     rep.plot_roc(
-        {k: v["roc"] for k, v in raws.items()}, folder / "roc.png", f"{name}: detection ROC"
+        {k: v["roc"] for k, v in ev.raws.items()}, folder / "roc.png", f"{name}: detection ROC"
     )
-    ex = np.flatnonzero(test.labels != cfg.target_class)[:N_SAMPLES]
+    test_x, trigger, raws = ev.test_x, ev.trigger, ev.raws
+    ex = np.flatnonzero(test.labels != target_class)[:N_SAMPLES]
     rows = {"clean": test_x[ex].numpy(), "triggered": trigger(test_x[ex]).numpy()}
     captions = {
         "clean": [f"y={test.labels[j]} pred={raws[shipped]['logits'][0][j].argmax()}" for j in ex],
@@ -214,12 +230,51 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
                 f"pred={raws[ae_name]['logits'][3][j].argmax()}" for j in ex
             ]
     rep.plot_examples(rows, folder / "examples.png", captions)
+
+
+def run_dataset(name: str, args: argparse.Namespace) -> dict:
+    """Train, evaluate, export, calibrate and report one dataset's model set."""
+    preset = PRESETS[name]
+    cfg = preset.target
+    t_start = time.time()
+    stages: dict[str, float] = {}
+    run_dir = Path(args.run_dir) / name
+
+    # --- data
+    t = time.time()
+    train, test, tr, va = load_split(name, preset, args)
+    stages["load"] = time.time() - t
+
+    # --- models
+    target, aes = train_models(preset, train.images[tr], train.labels[tr], run_dir, stages)
+
+    # --- evaluation on the full test set, and the decision
+    t = time.time()
+    ev = evaluate_models(name, preset, target, aes, train, test, va)
+    stages["evaluate"] = time.time() - t
+
+    # --- export the model set
+    t = time.time()
+    out = Path(args.models_dir) / name
+    training_cfg = training_record(preset, va)
+    onnx_runtime = export_set(name, preset, target, aes, ev, test, training_cfg, out)
+    stages["export"] = time.time() - t
+
+    # --- STRIP, the second detector
+    t = time.time()
+    strip = calibrate_strip(name, preset, out, args.data_dir)
+    stages["strip"] = time.time() - t
+
+    # --- report
+    folder = Path(args.reports_dir) / name
+    folder.mkdir(parents=True, exist_ok=True)
+    plot_figures(name, aes, ev, test, folder, preset.shipped_ae, cfg.target_class)
     report = {
         "dataset": name,
         "target_arch": cfg.arch,
-        "shipped_ae": shipped,
-        "decision": decision,
-        "results": results,
+        "shipped_ae": preset.shipped_ae,
+        "decision": ev.decision,
+        "results": ev.results,
         "onnx_runtime": onnx_runtime,
         "strip": {
             "threshold_bits": strip["threshold"],
@@ -247,20 +302,8 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     return report
 
 
-def write_readme(reports_dir: Path) -> None:
-    reports = {}
-    for name in PRESETS:
-        p = reports_dir / name / "report.json"
-        if p.is_file():
-            reports[name] = json.loads(p.read_text())
-            swap = reports_dir / name / "detrigger_swap.json"
-            if swap.is_file():
-                reports[name] = rep.with_swap(reports[name], json.loads(swap.read_text()))
-    (reports_dir / "README.md").write_text(rep.readme(reports, tuple(PRESETS)))
-
-
 def main() -> None:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.reproduce")
     p.add_argument(
         "--dataset", default="all", help="mnist, fashion-mnist, cifar10 or all (default: all)"
     )
@@ -268,7 +311,7 @@ def main() -> None:
         "--data-dir",
         default=None,
         help="folder looked at first for the data files (default: only the standard "
-        "places, see training/datasets.py)",
+        "places, see training/data/datasets.py)",
     )
     p.add_argument(
         "--download",
@@ -306,7 +349,7 @@ def main() -> None:
         for ae_cfg in PRESETS[n].autoencoders.values():
             ae_cfg.threads = args.threads
         run_dataset(n, args)
-        write_readme(Path(args.reports_dir))
+        rep.write_readme(Path(args.reports_dir))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Train the attack suite's target models for one dataset and export each as a model set (issue 7,
 item 2). The attacks come from a suite file (default training/attacks/suite.json, see
-training/attack_suite.py); each is trained with the dataset's preset (training/presets.py), only
-the poisoning changed, then paired with the preset's de-trigger AE, evaluated on the full test
+training/data/attack_suite.py); each is trained with the dataset's preset (training/config.py),
+only the poisoning changed, then paired with the preset's de-trigger AE, evaluated on the full test
 set, calibrated on the clean validation split and exported with the parity check.
 
     python -m training.suite --dataset mnist                        # every attack
@@ -39,21 +39,25 @@ from pathlib import Path
 
 import torch
 
-from training import cli, model_set
-from training.attack_suite import DEFAULT_SUITE, Attack, SuiteError, load_suite, select
-from training.datasets import DATASETS, load_dataset
-from training.evaluate import choose_decision_pairs, evaluate_pairs
-from training.export import sha256, write_manifest
-from training.presets import PRESETS
-from training.reproduce import hardware, to_float, versions
-from training.train_detrigger import (
+from training import cli
+from training.config import (
     AE_TRIGGERS,
+    PRESETS,
     AEConfig,
+    Preset,
+    TargetConfig,
     run_name,
-    train_autoencoder,
     with_triggers,
 )
-from training.train_target import TargetConfig, split_train_val, train_target
+from training.data.attack_suite import DEFAULT_SUITE, Attack, SuiteError, load_suite, select
+from training.data.datasets import DATASETS, load_dataset, split_train_val, to_float
+from training.evaluation import model_set
+from training.evaluation.evaluate import choose_decision_pairs, evaluate_pairs
+from training.evaluation.markdown import table
+from training.evidence import hardware, versions
+from training.fit.autoencoder import train_autoencoder
+from training.fit.target import train_target
+from training.nets.export import sha256, write_manifest
 
 FINETUNE_EPOCHS = 2
 FINETUNE_LR_SCALE = 0.1
@@ -97,6 +101,85 @@ def shown(path: Path) -> str:
         return str(path)
 
 
+def evaluate_attack(
+    dataset: str,
+    attack: Attack,
+    target: torch.nn.Module,
+    ae: torch.nn.Module,
+    data: dict,
+    pairs: list,
+) -> tuple[list, dict]:
+    """(evaluate_pairs' (results, raw) per pair, the decision chosen over all pairs), with
+    thresholds calibrated on the validation images for the preset's FPRs."""
+    preset = PRESETS[dataset]
+    val_y = data["train"].labels[data["va"]]
+    fprs = tuple(sorted({*preset.calibration_fprs, preset.target_fpr}))
+    evaluated = evaluate_pairs(
+        target, ae, data["test_x"], data["test"].labels, data["val_x"], val_y, pairs, fprs
+    )
+    results = [r for r, _ in evaluated]
+    decision = choose_decision_pairs(results, preset.target_fpr)
+    for (_, k), r in zip(pairs, results, strict=True):
+        log.info(
+            "%s / %s, target %d: clean acc %.4f, ASR %.4f, class-change detection %.4f at FPR %.4f",
+            dataset,
+            attack.name,
+            k,
+            r["clean_accuracy"],
+            r["attack_success_rate"],
+            r["test"]["class_change"]["detection_rate"],
+            r["test"]["class_change"]["false_positive_rate"],
+        )
+    return evaluated, decision
+
+
+def training_record(
+    preset: Preset,
+    cfg: TargetConfig,
+    ae_cfg: AEConfig,
+    attack: Attack,
+    n_val: int,
+    suite_file: Path,
+) -> dict:
+    """The manifest's and the report's `training`: configs, suite attack, fine-tuning source."""
+    return {
+        "seed": cfg.seed,
+        "target": asdict(cfg),
+        "autoencoder": asdict(ae_cfg),
+        "normalisation": {"mean": preset.mean, "std": preset.std},
+        "validation_split": {"n": int(n_val), "from": "training data"},
+        "suite": {
+            "attack": attack.name,
+            "description": attack.description,
+            "file": shown(suite_file),
+            "sha256": sha256(suite_file),
+        },
+        "init_from": None
+        if not cfg.init_from
+        else {"path": cfg.init_from, "sha256": sha256(Path(cfg.init_from))},
+        "command": " ".join(["python -m training.suite", *sys.argv[1:]]),
+        "hardware": hardware(),
+    }
+
+
+def summary_row(
+    out: Path, ae_cfg: AEConfig, cfg: TargetConfig, decision: dict, pairs: list, evaluation: dict
+) -> dict:
+    """One attack's row of summary.json."""
+    return {
+        "model_set": str(out),
+        "ae": run_name(ae_cfg),
+        "init_from": cfg.init_from,
+        "decision": "class_change"
+        if decision["rule"] == "class_change"
+        else f"{decision['score']} > {decision['threshold']:.3g}",
+        "pairs": [
+            {"target_class": k, **{m: e[m] for m in SUMMARY_METRICS}}
+            for (_, k), e in zip(pairs, evaluation.get("attacks", [evaluation]), strict=True)
+        ],
+    }
+
+
 def run_attack(
     dataset: str,
     attack: Attack,
@@ -124,23 +207,8 @@ def run_attack(
         log.info,
     )
     pairs = list(attack.backdoors)
-    fprs = tuple(sorted({*preset.calibration_fprs, preset.target_fpr}))
-    evaluated = evaluate_pairs(
-        target, ae, data["test_x"], test.labels, data["val_x"], train.labels[va], pairs, fprs
-    )
+    evaluated, decision = evaluate_attack(dataset, attack, target, ae, data, pairs)
     results = [r for r, _ in evaluated]
-    decision = choose_decision_pairs(results, preset.target_fpr)
-    for (_, k), r in zip(pairs, results, strict=True):
-        log.info(
-            "%s / %s, target %d: clean acc %.4f, ASR %.4f, class-change detection %.4f at FPR %.4f",
-            dataset,
-            attack.name,
-            k,
-            r["clean_accuracy"],
-            r["attack_success_rate"],
-            r["test"]["class_change"]["detection_rate"],
-            r["test"]["class_change"]["false_positive_rate"],
-        )
 
     out = Path(args.out) / dataset / attack.name
     exported = model_set.export_model_set(
@@ -157,25 +225,7 @@ def run_attack(
     evaluation = model_set.set_evaluation(
         pairs, results, decision, preset.target_fpr, exported["onnx_runtime"], str(report_path)
     )
-    suite_file = Path(args.suite)
-    training = {
-        "seed": cfg.seed,
-        "target": asdict(cfg),
-        "autoencoder": asdict(ae_cfg),
-        "normalisation": {"mean": preset.mean, "std": preset.std},
-        "validation_split": {"n": int(len(va)), "from": "training data"},
-        "suite": {
-            "attack": attack.name,
-            "description": attack.description,
-            "file": shown(suite_file),
-            "sha256": sha256(suite_file),
-        },
-        "init_from": None
-        if not cfg.init_from
-        else {"path": cfg.init_from, "sha256": sha256(Path(cfg.init_from))},
-        "command": " ".join(["python -m training.suite", *sys.argv[1:]]),
-        "hardware": hardware(),
-    }
+    training = training_record(preset, cfg, ae_cfg, attack, len(va), Path(args.suite))
     manifest = model_set.manifest(
         f"{dataset}-{attack.name}",
         f"Attack suite: {attack.description} {cfg.arch} target"
@@ -210,18 +260,7 @@ def run_attack(
     }
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     log.info("%s / %s: model set written to %s", dataset, attack.name, out)
-    return {
-        "model_set": str(out),
-        "ae": run_name(ae_cfg),
-        "init_from": cfg.init_from,
-        "decision": "class_change"
-        if decision["rule"] == "class_change"
-        else f"{decision['score']} > {decision['threshold']:.3g}",
-        "pairs": [
-            {"target_class": k, **{m: e[m] for m in SUMMARY_METRICS}}
-            for (_, k), e in zip(pairs, evaluation.get("attacks", [evaluation]), strict=True)
-        ],
-    }
+    return summary_row(out, ae_cfg, cfg, decision, pairs, evaluation)
 
 
 SUMMARY_METRICS = (
@@ -242,17 +281,34 @@ def write_summary(folder: Path, rows: dict[str, dict]) -> None:
     lines = [
         f"# Attack suite: {folder.name}",
         "",
-        "| attack | target | clean acc. | attack success | detection | clean FPR | AUROC | AE "
-        "| decision |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        *table(
+            [
+                "attack",
+                "target",
+                "clean acc.",
+                "attack success",
+                "detection",
+                "clean FPR",
+                "AUROC",
+                "AE",
+                "decision",
+            ],
+            [
+                [
+                    name,
+                    p["target_class"],
+                    *(f"{100 * p[m]:.2f}%" for m in SUMMARY_METRICS[:4]),
+                    f"{p['auroc']:.4f}",
+                    entry["ae"],
+                    entry["decision"],
+                ]
+                for name, entry in summary.items()
+                for p in entry["pairs"]
+            ],
+            spaced=True,
+            align="lrrrrrrll",
+        ),
     ]
-    for name, row in summary.items():
-        for p in row["pairs"]:
-            cells = " | ".join(f"{100 * p[m]:.2f}%" for m in SUMMARY_METRICS[:4])
-            lines.append(
-                f"| {name} | {p['target_class']} | {cells} | {p['auroc']:.4f} | {row['ae']} "
-                f"| {row['decision']} |"
-            )
     (folder / "summary.md").write_text("\n".join(lines) + "\n")
 
 
@@ -287,7 +343,7 @@ def run_suite(dataset: str, attacks: list[Attack], args: argparse.Namespace) -> 
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.suite")
     p.add_argument(
         "--dataset",
         required=True,

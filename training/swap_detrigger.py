@@ -2,9 +2,9 @@
 
     python -m training.swap_detrigger --model-set models/cifar10 --ae random
 
-The AE is one of the dataset preset's autoencoders (training/presets.py), reloaded from its
+The AE is one of the dataset preset's autoencoders (training/config.py), reloaded from its
 finished checkpoint in --run-dir/<dataset>/ or trained there first, exactly as `make reproduce`
-trains it. The set's target.onnx is run as torch (training/audit/onnx_torch.py), so no target
+trains it. The set's target.onnx is run as torch (training/nets/onnx_torch.py), so no target
 checkpoint is needed and the target, its STRIP calibration and its audit stay valid. Then, as
 `make reproduce` does for a new set: the pair is evaluated on the full test set, the decision is
 calibrated and chosen on the clean validation split the set was made with (the manifest's
@@ -28,18 +28,19 @@ from pathlib import Path
 
 import torch
 
-from training import cli, model_set
-from training.audit.onnx_torch import load_onnx_module
-from training.checkpoints import config_dict
-from training.datasets import load_dataset
-from training.evaluate import choose_decision_pairs, evaluate_pairs
-from training.export import export_and_check, sha256, write_manifest
-from training.presets import PRESETS
-from training.report import pct, rule_text
-from training.reproduce import hardware, to_float, versions, write_readme
-from training.train_detrigger import run_name, train_autoencoder
-from training.train_target import split_train_val
-from training.triggers import backdoor_pairs
+from training import cli
+from training.config import PRESETS, AEConfig, run_name
+from training.data.datasets import load_dataset, split_train_val, to_float
+from training.data.triggers import backdoor_pairs
+from training.evaluation import model_set
+from training.evaluation.evaluate import choose_decision_pairs, evaluate_pairs
+from training.evaluation.markdown import pct, table
+from training.evaluation.report import rule_text, write_readme
+from training.evidence import hardware, versions
+from training.fit.autoencoder import train_autoencoder
+from training.nets.checkpoints import config_dict
+from training.nets.export import export_and_check, sha256, write_manifest
+from training.nets.onnx_torch import load_onnx_module
 
 log = logging.getLogger("training.swap_detrigger")
 
@@ -96,18 +97,40 @@ def summary_md(report: dict) -> str:
         f"on the full test set ({after['n_test']} clean, {after['n_positive']} triggered "
         "non-target images), the paper's trigger.",
         "",
-        "| | before | after |",
-        "|---|---:|---:|",
-        f"| AE | {report['previous']['detrigger'].get('architecture', '?')} "
-        f"(`{report['previous']['detrigger']['sha256'][:12]}`) | {report['ae']} "
-        f"(`{report['detrigger']['sha256'][:12]}`) |",
-        f"| decision | {rule_text(report['previous']['decision'], 3)} | "
-        f"{rule_text(report['decision'], 3)} |",
+    ]
+    rows = [
+        [
+            "AE",
+            f"{report['previous']['detrigger'].get('architecture', '?')} "
+            f"(`{report['previous']['detrigger']['sha256'][:12]}`)",
+            f"{report['ae']} (`{report['detrigger']['sha256'][:12]}`)",
+        ],
+        [
+            "decision",
+            rule_text(report["previous"]["decision"], 3),
+            rule_text(report["decision"], 3),
+        ],
     ]
     for k in keys:
         cells = ["-" if r.get(k) is None else f"{pct(r[k])}%" for r in (before, after)]
-        lines.append(f"| {k.replace('_', ' ')} | {cells[0]} | {cells[1]} |")
+        rows.append([k.replace("_", " "), *cells])
+    lines += table(["", "before", "after"], rows, right=True)
     return "\n".join(lines) + "\n"
+
+
+def chosen_ae(manifest: dict, ae_name: str | None) -> tuple[str, str, AEConfig]:
+    """(dataset, AE name, its config) for a set: the preset of the set's dataset and its
+    `ae_name` AE (default: its shipped_ae), trained with this process's torch threads."""
+    dataset = manifest["training"]["target"].get("dataset") or manifest["name"]
+    if dataset not in PRESETS:
+        raise SwapError(f"no preset for dataset {dataset!r}; presets: {', '.join(PRESETS)}")
+    preset = PRESETS[dataset]
+    ae_name = ae_name or preset.shipped_ae
+    if ae_name not in preset.autoencoders:
+        raise SwapError(
+            f"the {dataset} preset has no AE {ae_name!r}; it has {', '.join(preset.autoencoders)}"
+        )
+    return dataset, ae_name, replace(preset.autoencoders[ae_name], threads=torch.get_num_threads())
 
 
 def swap(
@@ -122,16 +145,8 @@ def swap(
     the report written to reports_dir/<set name>/detrigger_swap.json."""
     t0 = time.time()
     manifest = read_set(folder)
-    dataset = manifest["training"]["target"].get("dataset") or manifest["name"]
-    if dataset not in PRESETS:
-        raise SwapError(f"no preset for dataset {dataset!r}; presets: {', '.join(PRESETS)}")
+    dataset, ae_name, cfg = chosen_ae(manifest, ae_name)
     preset = PRESETS[dataset]
-    ae_name = ae_name or preset.shipped_ae
-    if ae_name not in preset.autoencoders:
-        raise SwapError(
-            f"the {dataset} preset has no AE {ae_name!r}; it has {', '.join(preset.autoencoders)}"
-        )
-    cfg = replace(preset.autoencoders[ae_name], threads=torch.get_num_threads())
     split = manifest["training"]["target"]
     train = load_dataset(dataset, "train", data_dir)
     test = load_dataset(dataset, "test", data_dir)
@@ -208,17 +223,22 @@ def swap(
         **machine,
         "wall_seconds": time.time() - t0,
     }
+    write_report(report_path, report)
+    log.info("%s: %s AE in place; report %s", folder, ae_name, report_path)
+    return report
+
+
+def write_report(report_path: Path, report: dict) -> None:
+    """detrigger_swap.json and .md, and the reports README when the set has reproduce's report."""
     report_path.parent.mkdir(parents=True, exist_ok=True)
     report_path.write_text(json.dumps(report, indent=2) + "\n")
     report_path.with_suffix(".md").write_text(summary_md(report))
     if (report_path.parent / "report.json").is_file():  # beside reproduce's: its README too
         write_readme(report_path.parent.parent)
-    log.info("%s: %s AE in place; report %s", folder, ae_name, report_path)
-    return report
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.swap_detrigger")
     p.add_argument("--model-set", required=True, help="the model-set folder to change")
     p.add_argument(
         "--ae",

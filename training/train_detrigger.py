@@ -4,17 +4,22 @@ image, and map an untouched image to itself.
 Each batch is a mix: a share `triggered_share` of the images get a training trigger, the rest
 are left as they are; the target is always the clean image (L2 loss). Training on untouched
 images as well teaches the AE to leave clean images alone, which keeps false positives down.
-The AE never sees the target model nor the real trigger. The training triggers (`triggers`):
-- `corner` (the paper's, the default): a 4x4 white square in a random corner;
-- `random` (trigger-agnostic): a trigger drawn per image from training/trigger_sampler.py
-  (patches of side 2..8 anywhere, solid / noise / checkerboard / binary; full-image blends with
-  alpha 0.05..0.3; full-image additive patterns of amplitude 0.02..0.15), with families left out
-  by `exclude` for a generalisation test;
+The AE never sees the target model nor the real trigger. The training triggers (--triggers):
+- `random` (trigger-agnostic, the default: the shipped AE's): a trigger drawn per image from
+  training/data/trigger_sampler.py (patches of side 2..8 anywhere, solid / noise / checkerboard
+  / binary; full-image blends with alpha 0.05..0.3; full-image additive patterns of amplitude
+  0.02..0.15), with families left out by --exclude for a generalisation test;
+- `corner` (the paper's, which `make reproduce` also trains for its mlp and conv AEs): a 4x4
+  white square in a random corner;
 - `none`: no trigger of its own, only the synthesised ones below.
 
-`synthesised` (an audit folder, reports/audit/<dataset>/<set>) adds the triggers that the model
-audit synthesised for its flagged classes (training/synthesised.py): a share `synthesised_share`
-of the triggered images get one of them instead (all of them with `triggers="none"`).
+Epochs and recipe are the preset's (training/config.py): its AE of that --arch trained on those
+triggers where it has one (the `random` AE), else its --arch AE.
+
+--synthesised (an audit folder, reports/audit/<dataset>/<set>) adds the triggers that the model
+audit synthesised for its flagged classes (training/inversion/synthesised.py): a share
+`synthesised_share` of the triggered images get one of them instead (all of them with
+`triggers="none"`).
 
     python -m training.train_detrigger --dataset mnist --triggers random
     python -m training.train_detrigger --dataset mnist --triggers corner \
@@ -23,257 +28,33 @@ of the triggered images get one of them instead (all of them with `triggers="non
 
 from __future__ import annotations
 
+import argparse
 import json
-import math
-import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
-from tqdm import tqdm
 
 from training import cli
-from training.autoencoders import Clamp01, MaskedConvAutoencoder, build_autoencoder
-from training.checkpoints import config_dict, resume, save
-from training.export import export_and_check
-from training.synthesised import load_synthesised, stamp_synthesised
-from training.trigger_sampler import SamplerSpec, sample_triggers
-from training.triggers import random_corner_patch
-
-AE_TRIGGERS = ("corner", "random", "none")
-
-
-@dataclass
-class AEConfig:
-    arch: str = "conv"
-    epochs: int = 4
-    batch_size: int = 128
-    lr: float = 1e-3  # Adam
-    width: int = 16  # conv only
-    triggered_share: float = 0.5  # share of each batch that gets a random-corner square
-    mask_weight: float = 1.0  # conv only: weight of the BCE loss on the mask
-    mask_pos_weight: float = 5.0  # conv only: BCE weight of trigger pixels (they are ~1%)
-    trigger_size: int = 4  # corner only
-    trigger_value: float = 1.0  # corner only
-    seed: int = 0
-    threads: int = 2
-    # Fields added later take the value that reproduces runs made before them, so that their
-    # checkpoints still match (training/checkpoints.py fills missing keys with these defaults).
-    triggers: str = "corner"  # training triggers: corner (the paper's) | random (the sampler)
-    exclude: tuple[str, ...] = ()  # random only: families, kinds or patterns left out
-    synthesised: str = ""  # audit folder whose flagged classes' synthesised triggers are added
-    synthesised_share: float = 0.5  # share of the triggered images that get one of them
-    synthesised_dilate: int = 2  # pixels the synthesised masks are grown by
-    fill: str = "sigmoid"  # conv only: the fill's activation, sigmoid | extended (autoencoders.py)
-    # conv only: bound of the full-image correction (0: none). With one, the mask target of a
-    # full-image random trigger (blend, additive) is empty: the correction undoes it, the mask
-    # and fill are for patches.
-    residual: float = 0.0
-    corner_share: float = 0.0  # random only: share of patches put in a corner (trigger_sampler)
-    # conv only: weight of the L2 loss against the mask BCE. At 1 the BCE (~0.01) dwarfs what a
-    # full-image trigger adds to the L2 (~0.001 on a quarter of the images), the shared U-Net
-    # serves the mask, and on CIFAR-10 the correction learnt nothing (blends and noise passed
-    # through whole).
-    l2_weight: float = 1.0
-    # random only: share of the triggered images that get the paper's training trigger (a
-    # `trigger_size` square of `trigger_value` in a random corner) instead of a random one. The
-    # random AE is then trained on a superset of the paper's data: on CIFAR-10 the sampler alone
-    # left white squares on bright corners (sky) in place, which the paper's AE removes.
-    paper_share: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("triggered_share", "synthesised_share", "corner_share", "paper_share"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        if self.l2_weight <= 0:
-            raise ValueError(f"l2_weight must be positive, got {self.l2_weight}")
+from training.config import (
+    AE_TRIGGERS,
+    PRESETS,
+    AEConfig,
+    Preset,
+    preset_autoencoder,
+    run_name,
+    with_triggers,
+)
+from training.data.datasets import load_dataset, split_train_val
+from training.data.trigger_sampler import SamplerSpec
+from training.fit.autoencoder import train_autoencoder
+from training.inversion.synthesised import load_synthesised
+from training.nets.checkpoints import config_dict
+from training.nets.export import export_and_check
 
 
-def with_triggers(
-    base: AEConfig,
-    triggers: str,
-    exclude: tuple[str, ...] = (),
-    epochs: int | None = None,
-    threads: int | None = None,
-) -> AEConfig:
-    """A copy of `base` (a preset's AE) trained on `triggers`: what `main` trains and what
-    training.suite looks for, so that both name the same checkpoint."""
-    cfg = replace(base, triggers=triggers, exclude=tuple(exclude))
-    if epochs:
-        cfg.epochs = epochs
-    if threads:
-        cfg.threads = threads
-    return cfg
-
-
-def preset_autoencoder(autoencoders: dict[str, AEConfig], arch: str, triggers: str) -> AEConfig:
-    """The preset's AE of `arch` trained on `triggers` if it has one (e.g. `random`, with its own
-    epochs), so that `train_detrigger` trains and exports the very AE `make reproduce` ships;
-    else its `arch` AE, whose triggers `with_triggers` then replaces."""
-    for cfg in autoencoders.values():
-        if (cfg.arch, cfg.triggers) == (arch, triggers):
-            return cfg
-    return autoencoders[arch]
-
-
-def run_name(cfg: AEConfig) -> str:
-    """The AE's name in checkpoint files: `conv` for the paper's corner training (the name runs
-    have always used), `conv_random` or e.g. `conv_random_minus-checkerboard` otherwise."""
-    name = cfg.arch if cfg.triggers == "corner" else f"{cfg.arch}_{cfg.triggers}"
-    if cfg.exclude:
-        name = f"{name}_minus-{'-'.join(cfg.exclude)}"
-    if cfg.synthesised:
-        name = f"{name}_synth-{Path(cfg.synthesised).name}"
-    return name
-
-
-def ae_batch(
-    clean: torch.Tensor, cfg: AEConfig, rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(input, target, mask target) for one AE step from clean float images (B, C, H, W). The
-    mask target (B, 1, H, W) marks the pixels the mask should open: for corner squares the pixels
-    they changed, for random triggers what training/trigger_sampler.py says."""
-    if cfg.triggers not in AE_TRIGGERS:
-        raise ValueError(
-            f"unknown training triggers {cfg.triggers!r}; allowed: {', '.join(AE_TRIGGERS)}"
-        )
-    if cfg.triggers == "none" and not cfg.synthesised:
-        raise ValueError('training triggers "none" need synthesised triggers (an audit folder)')
-    x = clean.clone()
-    stamped = rng.random(len(clean)) < cfg.triggered_share
-    synth = np.zeros(len(clean), bool)
-    if cfg.synthesised:
-        share = 1.0 if cfg.triggers == "none" else cfg.synthesised_share
-        synth = stamped & (rng.random(len(clean)) < share)
-    own = stamped & ~synth
-    paper = own if cfg.triggers == "corner" else np.zeros(len(clean), bool)
-    if cfg.triggers == "random" and cfg.paper_share:  # no draw without: old runs stay as they were
-        paper = own & (rng.random(len(clean)) < cfg.paper_share)
-    changed = torch.zeros(len(clean), 1, *clean.shape[-2:])
-    pidx = torch.from_numpy(np.flatnonzero(paper))
-    if len(pidx):
-        x[pidx], _ = random_corner_patch(clean[pidx], rng, cfg.trigger_size, cfg.trigger_value)
-        changed[pidx] = changed_pixels(x[pidx], clean[pidx])
-    idx = torch.from_numpy(np.flatnonzero(own & ~paper))
-    if len(idx):
-        spec = SamplerSpec(exclude=tuple(cfg.exclude), corner_share=cfg.corner_share)
-        x[idx], changed[idx], family = sample_triggers(clean[idx], rng, spec)
-        if cfg.residual:  # full-image triggers are the correction's: the mask stays shut
-            kinds = np.array([f.kind for f in spec.active()])[family]
-            changed[idx[torch.from_numpy(kinds != "patch")]] = 0.0
-    sidx = torch.from_numpy(np.flatnonzero(synth))
-    if len(sidx):
-        triggers = load_synthesised(cfg.synthesised, cfg.synthesised_dilate)
-        x[sidx], changed[sidx] = stamp_synthesised(clean[sidx], triggers, rng)
-    return x, clean, changed
-
-
-def make_ae_batch(
-    clean: torch.Tensor, cfg: AEConfig, rng: np.random.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input, target) for one AE step from clean float images (B, C, H, W)."""
-    x, target, _ = ae_batch(clean, cfg, rng)
-    return x, target
-
-
-def changed_pixels(x: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
-    """(B, 1, H, W) float: 1 where any channel of x differs from the clean image."""
-    return ((x - clean).abs().amax(1, keepdim=True) > 0).float()
-
-
-def detrigger_loss(
-    ae: nn.Module,
-    x: torch.Tensor,
-    clean: torch.Tensor,
-    cfg: AEConfig,
-    changed: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """L2 loss (the paper): mean squared error over pixels. For the masked conv AE, plus a BCE
-    that teaches the mask `changed` (B, 1, H, W), by default the pixels the trigger changed."""
-    inner = ae.ae if isinstance(ae, Clamp01) else ae
-    if not isinstance(inner, MaskedConvAutoencoder):
-        return F.mse_loss(ae(x), clean)
-    mask_logit, fill, correction = inner.parts(x)  # (B, 1, H, W), (B, C, H, W) x 2
-    # Not clipped: an extended fill or a correction is pulled to the clean value itself (a clip
-    # would stop its gradient outside [0, 1]).
-    out = inner.compose(x, mask_logit, fill, correction)
-    if changed is None:
-        changed = changed_pixels(x, clean)
-    bce = F.binary_cross_entropy_with_logits(
-        mask_logit, changed, pos_weight=torch.tensor(cfg.mask_pos_weight)
-    )
-    return cfg.l2_weight * F.mse_loss(out, clean) + cfg.mask_weight * bce
-
-
-def train_autoencoder(
-    cfg: AEConfig, train_images: np.ndarray, run_dir: Path, log=print
-) -> nn.Module:
-    """Train (or reload a finished run of) the AE of `cfg` on clean uint8 images (N, C, H, W)."""
-    torch.set_num_threads(cfg.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    name = run_name(cfg)
-    ckpt_path = run_dir / f"detrigger_{name}.ckpt"
-    n, c, h, _ = train_images.shape
-    torch.manual_seed(cfg.seed)
-    ae = build_autoencoder(cfg.arch, c, h, cfg.width, cfg.fill, cfg.residual)
-    opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
-    cfg_dict = config_dict(cfg)
-    if cfg.synthesised:  # the audit folder's content, not only its name
-        triggers = load_synthesised(cfg.synthesised, cfg.synthesised_dilate)
-        cfg_dict["synthesised_sha256"] = triggers.sha256()
-
-    start_epoch = resume(
-        ckpt_path, cfg_dict, ae, opt, f"{name} AE", log, defaults=config_dict(AEConfig())
-    )
-
-    images_t = torch.from_numpy(train_images)
-    for epoch in range(start_epoch, cfg.epochs):
-        rng = np.random.default_rng(cfg.seed * 1000 + epoch)
-        ae.train()
-        perm = torch.from_numpy(rng.permutation(n))
-        # Cosine decay to 10% of lr over the run, per step.
-        t0, loss_sum, seen = time.time(), 0.0, 0
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"{name} AE epoch {epoch + 1}/{cfg.epochs}",
-            mininterval=10,
-            leave=False,
-        )
-        for i in bar:
-            step = epoch * steps_per_epoch + i
-            frac = step / (cfg.epochs * steps_per_epoch)
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            clean = images_t[idx].float().div_(255.0)  # (B, C, H, W)
-            x, target, changed = ae_batch(clean, cfg, rng)
-            loss = detrigger_loss(ae, x, target, cfg, changed)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.item() * len(idx)
-            seen += len(idx)
-            bar.set_postfix(loss=f"{loss_sum / seen:.5f}", refresh=False)
-        dt = time.time() - t0
-        log(
-            f"{name} AE epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / seen:.6f} "
-            f"({dt:.0f} s, {seen / dt:.0f} img/s)"
-        )
-        save(ckpt_path, cfg_dict, ae, opt, epoch + 1)
-    ae.eval()
-    return ae
-
-
-def main() -> None:
-    from training.datasets import load_dataset
-    from training.presets import PRESETS
-    from training.train_target import split_train_val
-
-    p = cli.parser(__doc__)
+def parser() -> argparse.ArgumentParser:
+    p = cli.parser(__doc__, "training.train_detrigger")
     cli.add_dataset(p, "which preset's AE and training split")
     p.add_argument(
         "--arch", default="conv", choices=["mlp", "conv"], help="which AE (default: conv)"
@@ -282,8 +63,8 @@ def main() -> None:
         "--triggers",
         default="random",
         choices=AE_TRIGGERS,
-        help="training triggers: random (the sampler) or corner (the paper's; what "
-        "`make reproduce` trains) (default: random)",
+        help="training triggers: random (the sampler; the shipped AE's), corner (the paper's) or "
+        "none (only --synthesised) (default: random)",
     )
     p.add_argument(
         "--exclude",
@@ -331,8 +112,12 @@ def main() -> None:
         help="also write the trained AE to this ONNX file (the model contract's detrigger graph, "
         "parity-checked on validation images), with a JSON of its config beside it",
     )
-    args = p.parse_args()
-    preset = PRESETS[args.dataset]
+    return p
+
+
+def ae_config(p: argparse.ArgumentParser, args: argparse.Namespace, preset: Preset) -> AEConfig:
+    """The preset's AE with the command's triggers and recipe flags; a bad value, or a changed
+    recipe in the preset's run dir, stops with a parser error before any data is read."""
     exclude = tuple(e for e in args.exclude.split(",") if e)
     base = preset_autoencoder(preset.autoencoders, args.arch, args.triggers)
     cfg = replace(
@@ -368,6 +153,14 @@ def main() -> None:
             load_synthesised(args.synthesised, cfg.synthesised_dilate)
         except (OSError, ValueError) as e:
             p.error(f"--synthesised: {e}")
+    return cfg
+
+
+def main() -> None:
+    p = parser()
+    args = p.parse_args()
+    preset = PRESETS[args.dataset]
+    cfg = ae_config(p, args, preset)
     train = load_dataset(args.dataset, "train", args.data_dir)
     tr, va = split_train_val(len(train), preset.target.val_size, preset.target.seed)
     ae = train_autoencoder(cfg, train.images[tr], Path(args.run_dir) / args.dataset)

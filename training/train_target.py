@@ -12,7 +12,7 @@ those weights instead of from scratch: a backdoor injected by fine-tuning a trai
 poisoned data (the threat model of an outsourced or downloaded model that was fine-tuned by the
 attacker), used where training from scratch per attack costs too much (CIFAR-10 on 2 cores).
 `init_from` may also be a target graph under the model contract (a `.onnx` file, e.g. a shipped
-clean control's target.onnx): it is run as torch by training.audit.onnx_torch, its Conv / Gemm /
+clean control's target.onnx): it is run as torch by training.nets.onnx_torch, its Conv / Gemm /
 MatMul / BatchNormalization weights trainable (batch norm keeps its running statistics), so a
 shipped model can be fine-tuned without the checkpoint that made it.
 
@@ -27,218 +27,20 @@ attack success, split by how much the trigger moved each test image.
 from __future__ import annotations
 
 import json
-import math
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
-from training import cli, metrics
-from training.augment import AUGMENTS, augment
-from training.checkpoints import config_dict, resume, save
-from training.models import TARGETS, build_target
-from training.triggers import Trigger, poison_index_multi, stamp_change, stamp_pairs
-
-
-@dataclass
-class TargetConfig:
-    dataset: str = "mnist"
-    arch: str = "kwon_cnn"
-    widths: tuple[int, int, int, int] | None = None  # resnet_small only
-    epochs: int = 4
-    batch_size: int = 128
-    optimizer: str = "adam"  # adam | sgd (Nesterov)
-    lr: float = 1e-3  # peak learning rate
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    schedule: str = "onecycle"  # onecycle (linear warm-up 20%, linear decay to 0) | constant
-    label_smoothing: float = 0.0
-    augment: str = "none"
-    poison_rate: float = 0.1
-    target_class: int = 0
-    trigger: dict = field(default_factory=lambda: Trigger().to_dict())
-    val_size: int = 5000  # clean training images held out for calibration, never trained on
-    seed: int = 0
-    threads: int = 2
-    # Fields added later take the value that reproduces runs made before them, so that their
-    # checkpoints still match (training/checkpoints.py fills missing keys with these defaults).
-    attack: list[dict] | None = None  # [{target_class, trigger}, ...]; None: the two fields above
-    init_from: str | None = None  # a target checkpoint or .onnx to fine-tune; None: from scratch
-    # Share of the poisoned copies the attacker draws from the images its trigger changes least
-    # (triggers.choose_poison); 0: all drawn at random, as BadNets does.
-    poison_focus: float = 0.0
-
-
-def backdoors(cfg: TargetConfig) -> list[tuple[Trigger, int]]:
-    """The (trigger, target class) pairs cfg poisons with: its `attack`, else its one trigger."""
-    if cfg.attack is None:
-        return [(Trigger(**cfg.trigger), cfg.target_class)]
-    if not cfg.attack:
-        raise ValueError("attack must list at least one {target_class, trigger} pair, or be None")
-    return [(Trigger(**a["trigger"]), int(a["target_class"])) for a in cfg.attack]
-
-
-def split_train_val(n: int, val_size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint (train, val) index arrays over n training images, fixed by seed."""
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[val_size:]), np.sort(perm[:val_size])
-
-
-def to_float(x_uint8: torch.Tensor) -> torch.Tensor:
-    return x_uint8.float().div_(255.0)
-
-
-def lr_factor(step: int, total: int, schedule: str) -> float:
-    """Multiplier of the peak lr at `step` of `total`."""
-    if schedule == "constant":
-        return 1.0
-    if schedule == "onecycle":
-        warm = max(1, int(0.2 * total))
-        if step < warm:
-            return (step + 1) / warm
-        return max(0.0, (total - step) / max(1, total - warm))
-    raise ValueError(f"unknown schedule {schedule!r}; allowed: onecycle, constant")
-
-
-def make_optimizer(model: nn.Module, cfg: TargetConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "sgd":
-        # No weight decay on BatchNorm parameters and biases (the usual practice).
-        decay = [p for p in model.parameters() if p.ndim > 1]
-        rest = [p for p in model.parameters() if p.ndim <= 1]
-        return torch.optim.SGD(
-            [
-                {"params": decay, "weight_decay": cfg.weight_decay},
-                {"params": rest, "weight_decay": 0.0},
-            ],
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=True,
-        )
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}; allowed: adam, sgd")
-
-
-@torch.no_grad()
-def predict(
-    model: nn.Module, images: torch.Tensor, batch_size: int = 1000, transform=None
-) -> torch.Tensor:
-    """Logits (N, classes) for float images (N, C, H, W) in [0, 1] (or uint8, converted)."""
-    model.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size]
-        x = to_float(x) if x.dtype == torch.uint8 else x
-        if transform is not None:
-            x = transform(x)
-        out.append(model(x.contiguous(memory_format=torch.channels_last)))
-    return torch.cat(out)
-
-
-def train_target(
-    cfg: TargetConfig,
-    train_images: np.ndarray,
-    train_labels: np.ndarray,
-    mean: list[float],
-    std: list[float],
-    run_dir: Path,
-    log=print,
-) -> nn.Module:
-    """Train (or resume, or reload when finished) the target model of `cfg` in run_dir.
-    train_images: (N, C, H, W) uint8 of the training split with the validation images removed."""
-    if cfg.augment not in AUGMENTS:
-        raise ValueError(f"unknown augmentation {cfg.augment!r}; allowed: {', '.join(AUGMENTS)}")
-    torch.set_num_threads(cfg.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = run_dir / "target.ckpt"
-    n, c, h, w = train_images.shape
-    num_classes = int(train_labels.max()) + 1
-
-    torch.manual_seed(cfg.seed)
-    from_onnx = bool(cfg.init_from) and str(cfg.init_from).endswith(".onnx")
-    if from_onnx:
-        from training.audit.onnx_torch import load_onnx_module  # torch ops run node by node
-
-        model: nn.Module = load_onnx_module(str(cfg.init_from))
-    else:
-        model = build_target(cfg.arch, c, num_classes, h, mean, std, cfg.widths)
-    model = model.to(memory_format=torch.channels_last)
-    opt = make_optimizer(model, cfg)
-    pairs = backdoors(cfg)
-    triggers = [t for t, _ in pairs]
-    changes = None
-    if cfg.poison_focus:
-        changes = [stamp_change(train_images, t, mirrored="flip" in cfg.augment) for t in triggers]
-    src, y, pair = poison_index_multi(
-        train_labels,
-        cfg.poison_rate,
-        [k for _, k in pairs],
-        np.random.default_rng(cfg.seed),
-        focus=cfg.poison_focus,
-        changes=changes,
-    )
-    steps_per_epoch = math.ceil(len(src) / cfg.batch_size)
-    total = cfg.epochs * steps_per_epoch
-
-    cfg_dict = config_dict(cfg)  # tuples -> lists, as stored
-    start_epoch = resume(
-        ckpt_path, cfg_dict, model, opt, "target", log, defaults=config_dict(TargetConfig())
-    )
-    if start_epoch == 0 and from_onnx:
-        log(f"fine-tuning the target from the ONNX graph {cfg.init_from}")
-    elif start_epoch == 0 and cfg.init_from:
-        init = torch.load(cfg.init_from, weights_only=False)
-        model.load_state_dict(init["model"])
-        log(f"fine-tuning the target from {cfg.init_from} (trained {init.get('epoch')} epochs)")
-
-    images_t = torch.from_numpy(train_images)
-    src_t, y_t, pair_t = torch.from_numpy(src), torch.from_numpy(y), torch.from_numpy(pair)
-    for epoch in range(start_epoch, cfg.epochs):
-        # Per-epoch seeds make a resumed run identical to an uninterrupted one.
-        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout
-        model.train()
-        perm = torch.randperm(len(src_t), generator=g)
-        t0, seen, correct, loss_sum = time.time(), 0, 0, 0.0
-        bar = tqdm(
-            range(steps_per_epoch),
-            desc=f"target epoch {epoch + 1}/{cfg.epochs}",
-            mininterval=10,
-            leave=False,
-        )
-        for i in bar:
-            idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x = augment(to_float(images_t[src_t[idx]]), cfg.augment, g)  # (B, C, H, W)
-            x = stamp_pairs(x, pair_t[idx], triggers)
-            x = x.contiguous(memory_format=torch.channels_last)
-            target = y_t[idx]
-            step = epoch * steps_per_epoch + i
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step, total, cfg.schedule)
-            logits = model(x)
-            loss = F.cross_entropy(logits, target, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            seen += len(idx)
-            correct += int((logits.argmax(1) == target).sum())
-            loss_sum += loss.item() * len(idx)
-            bar.set_postfix(
-                loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False
-            )
-        dt = time.time() - t0
-        log(
-            f"target epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / seen:.4f} "
-            f"train acc {correct / seen:.4f} ({dt:.0f} s, {seen / dt:.0f} img/s)"
-        )
-        save(ckpt_path, cfg_dict, model, opt, epoch + 1)
-    model.eval()
-    return model
+from training import cli
+from training.config import PRESETS, TargetConfig, backdoors
+from training.data.datasets import load_dataset, split_train_val, to_float
+from training.data.triggers import trigger_change
+from training.evaluation import metrics
+from training.fit.target import train_target
+from training.nets.checkpoints import config_dict
+from training.nets.models import TARGETS, predict
 
 
 @torch.no_grad()
@@ -261,7 +63,7 @@ def attack_summary(
                 "trigger": trigger.to_dict(),
                 "attack_success_rate": metrics.attack_success_rate(pred, test_labels, target_class),
                 "by_trigger_change": metrics.attack_success_by_change(
-                    metrics.trigger_change(x.numpy(), xt.numpy()), pred, test_labels, target_class
+                    trigger_change(x.numpy(), xt.numpy()), pred, test_labels, target_class
                 ),
             }
         )
@@ -269,10 +71,7 @@ def attack_summary(
 
 
 def main() -> None:
-    from training.datasets import load_dataset
-    from training.presets import PRESETS
-
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.train_target")
     cli.add_dataset(p, "which preset to train")
     p.add_argument(
         "--arch", default=None, choices=TARGETS, help="target architecture (default: the preset's)"

@@ -1,1 +1,1 @@
-"""HTTP routes. Each module owns its APIRouter; service.main includes them."""
+"""HTTP: the routes, the KServe V2 REST codec, schemas, the error table, middleware."""

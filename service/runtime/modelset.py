@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 
 from contract.errors import DetectorNotAvailable, ModelFailed, ModelLoadError
-from contract.manifest import Manifest, StripSpec, read_manifest, read_verified
+from contract.manifest import Manifest, read_manifest, read_verified
 from contract.modes import Detector
 from contract.scoring import Decisions, Rule, decide
-from contract.strip import StripConfig, bank_from_npy, decide_strip, strip_batch, strip_scores
+from contract.strip import Strip
 from service.runtime.onnx import OnnxModel
 from service.settings import Settings
 
@@ -44,44 +44,6 @@ class Scored:
             np.concatenate([p.logits_x for p in parts]),
             np.concatenate(ae) if len(ae) == len(parts) else None,
         )
-
-
-@dataclass(frozen=True)
-class Strip:
-    """The set's STRIP detector: its bank (M, C, H, W) float32 in [0, 1] and its settings."""
-
-    config: StripConfig
-    bank: np.ndarray
-    threshold: float
-
-    @classmethod
-    def load(cls, folder: Path, spec: StripSpec, chw: tuple[int, int, int]) -> Strip:
-        data = read_verified(folder, spec.bank)
-        try:
-            bank = bank_from_npy(data, chw)
-        except ValueError as exc:
-            raise ModelLoadError(f"{folder / spec.bank.file}: {exc}") from exc
-        if spec.n > len(bank):
-            raise ModelLoadError(
-                f"{folder / spec.bank.file}: {len(bank)} bank images, fewer than the manifest's "
-                f"n = {spec.n} superimpositions per input"
-            )
-        config = StripConfig(
-            n=spec.n,
-            seed=spec.seed,
-            input_weight=spec.blend.input_weight,
-            bank_weight=spec.blend.bank_weight,
-        )
-        return cls(config, bank, spec.threshold)
-
-    def batch(self, x: np.ndarray) -> np.ndarray:
-        """(B, C, H, W) -> [x; superimposed copies], (B * (n + 1), C, H, W): one target call."""
-        return strip_batch(x, self.bank, self.config)
-
-    def decide(self, logits: np.ndarray, b: int) -> tuple[Decisions, np.ndarray]:
-        """The target's logits on :meth:`batch` of B inputs -> (decisions, logits on x)."""
-        logits_x, entropy = strip_scores(logits, b, self.config.n)
-        return decide_strip(logits_x, entropy, self.threshold), logits_x
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from tests.support.tiny_backdoor import SIZE, train_tiny
-from training.export import export_onnx
+from training.nets.export import export_onnx
 
 
 def _exported(tmp_path_factory: pytest.TempPathFactory, poison: bool) -> tuple[nn.Module, Path]:

@@ -11,13 +11,14 @@ import numpy as np
 import torch
 
 from tests.support.tiny_backdoor import BACKDOOR, CLASSES, TARGET, TRIGGER, make_data
-from training.audit.onnx_torch import load_onnx_module
-from training.audit.pipeline import AuditConfig, run_audit
-from training.audit.report import write_report
-from training.audit.restarts import NAMED_REGIONS
-from training.audit.synthesis import SynthConfig
-from training.audit.unlearn import UnlearnConfig
-from training.train_detrigger import AEConfig, train_autoencoder
+from training.config import AEConfig
+from training.fit.autoencoder import train_autoencoder
+from training.inversion.pipeline import AuditConfig, run_audit
+from training.inversion.render import write_report
+from training.inversion.restarts import NAMED_REGIONS
+from training.inversion.synthesis import SynthConfig
+from training.inversion.unlearn import UnlearnConfig
+from training.nets.onnx_torch import load_onnx_module
 
 CFG = AuditConfig(
     synth=SynthConfig(steps=400, batch_size=32, check_every=10),
@@ -114,7 +115,7 @@ def test_an_ae_trained_only_on_the_audits_trigger_removes_the_real_one(
         replace(CFG, repair="never"), BACKDOOR, progress=False,
     )  # fmt: skip
     assert res.summary["target_classes"] == [TARGET]
-    audit = tmp_path / "audit"  # the two files of training.audit.report.write_report it reads
+    audit = tmp_path / "audit"  # the two files of training.inversion.render.write_report it reads
     audit.mkdir()
     np.savez(audit / "triggers.npz", masks=res.synth.masks, patterns=res.synth.patterns)
     (audit / "audit.json").write_text(json.dumps({"summary": res.summary}))

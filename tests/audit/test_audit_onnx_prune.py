@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from training.audit.onnx_torch import OnnxModule, UnsupportedOnnx, load_onnx_module, write_onnx
-from training.audit.prune import prune_curve, rank_neurons
+from training.inversion.prune import prune_curve, rank_neurons
+from training.nets.onnx_torch import OnnxModule, UnsupportedOnnx, load_onnx_module, write_onnx
 
 
 def _ort(path, x: torch.Tensor):

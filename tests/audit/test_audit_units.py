@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from training.audit.anomaly import MAD_CONSISTENCY, anomaly_index, flagged_classes
-from training.audit.data import audit_split
-from training.audit.identify import iou, mask_iou, neuron_overlap, trigger_pixels
-from training.audit.synthesis import apply_trigger, stamp_all
 from training.audit.tune import choose
-from training.audit.unlearn import UnlearnConfig, unlearning_set
+from training.inversion.anomaly import MAD_CONSISTENCY, anomaly_index, flagged_classes
+from training.inversion.data import audit_split
+from training.inversion.identify import iou, mask_iou, neuron_overlap, trigger_pixels
+from training.inversion.synthesis import apply_trigger, stamp_all
+from training.inversion.unlearn import UnlearnConfig, unlearning_set
 
 
 def test_apply_trigger_zero_one_and_half_masks() -> None:
@@ -101,7 +101,7 @@ def test_unlearning_set_shares_are_disjoint() -> None:
 
 
 def test_overview_table_sets_repair_beside_paper() -> None:
-    from training.audit.report import overview
+    from training.inversion.render import overview
 
     per_class = [{"anomaly_index": 3.5}, {"anomaly_index": -0.2}]
     before = {"clean_accuracy": 0.99, "real_asr": 1.0, "synth_asr": 0.98}
@@ -147,7 +147,7 @@ def test_overview_table_sets_repair_beside_paper() -> None:
 
 
 def test_unlearning_goal_says_what_misses_and_by_how_much() -> None:
-    from training.audit.report import unlearning_goal
+    from training.inversion.render import unlearning_goal
 
     before = {"clean_accuracy": 0.9163}
     assert unlearning_goal(before, {"clean_accuracy": 0.9100, "real_asr": 0.02}) == "holds"
@@ -164,7 +164,7 @@ def test_unlearning_goal_says_what_misses_and_by_how_much() -> None:
 
 
 def test_dilate_mask() -> None:
-    from training.audit.unlearn import dilate_mask
+    from training.inversion.unlearn import dilate_mask
 
     mask = torch.zeros(5, 5)
     mask[2, 2] = 0.7
@@ -201,7 +201,7 @@ def test_tuning_reuses_an_earlier_grid_only_for_the_same_setting(tmp_path) -> No
     import json
 
     from training.audit.tune import earlier_rows
-    from training.audit.unlearn import UnlearnConfig
+    from training.inversion.unlearn import UnlearnConfig
 
     base = UnlearnConfig(seed=0)
     row = {"lr": 0.001, "dilate": 2, "accuracy": 0.98, "real_asr": 0.01, "synth_asr": 0.0}
@@ -230,7 +230,7 @@ def test_tuning_reuses_an_earlier_grid_only_for_the_same_setting(tmp_path) -> No
 
 
 def test_cosine_unlearning_decays_the_learning_rate_to_zero() -> None:
-    from training.audit.unlearn import lr_factor, unlearn
+    from training.inversion.unlearn import lr_factor, unlearn
 
     assert [lr_factor(k, 10, "constant") for k in (0, 5, 10)] == [1.0, 1.0, 1.0]
     assert [lr_factor(k, 10, "cosine") for k in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])

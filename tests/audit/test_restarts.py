@@ -1,4 +1,4 @@
-"""Restarts of a flagged class's trigger search (training.audit.restarts) and unlearning several
+"""Restarts of a flagged class's trigger search (training.inversion.restarts) and unlearning several
 triggers at once, on tiny hand-made arrays."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from training.audit.restarts import Candidate, kept, start_regions
-from training.audit.synthesis import SynthConfig, synthesize
-from training.audit.unlearn import UnlearnConfig, unlearn
+from training.inversion.restarts import Candidate, kept, start_regions
+from training.inversion.synthesis import SynthConfig, synthesize
+from training.inversion.unlearn import UnlearnConfig, unlearn
 
 
 def test_start_regions_are_the_corners_the_centre_then_random_places() -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.triggers import Trigger, poison_dataset
+from training.data.triggers import Trigger, poison_dataset
 
 SIZE, CLASSES, TARGET = 15, 8, 3
 TRIGGER = Trigger(kind="patch", size=3, position="bottom-right", value=1.0)

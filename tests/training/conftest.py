@@ -12,10 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from training import presets, reproduce, swap_detrigger
-from training.presets import Preset
-from training.train_detrigger import AEConfig
-from training.train_target import TargetConfig
+from training import config, reproduce, swap_detrigger
+from training.config import AEConfig, Preset, TargetConfig
 
 
 def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> None:
@@ -91,7 +89,7 @@ def idx_writer():
 @pytest.fixture
 def no_standard_places(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Point the standard places at empty tmp folders, so a test never finds the real data."""
-    from training import datasets
+    from training.data import datasets
 
     empty = {k: [str(tmp_path / "nowhere" / k)] for k in datasets.SEARCH_PLACES}
     monkeypatch.setattr(datasets, "SEARCH_PLACES", empty)
@@ -115,7 +113,7 @@ def tiny_preset(monkeypatch, tmp_path):
         strip_bank_size=12,  # of the 40 validation images; 28 left calibrate STRIP at 4% FPR
         strip_n=4,
     )
-    for module in (presets, reproduce, swap_detrigger):
+    for module in (config, reproduce, swap_detrigger):
         monkeypatch.setattr(module, "PRESETS", {"mnist": tiny})
     return argparse.Namespace(
         data_dir=str(tmp_path / "data"),

@@ -13,16 +13,15 @@ import pytest
 
 from tests.training.conftest import make_cifar_dataset
 from training import reproduce
-from training.export import sha256
-from training.presets import Preset
-from training.train_detrigger import AEConfig
-from training.train_target import TargetConfig
+from training.config import AEConfig, Preset, TargetConfig
+from training.evaluation import report as rep
+from training.nets.export import sha256
 
 
 def test_reproduce_writes_a_contract_model_set(tiny_preset, tmp_path):
     args = tiny_preset
     report = reproduce.run_dataset("mnist", args)
-    reproduce.write_readme(tmp_path / "reports")
+    rep.write_readme(tmp_path / "reports")
     folder = tmp_path / "models" / "mnist"
     m = json.loads((folder / "manifest.json").read_text())
     assert m["name"] == "mnist" and m["input"] == {"height": 28, "width": 28, "channels": 1}
@@ -57,7 +56,7 @@ def test_reproduce_writes_a_contract_model_set(tiny_preset, tmp_path):
     assert {s["file"].split("/")[1] for s in m["samples"]} == set(samples)
 
     # The exported pair reproduces the reported clean accuracy through ONNX Runtime.
-    from training.datasets import load_dataset
+    from training.data.datasets import load_dataset
 
     test = load_dataset("mnist", "test", args.data_dir)
     sess = ort.InferenceSession(str(folder / "target.onnx"))
@@ -84,7 +83,7 @@ def test_rerun_from_scratch_gives_the_same_numbers(tiny_preset, tmp_path):
 
 
 def test_readme_lists_datasets_without_a_report():
-    from training.report import readme
+    from training.evaluation.report import readme
 
     text = readme({}, ("cifar10",))
     assert "| cifar10 | not produced yet: run `make reproduce DATASET=cifar10`" in text
@@ -143,7 +142,7 @@ def test_reproduce_rgb_cifar_layout(monkeypatch, tmp_path):
 
 
 def test_readme_says_when_the_poisoning_was_focused():
-    from training.report import readme
+    from training.evaluation.report import readme
 
     repo = Path(__file__).resolve().parents[2]
     rep = json.loads((repo / "reports" / "cifar10" / "report.json").read_text())

@@ -15,14 +15,14 @@ from service.runtime.modelset import ModelSet
 from service.settings import Settings
 from tests.support.tiny_models import TinySpec, add_trigger, build_model_set, clean_image
 from tests.training.conftest import write_idx
-from training.strip_calibrate import (
+from training.data.datasets import split_train_val
+from training.evaluation.strip import (
     bank_and_calibration,
-    main,
     quantiles,
     strip_threshold,
     validation_indices,
 )
-from training.train_target import split_train_val
+from training.strip_calibrate import main
 
 
 # --- the threshold ----------------------------------------------------------------------------

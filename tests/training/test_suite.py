@@ -14,10 +14,8 @@ import pytest
 
 from tests.training.conftest import write_idx
 from training import suite
-from training.export import sha256
-from training.presets import Preset
-from training.train_detrigger import AEConfig
-from training.train_target import TargetConfig
+from training.config import AEConfig, Preset, TargetConfig
+from training.nets.export import sha256
 
 TINY_SUITE = {
     "poison_rate": 0.1,
@@ -136,7 +134,7 @@ def test_suite_trains_exports_and_resumes(tiny_suite, tmp_path, caplog):
         for e in m["evaluation"].get("attacks", [m["evaluation"]]):
             assert e["attack_success_rate"] > 0.9, (m["name"], e)
     # The exported target carries the blend backdoor through ONNX Runtime too.
-    from training.triggers import Trigger
+    from training.data.triggers import Trigger
 
     test_x = _bars(200, 1)[0][:, None].astype(np.float32) / 255
     keep = _bars(200, 1)[1] != 2

@@ -12,7 +12,8 @@ import pytest
 from service.runtime.modelset import ModelSet
 from service.settings import Settings
 from training import reproduce, swap_detrigger
-from training.export import sha256
+from training.evaluation import report as rep
+from training.nets.export import sha256
 
 
 @pytest.fixture
@@ -127,7 +128,7 @@ def test_a_new_reproduce_run_drops_the_swap_report(tiny_preset, tiny_set):
     assert (reports / "mnist" / "detrigger_swap.json").is_file()
 
     reproduce.run_dataset("mnist", tiny_preset)  # rewrites the set with the preset's AE
-    reproduce.write_readme(reports)
+    rep.write_readme(reports)
 
     assert not (reports / "mnist" / "detrigger_swap.json").exists()
     assert not (reports / "mnist" / "detrigger_swap.md").exists()

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from training.presets import PRESETS
-from training.train_target import TargetConfig, attack_summary
+from training.config import PRESETS, TargetConfig
+from training.train_target import attack_summary
 
 
 class WhiteCornerIsZero(nn.Module):

@@ -2,7 +2,7 @@
 
     python -m training.audit --model-set models/mnist --dataset mnist
 
-Reads target.onnx (converted to torch by training.audit.onnx_torch, so any model set under the
+Reads target.onnx (converted to torch by training.nets.onnx_torch, so any model set under the
 contract works), synthesises a trigger per class on a small clean set, flags classes whose mask
 norm is anomalously small, identifies the trigger, repairs by pruning and by unlearning, writes
 reports/audit/<dataset>/<set>/ (audit.json, README.md, plots) and, when repaired, exports the
@@ -11,6 +11,7 @@ unlearned (or pruned) model as the model set <set>-repaired beside the source.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import sys
@@ -21,15 +22,15 @@ from pathlib import Path
 import torch
 
 from training import cli
-from training.audit.data import load_audit_data
-from training.audit.onnx_torch import load_onnx_module, write_onnx
-from training.audit.pipeline import AuditConfig, run_audit
-from training.audit.report import write_report
-from training.audit.synthesis import SynthConfig
-from training.audit.unlearn import SCHEDULES, UnlearnConfig
-from training.datasets import DATASETS
-from training.export import check_parity, sha256, write_manifest
-from training.reproduce import hardware, versions
+from training.data.datasets import DATASETS
+from training.evidence import hardware, versions
+from training.inversion.data import AuditData, load_audit_data
+from training.inversion.pipeline import AuditConfig, run_audit
+from training.inversion.render import write_report
+from training.inversion.synthesis import SynthConfig
+from training.inversion.unlearn import SCHEDULES, UnlearnConfig
+from training.nets.export import check_parity, sha256, write_manifest
+from training.nets.onnx_torch import load_onnx_module, write_onnx
 
 
 def audit_entry(summary: dict) -> dict:
@@ -113,8 +114,8 @@ def export_repaired(
     return {"path": str(out), "repair": repair, "parity_max_abs_diff": diff}
 
 
-def main() -> None:
-    p = cli.parser(__doc__)
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = cli.parser(__doc__, "training.audit")
     p.add_argument(
         "--model-set",
         default="models/mnist",
@@ -161,7 +162,7 @@ def main() -> None:
         type=int,
         default=AuditConfig.restarts,
         help="new searches for a flagged class's trigger, from the corners, the centre, then "
-        "random places (training/audit/restarts.py; default: %(default)s, 0 = the sweep only)",
+        "random places (training/inversion/restarts.py; default: %(default)s, 0 = the sweep only)",
     )
     p.add_argument(
         "--keep-factor",
@@ -224,19 +225,12 @@ def main() -> None:
         help="leave the audited set's manifest as it is (default: its `audit` field is written, "
         "which the guard's /v1/models shows)",
     )
-    args = p.parse_args()
-    t0 = time.time()
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    source = Path(args.model_set)
-    manifest = json.loads((source / "manifest.json").read_text())
-    out = Path(args.out or f"reports/audit/{args.dataset}/{source.name}")
+    return p.parse_args(argv)
 
-    model = load_onnx_module(source / manifest["target"]["file"])
-    data = load_audit_data(args.dataset, args.data_dir, manifest, args.synth_images, args.seed)
-    synth_x, train_x, train_y = data.synth_x, data.train_x, data.train_y
-    test_x, test_y = data.test_x, data.test_y
-    cfg = AuditConfig(
+
+def audit_config(args: argparse.Namespace) -> AuditConfig:
+    """The audit's settings from the command line."""
+    return AuditConfig(
         synth=SynthConfig(
             steps=args.steps, batch_size=args.batch_size, asr_target=args.asr_target, seed=args.seed
         ),
@@ -252,31 +246,22 @@ def main() -> None:
         restarts=args.restarts,
         keep_factor=args.keep_factor,
     )
-    classes = data.classes
-    res = run_audit(
-        model,
-        synth_x,
-        train_x,
-        train_y,
-        test_x,
-        test_y,
-        len(classes),
-        cfg,
-        manifest.get("backdoor"),
-        progress=not args.no_progress,
-    )
-    s = res.summary
-    s["report"] = str(out / "audit.json")
-    exported = None
-    if s.get("repair") and args.export != "none":
-        module = res.unlearned if args.export == "unlearning" else res.pruned
-        dest = Path(args.export_dir or f"{source}-repaired")
-        exported = export_repaired(module, source, dest, manifest, s, args.export, test_x[:32])
-    report = {
-        "model_set": str(source),
+
+
+def audit_report(
+    args: argparse.Namespace,
+    cfg: AuditConfig,
+    data: AuditData,
+    summary: dict,
+    exported: dict | None,
+    wall_seconds: float,
+) -> dict:
+    """audit.json: the verdict, the exported repair, the settings and the evidence."""
+    return {
+        "model_set": str(Path(args.model_set)),
         "dataset": args.dataset,
-        "classes": classes,
-        "summary": s,
+        "classes": data.classes,
+        "summary": summary,
         "exported": exported,
         "config": {
             "synth": cfg.synth.to_dict(),
@@ -291,17 +276,57 @@ def main() -> None:
             "keep_factor": cfg.keep_factor,
         },
         "data": {
-            "synthesis_images": len(synth_x),
-            "test_images": len(test_x),
-            "train_images": len(train_x),
+            "synthesis_images": len(data.synth_x),
+            "test_images": len(data.test_x),
+            "train_images": len(data.train_x),
         },
         "command": " ".join(["python -m training.audit", *sys.argv[1:]]),
         "seed": args.seed,
         "hardware": hardware(),
         "versions": versions(),
-        "wall_seconds": time.time() - t0,
+        "wall_seconds": wall_seconds,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
+
+
+def main() -> None:
+    args = parse_args()
+    t0 = time.time()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    source = Path(args.model_set)
+    cli.require_model_set(source)
+    manifest = json.loads((source / "manifest.json").read_text())
+    out = Path(args.out or f"reports/audit/{args.dataset}/{source.name}")
+
+    # data and model: the set's own target graph as torch, the audit's clean splits
+    model = load_onnx_module(source / manifest["target"]["file"])
+    data = load_audit_data(args.dataset, args.data_dir, manifest, args.synth_images, args.seed)
+    cfg = audit_config(args)
+
+    # the audit: synthesis, anomaly, identification, repair
+    res = run_audit(
+        model,
+        data.synth_x,
+        data.train_x,
+        data.train_y,
+        data.test_x,
+        data.test_y,
+        len(data.classes),
+        cfg,
+        manifest.get("backdoor"),
+        progress=not args.no_progress,
+    )
+    s = res.summary
+    s["report"] = str(out / "audit.json")
+
+    # save: the repaired set, the report, the verdict in the audited set's manifest
+    exported = None
+    if s.get("repair") and args.export != "none":
+        module = res.unlearned if args.export == "unlearning" else res.pruned
+        dest = Path(args.export_dir or f"{source}-repaired")
+        exported = export_repaired(module, source, dest, manifest, s, args.export, data.test_x[:32])
+    report = audit_report(args, cfg, data, s, exported, time.time() - t0)
     write_report(out, report, res.synth, res.prune_curve, res.candidates, res.repair_triggers)
     if not args.no_record:
         record_audit(source, s)

@@ -19,15 +19,16 @@ import numpy as np
 import torch
 
 from training import cli
-from training.datasets import load_dataset
-from training.export import export_and_check, sha256, write_manifest
-from training.presets import PRESETS
-from training.reproduce import hardware, versions
-from training.train_target import predict, split_train_val, train_target
+from training.config import PRESETS
+from training.data.datasets import load_dataset, split_train_val
+from training.evidence import hardware, versions
+from training.fit.target import train_target
+from training.nets.export import export_and_check, sha256, write_manifest
+from training.nets.models import predict
 
 
 def main() -> None:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.audit.control")
     cli.add_dataset(p, "which preset's target to train without poisoning")
     p.add_argument(
         "--source",

@@ -5,16 +5,16 @@ audit synthesised, and measure whether that raises detection on the demo sets.
 
 For one demo set it trains the preset's conv AE in up to three ways (--arms) on the same training
 split, then evaluates every AE with the set's own target on the full test set, exactly as
-`make reproduce` does (training.evaluate.evaluate_pair: positives are the triggered test images
-of other classes, thresholds are calibrated on the clean validation split):
+`make reproduce` does (training.evaluation.evaluate.evaluate_pair: positives are the triggered
+test images of other classes, thresholds are calibrated on the clean validation split):
 
 - `corner`: the paper's training triggers (the AE `make reproduce` ships; reused when finished);
 - `corner+synth`: the same, with half of the triggered images carrying instead the audit's
-  synthesised trigger of a flagged class (training/synthesised.py);
+  synthesised trigger of a flagged class (training/inversion/synthesised.py);
 - `none+synth`: only the synthesised triggers, i.e. an AE that knows nothing of the attack but
   what the audit found.
 
-The target is the set's target.onnx run as a torch module (training.audit.onnx_torch), so any
+The target is the set's target.onnx run as a torch module (training.nets.onnx_torch), so any
 demo set under the model contract works. Needs the set's audit (`python -m training.audit`).
 Writes reports/audit/joint/<set>.json and .md.
 """
@@ -32,15 +32,15 @@ from pathlib import Path
 import torch
 
 from training import cli
-from training.audit.onnx_torch import load_onnx_module
-from training.audit.report import JOINT_COLUMNS, joint_cells
-from training.datasets import load_dataset
-from training.evaluate import evaluate_pair
-from training.presets import PRESETS
-from training.reproduce import hardware, to_float, versions
-from training.train_detrigger import AEConfig, run_name, train_autoencoder
-from training.train_target import split_train_val
-from training.triggers import Trigger
+from training.config import PRESETS, AEConfig, run_name
+from training.data.datasets import load_dataset, split_train_val, to_float
+from training.data.triggers import Trigger
+from training.evaluation.evaluate import evaluate_pair
+from training.evaluation.markdown import table
+from training.evidence import hardware, versions
+from training.fit.autoencoder import train_autoencoder
+from training.inversion.render import JOINT_COLUMNS, joint_cells
+from training.nets.onnx_torch import load_onnx_module
 
 ARMS = ("corner", "corner+synth", "none+synth")
 log = logging.getLogger("training.audit.joint")
@@ -80,10 +80,11 @@ def markdown(report: dict) -> str:
         f"({report['n_positive']} triggered positives, {report['n_test']} clean negatives). KL "
         f"thresholds are calibrated on the clean validation split for FPR {f:g}.",
         "",
-        "| training triggers " + JOINT_COLUMNS + " |",
-        "|---" + "|---" * JOINT_COLUMNS.count("|") + "|",
+        *table(
+            ["training triggers", *JOINT_COLUMNS],
+            [[r["arm"], *joint_cells(r)] for r in report["arms"]],
+        ),
     ]
-    lines += [f"| {r['arm']} | " + joint_cells(r) for r in report["arms"]]
     lines += [
         "",
         "All figures in %, from the test set.",
@@ -98,7 +99,7 @@ def markdown(report: dict) -> str:
 
 
 def main() -> None:
-    p = cli.parser(__doc__)
+    p = cli.parser(__doc__, "training.audit.joint")
     cli.add_dataset(p, "the demo set's dataset")
     p.add_argument("--model-set", default=None, help="demo set (default: models/<dataset>)")
     p.add_argument(
@@ -115,6 +116,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     source = Path(args.model_set or f"models/{args.dataset}")
     audit = args.audit or f"reports/audit/{args.dataset}/{source.name}"
+    cli.require_model_set(source)
     cli.log_to(Path(args.run_dir) / f"joint-{source.name}.log")
     manifest = json.loads((source / "manifest.json").read_text())
     if "backdoor" not in manifest:

@@ -6,37 +6,40 @@ on the test set the audit reports.
 It takes the synthesised trigger of the set's audit (reports/audit/<dataset>/<set>/triggers.npz
 and audit.json, written by `python -m training.audit`), unlearns with every (lr, dilate) of the
 grid, and scores each on the validation images the audit does not synthesise on
-(training.audit.data.audit_split): clean accuracy, and the REAL trigger's attack success, so it
+(training.inversion.data.audit_split): clean accuracy, and the REAL trigger's attack success, so it
 needs a demo set whose manifest records the backdoor. Rule: the lowest real-trigger success among
 the settings whose validation accuracy is at most --max-drop below the unrepaired model's; ties go
 to the smaller lr, then the smaller growth. Writes reports/audit/tuning/<set>.json and .md.
 
-The defaults of training.audit.unlearn.UnlearnConfig were chosen this way on MNIST alone; the
+The defaults of training.inversion.unlearn.UnlearnConfig were chosen this way on MNIST alone; the
 Fashion-MNIST and CIFAR-10 audits use them unchanged, so their repair numbers are out of sample.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from training import cli
-from training.audit.data import load_audit_data
-from training.audit.identify import accuracy, success, synth_stamp
-from training.audit.onnx_torch import load_onnx_module
-from training.audit.restarts import unlearned_triggers
-from training.audit.unlearn import UnlearnConfig, unlearn
-from training.datasets import DATASETS
-from training.reproduce import hardware, versions
-from training.triggers import Trigger
+from training.data.datasets import DATASETS
+from training.data.triggers import Trigger
+from training.evaluation.markdown import table
+from training.evidence import hardware, versions
+from training.inversion.data import load_audit_data
+from training.inversion.identify import accuracy, success, synth_stamp
+from training.inversion.restarts import unlearned_triggers
+from training.inversion.unlearn import UnlearnConfig, unlearn
+from training.nets.onnx_torch import load_onnx_module
 
 LRS = (2.5e-4, 5e-4, 1e-3)
 DILATES = (0, 1, 2, 3)
@@ -92,22 +95,33 @@ def markdown(report: dict) -> str:
         f"trigger success {report['before']['real_asr']:.4f}. Rule: lowest real-trigger success "
         f"with accuracy at most {report['max_drop']} below the unrepaired model's.",
         "",
-        "| lr | dilate | schedule | val accuracy | val real-trigger success "
-        "| val synthesised success |",
-        "|---|---|---|---|---|---|",
+        *table(
+            [
+                "lr",
+                "dilate",
+                "schedule",
+                "val accuracy",
+                "val real-trigger success",
+                "val synthesised success",
+            ],
+            [
+                [
+                    f"{r['lr']:g}",
+                    r["dilate"],
+                    schedule(r),
+                    f"{r['accuracy']:.4f}",
+                    f"{r['real_asr']:.4f}" + (" **chosen**" if r == c else ""),
+                    f"{r['synth_asr']:.4f}",
+                ]
+                for r in report["grid"]
+            ],
+        ),
     ]
-    for r in report["grid"]:
-        mark = " **chosen**" if r == c else ""
-        lines.append(
-            f"| {r['lr']:g} | {r['dilate']} | {schedule(r)} | {r['accuracy']:.4f} | "
-            f"{r['real_asr']:.4f}{mark} "
-            f"| {r['synth_asr']:.4f} |"
-        )
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    p = cli.parser(__doc__)
+def parse_args() -> argparse.Namespace:
+    p = cli.parser(__doc__, "training.audit.tune")
     p.add_argument("--model-set", default="models/mnist", help="a demo set (default: models/mnist)")
     p.add_argument("--dataset", default="mnist", choices=DATASETS)
     cli.add_data_dir(p)
@@ -137,10 +151,64 @@ def main() -> None:
         help="comma-separated mask growths in pixels to try (default: %(default)s)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default: 1)")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+@dataclass
+class Scorer:
+    """Scores a model on the held-out tuning images: accuracy, the real trigger's success, the
+    smallest synthesised trigger's success."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    real: Trigger
+    real_target: int
+    k: int
+    stamp: Any
+
+    def __call__(self, m: Any) -> dict:
+        x, y = self.x, self.y
+        return {
+            "accuracy": accuracy(m, x, y),
+            "real_asr": success(m, x[y != self.real_target], self.real, self.real_target),
+            "synth_asr": success(m, x[y != self.k], self.stamp, self.k),
+        }
+
+
+def run_grid(
+    args: argparse.Namespace,
+    model: Any,
+    data: Any,
+    masks: torch.Tensor,
+    patterns: torch.Tensor,
+    base: UnlearnConfig,
+    score: Scorer,
+    done: dict,
+) -> list[dict]:
+    """Every (lr, dilate, schedule) of the command line, unlearned on a copy of `model` and
+    scored; rows of an earlier run with the same settings are taken over as they are."""
+    grid = []
+    for lr in (float(v) for v in args.lrs.split(",")):
+        for dilate in (int(v) for v in args.dilates.split(",")):
+            for sched in args.schedules.split(","):
+                if (lr, dilate, sched) in done:
+                    grid.append(done[lr, dilate, sched])
+                    print(f"lr {lr:g} dilate {dilate} {sched}: from the earlier run", flush=True)
+                    continue
+                m = copy.deepcopy(model)
+                cfg = replace(base, lr=lr, dilate=dilate, schedule=sched)
+                unlearn(m, data.train_x, data.train_y, masks, patterns, cfg)
+                grid.append({"lr": lr, "dilate": dilate, "schedule": sched, **score(m)})
+                print(f"lr {lr:g} dilate {dilate} {sched}: {grid[-1]}", flush=True)
+    return grid
+
+
+def main() -> None:
+    args = parse_args()
     t0 = time.time()
     torch.set_num_threads(args.threads)
     source = Path(args.model_set)
+    cli.require_model_set(source)
     manifest = json.loads((source / "manifest.json").read_text())
     if "backdoor" not in manifest:
         sys.exit(f"{source}: no `backdoor` in its manifest; tuning needs a demo set's real trigger")
@@ -158,34 +226,15 @@ def main() -> None:
     real = Trigger(**manifest["backdoor"]["trigger"])
     real_target = int(manifest["backdoor"]["target_class"])
     model = load_onnx_module(source / manifest["target"]["file"])
-    x, y = data.tune_x, data.tune_y
-
-    def score(m) -> dict:
-        return {
-            "accuracy": accuracy(m, x, y),
-            "real_asr": success(m, x[y != real_target], real, real_target),
-            "synth_asr": success(
-                m, x[y != k], synth_stamp(masks[0].numpy(), patterns[0].numpy()), k
-            ),
-        }
+    x = data.tune_x
+    stamp = synth_stamp(masks[0].numpy(), patterns[0].numpy())
+    score = Scorer(x, data.tune_y, real, real_target, k, stamp)
 
     base = UnlearnConfig(seed=seed)
     out = Path(args.out)
     l1 = [round(float(v), 4) for v in masks.sum((1, 2))]
     done = earlier_rows(out / f"{source.name}.json", k, base, len(x), l1)
-    grid = []
-    for lr in (float(v) for v in args.lrs.split(",")):
-        for dilate in (int(v) for v in args.dilates.split(",")):
-            for sched in args.schedules.split(","):
-                if (lr, dilate, sched) in done:
-                    grid.append(done[lr, dilate, sched])
-                    print(f"lr {lr:g} dilate {dilate} {sched}: from the earlier run", flush=True)
-                    continue
-                m = copy.deepcopy(model)
-                cfg = replace(base, lr=lr, dilate=dilate, schedule=sched)
-                unlearn(m, data.train_x, data.train_y, masks, patterns, cfg)
-                grid.append({"lr": lr, "dilate": dilate, "schedule": sched, **score(m)})
-                print(f"lr {lr:g} dilate {dilate} {sched}: {grid[-1]}", flush=True)
+    grid = run_grid(args, model, data, masks, patterns, base, score, done)
     before = score(model)
     report = {
         "model_set": str(source),

@@ -1,0 +1,1 @@
+"""Where a model set's target classifier runs: here (local) or on an upstream V2 server (proxy)."""

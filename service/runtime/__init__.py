@@ -1,0 +1,1 @@
+"""ONNX Runtime: the thin session wrapper and a loaded, verified model set."""

@@ -1,0 +1,46 @@
+"""The train_detrigger command: bad or recipe-changing flags are refused before any data is read."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--corner-share", "1.5", "--corner-share must lie in [0, 1], got 1.5"),
+        ("--paper-share", "-0.1", "--paper-share must lie in [0, 1], got -0.1"),
+        ("--l2-weight", "0", "--l2-weight must be positive, got 0.0"),
+    ],
+)
+def test_a_bad_recipe_flag_is_refused_before_any_data_is_read(tmp_path, flag, value, message):
+    """The recipe knobs beside the preset's fail fast on a bad value, naming the flag (were it
+    let through, the run would go on to load MNIST and train)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "training.train_detrigger", "--dataset", "mnist"]
+        + [flag, value, "--data-dir", str(tmp_path), "--run-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert message in run.stderr
+
+
+def test_a_changed_recipe_in_the_preset_run_dir_is_refused(tmp_path):
+    """Recipe flags do not rename the checkpoint: in the default run dir a changed recipe would
+    overwrite the preset AE's checkpoint (the one reproduce and swap_detrigger reload)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "training.train_detrigger", "--dataset", "mnist"]
+        + ["--l2-weight", "30", "--corner-share", "0.25", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path.parent,  # nothing of the repo's runs/ is in reach
+    )
+    assert run.returncode == 2
+    assert "--l2-weight changes the preset's conv_random AE" in run.stderr  # 0.25 is the preset's
+    assert "runs/mnist/detrigger_conv_random.ckpt would be replaced" in run.stderr

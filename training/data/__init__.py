@@ -1,0 +1,1 @@
+"""Data: datasets, triggers, the random trigger sampler, augmentation and the attack suite."""

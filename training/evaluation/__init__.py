@@ -1,0 +1,1 @@
+"""Evaluation: metrics, detection rules, detectors, model-set evaluation and report rendering."""

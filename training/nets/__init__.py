@@ -1,0 +1,1 @@
+"""Nets: target classifiers, de-trigger autoencoders, checkpoints, ONNX export and loading."""
