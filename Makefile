@@ -59,7 +59,7 @@ detection-report: $(VENV)/.train
 ## mlserver-venv: MLServer from PyPI in .venv-mlserver/, the V2 upstream of tests/sidecar (the
 ## tests make it themselves on first use; this only does it ahead of time)
 mlserver-venv: $(VENV)/.dev
-	$(PY) -c "from tests.support.mlserver import ensure_venv; print(ensure_venv())"
+	$(PY) -c "from bench.mlserver import ensure_venv; print(ensure_venv())"
 
 ## bench: benchmark the service against a real uvicorn and write reports/bench/
 bench: $(VENV)/.dev
