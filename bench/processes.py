@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -56,3 +57,18 @@ def cpu_seconds(pid: int) -> float:
         fields = stat.rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])
     return total / CLOCK_TICKS
+
+
+def wait_idle(pid: int, timeout: float = 120.0, interval: float = 0.25) -> float:
+    """Wait until ``pid``'s tree uses under 10% of one core over two intervals in a row, so that
+    the work a stopped client left queued (requests in flight when wrk ended) does not run into
+    the next measurement. Returns the seconds waited."""
+    started = time.monotonic()
+    quiet = 0
+    last = cpu_seconds(pid)
+    while quiet < 2 and time.monotonic() - started < timeout:
+        time.sleep(interval)
+        now = cpu_seconds(pid)
+        quiet = quiet + 1 if now - last < 0.1 * interval else 0
+        last = now
+    return time.monotonic() - started
