@@ -3,6 +3,7 @@ them, and the Markdown page."""
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 V2_KINDS = ("v2-json", "v2-binary")
@@ -18,11 +19,11 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def comparisons(
-    rows: list[dict[str, Any]], ceilings: dict[tuple[str, int], tuple[float, float]]
+    rows: list[dict[str, Any]], ceilings: dict[tuple[str, int], dict[str, float]]
 ) -> list[dict[str, Any]]:
     """One entry per guard cell, beside the peer's cell with the same body, size and concurrency
     (or, for a body the peer refused, its V2 JSON cell, marked in ``peer_body``), and for 64
-    images the in-process ceiling measured before it: by images/s, and by CPU per image (the
+    images the in-process ceiling measured around it: by images/s, and by CPU per image (the
     ceiling's CPU ms per image over the service's: less sensitive to what other jobs on a shared
     machine take)."""
     peer = {(r["body"], r["images_per_request"], r["concurrency"]): r for r in rows
@@ -31,10 +32,8 @@ def comparisons(
     for g in (r for r in rows if r["side"] == "guard"):
         cell = (g["body"], g["images_per_request"], g["concurrency"])
         p = peer.get(cell) or peer.get(("v2-json", *cell[1:]))
-        ceiling, ceiling_cpu = (
-            ceilings.get((g["body"], g["concurrency"]), (None, None)) if cell[1] == 64
-            else (None, None)
-        )  # fmt: skip
+        c = ceilings.get((g["body"], g["concurrency"]), {}) if cell[1] == 64 else {}
+        ceiling, ceiling_cpu = c.get("images_per_s"), c.get("cpu_ms_per_image")
         pairs.append(
             {
                 "body": g["body"],
@@ -57,6 +56,9 @@ def comparisons(
                 "guard_cpu_ms_per_image": g["server_cpu_ms_per_image"],
                 "ceiling_images_per_s": round(ceiling, 1) if ceiling else None,
                 "guard_vs_ceiling": _ratio(g["images_per_s"], ceiling),
+                "ceiling_before_after": [c["images_per_s_before"], c["images_per_s_after"]]
+                if c
+                else None,
                 "ceiling_cpu_ms_per_image": round(ceiling_cpu, 3) if ceiling_cpu else None,
                 "guard_vs_ceiling_cpu": _ratio(ceiling_cpu, g["server_cpu_ms_per_image"]),
             }
@@ -89,10 +91,15 @@ def acceptance(pairs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             out.append(_row(f"guard p99 <= {P99_1_MS} ms", ms, _cell(p), ms <= P99_1_MS))
     v2_64 = [p for p in pairs if p["body"] in V2_KINDS and p["guard_vs_ceiling"] is not None]
     if v2_64:
-        best = max(v2_64, key=lambda p: p["guard_vs_ceiling"])
-        r = best["guard_vs_ceiling"]
-        out.append(_row(f"guard/in-process ceiling >= {CEILING_64} (best 64-image V2 cell)", r,
-                        _cell(best), r >= CEILING_64))  # fmt: skip
+        # The median over the 64-image V2 cells, not the best: on a shared machine one ceiling
+        # pass can get less CPU than the cell beside it, and the best would pick that luck.
+        for key, what in (("guard_vs_ceiling", "images/s"), ("guard_vs_ceiling_cpu", "CPU/image")):
+            r = round(statistics.median(p[key] for p in v2_64), 3)
+            cells = f"median of {len(v2_64)} cells (64 img/request, V2 JSON and binary, c=" + (
+                ",".join(sorted({str(p["concurrency"]) for p in v2_64}, key=int)) + ")"
+            )
+            target = f"guard/in-process ceiling >= {CEILING_64}, by {what}"
+            out.append(_row(target, r, cells, r >= CEILING_64))
     return out
 
 
@@ -150,7 +157,8 @@ def markdown(report: dict[str, Any]) -> str:
         "which went first (the order alternates cell by cell). CPU: user + system seconds of the "
         "server's processes over the measured seconds, from /proc. A body the peer refused is "
         "compared with the peer's V2 JSON cell (`peer body`). The ceiling is the guard's engine "
-        "call in-process at batch 64, measured just before the cell; `guard/ceiling CPU` is the "
+        "call in-process at batch 64, the mean of passes just before and just after the cell; "
+        "`guard/ceiling CPU` is the "
         "ceiling's CPU ms per image over the guard's (1.0: the service costs no CPU beyond the "
         "models).",
         "",

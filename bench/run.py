@@ -137,6 +137,13 @@ def measure(
     return row
 
 
+def around(model_set: ModelSet, size: int, seconds: float, seed: int) -> tuple[float, float] | None:
+    """The in-process ceiling at batch 64 beside a 64-image cell (None for other sizes):
+    measured half the cell's seconds before and again after it, as the CPU that other jobs leave
+    drifts."""
+    return ceiling.guard_path(model_set, 64, max(1.0, seconds / 2), seed) if size == 64 else None
+
+
 def run_profiles(
     guard: Side, body: Body, args: argparse.Namespace
 ) -> list[dict[str, Any]]:  # fmt: skip
@@ -195,14 +202,14 @@ def main(argv: list[str] | None = None) -> None:
     ceiling_s = float(args.seconds)
     sizes, concurrencies = tuple(args.sizes), tuple(args.concurrency)
     in_process = {
-        size: ceiling.models_alone(model_set, size, ceiling_s, args.seed)
+        size: ceiling.models_alone(model_set, size, max(1.0, ceiling_s / 2), args.seed)
         for size in sorted({1, 64, *sizes})
     }
     print(json.dumps({"in_process": in_process}), flush=True)
 
     rows: list[dict[str, Any]] = []
-    # (body kind, concurrency) -> images/s, CPU ms per image
-    ceilings: dict[tuple[str, int], tuple[float, float]] = {}
+    # (body kind, concurrency) of a 64-image cell -> its ceiling (bench.ceiling.pair)
+    ceilings: dict[tuple[str, int], dict[str, float]] = {}
     checks: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-bodies-") as scratch:
         bodies = build_bodies(model_dir, sizes, Path(scratch), args.seed)
@@ -237,10 +244,7 @@ def main(argv: list[str] | None = None) -> None:
                 for size in sizes:
                     for concurrency in concurrencies:
                         body = bodies[kind, size]
-                        if size == 64:
-                            ceilings[kind, concurrency] = ceiling.guard_path(
-                                model_set, 64, ceiling_s, args.seed
-                            )
+                        before = around(model_set, size, ceiling_s, args.seed)
                         sides = [guard, peer] if kind in peer_kinds else [guard]
                         if index % 2:
                             sides.reverse()
@@ -248,14 +252,17 @@ def main(argv: list[str] | None = None) -> None:
                             others = [s for s in (guard, peer) if s is not side]
                             rows.append(measure(side, others, body, concurrency, args, position))
                         index += 1
+                        if before is not None:
+                            after = around(model_set, size, ceiling_s, args.seed)
+                            ceilings[kind, concurrency] = ceiling.pair(before, after)
             for size in sizes:
                 for concurrency in concurrencies:
                     body = bodies["png-multipart", size]
-                    if size == 64:
-                        ceilings["png-multipart", concurrency] = ceiling.guard_path(
-                            model_set, 64, ceiling_s, args.seed
-                        )
+                    before = around(model_set, size, ceiling_s, args.seed)
                     rows.append(measure(guard, [peer], body, concurrency, args, 1))
+                    if before is not None:
+                        after = around(model_set, size, ceiling_s, args.seed)
+                        ceilings["png-multipart", concurrency] = ceiling.pair(before, after)
             profiles = (
                 [] if args.no_profile else run_profiles(guard, bodies["v2-json", sizes[0]], args)
             )
