@@ -73,15 +73,19 @@ def versions(python: str | None = None, packages: tuple[str, ...] = PACKAGES) ->
     return dict(json.loads(done.stdout))
 
 
-def git_commit() -> str:
-    """The short commit, with '+dirty' when tracked files differ from it."""
+def git_commit(ignore: Path | None = None) -> str:
+    """The short commit, with '+dirty' when tracked files differ from it; changes under
+    ``ignore`` (the report's own folder, rewritten by the run) do not count."""
+    spec = ["--", "."]
+    if ignore is not None:
+        spec.append(f":(exclude){os.path.relpath(ignore.resolve(), REPO)}")
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
             check=True,
         ).stdout.strip()  # fmt: skip
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+            ["git", "status", "--porcelain", "--untracked-files=no", *spec], cwd=REPO,
             capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):

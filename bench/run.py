@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> None:
             **evidence.hardware(),
             "loadavg_before": load_before,
             "loadavg_after": evidence.loadavg(),
-            "git": evidence.git_commit(),
+            "git": evidence.git_commit(ignore=Path(args.out)),
             "versions_guard": evidence.versions(),
             "versions_peer": evidence.versions(
                 str(MLSERVER_VENV / "bin" / "python"),
