@@ -215,10 +215,20 @@ def markdown(report: dict[str, Any]) -> str:
         )
     client = sum(r["client_cpu_s"] for r in report["cells"])
     servers = sum(r["server_cpu_s"] for r in report["cells"])
+    requests = sum(r["requests"] for r in report["cells"])
     lines += [
         "",
-        f"The load generator used {client:.1f} CPU seconds over all cells, the servers "
-        f"{servers:.1f}.",
+        "## The load generator",
+        "",
+        "wrk (C, epoll; Debian's package), one thread, one keep-alive connection per concurrent "
+        "caller, each posting the same pre-built body back to back (a closed loop); after each "
+        "run the benchmark waits until the server is idle, so requests left in flight do not run "
+        "into the next cell. On 2 cores the client shares the CPU with the server it measures: "
+        f"wrk used {client:.1f} CPU seconds for {requests:,} requests over all cells "
+        f"({1e6 * client / max(requests, 1):.0f} µs each), the servers {servers:.1f}. A Python "
+        "client (httpx) cost about as much CPU per request as the guard itself in this "
+        "benchmark's earlier harness; and wrk is neither server's own stack, so it favours "
+        "neither side.",
     ]
     if report["profiles"]:
         lines += [
