@@ -252,16 +252,16 @@ def main(argv: list[str] | None = None) -> None:
                             others = [s for s in (guard, peer) if s is not side]
                             rows.append(measure(side, others, body, concurrency, args, position))
                         index += 1
-                        if before is not None:
-                            after = around(model_set, size, ceiling_s, args.seed)
+                        after = around(model_set, size, ceiling_s, args.seed)
+                        if before is not None and after is not None:
                             ceilings[kind, concurrency] = ceiling.pair(before, after)
             for size in sizes:
                 for concurrency in concurrencies:
                     body = bodies["png-multipart", size]
                     before = around(model_set, size, ceiling_s, args.seed)
                     rows.append(measure(guard, [peer], body, concurrency, args, 1))
-                    if before is not None:
-                        after = around(model_set, size, ceiling_s, args.seed)
+                    after = around(model_set, size, ceiling_s, args.seed)
+                    if before is not None and after is not None:
                         ceilings["png-multipart", concurrency] = ceiling.pair(before, after)
             profiles = (
                 [] if args.no_profile else run_profiles(guard, bodies["v2-json", sizes[0]], args)
