@@ -56,14 +56,25 @@ detection-report: $(VENV)/.train
 		--ae paper=runs/$(d)/detrigger_conv.onnx --ae improved=models/$(d)/detrigger.onnx \
 		$(DETECTION_AES_$(d)) --threads 2 $(if $(DATA_DIR),--data-dir $(DATA_DIR)) &&) true
 
-## mlserver-venv: MLServer from PyPI in .venv-mlserver/, the V2 upstream of tests/sidecar (the
-## tests make it themselves on first use; this only does it ahead of time)
+## mlserver-venv: MLServer from PyPI in .venv-mlserver/, the V2 upstream of tests/sidecar and the
+## benchmark's peer (both make it themselves on first use; this only does it ahead of time)
 mlserver-venv: $(VENV)/.dev
-	$(PY) -c "from tests.support.mlserver import ensure_venv; print(ensure_venv())"
+	$(PY) -c "from bench.mlserver import ensure_venv; print(ensure_venv())"
 
-## bench: benchmark the service against a real uvicorn and write reports/bench/
-bench: $(VENV)/.dev
-	$(PY) -m bench.run
+# The benchmark's tools: py-spy (PyPI) for the profile; wrk (Debian's package) is the load
+# generator, installed here with apt-get when run as root, else a prerequisite.
+$(VENV)/.bench: | $(PY)
+	$(PY) -m pip install --quiet py-spy
+	touch $@
+
+## bench: the guard against MLServer serving the bare target, in one run, into reports/bench/
+## (about 10 min; BENCH_ARGS, e.g. --seconds 3, passes options to bench.run)
+BENCH_ARGS ?=
+bench: $(VENV)/.dev $(VENV)/.bench
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& apt-get install -y -q --no-install-recommends wrk; } || \
+		{ echo "make bench needs wrk: apt-get install -y wrk (as root)" >&2; exit 1; }
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 ## docker-smoke: build the CPU image with podman from a local debootstrap base, run it, check
 ## /readyz and that a triggered $(SMOKE_MODEL_SET) sample is flagged (root; .ci/run installs podman)

@@ -1,402 +1,359 @@
-"""Benchmark the guard: ``python -m bench.run`` (what ``make bench`` runs).
+"""Benchmark the guard against MLServer serving the bare target, in one run:
+``python -m bench.run`` (what ``make bench`` runs).
 
-1. Starts the guard under a real uvicorn on 127.0.0.1 (tests/support/server.py) on
-   models/mnist, or, when that set is not shipped yet, on a tiny set built here (said so in the
-   report).
-2. For 1-image and 64-image multipart requests at concurrency 1, 8 and 32: images per second
-   and p50 / p95 / p99 request latency, over a fixed duration after a warm-up.
-3. With the server stopped, once before and once after step 2: the in-process ONNX Runtime
-   ceiling for the same set (AE, then the target on [x; AE(x)], as the engine runs it) at several
-   batch sizes; the ceiling is the best pass at the best batch size. Two passes, because on a
-   shared machine the CPU left to us drifts while the benchmark runs.
-4. The ratio of the best service throughput to that ceiling.
+1. Starts both servers side by side on 127.0.0.1: the guard (``uvicorn service.main:app``, as
+   ``make serve`` runs it, V2 local mode on models/mnist) and the peer, MLServer serving the
+   set's bare target.onnx alone (one model pass per request, inference in its HTTP process,
+   bench/mlserver.py), with the guard's ONNX Runtime threads and spinning.
+2. For V2 JSON and V2 binary bodies (the same bytes to both sides), 1 and 64 images per
+   request, concurrency 1, 8 and 32: one cell per side with the same load generator (wrk,
+   bench/load.py), the two sides alternating (guard first, then peer first in the next cell).
+   Per cell: images/s, p50/p90/p99 latency, errors, and each server's CPU seconds from /proc.
+   A body that the peer refuses (its REST server has no binary tensor data) is recorded as such.
+3. Before each 64-image cell: the guard's in-process ONNX Runtime ceiling at batch 64 (AE, then
+   the target on [x; AE(x)], bench/ceiling.py), so the service/ceiling ratio compares numbers
+   taken minutes, not a run, apart.
+4. /classify with PNG multipart bodies, 1 and 64 images per request (the guard only).
+5. A py-spy profile of the guard at 1 image per request (V2 JSON, concurrency 1 and 32).
 
-Writes reports/bench/bench.json and reports/bench/bench.md with the hardware, versions and
-command next to the numbers.
+Writes bench.json and bench.md to --out (reports/bench/) with the command, seed, versions,
+hardware, load average, and issue 20's acceptance targets beside the measured numbers.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import datetime as dt
-import importlib.metadata
 import json
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
+from bench import ceiling, profile
+from bench.bodies import build_bodies
+from bench.guard import guard_env, run_guard
+from bench.load import Body, run_wrk, wrk_binary, wrk_version
+from bench.mlserver import VENV as MLSERVER_VENV
+from bench.mlserver import run_mlserver
+from bench.processes import cpu_seconds, wait_idle
+from bench.report import acceptance, comparisons, markdown
 from service.runtime.modelset import ModelSet
 from service.settings import Settings
-from tests.support.promtext import scrape, value
-from tests.support.samples import load_samples
-from tests.support.server import serve
-from tests.support.tiny_models import TinySpec, build_model_set
+from training import evidence
 
 REPO = Path(__file__).resolve().parents[1]
+# What the guard's side of the report lists.
+GUARD_PACKAGES = (
+    "onnxruntime", "fastapi", "starlette", "uvicorn", "uvloop", "httptools", "pydantic", "numpy",
+    "pillow", "py-spy",
+)  # fmt: skip
 SIZES = (1, 64)
 CONCURRENCY = (1, 8, 32)
-CEILING_BATCHES = (1, 8, 16, 32, 64, 128, 256)
+V2_KINDS = ("v2-json", "v2-binary")
+# (concurrency, only the thread holding the GIL): all threads at 1 and 32 connections, and at 1
+# the Python work alone (what holds the GIL), where the guard's per-request overhead shows.
+PROFILES = ((1, False), (1, True), (32, False))
+PEER_MODEL = "target"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+class Side:
+    """One server under test: where its V2 infer route is and which process to read CPU from."""
+
+    def __init__(self, name: str, url: str, infer_path: str, pid: int) -> None:
+        self.name, self.url, self.infer_path, self.pid = name, url, infer_path, pid
+
+    def path(self, body: Body) -> str:
+        return "/classify" if body.kind == "png-multipart" else self.infer_path
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for pkg in ("onnxruntime", "fastapi", "starlette", "uvicorn", "numpy", "pillow", "httpx"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = "absent"
-    return out
+def answer_classes(response: httpx.Response, body: Body) -> list[int]:
+    """The class per image in a 200 answer: argmax of the V2 logits, or /classify's class."""
+    if body.kind == "png-multipart":
+        return [r["predicted"]["class"] for r in response.json()["results"]]
+    length = response.headers.get("inference-header-content-length")
+    raw = response.content
+    head = json.loads(raw[: int(length)] if length else raw)
+    (out,) = [o for o in head["outputs"] if o["name"] == "logits"]
+    if "binary_data_size" in out.get("parameters", {}):
+        data = np.frombuffer(raw[int(length) :], dtype="<f4")
+    else:
+        data = np.asarray(out["data"], dtype=np.float32)
+    return data.reshape(out["shape"]).argmax(1).tolist()
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-            check=True,
-        ).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.CalledProcessError):
-        return "none (uncommitted tree)"
-
-
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
-
-
-def model_set_dir(arg: str | None, scratch: Path) -> tuple[Path, str]:
-    if arg:
-        return Path(arg), "given with --model-dir"
-    shipped = REPO / "models" / "mnist"
-    if (shipped / "manifest.json").exists():
-        return shipped, "the shipped models/mnist"
-    folder = build_model_set(scratch / "tiny", TinySpec(name="tiny"), samples=32)
-    return folder, (
-        "a tiny stand-in set (linear target, patch-masking AE, 28x28x1) built by the bench, "
-        "because models/mnist was not shipped yet; numbers for a real CNN will be lower"
+def check(side: Side, body: Body) -> dict[str, Any]:
+    """One request before the cells: the status and, when 200, the class of each image."""
+    r = httpx.post(
+        side.url + side.path(body), content=body.read(), headers=body.headers, timeout=60
     )
+    if r.status_code != 200:
+        return {"status": r.status_code, "answer": r.text[:300]}
+    classes = answer_classes(r, body)
+    if len(classes) != body.images:
+        raise RuntimeError(f"{side.name}: {len(classes)} answers for {body.images} images")
+    return {"status": 200, "classes": classes}
 
 
-def request_body(images: list[bytes], count: int) -> tuple[bytes, dict[str, str]]:
-    """A multipart body, encoded once, so the client spends its CPU on sending, not encoding."""
-    files = [("images", (f"{i}.png", images[i % len(images)], "image/png")) for i in range(count)]
-    request = httpx.Request("POST", "http://x/classify", files=files)
-    body = request.read()
-    return body, {"content-type": request.headers["content-type"]}
+def measure(
+    side: Side, others: list[Side], body: Body, concurrency: int, args: argparse.Namespace,
+    position: int,
+) -> dict[str, Any]:  # fmt: skip
+    """A warm-up, then one measured wrk run; the servers' CPU seconds around the measured run."""
+    url = side.url + side.path(body)
+    if args.warmup > 0:
+        run_wrk(url, body, concurrency, args.warmup, args.timeout)
+        wait_idle(side.pid)
+    cpu_before = cpu_seconds(side.pid)
+    idle_before = sum(cpu_seconds(o.pid) for o in others)
+    load = run_wrk(url, body, concurrency, args.seconds, args.timeout)
+    cpu = cpu_seconds(side.pid) - cpu_before
+    idle = sum(cpu_seconds(o.pid) for o in others) - idle_before
+    drained = wait_idle(side.pid)
+    images = load.ok * body.images
+    row = {
+        "side": side.name,
+        "body": body.kind,
+        "images_per_request": body.images,
+        "concurrency": concurrency,
+        "position": position,
+        "requests": load.requests,
+        "ok": load.ok,
+        "errors": load.error_count,
+        "error_kinds": {k: v for k, v in load.errors.items() if v},
+        "seconds": round(load.seconds, 3),
+        "images_per_s": round(images / load.seconds, 1),
+        "p50_ms": round(load.p50_ms, 2),
+        "p90_ms": round(load.p90_ms, 2),
+        "p99_ms": round(load.p99_ms, 2),
+        "mean_ms": round(load.mean_ms, 2),
+        "server_cpu_s": round(cpu, 2),
+        "server_cpu_ms_per_image": round(1000 * cpu / images, 3) if images else None,
+        "other_server_cpu_s": round(idle, 2),
+        "client_cpu_s": round(load.client_cpu_s, 2),
+        "drain_s": round(drained, 2),
+        "loadavg_1m_after": evidence.loadavg()[0],
+    }
+    print(json.dumps(row), flush=True)
+    return row
 
 
-class RawHTTPClient:
-    """A minimal HTTP/1.1 keep-alive client on asyncio streams.
-
-    httpx costs about as much CPU per request as the guard itself; on a 2-core machine that
-    would measure the client. This one sends pre-built request bytes and reads the response by
-    Content-Length, so nearly all the CPU it leaves goes to the server.
-    """
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def request(self, raw: bytes) -> int:
-        if self.writer is None or self.reader is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        self.writer.write(raw)
-        head = await self.reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = 0
-        close = False
-        for line in head.split(b"\r\n")[1:]:
-            name, _, val = line.partition(b":")
-            name = name.strip().lower()
-            if name == b"content-length":
-                length = int(val)
-            elif name == b"connection" and val.strip().lower() == b"close":
-                close = True
-        await self.reader.readexactly(length)
-        if close:
-            await self.close()
-        return status
-
-    async def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-            with contextlib.suppress(OSError):
-                await self.writer.wait_closed()
-        self.reader = self.writer = None
+def around(model_set: ModelSet, size: int, seconds: float, seed: int) -> tuple[float, float] | None:
+    """The in-process ceiling at batch 64 beside a 64-image cell (None for other sizes):
+    measured half the cell's seconds before and again after it, as the CPU that other jobs leave
+    drifts."""
+    return ceiling.guard_path(model_set, 64, max(1.0, seconds / 2), seed) if size == 64 else None
 
 
-def raw_request(url: str, body: bytes, headers: dict[str, str]) -> bytes:
-    host = url.split("//", 1)[1]
-    lines = ["POST /classify HTTP/1.1", f"Host: {host}", f"Content-Length: {len(body)}"]
-    lines += [f"{k}: {v}" for k, v in headers.items()]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
-
-
-async def load(
-    url: str, body: bytes, headers: dict[str, str], concurrency: int, seconds: float
-) -> tuple[list[float], int, float]:
-    """``concurrency`` clients post back to back for ``seconds``; latencies of 200s, errors."""
-    latencies: list[float] = []
-    errors = 0
-    raw = raw_request(url, body, headers)
-    host, port = url.split("//", 1)[1].split(":")
-    stop_at = time.perf_counter() + seconds
-
-    async def worker() -> None:
-        nonlocal errors
-        client = RawHTTPClient(host, int(port))
-        try:
-            while time.perf_counter() < stop_at:
-                started = time.perf_counter()
-                status = await client.request(raw)
-                if status == 200:
-                    latencies.append(time.perf_counter() - started)
-                else:
-                    errors += 1
-        finally:
-            await client.close()
-
-    begun = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, errors, time.perf_counter() - begun
-
-
-def bench_service(folder: Path, images: list[bytes], seconds: float, warmup: float) -> list[dict]:
-    rows = []
-    with serve([folder], timeout=180) as server:
-        for size in SIZES:
-            body, headers = request_body(images, size)
-            for concurrency in CONCURRENCY:
-                asyncio.run(load(server.url, body, headers, concurrency, warmup))
-                before = scrape(server.url)
-                latencies, errors, elapsed = asyncio.run(
-                    load(server.url, body, headers, concurrency, seconds)
-                )
-                after = scrape(server.url)
-                name = after_name(after)
-                series = {"model": name, "detector": "detrigger"}
-                batches = value(after, "guard_batch_size_count", **series) - value(
-                    before, "guard_batch_size_count", **series
-                )
-                batched = value(after, "guard_batch_size_sum", **series) - value(
-                    before, "guard_batch_size_sum", **series
-                )
-                row = {
-                    "images_per_request": size,
-                    "concurrency": concurrency,
-                    "requests": len(latencies),
-                    "errors": errors,
-                    "seconds": round(elapsed, 3),
-                    "images_per_s": round(len(latencies) * size / elapsed, 1),
-                    "p50_ms": round(percentile(latencies, 50) * 1000, 2),
-                    "p95_ms": round(percentile(latencies, 95) * 1000, 2),
-                    "p99_ms": round(percentile(latencies, 99) * 1000, 2),
-                    "mean_engine_batch": round(batched / batches, 1) if batches else None,
-                }
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-    return rows
-
-
-def after_name(samples: dict) -> str:
-    for (name, labels), _ in samples.items():
-        if name == "guard_model_ready":
-            return dict(labels)["model"]
-    raise RuntimeError("no guard_model_ready series")
-
-
-def bench_ceiling(folder: Path, seconds: float) -> list[dict]:
-    """In-process: AE(x), then the target on [x; AE(x)] in one call, at each batch size."""
-    model_set = ModelSet.load(folder, Settings(models=[folder]))
-    c, h, w = model_set.input_chw
-    rng = np.random.default_rng(0)
-    rows = []
-    for batch in CEILING_BATCHES:
-        x = rng.random((batch, c, h, w), dtype=np.float32)
-        model_set.infer_scored(x)  # warm this shape
-        runs = 0
-        started = time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            model_set.infer_scored(x)
-            runs += 1
-        elapsed = time.perf_counter() - started
-        row = {
-            "batch": batch,
-            "runs": runs,
-            "images_per_s": round(runs * batch / elapsed, 1),
-            "ms_per_batch": round(elapsed / runs * 1000, 3),
-        }
-        print(json.dumps(row), flush=True)
-        rows.append(row)
-    return rows
-
-
-def markdown(report: dict[str, Any]) -> str:
-    env = report["environment"]
-    lines = [
-        "# Guard benchmark",
-        "",
-        f"- Command: `{report['command']}`",
-        f"- When: {report['started']} (UTC), git {env['git']}",
-        f"- Hardware: {env['cpu']}, {env['cpus']} CPU cores visible, no GPU; "
-        f"load average before the run {env['loadavg_before']}, after {env['loadavg_after']} "
-        "(a shared machine: other jobs ran at the same time)",
-        "- Versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()),
-        f"- Model set: `{report['model_set']['name']}` ({report['model_set']['source']}), "
-        f"provider {report['model_set']['provider']}, target sha256 "
-        f"{report['model_set']['target_sha256'][:12]}, detrigger sha256 "
-        f"{report['model_set']['detrigger_sha256'][:12]}",
-        f"- Guard settings: {report['settings']}",
-        f"- Method: real uvicorn (1 worker) on 127.0.0.1; the client runs on the same machine "
-        "(a minimal keep-alive HTTP/1.1 client on asyncio, one connection per concurrent caller, "
-        f"multipart PNG bodies encoded once); {report['seconds']} s per cell after "
-        f"{report['warmup']} s of warm-up; latency is per request, seen by the client.",
-        "",
-        "## Through the service",
-        "",
-        "| images/request | concurrency | images/s | p50 ms | p95 ms | p99 ms | requests | errors "
-        "| mean engine batch |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["service"]:
-        lines.append(
-            f"| {r['images_per_request']} | {r['concurrency']} | {r['images_per_s']} | "
-            f"{r['p50_ms']} | {r['p95_ms']} | {r['p99_ms']} | {r['requests']} | {r['errors']} | "
-            f"{r['mean_engine_batch']} |"
+def run_profiles(
+    guard: Side, body: Body, args: argparse.Namespace
+) -> list[dict[str, Any]]:  # fmt: skip
+    if profile.py_spy() is None:
+        print("py-spy not found: no profile (make bench installs it)", flush=True)
+        return []
+    out = []
+    for concurrency, gil in PROFILES:
+        spy, stacks = profile.start(guard.pid, args.seconds, gil=gil)
+        load = run_wrk(guard.url + guard.infer_path, body, concurrency, args.seconds, args.timeout)
+        wait_idle(guard.pid)
+        summary = profile.finish(spy, stacks, args.profile_top)
+        out.append(
+            {
+                "body": body.kind,
+                "images_per_request": body.images,
+                "concurrency": concurrency,
+                "threads": "holding the GIL" if gil else "all",
+                "seconds": args.seconds,
+                "images_per_s_while_profiled": round(load.ok * body.images / load.seconds, 1),
+                **summary,
+            }
         )
-    lines += [
-        "",
-        "## In-process ONNX Runtime ceiling (AE, then the target on [x; AE(x)] in one call)",
-        "",
-        "| batch | images/s before | images/s after | best images/s |",
-        "|---:|---:|---:|---:|",
-    ]
-    for r in report["ceiling"]:
-        lines.append(
-            f"| {r['batch']} | {r['before_images_per_s']} | {r['after_images_per_s']} | "
-            f"{r['images_per_s']} |"
-        )
-    s = report["summary"]
-    lines += [
-        "",
-        "## Summary",
-        "",
-        f"- Best through the service: {s['service_best_images_per_s']} images/s "
-        f"({s['service_best_cell']}).",
-        f"- Ceiling: {s['ceiling_images_per_s']} images/s at batch {s['ceiling_batch']} (the "
-        "better of the passes before and after the service cells).",
-        f"- Service / ceiling: **{s['ratio']:.2f}**.",
-        "",
-    ]
-    return "\n".join(lines)
+        print(f"profiled c={concurrency} gil={gil}: {summary['samples']} samples", flush=True)
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", default="models/mnist", help="the model set to serve")
     parser.add_argument(
-        "--model-dir", help="model-set folder (default: models/mnist, else a tiny set)"
+        "--seconds", type=int, default=10, help="measured seconds per cell and side"
     )
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
-    parser.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per cell")
+    parser.add_argument(
+        "--warmup", type=int, default=2, help="warm-up seconds before each measured run (0: none)"
+    )
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=list(SIZES), help="images per request"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=list(CONCURRENCY), help="connections"
+    )
+    parser.add_argument("--timeout", type=int, default=60, help="wrk's per-request timeout (s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the image order and ceiling")
+    parser.add_argument("--profile-top", type=int, default=15, help="profile rows to keep")
+    parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     parser.add_argument("--out", default="reports/bench", help="output folder")
     args = parser.parse_args(argv)
+    wrk_binary()  # fail before starting anything when wrk is missing
 
+    model_dir = Path(args.model_dir)
     started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    loadavg = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    with tempfile.TemporaryDirectory(prefix="bench-") as scratch:
-        folder, source = model_set_dir(args.model_dir, Path(scratch))
-        samples = load_samples(folder)
-        if not samples:
-            raise SystemExit(f"{folder} has no samples/ to send")
-        images = [s.read() for s in samples]
-        ceiling_seconds = max(1.0, args.seconds / 2.5)
-        before = bench_ceiling(folder, ceiling_seconds)
-        service = bench_service(folder, images, args.seconds, args.warmup)
-        after = bench_ceiling(folder, ceiling_seconds)
-        ceiling = [
-            {
-                "batch": b["batch"],
-                "before_images_per_s": b["images_per_s"],
-                "after_images_per_s": a["images_per_s"],
-                "images_per_s": max(b["images_per_s"], a["images_per_s"]),
-            }
-            for b, a in zip(before, after, strict=True)
-        ]
-        model_set = ModelSet.load(folder, Settings(models=[folder]))
+    load_before = evidence.loadavg()
+    settings = Settings(models=[model_dir])
+    model_set = ModelSet.load(model_dir, settings)
+    ceiling_s = float(args.seconds)
+    sizes, concurrencies = tuple(args.sizes), tuple(args.concurrency)
+    in_process = {
+        size: ceiling.models_alone(model_set, size, max(1.0, ceiling_s / 2), args.seed)
+        for size in sorted({1, 64, *sizes})
+    }
+    print(json.dumps({"in_process": in_process}), flush=True)
 
-    best = max(service, key=lambda r: r["images_per_s"])
-    top = max(ceiling, key=lambda r: r["images_per_s"])
-    settings = Settings(models=[folder])
+    rows: list[dict[str, Any]] = []
+    # (body kind, concurrency) of a 64-image cell -> its ceiling (bench.ceiling.pair)
+    ceilings: dict[tuple[str, int], dict[str, float]] = {}
+    checks: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-bodies-") as scratch:
+        bodies = build_bodies(model_dir, sizes, Path(scratch), args.seed)
+        with (
+            run_guard(guard_env(model_dir.resolve())) as guard_server,
+            run_mlserver(
+                (model_dir / model_set.manifest.target.file).resolve(), model_set.input_chw,
+                len(model_set.manifest.classes), model=PEER_MODEL,
+                intra_op_threads=settings.intra_op_threads,
+                inter_op_threads=settings.inter_op_threads, spinning=settings.ort_spinning,
+                test_hooks=False,
+            ) as peer_server,
+        ):  # fmt: skip
+            guard = Side(
+                "guard", guard_server.url, f"/v2/models/{model_set.name}/infer", guard_server.pid
+            )
+            assert peer_server.process is not None
+            peer = Side(
+                "peer", peer_server.url, f"/v2/models/{PEER_MODEL}/infer", peer_server.process.pid
+            )
+            for (kind, size), body in bodies.items():
+                for side in (guard, peer) if kind in V2_KINDS else (guard,):
+                    result = check(side, body)
+                    checks[f"{side.name} {kind} {size}"] = result
+                    if side is guard and result["status"] != 200:
+                        raise RuntimeError(f"the guard refused {kind} x{size}: {result}")
+            first = sizes[0]
+            peer_kinds = [k for k in V2_KINDS if checks[f"peer {k} {first}"]["status"] == 200]
+
+            index = 0
+            for kind in V2_KINDS:
+                for size in sizes:
+                    for concurrency in concurrencies:
+                        body = bodies[kind, size]
+                        before = around(model_set, size, ceiling_s, args.seed)
+                        sides = [guard, peer] if kind in peer_kinds else [guard]
+                        if index % 2:
+                            sides.reverse()
+                        for position, side in enumerate(sides, 1):
+                            others = [s for s in (guard, peer) if s is not side]
+                            rows.append(measure(side, others, body, concurrency, args, position))
+                        index += 1
+                        after = around(model_set, size, ceiling_s, args.seed)
+                        if before is not None and after is not None:
+                            ceilings[kind, concurrency] = ceiling.pair(before, after)
+            for size in sizes:
+                for concurrency in concurrencies:
+                    body = bodies["png-multipart", size]
+                    before = around(model_set, size, ceiling_s, args.seed)
+                    rows.append(measure(guard, [peer], body, concurrency, args, 1))
+                    after = around(model_set, size, ceiling_s, args.seed)
+                    if before is not None and after is not None:
+                        ceilings["png-multipart", concurrency] = ceiling.pair(before, after)
+            profiles = (
+                [] if args.no_profile else run_profiles(guard, bodies["v2-json", sizes[0]], args)
+            )
+            guard_log = guard_server.log_path.read_text(errors="replace")[-2000:]
+
+    same = {
+        f"{kind} x{size}": checks[f"guard {kind} {size}"]["classes"]
+        == checks[f"peer {kind} {size}"]["classes"]
+        for kind in peer_kinds
+        for size in sizes
+    }
+    pairs = comparisons(rows, ceilings)
     report = {
-        # What ran; `make bench` runs `.venv/bin/python -m bench.run` with no arguments.
         "command": shlex.join(
             [os.path.relpath(sys.executable, REPO), "-m", "bench.run", *(argv or sys.argv[1:])]
         ),
         "started": started,
+        "finished": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "seed": args.seed,
         "seconds": args.seconds,
         "warmup": args.warmup,
+        "timeout_s": args.timeout,
         "environment": {
-            "cpu": cpu_model(),
-            "cpus": os.cpu_count(),
-            "loadavg_before": loadavg,
-            "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-            "platform": platform.platform(),
-            "versions": versions(),
-            "git": git_commit(),
+            **evidence.machine(),
+            "loadavg_before": load_before,
+            "loadavg_after": evidence.loadavg(),
+            "git": evidence.git_commit(REPO, ignore=Path(args.out)),
+            "versions_guard": evidence.versions(GUARD_PACKAGES),
+            "versions_peer": evidence.versions(
+                ("mlserver", "onnxruntime", "fastapi", "uvicorn", "uvloop", "httptools", "numpy"),
+                python=str(MLSERVER_VENV / "bin" / "python"),
+            ),
+            "load_generator": f"wrk {wrk_version()} (1 thread, keep-alive, closed loop)",
         },
         "model_set": {
             "name": model_set.name,
-            "source": source,
+            "dir": str(model_dir),
+            "target_sha256": evidence.sha256(model_dir / model_set.manifest.target.file),
+            "detrigger_sha256": evidence.sha256(model_dir / model_set.manifest.detrigger.file),
             "provider": model_set.provider,
-            "target_sha256": model_set.manifest.target.sha256,
-            "detrigger_sha256": model_set.manifest.detrigger.sha256,
-            "decision_rule": model_set.manifest.decision.rule,
         },
-        "settings": {
-            "max_batch_size": settings.max_batch_size,
-            "max_batch_wait_ms": settings.max_batch_wait_ms,
-            "intra_op_threads": settings.intra_op_threads,
-            "inter_op_threads": settings.inter_op_threads,
-            "graph_optimization": settings.graph_optimization,
-            "uvicorn_workers": 1,
+        "guard": {
+            "command": "uvicorn service.main:app --host 127.0.0.1 --port PORT --no-access-log",
+            "mode": "V2 local (the guard runs its own target)",
+            "settings": {
+                k: getattr(settings, k)
+                for k in (
+                    "max_batch_size",
+                    "max_batch_wait_ms",
+                    "intra_op_threads",
+                    "inter_op_threads",
+                    "ort_spinning",
+                    "graph_optimization",
+                    "decode_threads",
+                    "log_level",
+                )
+            },  # fmt: skip
+            "log_tail": guard_log,
         },
-        "service": service,
-        "ceiling": ceiling,
-        "summary": {
-            "service_best_images_per_s": best["images_per_s"],
-            "service_best_cell": f"{best['images_per_request']} images/request, "
-            f"concurrency {best['concurrency']}",
-            "ceiling_images_per_s": top["images_per_s"],
-            "ceiling_batch": top["batch"],
-            "ratio": best["images_per_s"] / top["images_per_s"],
+        "peer": {
+            "server": "MLServer, parallel_workers 0 (inference in its HTTP process), no adaptive "
+            "batching, custom runtime bench/mlserver_runtime/onnx_logits.py",
+            "model": f"{model_dir / model_set.manifest.target.file} alone",
+            "ort_threads": {
+                "intra_op": settings.intra_op_threads,
+                "inter_op": settings.inter_op_threads,
+                "spinning": settings.ort_spinning,
+            },
+            "bodies_accepted": peer_kinds,
+            "bodies_refused": {k: checks[f"peer {k} 1"] for k in V2_KINDS if k not in peer_kinds},
         },
+        "same_classes": same,
+        "in_process": {str(k): v for k, v in in_process.items()},
+        "cells": rows,
+        "comparisons": pairs,
+        "acceptance": acceptance(pairs),
+        "profiles": profiles,
     }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "bench.md").write_text(markdown(report))
     print(f"wrote {out / 'bench.md'} and {out / 'bench.json'}")
-    print(f"service/ceiling = {report['summary']['ratio']:.2f}")
+    for a in report["acceptance"]:
+        print(f"{a['status']:>4}  {a['target']}: {a['measured']}")
 
 
 if __name__ == "__main__":

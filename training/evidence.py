@@ -8,7 +8,9 @@ only when asked for the torch threads.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
+import json
 import os
 import platform
 import subprocess
@@ -51,8 +53,45 @@ def onnx_hardware(threads: int) -> str:
     )
 
 
-def versions(packages: Sequence[str] = TRAINING_PACKAGES) -> dict[str, str]:
-    """{"python": ..., package: installed version or "absent", ...} in the order given."""
+def machine() -> dict[str, object]:
+    """The machine as fields (the benchmark's JSON): CPU, cores, usable cores, memory, platform."""
+    memory = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu_model("unknown"),
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)),
+        "memory_gib": memory,
+        "gpu": "none",
+        "platform": platform.platform(),
+    }
+
+
+_VERSIONS = (
+    "import importlib.metadata as m, json, platform, sys\n"
+    "out = {'python': platform.python_version()}\n"
+    "for p in sys.argv[1:]:\n"
+    "    try: out[p] = m.version(p)\n"
+    "    except m.PackageNotFoundError: out[p] = 'absent'\n"
+    "print(json.dumps(out))\n"
+)
+
+
+def versions(
+    packages: Sequence[str] = TRAINING_PACKAGES, python: str | None = None
+) -> dict[str, str]:
+    """{"python": ..., package: installed version or "absent", ...} in the order given, of this
+    interpreter or of ``python`` (another venv's, e.g. the benchmark's MLServer)."""
+    if python is not None:
+        done = subprocess.run(
+            [python, "-c", _VERSIONS, *packages], capture_output=True, text=True, check=True
+        )
+        return dict(json.loads(done.stdout))
     out = {"python": platform.python_version()}
     for name in packages:
         try:
@@ -62,15 +101,32 @@ def versions(packages: Sequence[str] = TRAINING_PACKAGES) -> dict[str, str]:
     return out
 
 
-def git_commit(repo: Path | str = ".") -> str:
-    """The short commit of HEAD in `repo`, or a note when there is none."""
+def git_commit(repo: Path | str = ".", ignore: Path | None = None) -> str:
+    """The short commit of HEAD in `repo`, or a note when there is none. With ``ignore`` (a
+    folder the run itself rewrites, e.g. the benchmark's report), '+dirty' marks other tracked
+    files that differ from the commit."""
+    git = ["git", "-C", str(repo)]
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=repo,
+        head = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        if ignore is None:
+            return head
+        spec = [".", f":(exclude){os.path.relpath(ignore.resolve(), Path(repo).resolve())}"]
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--untracked-files=no", "--", *spec],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "none (uncommitted tree)"
+    return head + ("+dirty" if dirty else "")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]

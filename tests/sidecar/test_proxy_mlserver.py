@@ -1,5 +1,5 @@
 """Proxy mode end to end: tritonclient -> the guard -> a real MLServer serving the shipped MNIST
-target through a custom runtime (tests/sidecar/mlserver_runtime/). The guard runs the AE here
+target through a custom runtime (bench/mlserver_runtime/). The guard runs the AE here
 and asks MLServer for [x; AE(x)] in one request.
 
 Needs models/mnist (shipped by the training pipeline) and builds .venv-mlserver/ on first use.
@@ -19,7 +19,7 @@ import tritonclient.http as triton
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from tests.support.mlserver import RunningMLServer, run_mlserver
+from bench.mlserver import RunningMLServer, run_mlserver
 from tests.support.promtext import scrape, value
 from tests.support.samples import SHIPPED_MNIST, Sample, load_samples
 from tests.support.server import RunningServer, serve

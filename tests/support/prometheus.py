@@ -14,8 +14,7 @@ from urllib.parse import urlparse
 
 import httpx
 
-from tests.support.processes import stop
-from tests.support.server import free_port
+from bench.processes import free_port, stop
 
 
 def prometheus_binary() -> str | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,16 +16,9 @@ from typing import Any
 
 import httpx
 
-from tests.support.processes import stop
+from bench.processes import free_port, stop
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    """A port the OS just gave out; another process could take it, so callers retry."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -1,7 +1,10 @@
-"""A real MLServer (from PyPI, in its own virtualenv) serving an ONNX target over V2 REST.
+"""A real MLServer (from PyPI, in its own virtualenv) serving an ONNX target over V2 REST: the
+benchmark's peer and the sidecar tests' upstream.
 
 MLServer pins its own fastapi / pydantic / uvicorn, so it lives in ``.venv-mlserver/``
 (git-ignored), created here on first use (about a minute) and reused while its stamp matches.
+The model runs in the custom runtime bench/mlserver_runtime/onnx_logits.py, in MLServer's HTTP
+process (``parallel_workers`` 0), without adaptive batching: one model pass per request.
 """
 
 from __future__ import annotations
@@ -21,12 +24,12 @@ from pathlib import Path
 
 import httpx
 
-from tests.support.processes import stop
-from tests.support.server import REPO, free_port
+from bench.processes import free_port, stop
 
+REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv-mlserver"
 REQUIREMENTS = ("mlserver==1.7.1", "onnxruntime==1.31.1")
-RUNTIME = REPO / "tests" / "sidecar" / "mlserver_runtime" / "onnx_logits.py"
+RUNTIME = REPO / "bench" / "mlserver_runtime" / "onnx_logits.py"
 
 
 def ensure_venv(venv: Path = VENV) -> Path:
@@ -69,6 +72,7 @@ class RunningMLServer:
     slow_file: Path
     repo: Path
     exe: Path
+    runtime_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = field(default=None)
 
     def log_text(self) -> str:
@@ -77,7 +81,10 @@ class RunningMLServer:
     def start(self, timeout: float = 90.0) -> None:
         """Start (or restart) MLServer on the same port; wait until the model is ready."""
         assert self.process is None or self.process.poll() is not None
-        env = {**os.environ, "SLOW_FILE": str(self.slow_file), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ, "SLOW_FILE": str(self.slow_file), "PYTHONUNBUFFERED": "1",
+            **self.runtime_env,
+        }  # fmt: skip
         env.pop("PYTHONPATH", None)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -108,12 +115,32 @@ class RunningMLServer:
         self.slow_file.unlink(missing_ok=True)
 
 
+def runtime_env(
+    intra_op_threads: int, inter_op_threads: int, spinning: bool | None, test_hooks: bool
+) -> dict[str, str]:
+    """The environment that bench/mlserver_runtime/onnx_logits.py reads its options from."""
+    env = {
+        "ONNX_LOGITS_INTRA_OP_THREADS": str(intra_op_threads),
+        "ONNX_LOGITS_INTER_OP_THREADS": str(inter_op_threads),
+        "ONNX_LOGITS_TEST_HOOKS": "1" if test_hooks else "0",
+    }
+    if spinning is not None:
+        env["ONNX_LOGITS_SPINNING"] = "1" if spinning else "0"
+    return env
+
+
 @contextmanager
 def run_mlserver(
     target_onnx: Path, input_chw: tuple[int, int, int], classes: int, *, model: str = "target",
-    version: str = "1",
+    version: str = "1", intra_op_threads: int = 1, inter_op_threads: int = 1,
+    spinning: bool | None = None, test_hooks: bool = True,
 ) -> Iterator[RunningMLServer]:  # fmt: skip
-    """MLServer serving ``target_onnx`` (logits) as ``model`` version ``version``."""
+    """MLServer serving ``target_onnx`` (logits) as ``model`` version ``version``.
+
+    The ONNX Runtime session gets ``intra_op_threads`` / ``inter_op_threads`` (0: ONNX Runtime's
+    default) and, unless None, ``spinning``; ``test_hooks`` turns on the runtime's slow-down
+    file and header echo (the sidecar tests); the benchmark leaves them off.
+    """
     exe = ensure_venv()
     work = Path(tempfile.mkdtemp(prefix="mlserver-"))
     repo = work / "repo"
@@ -133,9 +160,10 @@ def run_mlserver(
         "host": "127.0.0.1", "http_port": port, "grpc_port": grpc, "metrics_port": metrics,
         "parallel_workers": 0, "debug": False,
     }))  # fmt: skip
+    options = runtime_env(intra_op_threads, inter_op_threads, spinning, test_hooks)
     server = RunningMLServer(
         f"http://127.0.0.1:{port}", model, version, port, work / "mlserver.log",
-        work / "slow", repo, exe,
+        work / "slow", repo, exe, options,
     )  # fmt: skip
     try:
         server.start()
