@@ -10,7 +10,7 @@ DATA_DIR ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test test-fast reproduce detection-report bench lint typecheck clean mlserver-venv docker-smoke
+.PHONY: serve test test-fast reproduce detection-report bench soak lint typecheck clean mlserver-venv docker-smoke
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,13 @@ mlserver-venv: $(VENV)/.dev
 ## bench: benchmark the service against a real uvicorn and write reports/bench/
 bench: $(VENV)/.dev
 	$(PY) -m bench.run
+
+## soak: concurrency 32 for SOAK_SECONDS (default 180) against a real uvicorn on models/mnist;
+## prints requests, errors, latency, the server's RSS and fd count before and after (not in CI;
+## docs/service.md "Soak" has the last figures)
+SOAK_SECONDS ?= 180
+soak: $(VENV)/.dev
+	$(PY) -m bench.soak --seconds $(SOAK_SECONDS)
 
 ## docker-smoke: build the CPU image with podman from a local debootstrap base, run it, check
 ## /readyz and that a triggered $(SMOKE_MODEL_SET) sample is flagged (root; .ci/run installs podman)
