@@ -126,11 +126,14 @@ class FakeUpstream:
                 pass
 
             def _send(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the guard gave up (fault "slow")
 
             def do_GET(self) -> None:  # noqa: N802 - http.server's naming
                 base = f"/v2/models/{MODEL}"
