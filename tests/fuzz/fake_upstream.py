@@ -24,6 +24,22 @@ MODEL = "tiny"
 OUTPUT = "logits"
 
 
+# Faults of GET /v2/models/<m>: answers that are not a V2 model metadata object.
+BAD_METADATA: dict[str, Any] = {
+    "metadata_list": [1, 2, 3],
+    "metadata_null": None,
+    "metadata_empty": {},
+    "metadata_inputs_string": {"name": MODEL, "platform": "x", "inputs": "abc", "outputs": "d"},
+    "metadata_tensor_not_object": {"name": MODEL, "platform": "x", "inputs": [1], "outputs": [1]},
+    "metadata_names_not_strings": {
+        "name": MODEL,
+        "platform": "x",
+        "inputs": [{"name": ["x"], "datatype": "FP32", "shape": [-1, 1, 28, 28]}],
+        "outputs": [{"name": {"a": 1}, "datatype": 7, "shape": "x"}],
+    },
+}
+
+
 def _deep(n: int = 100_000) -> bytes:
     return b'{"outputs":' + b"[" * n + b"]" * n + b"}"
 
@@ -56,8 +72,9 @@ class FakeUpstream:
 
     # --- the model ------------------------------------------------------------------------
     def metadata(self) -> Any:
-        if self.fault == "metadata_list":
-            return [1, 2, 3]
+        bad = BAD_METADATA.get(self.fault)
+        if bad is not None:
+            return bad
         c, h, w = self.spec.channels, self.spec.height, self.spec.width
         return {
             "name": MODEL,

@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.fuzz.fake_upstream import MODEL, FakeUpstream
+from tests.fuzz.fake_upstream import BAD_METADATA, MODEL, FakeUpstream
 from tests.support import promtext
 from tests.support.server import RunningServer, serve
 from tests.support.tiny_models import TinySpec, add_trigger, clean_image, png_bytes
@@ -276,6 +276,43 @@ def test_non_object_metadata_is_not_ready_and_recovers(tiny_set: Path) -> None:
             meta = httpx.get(f"{guard.url}/v2/models/{MODEL}", timeout=10)
             assert meta.status_code == 200, describe(meta)
             assert meta.json()["outputs"][0]["name"] == "logits", describe(meta)
+
+
+def assert_metadata_sound(response: httpx.Response) -> None:
+    """GET /v2/models/<m>: never a 500; a 200 is a V2 model metadata object."""
+    assert response.status_code != 500, describe(response)
+    if response.status_code != 200:
+        assert isinstance(response.json()["error"], str), describe(response)
+        return
+    meta = response.json()
+    assert isinstance(meta.get("name"), str), describe(response)
+    for key in ("inputs", "outputs"):
+        assert isinstance(meta[key], list), describe(response)
+        for tensor in meta[key]:
+            assert isinstance(tensor, dict), describe(response)
+            assert isinstance(tensor.get("name"), str), describe(response)
+            assert isinstance(tensor.get("datatype"), str), describe(response)
+            assert isinstance(tensor.get("shape"), list), describe(response)
+            assert all(isinstance(d, int) for d in tensor["shape"]), describe(response)
+
+
+@pytest.mark.parametrize("fault", sorted(set(BAD_METADATA) - {"metadata_list"}))
+def test_malformed_metadata_never_gives_a_500(fault: str, tiny_set: Path) -> None:
+    """Other metadata that is not a V2 model metadata object, read when the guard starts:
+    whether the guard calls the upstream not ready or falls back to its defaults, no request
+    500s, a 200 carries the correct verdict, and it serves once the metadata is sound."""
+    with FakeUpstream(SPEC) as upstream:
+        upstream.fault = fault
+        with serve([tiny_set], proxy_env(upstream), wait_ready=False) as guard:
+            time.sleep(1.5)  # several probes
+            ready = httpx.get(f"{guard.url}/readyz", timeout=10)
+            assert ready.status_code in (200, 503), describe(ready)
+            assert_classify_safe(classify(guard), allow_correct=True)
+            assert_v2_block_safe(v2_infer(guard, TRIGGERED, "block"), allow_flagged=True)
+            assert_metadata_sound(httpx.get(f"{guard.url}/v2/models/{MODEL}", timeout=10))
+            upstream.fault = "ok"
+            assert_recovers(guard)
+            assert_metadata_sound(httpx.get(f"{guard.url}/v2/models/{MODEL}", timeout=10))
 
 
 def test_metadata_that_turns_bad_later_does_not_give_500s(
