@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import struct
 from typing import Any
 
@@ -26,8 +27,9 @@ from service.imaging import decode
 from service.protocol.images import images_from_tensor
 from service.protocol.infer_type import DATATYPES, InferRequest, InferResponse, InferTensor
 
+# FUZZ_SCALE=5 multiplies the examples, for a deeper run by hand (CI runs 1).
 FUZZ = settings(
-    max_examples=300,
+    max_examples=300 * max(1, int(os.environ.get("FUZZ_SCALE", "1"))),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
