@@ -3,7 +3,9 @@ a test switches with ``FakeUpstream.fault``.
 
 Behaving (fault "ok") it serves the tiny target model (tests/support/tiny_models.py) the way a
 V2 server does: /ready, model metadata, and infer that runs the linear target in numpy on the
-batch the guard sends ([x; AE(x)], FP32 NCHW, JSON). Each fault breaks one thing.
+batch the guard sends ([x; AE(x)], FP32 NCHW), in JSON or, when the guard sends binary tensor
+data (an upstream configured with binary: true), answering in binary too. Each fault breaks
+one thing; the bin_* faults break the binary answer.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from tests.support.tiny_models import TinySpec, target_weights
 
 MODEL = "tiny"
 OUTPUT = "logits"
+NO_HEADERS: dict[str, str] = {}
 
 
 # Faults of GET /v2/models/<m>: answers that are not a V2 model metadata object.
@@ -84,21 +87,54 @@ class FakeUpstream:
             "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, self.spec.classes]}],
         }
 
-    def logits(self, request: dict[str, Any]) -> np.ndarray:
-        tensor = request["inputs"][0]
-        x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"][0], -1)
-        return x @ self.weights + self.bias  # (2N, K)
+    def logits(self, body: bytes, header_length: int | None) -> np.ndarray:
+        """The target on the request's batch: JSON data, or binary FP32 after the JSON."""
+        if header_length is None:
+            tensor = json.loads(body)["inputs"][0]
+            x = np.asarray(tensor["data"], dtype=np.float32)
+        else:
+            tensor = json.loads(body[:header_length])["inputs"][0]
+            x = np.frombuffer(body[header_length:], dtype="<f4")
+        return x.reshape(tensor["shape"][0], -1) @ self.weights + self.bias  # (2N, K)
 
-    def answer(self, body: bytes) -> tuple[int, bytes]:
-        """(status, body) of an infer call under the current fault."""
+    def binary_answer(self, logits: np.ndarray) -> tuple[int, bytes, dict[str, str]]:
+        """The answer in the binary tensor data extension, under the bin_* faults."""
+        fault = self.fault
+        rows, k = logits.shape
+        if fault == "bin_nan_detriggered":
+            logits[rows // 2 :] = np.nan
+        raw = np.ascontiguousarray(logits, dtype="<f4").tobytes()
+        datatype, size = "FP32", len(raw)
+        if fault == "bin_size_past_end":
+            size += 8
+        elif fault == "bin_size_odd":
+            size, raw = size - 1, raw[:-1]
+        elif fault == "bin_uint8_logits":
+            datatype, raw = "UINT8", bytes(rows * k)
+            size = len(raw)
+        output = {"name": OUTPUT, "datatype": datatype, "shape": [rows, k]}
+        output["parameters"] = {"binary_data_size": size}
+        head = json.dumps({"model_name": MODEL, "model_version": "1", "outputs": [output]})
+        length = str(len(head))
+        if fault == "bin_header_junk":
+            length = "abc"
+        elif fault == "bin_header_past_end":
+            length = str(len(head) + len(raw) + 10)
+        body = head.encode() + raw
+        return 200, body, {"Inference-Header-Content-Length": length}
+
+    def answer(self, body: bytes, header_length: int | None) -> tuple[int, bytes, dict[str, str]]:
+        """(status, body, extra headers) of an infer call under the current fault."""
         fault = self.fault
         if fault == "http_500":
-            return 500, b'{"error": "upstream exploded"}'
+            return 500, b'{"error": "upstream exploded"}', {}
         if fault == "deep_json":
-            return 200, _deep()
+            return 200, _deep(), {}
         if fault == "not_json":
-            return 200, b"\x00\xff not json"
-        logits = self.logits(json.loads(body))
+            return 200, b"\x00\xff not json", {}
+        logits = self.logits(body, header_length)
+        if header_length is not None and (fault == "ok" or fault.startswith("bin_")):
+            return self.binary_answer(logits)
         rows, k = logits.shape
         half = rows // 2
         datatype, shape = "FP32", [rows, k]
@@ -130,7 +166,7 @@ class FakeUpstream:
             "model_version": "1",
             "outputs": [{"name": OUTPUT, "datatype": datatype, "shape": shape, "data": data}],
         }
-        return 200, json.dumps(out, allow_nan=True).encode()
+        return 200, json.dumps(out, allow_nan=True).encode(), {}
 
     # --- HTTP -----------------------------------------------------------------------------
     def _handler(self) -> Callable[..., BaseHTTPRequestHandler]:
@@ -142,11 +178,13 @@ class FakeUpstream:
             def log_message(self, *args: object) -> None:  # quiet
                 pass
 
-            def _send(self, status: int, body: bytes) -> None:
+            def _send(self, status: int, body: bytes, headers: dict[str, str] = NO_HEADERS) -> None:
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", "application/json")
                     self.send_header("Content-Length", str(len(body)))
+                    for name, value in headers.items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(body)
                 except (BrokenPipeError, ConnectionResetError):
@@ -171,7 +209,8 @@ class FakeUpstream:
                     return
                 if upstream.fault == "slow":
                     time.sleep(upstream.slow_s)
-                status, answer = upstream.answer(body)
-                self._send(status, answer)
+                raw_length = self.headers.get("Inference-Header-Content-Length")
+                length = None if raw_length is None else int(raw_length)
+                self._send(*upstream.answer(body, length))
 
         return Handler

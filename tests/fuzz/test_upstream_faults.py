@@ -47,8 +47,17 @@ TRANSPORT_FAULTS = ["http_500", "slow", "drop"]
 NON_FINITE_FAULTS = ["nan_detriggered", "nan_all", "inf_input_half"]
 
 
-def proxy_env(upstream: FakeUpstream) -> dict[str, str]:
-    config = {"tiny": {"url": upstream.url, "model": MODEL, "version": "1"}}
+BINARY_FAULTS = [
+    "bin_size_past_end",
+    "bin_size_odd",
+    "bin_uint8_logits",
+    "bin_header_junk",
+    "bin_header_past_end",
+]
+
+
+def proxy_env(upstream: FakeUpstream, binary: bool = False) -> dict[str, str]:
+    config = {"tiny": {"url": upstream.url, "model": MODEL, "version": "1", "binary": binary}}
     return {
         "GUARD_UPSTREAMS": json.dumps(config),
         "GUARD_UPSTREAM_PROBE_INTERVAL_S": "0.3",
@@ -339,3 +348,37 @@ def test_the_guard_survives_every_fault_in_a_row(
     assert guard.process.poll() is None
     behaving.fault = "ok"
     assert_recovers(guard)
+
+
+# --- binary tensor data (an upstream such as Triton or KServe: binary: true) ---------------
+@pytest.fixture(scope="module")
+def binary_guard(upstream: FakeUpstream, tiny_set: Path) -> Iterator[RunningServer]:
+    with serve([tiny_set], proxy_env(upstream, binary=True)) as server:
+        yield server
+
+
+@pytest.mark.parametrize("fault", BINARY_FAULTS + ["uint8_overflow", "deep_json"])
+def test_a_bad_binary_answer_is_a_502(
+    fault: str, behaving: FakeUpstream, binary_guard: RunningServer
+) -> None:
+    assert_recovers(binary_guard)
+    errors_before = upstream_error_count(binary_guard)
+    behaving.fault = fault
+    assert_classify_safe(classify(binary_guard))
+    assert_v2_block_safe(v2_infer(binary_guard, TRIGGERED, "block"))
+    flag = v2_infer(binary_guard, CLEAN, "flag")
+    assert flag.status_code in UPSTREAM_ERRORS, describe(flag)
+    assert upstream_error_count(binary_guard) > errors_before, "upstream errors not counted"
+    behaving.fault = "ok"
+    assert_recovers(binary_guard)
+
+
+def test_binary_nan_logits_never_answer_a_triggered_image(
+    behaving: FakeUpstream, binary_guard: RunningServer
+) -> None:
+    assert_recovers(binary_guard)
+    behaving.fault = "bin_nan_detriggered"
+    assert_classify_safe(classify(binary_guard), allow_flagged=True)
+    assert_v2_block_safe(v2_infer(binary_guard, TRIGGERED, "block"), allow_flagged=True)
+    behaving.fault = "ok"
+    assert_recovers(binary_guard)
