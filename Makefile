@@ -10,7 +10,7 @@ DATA_DIR ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test test-fast reproduce detection-report bench lint typecheck clean mlserver-venv docker-smoke hooks
+.PHONY: serve test test-fast reproduce detection-report bench soak lint typecheck clean mlserver-venv docker-smoke hooks
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -75,6 +75,13 @@ bench: $(VENV)/.dev $(VENV)/.bench
 		&& apt-get install -y -q --no-install-recommends wrk; } || \
 		{ echo "make bench needs wrk: apt-get install -y wrk (as root)" >&2; exit 1; }
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+## soak: concurrency 32 for SOAK_SECONDS (default 180) against a real uvicorn on models/mnist;
+## prints requests, errors, latency, the server's RSS and fd count before and after (not in CI;
+## docs/service.md "Soak" has the last figures)
+SOAK_SECONDS ?= 180
+soak: $(VENV)/.dev
+	$(PY) -m bench.soak --seconds $(SOAK_SECONDS)
 
 ## docker-smoke: build the CPU image with podman from a local debootstrap base, run it, check
 ## /readyz and that a triggered $(SMOKE_MODEL_SET) sample is flagged (root; .ci/run installs podman)
