@@ -15,7 +15,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from contract.errors import InvalidRequest, TooManyImages, UnsupportedMediaType
 from contract.modes import Detector, Mode
-from service.api.deps import GuardDep, MetricsDep, SettingsDep
+from service.api.deps import GuardDep, MetricsDep, SettingsDep, identity_encoding
 from service.api.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorBody, classify_response
 from service.api.security import require_api_key
 from service.backends.base import Call
@@ -23,7 +23,9 @@ from service.guard import ImageInput
 from service.logs import request_id_var
 from service.settings import Settings
 
-router = APIRouter(tags=["classify"], dependencies=[Depends(require_api_key)])
+router = APIRouter(
+    tags=["classify"], dependencies=[Depends(require_api_key), Depends(identity_encoding)]
+)
 
 FIELD = "images"
 

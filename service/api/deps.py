@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from contract.errors import InvalidRequest
 from service.api.v2_dataplane import DataPlane
 from service.guard import Guard
 from service.metrics import Metrics
@@ -36,6 +37,17 @@ def get_metrics(request: Request) -> Metrics:
 def get_dataplane(request: Request) -> DataPlane:
     dataplane: DataPlane = request.app.state.dataplane
     return dataplane
+
+
+def identity_encoding(request: Request) -> None:
+    """Request bodies are read as sent: a compressed one (Content-Encoding gzip, br, ...) is
+    refused up front rather than parsed as garbage."""
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise InvalidRequest(
+            f"compressed request bodies ({encoding}) are not accepted",
+            accepted="Content-Encoding identity (an uncompressed body)",
+        )
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from contract.errors import InvalidRequest
-from service.api.deps import DataPlaneDep, MetricsDep
+from service.api.deps import DataPlaneDep, MetricsDep, identity_encoding
 from service.api.security import require_api_key, require_key_for_health
 from service.protocol.infer_type import InferRequest
 
@@ -71,8 +71,11 @@ def _header_length(request: Request) -> int | None:
         raise InvalidRequest(f"Inference-Header-Content-Length {raw!r} is not an integer") from exc
 
 
-@router.post("/v2/models/{model_name}/infer")
-@router.post("/v2/models/{model_name}/versions/{model_version}/infer")
+@router.post("/v2/models/{model_name}/infer", dependencies=[Depends(identity_encoding)])
+@router.post(
+    "/v2/models/{model_name}/versions/{model_version}/infer",
+    dependencies=[Depends(identity_encoding)],
+)
 async def infer(
     request: Request,
     dataplane: DataPlaneDep,
@@ -82,10 +85,6 @@ async def infer(
 ) -> Response:
     started = time.perf_counter()
     try:
-        if request.headers.get("content-encoding", "identity").lower() != "identity":
-            raise InvalidRequest(
-                "compressed request bodies are not accepted", accepted="Content-Encoding identity"
-            )
         body = await request.body()
         parsed = await run_in_threadpool(InferRequest.from_rest, body, _header_length(request))
         answer = await dataplane.infer(model_name, model_version, parsed, dict(request.headers))

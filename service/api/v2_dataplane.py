@@ -154,7 +154,12 @@ class DataPlane:
             )
         resize = boolean(request.parameters.get("guard_resize", False), "parameters.guard_resize")
         tensor = request.inputs[0]
-        self.guard.check_count(tensor.shape[0] if tensor.shape else 0)
+        if not tensor.shape or tensor.shape[0] == 0:
+            raise InvalidRequest(
+                f"input {tensor.name!r} holds no images (shape {tensor.shape})",
+                accepted=image_accepts(model_set.input_chw),
+            )
+        self.guard.check_count(tensor.shape[0])
         if tensor.datatype == "BYTES":
             files = files_from_tensor(tensor, model_set.input_chw)
             x = await self.guard.decode(files, model_set, resize)

@@ -56,6 +56,7 @@ class FakeUpstream:
         self.weights, self.bias = target_weights(spec)
         self.fault = "ok"
         self.infer_calls = 0
+        self.last_headers: dict[str, str] = {}  # of the last infer call, names lower-cased
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -202,6 +203,7 @@ class FakeUpstream:
             def do_POST(self) -> None:  # noqa: N802
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 upstream.infer_calls += 1
+                upstream.last_headers = {k.lower(): v for k, v in self.headers.items()}
                 if upstream.fault == "drop":
                     # Close the connection without a word.
                     self.close_connection = True

@@ -382,3 +382,31 @@ def test_binary_nan_logits_never_answer_a_triggered_image(
     assert_v2_block_safe(v2_infer(binary_guard, TRIGGERED, "block"), allow_flagged=True)
     behaving.fault = "ok"
     assert_recovers(binary_guard)
+
+
+TRACE = {
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "tracestate": "guard=1",
+    "b3": "4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-1",
+}
+
+
+@pytest.mark.parametrize("route", ["classify", "v2"])
+def test_both_routes_forward_the_trace_headers_upstream(
+    route: str, behaving: FakeUpstream, guard: RunningServer
+) -> None:
+    """Issue 19 #8: /classify forwarded only x-request-id; V2 forwarded the allow-list."""
+    headers = {**TRACE, "x-secret": "not-forwarded"}
+    if route == "classify":
+        files = [("images", ("clean.png", png_bytes(CLEAN), "image/png"))]
+        r = httpx.post(f"{guard.url}/classify", files=files, headers=headers, timeout=30)
+    else:
+        x = (CLEAN.astype(np.float32) / 255.0)[None, None]
+        tensor = {"name": "images", "datatype": "FP32", "shape": list(x.shape),
+                  "data": x.ravel().tolist()}  # fmt: skip
+        r = httpx.post(f"{guard.url}/v2/models/{MODEL}/infer", json={"inputs": [tensor]},
+                       headers=headers, timeout=30)  # fmt: skip
+    assert r.status_code == 200, r.text
+    sent = behaving.last_headers
+    assert {k: sent.get(k) for k in TRACE} == TRACE
+    assert "x-secret" not in sent and sent.get("x-request-id")

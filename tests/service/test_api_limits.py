@@ -2,6 +2,7 @@
 server stays ready and keeps serving."""
 
 import base64
+import gzip
 import io
 import json
 import socket
@@ -71,6 +72,15 @@ CASES = [
     ),
     ("pixel bomb", dict(files=files(png_bomb_header(50_000))), 413, "image_too_large"),
     ("too many images", dict(files=files(*[GOOD] * 41)), 413, "too_many_images"),
+    (
+        "gzip body",  # was parsed as JSON and reported as "invalid JSON"
+        dict(
+            content=gzip.compress(json.dumps({"images": [{"data": b64(GOOD)}]}).encode()),
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        ),
+        400,
+        "invalid_request",
+    ),
     (
         "text/plain",
         dict(content=b"hello", headers={"content-type": "text/plain"}),

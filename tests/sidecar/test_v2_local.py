@@ -178,6 +178,12 @@ def test_issue_19_reproducers_are_4xx_in_the_v2_shape(server: RunningServer) -> 
     assert r.status_code == 400 and "nested too deeply" in r.json()["error"]
     r = httpx.post(url, json={"inputs": [{**uint8, "datatype": []}]})
     assert r.status_code == 400 and r.json()["type"] == "invalid_request"
+    empty = {"name": "images", "datatype": "FP32", "shape": [0, 1, 28, 28], "data": []}
+    r = httpx.post(url, json={"inputs": [empty]})
+    assert r.status_code == 400 and "holds no images" in r.json()["error"]
+    assert "FP32 in [0, 1]" in r.json()["accepted"]  # the V2 input, not /classify's upload
+    r = httpx.post(url, content=b"{}", headers={"content-encoding": "gzip"})
+    assert r.status_code == 400 and "compressed" in r.json()["error"]
     r = httpx.post(url, content=b"{" + b" " * (300 * 1024) + b"}")  # over GUARD_MAX_BODY_BYTES
     assert r.status_code == 413
     body = r.json()
