@@ -12,6 +12,8 @@ request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; anything else passed with ``extra=`` goes into the JSON.
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# uvicorn adds the message again with terminal colour codes: not for a log pipeline.
+_STANDARD.add("color_message")
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,13 +38,25 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(payload, default=str)
 
 
+# uvicorn's own loggers: its startup and shutdown lines, errors, and the access log when on.
+UVICORN_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+
 def configure_logging(level: str) -> None:
-    """Send the ``guard`` loggers to stderr as JSON. Idempotent (tests build many apps)."""
-    logger = logging.getLogger("guard")
-    logger.setLevel(level)
-    logger.propagate = False
-    if not any(getattr(h, "_guard_json", False) for h in logger.handlers):
+    """Send the ``guard`` loggers and uvicorn's own to stderr as JSON lines, one handler for all.
+    Idempotent (tests build many apps). uvicorn configures its loggers before it imports the
+    app, so their plain-text handlers are replaced here; every line it logs after that (server
+    started, shutdown, errors) is JSON too."""
+    handler = next(
+        (h for h in logging.getLogger("guard").handlers if getattr(h, "_guard_json", False)),
+        None,
+    )
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
         handler._guard_json = True  # type: ignore[attr-defined]
-        logger.addHandler(handler)
+    logging.getLogger("guard").setLevel(level)
+    for name in ("guard", *UVICORN_LOGGERS):
+        logger = logging.getLogger(name)
+        logger.handlers = [handler]
+        logger.propagate = False

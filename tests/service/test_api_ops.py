@@ -150,6 +150,19 @@ def test_logs_are_json_with_request_ids_and_no_image_bytes(guard_server: Running
     assert "\\x89PNG" not in text and "iVBORw0KGgo" not in text  # raw or base64 PNG signature
 
 
+def test_uvicorns_own_lines_are_json_too(tiny_set: Path) -> None:
+    """uvicorn's startup and shutdown lines were plain text beside the guard's JSON lines."""
+    with serve([tiny_set], extra_args=("--log-level", "info")) as server:
+        httpx.get(server.url + "/healthz")
+    text = server.log_text()
+    lines = [line for line in text.splitlines() if line.strip()]
+    records = server.log_records()
+    assert len(records) == len(lines), [line for line in lines if not line.startswith("{")]
+    uvicorn = {x["message"] for x in records if x["logger"].startswith("uvicorn")}
+    assert {"Application startup complete.", "Application shutdown complete."} <= uvicorn
+    assert "\x1b[" not in text and "color_message" not in text
+
+
 def test_api_key_auth(tiny_set: Path) -> None:
     key = "k" * 8 + "0123456789"
     env = {"GUARD_API_KEYS": f"another-key-000000,{key}", "GUARD_PROTECT_METRICS": "true"}
