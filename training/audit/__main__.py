@@ -23,6 +23,7 @@ import torch
 
 from training import cli
 from training.data.datasets import DATASETS
+from training.evaluation.strip import StripOptions, calibrate_model_set
 from training.evidence import hardware, versions
 from training.inversion.data import AuditData, load_audit_data
 from training.inversion.pipeline import AuditConfig, run_audit
@@ -108,10 +109,38 @@ def export_repaired(
     else:
         new["repair"]["neurons_pruned"] = chosen["neurons_pruned"]
     new.pop("samples", None)  # the source's per-sample predictions no longer hold
+    # STRIP's threshold was calibrated on the unrepaired target, and its bank file stays in the
+    # source folder: drop the entry here; the audit recalibrates STRIP on the repaired target.
+    detectors = new.get("detectors") or {}
+    detectors.pop("strip", None)
+    if not detectors:
+        new.pop("detectors", None)
     new["created"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     new["versions"] = versions()
     write_manifest(out, new)
     return {"path": str(out), "repair": repair, "parity_max_abs_diff": diff}
+
+
+def recalibrate_strip(dest: Path, strip: dict, args: argparse.Namespace) -> dict:
+    """STRIP for the repaired set, with the source set's settings (copies, bank size, target
+    FPR, blend, seed) on the repaired target, so that the repaired set offers both detectors."""
+    calibration = strip.get("calibration") or {}
+    opts = StripOptions(
+        model_set=str(dest),
+        dataset=args.dataset,
+        data_dir=args.data_dir,
+        n=int(strip["n"]),
+        target_fpr=float(calibration.get("target_fpr", 0.01)),
+        bank_size=int(strip["bank"].get("images", 64)),
+        input_weight=float(strip["blend"]["input_weight"]),
+        bank_weight=float(strip["blend"]["bank_weight"]),
+        seed=int(strip.get("seed", 0)),
+    )
+    command = (
+        f"python -m training.strip_calibrate --model-set {dest} --dataset {opts.dataset} "
+        f"--target-fpr {opts.target_fpr} --bank-size {opts.bank_size} --n {opts.n}"
+    )
+    return calibrate_model_set(opts, command)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -326,6 +355,9 @@ def main() -> None:
         module = res.unlearned if args.export == "unlearning" else res.pruned
         dest = Path(args.export_dir or f"{source}-repaired")
         exported = export_repaired(module, source, dest, manifest, s, args.export, data.test_x[:32])
+        strip = (manifest.get("detectors") or {}).get("strip")
+        if strip is not None:
+            exported["strip"] = recalibrate_strip(dest, strip, args)
     report = audit_report(args, cfg, data, s, exported, time.time() - t0)
     write_report(out, report, res.synth, res.prune_curve, res.candidates, res.repair_triggers)
     if not args.no_record:
