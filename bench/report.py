@@ -6,6 +6,8 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from training.evaluation.markdown import table
+
 V2_KINDS = ("v2-json", "v2-binary")
 # Issue 20, "Done when": the guard against the peer with the same load, on this machine.
 RATIO_1 = 1.0  # guard / peer at 1 image per request, concurrency 1, 8 and 32
@@ -259,3 +261,19 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| `{total['function']}` |"
             )
     return "\n".join(lines) + "\n"
+
+
+# README's table of issue 20's targets lies between these lines; bench.run rewrites it from
+# the report it writes (when it writes the shipped reports/bench/).
+README_BEGIN = "<!-- bench table: written by `make bench` from reports/bench/bench.json -->"
+README_END = "<!-- end of bench table -->"
+
+
+def readme_table(report: dict[str, Any]) -> list[str]:
+    """Issue 20's targets as the run judged them: target, cell, measured, status."""
+    return table(
+        ["target", "cell", "measured", "status"],
+        [[a["target"], a["cell"], a["measured"], a["status"]] for a in report["acceptance"]],
+        spaced=True,
+        align="llrl",
+    )

@@ -42,10 +42,11 @@ from bench.load import Body, run_wrk, wrk_binary, wrk_version
 from bench.mlserver import VENV as MLSERVER_VENV
 from bench.mlserver import run_mlserver
 from bench.processes import cpu_seconds, wait_idle
-from bench.report import acceptance, comparisons, markdown
+from bench.report import README_BEGIN, README_END, acceptance, comparisons, markdown, readme_table
 from service.runtime.modelset import ModelSet
 from service.settings import Settings
 from training import evidence
+from training.evaluation.markdown import replace_block
 
 REPO = Path(__file__).resolve().parents[1]
 # What the guard's side of the report lists.
@@ -352,6 +353,8 @@ def main(argv: list[str] | None = None) -> None:
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "bench.md").write_text(markdown(report))
     print(f"wrote {out / 'bench.md'} and {out / 'bench.json'}")
+    if out.resolve() == (REPO / "reports" / "bench").resolve():  # the shipped report: README too
+        replace_block(REPO / "README.md", README_BEGIN, README_END, readme_table(report))
     for a in report["acceptance"]:
         print(f"{a['status']:>4}  {a['target']}: {a['measured']}")
 

@@ -6,6 +6,7 @@ audit, joint, tuning, swaps) renders its tables here, and they keep the exact by
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 
 def pct(v: float) -> str:
@@ -54,3 +55,14 @@ def evidence_lines(report: dict, stage_seconds: dict[str, float]) -> list[str]:
         f"- wall time: {report['wall_seconds']:.0f} s" + (f" (stages: {stages})" if stages else ""),
         *([f"- note: {report['note']}"] if report.get("note") else []),
     ]
+
+
+def replace_block(path: Path, begin: str, end: str, lines: Sequence[str]) -> None:
+    """Rewrite the lines between the marker lines ``begin`` and ``end`` of the file at ``path``
+    (a generated table inside a hand-written page); ValueError when the markers are missing."""
+    text = path.read_text()
+    head, found, rest = text.partition(begin + "\n")
+    _, closed, tail = rest.partition(end)
+    if not (found and closed):
+        raise ValueError(f"{path} has no {begin!r} ... {end!r} block")
+    path.write_text(head + found + "".join(line + "\n" for line in lines) + closed + tail)

@@ -13,7 +13,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from training import config  # noqa: E402
-from training.evaluation.markdown import evidence_lines, pct, row, rule, table  # noqa: E402
+from training.evaluation.markdown import (  # noqa: E402
+    evidence_lines,
+    pct,
+    replace_block,
+    row,
+    rule,
+    table,
+)
 
 # The paper's figures (Section V, Figs 2-4): detection rate = accuracy on backdoor samples after
 # the AE; clean accuracy = accuracy on legitimate samples after the AE.
@@ -242,6 +249,68 @@ def with_swap(rep: dict, swap: dict) -> dict:
     }
 
 
+def shipped_test(rep: dict) -> dict:
+    """The test-set numbers of the decision the set ships (its rule, or its score at the
+    calibrated FPR)."""
+    d = rep["decision"]
+    key = (
+        "class_change"
+        if d["rule"] == "class_change"
+        else f"{d['score']}@fpr{d['calibration']['target_fpr']:g}"
+    )
+    return rep["results"][rep["shipped_ae"]]["test"][key]
+
+
+# The project README's table of the shipped sets lies between these lines; write_readme
+# rewrites it, so that README's figures are the reports' (tests/docs checks them too).
+SUMMARY_BEGIN = (
+    "<!-- detection table: written by `make reproduce` from reports/<set>/report.json -->"
+)
+SUMMARY_END = "<!-- end of detection table -->"
+SUMMARY_COLUMNS = (
+    "set",
+    "clean accuracy",
+    "attack success",
+    "detection",
+    "clean FPR",
+    "paper: detection / clean acc.",
+)
+
+
+def summary_table(reports: dict[str, dict]) -> list[str]:
+    """The project README's table: each shipped set's accuracy, attack success, detection and
+    FPR on the full test set, beside the paper's."""
+    rows = []
+    for name, rep in reports.items():
+        r = rep["results"][rep["shipped_ae"]]
+        t = shipped_test(rep)
+        p = PAPER.get(name)
+        paper = (
+            f"{100 * p['detection']:.1f} / {100 * p['clean_accuracy_after_ae']:.1f}" if p else "-"
+        )
+        rows.append(
+            [
+                f"`{name}`",
+                *(
+                    f"{pct(v)}%"
+                    for v in (
+                        r["clean_accuracy"],
+                        r["attack_success_rate"],
+                        t["detection_rate"],
+                        t["false_positive_rate"],
+                    )
+                ),
+                paper,
+            ]
+        )
+    return table(list(SUMMARY_COLUMNS), rows, spaced=True)
+
+
+def update_summary(readme_path: Path, reports: dict[str, dict]) -> None:
+    """Rewrite the table between SUMMARY_BEGIN and SUMMARY_END in ``readme_path``."""
+    replace_block(readme_path, SUMMARY_BEGIN, SUMMARY_END, summary_table(reports))
+
+
 README_COLUMNS = (
     "dataset",
     "clean acc.",
@@ -274,12 +343,7 @@ def readme(reports: dict[str, dict], expected: tuple[str, ...] = ()) -> str:
     for name, rep in reports.items():
         r = rep["results"][rep["shipped_ae"]]
         d = rep["decision"]
-        key = (
-            "class_change"
-            if d["rule"] == "class_change"
-            else f"{d['score']}@fpr{d['calibration']['target_fpr']:g}"
-        )
-        t = r["test"][key]
+        t = shipped_test(rep)
         shipped_rule = rule_text(d)
         p = PAPER.get(name)
         g = GOALS.get(name)
@@ -397,9 +461,12 @@ def readme(reports: dict[str, dict], expected: tuple[str, ...] = ()) -> str:
     return "\n".join(lines)
 
 
-def write_readme(reports_dir: Path, names: tuple[str, ...] | None = None) -> None:
+def write_readme(
+    reports_dir: Path, names: tuple[str, ...] | None = None, project_readme: Path | None = None
+) -> None:
     """reports_dir/README.md from every <name>/report.json there (with its swap report, if any);
-    `names`: the datasets expected, default the presets'."""
+    `names`: the datasets expected, default the presets'. With `project_readme`, its table of
+    the shipped sets is rewritten from the same reports."""
     names = tuple(config.PRESETS) if names is None else names
     reports = {}
     for name in names:
@@ -410,3 +477,5 @@ def write_readme(reports_dir: Path, names: tuple[str, ...] | None = None) -> Non
             if swap.is_file():
                 reports[name] = with_swap(reports[name], json.loads(swap.read_text()))
     (reports_dir / "README.md").write_text(readme(reports, names))
+    if project_readme is not None:
+        update_summary(project_readme, reports)
