@@ -16,7 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
+
+from contract.manifest import Manifest
 
 OPSET = 17
 TOL = 1e-4
@@ -141,6 +144,13 @@ def write_samples(
 
 
 def write_manifest(folder: Path, manifest: dict) -> Path:
+    """Write folder/manifest.json, field for field in the order given, once the contract's own
+    schema (contract.manifest.Manifest, what the service reads) accepts it: training cannot
+    write a manifest that the service would refuse."""
+    try:
+        Manifest.model_validate(manifest)
+    except ValidationError as exc:
+        raise ValueError(f"{folder}: the manifest breaks the model contract: {exc}") from exc
     path = folder / "manifest.json"
     path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
     return path
