@@ -24,10 +24,10 @@ from training import cli
 from training.config import PRESETS, Preset
 from training.data.datasets import load_dataset, split_train_val, to_float
 from training.data.triggers import Trigger
-from training.evaluation import model_set
 from training.evaluation import report as rep
+from training.evaluation import set_export
 from training.evaluation.evaluate import choose_decision, evaluate_pair
-from training.evaluation.model_set import N_SAMPLES, backdoor_entry, export_model_set
+from training.evaluation.set_export import N_SAMPLES, backdoor_entry, export_model_set
 from training.evaluation.strip import StripOptions, calibrate_model_set
 from training.evidence import hardware, versions
 from training.fit.autoencoder import train_autoencoder
@@ -157,7 +157,7 @@ def export_set(
     )
     onnx_runtime = exported["onnx_runtime"]
     log.info("%s ONNX Runtime on the test set: %s", name, onnx_runtime)
-    manifest = model_set.manifest(
+    manifest = set_export.manifest(
         name,
         f"BadNets-backdoored demo {cfg.arch} target with the {shipped} de-trigger "
         f"AE (Kwon, de-trigger autoencoder; {preset.autoencoders[shipped].arch}, trained on "
@@ -169,7 +169,7 @@ def export_set(
         preset.autoencoders[shipped].arch,
         ev.decision,
         backdoor_entry(pairs, cfg.poison_rate),
-        model_set.set_evaluation(
+        set_export.set_evaluation(
             pairs,
             [ev.results[shipped]],
             ev.decision,

@@ -51,7 +51,7 @@ from training.config import (
 )
 from training.data.attack_suite import DEFAULT_SUITE, Attack, SuiteError, load_suite, select
 from training.data.datasets import DATASETS, load_dataset, split_train_val, to_float
-from training.evaluation import model_set
+from training.evaluation import set_export
 from training.evaluation.evaluate import choose_decision_pairs, evaluate_pairs
 from training.evaluation.markdown import table
 from training.evidence import hardware, versions
@@ -211,7 +211,7 @@ def run_attack(
     results = [r for r, _ in evaluated]
 
     out = Path(args.out) / dataset / attack.name
-    exported = model_set.export_model_set(
+    exported = set_export.export_model_set(
         out,
         target,
         ae,
@@ -222,11 +222,11 @@ def run_attack(
         [raw["logits"] for _, raw in evaluated],
     )
     report_path = Path(args.out) / dataset / "reports" / f"{attack.name}.json"
-    evaluation = model_set.set_evaluation(
+    evaluation = set_export.set_evaluation(
         pairs, results, decision, preset.target_fpr, exported["onnx_runtime"], str(report_path)
     )
     training = training_record(preset, cfg, ae_cfg, attack, len(va), Path(args.suite))
-    manifest = model_set.manifest(
+    manifest = set_export.manifest(
         f"{dataset}-{attack.name}",
         f"Attack suite: {attack.description} {cfg.arch} target"
         f"{' fine-tuned from ' + cfg.init_from if cfg.init_from else ''}, "
@@ -237,7 +237,7 @@ def run_attack(
         cfg.arch,
         ae_cfg.arch,
         decision,
-        model_set.backdoor_entry(pairs, attack.poison_rate),
+        set_export.backdoor_entry(pairs, attack.poison_rate),
         evaluation,
         training,
         versions(),

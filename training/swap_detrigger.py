@@ -32,7 +32,7 @@ from training import cli
 from training.config import PRESETS, AEConfig, run_name
 from training.data.datasets import load_dataset, split_train_val, to_float
 from training.data.triggers import backdoor_pairs
-from training.evaluation import model_set
+from training.evaluation import set_export
 from training.evaluation.evaluate import choose_decision_pairs, evaluate_pairs
 from training.evaluation.markdown import pct, table
 from training.evaluation.report import rule_text, write_readme
@@ -167,9 +167,9 @@ def swap(
 
     ae_file = manifest["detrigger"]["file"]
     ae_entry = export_and_check(
-        ae, model_set.parity_batch(test_x, pairs), folder / ae_file, "images", "images_out"
+        ae, set_export.parity_batch(test_x, pairs), folder / ae_file, "images", "images_out"
     )
-    checks = model_set.decision_checks(
+    checks = set_export.decision_checks(
         folder, test_x, test.labels, pairs, decision, [raw["logits"] for _, raw in evaluated]
     )
     log.info("%s ONNX Runtime on the test set: %s", folder, checks["onnx_runtime"])
@@ -180,7 +180,7 @@ def swap(
         description=description(manifest["description"], ae_name, cfg),
         detrigger={**ae_entry, "architecture": cfg.arch},
         decision=decision,
-        evaluation=model_set.set_evaluation(
+        evaluation=set_export.set_evaluation(
             pairs,
             results,
             decision,

@@ -396,7 +396,7 @@ def poison_dataset_multi(
 
 def manifest_backdoors(manifest: dict) -> list[dict]:
     """A manifest's backdoor as a list of {"target_class", "trigger"} entries: its
-    `backdoor.attacks` (several pairs, training/evaluation/model_set.py writes them), else its
+    `backdoor.attacks` (several pairs, training/evaluation/set_export.py writes them), else its
     single pair;
     empty for a set with no recorded backdoor."""
     backdoor = manifest.get("backdoor") or {}
