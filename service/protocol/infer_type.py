@@ -257,8 +257,10 @@ class InferTensor:
         params = parameters_from_grpc(msg.parameters)
         count = math.prod(shape)
         dtype = DATATYPES[datatype]
+        array: np.ndarray
         if raw is not None:
-            if msg.HasField("contents"):
+            if msg.HasField("contents") and msg.contents.ListFields():
+                # (An empty contents message beside raw contents, as MLServer sends, is none.)
                 raise _bad_grpc(f"{where} has both contents and raw contents")
             if datatype == "BYTES":
                 array = np.empty(count, dtype=object)

@@ -116,3 +116,14 @@ def test_unusable_response_is_a_value_error() -> None:
     msg.raw_output_contents.append(b"\x00" * 4)
     with pytest.raises(ValueError, match="needs 24"):
         InferResponse.from_grpc(msg)
+
+
+def test_contents_and_raw_contents_together_are_refused() -> None:
+    msg = _request()
+    msg.inputs[0].contents.fp32_contents.extend([0.0, 1.0])
+    msg.raw_input_contents.append(b"\x00" * 8)
+    with pytest.raises(InvalidRequest, match="both contents and raw contents"):
+        InferRequest.from_grpc(msg)
+    msg.inputs[0].contents.Clear()  # an empty contents message (MLServer sends one) is none
+    msg.inputs[0].contents.SetInParent()
+    assert InferRequest.from_grpc(msg).inputs[0].data.shape == (1, 2)
