@@ -90,6 +90,9 @@ class GuardServicer(pb_grpc.GRPCInferenceServiceServicer):
             if retry_after is not None:
                 trailing.append(("retry-after", str(retry_after)))
             trailing.append(("guard-error-type", exc.kind))
+        except asyncio.CancelledError:
+            status, code = 499, grpc.StatusCode.CANCELLED  # the caller went away (nginx: 499)
+            raise
         except Exception:
             # A bug: never echo it to the caller.
             logger.exception("unhandled error", extra={"rpc": rpc})
