@@ -163,6 +163,8 @@ def mnist_guard(mlserver: RunningMLServer) -> Iterator[RunningServer]:
     env = {
         "GUARD_UPSTREAMS": json.dumps(config),
         "GUARD_UPSTREAM_PROBE_INTERVAL_S": "0.3",
+        "GUARD_UPSTREAM_CONNECT_TIMEOUT_S": "0.5",
+        "GUARD_UPSTREAM_READ_TIMEOUT_S": "1.0",
         "GUARD_INTRA_OP_THREADS": "1",
     }
     with serve([SHIPPED_MNIST], env, timeout=120) as server:
@@ -195,3 +197,29 @@ def test_in_front_of_mlserver_grpc(mlserver: RunningMLServer, mnist_guard: Runni
         value(samples, "guard_upstream_request_duration_seconds_count", model="mnist", outcome="ok")
         >= 2
     )
+
+
+def test_a_slow_grpc_upstream_is_deadline_exceeded(
+    mlserver: RunningMLServer, mnist_guard: RunningServer
+) -> None:
+    """The guard's deadline on the upstream call is connect + read timeout (1.5 s here); past
+    it the caller gets DEADLINE_EXCEEDED (504 upstream_timeout), not the upstream's 5 s."""
+    before = value(
+        scrape(mnist_guard.url), "guard_upstream_errors_total", model="mnist", kind="timeout"
+    )
+    mlserver.slow_down(5.0)
+    try:
+        with tg.InferenceServerClient(mnist_guard.grpc_target) as client:
+            started = time.monotonic()
+            with pytest.raises(InferenceServerException) as info:
+                client.infer("target", [fp32(mnist_x(False))], "1")
+            took = time.monotonic() - started
+    finally:
+        mlserver.speed_up()
+    assert info.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    assert "did not answer within 1.5 s" in info.value.message()
+    assert 1.4 < took < 4.0
+    after = value(
+        scrape(mnist_guard.url), "guard_upstream_errors_total", model="mnist", kind="timeout"
+    )
+    assert after - before == 1
