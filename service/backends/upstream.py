@@ -84,6 +84,8 @@ def _error_text(response: httpx.Response) -> str:
 
 
 class UpstreamClient:
+    answered_ok = "200 with a body"  # how an error message names a successful answer
+
     def __init__(
         self,
         http: httpx.AsyncClient,
@@ -150,7 +152,7 @@ class UpstreamClient:
                 self.breaker.record_failure()
                 self._error("invalid_response")
                 raise UpstreamFailed(
-                    f"{self.describe()} answered 200 with a body that is not a usable V2 "
+                    f"{self.describe()} answered {self.answered_ok} that is not a usable V2 "
                     f"inference response: {exc}"
                 ) from exc
             self.breaker.record_success()

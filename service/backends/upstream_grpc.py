@@ -49,6 +49,8 @@ MAX_ANSWER_BYTES = 256 * 1024 * 1024
 
 
 class GrpcUpstreamClient(UpstreamClient):
+    answered_ok = "OK with a message"
+
     def __init__(
         self,
         http: httpx.AsyncClient,

@@ -9,8 +9,10 @@ import io
 import json
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -20,6 +22,8 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from bench.mlserver import RunningMLServer, run_mlserver
+from service.protocol.grpc import grpc_predict_v2_pb2 as pb
+from service.protocol.grpc import grpc_predict_v2_pb2_grpc as pb_grpc
 from tests.support.promtext import scrape, value
 from tests.support.samples import SHIPPED_MNIST, load_samples
 from tests.support.server import RunningServer, serve
@@ -147,6 +151,52 @@ def test_an_unreachable_upstream_opens_the_breaker(tiny_set: Path, upstream: Run
         samples = scrape(lonely.url)
         assert value(samples, "guard_upstream_errors_total", model="tiny", kind="connect") == 2
         assert value(samples, "guard_upstream_breaker_state", model="tiny") == 2
+
+
+class NonFiniteUpstream(pb_grpc.GRPCInferenceServiceServicer):
+    """A gRPC V2 server that is ready and answers NaN logits, raw, for every row it is sent."""
+
+    def ModelReady(self, request: object, context: object) -> object:  # noqa: N802
+        return pb.ModelReadyResponse(ready=True)
+
+    def ModelMetadata(self, request: object, context: object) -> object:  # noqa: N802
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name="tiny",
+            inputs=[tensor(name="images", datatype="FP32", shape=[-1, 1, 28, 28])],
+            outputs=[tensor(name="logits", datatype="FP32", shape=[-1, 10])],
+        )
+
+    def ModelInfer(self, request: pb.ModelInferRequest, context: object) -> object:  # noqa: N802
+        rows = request.inputs[0].shape[0]
+        answer = pb.ModelInferResponse(model_name="tiny")
+        answer.outputs.add(name="logits", datatype="FP32", shape=[rows, 10])
+        answer.raw_output_contents.append(np.full((rows, 10), np.nan, np.float32).tobytes())
+        return answer
+
+
+def test_a_non_finite_grpc_answer_is_never_passed_on(tiny_set: Path) -> None:
+    """The REST client's answer checks hold over gRPC: NaN logits are the upstream's failure
+    (502 upstream_error, as UNAVAILABLE), counted as invalid_response; no verdict, no answer."""
+    fake = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(NonFiniteUpstream(), fake)
+    port = fake.add_insecure_port("127.0.0.1:0")
+    fake.start()
+    try:
+        with serve([tiny_set], proxy_env(f"grpc://127.0.0.1:{port}", "tiny")) as guard:
+            with (
+                tg.InferenceServerClient(guard.grpc_target) as client,
+                pytest.raises(InferenceServerException) as info,
+            ):
+                client.infer("tiny", [fp32(tiny_images())])
+            samples = scrape(guard.url)
+    finally:
+        fake.stop(None)
+    assert info.value.status() == "StatusCode.UNAVAILABLE"
+    assert "answered OK with a message that is not a usable V2" in info.value.message()
+    assert "non-finite logits" in info.value.message()
+    kind = {"model": "tiny", "kind": "invalid_response"}
+    assert value(samples, "guard_upstream_errors_total", **kind) == 1
 
 
 # --- in front of MLServer's gRPC port ---------------------------------------------------------
