@@ -10,7 +10,7 @@ DATA_DIR ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test test-fast reproduce detection-report bench soak lint typecheck clean mlserver-venv docker-smoke hooks
+.PHONY: serve test test-fast reproduce detection-report bench soak lint typecheck clean mlserver-venv docker-smoke hooks grpc-stubs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -93,6 +93,10 @@ docker-smoke:
 ## a blank line, then a body that says why)
 hooks:
 	git config core.hooksPath .githooks
+
+## grpc-stubs: regenerate service/protocol/grpc/*_pb2*.py from grpc_predict_v2.proto (committed)
+grpc-stubs: $(VENV)/.dev
+	$(PY) -m service.protocol.grpc.generate
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .

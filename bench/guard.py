@@ -32,8 +32,12 @@ class RunningGuard:
 
 
 def guard_env(model_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of the guard: ours, GUARD_MODELS = [model_dir], then ``extra``."""
-    env = {**os.environ, "GUARD_MODELS": json.dumps([str(model_dir)]), "PYTHONUNBUFFERED": "1"}
+    """The environment of the guard: ours, GUARD_MODELS = [model_dir], then ``extra``. The
+    benchmark measures REST: no gRPC server, whose port 8001 a running ``make serve`` holds."""
+    env = {
+        **os.environ, "GUARD_MODELS": json.dumps([str(model_dir)]), "PYTHONUNBUFFERED": "1",
+        "GUARD_GRPC_PORT": "0",
+    }  # fmt: skip
     env.update(extra or {})
     return env
 

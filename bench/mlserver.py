@@ -74,6 +74,12 @@ class RunningMLServer:
     exe: Path
     runtime_env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = field(default=None)
+    grpc_port: int = 0  # its V2 gRPC server (tests/sidecar/test_proxy_grpc.py)
+
+    @property
+    def grpc_url(self) -> str:
+        """The gRPC endpoint as GUARD_UPSTREAMS takes it (protocol grpc)."""
+        return f"grpc://127.0.0.1:{self.grpc_port}"
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -163,7 +169,7 @@ def run_mlserver(
     options = runtime_env(intra_op_threads, inter_op_threads, spinning, test_hooks)
     server = RunningMLServer(
         f"http://127.0.0.1:{port}", model, version, port, work / "mlserver.log",
-        work / "slow", repo, exe, options,
+        work / "slow", repo, exe, options, grpc_port=grpc,
     )  # fmt: skip
     try:
         server.start()

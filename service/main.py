@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 
-from service.api import classify, health, models, scrape, v2
+from service.api import classify, health, models, scrape, v2, v2_grpc
 from service.api.error_responses import add_exception_handlers
 from service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.api.schemas import ClassifyJSONRequest
@@ -73,9 +73,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await repository.start()
+        # V2 over gRPC, on this event loop, calling the same data plane as the REST routes.
+        grpc_server = None
         try:
+            if settings.grpc_port:
+                grpc_server = await v2_grpc.start_server(app.state.dataplane, settings, metrics)
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=v2_grpc.STOP_GRACE_S)
             await repository.stop()
             guard.stop()
 

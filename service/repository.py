@@ -23,6 +23,7 @@ from contract.manifest import read_manifest
 from service.backends.local import LocalBackend
 from service.backends.proxy import ProxyBackend
 from service.backends.upstream import UpstreamClient, new_http_client
+from service.backends.upstream_grpc import GrpcUpstreamClient
 from service.engine import BatchEngine
 from service.metrics import Metrics
 from service.runtime.modelset import ModelSet
@@ -165,7 +166,8 @@ class ModelRepository:
         if upstream is None or self.http is None:
             backend = LocalBackend(model_set)
         else:
-            client = UpstreamClient(self.http, upstream, s, self.metrics, name)
+            transport = GrpcUpstreamClient if upstream.protocol == "grpc" else UpstreamClient
+            client = transport(self.http, upstream, s, self.metrics, name)
             backend = ProxyBackend(model_set, client, s.upstream_probe_interval_s)
         return BatchEngine(
             name,

@@ -73,14 +73,38 @@ class Upstream(BaseModel):
         description="Send inputs and ask for outputs as binary tensor data (Triton, KServe); "
         "MLServer's REST server takes JSON only.",
     )
+    protocol: Literal["rest", "grpc"] = Field(
+        "rest",
+        description="How the guard talks to the upstream: V2 over REST (url http(s)://...) or "
+        "over gRPC (url grpc://host:port, plaintext; inputs in raw contents).",
+    )
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         value = value.rstrip("/")
-        if not value.startswith(("http://", "https://")) or "?" in value or "#" in value:
-            raise ValueError("url must be an http:// or https:// base URL without query")
+        if "?" in value or "#" in value or not value.startswith(("http://", "https://", "grpc://")):
+            raise ValueError(
+                "url must be an http:// or https:// base URL (protocol rest) or grpc://host:port "
+                "(protocol grpc), without query"
+            )
         return value
+
+    @model_validator(mode="after")
+    def _url_fits_protocol(self) -> Upstream:
+        is_grpc = self.url.startswith("grpc://")
+        if is_grpc != (self.protocol == "grpc"):
+            raise ValueError(
+                f"url {self.url!r} does not fit protocol {self.protocol!r}: protocol grpc takes "
+                "grpc://host:port, protocol rest an http(s):// URL"
+            )
+        if is_grpc and ("/" in self.url.removeprefix("grpc://") or not self.grpc_target()):
+            raise ValueError("a grpc:// url is grpc://host:port, without a path")
+        return self
+
+    def grpc_target(self) -> str:
+        """host:port of a grpc:// url."""
+        return self.url.removeprefix("grpc://")
 
 
 def _split_list(value: Any) -> Any:
@@ -190,6 +214,20 @@ class Settings(BaseSettings):
     protect_metrics: bool = Field(default=False, description="Require the API key on /metrics.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
+    )
+
+    # --- V2 over gRPC ---------------------------------------------------------------------------
+    grpc_port: int = Field(
+        default=8001,
+        ge=0,
+        le=65535,
+        description="Port of the V2 gRPC server (KServe's GRPCInferenceService), served beside "
+        "REST in the same process; 0 turns it off.",
+    )
+    grpc_host: str = Field(
+        default="127.0.0.1",
+        min_length=1,
+        description="Address the V2 gRPC server binds (0.0.0.0 in a container).",
     )
 
     # --- proxy mode (sidecar) ------------------------------------------------------------------

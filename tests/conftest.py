@@ -6,6 +6,7 @@ the benchmark can import them directly.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,10 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Apps built in the test process (TestClient) serve no gRPC: its default port, 8001, is shared
+# by every test session on the machine. tests/support/server.py gives each real server a free
+# port; gRPC tests ask for one.
+os.environ.setdefault("GUARD_GRPC_PORT", "0")
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 

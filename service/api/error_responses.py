@@ -5,12 +5,15 @@ Every error body has the same shape::
     {"error": {"type": "invalid_image", "message": "...", "accepted": "..."}, "request_id": "..."}
 
 except on the KServe V2 routes, which answer in the protocol's shape, ``{"error": "..."}``.
+V2 over gRPC answers the same errors with a gRPC status code: the HTTP status of the one table,
+then ``GRPC_CODE`` (service/api/v2_grpc.py).
 """
 
 from __future__ import annotations
 
 import logging
 
+import grpc
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -71,6 +74,31 @@ STATUS: dict[type[GuardError], int] = {
     ModelLoadError: 503,
     GuardError: 500,
 }
+
+
+# The HTTP status of the table above -> the gRPC status code of the same error, as KServe's
+# and Triton's gRPC servers answer (400 INVALID_ARGUMENT, 404 NOT_FOUND, 503 UNAVAILABLE) and,
+# where they have no such error, as gRPC's HTTP mapping and Envoy do (401, 403, 502). Never
+# UNKNOWN or INTERNAL for a domain error: INTERNAL is a 500, a bug.
+GRPC_CODE: dict[int, grpc.StatusCode] = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    401: grpc.StatusCode.UNAUTHENTICATED,
+    403: grpc.StatusCode.PERMISSION_DENIED,  # mode block refused a flagged image
+    404: grpc.StatusCode.NOT_FOUND,
+    # Too large: what gRPC itself answers for a message over the receive limit.
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    415: grpc.StatusCode.INVALID_ARGUMENT,
+    422: grpc.StatusCode.INVALID_ARGUMENT,
+    # The upstream failed or is unreachable: retryable elsewhere, as gRPC maps 502 and 503.
+    502: grpc.StatusCode.UNAVAILABLE,
+    503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+    500: grpc.StatusCode.INTERNAL,
+}
+
+
+def grpc_code_of(status: int) -> grpc.StatusCode:
+    return GRPC_CODE.get(status, grpc.StatusCode.INTERNAL)
 
 
 def status_of(exc: GuardError) -> int:

@@ -24,6 +24,11 @@ REQUEST_ID_HEADER = "x-request-id"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
+def request_id_from(incoming: str) -> str:
+    """The caller's request id when it is safe to log and echo, else a new one."""
+    return incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+
+
 def _route_template(scope: Scope, routes: Sequence[BaseRoute]) -> str:
     """The matched route's template; bounded: never the raw path."""
     route = scope.get("route")
@@ -48,7 +53,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = dict(scope["headers"]).get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1")
-        request_id = incoming if _SAFE_ID.match(incoming) else uuid.uuid4().hex
+        request_id = request_id_from(incoming)
         token = request_id_var.set(request_id)
         status = 500
         response_started = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import Request, Security
@@ -31,7 +32,9 @@ def key_matches(given: str, settings: Settings) -> bool:
     return found
 
 
-def _check(given: str | None, settings: Settings) -> None:
+def check_key(given: str | None, settings: Settings) -> None:
+    """Unauthorized unless ``given`` is a configured key (no check when none is configured);
+    REST's dependencies below and the gRPC server's metadata use it alike."""
     if not settings.api_keys:
         return
     if not given:
@@ -40,28 +43,34 @@ def _check(given: str | None, settings: Settings) -> None:
         raise Unauthorized("the API key is not valid")
 
 
-def _from_headers(request: Request) -> str | None:
-    key = request.headers.get("x-api-key")
+def key_from_headers(headers: Mapping[str, str]) -> str | None:
+    """The key from ``x-api-key`` or ``authorization: Bearer <key>`` (lower-case names, as
+    Starlette's headers and gRPC metadata have them)."""
+    key = headers.get("x-api-key")
     if key:
         return key
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    scheme, _, credentials = headers.get("authorization", "").partition(" ")
     return credentials.strip() if scheme.lower() == "bearer" else None
+
+
+def _from_headers(request: Request) -> str | None:
+    return key_from_headers(request.headers)
 
 
 async def require_api_key(
     settings: SettingsDep, api_key: ApiKeyHeader, bearer: BearerCredentials
 ) -> None:
     """For the API routes: the key when GUARD_API_KEYS is set (shown in the OpenAPI document)."""
-    _check(api_key or (bearer.credentials if bearer else None), settings)
+    check_key(api_key or (bearer.credentials if bearer else None), settings)
 
 
 async def require_key_for_health(request: Request, settings: SettingsDep) -> None:
     """For /healthz and /readyz: only when GUARD_PROTECT_HEALTH is on."""
     if settings.protect_health:
-        _check(_from_headers(request), settings)
+        check_key(_from_headers(request), settings)
 
 
 async def require_key_for_metrics(request: Request, settings: SettingsDep) -> None:
     """For /metrics: only when GUARD_PROTECT_METRICS is on."""
     if settings.protect_metrics:
-        _check(_from_headers(request), settings)
+        check_key(_from_headers(request), settings)

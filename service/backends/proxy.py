@@ -53,6 +53,7 @@ class ProxyBackend:
             self._prober.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._prober
+        await self.upstream.close()
 
     async def _probe_loop(self) -> None:
         while True:

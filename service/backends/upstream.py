@@ -58,7 +58,7 @@ def forwarded_headers(incoming: Mapping[str, str], allow: list[str]) -> dict[str
     return out
 
 
-def _model_metadata(obj: Any) -> dict[str, Any]:
+def model_metadata(obj: Any) -> dict[str, Any]:
     """The upstream's model metadata, checked as far as the guard reads it: an object whose
     ``inputs`` and ``outputs``, where present, are lists of objects with a string name."""
     if not isinstance(obj, dict):
@@ -84,6 +84,8 @@ def _error_text(response: httpx.Response) -> str:
 
 
 class UpstreamClient:
+    answered_ok = "200 with a body"  # how an error message names a successful answer
+
     def __init__(
         self,
         http: httpx.AsyncClient,
@@ -139,28 +141,18 @@ class UpstreamClient:
                 retry_after=self.breaker.retry_after(),
             ) from exc
         rows = request.inputs[0].shape[0]
-        body, header_length = request.to_rest(binary=self.config.binary)
         send_headers = forwarded_headers(headers, self.settings.upstream_forward_headers)
-        if header_length is None:
-            send_headers["content-type"] = "application/json"
-        else:
-            send_headers["content-type"] = "application/octet-stream"
-            send_headers[HEADER_LENGTH] = str(header_length)
         started = time.perf_counter()
         outcome = "error"
         try:
-            response = await self._post(body, send_headers)
             try:
-                raw_length = response.headers.get(HEADER_LENGTH)
-                parsed = InferResponse.from_rest(
-                    response.content, None if raw_length is None else int(raw_length)
-                )
+                parsed = await self._exchange(request, send_headers)
                 logits = self._logits(parsed, rows, classes)
             except ValueError as exc:
                 self.breaker.record_failure()
                 self._error("invalid_response")
                 raise UpstreamFailed(
-                    f"{self.describe()} answered 200 with a body that is not a usable V2 "
+                    f"{self.describe()} answered {self.answered_ok} that is not a usable V2 "
                     f"inference response: {exc}"
                 ) from exc
             self.breaker.record_success()
@@ -174,6 +166,25 @@ class UpstreamClient:
             self.metrics.upstream_duration.labels(model=self.label, outcome=outcome).observe(
                 time.perf_counter() - started
             )
+
+    async def _exchange(self, request: InferRequest, headers: dict[str, str]) -> InferResponse:
+        """Send one inference request; its answer, a typed error of the transport, or
+        ValueError for an answer that is not a V2 inference response. (The gRPC client,
+        upstream_grpc.py, replaces this and the probe.)"""
+        body, header_length = request.to_rest(binary=self.config.binary)
+        if header_length is None:
+            headers["content-type"] = "application/json"
+        else:
+            headers["content-type"] = "application/octet-stream"
+            headers[HEADER_LENGTH] = str(header_length)
+        response = await self._post(body, headers)
+        raw_length = response.headers.get(HEADER_LENGTH)
+        return InferResponse.from_rest(
+            response.content, None if raw_length is None else int(raw_length)
+        )
+
+    async def close(self) -> None:
+        """The REST client shares the repository's pooled HTTP client: nothing of its own."""
 
     async def _post(self, body: bytes, headers: dict[str, str]) -> httpx.Response:
         """POST .../infer; a 200 response, or the typed error of what went wrong."""
@@ -257,13 +268,17 @@ class UpstreamClient:
             meta = await self.http.get(self.model_url, timeout=timeout)
             if meta.status_code != 200:
                 raise ValueError(f"model metadata answered {meta.status_code}")
-            self.metadata = _model_metadata(load_json(meta.content))
+            self.metadata = model_metadata(load_json(meta.content))
         except (httpx.HTTPError, ValueError) as exc:
             # Not ready. The last good metadata, if any, stays: tensor names do not vanish
             # with a blip.
             ready, reason = False, f"{self.describe()}: {type(exc).__name__}: {exc}"
         else:
             ready, reason = True, "ready"
+        return self._probed(ready, reason)
+
+    def _probed(self, ready: bool, reason: str) -> bool:
+        """Record a probe's outcome: the state, the reason, the gauge, a log line on change."""
         if ready != self.ready:
             log = logger.info if ready else logger.warning
             log(

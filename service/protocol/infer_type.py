@@ -1,10 +1,16 @@
-"""The ONE internal tensor type of the V2 protocol, with ``from_rest`` / ``to_rest`` at the edge.
+"""The ONE internal tensor type of the V2 protocol, with ``from_rest`` / ``to_rest`` and
+``from_grpc`` / ``to_grpc`` at the edges.
 
 A REST body is JSON, optionally followed by raw tensor bytes (the binary tensor data extension):
 the ``Inference-Header-Content-Length`` header gives the JSON's length, and each tensor whose
 ``parameters.binary_data_size`` is set takes that many bytes from what follows, in order. BYTES
 elements are a 4-byte little-endian length and the bytes, in both forms of the extension.
 Nothing here knows about HTTP; callers pass the body bytes and the header's value.
+
+Over gRPC (service/protocol/grpc/grpc_predict_v2.proto) a tensor's data is either typed
+(``contents``: the repeated field of its datatype) or raw (``raw_input_contents`` /
+``raw_output_contents``, one entry per tensor, laid out as binary tensor data). Parameters are
+InferParameter values: bool, int64 or string; the guard sends a float as its text.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from contract.errors import InvalidParameter, InvalidRequest
+from service.protocol.grpc import grpc_predict_v2_pb2 as pb
 
 DATATYPES: dict[str, np.dtype[Any]] = {
     "BOOL": np.dtype(np.bool_),
@@ -41,6 +48,26 @@ V2_ACCEPTS = (
     "parameters.binary_data_size}], outputs?}, optionally followed by binary tensor data with "
     "the Inference-Header-Content-Length header; datatypes " + ", ".join(DATATYPES)
 )
+V2_GRPC_ACCEPTS = (
+    "a V2 ModelInferRequest: inputs [{name, datatype, shape, contents?}], each input's data in "
+    "its typed contents field or in raw_input_contents (one entry per input, or none); "
+    "datatypes " + ", ".join(DATATYPES)
+)
+# The typed contents field of each datatype (FP16 travels raw only).
+GRPC_CONTENTS = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
 
 
 # numpy arrays have at most 64 dimensions and 2**63 elements; no image tensor needs more than
@@ -216,6 +243,115 @@ class InferTensor:
             obj["data"] = flat.tolist()
         return obj, b""
 
+    @classmethod
+    def from_grpc(cls, msg: Any, raw: bytes | None, where: str) -> InferTensor:
+        """One gRPC tensor (an input or output tensor message); ``raw`` is its entry of the
+        raw contents, None when the request sends typed contents."""
+        name, datatype, shape = msg.name, msg.datatype, list(msg.shape)
+        if not name:
+            raise _bad_grpc(f"{where}.name must be a non-empty string")
+        if datatype not in DATATYPES:
+            raise _bad_grpc(f"{where}.datatype {datatype!r} is not one of {list(DATATYPES)}")
+        if len(shape) > MAX_DIMS or not all(0 <= d <= MAX_DIM for d in shape):
+            raise _bad_grpc(f"{where}.shape must be at most {MAX_DIMS} integers in [0, {MAX_DIM}]")
+        params = parameters_from_grpc(msg.parameters)
+        count = math.prod(shape)
+        dtype = DATATYPES[datatype]
+        array: np.ndarray
+        if raw is not None:
+            if msg.HasField("contents") and msg.contents.ListFields():
+                # (An empty contents message beside raw contents, as MLServer sends, is none.)
+                raise _bad_grpc(f"{where} has both contents and raw contents")
+            if datatype == "BYTES":
+                array = np.empty(count, dtype=object)
+                array[:] = _split_bytes(raw, count, where)
+            else:
+                if len(raw) != count * dtype.itemsize:
+                    raise _bad_grpc(
+                        f"{where}: {len(raw)} bytes of raw contents, the shape {shape} of "
+                        f"{datatype} needs {count * dtype.itemsize}"
+                    )
+                array = np.frombuffer(raw, dtype=dtype).copy()
+        else:
+            field_name = GRPC_CONTENTS.get(datatype)
+            if field_name is None:
+                raise _bad_grpc(f"{where}: {datatype} travels only in raw contents")
+            values = getattr(msg.contents, field_name)
+            if len(values) != count:
+                raise _bad_grpc(
+                    f"{where}.contents.{field_name} has {len(values)} elements, the shape says "
+                    f"{count}"
+                )
+            if datatype == "BYTES":
+                array = np.empty(count, dtype=object)
+                array[:] = [bytes(v) for v in values]
+            else:
+                wide = np.asarray(values)
+                if wide.size and dtype.kind in "iu":
+                    info = np.iinfo(dtype)
+                    low, high = int(wide.min()), int(wide.max())
+                    if low < info.min or high > info.max:
+                        raise _bad_grpc(
+                            f"{where}.contents holds {low if low < info.min else high}, "
+                            f"outside the {datatype} range [{info.min}, {info.max}]"
+                        )
+                array = wide.astype(dtype)
+        try:
+            array = array.reshape(shape)
+        except ValueError as exc:
+            raise _bad_grpc(f"{where}.shape {shape} cannot hold a tensor: {exc}") from exc
+        return cls(name, datatype, shape, array, params, raw is not None)
+
+    def to_grpc(self, msg: Any, raw: bool) -> bytes:
+        """Fill a gRPC tensor message; returns its raw contents when ``raw`` (else b"" and the
+        typed contents are set). FP16 is always raw."""
+        msg.name, msg.datatype = self.name, self.datatype
+        msg.shape.extend(int(d) for d in self.shape)
+        params = {k: v for k, v in self.parameters.items() if k != BINARY_DATA_SIZE}
+        parameters_to_grpc(params, msg.parameters)
+        flat = self.data.reshape(-1)
+        if raw or self.datatype not in GRPC_CONTENTS:
+            if self.datatype == "BYTES":
+                return _join_bytes(flat)
+            return np.ascontiguousarray(flat, dtype=DATATYPES[self.datatype]).tobytes()
+        target = getattr(msg.contents, GRPC_CONTENTS[self.datatype])
+        if self.datatype == "BYTES":
+            target.extend(b.encode("utf-8") if isinstance(b, str) else bytes(b) for b in flat)
+        else:
+            target.extend(flat.tolist())
+        return b""
+
+
+def _bad_grpc(message: str) -> InvalidRequest:
+    return InvalidRequest(message, accepted=V2_GRPC_ACCEPTS)
+
+
+def parameters_from_grpc(params: Any) -> dict[str, Any]:
+    """A map of InferParameter -> plain values (bool, int or str; unset: None)."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        choice = value.WhichOneof("parameter_choice")
+        out[key] = None if choice is None else getattr(value, choice)
+    return out
+
+
+def parameters_to_grpc(params: Mapping[str, Any], target: Any) -> None:
+    """Plain values -> a map of InferParameter. bool, int and str keep their kind; anything
+    else (a float such as the verdict's threshold) goes as its text; None is left out."""
+    for key, value in params.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            target[key].bool_param = value
+        elif isinstance(value, int) and -(2**63) <= value < 2**63:
+            target[key].int64_param = value
+        elif isinstance(value, str):
+            target[key].string_param = value
+        else:
+            target[key].string_param = json.dumps(value, default=str)
+
 
 def _json_data(
     data: Any, dtype: np.dtype[Any], datatype: str, count: int, where: str
@@ -345,6 +481,42 @@ class InferRequest:
             return head_bytes, None
         return head_bytes + b"".join(chunks), len(head_bytes)
 
+    @classmethod
+    def from_grpc(cls, msg: Any) -> InferRequest:
+        """Parse a ModelInferRequest (model name and version are the caller's to read)."""
+        if not msg.inputs:
+            raise _bad_grpc("inputs must be a non-empty list")
+        raw = list(msg.raw_input_contents)
+        if raw and len(raw) != len(msg.inputs):
+            raise _bad_grpc(
+                f"{len(raw)} raw_input_contents for {len(msg.inputs)} inputs; give one per "
+                "input, or none"
+            )
+        inputs = [
+            InferTensor.from_grpc(tensor, raw[i] if raw else None, f"inputs[{i}]")
+            for i, tensor in enumerate(msg.inputs)
+        ]
+        outputs = None
+        if msg.outputs:
+            outputs = [
+                RequestedOutput(o.name, parameters_from_grpc(o.parameters)) for o in msg.outputs
+            ]
+        return cls(inputs, msg.id or None, parameters_from_grpc(msg.parameters), outputs)
+
+    def to_grpc(self, model_name: str, model_version: str | None) -> Any:
+        """A ModelInferRequest with every input in raw contents, as the guard sends it to an
+        upstream."""
+        msg = pb.ModelInferRequest(model_name=model_name, model_version=model_version or "")
+        if self.id is not None:
+            msg.id = self.id
+        parameters_to_grpc(self.parameters, msg.parameters)
+        for tensor in self.inputs:
+            msg.raw_input_contents.append(tensor.to_grpc(msg.inputs.add(), raw=True))
+        for wanted in self.outputs or []:
+            out = msg.outputs.add(name=wanted.name)
+            parameters_to_grpc(wanted.parameters, out.parameters)
+        return msg
+
     def wants_binary(self, output_name: str) -> bool:
         """Whether the caller asked for this output as binary tensor data."""
         for wanted in self.outputs or []:
@@ -392,6 +564,42 @@ class InferResponse:
             None if obj.get("id") is None else str(obj["id"]),
             dict(params) if isinstance(params, dict) else {},
         )
+
+    @classmethod
+    def from_grpc(cls, msg: Any) -> InferResponse:
+        """Parse a ModelInferResponse (from an upstream server). Raises ValueError when it is
+        not a usable one."""
+        raw = list(msg.raw_output_contents)
+        if raw and len(raw) != len(msg.outputs):
+            raise ValueError(f"{len(raw)} raw_output_contents for {len(msg.outputs)} outputs")
+        try:
+            outputs = [
+                InferTensor.from_grpc(tensor, raw[i] if raw else None, f"outputs[{i}]")
+                for i, tensor in enumerate(msg.outputs)
+            ]
+        except InvalidRequest as exc:
+            raise ValueError(exc.message) from exc
+        return cls(
+            msg.model_name,
+            outputs,
+            msg.model_version or None,
+            msg.id or None,
+            parameters_from_grpc(msg.parameters),
+        )
+
+    def to_grpc(self, raw: bool = True) -> Any:
+        """A ModelInferResponse: outputs in raw_output_contents when ``raw`` (or when one is
+        FP16, which has no typed field), else in their typed contents."""
+        raw = raw or any(t.datatype not in GRPC_CONTENTS for t in self.outputs)
+        msg = pb.ModelInferResponse(
+            model_name=self.model_name, model_version=self.model_version or "", id=self.id or ""
+        )
+        parameters_to_grpc(self.parameters, msg.parameters)
+        for tensor in self.outputs:
+            data = tensor.to_grpc(msg.outputs.add(), raw)
+            if raw:
+                msg.raw_output_contents.append(data)
+        return msg
 
     def to_rest(self, request: InferRequest | None = None) -> tuple[bytes, int | None]:
         """The body and the Inference-Header-Content-Length (None for plain JSON)."""

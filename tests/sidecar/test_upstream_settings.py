@@ -33,6 +33,13 @@ def test_upstreams_parse_from_json(monkeypatch: pytest.MonkeyPatch) -> None:
         # The guard's own credentials must not reach the upstream.
         {"GUARD_UPSTREAM_FORWARD_HEADERS": "authorization", "GUARD_API_KEYS": "k" * 16},
         {"GUARD_UPSTREAM_READ_TIMEOUT_S": "0"},
+        # protocol and url must agree: grpc takes grpc://host:port, rest an http(s) URL.
+        {"GUARD_UPSTREAMS": '{"m": {"url": "grpc://x:1", "model": "m"}}'},
+        {"GUARD_UPSTREAMS": '{"m": {"url": "http://x:1", "model": "m", "protocol": "grpc"}}'},
+        {"GUARD_UPSTREAMS": '{"m": {"url": "grpc://x:1/v2", "model": "m", "protocol": "grpc"}}'},
+        {"GUARD_UPSTREAMS": '{"m": {"url": "grpc://x:1", "model": "m", "protocol": "soap"}}'},
+        {"GUARD_GRPC_PORT": "65536"},
+        {"GUARD_GRPC_PORT": "-1"},
         {"GUARD_UPSTREAM_BREAKER_FAILURES": "0"},
     ],
 )
@@ -62,3 +69,16 @@ def test_only_allow_listed_headers_and_the_request_id_are_forwarded() -> None:
     finally:
         request_id_var.reset(token)
     assert out == {"traceparent": "00-1", "x-request-id": "rid-1"}
+
+
+def test_grpc_upstream_and_server_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(
+        "GUARD_UPSTREAMS",
+        '{"mnist": {"url": "grpc://127.0.0.1:8082", "model": "m", "protocol": "grpc"}}',
+    )
+    monkeypatch.setenv("GUARD_GRPC_PORT", "0")
+    s = Settings()
+    assert s.upstreams["mnist"].grpc_target() == "127.0.0.1:8082"
+    assert s.grpc_port == 0  # off
+    monkeypatch.delenv("GUARD_GRPC_PORT")
+    assert (Settings().grpc_host, Settings().grpc_port) == ("127.0.0.1", 8001)  # Triton's

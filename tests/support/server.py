@@ -1,4 +1,5 @@
-"""Start the guard under a real uvicorn on 127.0.0.1, on a free port, in a subprocess."""
+"""Start the guard under a real uvicorn on 127.0.0.1, on a free port, in a subprocess; its V2
+gRPC server on another free port (``grpc_target``), unless the env turns it off."""
 
 from __future__ import annotations
 
@@ -26,6 +27,13 @@ class RunningServer:
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
+    grpc_port: int = 0  # 0: no gRPC server
+
+    @property
+    def grpc_target(self) -> str:
+        """host:port of the V2 gRPC server, as tritonclient.grpc takes it."""
+        assert self.grpc_port, "this server runs no gRPC server"
+        return f"127.0.0.1:{self.grpc_port}"
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -75,8 +83,11 @@ def serve(
     full_env.update(env or {})
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     log_dir = Path(tempfile.mkdtemp(prefix="guard-server-"))
+    wants_grpc = (env or {}).get("GUARD_GRPC_PORT") != "0"
     for attempt in range(3):
         port = free_port()
+        grpc_port = free_port() if wants_grpc else 0
+        full_env["GUARD_GRPC_PORT"] = str(grpc_port)
         log_path = log_dir / f"server-{attempt}.log"
         with log_path.open("wb") as log:
             process = subprocess.Popen(
@@ -99,12 +110,13 @@ def serve(
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        server = RunningServer(f"http://127.0.0.1:{port}", process, log_path)
+        server = RunningServer(f"http://127.0.0.1:{port}", process, log_path, grpc_port)
         try:
             if _wait(server, "/readyz" if wait_ready else "/healthz", timeout):
                 yield server
                 return
-            if process.poll() is not None and "address already in use" in server.log_text():
+            lost_race = ("address already in use", "cannot bind")
+            if process.poll() is not None and any(s in server.log_text() for s in lost_race):
                 continue  # lost the port race; try another
             raise RuntimeError(f"guard server did not come up:\n{server.log_text()[-4000:]}")
         finally:
