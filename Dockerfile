@@ -52,9 +52,11 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
-    GUARD_MODELS=/app/models/mnist
+    GUARD_MODELS=/app/models/mnist \
+    GUARD_GRPC_HOST=0.0.0.0
 USER 10001:10001
-EXPOSE 8000
+# REST (uvicorn) and V2 over gRPC (GUARD_GRPC_PORT)
+EXPOSE 8000 8001
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 # The guard writes its own JSON access log; uvicorn's would repeat it.
@@ -96,10 +98,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
     GUARD_MODELS=/app/models/mnist \
+    GUARD_GRPC_HOST=0.0.0.0 \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 USER 10001:10001
-EXPOSE 8000
+# REST (uvicorn) and V2 over gRPC (GUARD_GRPC_PORT)
+EXPOSE 8000 8001
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=4)"]
 # The guard writes its own JSON access log; uvicorn's would repeat it.

@@ -26,6 +26,7 @@ import numpy as np
 
 from contract.errors import QueueFull
 from contract.modes import Detector
+from service import tracing
 from service.backends.base import Backend, Call, Detection
 from service.metrics import Metrics
 
@@ -50,6 +51,9 @@ class _Item(Generic[R]):
     future: asyncio.Future[R]
     detector: Detector
     enqueued_at: float = field(default_factory=time.perf_counter)
+    # The caller's span (the batch's parent or link) and its wait for a batch, ended by _loop.
+    caller: tracing.Span = field(default_factory=tracing.current_span)
+    queued: tracing.Span | None = None
 
 
 class BatchEngine(Generic[R]):
@@ -127,6 +131,8 @@ class BatchEngine(Generic[R]):
             _Item(x[i : i + self.max_batch_size], loop.create_future(), detector)
             for i in range(0, n, self.max_batch_size)
         ]
+        for item in items:
+            item.queued = tracing.start_span("queue", model=self.name, images=item.x.shape[0])
         self._pending.extend(items)
         self._depth += n
         self._depth_of[detector] += n
@@ -176,27 +182,41 @@ class BatchEngine(Generic[R]):
             batch = await self._collect()
             started = time.perf_counter()
             for item in batch:
-                self.metrics.stage_duration.labels(stage="queue").observe(
-                    started - item.enqueued_at
-                )
+                self.metrics.observe_stage("queue", started - item.enqueued_at, self.name)
+                if item.queued is not None:
+                    item.queued.end()
             live = [item for item in batch if not item.future.done()]  # skip cancelled callers
             if not live:
                 continue
             x = live[0].x if len(live) == 1 else np.concatenate([item.x for item in live])
             detector = live[0].detector
+            # One span for the batch: a child of its first caller, linked to the others.
+            span = tracing.batch_span(
+                "inference",
+                [item.caller for item in live],
+                model=self.name,
+                detector=detector.value,
+                images=x.shape[0],
+                requests=len(live),
+            )
             try:
                 rows = await loop.run_in_executor(
-                    self._executor, self.backend.batch_runs[detector], x
+                    self._executor,
+                    tracing.run_in,
+                    tracing.context_of(span),
+                    self.backend.batch_runs[detector],
+                    x,
                 )
             except Exception as exc:  # a bug or a broken graph: fail these callers, keep going
+                tracing.fail(span, exc)
+                span.end()
                 logger.exception("%s inference failed on a batch of %d", detector.value, x.shape[0])
                 for item in live:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
-            self.metrics.stage_duration.labels(stage="inference").observe(
-                time.perf_counter() - started
-            )
+            span.end()
+            self.metrics.observe_stage("inference", time.perf_counter() - started, self.name)
             self.metrics.batch_size.labels(model=self.name, detector=detector.value).observe(
                 x.shape[0]
             )

@@ -28,10 +28,12 @@ from contract.errors import (
 )
 from contract.modes import Detector, Mode
 from contract.scoring import Decisions, Rule
+from service import tracing
 from service.backends.base import Call, Detection
 from service.engine import BatchEngine
 from service.imaging import decode, pixels
 from service.metrics import Metrics
+from service.quarantine import Flagged, Quarantine
 from service.repository import ModelRepository
 from service.runtime.modelset import ModelSet
 from service.settings import Settings
@@ -87,10 +89,27 @@ class Guard:
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         # Requests of many pixels decode here, one at a time, never in front of small ones.
         self.bulk_decode_pool = ThreadPoolExecutor(1, thread_name_prefix="decode-bulk")
+        self.quarantine = (
+            None
+            if settings.quarantine_dir is None
+            else Quarantine(
+                settings.quarantine_dir,
+                metrics,
+                settings.quarantine_max_bytes,
+                settings.quarantine_max_age_s,
+                settings.quarantine_queue,
+            )
+        )
+
+    def start(self) -> None:
+        if self.quarantine is not None:
+            self.quarantine.start()
 
     def stop(self) -> None:
         for pool in (self.decode_pool, self.bulk_decode_pool):
             pool.shutdown(wait=False, cancel_futures=True)
+        if self.quarantine is not None:
+            self.quarantine.stop()
 
     async def offload(self, fn: Callable[..., T], *args: Any) -> T:
         """Run CPU work of a request (e.g. converting a V2 tensor) on the decode pool."""
@@ -137,7 +156,10 @@ class Guard:
 
         x = await self.decode(images, model_set, resize)
         filenames = [image.filename for image in images]
-        detection = await self._judge(x, engine, model_set, mode, call or Call(), chosen, filenames)
+        originals = [image.data for image in images]
+        detection = await self._judge(
+            x, engine, model_set, mode, call or Call(), chosen, filenames, originals
+        )
         decisions = detection.decisions
         results = []
         for i, image in enumerate(images):
@@ -191,6 +213,7 @@ class Guard:
         call: Call,
         detector: Detector,
         filenames: Sequence[str | None],
+        originals: Sequence[bytes] | None = None,
     ) -> Detection:
         """Run the detector, refuse what it could not judge, count the rest.
 
@@ -209,7 +232,43 @@ class Guard:
                 "this request"
             )
         self.count(model_set, mode, detection.decisions, filenames, detector)
+        if self.quarantine is not None:
+            self._quarantine(x, model_set, mode, call, detection, originals)
         return detection
+
+    def _quarantine(
+        self,
+        x: np.ndarray,
+        model_set: ModelSet,
+        mode: Mode,
+        call: Call,
+        detection: Detection,
+        originals: Sequence[bytes] | None,
+    ) -> None:
+        """Hand each flagged image to the quarantine's writer (never waits, never raises)."""
+        assert self.quarantine is not None
+        decisions = detection.decisions
+        rule = model_set.rule(detection.detector)
+        ae = detection.detriggered_images
+        for i in np.flatnonzero(decisions.flagged).tolist():
+            self.quarantine.submit(
+                Flagged(
+                    request_id=call.request_id,
+                    model=model_set.name,
+                    detector=detection.detector.value,
+                    mode=mode.value,
+                    score=float(decisions.score[i]),
+                    score_name=rule.score_name,
+                    threshold=rule.threshold,
+                    decision_rule=rule.rule,
+                    predicted=int(decisions.predicted[i]),
+                    detriggered=_detriggered(decisions, i),
+                    original=None if originals is None else originals[i],
+                    pixels=x[i],
+                    detriggered_pixels=None if ae is None else ae[i],
+                    time=time.time(),
+                )
+            )
 
     def count(
         self,
@@ -223,10 +282,12 @@ class Guard:
         name = model_set.name
         rule = model_set.rule(detector)
         classes = model_set.manifest.classes
+        score = self.metrics.score.labels(model=name, detector=detector.value)
         for i, filename in enumerate(filenames):
             predicted = int(decisions.predicted[i])
             labels = {"model": name, "predicted_class": str(predicted), "detector": detector.value}
             self.metrics.images.labels(**labels).inc()
+            score.observe(float(decisions.score[i]))
             if bool(decisions.flagged[i]):
                 self.metrics.images_flagged.labels(**labels).inc()
                 detriggered = _detriggered(decisions, i)
@@ -256,14 +317,17 @@ class Guard:
         """
         started = time.perf_counter()
         loop = asyncio.get_running_loop()
-        total = await loop.run_in_executor(
-            self.decode_pool, self._pixels, images, model_set, resize
-        )
-        lane = (
-            self.bulk_decode_pool if total > self.settings.bulk_decode_pixels else self.decode_pool
-        )
-        x = await loop.run_in_executor(lane, self._decode_all, images, model_set, resize)
-        self.metrics.stage_duration.labels(stage="decode").observe(time.perf_counter() - started)
+        with tracing.span("decode", model=model_set.name, images=len(images)):
+            total = await loop.run_in_executor(
+                self.decode_pool, self._pixels, images, model_set, resize
+            )
+            lane = (
+                self.bulk_decode_pool
+                if total > self.settings.bulk_decode_pixels
+                else self.decode_pool
+            )
+            x = await loop.run_in_executor(lane, self._decode_all, images, model_set, resize)
+        self.metrics.observe_stage("decode", time.perf_counter() - started, model_set.name)
         return x
 
     def _pixels(self, images: Sequence[ImageInput], model_set: ModelSet, resize: bool) -> int:

@@ -13,7 +13,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
 
-from service.api import classify, health, models, scrape, v2, v2_grpc
+from service import tracing
+from service.api import classify, health, models, quarantine, scrape, v2, v2_grpc
 from service.api.error_responses import add_exception_handlers
 from service.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from service.api.schemas import ClassifyJSONRequest
@@ -28,6 +29,7 @@ VERSION = "0.1.0"
 ROUTERS = (
     classify.router,
     models.router,
+    quarantine.router,
     health.router,
     scrape.router,
     v2.health_router,
@@ -72,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tracing.configure()  # off unless the OTEL_* variables ask (service/tracing.py)
+        guard.start()
         await repository.start()
         # V2 over gRPC, on this event loop, calling the same data plane as the REST routes.
         grpc_server = None
@@ -84,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await grpc_server.stop(grace=v2_grpc.STOP_GRACE_S)
             await repository.stop()
             guard.stop()
+            tracing.shutdown()
 
     app = FastAPI(
         title="detrigger-guard",

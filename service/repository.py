@@ -25,7 +25,7 @@ from service.backends.proxy import ProxyBackend
 from service.backends.upstream import UpstreamClient, new_http_client
 from service.backends.upstream_grpc import GrpcUpstreamClient
 from service.engine import BatchEngine
-from service.metrics import Metrics
+from service.metrics import Metrics, request_model
 from service.runtime.modelset import ModelSet
 from service.settings import Settings
 
@@ -140,6 +140,12 @@ class ModelRepository:
             detrigger_sha256=manifest.detrigger.sha256[:12],
             decision_rule=manifest.decision.rule,
         ).set(1)
+        for detector in model_set.detectors:
+            rule = model_set.rule(detector)
+            if rule.rule != "class_change":  # class_change flags on the classes, not a score
+                self.metrics.threshold.labels(
+                    model=slot.name, detector=detector.value, score=rule.score_name, rule=rule.rule
+                ).set(rule.threshold)
         slot.model_set, slot.engine = model_set, engine
         slot.state, slot.reason = SlotState.ready, "ready"
         self.metrics.model_ready.labels(model=slot.name).set(1)
@@ -230,4 +236,5 @@ class ModelRepository:
             )
         if slot.model_set is None or slot.engine is None:
             raise ModelNotReady(f"model set {name!r} is not ready: {slot.reason}")
+        request_model.set(name)  # a configured set's name: a bounded label value
         return slot.model_set, slot.engine

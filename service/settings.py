@@ -230,6 +230,25 @@ class Settings(BaseSettings):
         description="Address the V2 gRPC server binds (0.0.0.0 in a container).",
     )
 
+    # --- quarantine of flagged inputs (opt-in, docs/service.md "Quarantine") -------------------
+    quarantine_dir: Path | None = Field(
+        default=None,
+        description="Keep flagged images (with their de-triggered image and verdict) in this "
+        "folder, indexed in SQLite; unset: off.",
+    )
+    quarantine_max_bytes: int = Field(
+        default=1024**3, ge=1, description="Size bound of the quarantine; oldest evicted first."
+    )
+    quarantine_max_age_s: float = Field(
+        default=7 * 24 * 3600.0, gt=0.0, description="Age bound of a quarantined item."
+    )
+    quarantine_queue: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Flagged images waiting for the writer; past it they are dropped (counted).",
+    )
+
     # --- proxy mode (sidecar) ------------------------------------------------------------------
     upstreams: dict[str, Upstream] = Field(
         default_factory=dict,

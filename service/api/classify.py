@@ -15,6 +15,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from contract.errors import InvalidRequest, TooManyImages, UnsupportedMediaType
 from contract.modes import Detector, Mode
+from service import tracing
 from service.api.deps import GuardDep, MetricsDep, SettingsDep, identity_encoding
 from service.api.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorBody, classify_response
 from service.api.security import require_api_key
@@ -151,6 +152,7 @@ async def classify(
         outcome = await guard.classify(
             images, model=model, mode=mode, resize=resize, call=call, detector=detector
         )
-        return classify_response(outcome)
+        with tracing.span("encode", model=outcome.model_set.name):
+            return classify_response(outcome)
     finally:
-        metrics.stage_duration.labels(stage="total").observe(time.perf_counter() - started)
+        metrics.observe_stage("total", time.perf_counter() - started)

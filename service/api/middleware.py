@@ -13,6 +13,7 @@ from starlette.routing import BaseRoute, Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.errors import PayloadTooLarge
+from service import tracing
 from service.api.error_responses import body_for
 from service.logs import request_id_var
 from service.metrics import Metrics
@@ -70,9 +71,15 @@ class RequestContextMiddleware:
             await send(message)
 
         self.metrics.in_flight.inc()
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        # The request's span, joined to the caller's traceparent; every span below is its child.
+        request_span = tracing.server_span(scope["method"], headers)
+        span = request_span.__enter__()
+        span.set_attribute("guard.request_id", request_id)
         try:
             await self.app(scope, receive, send_with_id)
-        except Exception:
+        except Exception as exc:
+            tracing.fail(span, exc)
             # A bug. Answer 500 here, inside the request's context, so that the log line and
             # the response carry the request id; never echo the exception to the caller.
             logger.exception("unhandled error")
@@ -90,6 +97,13 @@ class RequestContextMiddleware:
         finally:
             self.metrics.in_flight.dec()
             route = _route_template(scope, self.routes)
+            if span.is_recording():  # ours; FastAPI's own ends with the response and says this
+                span.update_name(f"{scope['method']} {route}")
+                span.set_attribute("http.route", route)
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(tracing.Status(tracing.StatusCode.ERROR))
+            request_span.__exit__(None, None, None)
             self.metrics.http_requests.labels(
                 route=route, method=scope["method"], status_class=f"{status // 100}xx"
             ).inc()

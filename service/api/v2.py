@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from contract.errors import InvalidRequest
+from service import tracing
 from service.api.deps import DataPlaneDep, MetricsDep, identity_encoding
 from service.api.security import require_api_key, require_key_for_health
 from service.protocol.infer_type import InferRequest
@@ -88,7 +89,8 @@ async def infer(
         body = await request.body()
         parsed = await run_in_threadpool(InferRequest.from_rest, body, _header_length(request))
         answer = await dataplane.infer(model_name, model_version, parsed, dict(request.headers))
-        content, json_length = await run_in_threadpool(answer.to_rest, parsed)
+        with tracing.span("encode", model=answer.model_name):
+            content, json_length = await run_in_threadpool(answer.to_rest, parsed)
         if json_length is None:
             return Response(content, media_type="application/json")
         return Response(
@@ -97,4 +99,4 @@ async def infer(
             headers={"Inference-Header-Content-Length": str(json_length)},
         )
     finally:
-        metrics.stage_duration.labels(stage="total").observe(time.perf_counter() - started)
+        metrics.observe_stage("total", time.perf_counter() - started)

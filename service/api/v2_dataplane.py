@@ -20,6 +20,7 @@ import numpy as np
 
 from contract.errors import Blocked, InvalidParameter, InvalidRequest, UnknownModel
 from contract.modes import Detector, Mode
+from service import tracing
 from service.api.v2_images import files_from_tensor, image_accepts, images_from_tensor
 from service.backends.base import Call, Detection
 from service.backends.proxy import ProxyBackend
@@ -165,10 +166,11 @@ class DataPlane:
             x = await self.guard.decode(files, model_set, resize)
         else:
             started = time.perf_counter()
-            x = await self.guard.offload(images_from_tensor, tensor, request, model_set.input_chw)
-            self.guard.metrics.stage_duration.labels(stage="decode").observe(
-                time.perf_counter() - started
-            )
+            with tracing.span("decode", model=slot.name, images=tensor.shape[0]):
+                x = await self.guard.offload(
+                    images_from_tensor, tensor, request, model_set.input_chw
+                )
+            self.guard.metrics.observe_stage("decode", time.perf_counter() - started, slot.name)
         passed_on = {k: v for k, v in request.parameters.items() if k not in GUARD_PARAMETERS}
         call = Call(headers, request.id or request_id_var.get(), passed_on)
         detection = await self.guard.detect(x, engine, model_set, mode, call, detector)

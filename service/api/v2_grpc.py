@@ -185,7 +185,7 @@ class GuardServicer(pb_grpc.GRPCInferenceServiceServicer):
         try:
             return await self._serve("ModelInfer", context, infer)
         finally:
-            self.metrics.stage_duration.labels(stage="total").observe(time.perf_counter() - started)
+            self.metrics.observe_stage("total", time.perf_counter() - started)
 
 
 def _tensor_metadata(tensor: dict[str, Any]) -> Any:

@@ -43,6 +43,7 @@ class Detection:
     model_version: str | None
     parameters: dict[str, Any]
     detector: Detector = Detector.detrigger
+    detriggered_images: np.ndarray | None = None  # (N, C, H, W) AE(x); None for STRIP
 
 
 class Backend(Protocol):

@@ -55,4 +55,5 @@ class LocalBackend:
             "1",
             {},
             detector,
+            batched.images_ae,
         )

@@ -97,4 +97,5 @@ class ProxyBackend:
             response.model_version,
             response.parameters,
             detector,
+            None if batched is None else batched.images,
         )

@@ -22,6 +22,7 @@ from contract.errors import (
     UpstreamUnavailable,
     UpstreamUnreachable,
 )
+from service import tracing
 from service.backends.breaker import BreakerOpen, BreakerState, CircuitBreaker
 from service.logs import request_id_var
 from service.metrics import Metrics
@@ -144,6 +145,12 @@ class UpstreamClient:
         send_headers = forwarded_headers(headers, self.settings.upstream_forward_headers)
         started = time.perf_counter()
         outcome = "error"
+        span = tracing.start_span(
+            "upstream", kind=tracing.SpanKind.CLIENT, model=self.label, images=rows
+        )
+        span.set_attribute("server.address", httpx.URL(self.config.url).host)
+        # The upstream's spans join this call's span: its traceparent replaces the caller's.
+        tracing.inject(send_headers, span)
         try:
             try:
                 parsed = await self._exchange(request, send_headers)
@@ -158,11 +165,13 @@ class UpstreamClient:
             self.breaker.record_success()
             outcome = "ok"
             return parsed, logits
-        except BaseException:
+        except BaseException as exc:
+            tracing.fail(span, exc)
             if self.breaker.state is BreakerState.half_open:
                 self.breaker.release_probe()  # e.g. the caller went away mid-probe
             raise
         finally:
+            span.end()
             self.metrics.upstream_duration.labels(model=self.label, outcome=outcome).observe(
                 time.perf_counter() - started
             )

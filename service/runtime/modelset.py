@@ -14,6 +14,7 @@ from contract.manifest import Manifest, read_manifest, read_verified
 from contract.modes import Detector
 from contract.scoring import Decisions, Rule, decide
 from contract.strip import Strip
+from service import tracing
 from service.runtime.onnx import OnnxModel
 from service.settings import Settings
 
@@ -28,21 +29,25 @@ class Scored:
     decisions: Decisions
     logits_x: np.ndarray
     logits_ae: np.ndarray | None = None
+    images_ae: np.ndarray | None = None  # (N, C, H, W) AE(x), kept for the quarantine
 
     def slice(self, start: int, stop: int) -> Scored:
         return Scored(
             self.decisions.slice(start, stop),
             self.logits_x[start:stop],
             None if self.logits_ae is None else self.logits_ae[start:stop],
+            None if self.images_ae is None else self.images_ae[start:stop],
         )
 
     @staticmethod
     def concat(parts: Sequence[Scored]) -> Scored:
         ae = [p.logits_ae for p in parts if p.logits_ae is not None]
+        images = [p.images_ae for p in parts if p.images_ae is not None]
         return Scored(
             Decisions.concat([p.decisions for p in parts]),
             np.concatenate([p.logits_x for p in parts]),
             np.concatenate(ae) if len(ae) == len(parts) else None,
+            np.concatenate(images) if len(images) == len(parts) else None,
         )
 
 
@@ -135,7 +140,8 @@ class ModelSet:
 
     def detrigger_only(self, x: np.ndarray) -> Detriggered:
         """AE(x) alone; proxy mode sends [x; AE(x)] to the upstream target."""
-        x_ae = self.detrigger.run(x).astype(np.float32, copy=False)
+        with tracing.span("ae", model=self.name, images=x.shape[0]):
+            x_ae = self.detrigger.run(x).astype(np.float32, copy=False)
         if x_ae.shape != x.shape:
             raise ModelFailed(f"{self.detrigger.name}: output {x_ae.shape} != input {x.shape}")
         return Detriggered(x_ae)
@@ -144,14 +150,15 @@ class ModelSet:
         """The decisions and both logits: AE once, then the target once on [x; AE(x)]."""
         n = x.shape[0]
         x_ae = self.detrigger_only(x).images
-        logits = self.target.run(np.concatenate([x, x_ae], axis=0))  # (2N, K)
+        with tracing.span("target", model=self.name, images=2 * n):
+            logits = self.target.run(np.concatenate([x, x_ae], axis=0))  # (2N, K)
         if logits.shape != (2 * n, len(self.manifest.classes)):
             raise ModelFailed(
                 f"{self.target.name}: logits {logits.shape}, expected "
                 f"({2 * n}, {len(self.manifest.classes)})"
             )
         return Scored(
-            decide(logits[:n], logits[n:], self.manifest.decision), logits[:n], logits[n:]
+            decide(logits[:n], logits[n:], self.manifest.decision), logits[:n], logits[n:], x_ae
         )
 
     def require_strip(self) -> Strip:
@@ -169,7 +176,8 @@ class ModelSet:
         """STRIP's decisions and the logits on x: the target once on [x; n copies of each]."""
         strip = self.require_strip()
         n = x.shape[0]
-        logits = self.target.run(strip.batch(x))  # (B * (n + 1), K)
+        with tracing.span("target", model=self.name, detector="strip", images=n):
+            logits = self.target.run(strip.batch(x))  # (B * (n + 1), K)
         k = len(self.manifest.classes)
         rows = n * (strip.config.n + 1)
         if logits.shape != (rows, k):

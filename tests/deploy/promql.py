@@ -97,7 +97,9 @@ def grouping_labels(expr: str) -> set[str]:
 
 def documented_metrics() -> set[str]:
     """Metric names in the table of docs/metrics.md."""
-    return set(re.findall(r"^\| `(guard_[a-z0-9_]+)` \|", METRICS_DOC.read_text(), re.M))
+    return set(
+        re.findall(r"^\| `((?:guard|process)_[a-z0-9_]+)` \|", METRICS_DOC.read_text(), re.M)
+    )
 
 
 def series_names(metric: str, kind: str) -> set[str]:
@@ -110,7 +112,7 @@ def series_names(metric: str, kind: str) -> set[str]:
 def documented_series() -> set[str]:
     out = set()
     for name, kind in re.findall(
-        r"^\| `(guard_[a-z0-9_]+)` \| ([a-z]+)", METRICS_DOC.read_text(), re.M
+        r"^\| `((?:guard|process)_[a-z0-9_]+)` \| ([a-z]+)", METRICS_DOC.read_text(), re.M
     ):
         out |= series_names(name, kind)
     return out

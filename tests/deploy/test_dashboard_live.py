@@ -2,7 +2,8 @@
 
 A real uvicorn serves the tiny model sets in local mode and answers clean, triggered and
 broken images; a second one runs the tiny set in proxy mode with the first as its upstream
-(a V2 server that speaks binary tensor data) and answers clean and triggered images. Then:
+(a V2 server that speaks binary tensor data), and the STRIP set locally, and answers clean and
+triggered images with both detectors. Then:
 every metric the dashboard and the rules use appears in the union of their /metrics scrapes,
 with the labels they group by; and a real Prometheus, scraping both and loading the alert
 rules, answers every dashboard query with data and evaluates every rule without error.
@@ -11,6 +12,7 @@ rules, answers every dashboard query with data and evaluates every rule without 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,35 +40,42 @@ TARGET_LABELS = {"job", "instance"}
 
 
 @pytest.fixture(scope="module")
-def proxy_server(guard_server: RunningServer, tiny_set: Path) -> Iterator[RunningServer]:
-    """A guard in proxy mode: the tiny set's target runs on the shared local-mode guard."""
+def proxy_server(
+    guard_server: RunningServer, tiny_set: Path, strip_set: Path
+) -> Iterator[RunningServer]:
+    """A guard in proxy mode: the tiny set's target runs on the shared local-mode guard. It
+    also serves the STRIP set locally, so that both detectors flag."""
     upstream = {"tiny": {"url": guard_server.url, "model": "tiny", "version": "1", "binary": True}}
     env = {
         "GUARD_UPSTREAMS": json.dumps(upstream),
         "GUARD_UPSTREAM_PROBE_INTERVAL_S": "0.5",
         "GUARD_INTRA_OP_THREADS": "1",
     }
-    with serve([tiny_set], env) as server:  # ready only once the upstream answers ready
+    with serve([tiny_set, strip_set], env) as server:  # ready only once the upstream answers ready
         yield server
 
 
-def _classify(server: RunningServer, tiny_set: Path) -> None:
+def _classify(server: RunningServer, model_dir: Path, **params: str) -> None:
     """Four clean and four triggered samples in one POST /classify; the triggered are flagged."""
-    samples = load_samples(tiny_set)
+    samples = load_samples(model_dir)
     chosen = [s for s in samples if not s.triggered][:4] + [s for s in samples if s.triggered][:4]
     files = [("images", (s.path.name, s.read(), "image/png")) for s in chosen]
-    ok = httpx.post(server.url + "/classify", files=files, timeout=30)
+    ok = httpx.post(server.url + "/classify", files=files, params=params, timeout=30)
     assert ok.status_code == 200, ok.text
     assert ok.json()["flagged"] >= 1  # the triggered ones
 
 
 @pytest.fixture(scope="module")
 def busy_servers(
-    guard_server: RunningServer, proxy_server: RunningServer, tiny_set: Path
+    guard_server: RunningServer,
+    proxy_server: RunningServer,
+    tiny_set: Path,
 ) -> list[RunningServer]:
-    """The shared guard after clean and triggered images and one broken upload, and the proxy
-    guard in front of it after clean and triggered images."""
+    """The shared guard after clean and triggered images (to tiny, class_change, and tinykl, a
+    score rule) and one broken upload; the proxy guard in front of it after clean and
+    triggered images, and the STRIP set's, judged by STRIP and by the AE."""
     _classify(guard_server, tiny_set)
+    _classify(guard_server, tiny_set, model="tinykl")  # the sets share shape and samples
     bad = httpx.post(
         guard_server.url + "/classify",
         files=[("images", ("x.png", b"not a png", "image/png"))],
@@ -74,6 +83,8 @@ def busy_servers(
     )
     assert bad.status_code == 422
     _classify(proxy_server, tiny_set)
+    _classify(proxy_server, tiny_set, model="tinystrip", detector="strip", mode="block")
+    _classify(proxy_server, tiny_set, model="tinystrip", detector="detrigger")
     # The proxy's verdict came from the upstream: one call answered, and it is ready.
     proxied = scrape(proxy_server.url)
     ok_calls = value(
@@ -132,11 +143,37 @@ def prometheus(busy_servers: list[RunningServer]) -> Iterator[RunningPrometheus]
         yield prom
 
 
+def _now(expr: str) -> str:
+    """The query as it reads now: a Prometheus a minute old has no data 5 minutes back, so the
+    baseline's `offset 5m` (the alert's, drawn by a panel) is dropped for this check."""
+    return re.sub(r"\s+offset\s+\d+[smhd]", "", substitute(expr))
+
+
 def test_prometheus_answers_every_dashboard_query_with_data(prometheus: RunningPrometheus) -> None:
-    empty = [
-        title for title, expr in dashboard_exprs().items() if not prometheus.query(substitute(expr))
-    ]
+    empty = [title for title, expr in dashboard_exprs().items() if not prometheus.query(_now(expr))]
     assert empty == [], "panels with no data from a live guard"
+
+
+def _label_values(prometheus: RunningPrometheus, expr: str, label: str) -> set[str]:
+    return {r["metric"].get(label, "") for r in prometheus.query(_now(expr))}
+
+
+def test_detector_class_and_score_panels_split_as_they_say(prometheus: RunningPrometheus) -> None:
+    """After mixed traffic the per-detector panels show both detectors, the per-class ones
+    several classes, and the score panel a threshold for each score rule's set."""
+    exprs = dashboard_exprs()
+    assert _label_values(prometheus, exprs["Flag rate by detector [A]"], "detector") == {
+        "detrigger",
+        "strip",
+    }
+    assert (
+        len(_label_values(prometheus, exprs["Images by predicted class [A]"], "predicted_class"))
+        > 1
+    )
+    thresholds = exprs["Score p50 / p95 / p99 against the threshold [T]"]
+    assert _label_values(prometheus, thresholds, "model") == {"tinykl", "tinystrip"}
+    p99 = exprs["Score p50 / p95 / p99 against the threshold [C]"]
+    assert {"tiny", "tinykl", "tinystrip"} <= _label_values(prometheus, p99, "model")
 
 
 def test_prometheus_evaluates_every_alert_rule(prometheus: RunningPrometheus) -> None:

@@ -61,6 +61,8 @@ def test_issue_alerts_are_all_there() -> None:
     assert "offset" in exprs["GuardFlagRateSpike"]  # compared with its own past
     assert "guard_images_total" in exprs["GuardFlagRatioHigh"]
     assert 'status_class="5xx"' in exprs["GuardErrorRateHigh"]
+    # Not-ready probes (503 by design) are no errors: left out of both sides of the ratio.
+    assert exprs["GuardErrorRateHigh"].count("/readyz|/v2/health/") == 2
     assert "histogram_quantile(0.99" in exprs["GuardLatencyP99High"]
     assert "guard_model_ready" in exprs["GuardModelNotReady"]
     assert "up{" in exprs["GuardDown"]

@@ -57,6 +57,7 @@ class FakeUpstream:
         self.fault = "ok"
         self.infer_calls = 0
         self.last_headers: dict[str, str] = {}  # of the last infer call, names lower-cased
+        self.infer_headers: list[dict[str, str]] = []  # of each infer call, names lowercased
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
@@ -204,6 +205,7 @@ class FakeUpstream:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 upstream.infer_calls += 1
                 upstream.last_headers = {k.lower(): v for k, v in self.headers.items()}
+                upstream.infer_headers.append({k.lower(): v for k, v in self.headers.items()})
                 if upstream.fault == "drop":
                     # Close the connection without a word.
                     self.close_connection = True

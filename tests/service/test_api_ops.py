@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service.metrics import SCORE_BUCKETS
 from tests.support.promtext import scrape, series, value
 from tests.support.server import RunningServer, serve
 from tests.support.tiny_models import TinySpec, add_trigger, clean_image, png_bytes
@@ -69,8 +70,19 @@ def test_metrics_count_exactly_what_was_sent(tiny_set: Path) -> None:
         assert value(m, "guard_http_requests_total", status_class="2xx", **post) == 2
         assert value(m, "guard_http_requests_total", status_class="4xx", **post) == 1
         assert value(m, "guard_http_requests_total", status_class="5xx", **post) == 0
-        assert value(m, "guard_stage_duration_seconds_count", stage="total") == 3
-        assert value(m, "guard_stage_duration_seconds_count", stage="decode") == 2
+        # Stages by model set; the 415 was refused before any set was resolved: model "".
+        duration = "guard_stage_duration_seconds_count"
+        assert value(m, duration, stage="total", model="tiny") == 2
+        assert value(m, duration, stage="total", model="") == 1
+        assert value(m, duration, stage="decode", model="tiny") == 2
+        assert value(m, duration, stage="inference", model="tiny") >= 1
+        # One score per judged image; the class_change rule compares no score: no threshold.
+        assert value(m, "guard_score_count", model="tiny", detector="detrigger") == 11
+        assert series(m, "guard_threshold") == {}
+        # The standard collectors, on the app's own registry.
+        assert value(m, "process_resident_memory_bytes") > 0
+        names = {name for name, _ in m}
+        assert {"python_gc_collections_total", "python_info"} <= names
         assert value(m, "guard_batch_size_sum", model="tiny", detector="detrigger") == 11
         assert value(m, "guard_requests_in_flight") == 1  # this scrape
         assert value(m, "guard_queue_depth", model="tiny") == 0
@@ -288,3 +300,15 @@ def test_two_folders_with_one_name_fail_the_second(tiny_set: Path, tmp_path: Pat
         assert reasons["tiny"] == "ready"
         (twin_name,) = [n for n in reasons if n != "tiny"]
         assert "already used" in reasons[twin_name] and str(twin) in twin_name
+
+
+def test_threshold_gauge_marks_the_score_rules(guard_server: RunningServer) -> None:
+    """tinykl flags on kl > 1.0: its threshold is exported; class_change sets export none."""
+    m = scrape(guard_server.url)
+    thresholds = series(m, "guard_threshold")
+    want = frozenset(
+        {"model": "tinykl", "detector": "detrigger", "score": "kl", "rule": "score"}.items()
+    )
+    assert thresholds == {want: 1.0}
+    buckets = [dict(labels)["le"] for labels in series(m, "guard_score_bucket")]
+    assert len(set(buckets)) == len(SCORE_BUCKETS) + 1  # bounded: the fixed buckets and +Inf
