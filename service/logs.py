@@ -58,5 +58,9 @@ def configure_logging(level: str) -> None:
     logging.getLogger("guard").setLevel(level)
     for name in ("guard", *UVICORN_LOGGERS):
         logger = logging.getLogger(name)
+        if name == "uvicorn.access" and not logger.handlers:
+            # --no-access-log: uvicorn took its handlers away and logs access lines only while
+            # the logger has one; the guard's own access line (guard.access) stays.
+            continue
         logger.handlers = [handler]
         logger.propagate = False

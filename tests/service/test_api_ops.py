@@ -172,6 +172,7 @@ def test_uvicorns_own_lines_are_json_too(tiny_set: Path) -> None:
     assert len(records) == len(lines), [line for line in lines if not line.startswith("{")]
     uvicorn = {x["message"] for x in records if x["logger"].startswith("uvicorn")}
     assert {"Application startup complete.", "Application shutdown complete."} <= uvicorn
+    assert not [x for x in records if x["logger"] == "uvicorn.access"]  # --no-access-log holds
     assert "\x1b[" not in text and "color_message" not in text
 
 
