@@ -145,10 +145,16 @@ def estimates(
         "triggers": [],
     }
     c, h, w = x.shape[1:]
+    out["skipped"] = []
     for name, trigger in suite_triggers():
-        t = trigger.resolve(h, w)
+        try:
+            t = trigger.resolve(h, w)
+        except ValueError as exc:  # e.g. a random position on too small an image
+            out["skipped"].append({"name": name, "why": str(exc)})
+            continue
         if t.kind == "patch" and t.size > min(h, w) // 2:
-            continue  # a patch of half the image is no small trigger
+            out["skipped"].append({"name": name, "why": "the patch covers half the image"})
+            continue
         stamped = np.asarray(t(x.copy()), np.float32)
         sx, sae, _ = _batched(run_pair, stamped, batch_size)
         flagged = decide(sx, sae, decision).flagged
