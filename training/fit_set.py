@@ -41,7 +41,7 @@ from training.evaluation.set_check import check_set
 from training.evaluation.set_report import fpr_line, write_report
 from training.fit.autoencoder import train_autoencoder
 from training.nets.checkpoints import config_dict
-from training.nets.export import export_and_check, sha256, write_manifest, write_samples
+from training.nets.export import export_and_check, save_png, sha256, write_manifest
 from training.nets.onnx_target import (
     INPUT_NAME,
     OUTPUT_NAME,
@@ -246,8 +246,12 @@ def _checks(folder: Path, verify, say) -> None:
 
 
 def write_samples_of(folder: Path, val: np.ndarray, n: int = 4) -> None:
-    """samples/: a few validation images clean and stamped with the suite's first trigger."""
+    """samples/: a few validation images, clean and stamped with the suite's first trigger (the
+    paper's white square), as samples/clean_00.png and samples/stamped_00.png."""
     trigger = next(iter(load_suite().values())).backdoors[0][0]
-    clean = val[:n].astype(np.float32) / 255.0
+    clean = val[:n].astype(np.float32) / 255.0  # (n, C, H, W) in [0, 1]
     stamped = np.asarray(trigger(clean.copy()), np.float32)
-    write_samples(folder / "samples", clean, stamped, np.zeros(len(clean), int))
+    (folder / "samples").mkdir()
+    for i in range(len(clean)):
+        save_png(clean[i], folder / "samples" / f"clean_{i:02d}.png")
+        save_png(stamped[i], folder / "samples" / f"stamped_{i:02d}.png")
