@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from contract.manifest import Decision, GraphSpec, InputSpec, Manifest
+from contract.manifest import Manifest
 from training import evidence
 from training.config import random_ae
 from training.data.attack_suite import load_suite
@@ -188,25 +188,28 @@ def fit(opts: FitOptions, verify=None, log=print) -> dict[str, Any]:
         shutil.copyfile(wrapped, tmp / "target.onnx")
         batch = torch.from_numpy(sample)
         ae_entry = export_and_check(ae, batch, tmp / "detrigger.onnx", INPUT_NAME, "images_out")
-        manifest = Manifest(
-            name=set_name(opts),
-            description=f"De-trigger guard for {Path(opts.target).name} (random-trigger conv AE "
-            f"trained on {opts.data})",
-            input=InputSpec(height=info.height, width=info.width, channels=info.channels),
-            classes=class_names(opts, info.classes),
-            target=GraphSpec(
-                file="target.onnx",
-                sha256=sha256(tmp / "target.onnx"),
-                input_name=INPUT_NAME,
-                output_name=OUTPUT_NAME,
-                source=Path(opts.target).name,
-                source_sha256=sha256(Path(opts.target)),
-                wrapped={k: v for k, v in asdict(info).items() if k != "notes"},
-            ),
-            detrigger=GraphSpec(**ae_entry, architecture="conv_random"),
-            decision=Decision(rule="score", score=opts.calibration.score),  # calibrated below
-            format_version=1,
-            training={"autoencoder": config_dict(cfg), "seed": opts.seed, **stats},
+        # Validated by the contract's schema here, before anything is calibrated on it.
+        manifest = Manifest.model_validate(
+            {
+                "format_version": 1,
+                "name": set_name(opts),
+                "description": f"De-trigger guard for {Path(opts.target).name} (random-trigger "
+                f"conv AE trained on {opts.data})",
+                "input": {"height": info.height, "width": info.width, "channels": info.channels},
+                "classes": class_names(opts, info.classes),
+                "target": {
+                    "file": "target.onnx",
+                    "sha256": sha256(tmp / "target.onnx"),
+                    "input_name": INPUT_NAME,
+                    "output_name": OUTPUT_NAME,
+                    "source": Path(opts.target).name,
+                    "source_sha256": sha256(Path(opts.target)),
+                    "wrapped": {k: v for k, v in asdict(info).items() if k != "notes"},
+                },
+                "detrigger": {**ae_entry, "architecture": "conv_random"},
+                "decision": {"rule": "score", "score": opts.calibration.score},  # set below
+                "training": {"autoencoder": config_dict(cfg), "seed": opts.seed, **stats},
+            }
         )
         write_manifest(tmp, manifest.model_dump(mode="json", exclude_none=True))
         calibration = calibrate_folder(

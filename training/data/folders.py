@@ -59,14 +59,15 @@ def to_chw(image, chw: tuple[int, int, int]) -> np.ndarray:
     c, h, w = chw
     im = image.convert("L" if c == 1 else "RGB")
     if (im.height, im.width) != (h, w):
-        im = im.resize((w, h), Image.BILINEAR)
+        im = im.resize((w, h), Image.Resampling.BILINEAR)
     a = np.asarray(im, np.uint8)
     return a[None] if c == 1 else a.transpose(2, 0, 1)
 
 
 def image_files(root: Path) -> tuple[list[Path], list[Path]]:
     """(image files, other files) under root, sorted; hidden files and folders left out."""
-    images, other = [], []
+    images: list[Path] = []
+    other: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):

@@ -59,7 +59,7 @@ def check_set(folder: Path, batch: int = 3) -> tuple[Manifest, list[str]]:
         raise SetCheckError(str(exc)) from exc
     c, h, w = manifest.input.channels, manifest.input.height, manifest.input.width
     x = np.random.default_rng(0).random((batch, c, h, w), dtype=np.float32)
-    outputs = {}
+    outputs: dict[str, np.ndarray] = {}
     for role in ("detrigger", "target"):
         spec = getattr(manifest, role)
         try:

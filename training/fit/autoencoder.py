@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -156,7 +157,7 @@ def train_autoencoder(
     )
 
     step_module: nn.Module = _LossModule(ae, cfg)
-    sampler = None
+    sampler: Any = None
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
         from torch.utils.data import DistributedSampler
@@ -164,7 +165,8 @@ def train_autoencoder(
         step_module = DistributedDataParallel(
             step_module, device_ids=[dev.index or 0] if dev.type == "cuda" else None
         )
-        sampler = DistributedSampler(range(n), world, rank, shuffle=True, seed=cfg.seed)
+        # any sized sequence serves: the sampler only draws indices 0..n-1
+        sampler = DistributedSampler(range(n), world, rank, shuffle=True, seed=cfg.seed)  # type: ignore[arg-type]
     steps_per_epoch = math.ceil((n if sampler is None else len(sampler)) / cfg.batch_size)
 
     images_t = torch.from_numpy(train_images)
