@@ -233,7 +233,9 @@ def calibrate_folder(
         raise ValueError(f"images {images.shape[1:]} do not fit the set's input {chw}")
     perm = np.random.default_rng(opts.seed).permutation(len(images))
     n_bank = opts.strip_bank if opts.strip else 0
-    bank_idx, calib_idx = np.sort(perm[:n_bank]), np.sort(perm[n_bank:])
+    # The calibration images stay in the permutation's random order: a folder read class by
+    # class would otherwise give the estimates' first images all of one class.
+    bank_idx, calib_idx = np.sort(perm[:n_bank]), perm[n_bank:]
     calib = images[calib_idx]
     pair = onnx_pair(folder, manifest, opts.threads)
     x = calib.astype(np.float32) / np.float32(255.0)  # the service decoder's float32 values

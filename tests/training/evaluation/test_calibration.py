@@ -35,3 +35,34 @@ def test_the_threshold_flags_at_most_the_target_fpr_by_the_contracts_rule() -> N
     assert lo <= flagged.mean() <= hi
     with pytest.raises(ValueError, match="at least 100"):
         calibrate_decision(lx[:50], lae[:50], "prob_drop", 0.01)
+
+
+def test_the_estimates_draw_their_images_across_a_folder_read_class_by_class(
+    tmp_path, monkeypatch
+) -> None:
+    """A folder read class by class gives sorted images; the estimate images must still be a
+    random draw, not the first class."""
+    seen = []
+
+    def record(images, run_pair, decision, batch_size):
+        seen.append(images)
+        return {}
+
+    monkeypatch.setattr(calibration, "estimates", record)
+    monkeypatch.setattr(calibration, "onnx_pair", lambda *a: None)
+    monkeypatch.setattr(calibration, "read_manifest", lambda folder: _Manifest())
+    monkeypatch.setattr(
+        calibration, "_batched", lambda pair, x, b: (np.eye(5)[np.arange(len(x)) % 5],) * 2 + (x,)
+    )
+    (tmp_path / "manifest.json").write_text("{}")
+    monkeypatch.setattr(calibration, "write_manifest", lambda *a: None)
+    monkeypatch.setattr(calibration.Manifest, "model_validate", staticmethod(lambda raw: raw))
+    images = np.repeat(np.arange(4, dtype=np.uint8), 100)[:, None, None, None]  # classes 0..3
+    opts = calibration.CalibrationOptions(strip=False, estimate_images=100, target_fpr=0.05)
+    calibration.calibrate_folder(tmp_path, images.repeat(2, 2).repeat(2, 3), opts, "test")
+    assert len(set(seen[0][:, 0, 0, 0].tolist())) == 4
+
+
+class _Manifest:
+    class input:  # noqa: N801
+        channels, height, width = 1, 2, 2
