@@ -184,6 +184,14 @@ def _calibration(kw: dict, seed: int, threads: int):
     help="seconds: stop training after the epoch that passes this (0: no budget)",
 )
 @click.option(
+    "--recipe",
+    type=click.Choice(["auto", "shared", "rgb"]),
+    default="auto",
+    show_default=True,
+    help="the shipped random-trigger AE recipe: shared (MNIST, Fashion-MNIST) or rgb "
+    "(CIFAR-10's); auto: rgb for colour graphs",
+)
+@click.option(
     "--device",
     type=click.Choice(["auto", "cpu", "cuda"]),
     default="auto",
@@ -229,6 +237,7 @@ def fit(**kw) -> None:
         batch_size=kw["batch_size"],
         time_budget=kw["time_budget"] or None,
         device=kw["device"],
+        recipe=kw["recipe"],
         run_dir=kw["run_dir"],
         threads=kw["threads"],
         seed=kw["seed"],

@@ -54,6 +54,7 @@ def test_fit_on_a_normalising_3x40x48_graph_and_an_image_tree_with_broken_files(
     assert lines[-1] == f"detrigger-guard serve '{out}'"
     assert "200 images; skipped 8 files (2 not an image file, 6 unreadable)" in result.output
     assert "check: the service loads it" in result.output
+    assert "AE recipe: rgb" in result.output  # a colour graph gets CIFAR-10's recipe
     model_set = load(out)
     assert model_set.input_chw == chw and model_set.manifest.name == "my-set"
     assert [d.value for d in model_set.detectors] == ["detrigger", "strip"]
@@ -88,6 +89,7 @@ def test_fit_on_an_nhwc_uint8_graph_flags_its_trigger_in_the_service(tmp_path: P
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "layout NHWC" in result.output and "scaled by 255" in result.output
+    assert "AE recipe: shared" in result.output
     model_set = load(out)
     # Fresh images of classes other than the target, with the backdoor's trigger stamped on.
     test_x, test_y = um.make_images(200, chw, 11)
