@@ -318,8 +318,8 @@ def audit_report(
     }
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     t0 = time.time()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,33 +93,92 @@ def detrigger_loss(
     return cfg.l2_weight * F.mse_loss(out, clean) + cfg.mask_weight * bce
 
 
+class _LossModule(nn.Module):
+    """The AE with its loss as forward, so that DistributedDataParallel wraps one forward call
+    (detrigger_loss reaches into the AE's parts, past a DDP wrapper's hooks)."""
+
+    def __init__(self, ae: nn.Module, cfg: AEConfig):
+        super().__init__()
+        self.ae, self.cfg = ae, cfg
+
+    def forward(self, x: torch.Tensor, clean: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
+        return detrigger_loss(self.ae, x, clean, self.cfg, changed)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size): of the process group torchrun's job set up, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def train_autoencoder(
-    cfg: AEConfig, train_images: np.ndarray, run_dir: Path, log=print
+    cfg: AEConfig,
+    train_images: np.ndarray,
+    run_dir: Path,
+    log=print,
+    device: str = "cpu",
+    time_budget: float | None = None,
+    stats: dict | None = None,
 ) -> nn.Module:
-    """Train (or reload a finished run of) the AE of `cfg` on clean uint8 images (N, C, H, W)."""
+    """Train (or reload a finished run of) the AE of `cfg` on clean uint8 images (N, C, H, W).
+
+    On `device` (cpu, cuda, cuda:1); data-parallel over the process group when one is set up
+    (torchrun: each rank trains on its DistributedSampler share, DDP averages the gradients,
+    rank 0 alone writes the checkpoint). With `time_budget` (seconds) training stops after the
+    epoch that passes it; the checkpoint resumes it later. `stats` receives the epochs done and
+    whether the budget stopped the run. Returns the AE on the CPU, in eval mode."""
     torch.set_num_threads(cfg.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = _distributed()
+    if rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
     name = run_name(cfg)
     ckpt_path = run_dir / f"detrigger_{name}.ckpt"
     n, c, h, _ = train_images.shape
     torch.manual_seed(cfg.seed)
-    ae = build_autoencoder(cfg.arch, c, h, cfg.width, cfg.fill, cfg.residual)
+    dev = torch.device(device)
+    ae = build_autoencoder(cfg.arch, c, h, cfg.width, cfg.fill, cfg.residual).to(dev)
     opt = torch.optim.Adam(ae.parameters(), lr=cfg.lr)
-    steps_per_epoch = math.ceil(n / cfg.batch_size)
     cfg_dict = config_dict(cfg)
     if cfg.synthesised:  # the audit folder's content, not only its name
         triggers = load_synthesised(cfg.synthesised, cfg.synthesised_dilate)
         cfg_dict["synthesised_sha256"] = triggers.sha256()
 
     start_epoch = resume(
-        ckpt_path, cfg_dict, ae, opt, f"{name} AE", log, defaults=config_dict(AEConfig())
+        ckpt_path,
+        cfg_dict,
+        ae,
+        opt,
+        f"{name} AE",
+        log if rank == 0 else _quiet,
+        defaults=config_dict(AEConfig()),
     )
 
+    step_module: nn.Module = _LossModule(ae, cfg)
+    sampler: Any = None
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+        from torch.utils.data import DistributedSampler
+
+        step_module = DistributedDataParallel(
+            step_module, device_ids=[dev.index or 0] if dev.type == "cuda" else None
+        )
+        # any sized sequence serves: the sampler only draws indices 0..n-1
+        sampler = DistributedSampler(range(n), world, rank, shuffle=True, seed=cfg.seed)  # type: ignore[arg-type]
+    steps_per_epoch = math.ceil((n if sampler is None else len(sampler)) / cfg.batch_size)
+
     images_t = torch.from_numpy(train_images)
+    t_start, epochs_done = time.time(), start_epoch
     for epoch in range(start_epoch, cfg.epochs):
-        rng = np.random.default_rng(cfg.seed * 1000 + epoch)
+        rng = np.random.default_rng(cfg.seed * 1000 + epoch + 7919 * rank)
         ae.train()
-        perm = torch.from_numpy(rng.permutation(n))
+        if sampler is None:
+            perm = torch.from_numpy(rng.permutation(n))
+        else:
+            sampler.set_epoch(epoch)
+            perm = torch.tensor(list(sampler))
         # Cosine decay to 10% of lr over the run, per step.
         t0, loss_sum, seen = time.time(), 0.0, 0
         bar = tqdm(
@@ -126,6 +186,7 @@ def train_autoencoder(
             desc=f"{name} AE epoch {epoch + 1}/{cfg.epochs}",
             mininterval=10,
             leave=False,
+            disable=rank != 0,
         )
         for i in bar:
             step = epoch * steps_per_epoch + i
@@ -135,7 +196,7 @@ def train_autoencoder(
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             clean = images_t[idx].float().div_(255.0)  # (B, C, H, W)
             x, target, changed = ae_batch(clean, cfg, rng)
-            loss = detrigger_loss(ae, x, target, cfg, changed)
+            loss = step_module(x.to(dev), target.to(dev), changed.to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -143,10 +204,43 @@ def train_autoencoder(
             seen += len(idx)
             bar.set_postfix(loss=f"{loss_sum / seen:.5f}", refresh=False)
         dt = time.time() - t0
-        log(
-            f"{name} AE epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / seen:.6f} "
-            f"({dt:.0f} s, {seen / dt:.0f} img/s)"
+        epochs_done = epoch + 1
+        if rank == 0:
+            log(
+                f"{name} AE epoch {epoch + 1}/{cfg.epochs}: loss {loss_sum / seen:.6f} "
+                f"({dt:.0f} s, {seen * world / dt:.0f} img/s)"
+            )
+            save(ckpt_path, cfg_dict, ae, opt, epoch + 1)
+        if _over_budget(t_start, time_budget, world, dev) and epoch + 1 < cfg.epochs:
+            if rank == 0:
+                log(
+                    f"time budget of {time_budget:.0f} s passed after epoch {epoch + 1} of "
+                    f"{cfg.epochs}: stopping here (run again with the same --run-dir to resume)"
+                )
+            break
+    if stats is not None:
+        stats.update(
+            epochs_done=epochs_done,
+            epochs=cfg.epochs,
+            stopped_by_budget=epochs_done < cfg.epochs,
+            world_size=world,
+            device=str(dev),
         )
-        save(ckpt_path, cfg_dict, ae, opt, epoch + 1)
     ae.eval()
-    return ae
+    return ae.cpu()
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _over_budget(t_start: float, budget: float | None, world: int, dev: torch.device) -> bool:
+    """Whether the budget has passed; with several ranks, rank 0's clock decides for all."""
+    over = budget is not None and time.time() - t_start > budget
+    if world > 1:
+        import torch.distributed as dist
+
+        flag = torch.tensor([float(over)], device=dev)
+        dist.broadcast(flag, 0)
+        over = bool(flag.item())
+    return over

@@ -1,0 +1,283 @@
+"""`detrigger-guard fit` and `detrigger-guard calibrate`: options in, the training jobs called
+(training.fit_set, training.calibrate_set). torch is imported only when a command runs."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+import click
+
+from cli.check import service_load
+
+TRAIN_EXTRA = "pip install 'detrigger-guard[train]'"
+
+
+def _floats(ctx, param, value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r}: give comma-separated numbers, e.g. 0.5,0.5,0.5"
+        ) from None
+
+
+def _size(ctx, param, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: give HxW, e.g. 32x32") from None
+    return h, w
+
+
+def _require_torch() -> None:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        raise click.ClickException(f"fitting needs the training extra: {TRAIN_EXTRA}") from None
+
+
+def _command() -> str:
+    return " ".join(["detrigger-guard", *(shlex.quote(a) for a in sys.argv[1:])])
+
+
+def calibration_options(f):
+    """The options fit and calibrate share."""
+    opts = [
+        click.option(
+            "--target-fpr",
+            default=0.01,
+            show_default=True,
+            help="share of clean validation images that may be flagged",
+        ),
+        click.option(
+            "--score",
+            type=click.Choice(["prob_drop", "kl"]),
+            default="prob_drop",
+            show_default=True,
+            help="the contract's score the threshold applies to",
+        ),
+        click.option(
+            "--strip/--no-strip",
+            default=True,
+            show_default=True,
+            help="also calibrate STRIP (a bank of validation images)",
+        ),
+        click.option(
+            "--strip-n", default=16, show_default=True, help="STRIP: superimposed copies per input"
+        ),
+        click.option(
+            "--strip-bank",
+            default=64,
+            show_default=True,
+            help="STRIP: validation images in the bank (not calibrated on)",
+        ),
+        click.option(
+            "--estimate-images",
+            default=1000,
+            show_default=True,
+            help="validation images the estimates are measured on (0: none)",
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _calibration(kw: dict, seed: int, threads: int):
+    from training.evaluation.calibration import CalibrationOptions
+
+    return CalibrationOptions(
+        target_fpr=kw["target_fpr"],
+        score=kw["score"],
+        strip=kw["strip"],
+        strip_n=kw["strip_n"],
+        strip_bank=kw["strip_bank"],
+        estimate_images=kw["estimate_images"],
+        seed=seed,
+        threads=threads,
+    )
+
+
+@click.command()
+@click.option(
+    "--target",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="the ONNX image classifier to guard",
+)
+@click.option(
+    "--data",
+    required=True,
+    help="images: a folder (one sub-folder per class, or flat) or mnist, fashion-mnist, cifar10",
+)
+@click.option(
+    "--out", required=True, type=click.Path(file_okay=False), help="the model-set folder to write"
+)
+@click.option(
+    "--val",
+    default=None,
+    help="held-out clean images for calibration (default: a share of --data, see --val-fraction)",
+)
+@click.option(
+    "--val-fraction",
+    default=0.1,
+    show_default=True,
+    help="share of --data held out when --val is not given",
+)
+@click.option("--data-dir", default=None, help="where the preset datasets lie (with --data mnist)")
+@click.option(
+    "--layout",
+    type=click.Choice(["auto", "NCHW", "NHWC"]),
+    default="auto",
+    show_default=True,
+    help="the graph's input layout (auto: from where 1 or 3 sit)",
+)
+@click.option(
+    "--mean",
+    callback=_floats,
+    default=None,
+    help="per-channel mean the graph expects subtracted, e.g. 0.485,0.456,0.406",
+)
+@click.option("--std", callback=_floats, default=None, help="per-channel std to divide by")
+@click.option(
+    "--scale",
+    type=float,
+    default=None,
+    help="multiply [0, 1] images by this first: 255 for a graph taking 0..255 "
+    "(default: 255 for uint8 input, else 1)",
+)
+@click.option(
+    "--size",
+    callback=_size,
+    default=None,
+    help="HxW for a graph whose height and width are dynamic",
+)
+@click.option(
+    "--output",
+    default=None,
+    help="which output holds the class scores (graphs with several outputs)",
+)
+@click.option(
+    "--output-kind",
+    type=click.Choice(["auto", "logits", "probabilities"]),
+    default="auto",
+    show_default=True,
+    help="auto: probabilities when rows sum to 1",
+)
+@click.option("--name", default=None, help="the set's name (default: --out's folder name)")
+@click.option(
+    "--classes",
+    default=None,
+    help="class names, comma-separated or a file of one per line (default: 0..K-1)",
+)
+@click.option("--epochs", default=4, show_default=True, help="AE training epochs")
+@click.option("--batch-size", default=128, show_default=True, help="AE batch size (per process)")
+@click.option(
+    "--time-budget",
+    default=3000.0,
+    show_default=True,
+    help="seconds: stop training after the epoch that passes this (0: no budget)",
+)
+@click.option(
+    "--recipe",
+    type=click.Choice(["auto", "shared", "rgb"]),
+    default="auto",
+    show_default=True,
+    help="the shipped random-trigger AE recipe: shared (MNIST, Fashion-MNIST) or rgb "
+    "(CIFAR-10's); auto: rgb for colour graphs",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="auto: a GPU when torch sees one",
+)
+@click.option(
+    "--run-dir", default=None, help="checkpoints, resumed from (default: <out>.work beside --out)"
+)
+@click.option("--threads", default=2, show_default=True, help="torch CPU threads per process")
+@click.option("--seed", default=0, show_default=True, help="seed of the split, AE and draws")
+@click.option("--force", is_flag=True, help="replace an existing --out")
+@calibration_options
+def fit(**kw) -> None:
+    """Fit a model set for an ONNX classifier on a folder of images: wrap the target, train the
+    de-trigger AE, calibrate, check and write the set atomically. Under
+    `torchrun --nproc-per-node N` it trains data-parallel."""
+    _require_torch()
+    from training.fit_set import FitOptions
+    from training.fit_set import fit as fit_job
+    from training.nets.onnx_target import TargetError, TargetOptions
+
+    opts = FitOptions(
+        target=kw["target"],
+        data=kw["data"],
+        out=kw["out"],
+        val=kw["val"],
+        val_fraction=kw["val_fraction"],
+        data_dir=kw["data_dir"],
+        name=kw["name"],
+        classes=kw["classes"],
+        target_options=TargetOptions(
+            layout=kw["layout"],
+            mean=kw["mean"],
+            std=kw["std"],
+            scale=kw["scale"],
+            output=kw["output"],
+            output_kind=kw["output_kind"],
+            size=kw["size"],
+        ),
+        calibration=_calibration(kw, kw["seed"], kw["threads"]),
+        epochs=kw["epochs"],
+        batch_size=kw["batch_size"],
+        time_budget=kw["time_budget"] or None,
+        device=kw["device"],
+        recipe=kw["recipe"],
+        run_dir=kw["run_dir"],
+        threads=kw["threads"],
+        seed=kw["seed"],
+        force=kw["force"],
+        command=_command(),
+    )
+    try:
+        report = fit_job(opts, verify=service_load, log=click.echo)
+    except (TargetError, FileExistsError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if report:
+        click.echo(f"detrigger-guard serve {shlex.quote(str(kw['out']))}")
+
+
+@click.command()
+@click.argument("set_dir", metavar="SET", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--data",
+    required=True,
+    help="clean images the set's AE never trained on: a folder or a preset name",
+)
+@click.option("--data-dir", default=None, help="where the preset datasets lie")
+@click.option("--threads", default=2, show_default=True, help="ONNX Runtime threads")
+@click.option("--seed", default=0, show_default=True, help="seed of the bank draw")
+@calibration_options
+def calibrate(set_dir: str, **kw) -> None:
+    """Re-threshold an existing model set on new clean images (and redraw its STRIP bank); the
+    set is rewritten atomically."""
+    from training.calibrate_set import CalibrateOptions
+    from training.calibrate_set import calibrate as calibrate_job
+
+    opts = CalibrateOptions(
+        model_set=set_dir,
+        data=kw["data"],
+        data_dir=kw["data_dir"],
+        calibration=_calibration(kw, kw["seed"], kw["threads"]),
+        command=_command(),
+    )
+    try:
+        calibrate_job(opts, verify=service_load, log=click.echo)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"detrigger-guard serve {shlex.quote(set_dir)}")

@@ -1,0 +1,60 @@
+"""`detrigger-guard calibrate`: re-threshold an existing set on new clean images, atomically."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from click.testing import CliRunner
+
+from cli.main import main
+from service.runtime.modelset import ModelSet
+from service.settings import Settings
+from tests.support import user_models as um
+from tests.support.tiny_models import TinySpec, build_model_set
+
+
+def test_calibrate_rewrites_the_threshold_and_the_strip_bank(tmp_path: Path) -> None:
+    folder = build_model_set(tmp_path / "tiny", TinySpec(name="tiny"))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.0, 1.0, (300, 1, 28, 28)).astype(np.float32)
+    um.write_pngs(tmp_path / "clean", x)
+    (tmp_path / "clean" / "junk.png").write_text("no image")
+    result = CliRunner().invoke(
+        main,
+        ["calibrate", str(folder), "--data", str(tmp_path / "clean"), "--target-fpr", "0.02",
+         "--strip-bank", "16", "--strip-n", "8", "--estimate-images", "50"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "300 images; skipped 1 files (1 unreadable)" in result.output
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["decision"]["rule"] == "score"
+    fp = manifest["decision"]["calibration"]["false_positive"]
+    assert fp["n"] == 300 - 16 and fp["rate"] <= 0.02
+    assert fp["ci95"][0] <= fp["rate"] <= fp["ci95"][1]
+    model_set = ModelSet.load(folder, Settings(models=[folder]))
+    assert model_set.strip is not None and len(model_set.strip.bank) == 16
+    assert result.output.strip().splitlines()[-1] == f"detrigger-guard serve {folder}"
+
+
+def test_calibrate_with_too_few_images_leaves_the_set_as_it_was(tmp_path: Path) -> None:
+    folder = build_model_set(tmp_path / "tiny", TinySpec(name="tiny"))
+    before = (folder / "manifest.json").read_bytes()
+    um.write_pngs(tmp_path / "clean", np.zeros((20, 1, 28, 28), np.float32) + 0.5)
+    result = CliRunner().invoke(
+        main,
+        [
+            "calibrate",
+            str(folder),
+            "--data",
+            str(tmp_path / "clean"),
+            "--strip-bank",
+            "8",
+            "--strip-n",
+            "4",
+        ],  # fmt: skip
+    )
+    assert result.exit_code != 0 and "at least 100" in result.output
+    assert (folder / "manifest.json").read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -1,0 +1,141 @@
+"""`detrigger-guard fit` end to end on user-like models and folders made in the test session,
+with tiny settings: the set it writes must load in the service, flag a triggered image by the
+service's own code, and carry its report; a run that fails leaves no set behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli.check import service_load
+from cli.main import main
+from service.runtime.modelset import ModelSet
+from service.settings import Settings
+from tests.support import user_models as um
+from training.evaluation.calibration import CalibrationOptions
+from training.fit_set import FitOptions, fit
+
+TINY = ["--epochs", "1", "--target-fpr", "0.05", "--strip-bank", "16", "--strip-n", "8",
+        "--estimate-images", "40", "--threads", "2"]  # fmt: skip
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return result
+
+
+def load(folder: Path) -> ModelSet:
+    return ModelSet.load(folder, Settings(models=[folder]))
+
+
+@pytest.mark.slow
+def test_fit_on_a_normalising_3x40x48_graph_and_an_image_tree_with_broken_files(
+    tmp_path: Path,
+) -> None:
+    chw = (3, 40, 48)
+    net = um.train_backdoored(chw, n=600, epochs=2)
+    src = um.export(um.Normalised(net, 0.45, 0.22), torch.zeros(2, *chw), tmp_path / "m.onnx")
+    x, y = um.make_images(200, chw, 5)
+    um.write_pngs(tmp_path / "data", x, y)
+    um.add_broken_files(tmp_path / "data")
+    um.add_broken_files(tmp_path / "data" / "3")
+    out = tmp_path / "my set"
+    result = invoke(
+        "fit", "--target", str(src), "--data", str(tmp_path / "data"), "--out", str(out),
+        "--val-fraction", "0.3", *TINY,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[-1] == f"detrigger-guard serve '{out}'"
+    assert "200 images; skipped 8 files (2 not an image file, 6 unreadable)" in result.output
+    assert "check: the service loads it" in result.output
+    assert "AE recipe: rgb" in result.output  # a colour graph gets CIFAR-10's recipe
+    model_set = load(out)
+    assert model_set.input_chw == chw and model_set.manifest.name == "my-set"
+    assert [d.value for d in model_set.detectors] == ["detrigger", "strip"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibration"]["estimates"]["note"].startswith("ESTIMATES")
+    assert len(report["calibration"]["estimates"]["triggers"]) >= 6
+    assert "NOT detection rates" in (out / "report.md").read_text()
+    for name in ("score_histogram.png", "estimates.png", "strip_bank.npy"):
+        assert (out / name).is_file()
+    assert {p.name for p in (out / "samples").iterdir()} >= {"clean_00.png", "stamped_00.png"}
+    assert not list(tmp_path.glob(".*partial"))
+    assert (tmp_path / "my set.work" / "detrigger_conv_random.ckpt").is_file()
+    # The check command passes it; a second fit refuses to overwrite without --force.
+    assert invoke("check", str(out)).exit_code == 0
+    again = CliRunner().invoke(main, ["fit", "--target", str(src), "--data", str(tmp_path /
+                               "data"), "--out", str(out), *TINY])  # fmt: skip
+    assert again.exit_code != 0 and "--force" in again.output
+
+
+@pytest.mark.slow
+def test_fit_on_an_nhwc_uint8_graph_flags_its_trigger_in_the_service(tmp_path: Path) -> None:
+    chw = (1, 16, 16)
+    net = um.train_backdoored(chw, n=1200, epochs=4)
+    src = um.export(um.NhwcUint8(net), torch.zeros(2, 16, 16, 1, dtype=torch.uint8),
+                    tmp_path / "m.onnx")  # fmt: skip
+    x, _ = um.make_images(900, chw, 7)
+    um.write_pngs(tmp_path / "flat", x)  # a flat folder, no labels
+    out = tmp_path / "set"
+    result = invoke(
+        "fit", "--target", str(src), "--data", str(tmp_path / "flat"), "--out", str(out),
+        "--val-fraction", "0.15", *TINY, "--epochs", "3", "--batch-size", "32",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "layout NHWC" in result.output and "scaled by 255" in result.output
+    assert "AE recipe: shared" in result.output
+    model_set = load(out)
+    # Fresh images of classes other than the target, with the backdoor's trigger stamped on.
+    test_x, test_y = um.make_images(200, chw, 11)
+    others = test_x[test_y != um.TARGET][:100]
+    triggered = np.asarray(um.TRIGGER(others.copy()), np.float32)
+    scored = model_set.infer_scored(triggered)
+    assert (scored.decisions.predicted == um.TARGET).mean() > 0.9  # the backdoor works
+    detection = scored.decisions.flagged.mean()
+    false_positives = model_set.infer_scored(others).decisions.flagged.mean()
+    assert detection >= 0.5 and false_positives <= 0.15, (detection, false_positives)
+
+
+def test_two_outputs_are_refused_without_output_before_any_training(tmp_path: Path) -> None:
+    chw = (1, 12, 16)
+    src = um.export(um.TwoOutputs(um.Net(chw)), torch.zeros(2, *chw), tmp_path / "m.onnx",
+                    ("features", "scores"))  # fmt: skip
+    um.write_pngs(tmp_path / "data", um.make_images(150, chw, 0)[0])
+    args = ["fit", "--target", str(src), "--data", str(tmp_path / "data"), "--val-fraction",
+            "0.5", *TINY]  # fmt: skip
+    refused = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert refused.exit_code != 0 and "--output NAME" in refused.output
+    assert not (tmp_path / "a.work" / "detrigger_conv_random.ckpt").exists()
+    ok = invoke(*args, "--out", str(tmp_path / "b"), "--output", "scores")
+    assert ok.exit_code == 0, ok.output
+    assert load(tmp_path / "b").manifest.target.model_extra["wrapped"]["output_name"] == "scores"
+
+
+def test_a_set_that_fails_its_check_is_never_published(tmp_path: Path) -> None:
+    chw = (1, 12, 16)
+    src = um.export(um.Net(chw), torch.zeros(1, *chw), tmp_path / "m.onnx", dynamic=False)
+    um.write_pngs(tmp_path / "data", um.make_images(150, chw, 0)[0])
+    opts = FitOptions(
+        target=str(src), data=str(tmp_path / "data"), out=str(tmp_path / "set"),
+        val_fraction=0.5, epochs=1, calibration=CalibrationOptions(
+            target_fpr=0.05, strip_bank=16, strip_n=8, estimate_images=0),
+    )  # fmt: skip
+
+    def failing(folder: Path) -> list[str]:
+        assert service_load(folder)  # it would load ...
+        raise ValueError("refused by the caller's check")  # ... but the caller says no
+
+    with pytest.raises(ValueError, match="refused by the caller"):
+        fit(opts, verify=failing, log=lambda _: None)
+    assert not (tmp_path / "set").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    # The same run with the service's check publishes the set (the fixed batch made dynamic).
+    report = fit(opts, verify=service_load, log=lambda _: None)
+    assert load(tmp_path / "set").manifest.target.model_extra["wrapped"]["batch"] == 1
+    assert report["training"]["epochs_done"] == 1

@@ -1,0 +1,68 @@
+"""The calibration of a user's set: exact intervals, the contract's rule at the target FPR."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from contract.scoring import decide
+from training.evaluation import calibration
+from training.evaluation.calibration import calibrate_decision, clopper_pearson
+
+
+@pytest.mark.parametrize(
+    ("k", "n", "lo", "hi"),
+    [(0, 100, 0.0, 0.036217), (5, 100, 0.016432, 0.112835), (100, 100, 0.963783, 1.0)],
+)
+def test_clopper_pearson_gives_the_exact_bounds(monkeypatch, k, n, lo, hi) -> None:
+    got = clopper_pearson(k, n)
+    assert got == pytest.approx((lo, hi), abs=1e-5)
+    # The bisection without scipy gives the same bounds.
+    monkeypatch.setitem(__import__("sys").modules, "scipy", None)
+    monkeypatch.setitem(__import__("sys").modules, "scipy.stats", None)
+    assert calibration.clopper_pearson(k, n) == pytest.approx((lo, hi), abs=1e-5)
+
+
+def test_the_threshold_flags_at_most_the_target_fpr_by_the_contracts_rule() -> None:
+    rng = np.random.default_rng(0)
+    lx = rng.normal(size=(1000, 5)) * 3
+    lae = lx + rng.normal(size=(1000, 5))
+    decision, measured = calibrate_decision(lx, lae, "prob_drop", 0.01)
+    flagged = decide(lx, lae, decision).flagged
+    assert decision.rule == "score" and 0 < flagged.sum() <= 10
+    assert measured["false_positive"]["k"] == int(flagged.sum())
+    lo, hi = measured["false_positive"]["ci95"]
+    assert lo <= flagged.mean() <= hi
+    with pytest.raises(ValueError, match="at least 100"):
+        calibrate_decision(lx[:50], lae[:50], "prob_drop", 0.01)
+
+
+def test_the_estimates_draw_their_images_across_a_folder_read_class_by_class(
+    tmp_path, monkeypatch
+) -> None:
+    """A folder read class by class gives sorted images; the estimate images must still be a
+    random draw, not the first class."""
+    seen = []
+
+    def record(images, run_pair, decision, batch_size):
+        seen.append(images)
+        return {}
+
+    monkeypatch.setattr(calibration, "estimates", record)
+    monkeypatch.setattr(calibration, "onnx_pair", lambda *a: None)
+    monkeypatch.setattr(calibration, "read_manifest", lambda folder: _Manifest())
+    monkeypatch.setattr(
+        calibration, "_batched", lambda pair, x, b: (np.eye(5)[np.arange(len(x)) % 5],) * 2 + (x,)
+    )
+    (tmp_path / "manifest.json").write_text("{}")
+    monkeypatch.setattr(calibration, "write_manifest", lambda *a: None)
+    monkeypatch.setattr(calibration.Manifest, "model_validate", staticmethod(lambda raw: raw))
+    images = np.repeat(np.arange(4, dtype=np.uint8), 100)[:, None, None, None]  # classes 0..3
+    opts = calibration.CalibrationOptions(strip=False, estimate_images=100, target_fpr=0.05)
+    calibration.calibrate_folder(tmp_path, images.repeat(2, 2).repeat(2, 3), opts, "test")
+    assert len(set(seen[0][:, 0, 0, 0].tolist())) == 4
+
+
+class _Manifest:
+    class input:  # noqa: N801
+        channels, height, width = 1, 2, 2

@@ -1,0 +1,291 @@
+"""Calibration of a model set on a user's clean held-out images, and the estimates that can be
+made without a known backdoor.
+
+- `calibrate_decision`: the contract's score (contract.scoring) on (f(x), f(AE(x))), thresholded
+  so that at most target_fpr of the clean images are flagged by the contract's decision rule; the
+  measured FPR is reported with its exact (Clopper-Pearson) 95% interval.
+- `estimates`: for each trigger family of the attack suite stamped on the clean images, how often
+  the target's class on AE(stamped) equals its class on the clean image (restoration rate), and
+  how much the AE changes clean images. These are estimates: the user's model has no known
+  backdoor, so no detection rate can be measured.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contract.manifest import Decision, Manifest, read_manifest, read_verified
+from contract.scoring import SCORES, decide
+from contract.strip import StripConfig, bank_from_npy, flag
+from training.data.attack_suite import load_suite
+from training.data.triggers import Trigger
+from training.evaluation.detectors import cpu_session
+from training.evaluation.metrics import threshold_at_fpr
+from training.evaluation.strip import BANK_FILE, onnx_target, strip_entropies, strip_threshold
+from training.nets.export import sha256, write_manifest
+
+Pair = Callable[
+    [np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]
+]  # x -> (f(x), f(AE x), AE x)
+
+
+def _binom_sf_ge(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), from log-pmfs (no scipy)."""
+    if k <= 0:
+        return 1.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    i = np.arange(k, n + 1)
+    lg = math.lgamma(n + 1) - np.array([math.lgamma(j + 1) + math.lgamma(n - j + 1) for j in i])
+    return float(np.exp(lg + i * math.log(p) + (n - i) * math.log1p(-p)).sum())
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact two-sided interval for a binomial share k / n (scipy's beta quantiles where scipy is
+    installed, else the same bounds by bisection on the binomial tail)."""
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
+    alpha = 1.0 - level
+    try:
+        from scipy.stats import beta
+
+        lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+        hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+        return lo, hi
+    except ImportError:
+        pass
+
+    def solve(f: Callable[[float], float]) -> float:  # f increasing in p; root in [0, 1]
+        a, b = 0.0, 1.0
+        for _ in range(60):
+            m = (a + b) / 2
+            a, b = (m, b) if f(m) < 0 else (a, m)
+        return (a + b) / 2
+
+    lo = 0.0 if k == 0 else solve(lambda p: _binom_sf_ge(k, n, p) - alpha / 2)
+    hi = 1.0 if k == n else solve(lambda p: (alpha / 2) - (1 - _binom_sf_ge(k + 1, n, p)))
+    return lo, hi
+
+
+def rate(flags: np.ndarray) -> dict[str, Any]:
+    """A share with its count and 95% interval."""
+    flags = np.asarray(flags, bool)
+    k, n = int(flags.sum()), int(flags.size)
+    lo, hi = clopper_pearson(k, n)
+    return {"rate": k / n, "k": k, "n": n, "ci95": [lo, hi]}
+
+
+def calibrate_decision(
+    logits_x: np.ndarray, logits_ae: np.ndarray, score: str, target_fpr: float
+) -> tuple[Decision, dict[str, Any]]:
+    """The manifest's decision for target_fpr on these clean images, and what it measured."""
+    if score not in SCORES:
+        raise ValueError(f"unknown score {score!r}; allowed: {', '.join(SCORES)}")
+    if not 0.0 < target_fpr < 0.5:
+        raise ValueError(f"--target-fpr {target_fpr} must lie in (0, 0.5)")
+    if len(logits_x) * target_fpr < 1:
+        raise ValueError(
+            f"{len(logits_x)} validation images cannot measure an FPR of {target_fpr}; "
+            f"give at least {math.ceil(1 / target_fpr)}"
+        )
+    values = SCORES[score](logits_x, logits_ae)
+    threshold = threshold_at_fpr(values, target_fpr)
+    decision = Decision(rule="score", score=score, threshold=threshold)  # type: ignore[arg-type]
+    flagged = decide(logits_x, logits_ae, decision).flagged  # the contract's own rule
+    measured = {
+        "target_fpr": target_fpr,
+        "score": score,
+        "threshold": threshold,
+        "false_positive": rate(flagged),
+        "score_quantiles": {
+            q: float(np.quantile(values, v))
+            for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))
+        },
+    }
+    return decision, measured
+
+
+def suite_triggers() -> list[tuple[str, Trigger]]:
+    """One (name, trigger) per trigger of the attack suite (two-targets gives two)."""
+    out = []
+    for name, attack in load_suite().items():
+        for i, (trigger, _) in enumerate(attack.backdoors):
+            out.append((name if len(attack.backdoors) == 1 else f"{name}-{i + 1}", trigger))
+    return out
+
+
+def estimates(
+    images: np.ndarray, run_pair: Pair, decision: Decision, batch_size: int = 256
+) -> dict[str, Any]:
+    """Estimates on clean uint8 images (N, C, H, W): what the AE does to them, and per suite
+    trigger stamped on them, the restoration rate and the share the decision flags."""
+    x = images.astype(np.float32) / np.float32(255.0)
+    lx, lae, ax = _batched(run_pair, x, batch_size)
+    clean_pred = lx.argmax(1)
+    out: dict[str, Any] = {
+        "note": "ESTIMATES, not detection rates: the model has no known backdoor. Each suite "
+        "trigger is stamped on clean held-out images; 'restoration' is how often the target's "
+        "class on AE(stamped) equals its class on the clean image; 'flagged' how often the "
+        "set's decision flags the stamped image (a trigger the model never learnt rarely "
+        "changes its class, so 'flagged' understates detection of a real backdoor).",
+        "n": int(len(x)),
+        "clean": {
+            "mean_abs_pixel_change": float(np.abs(ax - x).mean()),
+            "class_agreement": float((lae.argmax(1) == clean_pred).mean()),
+        },
+        "triggers": [],
+    }
+    c, h, w = x.shape[1:]
+    out["skipped"] = []
+    for name, trigger in suite_triggers():
+        try:
+            t = trigger.resolve(h, w)
+        except ValueError as exc:  # e.g. a random position on too small an image
+            out["skipped"].append({"name": name, "why": str(exc)})
+            continue
+        if t.kind == "patch" and t.size > min(h, w) // 2:
+            out["skipped"].append({"name": name, "why": "the patch covers half the image"})
+            continue
+        stamped = np.asarray(t(x.copy()), np.float32)
+        sx, sae, _ = _batched(run_pair, stamped, batch_size)
+        flagged = decide(sx, sae, decision).flagged
+        out["triggers"].append(
+            {
+                "name": name,
+                "trigger": t.to_dict(),
+                "restoration_rate": float((sae.argmax(1) == clean_pred).mean()),
+                "class_changed_by_trigger": float((sx.argmax(1) != clean_pred).mean()),
+                "flagged": float(flagged.mean()),
+            }
+        )
+    return out
+
+
+def _batched(run_pair: Pair, x: np.ndarray, batch_size: int):
+    parts = [run_pair(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
+    return tuple(np.concatenate([p[k] for p in parts]) for k in range(3))
+
+
+# --- a set folder -------------------------------------------------------------------------------
+
+
+@dataclass
+class CalibrationOptions:
+    """How a set is calibrated on clean held-out images (fit's and calibrate's options)."""
+
+    target_fpr: float = 0.01
+    score: str = "prob_drop"
+    strip: bool = True
+    strip_n: int = 16
+    strip_bank: int = 64
+    estimate_images: int = 1000  # 0: no estimates
+    seed: int = 0
+    threads: int = 0
+    batch_size: int = 256
+
+    def problems(self) -> list[str]:
+        out = []
+        if not 0.0 < self.target_fpr < 0.5:
+            out.append(f"--target-fpr {self.target_fpr} must lie in (0, 0.5)")
+        if self.score not in SCORES:
+            out.append(f"--score {self.score!r}: allowed: {', '.join(SCORES)}")
+        if self.strip and not 1 <= self.strip_n <= min(256, self.strip_bank):
+            out.append(f"--strip-n {self.strip_n} must lie in 1..min(256, --strip-bank)")
+        return out
+
+
+def onnx_pair(folder: Path, manifest: Manifest, threads: int) -> Pair:
+    """x -> (f(x), f(AE(x)), AE(x)) on ONNX Runtime from the set's verified bytes, the service's
+    order: the AE once, then the target once on [x; AE(x)]."""
+    target = cpu_session(read_verified(folder, manifest.target), threads)
+    ae = cpu_session(read_verified(folder, manifest.detrigger), threads)
+    t, d = manifest.target, manifest.detrigger
+
+    def run(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x = np.ascontiguousarray(x, np.float32)
+        (ax,) = ae.run([d.output_name], {d.input_name: x})
+        (logits,) = target.run([t.output_name], {t.input_name: np.concatenate([x, ax])})
+        logits = np.asarray(logits, np.float64)
+        return logits[: len(x)], logits[len(x) :], np.asarray(ax, np.float32)
+
+    return run
+
+
+def calibrate_folder(
+    folder: Path, images: np.ndarray, opts: CalibrationOptions, source: str
+) -> dict[str, Any]:
+    """Calibrate the set in `folder` on clean uint8 images (N, C, H, W) the AE never trained on:
+    write its decision (and STRIP's bank and entry) into the manifest, and return what was
+    measured, estimates included. The bank and the calibration images are disjoint."""
+    raw = json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(folder)
+    chw = (manifest.input.channels, manifest.input.height, manifest.input.width)
+    if tuple(images.shape[1:]) != chw:
+        raise ValueError(f"images {images.shape[1:]} do not fit the set's input {chw}")
+    perm = np.random.default_rng(opts.seed).permutation(len(images))
+    n_bank = opts.strip_bank if opts.strip else 0
+    # The calibration images stay in the permutation's random order: a folder read class by
+    # class would otherwise give the estimates' first images all of one class.
+    bank_idx, calib_idx = np.sort(perm[:n_bank]), perm[n_bank:]
+    calib = images[calib_idx]
+    pair = onnx_pair(folder, manifest, opts.threads)
+    x = calib.astype(np.float32) / np.float32(255.0)  # the service decoder's float32 values
+    lx, lae, _ = _batched(pair, x, opts.batch_size)
+    decision, measured = calibrate_decision(lx, lae, opts.score, opts.target_fpr)
+    measured["source"] = source
+    measured["scores"] = SCORES[opts.score](lx, lae).tolist()  # for the report's plot
+    raw["decision"] = {
+        **decision.model_dump(),
+        "calibration": {k: v for k, v in measured.items() if k != "scores"},
+    }
+    result: dict[str, Any] = {"decision": measured}
+    if opts.strip:
+        bank = images[bank_idx]
+        np.save(folder / BANK_FILE, np.ascontiguousarray(bank))  # (M, C, H, W) uint8
+        bank_f = bank_from_npy((folder / BANK_FILE).read_bytes(), chw)
+        config = StripConfig(opts.strip_n, opts.seed, 1.0, 1.0)
+        target = onnx_target(folder, manifest, opts.threads)
+        _, entropy = strip_entropies(calib, bank_f, config, target, 64)
+        threshold = strip_threshold(entropy, opts.target_fpr)
+        strip = {
+            "target_fpr": opts.target_fpr,
+            "threshold": threshold,
+            "false_positive": rate(flag(entropy, threshold)),
+            "source": source,
+        }
+        detectors = raw.get("detectors") if isinstance(raw.get("detectors"), dict) else {}
+        raw["detectors"] = {
+            **detectors,
+            "strip": {
+                "bank": {
+                    "file": BANK_FILE,
+                    "sha256": sha256(folder / BANK_FILE),
+                    "images": int(len(bank)),
+                    "dtype": "uint8",
+                    "source": source,
+                },
+                "n": opts.strip_n,
+                "threshold": threshold,
+                "seed": opts.seed,
+                "blend": {"input_weight": 1.0, "bank_weight": 1.0},
+                "score": "mean Shannon entropy (bits) of the target's softmax over the n "
+                "copies; flagged when below threshold",
+                "calibration": strip,
+            },
+        }
+        result["strip"] = strip
+    Manifest.model_validate(raw)  # what the service will read
+    write_manifest(folder, raw)
+    if opts.estimate_images:
+        chosen = calib[: opts.estimate_images]
+        result["estimates"] = estimates(chosen, pair, decision, opts.batch_size)
+    return result

@@ -1,0 +1,114 @@
+"""Check a model set folder against the model contract (docs/model-contract.md), without the
+service: manifest schema, every file and its sha256, the graphs' input and output names and
+shapes against the manifest, the AE's output shape equal to its input, and both graphs run by
+ONNX Runtime on a batch of 3 (a batch other than 1, for the dynamic axis) with finite outputs;
+the STRIP bank when the manifest has one. `detrigger-guard check` adds the service's own load.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from contract.errors import ModelLoadError
+from contract.manifest import Manifest, read_manifest, read_verified
+from contract.strip import Strip
+from training.evaluation.detectors import cpu_session
+
+
+class SetCheckError(ValueError):
+    """The set breaks the contract; the message names the file and what is wrong."""
+
+
+def _io(session, spec, role: str, folder: Path) -> tuple[list, list]:
+    ins, outs = session.get_inputs(), session.get_outputs()
+    in_names, out_names = [i.name for i in ins], [o.name for o in outs]
+    if spec.input_name not in in_names or len(ins) != 1:
+        raise SetCheckError(
+            f"{folder / spec.file}: inputs {in_names}; the manifest's {role}.input_name is "
+            f"{spec.input_name!r} (one input)"
+        )
+    if spec.output_name not in out_names:
+        raise SetCheckError(
+            f"{folder / spec.file}: outputs {out_names}; the manifest's {role}.output_name is "
+            f"{spec.output_name!r}"
+        )
+    return list(ins[0].shape), next(o.shape for o in outs if o.name == spec.output_name)
+
+
+def check_set(folder: Path, batch: int = 3) -> tuple[Manifest, list[str]]:
+    """(the manifest, one line per check passed); SetCheckError at the first failure."""
+    lines = []
+    try:
+        manifest = read_manifest(folder)
+        lines.append(f"manifest.json: valid ({manifest.name}, {len(manifest.classes)} classes)")
+        data = {
+            role: read_verified(folder, getattr(manifest, role)) for role in ("target", "detrigger")
+        }
+        lines.append("target.onnx, detrigger.onnx: sha256 as the manifest says")
+        strip = None
+        if manifest.detectors.strip is not None:
+            chw = (manifest.input.channels, manifest.input.height, manifest.input.width)
+            strip = Strip.load(folder, manifest.detectors.strip, chw)
+            lines.append(
+                f"{manifest.detectors.strip.bank.file}: sha256 and shape fit "
+                f"({len(strip.bank)} images, n={strip.config.n})"
+            )
+    except ModelLoadError as exc:
+        raise SetCheckError(str(exc)) from exc
+    c, h, w = manifest.input.channels, manifest.input.height, manifest.input.width
+    x = np.random.default_rng(0).random((batch, c, h, w), dtype=np.float32)
+    outputs: dict[str, np.ndarray] = {}
+    for role in ("detrigger", "target"):
+        spec = getattr(manifest, role)
+        try:
+            session = cpu_session(data[role], 0)
+        except Exception as exc:
+            raise SetCheckError(
+                f"{folder / spec.file}: ONNX Runtime cannot load it: {exc}"
+            ) from exc
+        in_shape, _ = _io(session, spec, role, folder)
+        fixed = [d if isinstance(d, int) else None for d in in_shape]
+        if len(fixed) != 4 or any(
+            have is not None and have != want
+            for have, want in zip(fixed[1:], (c, h, w), strict=True)
+        ):
+            raise SetCheckError(
+                f"{folder / spec.file}: input shape {in_shape}; the manifest says "
+                f"(N, {c}, {h}, {w})"
+            )
+        if fixed[0] is not None:
+            raise SetCheckError(f"{folder / spec.file}: fixed batch {fixed[0]}; it must be dynamic")
+        feed = x if role == "detrigger" else np.concatenate([x, outputs["detrigger"]])
+        try:
+            (y,) = session.run([spec.output_name], {spec.input_name: feed})
+        except Exception as exc:
+            raise SetCheckError(
+                f"{folder / spec.file}: fails on a batch of {len(feed)}: {exc}"
+            ) from exc
+        if not np.all(np.isfinite(y)):
+            raise SetCheckError(f"{folder / spec.file}: non-finite outputs on a batch")
+        outputs[role] = np.asarray(y, np.float32)
+    if outputs["detrigger"].shape != x.shape:
+        raise SetCheckError(
+            f"{folder / manifest.detrigger.file}: output {outputs['detrigger'].shape} != input "
+            f"{x.shape}"
+        )
+    if outputs["target"].shape != (2 * batch, len(manifest.classes)):
+        raise SetCheckError(
+            f"{folder / manifest.target.file}: output {outputs['target'].shape}; the manifest "
+            f"has {len(manifest.classes)} classes: expected ({2 * batch}, {len(manifest.classes)})"
+        )
+    lines.append(f"graphs: names and shapes as the manifest says; AE output = input {x.shape}")
+    lines.append(f"ONNX Runtime runs both graphs on a batch of {batch} (target on {2 * batch})")
+    if strip is not None:
+        try:
+            session = cpu_session(data["target"], 0)
+            spec = manifest.target
+            (logits,) = session.run([spec.output_name], {spec.input_name: strip.batch(x)})
+            strip.decide(np.asarray(logits), batch)
+        except Exception as exc:
+            raise SetCheckError(f"STRIP fails on a batch of {batch}: {exc}") from exc
+        lines.append("STRIP runs on a batch")
+    return manifest, lines

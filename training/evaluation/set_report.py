@@ -1,0 +1,144 @@
+"""The report of a user's model set (fit, calibrate): report.json, report.md and two plots in
+the set folder, the numbers beside the command, seed, versions and hardware that made them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.2f}%"
+
+
+def _interval(r: dict[str, Any]) -> str:
+    lo, hi = r["ci95"]
+    return f"{_pct(r['rate'])} ({r['k']}/{r['n']}; 95% CI {_pct(lo)} to {_pct(hi)})"
+
+
+def fpr_line(calibration: dict[str, Any]) -> str:
+    d = calibration["decision"]
+    line = (
+        f"de-trigger AE ({d['score']} > {d['threshold']:.6g}): clean FPR "
+        f"{_interval(d['false_positive'])} at target {_pct(d['target_fpr'])}"
+    )
+    if "strip" in calibration:
+        s = calibration["strip"]
+        line += f"; STRIP (< {s['threshold']:.4f} bits): clean FPR {_interval(s['false_positive'])}"
+    return line
+
+
+def plots(folder: Path, calibration: dict[str, Any]) -> list[str]:
+    """score_histogram.png (clean scores, threshold) and estimates.png (restoration per
+    trigger); the file names written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = []
+    d = calibration["decision"]
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.hist(np.asarray(d["scores"]), bins=60, color="#4477aa")
+    ax.axvline(d["threshold"], color="#cc3311", label=f"threshold {d['threshold']:.4g}")
+    ax.set_yscale("log")
+    ax.set_xlabel(f"{d['score']} on clean validation images")
+    ax.set_ylabel("images")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(folder / "score_histogram.png", dpi=100)
+    plt.close(fig)
+    names.append("score_histogram.png")
+    est = calibration.get("estimates")
+    if est and est["triggers"]:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        labels = [t["name"] for t in est["triggers"]]
+        ax.barh(labels, [t["restoration_rate"] for t in est["triggers"]], color="#228833")
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("restoration rate (estimate): class on AE(stamped) = class on clean")
+        fig.tight_layout()
+        fig.savefig(folder / "estimates.png", dpi=100)
+        plt.close(fig)
+        names.append("estimates.png")
+    return names
+
+
+def markdown(report: dict[str, Any]) -> str:
+    cal = report["calibration"]
+    lines = [
+        f"# Model set {report['name']}",
+        "",
+        f"Made by `{report['command']}` (seed {report['seed']}) on {report['hardware']}; "
+        f"{report['wall_seconds']:.0f} s. Versions: "
+        + ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+        + ".",
+        "",
+        "## Data",
+        "",
+        *[f"- {line}" for line in report["data"]],
+        "",
+    ]
+    if "target" in report:
+        t = report["target"]
+        lines += [
+            "## Target",
+            "",
+            f"- input {t['input_name']!r} {t['dtype']} {t['layout']}, {t['channels']}x"
+            f"{t['height']}x{t['width']}, batch {t['batch']}; output {t['output_name']!r} "
+            f"({t['output_kind']}), {t['classes']} classes",
+            f"- wrapped to float32 NCHW in [0, 1]: scale {t['scale']:g}, mean {list(t['mean'])}, "
+            f"std {list(t['std'])}",
+            *[f"- {n}" for n in t["notes"]],
+            "",
+        ]
+    if "training" in report:
+        tr = report["training"]
+        lines += [
+            "## De-trigger AE",
+            "",
+            f"- the random-trigger conv AE (training.config.random_ae), {tr['epochs_done']} of "
+            f"{tr['epochs']} epochs on {tr['images']} images, {tr['wall_seconds']:.0f} s on "
+            f"{tr['device']} x {tr['world_size']}"
+            + (" (stopped by --time-budget)" if tr["stopped_by_budget"] else ""),
+            "",
+        ]
+    lines += ["## Calibration (measured)", "", f"- {fpr_line(cal)}", ""]
+    est = cal.get("estimates")
+    if est:
+        c = est["clean"]
+        lines += [
+            "## Estimates (NOT detection rates)",
+            "",
+            "These are estimates. The model has no known backdoor, so no detection rate can be "
+            "measured: each trigger family of the attack suite is stamped on "
+            f"{est['n']} clean held-out images. *Restoration* is how often the target's class "
+            "on AE(stamped) equals its class on the clean image; *flagged* how often the set "
+            "flags the stamped image (low where the model never learnt that trigger).",
+            "",
+            f"- on clean images the AE changes pixels by {c['mean_abs_pixel_change']:.4f} on "
+            f"average (of 1) and keeps the target's class on {_pct(c['class_agreement'])}",
+            "",
+            "| trigger | restoration | class changed by trigger | flagged |",
+            "|---|---:|---:|---:|",
+            *[
+                f"| {t['name']} | {_pct(t['restoration_rate'])} | "
+                f"{_pct(t['class_changed_by_trigger'])} | {_pct(t['flagged'])} |"
+                for t in est["triggers"]
+            ],
+            "",
+        ]
+    for name in report.get("plots", []):
+        lines += [f"![{name}]({name})", ""]
+    return "\n".join(lines)
+
+
+def write_report(folder: Path, report: dict[str, Any]) -> None:
+    """report.json (scores left out), plots and report.md."""
+    report["plots"] = plots(folder, report["calibration"])
+    slim = json.loads(json.dumps(report))
+    slim["calibration"]["decision"].pop("scores", None)
+    (folder / "report.json").write_text(json.dumps(slim, indent=2) + "\n")
+    (folder / "report.md").write_text(markdown(report) + "\n")
