@@ -163,10 +163,11 @@ class Settings(BaseSettings):
         default=64, ge=1, le=4096, description="Most images in one engine batch."
     )
     max_batch_wait_ms: float = Field(
-        default=2.0,
+        default=0.0,
         ge=0.0,
         le=1000.0,
-        description="Longest wait for more images before a batch runs.",
+        description="Longest wait for more images before a batch runs while the engine is idle; "
+        "0 dispatches at once (images still batch while a batch runs).",
     )
     max_queue_images: int = Field(
         default=2048, ge=1, le=1_000_000, description="Images allowed to wait; more answers 503."

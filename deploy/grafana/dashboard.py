@@ -436,8 +436,10 @@ def batching_panels() -> list[PanelBuilder]:
     return [
         graph(
             "Batch size p50 / p95 / p99",
-            "Images per engine batch, per model set. Batches of 1 under load mean "
-            "GUARD_MAX_BATCH_WAIT_MS is too short to gather requests.",
+            "Images per engine batch, per model set. An idle engine runs a request at once; "
+            "requests that arrive while a batch runs share the next one. Batches of 1 under "
+            "load mean each batch ends before the next request: GUARD_MAX_BATCH_WAIT_MS > 0 "
+            "trades latency for larger batches.",
             quantile_queries("guard_batch_size", "model", sel),
             "short",
         ),
