@@ -255,8 +255,9 @@ class UpstreamClient:
                 f"logits of shape [{rows}, {classes}]"
             )
         logits = np.asarray(chosen.data, dtype=np.float32)
-        if not np.isfinite(logits).all():
-            bad = sorted({int(r) for r in np.flatnonzero(~np.isfinite(logits).all(axis=1))})
+        finite = np.isfinite(logits).all(axis=1)  # (rows,)
+        if not finite.all():
+            bad = np.flatnonzero(~finite).tolist()
             raise ValueError(f"{chosen.name!r} has non-finite logits (NaN or inf) in rows {bad}")
         return logits
 

@@ -110,6 +110,23 @@ def datatype_of(dtype: np.dtype[Any]) -> str:
     raise ValueError(f"no V2 datatype for numpy {dtype}")
 
 
+def split_body(body: bytes, header_length: int | None) -> tuple[Any, memoryview | None]:
+    """A REST body -> (its JSON, the binary tensor data after it, or None without the
+    Inference-Header-Content-Length header). ValueError when the header does not fit the body
+    or the JSON does not parse."""
+    if header_length is not None and not 0 < header_length <= len(body):
+        raise ValueError(
+            f"Inference-Header-Content-Length {header_length} does not fit the body of "
+            f"{len(body)} bytes"
+        )
+    head = body if header_length is None else body[:header_length]
+    binary = None if header_length is None else memoryview(body)[header_length:]
+    try:
+        return load_json(head), binary
+    except ValueError as exc:
+        raise ValueError(f"the body is not valid JSON: {exc}") from exc
+
+
 def _parameters(obj: Mapping[str, Any], where: str) -> dict[str, Any]:
     params = obj.get("parameters") or {}
     if not isinstance(params, dict):
@@ -415,17 +432,10 @@ class InferRequest:
     @classmethod
     def from_rest(cls, body: bytes, header_length: int | None) -> InferRequest:
         """Parse a REST request body; ``header_length`` is Inference-Header-Content-Length."""
-        if header_length is not None and not 0 < header_length <= len(body):
-            raise _bad(
-                f"Inference-Header-Content-Length {header_length} does not fit the body of "
-                f"{len(body)} bytes"
-            )
-        head = body if header_length is None else body[:header_length]
-        binary = None if header_length is None else memoryview(body)[header_length:]
         try:
-            obj = load_json(head)
+            obj, binary = split_body(body, header_length)
         except ValueError as exc:
-            raise _bad(f"the request is not valid JSON: {exc}") from exc
+            raise _bad(str(exc)) from exc
         if not isinstance(obj, dict):
             raise _bad("the request must be a JSON object")
         request_id = obj.get("id")
@@ -539,14 +549,7 @@ class InferResponse:
     def from_rest(cls, body: bytes, header_length: int | None) -> InferResponse:
         """Parse a V2 response body (from an upstream server), JSON or JSON + binary tensor
         data. Raises ValueError when it is not one."""
-        if header_length is not None and not 0 < header_length <= len(body):
-            raise ValueError(f"Inference-Header-Content-Length {header_length} does not fit")
-        head = body if header_length is None else body[:header_length]
-        binary = None if header_length is None else memoryview(body)[header_length:]
-        try:
-            obj = load_json(head)
-        except ValueError as exc:
-            raise ValueError(f"not JSON: {exc}") from exc
+        obj, binary = split_body(body, header_length)
         if not isinstance(obj, dict) or not isinstance(obj.get("outputs"), list):
             raise ValueError("not a V2 inference response: no outputs list")
         outputs, offset = [], 0
