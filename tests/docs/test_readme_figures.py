@@ -19,31 +19,14 @@ import pytest
 from bench.report import README_BEGIN, README_END, readme_table
 from tests.docs.mdparse import REPO, table
 from training.evaluation.markdown import replace_block
+from training.evaluation.report import README_COLUMNS, SUMMARY_COLUMNS
 
 README = REPO / "README.md"
 REPORTS = REPO / "reports"
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
-DETECTION = [
-    "set",
-    "clean accuracy",
-    "attack success",
-    "detection",
-    "clean FPR",
-    "paper: detection / clean acc.",
-]
-REPORTS_README = [
-    "dataset",
-    "clean acc.",
-    "ASR",
-    "shipped rule",
-    "detection",
-    "FPR",
-    "backdoor acc. after AE",
-    "clean acc. after AE",
-    "paper: detection / clean acc.",
-    "goal: clean / detection / FPR",
-]
+DETECTION = list(SUMMARY_COLUMNS)
+REPORTS_README = list(README_COLUMNS)
 BENCH = ["target", "cell", "measured", "status"]
 
 
