@@ -181,7 +181,7 @@ def _calibration(kw: dict, seed: int, threads: int):
     "--time-budget",
     default=3000.0,
     show_default=True,
-    help="seconds: stop training after the epoch that passes this (0: no budget)",
+    help="seconds for training: the LR schedule runs on this clock and no epoch starts that would end past it (0: no budget)",
 )
 @click.option(
     "--recipe",

@@ -127,8 +127,9 @@ def train_autoencoder(
 
     On `device` (cpu, cuda, cuda:1); data-parallel over the process group when one is set up
     (torchrun: each rank trains on its DistributedSampler share, DDP averages the gradients,
-    rank 0 alone writes the checkpoint). With `time_budget` (seconds) training stops after the
-    epoch that passes it; the checkpoint resumes it later. `stats` receives the epochs done and
+    rank 0 alone writes the checkpoint). With `time_budget` (seconds) the learning rate decays on
+    the budget's clock when that is ahead of the steps, and no epoch starts that would end past
+    the budget (judged by the last epoch's time); the checkpoint resumes a stopped run later. `stats` receives the epochs done and
     whether the budget stopped the run. Returns the AE on the CPU, in eval mode."""
     torch.set_num_threads(cfg.threads)
     rank, world = _distributed()
@@ -170,7 +171,8 @@ def train_autoencoder(
     steps_per_epoch = math.ceil((n if sampler is None else len(sampler)) / cfg.batch_size)
 
     images_t = torch.from_numpy(train_images)
-    t_start, epochs_done = time.time(), start_epoch
+    clock = _BudgetClock(time_budget, world, dev)
+    epochs_done = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
         rng = np.random.default_rng(cfg.seed * 1000 + epoch + 7919 * rank)
         ae.train()
@@ -179,7 +181,8 @@ def train_autoencoder(
         else:
             sampler.set_epoch(epoch)
             perm = torch.tensor(list(sampler))
-        # Cosine decay to 10% of lr over the run, per step.
+        # Cosine decay to 10% of lr over the run, per step; under a time budget the run's
+        # progress is whichever is further on, the steps or the budget's time.
         t0, loss_sum, seen = time.time(), 0.0, 0
         bar = tqdm(
             range(steps_per_epoch),
@@ -190,7 +193,7 @@ def train_autoencoder(
         )
         for i in bar:
             step = epoch * steps_per_epoch + i
-            frac = step / (cfg.epochs * steps_per_epoch)
+            frac = progress(step, cfg.epochs * steps_per_epoch, clock.elapsed(), time_budget)
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
@@ -211,11 +214,12 @@ def train_autoencoder(
                 f"({dt:.0f} s, {seen * world / dt:.0f} img/s)"
             )
             save(ckpt_path, cfg_dict, ae, opt, epoch + 1)
-        if _over_budget(t_start, time_budget, world, dev) and epoch + 1 < cfg.epochs:
+        if epoch + 1 < cfg.epochs and clock.no_time_for_another(dt):
             if rank == 0:
                 log(
-                    f"time budget of {time_budget:.0f} s passed after epoch {epoch + 1} of "
-                    f"{cfg.epochs}: stopping here (run again with the same --run-dir to resume)"
+                    f"time budget of {time_budget:.0f} s: another epoch would end past it, so "
+                    f"training stops after epoch {epoch + 1} of {cfg.epochs}, its learning rate "
+                    "decayed on the budget's clock (run again with the same --run-dir to resume)"
                 )
             break
     if stats is not None:
@@ -234,13 +238,40 @@ def _quiet(_: str) -> None:
     pass
 
 
-def _over_budget(t_start: float, budget: float | None, world: int, dev: torch.device) -> bool:
-    """Whether the budget has passed; with several ranks, rank 0's clock decides for all."""
-    over = budget is not None and time.time() - t_start > budget
-    if world > 1:
+def progress(step: int, total_steps: int, elapsed: float, budget: float | None) -> float:
+    """How far the run is, in [0, 1], for the learning-rate schedule: the share of steps done,
+    or, with a time budget, the share of the budget spent when that is further on. The LR so
+    reaches its floor when the budget ends, not at an epoch the budget cuts off; both shares
+    only grow, so the schedule stays monotone."""
+    frac = step / total_steps
+    if budget is not None:
+        frac = max(frac, elapsed / budget)
+    return min(frac, 1.0)
+
+
+def no_time_for_another(elapsed: float, epoch_s: float, budget: float | None) -> bool:
+    """Whether an epoch as long as the last one would end past the budget."""
+    return budget is not None and elapsed + epoch_s > budget
+
+
+class _BudgetClock:
+    """Seconds since training began as rank 0 reads them, and rank 0's epoch times: broadcast to
+    every rank, so that all ranks set the same learning rate and stop after the same epoch."""
+
+    def __init__(self, budget: float | None, world: int, dev: torch.device) -> None:
+        self.t_start, self.budget, self.world, self.dev = time.time(), budget, world, dev
+
+    def _rank0(self, value: float) -> float:
+        if self.budget is None or self.world == 1:
+            return value
         import torch.distributed as dist
 
-        flag = torch.tensor([float(over)], device=dev)
-        dist.broadcast(flag, 0)
-        over = bool(flag.item())
-    return over
+        t = torch.tensor([value], dtype=torch.float64, device=self.dev)
+        dist.broadcast(t, 0)
+        return float(t.item())
+
+    def elapsed(self) -> float:
+        return self._rank0(time.time() - self.t_start)
+
+    def no_time_for_another(self, epoch_s: float) -> bool:
+        return no_time_for_another(self.elapsed(), self._rank0(epoch_s), self.budget)

@@ -10,7 +10,13 @@ import pytest
 import torch
 
 from training.config import AEConfig
-from training.fit.autoencoder import ae_batch, detrigger_loss
+from training.fit.autoencoder import (
+    ae_batch,
+    detrigger_loss,
+    no_time_for_another,
+    progress,
+    train_autoencoder,
+)
 from training.nets.autoencoders import build_autoencoder
 
 
@@ -194,3 +200,42 @@ def test_paper_share_gives_that_share_the_papers_corner_square():
     assert 0.22 < papers(x, changed) < 0.38
     x, _, changed = ae_batch(clean, replace(cfg, paper_share=0.0), np.random.default_rng(0))
     assert papers(x, changed) < 0.02
+
+
+def test_under_a_time_budget_the_schedule_follows_whichever_is_further_on():
+    # 10% of the steps but half the budget spent: the LR schedule is half-way.
+    assert progress(10, 100, elapsed=50.0, budget=100.0) == 0.5
+    assert progress(60, 100, elapsed=50.0, budget=100.0) == 0.6  # steps further on
+    assert progress(10, 100, elapsed=500.0, budget=None) == 0.1  # no budget: steps alone
+    assert progress(10, 100, elapsed=150.0, budget=100.0) == 1.0  # past it: the floor
+
+
+def test_an_epoch_that_would_end_past_the_budget_is_not_started():
+    assert no_time_for_another(elapsed=70.0, epoch_s=40.0, budget=100.0)
+    assert not no_time_for_another(elapsed=50.0, epoch_s=40.0, budget=100.0)
+    assert not no_time_for_another(elapsed=1e9, epoch_s=40.0, budget=None)
+
+
+def test_a_budgeted_run_stops_between_epochs_with_its_lr_at_the_floor(tmp_path, monkeypatch):
+    # A fake clock that advances 1 s per reading: the budget of 60 s runs out inside the
+    # middle of the run, so training stops after fewer epochs than asked, and the last learning
+    # rate set is near the schedule's floor (10% of lr), not where the epochs' count had it
+    # (about 90% of lr, a few epochs into twenty).
+    import training.fit.autoencoder as fit_ae
+
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(fit_ae.time, "time", lambda: float(next(ticks)))
+    lrs: list[float] = []
+    real_step = torch.optim.Adam.step
+
+    def step(self, *a, **k):
+        lrs.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    cfg = AEConfig(arch="conv", width=2, epochs=20, batch_size=8, threads=1, lr=1e-3)
+    images = np.zeros((32, 1, 8, 8), np.uint8)  # 4 steps per epoch
+    stats: dict = {}
+    train_autoencoder(cfg, images, tmp_path, log=lambda _: None, time_budget=60.0, stats=stats)
+    assert stats["stopped_by_budget"] and 1 <= stats["epochs_done"] < 20
+    assert lrs[-1] < cfg.lr * 0.2
