@@ -14,8 +14,9 @@ and a poison rate, read from a JSON file (training/attacks/suite.json).
     }
 
 A trigger is the keyword form of training.data.triggers.Trigger (kind, size, position, value, alpha,
-seed, content, amplitude); a patch `position` may be "random" (fixed by the trigger's seed, away
-from the edges), resolved to a (row, col) for the dataset's image size when the attack is used.
+seed, content, amplitude, strength, grid, density); a patch `position` may be "random" (fixed by
+the trigger's seed, away from the edges), resolved to a (row, col) for the dataset's image size
+when the attack is used.
 With several pairs, each poisons poison_rate / K of the training set. Every error names the file
 and the field: `suite.json: attacks[2] (random-colour-patch).backdoors[0].trigger: unknown
 field 'sise'; allowed: ...`.
@@ -44,6 +45,9 @@ TRIGGER_TYPES: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "content": (str,),
     "amplitude": (int, float),
+    "strength": (int, float),
+    "grid": (int,),
+    "density": (int, float),
 }
 
 

@@ -4,12 +4,20 @@ Images are float arrays in [0, 1] laid out (..., C, H, W): one image (C, H, W) o
 (N, C, H, W). Every function works on numpy arrays and torch tensors alike (only slicing and
 arithmetic) and returns a new array; the input is never changed.
 
-A `Trigger` is one of three kinds, each filled with a named pattern (`content`, see PATTERNS):
+A `Trigger` is one of these kinds; the first three are filled with a named pattern (`content`,
+see PATTERNS):
 - `patch`: overwrite a size x size square (BadNets) at a corner, a (row, col) or a seeded
   `random` position away from the edges;
 - `blend`: (1 - alpha) * x + alpha * pattern over the whole image (Chen et al.);
 - `noise`: x + amplitude * (2 * pattern - 1) over the whole image, clipped to [0, 1] (a
-  sample-wide, low-amplitude additive pattern).
+  sample-wide, low-amplitude additive pattern);
+and the transforms of training/data/transforms.py, fixed by `seed`:
+- `warp`: a smooth displacement field of mean length `strength` pixels on a `grid` x `grid`
+  control grid (WaNet);
+- `filter`: the photo filter `content` (one of FILTERS) of strength `amplitude`;
+- `frequency`: x + amplitude * (a sum of three mid-to-high-frequency cosine waves), clipped;
+- `dynamic`: an input-specific pattern written on the `density` share of pixels that a random
+  conv generator picks per image.
 """
 
 from __future__ import annotations
@@ -19,6 +27,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
+
+from training.data import transforms
+from training.data.transforms import FILTERS, linear_weights
 
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
@@ -75,22 +86,11 @@ def apply_additive(x: Any, pattern: Any, amplitude: Any) -> Any:
 
 PATTERNS = ("solid", "colour", "noise", "binary", "checkerboard", "smooth")
 RANDOM_PATTERNS = ("colour", "noise", "binary", "smooth")  # the ones `seed` fixes
-KINDS = ("patch", "blend", "noise")
+KINDS = ("patch", "blend", "noise", "warp", "filter", "frequency", "dynamic")
 # The pattern each kind uses when `content` is not set: today's white square and noise blend.
-DEFAULT_CONTENT = {"patch": "solid", "blend": "noise", "noise": "noise"}
+DEFAULT_CONTENT = {"patch": "solid", "blend": "noise", "noise": "noise", "filter": "gamma"}
+WAVES = 3  # cosine waves of a frequency trigger
 SMOOTH_GRID = 4  # "smooth": a random 4x4 grid per channel, upsampled bilinearly
-
-
-def _linear_weights(n_out: int, n_in: int) -> np.ndarray:
-    """(n_out, n_in) linear-interpolation matrix from n_in grid points spread over n_out pixels."""
-    t = np.linspace(0.0, n_in - 1.0, n_out)
-    lo = np.minimum(np.floor(t).astype(int), n_in - 1)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = (t - lo).astype(np.float32)
-    w = np.zeros((n_out, n_in), np.float32)
-    w[np.arange(n_out), lo] += 1.0 - frac
-    w[np.arange(n_out), hi] += frac
-    return w
 
 
 def make_pattern(
@@ -117,7 +117,7 @@ def make_pattern(
         return np.broadcast_to(board, shape).copy()
     if content == "smooth":
         grid = rng.random((c, SMOOTH_GRID, SMOOTH_GRID), dtype=np.float32)
-        rows, cols = _linear_weights(h, SMOOTH_GRID), _linear_weights(w, SMOOTH_GRID)
+        rows, cols = linear_weights(h, SMOOTH_GRID), linear_weights(w, SMOOTH_GRID)
         return np.einsum("hi,cij,wj->chw", rows, grid, cols).astype(np.float32)
     raise ValueError(f"unknown pattern {content!r}; allowed: {', '.join(PATTERNS)}")
 
@@ -157,15 +157,32 @@ class Trigger:
     alpha: float = 0.1  # blend only
     seed: int = 0
     content: str | None = None  # one of PATTERNS
-    amplitude: float = 0.05  # noise only: the largest change of a pixel
+    amplitude: float = 0.05  # noise, frequency: the largest change of a pixel; filter: strength
+    strength: float = 1.0  # warp: mean displacement in pixels
+    grid: int = 4  # warp: control points per side
+    density: float = 0.05  # dynamic: share of pixels written
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown trigger kind {self.kind!r}; allowed: {', '.join(KINDS)}")
-        if self.content is not None and self.content not in PATTERNS:
+        allowed = FILTERS if self.kind == "filter" else PATTERNS
+        if self.content is not None and (
+            self.content not in allowed or self.kind in ("warp", "frequency", "dynamic")
+        ):
             raise ValueError(
-                f"unknown trigger content {self.content!r}; allowed: {', '.join(PATTERNS)}"
+                f"unknown content {self.content!r} for a {self.kind} trigger; allowed: "
+                + (
+                    ", ".join(allowed)
+                    if self.kind in ("patch", "blend", "noise", "filter")
+                    else "none (the kind has no content)"
+                )
             )
+        if not 0.0 < self.strength <= 8.0:
+            raise ValueError(f"strength must lie in (0, 8] pixels, got {self.strength}")
+        if self.grid < 2:
+            raise ValueError(f"grid must be >= 2, got {self.grid}")
+        if not 0.0 < self.density <= 0.5:
+            raise ValueError(f"density must lie in (0, 0.5], got {self.density}")
         if not isinstance(self.position, str):  # a JSON list -> a hashable (row, col) tuple
             pos = tuple(int(v) for v in self.position)
             if len(pos) != 2:
@@ -184,7 +201,7 @@ class Trigger:
 
     @property
     def pattern_name(self) -> str:
-        return self.content or DEFAULT_CONTENT[self.kind]
+        return self.content or DEFAULT_CONTENT.get(self.kind, self.kind)
 
     def pattern(self, shape: tuple[int, ...]) -> np.ndarray:
         """The pattern for images of shape (C, H, W) (a blend's or a noise trigger's), or for a
@@ -200,6 +217,8 @@ class Trigger:
 
     def __call__(self, x: Any) -> Any:
         c, h, w = (int(v) for v in x.shape[-3:])
+        if self.kind in ("warp", "filter", "frequency", "dynamic"):
+            return self._transform(x)
         if self.kind == "patch":
             t = self.resolve(h, w)
             if self.pattern_name == "solid":
@@ -211,6 +230,32 @@ class Trigger:
             return apply_blend(x, p, self.alpha)
         return apply_additive(x, p, self.amplitude)  # kind "noise"
 
+    def _transform(self, x: Any) -> Any:
+        """The transform kinds, computed in numpy on a batch (a single image gets a batch axis)."""
+        torch_in = hasattr(x, "clone")
+        a = (x.detach().cpu().numpy() if torch_in else np.asarray(x)).astype(np.float32)
+        single = a.ndim == 3
+        batch = a[None] if single else a.reshape(-1, *a.shape[-3:])
+        n, c, h, w = batch.shape
+        rng = np.random.default_rng(self.seed)
+        one = np.ones(n, np.float32)
+        if self.kind == "warp":
+            control = rng.uniform(-1, 1, (1, 2, self.grid, self.grid))
+            field = transforms.warp_field(control, h, w, np.float32([self.strength]))
+            out = transforms.warp(batch, np.broadcast_to(field, (n, 2, h, w)))
+        elif self.kind == "filter":
+            gains = np.broadcast_to(rng.uniform(-1, 1, (1, c)), (n, c))
+            out = transforms.photo_filter(batch, self.pattern_name, self.amplitude * one, gains)
+        elif self.kind == "frequency":
+            freqs = transforms.wave_frequencies(rng, 1, WAVES, h, w)
+            waves = transforms.wave_pattern(freqs, rng.uniform(0, 2 * np.pi, (1, WAVES)), h, w)
+            out = np.clip(batch + self.amplitude * waves[:, None], 0.0, 1.0)
+        else:  # dynamic
+            gen = transforms.Generator(rng, c)
+            out, _ = transforms.dynamic(batch, gen, self.density * one)
+        out = out.astype(np.float32).reshape(a.shape)
+        return _like(out, x) if torch_in else out
+
     def to_dict(self) -> dict:
         """The fields this kind uses: `content` only when set, `seed` only for a random pattern or
         position, `value` only for a solid patch. The default white patch gives {"kind", "size",
@@ -220,11 +265,17 @@ class Trigger:
             "patch": ("kind", "size", "position", "value", "content", "seed"),
             "blend": ("kind", "alpha", "content", "seed"),
             "noise": ("kind", "amplitude", "content", "seed"),
+            "warp": ("kind", "strength", "grid", "seed"),
+            "filter": ("kind", "content", "amplitude", "seed"),
+            "frequency": ("kind", "amplitude", "seed"),
+            "dynamic": ("kind", "density", "seed"),
         }[self.kind]
         d = {k: v for k, v in d.items() if k in used}
         if self.content is None:
-            d.pop("content")
-        if self.pattern_name not in RANDOM_PATTERNS and self.position != "random":
+            d.pop("content", None)
+        if self.kind in ("patch", "blend", "noise") and (
+            self.pattern_name not in RANDOM_PATTERNS and self.position != "random"
+        ):
             d.pop("seed", None)
         if self.kind == "patch" and self.pattern_name != "solid":
             d.pop("value")

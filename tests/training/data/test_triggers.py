@@ -72,7 +72,7 @@ def test_blend():
     p = t.pattern((1, 3, 3))
     np.testing.assert_allclose(y[0], 0.5 + 0.5 * p, rtol=1e-6)
     with pytest.raises(ValueError, match="patch, blend"):
-        Trigger(kind="warp")(x)
+        Trigger(kind="wobble")(x)
 
 
 def test_trigger_to_dict_matches_contract():
