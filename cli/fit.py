@@ -181,7 +181,8 @@ def _calibration(kw: dict, seed: int, threads: int):
     "--time-budget",
     default=3000.0,
     show_default=True,
-    help="seconds for training: the LR schedule runs on this clock and no epoch starts that would end past it (0: no budget)",
+    help="seconds for training: the LR schedule runs on this clock and no epoch starts that "
+    "would end past it (0: no budget)",
 )
 @click.option(
     "--recipe",
@@ -190,6 +191,14 @@ def _calibration(kw: dict, seed: int, threads: int):
     show_default=True,
     help="the shipped random-trigger AE recipe: shared (MNIST, Fashion-MNIST) or rgb "
     "(CIFAR-10's); auto: rgb for colour graphs",
+)
+@click.option(
+    "--families",
+    type=click.Choice(["base", "extended"]),
+    default="base",
+    show_default=True,
+    help="the AE's training triggers: base (patches, blends, additive patterns) or extended "
+    "(also warps, photo filters, frequency waves and input-specific patterns)",
 )
 @click.option(
     "--device",
@@ -238,6 +247,7 @@ def fit(**kw) -> None:
         time_budget=kw["time_budget"] or None,
         device=kw["device"],
         recipe=kw["recipe"],
+        families=kw["families"],
         run_dir=kw["run_dir"],
         threads=kw["threads"],
         seed=kw["seed"],

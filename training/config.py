@@ -104,8 +104,14 @@ class AEConfig:
     # random AE is then trained on a superset of the paper's data: on CIFAR-10 the sampler alone
     # left white squares on bright corners (sky) in place, which the paper's AE removes.
     paper_share: float = 0.0
+    # random only: which trigger families the sampler draws (trigger_sampler.FAMILY_SETS): base
+    # (patches, blends, additive patterns: the shipped AEs) or extended (also warps, filters,
+    # frequency waves and input-specific patterns, issue 22).
+    families: str = "base"
 
     def __post_init__(self) -> None:
+        if self.families not in ("base", "extended"):
+            raise ValueError(f"unknown families {self.families!r}; allowed: base, extended")
         for name in ("triggered_share", "synthesised_share", "corner_share", "paper_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
@@ -144,6 +150,8 @@ def run_name(cfg: AEConfig) -> str:
     """The AE's name in checkpoint files: `conv` for the paper's corner training (the name runs
     have always used), `conv_random` or e.g. `conv_random_minus-checkerboard` otherwise."""
     name = cfg.arch if cfg.triggers == "corner" else f"{cfg.arch}_{cfg.triggers}"
+    if cfg.triggers == "random" and cfg.families != "base":
+        name = f"{name}_{cfg.families}"
     if cfg.exclude:
         name = f"{name}_minus-{'-'.join(cfg.exclude)}"
     if cfg.synthesised:

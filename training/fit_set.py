@@ -35,6 +35,7 @@ from training import evidence
 from training.config import CIFAR10_RANDOM_AE, random_ae
 from training.data.attack_suite import load_suite
 from training.data.folders import load_split
+from training.data.trigger_sampler import FAMILY_SETS
 from training.evaluation.calibration import CalibrationOptions, calibrate_folder
 from training.evaluation.publish import publish, refuse_existing, staging_dir
 from training.evaluation.set_check import check_set
@@ -78,6 +79,7 @@ class FitOptions:
     time_budget: float | None = DEFAULT_TIME_BUDGET
     device: str = "auto"
     recipe: str = "auto"  # auto: rgb for 3 channels, shared for 1
+    families: str = "base"  # the sampler's family set (trigger_sampler.FAMILY_SETS)
     run_dir: str | None = None
     threads: int = 2
     seed: int = 0
@@ -88,6 +90,8 @@ class FitOptions:
         out = self.calibration.problems()
         if self.recipe not in ("auto", *RECIPES):
             out.append(f"--recipe {self.recipe!r}: allowed: auto, {', '.join(RECIPES)}")
+        if self.families not in FAMILY_SETS:
+            out.append(f"--families {self.families!r}: allowed: {', '.join(FAMILY_SETS)}")
         if self.device not in DEVICES:
             out.append(f"--device {self.device!r}: allowed: {', '.join(DEVICES)}")
         if self.epochs < 1:
@@ -183,6 +187,7 @@ def fit(opts: FitOptions, verify=None, log=print) -> dict[str, Any]:
         batch_size=opts.batch_size,
         threads=opts.threads,
         seed=opts.seed,
+        families=opts.families,
     )
     stats: dict[str, Any] = {}
     t_train = time.time()

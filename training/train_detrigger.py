@@ -46,7 +46,7 @@ from training.config import (
     with_triggers,
 )
 from training.data.datasets import load_dataset, split_train_val
-from training.data.trigger_sampler import SamplerSpec
+from training.data.trigger_sampler import FAMILY_SETS, SamplerSpec
 from training.fit.autoencoder import train_autoencoder
 from training.inversion.synthesised import load_synthesised
 from training.nets.checkpoints import config_dict
@@ -71,6 +71,14 @@ def parser() -> argparse.ArgumentParser:
         default="",
         help="comma-separated families, kinds or patterns of the sampler left out of training, "
         "e.g. checkerboard or blend (default: none)",
+    )
+    p.add_argument(
+        "--families",
+        default="base",
+        choices=("base", "extended"),
+        help="with --triggers random: the sampler's families, base (patches, blends, additive "
+        "patterns: the shipped AEs) or extended (also warps, filters, frequency waves and "
+        "input-specific patterns) (default: base)",
     )
     p.add_argument(
         "--synthesised",
@@ -123,6 +131,7 @@ def ae_config(p: argparse.ArgumentParser, args: argparse.Namespace, preset: Pres
     cfg = replace(
         with_triggers(base, args.triggers, exclude, args.epochs, args.threads),
         synthesised=args.synthesised,
+        families=args.families,
     )
     recipe = {
         "corner_share": args.corner_share,
@@ -143,7 +152,8 @@ def ae_config(p: argparse.ArgumentParser, args: argparse.Namespace, preset: Pres
         f"{args.run_dir}/{args.dataset}/detrigger_{run_name(cfg)}.ckpt",
     )
     try:
-        SamplerSpec(exclude=cfg.exclude).active()  # a bad name fails here, before loading data
+        # a bad name fails here, before loading data
+        SamplerSpec(families=FAMILY_SETS[cfg.families], exclude=cfg.exclude).active()
     except ValueError as e:
         p.error(f"--exclude: {e}")
     if args.triggers == "none" and not args.synthesised:

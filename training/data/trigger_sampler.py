@@ -13,7 +13,10 @@ parameters drawn per image:
   mixed in as (1 - alpha) * x + alpha * pattern with alpha in [0.05, 0.3];
 - additive: a full-image zero-mean pattern (noise, binary or smooth) added as
   clip(x + amplitude * (2 * pattern - 1)) with amplitude in [0.02, 0.15]: a sample-wide
-  low-amplitude perturbation, which a blend (pulled towards its pattern) is not.
+  low-amplitude perturbation, which a blend (pulled towards its pattern) is not;
+- transforms (the "extended" family set only, FAMILY_SETS; training/data/transforms.py): smooth
+  warps, photo filters (gamma, contrast, tint, vignette), mid-to-high-frequency waves, and
+  input-specific patterns from a random conv generator drawn per image.
 
 The families and ranges live in `SamplerSpec`, so that a family can be held out of training and
 used to test generalisation: `SamplerSpec(exclude=("checkerboard",))` drops every family whose
@@ -44,14 +47,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from training.data.triggers import SMOOTH_GRID, apply_additive
+from training.data import transforms
+from training.data.triggers import SMOOTH_GRID, WAVES, apply_additive
 
 
 @dataclass(frozen=True)
 class Family:
     name: str  # unique: "<kind>-<pattern>"
-    kind: str  # "patch", "blend" or "additive"
-    pattern: str  # "solid", "noise", "checkerboard", "binary", "smooth"
+    kind: str  # "patch", "blend", "additive", or a transform: "warp", "filter", ...
+    pattern: str  # "solid", "noise", "checkerboard", "binary", "smooth"; a transform's variant
     weight: float = 1.0  # relative probability of being drawn
 
 
@@ -71,6 +75,20 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 
+# Transforms that are no stamped pattern (issue 22, item 1; training/data/transforms.py): in the
+# "extended" set only, so that the shipped AEs' recipe ("base") draws what it always drew.
+TRANSFORM_FAMILIES: tuple[Family, ...] = (
+    Family("warp-field", "warp", "field", 0.5),
+    Family("filter-gamma", "filter", "gamma", 0.25),
+    Family("filter-contrast", "filter", "contrast", 0.25),
+    Family("filter-tint", "filter", "tint", 0.25),
+    Family("filter-vignette", "filter", "vignette", 0.25),
+    Family("frequency-waves", "frequency", "waves", 0.5),
+    Family("dynamic-generator", "dynamic", "generator", 0.5),
+)
+FAMILY_SETS = {"base": FAMILIES, "extended": FAMILIES + TRANSFORM_FAMILIES}
+
+
 @dataclass(frozen=True)
 class SamplerSpec:
     sizes: tuple[int, int] = (2, 8)  # patch side, both ends included
@@ -80,6 +98,11 @@ class SamplerSpec:
     saturated_share: float = 0.3  # colours: share with every channel 0 or 1
     mask_tau: float = 0.02  # blend: a pixel moved by more than this is in the mask target
     corner_share: float = 0.0  # patches put in a random corner instead of anywhere
+    warp_strengths: tuple[float, float] = (0.5, 2.0)  # mean displacement in pixels, uniform
+    warp_grids: tuple[int, int] = (3, 6)  # control points per side, both ends included
+    filter_amounts: tuple[float, float] = (0.1, 0.5)  # filter strength, uniform
+    wave_amplitudes: tuple[float, float] = (0.02, 0.1)  # frequency: largest change, uniform
+    densities: tuple[float, float] = (0.02, 0.1)  # dynamic: share of pixels written, uniform
     families: tuple[Family, ...] = FAMILIES
     exclude: tuple[str, ...] = ()  # family names, kinds or patterns left out
 
@@ -184,7 +207,47 @@ def _full_image(
     return out, moved.float()
 
 
-STAMPS = {"patch": _patch, "blend": _full_image, "additive": _full_image}
+def _transform(
+    x: torch.Tensor, family: Family, rng: np.random.Generator, spec: SamplerSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A warp, photo filter, frequency pattern or input-specific pattern, its parameters (and,
+    for the dynamic one, its generator) drawn per image. Mask target: the pixels moved by more
+    than mask_tau, or for the dynamic trigger the pixels it wrote."""
+    a = x.numpy()
+    n, c, h, w = a.shape
+    if family.kind == "warp":
+        grids = rng.integers(spec.warp_grids[0], spec.warp_grids[1] + 1, n)
+        field = np.empty((n, 2, h, w), np.float32)
+        for k in np.unique(grids):  # one upsampling per grid size
+            rows = np.flatnonzero(grids == k)
+            control = rng.uniform(-1, 1, (len(rows), 2, k, k))
+            strength = rng.uniform(*spec.warp_strengths, len(rows))
+            field[rows] = transforms.warp_field(control, h, w, strength)
+        out = transforms.warp(a, field)
+    elif family.kind == "filter":
+        amount = rng.uniform(*spec.filter_amounts, n)
+        gains = rng.uniform(-1, 1, (n, c))
+        out = transforms.photo_filter(a, family.pattern, amount, gains)
+    elif family.kind == "frequency":
+        freqs = transforms.wave_frequencies(rng, n, WAVES, h, w)
+        waves = transforms.wave_pattern(freqs, rng.uniform(0, 2 * np.pi, (n, WAVES)), h, w)
+        amplitude = rng.uniform(*spec.wave_amplitudes, n).astype(np.float32)
+        out = np.clip(a + amplitude[:, None, None, None] * waves[:, None], 0.0, 1.0)
+    else:  # dynamic: a generator of its own per image
+        gen = transforms.Generator(rng, c, n)
+        out, wrote = transforms.dynamic(a, gen, rng.uniform(*spec.densities, n))
+        return torch.from_numpy(out), torch.from_numpy(wrote).float()
+    out_t = torch.from_numpy(np.ascontiguousarray(out, np.float32))
+    moved = (out_t - x).abs().amax(1, keepdim=True) > spec.mask_tau  # (B, 1, H, W)
+    return out_t, moved.float()
+
+
+STAMPS = {
+    "patch": _patch,
+    "blend": _full_image,
+    "additive": _full_image,
+    **dict.fromkeys(("warp", "filter", "frequency", "dynamic"), _transform),
+}
 
 
 def sample_triggers(

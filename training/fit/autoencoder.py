@@ -16,7 +16,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.config import AE_TRIGGERS, AEConfig, run_name
-from training.data.trigger_sampler import SamplerSpec, sample_triggers
+from training.data.trigger_sampler import FAMILY_SETS, SamplerSpec, sample_triggers
 from training.data.triggers import random_corner_patch
 from training.inversion.synthesised import load_synthesised, stamp_synthesised
 from training.nets.autoencoders import Clamp01, MaskedConvAutoencoder, build_autoencoder
@@ -52,11 +52,16 @@ def ae_batch(
         changed[pidx] = changed_pixels(x[pidx], clean[pidx])
     idx = torch.from_numpy(np.flatnonzero(own & ~paper))
     if len(idx):
-        spec = SamplerSpec(exclude=tuple(cfg.exclude), corner_share=cfg.corner_share)
+        spec = SamplerSpec(
+            families=FAMILY_SETS[cfg.families],
+            exclude=tuple(cfg.exclude),
+            corner_share=cfg.corner_share,
+        )
         x[idx], changed[idx], family = sample_triggers(clean[idx], rng, spec)
         if cfg.residual:  # full-image triggers are the correction's: the mask stays shut
             kinds = np.array([f.kind for f in spec.active()])[family]
-            changed[idx[torch.from_numpy(kinds != "patch")]] = 0.0
+            full_image = ~np.isin(kinds, ("patch", "dynamic"))  # dynamic: sparse, overwritten
+            changed[idx[torch.from_numpy(full_image)]] = 0.0
     sidx = torch.from_numpy(np.flatnonzero(synth))
     if len(sidx):
         triggers = load_synthesised(cfg.synthesised, cfg.synthesised_dilate)
@@ -129,8 +134,9 @@ def train_autoencoder(
     (torchrun: each rank trains on its DistributedSampler share, DDP averages the gradients,
     rank 0 alone writes the checkpoint). With `time_budget` (seconds) the learning rate decays on
     the budget's clock when that is ahead of the steps, and no epoch starts that would end past
-    the budget (judged by the last epoch's time); the checkpoint resumes a stopped run later. `stats` receives the epochs done and
-    whether the budget stopped the run. Returns the AE on the CPU, in eval mode."""
+    the budget (judged by the last epoch's time); the checkpoint resumes a stopped run later.
+    `stats` receives the epochs done and whether the budget stopped the run. Returns the AE on
+    the CPU, in eval mode."""
     torch.set_num_threads(cfg.threads)
     rank, world = _distributed()
     if rank == 0:

@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from training.data.trigger_sampler import FAMILIES, SamplerSpec, sample_triggers
+from training.data.trigger_sampler import (
+    FAMILIES,
+    FAMILY_SETS,
+    TRANSFORM_FAMILIES,
+    SamplerSpec,
+    sample_triggers,
+)
 
 
 def _batch(n: int = 400, c: int = 3, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -134,3 +140,35 @@ def test_corner_share_puts_that_share_of_patches_in_the_four_corners():
     # half snapped to a corner (about 1000), plus the uniform ones that land in one by chance
     assert 900 < sum(corners.values()) < 1200
     assert min(corners.values()) > 180  # all four alike
+
+
+def test_extended_families_stamp_transforms_with_their_own_masks():
+    # The extended set draws every transform family; each changes its images, stays in [0, 1],
+    # and its mask target holds the pixels it moved (warp, filter, waves) or wrote (dynamic).
+    x = _batch(600, seed=3)
+    spec = SamplerSpec(families=FAMILY_SETS["extended"])
+    s = sample_triggers(x, np.random.default_rng(1), spec)
+    names = [f.name for f in spec.active()]
+    assert s.images.min() >= 0 and s.images.max() <= 1
+    for family in TRANSFORM_FAMILIES:
+        rows = torch.from_numpy(np.flatnonzero(s.family == names.index(family.name)))
+        assert len(rows) > 5, family.name
+        moved = (s.images[rows] - x[rows]).abs().amax(1, keepdim=True)  # (n, 1, H, W)
+        assert (moved.flatten(1).amax(1) > 0).all(), f"{family.name} left an image as it was"
+        if family.kind == "dynamic":
+            assert ((moved > 0) <= s.mask[rows].bool()).all()  # nothing written outside it
+            share = s.mask[rows].mean((1, 2, 3))
+            assert ((share >= 0.015) & (share <= 0.11)).all()  # the density range, 2% to 10%
+        else:
+            assert torch.equal(s.mask[rows], (moved > spec.mask_tau).float())
+
+
+def test_the_base_set_is_what_the_shipped_aes_drew():
+    # The shipped AEs' recipe keeps its families: no transform unless asked for.
+    assert SamplerSpec().families == FAMILIES == FAMILY_SETS["base"]
+    assert not {f.kind for f in FAMILIES} & {f.kind for f in TRANSFORM_FAMILIES}
+    with pytest.raises(ValueError, match="no such family"):
+        SamplerSpec(exclude=("warp",)).active()
+    assert "warp-field" not in [
+        f.name for f in SamplerSpec(families=FAMILY_SETS["extended"], exclude=("warp",)).active()
+    ]
