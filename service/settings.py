@@ -7,6 +7,7 @@ comma-separated string. Validators refuse values that would make the service uns
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -105,6 +106,28 @@ class Upstream(BaseModel):
     def grpc_target(self) -> str:
         """host:port of a grpc:// url."""
         return self.url.removeprefix("grpc://")
+
+
+# S3's bucket naming rules (the common subset that every S3-compatible server accepts).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket[/prefix]`` -> (bucket, prefix), the prefix empty or ending in ``/``."""
+    if not url.startswith("s3://"):
+        raise ValueError(f"{url!r} is not s3://bucket or s3://bucket/prefix")
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise ValueError(
+            f"bucket {bucket!r} is not an S3 bucket name (3-63 characters: lower-case letters, "
+            "digits, '.' and '-', starting and ending with a letter or digit)"
+        )
+    prefix = prefix.strip("/")
+    if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+        raise ValueError(f"prefix {prefix!r} has an empty, '.' or '..' part")
+    if any(c in prefix for c in "?#\\") or any(ord(c) < 32 for c in prefix):
+        raise ValueError(f"prefix {prefix!r} has a character outside a plain key prefix")
+    return bucket, f"{prefix}/" if prefix else ""
 
 
 def _split_list(value: Any) -> Any:
@@ -243,6 +266,20 @@ class Settings(BaseSettings):
     quarantine_max_age_s: float = Field(
         default=7 * 24 * 3600.0, gt=0.0, description="Age bound of a quarantined item."
     )
+    quarantine_s3_url: str | None = Field(
+        default=None,
+        description="Keep flagged images in an S3-compatible bucket instead, as "
+        "s3://bucket/prefix (needs the s3 extra, boto3); credentials from the standard AWS "
+        "chain, never a setting. Unset: off (or GUARD_QUARANTINE_DIR).",
+    )
+    quarantine_s3_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible server (MinIO, Ceph, ...), e.g. "
+        "http://minio:9000; unset: AWS S3.",
+    )
+    quarantine_s3_region: str | None = Field(
+        default=None, description="The bucket's region; unset: boto3's own (AWS_REGION, ...)."
+    )
     quarantine_queue: int = Field(
         default=256,
         ge=1,
@@ -326,8 +363,42 @@ class Settings(BaseSettings):
             raise ValueError("API keys must be at least 16 characters")
         return value
 
+    @field_validator("quarantine_s3_url")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_s3_url(value)  # ValueError saying what is wrong
+        return value
+
+    @field_validator("quarantine_s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        value = value.rstrip("/")
+        if not value.startswith(("http://", "https://")) or any(c in value for c in "?#"):
+            raise ValueError("quarantine_s3_endpoint_url must be an http(s):// URL, no query")
+        if "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            # Credentials come from the AWS chain; a URL would show them in every settings dump.
+            raise ValueError(
+                "quarantine_s3_endpoint_url must not hold credentials (user:password@): use "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile"
+            )
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if self.quarantine_dir is not None and self.quarantine_s3_url is not None:
+            raise ValueError(
+                "set GUARD_QUARANTINE_DIR or GUARD_QUARANTINE_S3_URL, not both: the quarantine "
+                "has one store"
+            )
+        if self.quarantine_s3_url is None and (
+            self.quarantine_s3_endpoint_url or self.quarantine_s3_region
+        ):
+            raise ValueError(
+                "GUARD_QUARANTINE_S3_ENDPOINT_URL / _REGION need GUARD_QUARANTINE_S3_URL"
+            )
         if self.max_queue_images < max(self.max_batch_size, self.max_images_per_request):
             # Else a request of allowed size could never fit and would get 503 forever.
             raise ValueError(
