@@ -11,7 +11,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contract.modes import Detector, Mode
@@ -77,35 +85,62 @@ class Upstream(BaseModel):
     protocol: Literal["rest", "grpc"] = Field(
         "rest",
         description="How the guard talks to the upstream: V2 over REST (url http(s)://...) or "
-        "over gRPC (url grpc://host:port, plaintext; inputs in raw contents).",
+        "over gRPC (url grpc://host:port plaintext, grpcs://host:port TLS; inputs in raw "
+        "contents).",
+    )
+    ca_file: FilePath | None = Field(
+        None,
+        description="grpcs:// only: PEM CA certificates that sign the upstream's certificate; "
+        "unset: gRPC's default roots (GRPC_DEFAULT_SSL_ROOTS_FILE_PATH names others).",
+    )
+    cert_file: FilePath | None = Field(
+        None,
+        description="grpcs:// only: the guard's PEM client certificate (chain), for an upstream "
+        "that asks for one (mTLS); with key_file.",
+    )
+    key_file: FilePath | None = Field(
+        None, description="grpcs:// only: the PEM private key of cert_file."
     )
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         value = value.rstrip("/")
-        if "?" in value or "#" in value or not value.startswith(("http://", "https://", "grpc://")):
+        schemes = ("http://", "https://", "grpc://", "grpcs://")
+        if "?" in value or "#" in value or not value.startswith(schemes):
             raise ValueError(
                 "url must be an http:// or https:// base URL (protocol rest) or grpc://host:port "
-                "(protocol grpc), without query"
+                "or grpcs://host:port (protocol grpc, grpcs with TLS), without query"
             )
         return value
 
     @model_validator(mode="after")
     def _url_fits_protocol(self) -> Upstream:
-        is_grpc = self.url.startswith("grpc://")
+        is_grpc = self.url.startswith(("grpc://", "grpcs://"))
         if is_grpc != (self.protocol == "grpc"):
             raise ValueError(
                 f"url {self.url!r} does not fit protocol {self.protocol!r}: protocol grpc takes "
-                "grpc://host:port, protocol rest an http(s):// URL"
+                "grpc://host:port or grpcs://host:port, protocol rest an http(s):// URL"
             )
-        if is_grpc and ("/" in self.url.removeprefix("grpc://") or not self.grpc_target()):
-            raise ValueError("a grpc:// url is grpc://host:port, without a path")
+        if is_grpc and ("/" in self.grpc_target() or not self.grpc_target()):
+            raise ValueError("a grpc:// or grpcs:// url is scheme://host:port, without a path")
+        tls_files = [self.ca_file, self.cert_file, self.key_file]
+        if any(tls_files) and not self.grpc_tls():
+            raise ValueError(
+                "ca_file, cert_file and key_file are for a grpcs:// upstream (an https:// one "
+                "uses the system's CAs, or SSL_CERT_FILE)"
+            )
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (the guard's client certificate)")
         return self
 
+    def grpc_tls(self) -> bool:
+        """A grpcs:// upstream: TLS on the channel."""
+        return self.url.startswith("grpcs://")
+
     def grpc_target(self) -> str:
-        """host:port of a grpc:// url."""
-        return self.url.removeprefix("grpc://")
+        """host:port of a grpc:// or grpcs:// url."""
+        return self.url.split("://", 1)[1]
 
 
 # S3's bucket naming rules (the common subset that every S3-compatible server accepts).
@@ -254,6 +289,20 @@ class Settings(BaseSettings):
         description="Address the V2 gRPC server binds (0.0.0.0 in a container).",
     )
 
+    grpc_tls_cert: FilePath | None = Field(
+        default=None,
+        description="PEM certificate (chain) of the V2 gRPC server; with GUARD_GRPC_TLS_KEY the "
+        "server speaks TLS only. Unset: plaintext.",
+    )
+    grpc_tls_key: FilePath | None = Field(
+        default=None, description="PEM private key of GUARD_GRPC_TLS_CERT."
+    )
+    grpc_tls_client_ca: FilePath | None = Field(
+        default=None,
+        description="PEM CA certificates: the gRPC server then asks every client for a "
+        "certificate they signed (mTLS) and refuses the call without one.",
+    )
+
     # --- quarantine of flagged inputs (opt-in, docs/service.md "Quarantine") -------------------
     quarantine_dir: Path | None = Field(
         default=None,
@@ -388,6 +437,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
+            raise ValueError("GUARD_GRPC_TLS_CERT and GUARD_GRPC_TLS_KEY go together")
+        if self.grpc_tls_client_ca is not None and self.grpc_tls_cert is None:
+            raise ValueError(
+                "GUARD_GRPC_TLS_CLIENT_CA (mTLS) needs GUARD_GRPC_TLS_CERT and GUARD_GRPC_TLS_KEY"
+            )
         if self.quarantine_dir is not None and self.quarantine_s3_url is not None:
             raise ValueError(
                 "set GUARD_QUARANTINE_DIR or GUARD_QUARANTINE_S3_URL, not both: the quarantine "
