@@ -29,13 +29,17 @@ RUN --mount=type=secret,id=extra_ca \
 
 FROM cpu-os AS cpu-deps
 ARG ORT_PACKAGE=onnxruntime
+# The service's extras in the image: tracing (OpenTelemetry SDK and OTLP exporter, switched on
+# by OTEL_* at run time) and s3 (boto3, for GUARD_QUARANTINE_S3_URL). --build-arg IMAGE_EXTRAS=
+# leaves them out.
+ARG IMAGE_EXTRAS="tracing s3"
 COPY pyproject.toml deploy/docker/runtime_requirements.py /src/
 RUN --mount=type=secret,id=extra_ca \
     --mount=type=secret,id=pip_conf \
     --mount=type=bind,source=deploy/docker/with-extra-ca.sh,target=/usr/local/bin/with-extra-ca \
     python3 -m venv /opt/venv \
     && python3 /src/runtime_requirements.py /src/pyproject.toml \
-         --onnxruntime "$ORT_PACKAGE" >/src/requirements.txt \
+         --onnxruntime "$ORT_PACKAGE" --extras "$IMAGE_EXTRAS" >/src/requirements.txt \
     && with-extra-ca /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
          -r /src/requirements.txt
 
@@ -73,13 +77,14 @@ RUN --mount=type=secret,id=extra_ca \
 
 FROM gpu-os AS gpu-deps
 ARG ORT_PACKAGE=onnxruntime-gpu
+ARG IMAGE_EXTRAS="tracing s3"
 COPY pyproject.toml deploy/docker/runtime_requirements.py deploy/docker/check_ort_cuda.py /src/
 RUN --mount=type=secret,id=extra_ca \
     --mount=type=secret,id=pip_conf \
     --mount=type=bind,source=deploy/docker/with-extra-ca.sh,target=/usr/local/bin/with-extra-ca \
     python3 -m venv /opt/venv \
     && python3 /src/runtime_requirements.py /src/pyproject.toml \
-         --onnxruntime "$ORT_PACKAGE" >/src/requirements.txt \
+         --onnxruntime "$ORT_PACKAGE" --extras "$IMAGE_EXTRAS" >/src/requirements.txt \
     && with-extra-ca /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
          -r /src/requirements.txt \
     && /opt/venv/bin/python /src/check_ort_cuda.py

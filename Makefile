@@ -10,7 +10,7 @@ DATA_DIR ?=
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: serve test test-fast reproduce detection-report bench soak lint typecheck clean mlserver-venv docker-smoke hooks grpc-stubs
+.PHONY: serve test test-fast reproduce detection-report bench soak lint typecheck clean mlserver-venv docker-smoke hooks grpc-stubs grafana-schema
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -97,6 +97,11 @@ hooks:
 ## grpc-stubs: regenerate service/protocol/grpc/*_pb2*.py from grpc_predict_v2.proto (committed)
 grpc-stubs: $(VENV)/.dev
 	$(PY) -m service.protocol.grpc.generate
+
+## grafana-schema: regenerate deploy/grafana/schema/dashboard.schema.json, Grafana's dashboard
+## schema, from the npm package @grafana/schema (node and npm; docs/deploy.md "The dashboard")
+grafana-schema:
+	deploy/grafana/schema/generate.sh
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .

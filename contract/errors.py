@@ -167,6 +167,15 @@ class UpstreamTimeout(GuardError):
     accepted = "a retry; GUARD_UPSTREAM_CONNECT_TIMEOUT_S / GUARD_UPSTREAM_READ_TIMEOUT_S"
 
 
+class QuarantineUnavailable(GuardError):
+    """503: the quarantine's store (an S3-compatible bucket) could not be read for the
+    listing: unreachable, missing bucket, refused credentials. Writes never raise it; they
+    drop and count."""
+
+    kind = "quarantine_unavailable"
+    accepted = "a retry once the quarantine's bucket is reachable (GUARD_QUARANTINE_S3_*)"
+
+
 class UnscorableImage(GuardError):
     """422: the model set's own graphs gave non-finite logits (NaN or infinity) on an image,
     so no verdict can be computed for it. The guard answers none of the request's images

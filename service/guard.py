@@ -33,7 +33,7 @@ from service.backends.base import Call, Detection
 from service.engine import BatchEngine
 from service.imaging import decode, pixels
 from service.metrics import Metrics
-from service.quarantine import Flagged, Quarantine
+from service.quarantine import Flagged, FolderStore, Quarantine, S3Store, Store
 from service.repository import ModelRepository
 from service.runtime.modelset import ModelSet
 from service.settings import Settings
@@ -79,6 +79,28 @@ def _detriggered(decisions: Decisions, i: int) -> int | None:
     return None if decisions.detriggered is None else int(decisions.detriggered[i])
 
 
+def quarantine_of(settings: Settings, metrics: Metrics) -> Quarantine | None:
+    """The quarantine the settings ask for (a folder, or a bucket), or None when off."""
+    store: Store
+    if settings.quarantine_s3_url is not None:
+        store = S3Store(
+            settings.quarantine_s3_url,
+            settings.quarantine_s3_endpoint_url,
+            settings.quarantine_s3_region,
+        )
+    elif settings.quarantine_dir is not None:
+        store = FolderStore(settings.quarantine_dir)
+    else:
+        return None
+    return Quarantine(
+        store,
+        metrics,
+        settings.quarantine_max_bytes,
+        settings.quarantine_max_age_s,
+        settings.quarantine_queue,
+    )
+
+
 class Guard:
     """The request path: decode, detect (through the set's engine), judge, count."""
 
@@ -89,17 +111,7 @@ class Guard:
         self.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
         # Requests of many pixels decode here, one at a time, never in front of small ones.
         self.bulk_decode_pool = ThreadPoolExecutor(1, thread_name_prefix="decode-bulk")
-        self.quarantine = (
-            None
-            if settings.quarantine_dir is None
-            else Quarantine(
-                settings.quarantine_dir,
-                metrics,
-                settings.quarantine_max_bytes,
-                settings.quarantine_max_age_s,
-                settings.quarantine_queue,
-            )
-        )
+        self.quarantine = quarantine_of(settings, metrics)
 
     def start(self) -> None:
         if self.quarantine is not None:

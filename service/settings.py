@@ -7,10 +7,19 @@ comma-separated string. Validators refuse values that would make the service uns
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    FilePath,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from contract.modes import Detector, Mode
@@ -76,35 +85,84 @@ class Upstream(BaseModel):
     protocol: Literal["rest", "grpc"] = Field(
         "rest",
         description="How the guard talks to the upstream: V2 over REST (url http(s)://...) or "
-        "over gRPC (url grpc://host:port, plaintext; inputs in raw contents).",
+        "over gRPC (url grpc://host:port plaintext, grpcs://host:port TLS; inputs in raw "
+        "contents).",
+    )
+    ca_file: FilePath | None = Field(
+        None,
+        description="grpcs:// only: PEM CA certificates that sign the upstream's certificate; "
+        "unset: gRPC's default roots (GRPC_DEFAULT_SSL_ROOTS_FILE_PATH names others).",
+    )
+    cert_file: FilePath | None = Field(
+        None,
+        description="grpcs:// only: the guard's PEM client certificate (chain), for an upstream "
+        "that asks for one (mTLS); with key_file.",
+    )
+    key_file: FilePath | None = Field(
+        None, description="grpcs:// only: the PEM private key of cert_file."
     )
 
     @field_validator("url")
     @classmethod
     def _http_url(cls, value: str) -> str:
         value = value.rstrip("/")
-        if "?" in value or "#" in value or not value.startswith(("http://", "https://", "grpc://")):
+        schemes = ("http://", "https://", "grpc://", "grpcs://")
+        if "?" in value or "#" in value or not value.startswith(schemes):
             raise ValueError(
                 "url must be an http:// or https:// base URL (protocol rest) or grpc://host:port "
-                "(protocol grpc), without query"
+                "or grpcs://host:port (protocol grpc, grpcs with TLS), without query"
             )
         return value
 
     @model_validator(mode="after")
     def _url_fits_protocol(self) -> Upstream:
-        is_grpc = self.url.startswith("grpc://")
+        is_grpc = self.url.startswith(("grpc://", "grpcs://"))
         if is_grpc != (self.protocol == "grpc"):
             raise ValueError(
                 f"url {self.url!r} does not fit protocol {self.protocol!r}: protocol grpc takes "
-                "grpc://host:port, protocol rest an http(s):// URL"
+                "grpc://host:port or grpcs://host:port, protocol rest an http(s):// URL"
             )
-        if is_grpc and ("/" in self.url.removeprefix("grpc://") or not self.grpc_target()):
-            raise ValueError("a grpc:// url is grpc://host:port, without a path")
+        if is_grpc and ("/" in self.grpc_target() or not self.grpc_target()):
+            raise ValueError("a grpc:// or grpcs:// url is scheme://host:port, without a path")
+        tls_files = [self.ca_file, self.cert_file, self.key_file]
+        if any(tls_files) and not self.grpc_tls():
+            raise ValueError(
+                "ca_file, cert_file and key_file are for a grpcs:// upstream (an https:// one "
+                "uses the system's CAs, or SSL_CERT_FILE)"
+            )
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (the guard's client certificate)")
         return self
 
+    def grpc_tls(self) -> bool:
+        """A grpcs:// upstream: TLS on the channel."""
+        return self.url.startswith("grpcs://")
+
     def grpc_target(self) -> str:
-        """host:port of a grpc:// url."""
-        return self.url.removeprefix("grpc://")
+        """host:port of a grpc:// or grpcs:// url."""
+        return self.url.split("://", 1)[1]
+
+
+# S3's bucket naming rules (the common subset that every S3-compatible server accepts).
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def parse_s3_url(url: str) -> tuple[str, str]:
+    """``s3://bucket[/prefix]`` -> (bucket, prefix), the prefix empty or ending in ``/``."""
+    if not url.startswith("s3://"):
+        raise ValueError(f"{url!r} is not s3://bucket or s3://bucket/prefix")
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise ValueError(
+            f"bucket {bucket!r} is not an S3 bucket name (3-63 characters: lower-case letters, "
+            "digits, '.' and '-', starting and ending with a letter or digit)"
+        )
+    prefix = prefix.strip("/")
+    if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+        raise ValueError(f"prefix {prefix!r} has an empty, '.' or '..' part")
+    if any(c in prefix for c in "?#\\") or any(ord(c) < 32 for c in prefix):
+        raise ValueError(f"prefix {prefix!r} has a character outside a plain key prefix")
+    return bucket, f"{prefix}/" if prefix else ""
 
 
 def _split_list(value: Any) -> Any:
@@ -231,6 +289,20 @@ class Settings(BaseSettings):
         description="Address the V2 gRPC server binds (0.0.0.0 in a container).",
     )
 
+    grpc_tls_cert: FilePath | None = Field(
+        default=None,
+        description="PEM certificate (chain) of the V2 gRPC server; with GUARD_GRPC_TLS_KEY the "
+        "server speaks TLS only. Unset: plaintext.",
+    )
+    grpc_tls_key: FilePath | None = Field(
+        default=None, description="PEM private key of GUARD_GRPC_TLS_CERT."
+    )
+    grpc_tls_client_ca: FilePath | None = Field(
+        default=None,
+        description="PEM CA certificates: the gRPC server then asks every client for a "
+        "certificate they signed (mTLS) and refuses the call without one.",
+    )
+
     # --- quarantine of flagged inputs (opt-in, docs/service.md "Quarantine") -------------------
     quarantine_dir: Path | None = Field(
         default=None,
@@ -242,6 +314,20 @@ class Settings(BaseSettings):
     )
     quarantine_max_age_s: float = Field(
         default=7 * 24 * 3600.0, gt=0.0, description="Age bound of a quarantined item."
+    )
+    quarantine_s3_url: str | None = Field(
+        default=None,
+        description="Keep flagged images in an S3-compatible bucket instead, as "
+        "s3://bucket/prefix (needs the s3 extra, boto3); credentials from the standard AWS "
+        "chain, never a setting. Unset: off (or GUARD_QUARANTINE_DIR).",
+    )
+    quarantine_s3_endpoint_url: str | None = Field(
+        default=None,
+        description="Endpoint of an S3-compatible server (MinIO, Ceph, ...), e.g. "
+        "http://minio:9000; unset: AWS S3.",
+    )
+    quarantine_s3_region: str | None = Field(
+        default=None, description="The bucket's region; unset: boto3's own (AWS_REGION, ...)."
     )
     quarantine_queue: int = Field(
         default=256,
@@ -326,8 +412,48 @@ class Settings(BaseSettings):
             raise ValueError("API keys must be at least 16 characters")
         return value
 
+    @field_validator("quarantine_s3_url")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_s3_url(value)  # ValueError saying what is wrong
+        return value
+
+    @field_validator("quarantine_s3_endpoint_url")
+    @classmethod
+    def _s3_endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        value = value.rstrip("/")
+        if not value.startswith(("http://", "https://")) or any(c in value for c in "?#"):
+            raise ValueError("quarantine_s3_endpoint_url must be an http(s):// URL, no query")
+        if "@" in value.split("://", 1)[1].split("/", 1)[0]:
+            # Credentials come from the AWS chain; a URL would show them in every settings dump.
+            raise ValueError(
+                "quarantine_s3_endpoint_url must not hold credentials (user:password@): use "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or a profile"
+            )
+        return value
+
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
+        if (self.grpc_tls_cert is None) != (self.grpc_tls_key is None):
+            raise ValueError("GUARD_GRPC_TLS_CERT and GUARD_GRPC_TLS_KEY go together")
+        if self.grpc_tls_client_ca is not None and self.grpc_tls_cert is None:
+            raise ValueError(
+                "GUARD_GRPC_TLS_CLIENT_CA (mTLS) needs GUARD_GRPC_TLS_CERT and GUARD_GRPC_TLS_KEY"
+            )
+        if self.quarantine_dir is not None and self.quarantine_s3_url is not None:
+            raise ValueError(
+                "set GUARD_QUARANTINE_DIR or GUARD_QUARANTINE_S3_URL, not both: the quarantine "
+                "has one store"
+            )
+        if self.quarantine_s3_url is None and (
+            self.quarantine_s3_endpoint_url or self.quarantine_s3_region
+        ):
+            raise ValueError(
+                "GUARD_QUARANTINE_S3_ENDPOINT_URL / _REGION need GUARD_QUARANTINE_S3_URL"
+            )
         if self.max_queue_images < max(self.max_batch_size, self.max_images_per_request):
             # Else a request of allowed size could never fit and would get 503 forever.
             raise ValueError(

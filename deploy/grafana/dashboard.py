@@ -698,7 +698,14 @@ def build() -> dm.Dashboard:
         for panel in make():
             pid += 1
             builder = builder.with_panel(panel.id(pid))
-    return builder.build()
+    built = builder.build()
+    for variable in built.templating.list_val or []:
+        if variable.type_val != dm.VariableType.INTERVAL:
+            # The SDK writes an interval variable's auto, auto_min and auto_count on every
+            # variable; Grafana's schema (deploy/grafana/schema/) has them on none, and Grafana
+            # reads them on interval variables only.
+            variable.auto = variable.auto_min = variable.auto_count = None
+    return built
 
 
 def render() -> str:

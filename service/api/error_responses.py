@@ -31,6 +31,7 @@ from contract.errors import (
     ModelLoadError,
     ModelNotReady,
     PayloadTooLarge,
+    QuarantineUnavailable,
     QueueFull,
     TooManyImages,
     TooManyPixels,
@@ -72,6 +73,7 @@ STATUS: dict[type[GuardError], int] = {
     UpstreamTimeout: 504,
     ModelFailed: 503,
     ModelLoadError: 503,
+    QuarantineUnavailable: 503,
     GuardError: 500,
 }
 

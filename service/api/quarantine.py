@@ -33,7 +33,9 @@ class QuarantineItem(BaseModel):
 
 
 class QuarantineResponse(BaseModel):
-    enabled: bool = Field(description="False when GUARD_QUARANTINE_DIR is unset.")
+    enabled: bool = Field(
+        description="False when neither GUARD_QUARANTINE_DIR nor GUARD_QUARANTINE_S3_URL is set."
+    )
     items: list[QuarantineItem]
 
 

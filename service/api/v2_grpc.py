@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -212,8 +213,45 @@ async def start_server(
         GuardServicer(dataplane, settings, metrics), server
     )
     address = f"{settings.grpc_host}:{settings.grpc_port}"
-    if server.add_insecure_port(address) == 0:
+    credentials = server_credentials(settings)
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
+    if bound == 0:
         raise RuntimeError(f"V2 gRPC server: cannot bind {address}")
     await server.start()
-    logging.getLogger("guard.grpc").info("V2 gRPC server started", extra={"address": address})
+    tls = "off" if credentials is None else "mtls" if settings.grpc_tls_client_ca else "tls"
+    logging.getLogger("guard.grpc").info(
+        "V2 gRPC server started", extra={"address": address, "tls": tls}
+    )
     return server
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS credentials from GUARD_GRPC_TLS_CERT / _KEY (and _CLIENT_CA: client certificates
+    required), or None for plaintext. The files are checked here, with the standard library's
+    TLS, because gRPC itself would only fail each handshake later: a key that does not match
+    its certificate, or a file that is not PEM, stops the start (RuntimeError) instead."""
+    if settings.grpc_tls_cert is None or settings.grpc_tls_key is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(settings.grpc_tls_cert, settings.grpc_tls_key)
+        if settings.grpc_tls_client_ca is not None:
+            context.load_verify_locations(cafile=settings.grpc_tls_client_ca)
+        cert = settings.grpc_tls_cert.read_bytes()
+        key = settings.grpc_tls_key.read_bytes()
+        client_ca = (
+            None
+            if settings.grpc_tls_client_ca is None
+            else settings.grpc_tls_client_ca.read_bytes()
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise RuntimeError(
+            "V2 gRPC server: GUARD_GRPC_TLS_CERT / _KEY / _CLIENT_CA must be readable PEM files, "
+            f"the key matching the certificate: {exc}"
+        ) from exc
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )

@@ -15,6 +15,7 @@ metadata. gRPC status codes become the same typed errors as HTTP statuses:
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -48,6 +49,26 @@ REFUSALS = frozenset(
 MAX_ANSWER_BYTES = 256 * 1024 * 1024
 
 
+def channel_credentials(config: Upstream) -> grpc.ChannelCredentials | None:
+    """TLS for a grpcs:// upstream: its CA file (else the system's roots) and the guard's client
+    certificate where one is configured; None for grpc:// (plaintext). Read once, at startup: a
+    missing or unreadable file stops the start with the upstream's name in the message."""
+    if not config.grpc_tls():
+        return None
+
+    def read(path: Path | None) -> bytes | None:
+        return None if path is None else path.read_bytes()
+
+    try:
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(config.ca_file),
+            private_key=read(config.key_file),
+            certificate_chain=read(config.cert_file),
+        )
+    except OSError as exc:
+        raise RuntimeError(f"upstream {config.url}: cannot read a TLS file: {exc}") from exc
+
+
 class GrpcUpstreamClient(UpstreamClient):
     answered_ok = "OK with a message"
 
@@ -62,19 +83,22 @@ class GrpcUpstreamClient(UpstreamClient):
         super().__init__(http, config, settings, metrics, model_set)
         self._channel: grpc.aio.Channel | None = None
         self._stub: Any = None
+        self._credentials = channel_credentials(config)
 
     def stub(self) -> Any:
         """The channel's stub, made on first use (a grpc.aio channel belongs to the running
         event loop)."""
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(
-                self.config.grpc_target(),
-                options=[
-                    ("grpc.max_send_message_length", -1),
-                    ("grpc.max_receive_message_length", MAX_ANSWER_BYTES),
-                    ("grpc.enable_http_proxy", 0),  # a sidecar talks to its neighbour directly
-                ],
-            )
+            options = [
+                ("grpc.max_send_message_length", -1),
+                ("grpc.max_receive_message_length", MAX_ANSWER_BYTES),
+                ("grpc.enable_http_proxy", 0),  # a sidecar talks to its neighbour directly
+            ]
+            target = self.config.grpc_target()
+            if self._credentials is None:
+                self._channel = grpc.aio.insecure_channel(target, options=options)
+            else:
+                self._channel = grpc.aio.secure_channel(target, self._credentials, options=options)
             self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         return self._stub
 

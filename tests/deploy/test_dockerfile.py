@@ -87,3 +87,30 @@ def test_image_requirements_are_the_runtime_dependencies_without_torch(ort: str)
     assert ort in names
     (other,) = {"onnxruntime", "onnxruntime-gpu"} - {ort}
     assert other not in names
+
+
+def _requirements(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REQUIREMENTS), str(REPO / "pyproject.toml"), *args],
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_images_install_the_tracing_and_s3_extras() -> None:
+    """Both dependency stages pass IMAGE_EXTRAS, by default tracing and s3, to the script."""
+    for stage in ("cpu-deps", "gpu-deps"):
+        text = "\n".join(stages()[stage])
+        assert 'ARG IMAGE_EXTRAS="tracing s3"' in text, stage
+        assert '--extras "$IMAGE_EXTRAS"' in text, stage
+    result = _requirements("--extras", "tracing s3")
+    assert result.returncode == 0, result.stderr
+    names = {re.match(r"[A-Za-z0-9._-]+", r).group(0).lower() for r in result.stdout.split()}
+    assert {"opentelemetry-sdk", "opentelemetry-exporter-otlp", "boto3"} <= names
+    assert "torch" not in names
+
+
+@pytest.mark.parametrize("extra", ["train", "dev", "nonsense"])
+def test_images_refuse_the_training_and_dev_extras(extra: str) -> None:
+    result = _requirements("--extras", extra)
+    assert result.returncode != 0 and "not a service extra" in result.stderr

@@ -17,7 +17,7 @@ import pytest
 
 from service.main import create_app
 from service.metrics import Metrics
-from service.quarantine import INDEX, Flagged, Quarantine, png
+from service.quarantine import INDEX, Flagged, Quarantine, Store, png
 from service.settings import Settings
 from tests.support.tiny_models import TinySpec, add_trigger, clean_image, png_bytes
 
@@ -53,8 +53,8 @@ def written(metrics: Metrics, model: str = "tiny") -> float:
     return metrics.quarantine_written.labels(model=model)._value.get()
 
 
-def run(folder: Path, metrics: Metrics, items: list[Flagged], **kw) -> Quarantine:
-    q = Quarantine(folder, metrics, kw.pop("max_bytes", 10**9), kw.pop("max_age_s", 3600.0), **kw)
+def run(store: Path | Store, metrics: Metrics, items: list[Flagged], **kw) -> Quarantine:
+    q = Quarantine(store, metrics, kw.pop("max_bytes", 10**9), kw.pop("max_age_s", 3600.0), **kw)
     q.start()
     for item in items:
         q.submit(item)
