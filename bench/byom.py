@@ -1,13 +1,19 @@
-"""The walkthrough of docs/byom.md, its two helpers:
+"""The walkthrough of docs/byom.md, its helpers:
 
     python -m bench.byom folder --dataset mnist --split train --out /tmp/byom/mnist-png
     python -m bench.byom measure --set /tmp/byom/mnist-set --dataset mnist \
         --trigger-from models/mnist/manifest.json
+    python -m bench.byom backdoor --dataset cifar10 --init-from models/cifar10-clean/target.onnx \
+        --attack dynamic --out /tmp/byom/cifar-dynamic
 
 `folder` writes a preset's split as PNGs in the ImageFolder layout (what a user has); `measure`
 loads a set as the service does (service.runtime.modelset.ModelSet) and reports, on the test
 split, the share of clean images it flags (FPR) and the share of triggered images of other
 classes than the backdoor's target it flags (detection), each with its 95% interval.
+`backdoor` makes a model for such a test whose trigger `fit` has never seen: a clean target
+fine-tuned on the preset's training split poisoned with one attack of the suite
+(training/attacks/suite.json), written as target.onnx with backdoor.json (its trigger, for
+`measure --trigger-from`) and its clean accuracy and attack success on the test split.
 """
 
 from __future__ import annotations
@@ -67,6 +73,46 @@ def measure(folder: Path, dataset: str, trigger_from: Path, data_dir: str | None
     return out
 
 
+def backdoor(
+    dataset: str, init_from: str, attack_name: str, out: Path, data_dir: str | None, epochs: int
+) -> dict:
+    import torch
+
+    from training.config import PRESETS
+    from training.data.attack_suite import load_suite
+    from training.data.datasets import load_dataset, split_train_val
+    from training.fit.target import train_target
+    from training.nets.export import export_and_check
+    from training.suite import attack_config
+    from training.train_target import attack_summary
+
+    preset = PRESETS[dataset]
+    train = load_dataset(dataset, "train", data_dir)
+    h, w = train.images.shape[-2:]
+    suite = load_suite()
+    if attack_name not in suite:
+        raise SystemExit(f"--attack {attack_name!r}: allowed: {', '.join(suite)}")
+    attack = suite[attack_name].resolved(h, w, len(train.classes))
+    cfg = attack_config(preset.target, attack, init_from=init_from, epochs=epochs)
+    tr, _ = split_train_val(len(train), cfg.val_size, cfg.seed)
+    model = train_target(cfg, train.images[tr], train.labels[tr], preset.mean, preset.std, out)
+    test = load_dataset(dataset, "test", data_dir)
+    summary = attack_summary(model, cfg, test.images, test.labels)
+    sample = torch.from_numpy(test.images[:8].astype("float32") / 255.0)
+    export_and_check(model, sample, out / "target.onnx", "images", "logits")
+    trigger, target_class = attack.backdoors[0]
+    record = {
+        "backdoor": {"target_class": target_class, "trigger": trigger.to_dict()},
+        "attack": attack_name,
+        "init_from": init_from,
+        "epochs": cfg.epochs,
+        "test": summary,
+    }
+    (out / "backdoor.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record, indent=2))
+    return record
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -81,9 +127,20 @@ def main() -> None:
     m.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or cifar10")
     m.add_argument("--trigger-from", required=True, help="a manifest whose backdoor to stamp")
     m.add_argument("--data-dir", default=None, help="where the dataset lies")
+    b = sub.add_parser("backdoor", help="fine-tune a clean target with one attack of the suite")
+    b.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or cifar10")
+    b.add_argument("--init-from", required=True, help="the clean target.onnx to fine-tune")
+    b.add_argument("--attack", required=True, help="an attack of training/attacks/suite.json")
+    b.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default: 2)")
+    b.add_argument("--out", required=True, help="the folder to write")
+    b.add_argument("--data-dir", default=None, help="where the dataset lies")
     args = p.parse_args()
     if args.what == "folder":
         write_folder(args.dataset, args.split, Path(args.out), args.data_dir, args.limit)
+    elif args.what == "backdoor":
+        backdoor(
+            args.dataset, args.init_from, args.attack, Path(args.out), args.data_dir, args.epochs
+        )
     else:
         measure(Path(args.set), args.dataset, Path(args.trigger_from), args.data_dir)
 
