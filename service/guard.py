@@ -40,6 +40,10 @@ from service.settings import Settings
 
 T = TypeVar("T")
 logger = logging.getLogger("guard")
+# A request's CPU work on at most this many bytes runs on the event loop: handing it to a
+# worker thread (a wake-up there and one back, each often a scheduler slice on a busy
+# machine) costs more than converting a few hundred kilobytes of pixels.
+INLINE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,11 @@ class Guard:
         if self.quarantine is not None:
             self.quarantine.stop()
 
-    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run CPU work of a request (e.g. converting a V2 tensor) on the decode pool."""
+    async def offload(self, fn: Callable[..., T], *args: Any, nbytes: int | None = None) -> T:
+        """Run CPU work of a request (e.g. converting a V2 tensor) on the decode pool, or here
+        when it works on ``nbytes`` of at most INLINE_BYTES."""
+        if nbytes is not None and nbytes <= INLINE_BYTES:
+            return fn(*args)
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
 
     def detector_for(self, model_set: ModelSet, detector: Detector | None, mode: Mode) -> Detector:

@@ -2,7 +2,8 @@
 
 The spans of one request: the server span (joined to the incoming W3C ``traceparent``), then
 ``decode``, ``queue`` (waiting for a batch), ``inference`` (the batch the request rode in;
-other requests of that batch are linked), inside it ``ae`` and ``target`` (or ``strip``),
+other requests of that batch are linked), inside it ``ae_target`` (the set's joined graph;
+``ae`` and ``target`` where the set runs them apart, ``target`` for STRIP),
 ``upstream`` (proxy mode: one client call, which carries the trace on), and ``encode``.
 
 Only opentelemetry-api is a dependency: without a configured SDK every span is a no-op. With

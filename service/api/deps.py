@@ -1,4 +1,7 @@
-"""Dependency aliases: what a route handler may ask for."""
+"""Dependency aliases: what a route handler may ask for.
+
+Every dependency is ``async def``: FastAPI runs a plain ``def`` dependency on a worker thread,
+one thread hand-off per lookup and request, for what is an attribute read."""
 
 from __future__ import annotations
 
@@ -14,32 +17,32 @@ from service.repository import ModelRepository
 from service.settings import Settings
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_guard(request: Request) -> Guard:
+async def get_guard(request: Request) -> Guard:
     guard: Guard = request.app.state.guard
     return guard
 
 
-def get_repository(request: Request) -> ModelRepository:
+async def get_repository(request: Request) -> ModelRepository:
     repository: ModelRepository = request.app.state.repository
     return repository
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_dataplane(request: Request) -> DataPlane:
+async def get_dataplane(request: Request) -> DataPlane:
     dataplane: DataPlane = request.app.state.dataplane
     return dataplane
 
 
-def identity_encoding(request: Request) -> None:
+async def identity_encoding(request: Request) -> None:
     """Request bodies are read as sent: a compressed one (Content-Encoding gzip, br, ...) is
     refused up front rather than parsed as garbage."""
     encoding = request.headers.get("content-encoding", "identity").strip().lower()

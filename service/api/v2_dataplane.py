@@ -168,8 +168,9 @@ class DataPlane:
             started = time.perf_counter()
             with tracing.span("decode", model=slot.name, images=tensor.shape[0]):
                 x = await self.guard.offload(
-                    images_from_tensor, tensor, request, model_set.input_chw
-                )
+                    images_from_tensor, tensor, request, model_set.input_chw,
+                    nbytes=tensor.data.nbytes,
+                )  # fmt: skip
             self.guard.metrics.observe_stage("decode", time.perf_counter() - started, slot.name)
         passed_on = {k: v for k, v in request.parameters.items() if k not in GUARD_PARAMETERS}
         call = Call(headers, request.id or request_id_var.get(), passed_on)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from contract.errors import InvalidParameter, InvalidRequest
 from service.protocol.grpc import grpc_predict_v2_pb2 as pb
@@ -80,12 +81,43 @@ def _bad(message: str) -> InvalidRequest:
     return InvalidRequest(message, accepted=V2_ACCEPTS)
 
 
+# orjson turns an integer past 64 bits into a float; such a literal has 19 digits or more
+# (-9223372036854775809, 18446744073709551616), where every integer of 18 digits fits.
+LONG_DIGIT_RUN = 19
+
+
+def _has_long_digit_run(text: bytes) -> bool:
+    """Whether ``text`` holds LONG_DIGIT_RUN ASCII digits in a row (numpy: a fraction of a
+    millisecond on a 64-image body, where a regular expression takes longer than the parse)."""
+    codes = np.frombuffer(text, dtype=np.uint8)
+    others = np.flatnonzero((codes - np.uint8(48)) >= 10)  # wraps below '0': not a digit
+    if others.size == 0:
+        return codes.size >= LONG_DIGIT_RUN
+    return bool(
+        others[0] >= LONG_DIGIT_RUN
+        or codes.size - 1 - others[-1] >= LONG_DIGIT_RUN
+        or (others.size > 1 and int(np.diff(others).max()) > LONG_DIGIT_RUN)
+    )
+
+
 def load_json(head: bytes | memoryview) -> Any:
     """JSON text -> Python objects. ValueError for anything that is not JSON the parser can
     hold: bad syntax or encoding, nesting past the interpreter's recursion limit, integers of
-    over 4,300 digits (CPython's limit on int parsing)."""
+    over 4,300 digits (CPython's limit on int parsing).
+
+    orjson parses first (about 8 times faster than the standard library on a V2 body); the
+    standard library has the last word, so that what is accepted, and every value, stays as it
+    was: orjson refuses what Python reads (NaN, Infinity, 1e400, lone surrogates, a BOM, other
+    encodings, deep nesting), and those go to ``json``; so do texts with a long run of digits,
+    where orjson would read an integer past 64 bits as a float."""
+    text = bytes(head)
+    if not _has_long_digit_run(text):
+        try:
+            return orjson.loads(text)
+        except ValueError:  # orjson.JSONDecodeError
+            pass
     try:
-        return json.loads(bytes(head))
+        return json.loads(text)
     except RecursionError as exc:
         raise ValueError("JSON nested too deeply") from exc
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError

@@ -15,6 +15,7 @@ from contract.modes import Detector
 from contract.scoring import Decisions, Rule, decide
 from contract.strip import Strip
 from service import tracing
+from service.runtime.fused import AE_PREFIX, LOGITS, CannotFuse, FusedModel, check_parity, fuse
 from service.runtime.onnx import OnnxModel
 from service.settings import Settings
 
@@ -72,6 +73,8 @@ class ModelSet:
     target: OnnxModel
     detrigger: OnnxModel
     strip: Strip | None = None
+    # AE and target joined in one graph (service/runtime/fused.py); None: two calls
+    fused: FusedModel | None = None
 
     @property
     def name(self) -> str:
@@ -97,14 +100,16 @@ class ModelSet:
         """
         manifest = read_manifest(folder)
         models: dict[str, OnnxModel] = {}
+        verified: dict[str, bytes] = {}
         for role in ("target", "detrigger"):
             spec = getattr(manifest, role)
-            data = read_verified(folder, spec)
+            verified[role] = data = read_verified(folder, spec)
             models[role] = OnnxModel.load(
                 str(folder / spec.file), data, spec.input_name, spec.output_name, settings
             )
         model_set = cls(folder, manifest, models["target"], models["detrigger"])
         model_set._check_shapes()
+        model_set.fused = model_set._fuse(verified["detrigger"], verified["target"], settings)
         strip_spec = manifest.detectors.strip
         if strip_spec is not None:
             model_set.strip = Strip.load(folder, strip_spec, model_set.input_chw)
@@ -138,6 +143,33 @@ class ModelSet:
                     f"(N, {c}, {h}, {w})"
                 )
 
+    def _fuse(self, detrigger: bytes, target: bytes, settings: Settings) -> FusedModel | None:
+        """The joined graph, built from the verified bytes, when it gives the two calls'
+        outputs bit for bit; else None (logged), and the set runs two calls."""
+        d, t = self.manifest.detrigger, self.manifest.target
+        try:
+            data = fuse(
+                detrigger, (d.input_name, d.output_name), target, (t.input_name, t.output_name)
+            )
+            model = OnnxModel.load(
+                f"{d.file}+{t.file}", data, AE_PREFIX + d.input_name, LOGITS, settings
+            )
+        except (CannotFuse, ModelLoadError) as exc:
+            logger.warning(
+                "AE and target stay two calls", extra={"model": self.name, "why": str(exc)}
+            )
+            return None
+        fused = FusedModel(model)
+        c, h, w = self.input_chw
+        probe = np.random.default_rng(0).random((2, c, h, w), dtype=np.float32)
+        if not check_parity(fused, self.detrigger, self.target, probe):
+            logger.warning(
+                "AE and target stay two calls",
+                extra={"model": self.name, "why": "the joined graph's outputs differ"},
+            )
+            return None
+        return fused
+
     def detrigger_only(self, x: np.ndarray) -> Detriggered:
         """AE(x) alone; proxy mode sends [x; AE(x)] to the upstream target."""
         with tracing.span("ae", model=self.name, images=x.shape[0]):
@@ -147,11 +179,18 @@ class ModelSet:
         return Detriggered(x_ae)
 
     def infer_scored(self, x: np.ndarray) -> Scored:
-        """The decisions and both logits: AE once, then the target once on [x; AE(x)]."""
+        """The decisions and both logits: AE once, then the target once on [x; AE(x)]; one
+        ONNX Runtime call of the joined graph where the set has one."""
         n = x.shape[0]
-        x_ae = self.detrigger_only(x).images
-        with tracing.span("target", model=self.name, images=2 * n):
-            logits = self.target.run(np.concatenate([x, x_ae], axis=0))  # (2N, K)
+        if self.fused is not None:
+            with tracing.span("ae_target", model=self.name, images=n):
+                logits, x_ae = self.fused.run(x)  # (2N, K), (N, C, H, W)
+            if x_ae.shape != x.shape:
+                raise ModelFailed(f"{self.detrigger.name}: output {x_ae.shape} != input {x.shape}")
+        else:
+            x_ae = self.detrigger_only(x).images
+            with tracing.span("target", model=self.name, images=2 * n):
+                logits = self.target.run(np.concatenate([x, x_ae], axis=0))  # (2N, K)
         if logits.shape != (2 * n, len(self.manifest.classes)):
             raise ModelFailed(
                 f"{self.target.name}: logits {logits.shape}, expected "

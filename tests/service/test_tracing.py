@@ -1,5 +1,6 @@
 """OpenTelemetry spans of the request path, read from the SDK's in-memory exporter: a request
-with a W3C traceparent gives decode, queue, inference (ae, target), upstream and encode spans
+with a W3C traceparent gives decode, queue, inference (ae_target: the set's joined graph; ae in
+proxy mode), upstream and encode spans
 in the caller's trace, each under the parent it should have; and the OTEL_* switch."""
 
 from __future__ import annotations
@@ -122,8 +123,7 @@ def test_local_request_spans_join_the_callers_trace(
         "decode",
         "queue",
         "inference",
-        "ae",
-        "target",
+        "ae_target",
         "encode",
     }
     assert {format(s.context.trace_id, "032x") for s in spans.values()} == {TRACE_ID}
@@ -132,10 +132,10 @@ def test_local_request_spans_join_the_callers_trace(
     assert server.attributes["http.response.status_code"] == 200
     for name in ("decode", "queue", "inference", "encode"):
         assert _under(spans[name], server, exporter), name
-    for name in ("ae", "target"):  # in the engine's thread, under the batch's span
-        assert _parent(spans[name]) == _id(spans["inference"]), name
+    # AE and target in one call of the joined graph, under the batch's span
+    assert _parent(spans["ae_target"]) == _id(spans["inference"])
     assert spans["inference"].attributes["images"] == 2
-    assert spans["target"].attributes["images"] == 4  # [x; AE(x)]
+    assert spans["ae_target"].attributes["images"] == 2
     # In time order: decode, then queue, then the batch, then the answer.
     assert spans["decode"].end_time <= spans["queue"].end_time <= spans["inference"].start_time
     assert spans["inference"].end_time <= spans["encode"].start_time
@@ -165,8 +165,7 @@ def test_v2_request_spans_join_the_callers_trace(
     assert _parent(server) == CALLER_SPAN
     for name in ("decode", "queue", "inference", "encode"):
         assert _under(spans[name], server, exporter), name
-    for name in ("ae", "target"):
-        assert _parent(spans[name]) == _id(spans["inference"]), name
+    assert _parent(spans["ae_target"]) == _id(spans["inference"])
 
 
 def test_proxy_request_spans_and_the_upstream_joins_them(
