@@ -40,7 +40,13 @@ def write_folder(dataset: str, split: str, out: Path, data_dir: str | None, limi
     print(f"{n} {dataset} {split} images written to {out}")
 
 
-def measure(folder: Path, dataset: str, trigger_from: Path, data_dir: str | None) -> dict:
+def measure(
+    folder: Path,
+    dataset: str,
+    trigger_from: Path,
+    data_dir: str | None,
+    at_fpr: tuple[float, ...] = (),
+) -> dict:
     from service.runtime.modelset import ModelSet
     from service.settings import Settings
     from training.data.datasets import load_dataset
@@ -54,21 +60,34 @@ def measure(folder: Path, dataset: str, trigger_from: Path, data_dir: str | None
     x = test.images.astype(np.float32) / np.float32(255.0)
     others = test.labels != target
 
-    def flagged(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def flagged(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         parts = [model_set.infer_scored(images[i : i + 500]) for i in range(0, len(images), 500)]
         return (
             np.concatenate([p.decisions.flagged for p in parts]),
             np.concatenate([p.decisions.predicted for p in parts]),
+            np.concatenate([p.decisions.score for p in parts]),
         )
 
-    clean_flags, _ = flagged(x)
-    trig_flags, trig_pred = flagged(np.asarray(trigger(x[others].copy()), np.float32))
+    clean_flags, _, clean_score = flagged(x)
+    trig_flags, trig_pred, trig_score = flagged(np.asarray(trigger(x[others].copy()), np.float32))
     out = {
         "set": str(folder),
         "fpr_clean_test": rate(clean_flags),
         "detection_triggered_test": rate(trig_flags),
         "attack_success": float((trig_pred == target).mean()),
     }
+    if at_fpr:  # the set's own rule (score > threshold), its threshold moved on the test split
+        if model_set.manifest.decision.rule != "score":
+            raise SystemExit("--at-fpr needs a set whose decision rule is 'score'")
+        ranked = np.sort(clean_score)[::-1]
+        out["at_test_fpr"] = {}
+        for fpr in at_fpr:
+            threshold = float(ranked[int(np.floor(fpr * len(ranked)))])  # flags < fpr * N
+            out["at_test_fpr"][f"{fpr:g}"] = {
+                "threshold": threshold,
+                "fpr_clean_test": rate(clean_score > threshold),
+                "detection_triggered_test": rate(trig_score > threshold),
+            }
     print(json.dumps(out, indent=2))
     return out
 
@@ -127,6 +146,14 @@ def main() -> None:
     m.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or cifar10")
     m.add_argument("--trigger-from", required=True, help="a manifest whose backdoor to stamp")
     m.add_argument("--data-dir", default=None, help="where the dataset lies")
+    m.add_argument(
+        "--at-fpr",
+        type=float,
+        action="append",
+        default=[],
+        help="also the detection with the threshold moved to flag at most this share of the "
+        "clean test images (to compare sets at one FPR); repeatable",
+    )
     b = sub.add_parser("backdoor", help="fine-tune a clean target with one attack of the suite")
     b.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or cifar10")
     b.add_argument("--init-from", required=True, help="the clean target.onnx to fine-tune")
@@ -142,7 +169,13 @@ def main() -> None:
             args.dataset, args.init_from, args.attack, Path(args.out), args.data_dir, args.epochs
         )
     else:
-        measure(Path(args.set), args.dataset, Path(args.trigger_from), args.data_dir)
+        measure(
+            Path(args.set),
+            args.dataset,
+            Path(args.trigger_from),
+            args.data_dir,
+            tuple(args.at_fpr),
+        )
 
 
 if __name__ == "__main__":
