@@ -69,7 +69,7 @@ AE_TRIGGERS = ("corner", "random", "none")
 
 @dataclass
 class AEConfig:
-    arch: str = "conv"
+    arch: str = "conv"  # mlp | conv | slim; "conv only" below: the masked AEs, conv and slim
     epochs: int = 4
     batch_size: int = 128
     lr: float = 1e-3  # Adam
@@ -133,10 +133,15 @@ def with_triggers(
 def preset_autoencoder(autoencoders: dict[str, AEConfig], arch: str, triggers: str) -> AEConfig:
     """The preset's AE of `arch` trained on `triggers` if it has one (e.g. `random`, with its own
     epochs), so that `train_detrigger` trains and exports the very AE `make reproduce` ships;
-    else its `arch` AE, whose triggers `with_triggers` then replaces."""
+    else its `arch` AE, whose triggers `with_triggers` then replaces; for a `slim` AE that the
+    preset does not name, its conv AE's recipe with the arch replaced."""
     for cfg in autoencoders.values():
         if (cfg.arch, cfg.triggers) == (arch, triggers):
             return cfg
+    if arch == "slim" and arch not in autoencoders:
+        # The slim student (issue 20) has no preset entry of its own: the conv AE's recipe for
+        # these triggers, on the slim net.
+        return replace(preset_autoencoder(autoencoders, "conv", triggers), arch="slim")
     return autoencoders[arch]
 
 

@@ -57,7 +57,11 @@ def parser() -> argparse.ArgumentParser:
     p = cli.parser(__doc__, "training.train_detrigger")
     cli.add_dataset(p, "which preset's AE and training split")
     p.add_argument(
-        "--arch", default="conv", choices=["mlp", "conv"], help="which AE (default: conv)"
+        "--arch",
+        default="conv",
+        choices=["mlp", "conv", "slim"],
+        help="which AE: mlp, conv or slim (the cheaper student of issue 20, on the conv AE's "
+        "recipe; training/nets/autoencoders.py) (default: conv)",
     )
     p.add_argument(
         "--triggers",
@@ -101,6 +105,13 @@ def parser() -> argparse.ArgumentParser:
         "needs another --run-dir",
     )
     p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="conv / slim: channels of the first level (default: the preset's, 16); a changed "
+        "value needs another --run-dir",
+    )
+    p.add_argument(
         "--run-dir",
         default="runs",
         help="checkpoints go to <run-dir>/<dataset>/detrigger_<name>.ckpt (default: runs)",
@@ -128,6 +139,7 @@ def ae_config(p: argparse.ArgumentParser, args: argparse.Namespace, preset: Pres
         "corner_share": args.corner_share,
         "paper_share": args.paper_share,
         "l2_weight": args.l2_weight,
+        "width": args.width,
     }
     try:
         cfg = replace(cfg, **{k: v for k, v in recipe.items() if v is not None})

@@ -19,7 +19,7 @@ from training.config import AE_TRIGGERS, AEConfig, run_name
 from training.data.trigger_sampler import SamplerSpec, sample_triggers
 from training.data.triggers import random_corner_patch
 from training.inversion.synthesised import load_synthesised, stamp_synthesised
-from training.nets.autoencoders import Clamp01, MaskedConvAutoencoder, build_autoencoder
+from training.nets.autoencoders import Clamp01, MaskedAutoencoder, build_autoencoder
 from training.nets.checkpoints import config_dict, resume, save
 
 
@@ -79,7 +79,7 @@ def detrigger_loss(
     """L2 loss (the paper): mean squared error over pixels. For the masked conv AE, plus a BCE
     that teaches the mask `changed` (B, 1, H, W), by default the pixels the trigger changed."""
     inner = ae.ae if isinstance(ae, Clamp01) else ae
-    if not isinstance(inner, MaskedConvAutoencoder):
+    if not isinstance(inner, MaskedAutoencoder):
         return F.mse_loss(ae(x), clean)
     mask_logit, fill, correction = inner.parts(x)  # (B, 1, H, W), (B, C, H, W) x 2
     # Not clipped: an extended fill or a correction is pulled to the clean value itself (a clip
