@@ -104,6 +104,11 @@ class AEConfig:
     # random AE is then trained on a superset of the paper's data: on CIFAR-10 the sampler alone
     # left white squares on bright corners (sky) in place, which the paper's AE removes.
     paper_share: float = 0.0
+    # Distillation (issue 20's cheaper students): an AE graph (ONNX file) whose output on each
+    # training input is the L2 loss's target instead of the clean image, so that the student
+    # learns what the teacher removes and keeps; the mask BCE still learns the trigger's pixels.
+    # "": none (the clean image, as every AE before).
+    teacher: str = ""
 
     def __post_init__(self) -> None:
         for name in ("triggered_share", "synthesised_share", "corner_share", "paper_share"):
@@ -153,6 +158,8 @@ def run_name(cfg: AEConfig) -> str:
         name = f"{name}_minus-{'-'.join(cfg.exclude)}"
     if cfg.synthesised:
         name = f"{name}_synth-{Path(cfg.synthesised).name}"
+    if cfg.teacher:
+        name = f"{name}_distilled"
     return name
 
 

@@ -105,6 +105,12 @@ def parser() -> argparse.ArgumentParser:
         "needs another --run-dir",
     )
     p.add_argument(
+        "--teacher",
+        default="",
+        help="distil: an AE graph (ONNX file, e.g. models/mnist/detrigger.onnx) whose outputs "
+        "are the L2 targets instead of the clean images (default: none)",
+    )
+    p.add_argument(
         "--width",
         type=int,
         default=None,
@@ -134,7 +140,10 @@ def ae_config(p: argparse.ArgumentParser, args: argparse.Namespace, preset: Pres
     cfg = replace(
         with_triggers(base, args.triggers, exclude, args.epochs, args.threads),
         synthesised=args.synthesised,
+        teacher=args.teacher,
     )
+    if args.teacher and not Path(args.teacher).is_file():
+        p.error(f"--teacher {args.teacher}: no such file")
     recipe = {
         "corner_share": args.corner_share,
         "paper_share": args.paper_share,
