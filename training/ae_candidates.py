@@ -335,7 +335,11 @@ def markdown(report: dict[str, Any]) -> str:
             )
     missing = report.get("missing")
     if missing:
-        lines += ["", f"Attacks of the suite with no set here: {', '.join(missing)}."]
+        lines += [
+            "",
+            f"Attacks of the suite not measured in this run (no set found, or not in --sets): "
+            f"{', '.join(missing)}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
