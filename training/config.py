@@ -69,7 +69,7 @@ AE_TRIGGERS = ("corner", "random", "none")
 
 @dataclass
 class AEConfig:
-    arch: str = "conv"
+    arch: str = "conv"  # mlp | conv | slim; "conv only" below: the masked AEs, conv and slim
     epochs: int = 4
     batch_size: int = 128
     lr: float = 1e-3  # Adam
@@ -108,6 +108,11 @@ class AEConfig:
     # (patches, blends, additive patterns: the shipped AEs) or extended (also warps, filters,
     # frequency waves and input-specific patterns, issue 22).
     families: str = "base"
+    # Distillation (issue 20's cheaper students): an AE graph (ONNX file) whose output on each
+    # training input is the L2 loss's target instead of the clean image, so that the student
+    # learns what the teacher removes and keeps; the mask BCE still learns the trigger's pixels.
+    # "": none (the clean image, as every AE before).
+    teacher: str = ""
 
     def __post_init__(self) -> None:
         if self.families not in ("base", "extended"):
@@ -139,10 +144,15 @@ def with_triggers(
 def preset_autoencoder(autoencoders: dict[str, AEConfig], arch: str, triggers: str) -> AEConfig:
     """The preset's AE of `arch` trained on `triggers` if it has one (e.g. `random`, with its own
     epochs), so that `train_detrigger` trains and exports the very AE `make reproduce` ships;
-    else its `arch` AE, whose triggers `with_triggers` then replaces."""
+    else its `arch` AE, whose triggers `with_triggers` then replaces; for a `slim` AE that the
+    preset does not name, its conv AE's recipe with the arch replaced."""
     for cfg in autoencoders.values():
         if (cfg.arch, cfg.triggers) == (arch, triggers):
             return cfg
+    if arch == "slim" and arch not in autoencoders:
+        # The slim student (issue 20) has no preset entry of its own: the conv AE's recipe for
+        # these triggers, on the slim net.
+        return replace(preset_autoencoder(autoencoders, "conv", triggers), arch="slim")
     return autoencoders[arch]
 
 
@@ -156,6 +166,8 @@ def run_name(cfg: AEConfig) -> str:
         name = f"{name}_minus-{'-'.join(cfg.exclude)}"
     if cfg.synthesised:
         name = f"{name}_synth-{Path(cfg.synthesised).name}"
+    if cfg.teacher:
+        name = f"{name}_distilled"
     return name
 
 

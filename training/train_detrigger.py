@@ -57,7 +57,11 @@ def parser() -> argparse.ArgumentParser:
     p = cli.parser(__doc__, "training.train_detrigger")
     cli.add_dataset(p, "which preset's AE and training split")
     p.add_argument(
-        "--arch", default="conv", choices=["mlp", "conv"], help="which AE (default: conv)"
+        "--arch",
+        default="conv",
+        choices=["mlp", "conv", "slim"],
+        help="which AE: mlp, conv or slim (the cheaper student of issue 20, on the conv AE's "
+        "recipe; training/nets/autoencoders.py) (default: conv)",
     )
     p.add_argument(
         "--triggers",
@@ -109,6 +113,19 @@ def parser() -> argparse.ArgumentParser:
         "needs another --run-dir",
     )
     p.add_argument(
+        "--teacher",
+        default="",
+        help="distil: an AE graph (ONNX file, e.g. models/mnist/detrigger.onnx) whose outputs "
+        "are the L2 targets instead of the clean images (default: none)",
+    )
+    p.add_argument(
+        "--width",
+        type=int,
+        default=None,
+        help="conv / slim: channels of the first level (default: the preset's, 16); a changed "
+        "value needs another --run-dir",
+    )
+    p.add_argument(
         "--run-dir",
         default="runs",
         help="checkpoints go to <run-dir>/<dataset>/detrigger_<name>.ckpt (default: runs)",
@@ -132,11 +149,15 @@ def ae_config(p: argparse.ArgumentParser, args: argparse.Namespace, preset: Pres
         with_triggers(base, args.triggers, exclude, args.epochs, args.threads),
         synthesised=args.synthesised,
         families=args.families,
+        teacher=args.teacher,
     )
+    if args.teacher and not Path(args.teacher).is_file():
+        p.error(f"--teacher {args.teacher}: no such file")
     recipe = {
         "corner_share": args.corner_share,
         "paper_share": args.paper_share,
         "l2_weight": args.l2_weight,
+        "width": args.width,
     }
     try:
         cfg = replace(cfg, **{k: v for k, v in recipe.items() if v is not None})

@@ -44,6 +44,19 @@ def test_the_preset_random_ae_is_the_base_for_random_triggers():
     assert preset_autoencoder(cifar, "conv", "random") is cifar["conv"]
 
 
+def test_a_slim_ae_without_a_preset_entry_takes_the_conv_recipe():
+    """`train_detrigger --arch slim` (issue 20's student): the conv AE's recipe for the same
+    triggers (its epochs, fill, residual), on the slim net, under a checkpoint name of its own."""
+    from training.config import PRESETS
+
+    mnist = PRESETS["mnist"].autoencoders
+    slim = preset_autoencoder(mnist, "slim", "random")
+    assert slim == replace(mnist["random"], arch="slim")
+    assert mnist["random"].arch == "conv"  # the preset is not changed
+    assert preset_autoencoder(mnist, "slim", "corner") == replace(mnist["conv"], arch="slim")
+    assert run_name(with_triggers(slim, "random")) == "slim_random"
+
+
 @pytest.mark.parametrize(
     ("field", "value"), [("triggered_share", 1.2), ("paper_share", -0.5), ("l2_weight", -1.0)]
 )

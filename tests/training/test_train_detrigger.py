@@ -44,3 +44,17 @@ def test_a_changed_recipe_in_the_preset_run_dir_is_refused(tmp_path):
     assert run.returncode == 2
     assert "--l2-weight changes the preset's conv_random AE" in run.stderr  # 0.25 is the preset's
     assert "runs/mnist/detrigger_conv_random.ckpt would be replaced" in run.stderr
+
+
+def test_a_changed_width_in_the_preset_run_dir_is_refused(tmp_path):
+    """--width changes the net but not the checkpoint's name: another --run-dir is needed."""
+    run = subprocess.run(
+        [sys.executable, "-m", "training.train_detrigger", "--dataset", "mnist"]
+        + ["--arch", "slim", "--width", "8", "--data-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path.parent,
+    )
+    assert run.returncode == 2
+    assert "--width changes the preset's slim_random AE" in run.stderr

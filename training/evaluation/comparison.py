@@ -7,6 +7,7 @@ describes the method.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import re
@@ -124,6 +125,37 @@ def attack_name(raw: dict, folder: Path, suite: dict[str, Attack], chw: tuple) -
         if canon(list(resolved.backdoors)) == own:
             return attack.name
     return folder.name
+
+
+def find_sets(
+    args: argparse.Namespace, suite: dict[str, Attack], chw: tuple
+) -> tuple[list[tuple[str, Path]], list[str]]:
+    """[(attack, folder)] in suite order (others after), and the suite's attacks with no set."""
+    found: dict[str, Path] = {}
+    if args.sets:
+        for item in filter(None, (s.strip() for s in args.sets.split(","))):
+            name, sep, path = item.partition("=")
+            if not sep or not LABEL.match(name):  # a plain folder (its name may hold a '=')
+                name, path = "", item
+            folder = Path(path)
+            if not (folder / "manifest.json").is_file():
+                raise SystemExit(f"--sets: {folder} holds no manifest.json")
+            raw = json.loads((folder / "manifest.json").read_text())
+            name = name or attack_name(raw, folder, suite, chw)
+            if name in found:
+                raise SystemExit(f"--sets: two sets for attack {name!r}: {found[name]}, {folder}")
+            found[name] = folder
+    else:
+        shipped = Path(args.shipped or f"models/{args.dataset}")
+        if (shipped / "manifest.json").is_file():
+            raw = json.loads((shipped / "manifest.json").read_text())
+            found[attack_name(raw, shipped, suite, chw)] = shipped
+        for name in suite:
+            folder = Path(args.suite_dir) / args.dataset / name
+            if name not in found and (folder / "manifest.json").is_file():
+                found[name] = folder
+    order = [n for n in suite if n in found] + [n for n in found if n not in suite]
+    return [(n, found[n]) for n in order], [n for n in suite if n not in found]
 
 
 # --- metrics ----------------------------------------------------------------------------------

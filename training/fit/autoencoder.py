@@ -19,7 +19,7 @@ from training.config import AE_TRIGGERS, AEConfig, run_name
 from training.data.trigger_sampler import FAMILY_SETS, SamplerSpec, sample_triggers
 from training.data.triggers import random_corner_patch
 from training.inversion.synthesised import load_synthesised, stamp_synthesised
-from training.nets.autoencoders import Clamp01, MaskedConvAutoencoder, build_autoencoder
+from training.nets.autoencoders import Clamp01, MaskedAutoencoder, build_autoencoder
 from training.nets.checkpoints import config_dict, resume, save
 
 
@@ -84,7 +84,7 @@ def detrigger_loss(
     """L2 loss (the paper): mean squared error over pixels. For the masked conv AE, plus a BCE
     that teaches the mask `changed` (B, 1, H, W), by default the pixels the trigger changed."""
     inner = ae.ae if isinstance(ae, Clamp01) else ae
-    if not isinstance(inner, MaskedConvAutoencoder):
+    if not isinstance(inner, MaskedAutoencoder):
         return F.mse_loss(ae(x), clean)
     mask_logit, fill, correction = inner.parts(x)  # (B, 1, H, W), (B, C, H, W) x 2
     # Not clipped: an extended fill or a correction is pulled to the clean value itself (a clip
@@ -108,6 +108,29 @@ class _LossModule(nn.Module):
 
     def forward(self, x: torch.Tensor, clean: torch.Tensor, changed: torch.Tensor) -> torch.Tensor:
         return detrigger_loss(self.ae, x, clean, self.cfg, changed)
+
+
+class Teacher:
+    """A trained AE graph (ONNX Runtime, one thread) whose outputs are a student's L2 targets."""
+
+    def __init__(self, path: Path) -> None:
+        import hashlib
+
+        import onnxruntime as ort
+
+        data = path.read_bytes()
+        self.sha256 = hashlib.sha256(data).hexdigest()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x_np = x.detach().cpu().numpy().astype(np.float32, copy=False)
+        (out,) = self.session.run(None, {self.input_name: x_np})
+        return torch.from_numpy(np.asarray(out, np.float32))
 
 
 def _distributed() -> tuple[int, int]:
@@ -152,6 +175,9 @@ def train_autoencoder(
     if cfg.synthesised:  # the audit folder's content, not only its name
         triggers = load_synthesised(cfg.synthesised, cfg.synthesised_dilate)
         cfg_dict["synthesised_sha256"] = triggers.sha256()
+    teacher = Teacher(Path(cfg.teacher)) if cfg.teacher else None
+    if teacher is not None:  # the teacher's graph, not only its path
+        cfg_dict["teacher_sha256"] = teacher.sha256
 
     start_epoch = resume(
         ckpt_path,
@@ -205,6 +231,8 @@ def train_autoencoder(
             idx = perm[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             clean = images_t[idx].float().div_(255.0)  # (B, C, H, W)
             x, target, changed = ae_batch(clean, cfg, rng)
+            if teacher is not None:
+                target = teacher(x)
             loss = step_module(x.to(dev), target.to(dev), changed.to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()

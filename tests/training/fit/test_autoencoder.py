@@ -239,3 +239,46 @@ def test_a_budgeted_run_stops_between_epochs_with_its_lr_at_the_floor(tmp_path, 
     train_autoencoder(cfg, images, tmp_path, log=lambda _: None, time_budget=60.0, stats=stats)
     assert stats["stopped_by_budget"] and 1 <= stats["epochs_done"] < 20
     assert lrs[-1] < cfg.lr * 0.2
+
+
+def test_a_teacher_graph_gives_the_l2_targets_and_names_the_checkpoint(tmp_path):
+    """Distillation (issue 20): with a teacher, the student's L2 target is the teacher's output
+    on the training input. An identity teacher asks the student to keep every trigger: its
+    output then moves toward the triggered input, not the clean image; the checkpoint is named
+    `_distilled` and records the teacher's sha256."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from training.config import run_name
+    from training.fit.autoencoder import Teacher, train_autoencoder
+
+    shape = ["N", 1, 12, 12]
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["images"], ["images_out"])],
+        "identity",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, shape)],
+        [helper.make_tensor_value_info("images_out", TensorProto.FLOAT, shape)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    teacher_path = tmp_path / "identity.onnx"
+    onnx.save(model, teacher_path)
+    x = torch.rand(3, 1, 12, 12)
+    assert torch.equal(Teacher(teacher_path)(x), x)
+    cfg = AEConfig(
+        arch="slim",
+        epochs=1,
+        batch_size=16,
+        width=4,
+        triggers="random",
+        triggered_share=1.0,
+        teacher=str(teacher_path),
+        threads=1,
+    )
+    assert run_name(cfg) == "slim_random_distilled"
+    images = (np.random.default_rng(0).random((64, 1, 12, 12)) * 40).astype(np.uint8)
+    train_autoencoder(cfg, images, tmp_path / "runs", log=lambda _: None)
+    path = tmp_path / "runs" / "detrigger_slim_random_distilled.ckpt"
+    ckpt = torch.load(path, weights_only=False)
+    assert ckpt["config"]["teacher"] == str(teacher_path)
+    assert len(ckpt["config"]["teacher_sha256"]) == 64

@@ -91,6 +91,7 @@ def test_checkpoints_older_than_a_new_field_match_it_at_its_default(tmp_path: Pa
         "corner_share",
         "l2_weight",
         "paper_share",
+        "teacher",
     }
     assert not same_config(OLD_AE, ae_now)  # without the defaults: a missing key differs
     assert same_config(OLD_AE, ae_now, ae_defaults)
@@ -98,6 +99,7 @@ def test_checkpoints_older_than_a_new_field_match_it_at_its_default(tmp_path: Pa
     assert not same_config(OLD_AE, {**ae_now, "exclude": ["blend"]}, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "synthesised": "reports/a/b"}, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "fill": "extended"}, ae_defaults)
+    assert not same_config(OLD_AE, {**ae_now, "teacher": "a.onnx"}, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "residual": 0.35}, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "corner_share": 0.25}, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "l2_weight": 60.0}, ae_defaults)

@@ -39,7 +39,7 @@ def test_target_output_shapes(arch, channels, size):
 def test_unknown_architectures_list_allowed():
     with pytest.raises(ValueError, match="kwon_cnn, vgg19, resnet_small"):
         build_target("lenet", 1, 10, 28, [0.5], [0.5])
-    with pytest.raises(ValueError, match="mlp, conv"):
+    with pytest.raises(ValueError, match="mlp, conv, slim"):
         build_autoencoder("vae", 1, 28)
 
 
@@ -53,6 +53,10 @@ def test_unknown_architectures_list_allowed():
         ("conv", 3, 32),
         ("conv", 1, 15),
         ("conv", 3, 30),
+        ("slim", 1, 28),
+        ("slim", 3, 32),
+        ("slim", 1, 15),
+        ("slim", 3, 30),
     ],
 )
 def test_autoencoder_shapes_and_range(arch, channels, size):
@@ -64,10 +68,11 @@ def test_autoencoder_shapes_and_range(arch, channels, size):
     assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
 
 
-def test_conv_autoencoder_starts_close_to_identity():
-    # The mask bias starts at -4: an untrained conv AE already leaves images almost unchanged.
+@pytest.mark.parametrize("arch", ["conv", "slim"])
+def test_masked_autoencoder_starts_close_to_identity(arch):
+    # The mask bias starts at -4: an untrained masked AE already leaves images almost unchanged.
     torch.manual_seed(0)
-    ae = build_autoencoder("conv", 1, 28, width=4).eval()
+    ae = build_autoencoder(arch, 1, 28, width=4).eval()
     x = torch.rand(4, 1, 28, 28)
     with torch.no_grad():
         assert (ae(x) - x).abs().mean() < 0.05
@@ -150,3 +155,22 @@ def test_residual_extended_autoencoder_exports_with_parity(tmp_path):
     assert a["parity_max_abs_diff"] <= 1e-4
     with torch.no_grad():
         assert (ae(batch) - batch).abs().max() > 0.01  # the parity is not that of an identity
+
+
+@pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 30)])
+def test_slim_autoencoder_exports_with_parity(tmp_path, channels, size):
+    """The slim student (space-to-depth, depth-to-space) through ONNX, at a side that is not a
+    multiple of 4 too; its mask is still per pixel after the depth-to-space."""
+    torch.manual_seed(0)
+    ae = build_autoencoder("slim", channels, size, width=4, fill="extended", residual=0.35)
+    ae = ae.eval()
+    with torch.no_grad():
+        ae.ae.head.weight.normal_(0.0, 0.5)
+    batch = torch.rand(5, channels, size, size)
+    a = export_and_check(ae, batch, tmp_path / "detrigger.onnx", "images", "images_out")
+    assert a["parity_max_abs_diff"] <= 1e-4
+    with torch.no_grad():
+        mask = ae.ae.mask(batch)
+        assert mask.shape == (5, 1, size, size)
+        # neighbouring pixels of one 2 x 2 block get masks of their own
+        assert (mask[:, :, 0::2, 0::2] - mask[:, :, 1::2, 1::2]).abs().max() > 1e-3

@@ -1,0 +1,80 @@
+"""The AE comparison of issue 20 (training/ae_candidates.py) on the tiny generated set: its own
+patch-masking AE removes the tiny trigger (everything detected), the identity AE removes nothing,
+so the rule passes a copy of the masking AE and fails the identity AE by 100 points; every speed
+cell is measured and the ratios follow from the medians."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.support.tiny_models import build_model_set
+from tests.training.test_detection_report import SPEC, identity_ae, with_training, write_data
+from training.ae_candidates import main
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    root = tmp_path_factory.mktemp("candidates")
+    data_dir = write_data(root / "mnist")
+    tiny = with_training(build_model_set(root / "tiny", SPEC))
+    copy = shutil.copy(tiny / "detrigger.onnx", root / "masking-copy.onnx")
+    report = main(
+        ["--dataset", "mnist", "--data-dir", str(data_dir), "--shipped", str(tiny)]
+        + ["--sets", str(tiny), "--ae", f"own={tiny / 'detrigger.onnx'}"]
+        + ["--ae", f"copy={copy}", "--ae", f"identity={identity_ae(root / 'id.onnx')}"]
+        + ["--target-fpr", "0.05", "--seconds", "0.01", "--rounds", "2", "--batch-size", "16"]
+        + ["--out", str(root / "out")]
+    )
+    return report, root / "out"
+
+
+def test_rule_passes_an_equal_ae_and_fails_one_that_removes_nothing(run: tuple) -> None:
+    report, _ = run
+    assert report["baseline"] == "own"
+    (entry,) = report["sets"]
+    assert entry["attack"] == "badnets-white" and entry["attack_success_rate"] == 1.0
+    assert entry["aes"]["own"]["kl"]["detection_rate"] == 1.0
+    assert entry["aes"]["identity"]["kl"]["detection_rate"] == 0.0
+    for label in ("own", "copy", "identity"):
+        assert entry["aes"][label]["kl"]["validation_false_positive_rate"] <= 0.05
+    assert report["verdicts"]["copy"]["passes"] is True
+    identity = report["verdicts"]["identity"]
+    assert identity["passes"] is False
+    assert identity["worst"]["drop_points"] == pytest.approx(100.0)
+    assert "own" not in report["verdicts"]
+
+
+def test_speed_cells_and_ratios(run: tuple) -> None:
+    report, _ = run
+    for batch in ("1", "64"):
+        cells = report["speed"][batch]
+        assert set(cells) == {"target"} | {
+            f"{kind}:{label}" for kind in ("ae", "guard") for label in ("own", "copy", "identity")
+        }
+        assert all(len(c["rounds"]) == 2 and c["median"] > 0 for c in cells.values())
+        ratio = report["speed_ratios"][batch]["own"]
+        assert ratio["ae_cost_vs_target"] == pytest.approx(
+            cells["target"]["median"] / cells["ae:own"]["median"]
+        )
+
+
+def test_markdown_has_the_tables_and_the_verdict(run: tuple) -> None:
+    report, out = run
+    md = (out / "mnist.md").read_text()
+    assert report["command"] in md
+    assert "| 64 | own |" in md and "own (baseline)" in md
+    assert "- **identity**: fails the 0.5-point rule; largest drop +100.00 points" in md
+    assert "- **copy**: passes the 0.5-point rule" in md
+
+
+def test_needs_two_distinct_aes(tmp_path: Path) -> None:
+    ae = identity_ae(tmp_path / "id.onnx")
+    with pytest.raises(SystemExit):
+        main(["--ae", f"a={ae}"])
+    with pytest.raises(SystemExit):
+        main(["--ae", f"a={ae}", "--ae", f"a={ae}"])
+    with pytest.raises(SystemExit):
+        main(["--ae", f"a={ae}", "--ae", f"b={ae}", "--baseline", "c"])
