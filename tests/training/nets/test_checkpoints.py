@@ -91,6 +91,7 @@ def test_checkpoints_older_than_a_new_field_match_it_at_its_default(tmp_path: Pa
         "corner_share",
         "l2_weight",
         "paper_share",
+        "families",
         "teacher",
     }
     assert not same_config(OLD_AE, ae_now)  # without the defaults: a missing key differs
