@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-from contract.fusion import decide_both
 from contract.manifest import BothSpec, Manifest, read_verified
 from contract.scoring import SCORES
 from training.evaluation.detectors import Graph
@@ -168,8 +167,3 @@ def summary_line(folder: Path, entry: dict[str, Any]) -> str:
         f"{entry['strip_threshold']:.6g} bits; clean FPR {c['false_positive']['rate']:.4f} "
         f"(each detector {c['per_detector_fpr']:.4f}) on {c['n']} images"
     )
-
-
-def fused_flags(logits_x, logits_ae, entropy, entry: dict[str, Any]) -> np.ndarray:
-    """The contract's fused rule on scores computed offline, from a manifest entry."""
-    return decide_both(logits_x, logits_ae, entropy, BothSpec.model_validate(entry)).flagged
