@@ -57,7 +57,7 @@ def decide_both(
         logits_x.argmax(axis=1),
         logits_ae.argmax(axis=1),
         score,
-        fired.any(axis=1),
+        np.asarray(fired.any(axis=1), dtype=bool),
         entropy,
         fired,
     )

@@ -251,7 +251,7 @@ def verdict(
     }
     if d.detriggered is not None:
         out["guard_detriggered_class"] = json.dumps([int(c) for c in d.detriggered])
-    if d.entropy is not None:
+    if d.entropy is not None and rule.strip_threshold is not None:
         out["guard_strip_scores"] = json.dumps([round(float(s), 6) for s in d.entropy])
         out["guard_strip_threshold"] = rule.strip_threshold
         out["guard_fired"] = json.dumps(

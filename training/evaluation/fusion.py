@@ -98,7 +98,8 @@ def both_entry(score: str, ae_threshold: float, strip_threshold: float, calibrat
 
 def put_entry(raw: dict[str, Any], entry: dict[str, Any]) -> None:
     """Put ``entry`` into the raw manifest's detectors, every other field kept."""
-    detectors = raw.get("detectors") if isinstance(raw.get("detectors"), dict) else {}
+    current = raw.get("detectors")
+    detectors: dict[str, Any] = current if isinstance(current, dict) else {}
     raw["detectors"] = {**detectors, "both": entry}
 
 
