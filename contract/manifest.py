@@ -7,7 +7,14 @@ import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from contract.errors import ModelLoadError
 
@@ -79,12 +86,34 @@ class StripSpec(BaseModel):
     blend: Blend = Field(default_factory=Blend)
 
 
+class BothSpec(BaseModel):
+    """Optional: detector ``both`` (contract.fusion), the de-trigger score and STRIP's entropy
+    fused by the rule ``either``: flagged when ``score > ae_threshold`` or ``entropy <
+    strip_threshold``, the two thresholds calibrated together on clean images so that the
+    union meets one target FPR (training.evaluation.fusion). Needs ``detectors.strip``: it
+    runs STRIP with that entry's bank, n, seed and blend."""
+
+    model_config = ConfigDict(extra="allow")
+
+    rule: Literal["either"] = "either"
+    score: Literal["prob_drop", "kl"] = "prob_drop"  # the de-trigger score it thresholds
+    ae_threshold: float = Field(allow_inf_nan=False)  # flag when score > this
+    strip_threshold: float = Field(ge=0.0, allow_inf_nan=False)  # flag when entropy < this
+
+
 class Detectors(BaseModel):
     """Optional detectors besides the de-trigger AE (which every set has)."""
 
     model_config = ConfigDict(extra="allow")
 
     strip: StripSpec | None = None
+    both: BothSpec | None = None
+
+    @model_validator(mode="after")
+    def _both_needs_strip(self) -> Detectors:
+        if self.both is not None and self.strip is None:
+            raise ValueError("detectors.both runs STRIP: it needs detectors.strip")
+        return self
 
 
 class Manifest(BaseModel):

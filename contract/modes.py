@@ -19,3 +19,4 @@ class Detector(Enum):
 
     detrigger = "detrigger"  # the de-trigger AE (Kwon): every model set has it
     strip = "strip"  # STRIP (Gao et al.): sets whose manifest has detectors.strip
+    both = "both"  # both on one batch, OR-fused (contract.fusion): sets with detectors.both

@@ -45,30 +45,51 @@ class Decisions:
 
     predicted: np.ndarray  # int, argmax f(x)
     detriggered: np.ndarray | None  # int, argmax f(AE(x)); None for STRIP (no AE runs)
-    score: np.ndarray  # float, the detector's score
+    score: np.ndarray  # float, the detector's score (detector both: the de-trigger score)
     flagged: np.ndarray  # bool
+    # Detector both only (contract.fusion): STRIP's entropy beside the de-trigger score, and
+    # which rule fired, (N, 2) bool: column 0 the de-trigger rule, column 1 STRIP's.
+    entropy: np.ndarray | None = None
+    fired: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.predicted)
 
+    def finite(self) -> np.ndarray:
+        """(N,) bool: every score of the image is finite. A NaN never compares above or below
+        a threshold, so an image with a non-finite score must not be answered (fail closed)."""
+        ok = np.isfinite(self.score)
+        return ok if self.entropy is None else ok & np.isfinite(self.entropy)
+
     def slice(self, start: int, stop: int) -> Decisions:
+        def part(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[start:stop]
+
         return Decisions(
             self.predicted[start:stop],
-            None if self.detriggered is None else self.detriggered[start:stop],
+            part(self.detriggered),
             self.score[start:stop],
             self.flagged[start:stop],
+            part(self.entropy),
+            part(self.fired),
         )
 
     @staticmethod
     def concat(parts: Sequence[Decisions]) -> Decisions:
         if len(parts) == 1:
             return parts[0]
-        detriggered = [p.detriggered for p in parts if p.detriggered is not None]
+
+        def joined(arrays: Sequence[np.ndarray | None]) -> np.ndarray | None:
+            present = [a for a in arrays if a is not None]
+            return np.concatenate(present) if len(present) == len(arrays) else None
+
         return Decisions(
             np.concatenate([p.predicted for p in parts]),
-            np.concatenate(detriggered) if len(detriggered) == len(parts) else None,
+            joined([p.detriggered for p in parts]),
             np.concatenate([p.score for p in parts]),
             np.concatenate([p.flagged for p in parts]),
+            joined([p.entropy for p in parts]),
+            joined([p.fired for p in parts]),
         )
 
 
@@ -79,8 +100,10 @@ class Rule:
     detector: Detector
     score_name: Literal["prob_drop", "kl", "strip_entropy"]
     threshold: float
-    # class_change; score: flagged when score > threshold; score_below: when score < threshold
-    rule: Literal["class_change", "score", "score_below"]
+    # class_change; score: flagged when score > threshold; score_below: when score < threshold;
+    # either (detector both): score > threshold or STRIP's entropy < strip_threshold
+    rule: Literal["class_change", "score", "score_below", "either"]
+    strip_threshold: float | None = None  # detector both only
 
 
 def decide(logits_x: np.ndarray, logits_ae: np.ndarray, decision: Decision) -> Decisions:

@@ -190,6 +190,11 @@ class Strip:
         """(B, C, H, W) -> [x; superimposed copies], (B * (n + 1), C, H, W): one target call."""
         return strip_batch(x, self.bank, self.config)
 
+    def copies(self, x: np.ndarray) -> np.ndarray:
+        """(B, C, H, W) -> the superimposed copies alone, (B * n, C, H, W), input-major."""
+        indices = draw_indices(x, len(self.bank), self.config.n, self.config.seed)
+        return superimpose(x, self.bank, indices, self.config)
+
     def decide(self, logits: np.ndarray, b: int) -> tuple[Decisions, np.ndarray]:
         """The target's logits on :meth:`batch` of B inputs -> (decisions, logits on x)."""
         logits_x, entropy = strip_scores(logits, b, self.config.n)

@@ -5,8 +5,8 @@ function once ``max_batch_size`` images wait or the oldest has waited ``max_batc
 That runs in a dedicated thread, so the event loop keeps accepting and decoding requests
 meanwhile; then the backend completes each request from its rows (:meth:`BatchEngine.detect`).
 
-Each queued item names its detector (``detrigger`` or ``strip``): a batch holds the items of
-one detector and runs that detector's batch function. The set's queue, its limit and its
+Each queued item names its detector (``detrigger``, ``strip`` or ``both``): a batch holds the
+items of one detector and runs that detector's batch function. The set's queue, its limit and its
 inference thread are shared by the detectors.
 """
 

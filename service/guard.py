@@ -61,6 +61,8 @@ class ImageResult:
     detriggered: int | None  # None when the detector runs no AE (STRIP)
     score: float
     answer: int | None  # the class the caller should use under the mode; None when blocked
+    entropy: float | None = None  # detector both: STRIP's entropy beside the de-trigger score
+    fired: tuple[Detector, ...] = ()  # the detectors whose own rule flagged the image
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,19 @@ def quarantine_of(settings: Settings, metrics: Metrics) -> Quarantine | None:
     )
 
 
+# Detectors that cannot repair: STRIP gives no class with the trigger removed, and an image
+# that only STRIP flags under detector both has none either.
+CANNOT_REPAIR = (Detector.strip, Detector.both)
+
+
+def fired(decisions: Decisions, i: int, detector: Detector) -> tuple[Detector, ...]:
+    """The detectors whose own rule flagged image i: for both, either or both of its parts."""
+    if decisions.fired is not None:
+        parts = (Detector.detrigger, Detector.strip)
+        return tuple(d for d, f in zip(parts, decisions.fired[i], strict=True) if f)
+    return (detector,) if bool(decisions.flagged[i]) else ()
+
+
 class Guard:
     """The request path: decode, detect (through the set's engine), judge, count."""
 
@@ -136,22 +151,23 @@ class Guard:
 
     def detector_for(self, model_set: ModelSet, detector: Detector | None, mode: Mode) -> Detector:
         """The detector of a request: the one it names, else GUARD_DEFAULT_DETECTOR where it
-        can run (the set offers it; STRIP not under mode repair), else detrigger. A named
-        detector the set does not offer is an error, and so is a named STRIP under mode repair
-        (STRIP flags, it has no repaired class to answer)."""
+        can run (the set offers it; strip or both not under mode repair), else detrigger. A
+        named detector the set does not offer is an error, and so is a named strip or both
+        under mode repair (STRIP flags, it has no repaired class to answer)."""
         if detector is None:
             default = self.settings.default_detector
             usable = default in model_set.detectors and not (
-                default is Detector.strip and mode is Mode.repair
+                default in CANNOT_REPAIR and mode is Mode.repair
             )
             detector = default if usable else Detector.detrigger
-        elif detector is Detector.strip:
-            model_set.require_strip()  # DetectorNotAvailable when the set has no STRIP bank
-        if detector is Detector.strip and mode is Mode.repair:
+        else:
+            model_set.require(detector)  # DetectorNotAvailable when the set lacks its entry
+        if detector in CANNOT_REPAIR and mode is Mode.repair:
             raise InvalidParameter(
-                "mode repair needs detector detrigger: STRIP flags images but gives no class "
-                "with the trigger removed",
-                accepted="mode flag or block with detector strip, or detector detrigger",
+                f"mode repair needs detector detrigger: {detector.value} flags images with "
+                "STRIP, which gives no class with the trigger removed",
+                accepted=f"mode flag or block with detector {detector.value}, or detector "
+                "detrigger",
             )
         return detector
 
@@ -186,6 +202,7 @@ class Guard:
             detriggered = _detriggered(decisions, i)
             flagged = bool(decisions.flagged[i])
             score = float(decisions.score[i])
+            entropy = None if decisions.entropy is None else float(decisions.entropy[i])
             results.append(
                 ImageResult(
                     i,
@@ -195,6 +212,8 @@ class Guard:
                     detriggered,
                     score,
                     answer_for(mode, flagged, predicted, detriggered),
+                    entropy,
+                    fired(decisions, i, chosen),
                 )
             )
         return Outcome(model_set, mode, results, model_set.rule(chosen))
@@ -238,11 +257,12 @@ class Guard:
 
         A non-finite score means non-finite logits (NaN or infinity on x or its de-triggered
         or superimposed copies); its comparison with the threshold would be False, i.e. an
-        unflagged, answered image. Fail closed instead: no verdict, no answer. (In proxy mode
-        the upstream's non-finite logits are refused earlier, as its error: 502.)
+        unflagged, answered image. Fail closed instead: no verdict, no answer; with detector
+        both, when either of its scores is not finite. (In proxy mode the upstream's
+        non-finite logits are refused earlier, as its error: 502.)
         """
         detection = await engine.detect(x, call, detector)
-        unscorable = np.flatnonzero(~np.isfinite(detection.decisions.score))
+        unscorable = np.flatnonzero(~detection.decisions.finite())
         if unscorable.size:
             self.metrics.unscorable.labels(model=model_set.name).inc(unscorable.size)
             raise UnscorableImage(
@@ -322,6 +342,14 @@ class Guard:
                         "detriggered": None if detriggered is None else classes[detriggered],
                         "score": round(float(decisions.score[i]), 6),
                         "score_name": rule.score_name,
+                        **(
+                            {}
+                            if decisions.entropy is None
+                            else {
+                                "strip_entropy": round(float(decisions.entropy[i]), 6),
+                                "fired": [d.value for d in fired(decisions, i, detector)],
+                            }
+                        ),
                     },
                 )
 

@@ -146,6 +146,10 @@ class ModelRepository:
                 self.metrics.threshold.labels(
                     model=slot.name, detector=detector.value, score=rule.score_name, rule=rule.rule
                 ).set(rule.threshold)
+            if rule.strip_threshold is not None:  # detector both: its second threshold
+                self.metrics.threshold.labels(
+                    model=slot.name, detector=detector.value, score="strip_entropy", rule=rule.rule
+                ).set(rule.strip_threshold)
         slot.model_set, slot.engine = model_set, engine
         slot.state, slot.reason = SlotState.ready, "ready"
         self.metrics.model_ready.labels(model=slot.name).set(1)

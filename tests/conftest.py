@@ -28,6 +28,7 @@ GRAY = TinySpec(name="tiny")
 RGB = TinySpec(name="tinyrgb", height=32, width=32, channels=3)
 SCORE = TinySpec(name="tinykl", rule="score", score="kl", threshold=1.0)
 STRIP = TinySpec(name="tinystrip", strip_n=8)
+BOTH = TinySpec(name="tinyboth", strip_n=8, both=(0.5, 0.3))
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +38,7 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_model_set(root / "tinyrgb", RGB)
     build_model_set(root / "tinykl", SCORE)
     build_model_set(root / "tinystrip", STRIP)
+    build_model_set(root / "tinyboth", BOTH)
     return root
 
 
@@ -62,6 +64,12 @@ def kl_set(model_root: Path) -> Path:
 def strip_set(model_root: Path) -> Path:
     """The tiny grayscale set plus a STRIP bank (27 clean images, n = 8, threshold 0.3 bits)."""
     return model_root / "tinystrip"
+
+
+@pytest.fixture(scope="session")
+def both_set(model_root: Path) -> Path:
+    """tinystrip plus detector both: prob_drop > 0.5 or STRIP entropy < 0.3 bits."""
+    return model_root / "tinyboth"
 
 
 # Limits small enough for the limit tests to be cheap.

@@ -200,6 +200,16 @@ def swap(
         "swapped": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "previous": previous,
     }
+    # Detector both's de-trigger threshold was set for the old AE: drop it, and say how to
+    # calibrate it again for the new one.
+    if (manifest.get("detectors") or {}).pop("both", None) is not None:
+        log.info(
+            "%s: detectors.both dropped (set for the old AE); run python -m "
+            "training.fuse_calibrate --model-set %s --dataset %s",
+            folder,
+            folder,
+            dataset,
+        )
     write_manifest(folder, manifest)
     if sha256(folder / manifest["target"]["file"]) != manifest["target"]["sha256"]:
         raise RuntimeError("the target changed during the swap")  # a bug, never the user's input

@@ -127,8 +127,9 @@ async def classify(
     detector: Annotated[
         Detector | None,
         Query(
-            description="detrigger (the de-trigger autoencoder) or strip (STRIP, on sets that "
-            "ship it); GUARD_DEFAULT_DETECTOR when absent."
+            description="detrigger (the de-trigger autoencoder), strip (STRIP, on sets that "
+            "ship it) or both (the two on one batch, flagged when either fires, on sets whose "
+            "manifest has detectors.both); GUARD_DEFAULT_DETECTOR when absent."
         ),
     ] = None,
 ) -> ClassifyResponse:

@@ -38,8 +38,8 @@ class ClassifyJSONRequest(BaseModel):
     resize: bool = Field(False, description="Resize images of another size to the model's input.")
     detector: Detector | None = Field(
         None,
-        description="detrigger or strip; GUARD_DEFAULT_DETECTOR (if the set offers it) when "
-        "absent.",
+        description="detrigger, strip or both; GUARD_DEFAULT_DETECTOR (if the set offers it) "
+        "when absent.",
     )
 
 
@@ -54,15 +54,31 @@ class ImageResultBody(BaseModel):
     )
     detector: Detector = Field(description="The detector that judged the image.")
     score: float = Field(
-        description="The detector's score: prob_drop or kl (detrigger), or the mean entropy "
-        "in bits of the target's outputs on the superimposed copies (strip_entropy)."
+        description="The detector's score: prob_drop or kl (detrigger, and both), or the mean "
+        "entropy in bits of the target's outputs on the superimposed copies (strip_entropy)."
     )
     score_name: Literal["prob_drop", "kl", "strip_entropy"]
     threshold: float
-    decision_rule: Literal["class_change", "score", "score_below"] = Field(
+    decision_rule: Literal["class_change", "score", "score_below", "either"] = Field(
         description="class_change: flagged when the class changes after the autoencoder; "
         "score: flagged when score > threshold; score_below (strip): flagged when "
-        "score < threshold."
+        "score < threshold; either (both): flagged when score > threshold or strip_entropy < "
+        "strip_threshold."
+    )
+    strip_entropy: float | None = Field(
+        default=None,
+        description="Detector both: STRIP's score beside the de-trigger score, the mean "
+        "entropy in bits over the superimposed copies; null with the other detectors.",
+    )
+    strip_threshold: float | None = Field(
+        default=None,
+        description="Detector both: STRIP's threshold in the fused rule (calibrated with "
+        "'threshold' for one clean FPR); null with the other detectors.",
+    )
+    fired: list[Detector] = Field(
+        default_factory=list,
+        description="The detectors whose own rule flagged the image: with both, detrigger, "
+        "strip, or the two; with one detector, that one when flagged. Empty when not flagged.",
     )
     outcome: Literal["answered", "blocked", "repaired"] = Field(
         description="answered: 'answer' is the predicted class; blocked: no class is given; "
@@ -110,6 +126,9 @@ def classify_response(outcome: Outcome) -> ClassifyResponse:
             score_name=rule.score_name,
             threshold=rule.threshold,
             decision_rule=rule.rule,
+            strip_entropy=r.entropy,
+            strip_threshold=rule.strip_threshold,
+            fired=list(r.fired),
             outcome=_outcome(outcome.mode, r),
             answer=None if r.answer is None else _ref(classes, r.answer),
         )
@@ -153,6 +172,16 @@ class StripSummary(BaseModel):
     target_fpr: float | None = Field(default=None, description="The FPR it was set for.")
 
 
+class BothSummary(BaseModel):
+    """The manifest's optional `detectors.both` entry (training.evaluation.fusion)."""
+
+    rule: str = Field(description="either: flagged when either detector's own rule fires.")
+    score: str = Field(description="The de-trigger score it thresholds (prob_drop or kl).")
+    ae_threshold: float = Field(description="Flagged when the de-trigger score is above this.")
+    strip_threshold: float = Field(description="Flagged when STRIP's entropy is below this.")
+    target_fpr: float | None = Field(default=None, description="The FPR it was set for.")
+
+
 class AuditSummary(BaseModel):
     """The manifest's optional `audit` entry (training/audit: trigger synthesis)."""
 
@@ -175,9 +204,12 @@ class ModelSummary(BaseModel):
     input: InputSummary | None = None
     decision: DecisionSummary | None = None
     detectors: list[Detector] | None = Field(
-        default=None, description="Detectors the set offers: detrigger, and strip if calibrated."
+        default=None,
+        description="Detectors the set offers: detrigger, strip if calibrated, and both if "
+        "their fused rule is calibrated too.",
     )
     strip: StripSummary | None = None
+    both: BothSummary | None = None
     provider: str | None = None
     target: GraphSummary | None = None
     detrigger: GraphSummary | None = None
@@ -216,6 +248,17 @@ def model_summary(slot: Slot, default: bool) -> ModelSummary:
             n=strip.n,
             bank_images=len(model_set.strip.bank),
             threshold=strip.threshold,
+            target_fpr=float(fpr) if isinstance(fpr, int | float) else None,
+        )
+    both = m.detectors.both
+    if both is not None and Detector.both in model_set.detectors:
+        calibration = (both.model_extra or {}).get("calibration")
+        fpr = calibration.get("target_fpr") if isinstance(calibration, dict) else None
+        summary.both = BothSummary(
+            rule=both.rule,
+            score=both.score,
+            ae_threshold=both.ae_threshold,
+            strip_threshold=both.strip_threshold,
             target_fpr=float(fpr) if isinstance(fpr, int | float) else None,
         )
     summary.provider = model_set.provider

@@ -5,7 +5,7 @@ The response carries the target's outputs for the images as given (in proxy mode
 upstream's own outputs, rows 0..N-1 of its answer) and the guard's verdict under
 ``parameters``. Mode ``repair`` swaps in the rows for the de-triggered copies of flagged images;
 mode ``block`` refuses a request with a flagged image (Blocked, 403). The request parameter
-``guard_detector`` (``detrigger`` or ``strip``) chooses the detector.
+``guard_detector`` (``detrigger``, ``strip`` or ``both``) chooses the detector.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from service import tracing
 from service.api.v2_images import files_from_tensor, image_accepts, images_from_tensor
 from service.backends.base import Call, Detection
 from service.backends.proxy import ProxyBackend
-from service.guard import Guard
+from service.guard import Guard, fired
 from service.logs import request_id_var
 from service.protocol.infer_type import InferRequest, InferResponse, InferTensor, boolean
 from service.repository import ModelRepository, Slot
@@ -190,13 +190,19 @@ class DataPlane:
         flagged = [bool(f) for f in d.flagged]
         if mode is Mode.block and any(flagged):
             where = [i for i, f in enumerate(flagged) if f]
-            why = (
-                f"(class {[int(d.predicted[i]) for i in where]} before and "
-                f"{[int(d.detriggered[i]) for i in where]} after de-triggering)"
-                if d.detriggered is not None
-                else f"(class {[int(d.predicted[i]) for i in where]}, STRIP entropy "
-                f"{[round(float(d.score[i]), 6) for i in where]} below the threshold)"
-            )
+            if d.fired is not None:
+                names = [[x.value for x in fired(d, i, detection.detector)] for i in where]
+                why = f"(detectors that fired: {names})"
+            elif d.detriggered is not None:
+                why = (
+                    f"(class {[int(d.predicted[i]) for i in where]} before and "
+                    f"{[int(d.detriggered[i]) for i in where]} after de-triggering)"
+                )
+            else:
+                why = (
+                    f"(class {[int(d.predicted[i]) for i in where]}, STRIP entropy "
+                    f"{[round(float(d.score[i]), 6) for i in where]} below the threshold)"
+                )
             raise Blocked(f"mode block: image(s) {where} of {n} carry a backdoor trigger {why}")
         # Row i of each output: f(x_i), or f(AE(x_i)) for a flagged image under repair.
         rows = np.arange(n)
@@ -228,7 +234,8 @@ def verdict(
 ) -> dict[str, Any]:
     """The guard's verdict as V2 parameters. The protocol allows only scalar parameter values,
     so the per-image lists are JSON text (``json.loads`` gives the list back). STRIP runs no
-    AE, so its verdict has no ``guard_detriggered_class``."""
+    AE, so its verdict has no ``guard_detriggered_class``; detector both adds STRIP's scores,
+    its threshold and, per image, the detectors that fired."""
     flagged = [bool(f) for f in d.flagged]
     rule = model_set.rule(detector)
     out = {
@@ -245,4 +252,10 @@ def verdict(
     }
     if d.detriggered is not None:
         out["guard_detriggered_class"] = json.dumps([int(c) for c in d.detriggered])
+    if d.entropy is not None and rule.strip_threshold is not None:
+        out["guard_strip_scores"] = json.dumps([round(float(s), 6) for s in d.entropy])
+        out["guard_strip_threshold"] = rule.strip_threshold
+        out["guard_fired"] = json.dumps(
+            [[x.value for x in fired(d, i, detector)] for i in range(len(flagged))]
+        )
     return out

@@ -9,7 +9,8 @@ engine (service.engine) drives both; backends know nothing of batching.
 
 A detection's outputs are V2 tensors whose first N rows are on the images as given. With the
 de-trigger detector they have 2N rows, the last N on the de-triggered copies ``[x; AE(x)]``;
-with STRIP the rows after the first N (if any) are on the superimposed copies.
+with STRIP the rows after the first N (if any) are on the superimposed copies; with both, rows
+N..2N-1 are on AE(x), and in proxy mode the superimposed copies follow.
 """
 
 from __future__ import annotations

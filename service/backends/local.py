@@ -23,6 +23,8 @@ class LocalBackend:
         }
         if model_set.strip is not None:
             runs[Detector.strip] = model_set.strip_scored
+        if Detector.both in model_set.detectors:
+            runs[Detector.both] = model_set.both_scored  # one target call for both detectors
         self._runs = runs
 
     @property
@@ -46,7 +48,7 @@ class LocalBackend:
         self, x: np.ndarray, batched: Scored, call: Call, detector: Detector
     ) -> Detection:
         parts = [batched.logits_x] + ([] if batched.logits_ae is None else [batched.logits_ae])
-        logits = np.concatenate(parts).astype(np.float32)  # (N, K) or, detrigger, (2N, K)
+        logits = np.concatenate(parts).astype(np.float32)  # (N, K), or with an AE (2N, K)
         name = self.model_set.manifest.target.output_name
         return Detection(
             batched.decisions,

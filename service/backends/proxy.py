@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.fusion import both_batch, both_scores, decide_both
 from contract.modes import Detector
 from contract.scoring import decide
 from service.backends.base import Call, Detection
@@ -31,10 +32,13 @@ class ProxyBackend:
         self.upstream = upstream
         self.probe_interval_s = probe_interval_s
         self._prober: asyncio.Task[None] | None = None
-        # Only the AE runs here in batches; STRIP's copies are built per request.
+        # Only the AE runs here in batches (for detrigger and both); STRIP's copies are built
+        # per request.
         self._runs: dict[Detector, Callable[[np.ndarray], Any]] = {
             Detector.detrigger: model_set.detrigger_only
         }
+        if Detector.both in model_set.detectors:
+            self._runs[Detector.both] = model_set.detrigger_only
 
     @property
     def versions(self) -> tuple[str, ...]:
@@ -69,13 +73,17 @@ class ProxyBackend:
     async def complete(
         self, x: np.ndarray, batched: Detriggered | None, call: Call, detector: Detector
     ) -> Detection:
-        """[x; AE(x)] (2N images) or, for STRIP, [x; superimposed copies] (N * (n + 1) images),
-        in one upstream request."""
+        """[x; AE(x)] (2N images), for STRIP [x; superimposed copies] (N * (n + 1) images), or
+        for both [x; AE(x); copies] (N * (n + 2) images), in one upstream request."""
         n = x.shape[0]
         strip = self.model_set.require_strip() if detector is Detector.strip else None
+        both = self.model_set.require_both() if detector is Detector.both else None
         if strip is not None:
             # Superimposition is plain numpy (no model): off the event loop, not batched.
             batch = await asyncio.to_thread(strip.batch, x)
+        elif both is not None:
+            assert batched is not None, "the engine batches the AE of detector both"
+            batch = await asyncio.to_thread(both_batch, x, batched.images, both[0])
         else:
             assert batched is not None, "the engine batches the AE of the detrigger detector"
             batch = np.concatenate([x, batched.images]).astype(np.float32, copy=False)
@@ -88,6 +96,9 @@ class ProxyBackend:
         response, logits = await self.upstream.infer(request, call.headers, classes)
         if strip is not None:
             decisions, _ = strip.decide(logits, n)
+        elif both is not None:
+            logits_x, logits_ae, entropy = both_scores(logits, n, both[0].config.n)
+            decisions = decide_both(logits_x, logits_ae, entropy, both[1])
         else:
             decisions = decide(logits[:n], logits[n:], self.model_set.manifest.decision)
         return Detection(

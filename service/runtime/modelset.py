@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from contract.errors import DetectorNotAvailable, ModelFailed, ModelLoadError
-from contract.manifest import Manifest, read_manifest, read_verified
+from contract.fusion import both_batch, both_scores, decide_both
+from contract.manifest import BothSpec, Manifest, read_manifest, read_verified
 from contract.modes import Detector
 from contract.scoring import Decisions, Rule, decide
 from contract.strip import Strip
@@ -117,11 +118,21 @@ class ModelSet:
 
     @property
     def detectors(self) -> tuple[Detector, ...]:
-        """The detectors this set offers: always the de-trigger AE, STRIP when calibrated."""
-        return (Detector.detrigger,) + ((Detector.strip,) if self.strip is not None else ())
+        """The detectors this set offers: always the de-trigger AE, STRIP when calibrated, and
+        both when the manifest has their fused calibration too."""
+        offered = [Detector.detrigger]
+        if self.strip is not None:
+            offered.append(Detector.strip)
+            if self.manifest.detectors.both is not None:
+                offered.append(Detector.both)
+        return tuple(offered)
 
     def rule(self, detector: Detector) -> Rule:
         """What results report beside a detector's score."""
+        if detector is Detector.both:
+            both = self.manifest.detectors.both
+            assert both is not None, "resolve the detector against ModelSet.detectors first"
+            return Rule(detector, both.score, both.ae_threshold, "either", both.strip_threshold)
         if detector is Detector.strip:
             spec = self.manifest.detectors.strip
             assert spec is not None, "resolve the detector against ModelSet.detectors first"
@@ -211,6 +222,38 @@ class ModelSet:
             )
         return self.strip
 
+    def require(self, detector: Detector) -> None:
+        """DetectorNotAvailable unless this set offers ``detector``."""
+        if detector in self.detectors:
+            return
+        entry = "detectors.strip" if detector is Detector.strip else "detectors.both"
+        raise DetectorNotAvailable(
+            f"model set {self.name!r} does not offer detector {detector.value!r} (its manifest "
+            f"has no {entry})",
+            accepted=f"detector one of {[d.value for d in self.detectors]} for model set "
+            f"{self.name!r}",
+        )
+
+    def require_both(self) -> tuple[Strip, BothSpec]:
+        """STRIP and the fused rule of detector both; DetectorNotAvailable without them."""
+        self.require(Detector.both)
+        assert self.strip is not None and self.manifest.detectors.both is not None
+        return self.strip, self.manifest.detectors.both
+
+    def both_scored(self, x: np.ndarray) -> Scored:
+        """Detector both: AE once, then the target once on [x; AE(x); STRIP's copies]."""
+        strip, spec = self.require_both()
+        n = x.shape[0]
+        x_ae = self.detrigger_only(x).images
+        with tracing.span("target", model=self.name, detector="both", images=n):
+            logits = self.target.run(both_batch(x, x_ae, strip))  # (B * (n + 2), K)
+        k = len(self.manifest.classes)
+        rows = n * (strip.config.n + 2)
+        if logits.shape != (rows, k):
+            raise ModelFailed(f"{self.target.name}: logits {logits.shape}, expected ({rows}, {k})")
+        logits_x, logits_ae, entropy = both_scores(logits, n, strip.config.n)
+        return Scored(decide_both(logits_x, logits_ae, entropy, spec), logits_x, logits_ae, x_ae)
+
     def strip_scored(self, x: np.ndarray) -> Scored:
         """STRIP's decisions and the logits on x: the target once on [x; n copies of each]."""
         strip = self.require_strip()
@@ -234,3 +277,5 @@ class ModelSet:
             self.infer_scored(x)
             if self.strip is not None:
                 self.strip_scored(x)
+            if Detector.both in self.detectors:
+                self.both_scored(x)

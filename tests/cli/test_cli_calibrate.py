@@ -9,6 +9,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from cli.main import main
+from contract.modes import Detector
 from service.runtime.modelset import ModelSet
 from service.settings import Settings
 from tests.support import user_models as um
@@ -35,6 +36,11 @@ def test_calibrate_rewrites_the_threshold_and_the_strip_bank(tmp_path: Path) -> 
     assert fp["ci95"][0] <= fp["rate"] <= fp["ci95"][1]
     model_set = ModelSet.load(folder, Settings(models=[folder]))
     assert model_set.strip is not None and len(model_set.strip.bank) == 16
+    # Detector both, on the same images for the same FPR.
+    both = manifest["detectors"]["both"]
+    assert Detector.both in model_set.detectors and both["calibration"]["target_fpr"] == 0.02
+    assert both["calibration"]["false_positive"]["n"] == 300 - 16
+    assert both["calibration"]["false_positive"]["rate"] <= 0.02
     assert result.output.strip().splitlines()[-1] == f"detrigger-guard serve {folder}"
 
 

@@ -32,6 +32,20 @@ def test_a_tampered_set_fails_naming_the_file(tmp_path: Path) -> None:
     assert "detrigger.onnx: sha256 mismatch" in result.output
 
 
+def test_a_shipped_set_checks_detector_both_and_refuses_a_stale_one(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["check", str(REPO / "models" / "mnist")])
+    assert "detector both runs on a batch, calibrated with these graphs" in result.output
+    # The STRIP entry recalibrated with another n, the fused thresholds left as they were.
+    stale = tmp_path / "mnist"
+    shutil.copytree(REPO / "models" / "mnist", stale)
+    manifest = json.loads((stale / "manifest.json").read_text())
+    manifest["detectors"]["strip"]["n"] = 8
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["check", str(stale)])
+    assert result.exit_code == 1
+    assert "detectors.both was calibrated with another strip_n" in result.output
+
+
 def test_a_manifest_with_wrong_graph_names_fails(tmp_path: Path) -> None:
     bad = tmp_path / "mnist"
     shutil.copytree(REPO / "models" / "mnist", bad)

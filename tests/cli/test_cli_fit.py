@@ -57,7 +57,7 @@ def test_fit_on_a_normalising_3x40x48_graph_and_an_image_tree_with_broken_files(
     assert "AE recipe: rgb" in result.output  # a colour graph gets CIFAR-10's recipe
     model_set = load(out)
     assert model_set.input_chw == chw and model_set.manifest.name == "my-set"
-    assert [d.value for d in model_set.detectors] == ["detrigger", "strip"]
+    assert [d.value for d in model_set.detectors] == ["detrigger", "strip", "both"]
     report = json.loads((out / "report.json").read_text())
     assert report["calibration"]["estimates"]["note"].startswith("ESTIMATES")
     assert len(report["calibration"]["estimates"]["triggers"]) >= 6

@@ -80,7 +80,8 @@ def nan_when_triggered(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
 
 
 def build_nan_set(folder: Path, which: str) -> Path:
-    spec = TinySpec(name=f"nan{which}")
+    # With STRIP and detector both too (issue 22): a NaN in either part must refuse as well.
+    spec = TinySpec(name=f"nan{which}", strip_n=4, both=(0.5, 0.3))
     build_model_set(folder, spec)
     if which == "ae":
         onnx.save(
@@ -123,10 +124,14 @@ def test_clean_images_are_still_answered(nan_server: RunningServer, model: str) 
     assert not result["flagged"] and result["answer"]["class"] == LABEL, describe(response)
 
 
-@pytest.mark.parametrize("mode", ["block", "flag", "repair"])
+@pytest.mark.parametrize(
+    ("mode", "detector"),
+    [("block", "detrigger"), ("flag", "detrigger"), ("repair", "detrigger"), ("block", "both"),
+     ("flag", "both"), ("flag", "strip")],
+)  # fmt: skip
 @pytest.mark.parametrize("model", ["nanae", "nantarget"])
 def test_a_triggered_image_with_non_finite_numbers_is_never_answered(
-    nan_server: RunningServer, model: str, mode: str
+    nan_server: RunningServer, model: str, mode: str, detector: str
 ) -> None:
     files = [
         ("images", ("clean.png", png_bytes(CLEAN), "image/png")),
@@ -134,7 +139,7 @@ def test_a_triggered_image_with_non_finite_numbers_is_never_answered(
     ]
     response = httpx.post(
         f"{nan_server.url}/classify",
-        params={"model": model, "mode": mode},
+        params={"model": model, "mode": mode, "detector": detector},
         files=files,
         timeout=30,
     )
@@ -146,6 +151,8 @@ def test_a_triggered_image_with_non_finite_numbers_is_never_answered(
     for result in results:
         assert isinstance(result["score"], (int, float)), describe(response)
         assert np.isfinite(result["score"]), describe(response)
+        if result["strip_entropy"] is not None:
+            assert np.isfinite(result["strip_entropy"]), describe(response)
     triggered = results[1]
     assert triggered["flagged"] is True, f"fail-open: {describe(response)}"
     if mode == "block":

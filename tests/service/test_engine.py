@@ -142,7 +142,7 @@ def test_detectors_share_the_queue_but_never_a_batch(strip_set: Path) -> None:
         assert len(d) == x.shape[0]
         assert d.flagged.tolist() == [i % 4 < 2] * x.shape[0], i
         assert (d.detriggered is None) is (detector is Detector.strip)  # its own detector
-    for detector in Detector:
+    for detector in (Detector.detrigger, Detector.strip):  # the set offers no both
         labels = {"model": "tinystrip", "detector": detector.value}
         count = metrics.registry.get_sample_value("guard_batch_size_count", labels)
         total = metrics.registry.get_sample_value("guard_batch_size_sum", labels)

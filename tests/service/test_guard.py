@@ -3,6 +3,7 @@
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -19,10 +20,11 @@ from contract.errors import (
     UnscorableImage,
     WrongImageSize,
 )
-from contract.modes import Mode
+from contract.modes import Detector, Mode
 from service.api.error_responses import status_of
 from service.guard import Guard, ImageInput, Outcome
 from service.metrics import Metrics
+from service.runtime.modelset import Scored
 from service.settings import Settings
 from tests.support.guard import running_guard
 from tests.support.promtext import parse, value
@@ -156,3 +158,36 @@ def test_a_request_of_many_pixels_cannot_hold_up_small_ones(tiny_set: Path) -> N
 
     settings = Settings(models=[tiny_set], bulk_decode_pixels=5_000)
     assert run_guard(settings, body) == (True, [4, 4, 4], 1)
+
+
+def test_detector_both_refuses_an_image_when_either_score_is_not_finite(tmp_path: Path) -> None:
+    """Detector both flags on an OR of two comparisons, and NaN fails both: a NaN de-trigger
+    score (the AE's copy of the trigger on black is all black: -inf logits) or a NaN STRIP
+    entropy (made here by replacing one image's entropy after the real batch) must refuse the
+    request, never answer the image as clean."""
+    spec = TinySpec(name="nonfiniteboth", nonfinite_when_black=True, strip_n=4, both=(0.5, 0.3))
+    folder = build_model_set(tmp_path / "nonfiniteboth", spec)
+    black = np.zeros((spec.height, spec.width), dtype=np.uint8)
+    trigger_only = ImageInput(png_bytes(add_trigger(black)), "t.png")
+    clean = [ImageInput(png_bytes(clean_image(spec, k)), f"c{k}.png") for k in (3, 4)]
+
+    async def body(guard: Guard) -> list[int | None]:
+        with pytest.raises(UnscorableImage, match=r"image\(s\) \[1\] of 2"):
+            await guard.classify([clean[0], trigger_only], detector=Detector.both)
+        model_set, engine = guard.repository.resolve("nonfiniteboth")
+        real = model_set.both_scored
+
+        def nan_entropy(x: np.ndarray) -> Scored:
+            scored = real(x)
+            entropy = scored.decisions.entropy.copy()
+            entropy[-1] = np.nan
+            return replace(scored, decisions=replace(scored.decisions, entropy=entropy))
+
+        engine.backend.batch_runs[Detector.both] = nan_entropy  # type: ignore[index]
+        with pytest.raises(UnscorableImage, match=r"image\(s\) \[1\] of 2"):
+            await guard.classify(clean, detector=Detector.both)
+        engine.backend.batch_runs[Detector.both] = real  # type: ignore[index]
+        outcome = await guard.classify(clean, detector=Detector.both, mode=Mode.block)
+        return [r.answer for r in outcome.results]
+
+    assert run_guard(Settings(models=[folder]), body) == [3, 4]

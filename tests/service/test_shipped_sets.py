@@ -45,3 +45,5 @@ def test_every_shipped_set_loads_and_becomes_ready() -> None:
     for folder in SHIPPED:
         if '"strip"' in (folder / "manifest.json").read_text():
             assert Detector.strip in detectors[folder.name], folder.name
+            # ... and every set with STRIP carries detector both, calibrated with it.
+            assert Detector.both in detectors[folder.name], folder.name

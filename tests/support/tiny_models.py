@@ -12,7 +12,8 @@ With ``strip_n > 0`` the set also ships a STRIP bank (clean images, ``strip_bank
 each class 1..K-1). A clean image of class k added to a bank image of class j != k lights two
 bands (logits 16 and 16: about 1 bit of entropy), so its mean entropy over n copies is at least
 1 - bank_per_class / n bits; a triggered image stays class 0 (32 > 16) in every copy, about 0
-bits. The default threshold 0.3 bits separates the two.
+bits. The default threshold 0.3 bits separates the two. With ``both`` it also offers detector
+both, the two fused by an OR with hand-set thresholds.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class TinySpec:
     strip_n: int = 0  # > 0: ship a STRIP bank with n superimpositions per input
     strip_threshold: float = 0.3
     strip_bank_per_class: int = 3
+    # (ae_threshold, strip_threshold): with strip_n > 0, also detector both (contract.fusion)
+    # on the decision's score, hand-set.
+    both: tuple[float, float] | None = None
     # The target adds log(max pixel) to every logit: no change for an image with any light
     # pixel, -inf logits (so NaN scores) for an all-black image or de-triggered copy.
     nonfinite_when_black: bool = False
@@ -215,6 +219,14 @@ def build_model_set(folder: Path, spec: TinySpec | None = None, samples: int = 0
     }
     if spec.strip_n:
         manifest["detectors"] = {"strip": strip_entry(folder, spec)}
+        if spec.both is not None:
+            manifest["detectors"]["both"] = {
+                "rule": "either",
+                "score": spec.score,
+                "ae_threshold": spec.both[0],
+                "strip_threshold": spec.both[1],
+                "calibration": {"target_fpr": 0.01, "split": "hand-set for the tiny test set"},
+            }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     if samples:
         sample_dir = folder / "samples"

@@ -22,6 +22,7 @@ from training.evaluation.strip import (
     strip_threshold,
     validation_indices,
 )
+from training.fuse_calibrate import main as fuse_main
 from training.strip_calibrate import main
 
 
@@ -103,6 +104,7 @@ def test_calibration_writes_a_bank_the_service_loads_and_keeps_the_rest(
 
     after = json.loads((model_set / "manifest.json").read_text())
     strip = after["detectors"].pop("strip")
+    both = after["detectors"].pop("both")
     assert after == before  # every other field, other detectors included, is untouched
     assert strip["n"] == 8 and strip["threshold"] == summary["threshold"]
     cal = strip["calibration"]
@@ -133,6 +135,31 @@ def test_calibration_writes_a_bank_the_service_loads_and_keeps_the_rest(
     t = np.stack([add_trigger(clean_image(SPEC, k, seed=500 + k)) for k in range(1, 10)])
     t_flagged = ms.strip_scored(t[:, None].astype(np.float32) / np.float32(255.0)).decisions
     assert t_flagged.flagged.all()
+
+    # Detector both, calibrated on the same images for the same FPR: the service's fused
+    # decisions flag exactly what the calibration counted, and the triggered images.
+    assert both == summary["both"] and both["rule"] == "either"
+    fp = both["calibration"]["false_positive"]
+    assert fp["n"] == N_VAL - 27 and fp["rate"] <= 0.05
+    assert both["calibration"]["calibrated_with"]["strip_bank_sha256"] == strip["bank"]["sha256"]
+    assert Detector.both in ms.detectors
+    fused = ms.both_scored(x[:, None].astype(np.float32) / np.float32(255.0)).decisions
+    assert int(fused.flagged.sum()) == fp["k"]
+    np.testing.assert_allclose(fused.entropy, d.score)
+    assert ms.both_scored(t[:, None].astype(np.float32) / np.float32(255.0)).decisions.flagged.all()
+
+    # fuse_calibrate, on the set as calibrated, draws the same images again and writes the same
+    # thresholds; nothing else of the manifest changes.
+    written = json.loads((model_set / "manifest.json").read_text())
+    entry = fuse_main(["--model-set", str(model_set), "--dataset", "mnist", "--data-dir",
+                       str(data_dir), "--batch-size", "16"])  # fmt: skip
+    again = json.loads((model_set / "manifest.json").read_text())
+    assert entry["ae_threshold"] == both["ae_threshold"]
+    assert entry["strip_threshold"] == both["strip_threshold"]
+    assert entry["calibration"]["false_positive"] == fp
+    again["detectors"].pop("both")
+    written["detectors"].pop("both")
+    assert again == written
 
 
 def test_calibration_is_deterministic(model_set: Path, data_dir: Path) -> None:

@@ -49,6 +49,9 @@ def test_swap_puts_the_ae_in_and_keeps_the_target(tiny_preset, tiny_set, tmp_pat
 
     after = json.loads((folder / "manifest.json").read_text())
     assert (folder / "target.onnx").read_bytes() == target_bytes
+    # Detector both's de-trigger threshold belonged to the old AE: the swap drops it.
+    assert "both" in before["detectors"] and "both" not in after["detectors"]
+    before["detectors"].pop("both")
     for key in ("target", "backdoor", "detectors", "classes", "input", "created"):
         assert after[key] == before[key]
     assert after["detrigger"]["architecture"] == "mlp"

@@ -110,9 +110,11 @@ def export_repaired(
         new["repair"]["neurons_pruned"] = chosen["neurons_pruned"]
     new.pop("samples", None)  # the source's per-sample predictions no longer hold
     # STRIP's threshold was calibrated on the unrepaired target, and its bank file stays in the
-    # source folder: drop the entry here; the audit recalibrates STRIP on the repaired target.
+    # source folder: drop the entry here; the audit recalibrates STRIP on the repaired target
+    # (and detector both with it, which runs STRIP).
     detectors = new.get("detectors") or {}
     detectors.pop("strip", None)
+    detectors.pop("both", None)
     if not detectors:
         new.pop("detectors", None)
     new["created"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

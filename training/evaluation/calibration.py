@@ -27,61 +27,15 @@ from contract.strip import StripConfig, bank_from_npy, flag
 from training.data.attack_suite import load_suite
 from training.data.triggers import Trigger
 from training.evaluation.detectors import cpu_session
-from training.evaluation.metrics import threshold_at_fpr
+from training.evaluation.fusion import entry_for, put_entry
+from training.evaluation.metrics import clopper_pearson as clopper_pearson  # re-exported
+from training.evaluation.metrics import rate, threshold_at_fpr
 from training.evaluation.strip import BANK_FILE, onnx_target, strip_entropies, strip_threshold
 from training.nets.export import sha256, write_manifest
 
 Pair = Callable[
     [np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]
 ]  # x -> (f(x), f(AE x), AE x)
-
-
-def _binom_sf_ge(k: int, n: int, p: float) -> float:
-    """P(X >= k) for X ~ Binomial(n, p), from log-pmfs (no scipy)."""
-    if k <= 0:
-        return 1.0
-    if p <= 0.0:
-        return 0.0
-    if p >= 1.0:
-        return 1.0
-    i = np.arange(k, n + 1)
-    lg = math.lgamma(n + 1) - np.array([math.lgamma(j + 1) + math.lgamma(n - j + 1) for j in i])
-    return float(np.exp(lg + i * math.log(p) + (n - i) * math.log1p(-p)).sum())
-
-
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Exact two-sided interval for a binomial share k / n (scipy's beta quantiles where scipy is
-    installed, else the same bounds by bisection on the binomial tail)."""
-    if n <= 0 or not 0 <= k <= n:
-        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
-    alpha = 1.0 - level
-    try:
-        from scipy.stats import beta
-
-        lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
-        hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
-        return lo, hi
-    except ImportError:
-        pass
-
-    def solve(f: Callable[[float], float]) -> float:  # f increasing in p; root in [0, 1]
-        a, b = 0.0, 1.0
-        for _ in range(60):
-            m = (a + b) / 2
-            a, b = (m, b) if f(m) < 0 else (a, m)
-        return (a + b) / 2
-
-    lo = 0.0 if k == 0 else solve(lambda p: _binom_sf_ge(k, n, p) - alpha / 2)
-    hi = 1.0 if k == n else solve(lambda p: (alpha / 2) - (1 - _binom_sf_ge(k + 1, n, p)))
-    return lo, hi
-
-
-def rate(flags: np.ndarray) -> dict[str, Any]:
-    """A share with its count and 95% interval."""
-    flags = np.asarray(flags, bool)
-    k, n = int(flags.sum()), int(flags.size)
-    lo, hi = clopper_pearson(k, n)
-    return {"rate": k / n, "k": k, "n": n, "ci95": [lo, hi]}
 
 
 def calibrate_decision(
@@ -283,6 +237,16 @@ def calibrate_folder(
             },
         }
         result["strip"] = strip
+        # Detector both on the same images (training/evaluation/fusion.py).
+        scores = SCORES[opts.score](lx, lae)
+        both = entry_for(raw, scores, entropy, opts.target_fpr, {"source": source})
+        put_entry(raw, both)
+        result["both"] = both["calibration"]
+    else:
+        # An older STRIP entry was calibrated on other images, for another threshold: the
+        # fused detector goes with it.
+        detectors = raw.get("detectors") if isinstance(raw.get("detectors"), dict) else {}
+        detectors.pop("both", None)
     Manifest.model_validate(raw)  # what the service will read
     write_manifest(folder, raw)
     if opts.estimate_images:

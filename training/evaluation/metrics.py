@@ -3,6 +3,10 @@ detection task are 1 for a triggered (positive) and 0 for a clean (negative) ima
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 
 
@@ -88,3 +92,51 @@ def tpr_at_fpr(scores_neg: np.ndarray, scores_pos: np.ndarray, fpr: float) -> fl
     """Share of positives above the threshold calibrated on these negatives for `fpr`."""
     t = threshold_at_fpr(scores_neg, fpr)
     return float((np.asarray(scores_pos) > t).mean())
+
+
+def _binom_sf_ge(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), from log-pmfs (no scipy)."""
+    if k <= 0:
+        return 1.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    i = np.arange(k, n + 1)
+    lg = math.lgamma(n + 1) - np.array([math.lgamma(j + 1) + math.lgamma(n - j + 1) for j in i])
+    return float(np.exp(lg + i * math.log(p) + (n - i) * math.log1p(-p)).sum())
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact two-sided interval for a binomial share k / n (scipy's beta quantiles where scipy is
+    installed, else the same bounds by bisection on the binomial tail)."""
+    if n <= 0 or not 0 <= k <= n:
+        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
+    alpha = 1.0 - level
+    try:
+        from scipy.stats import beta
+
+        lo = 0.0 if k == 0 else float(beta.ppf(alpha / 2, k, n - k + 1))
+        hi = 1.0 if k == n else float(beta.ppf(1 - alpha / 2, k + 1, n - k))
+        return lo, hi
+    except ImportError:
+        pass
+
+    def solve(f: Callable[[float], float]) -> float:  # f increasing in p; root in [0, 1]
+        a, b = 0.0, 1.0
+        for _ in range(60):
+            m = (a + b) / 2
+            a, b = (m, b) if f(m) < 0 else (a, m)
+        return (a + b) / 2
+
+    lo = 0.0 if k == 0 else solve(lambda p: _binom_sf_ge(k, n, p) - alpha / 2)
+    hi = 1.0 if k == n else solve(lambda p: (alpha / 2) - (1 - _binom_sf_ge(k + 1, n, p)))
+    return lo, hi
+
+
+def rate(flags: np.ndarray) -> dict[str, Any]:
+    """A share with its count and 95% interval."""
+    flags = np.asarray(flags, bool)
+    k, n = int(flags.sum()), int(flags.size)
+    lo, hi = clopper_pearson(k, n)
+    return {"rate": k / n, "k": k, "n": n, "ci95": [lo, hi]}

@@ -2,7 +2,8 @@
 service: manifest schema, every file and its sha256, the graphs' input and output names and
 shapes against the manifest, the AE's output shape equal to its input, and both graphs run by
 ONNX Runtime on a batch of 3 (a batch other than 1, for the dynamic axis) with finite outputs;
-the STRIP bank when the manifest has one. `detrigger-guard check` adds the service's own load.
+the STRIP bank and detector both (calibrated for these graphs and bank) when the manifest has
+them. `detrigger-guard check` adds the service's own load.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from contract.errors import ModelLoadError
+from contract.fusion import decide_both, run_both
 from contract.manifest import Manifest, read_manifest, read_verified
 from contract.strip import Strip
 from training.evaluation.detectors import cpu_session
@@ -111,4 +113,52 @@ def check_set(folder: Path, batch: int = 3) -> tuple[Manifest, list[str]]:
         except Exception as exc:
             raise SetCheckError(f"STRIP fails on a batch of {batch}: {exc}") from exc
         lines.append("STRIP runs on a batch")
+    if manifest.detectors.both is not None:
+        lines += _check_both(folder, manifest, data, strip, x)
     return manifest, lines
+
+
+def _check_both(folder: Path, manifest: Manifest, data: dict, strip, x: np.ndarray) -> list[str]:
+    """Detector both: calibrated for these graphs and this bank (when its calibration says
+    what it was calibrated with), and its one-call batch runs."""
+    both = manifest.detectors.both
+    assert both is not None and strip is not None  # the schema: both needs strip
+    calibration = (both.model_extra or {}).get("calibration") or {}
+    made_with = calibration.get("calibrated_with")
+    if isinstance(made_with, dict):
+        spec = manifest.detectors.strip
+        assert spec is not None
+        now = {
+            "target_sha256": manifest.target.sha256,
+            "detrigger_sha256": manifest.detrigger.sha256,
+            "strip_bank_sha256": spec.bank.sha256,
+            "strip_n": spec.n,
+            "strip_seed": spec.seed,
+        }
+        stale = [k for k, v in now.items() if k in made_with and made_with[k] != v]
+        if stale:
+            raise SetCheckError(
+                f"{folder / 'manifest.json'}: detectors.both was calibrated with another "
+                f"{', '.join(stale)}; calibrate it again (python -m training.fuse_calibrate, "
+                "or detrigger-guard calibrate)"
+            )
+    try:
+        ae, target = (cpu_session(data[role], 0) for role in ("detrigger", "target"))
+        a, t = manifest.detrigger, manifest.target
+        decisions = decide_both(
+            *run_both(
+                x,
+                strip,
+                lambda v: ae.run([a.output_name], {a.input_name: v})[0],
+                lambda v: target.run([t.output_name], {t.input_name: v})[0],
+            ),
+            both,
+        )
+    except Exception as exc:
+        raise SetCheckError(f"detector both fails on a batch of {len(x)}: {exc}") from exc
+    if not decisions.finite().all():
+        raise SetCheckError("detector both: non-finite scores on a batch")
+    return [
+        "detector both runs on a batch"
+        + (", calibrated with these graphs and this bank" if made_with else "")
+    ]

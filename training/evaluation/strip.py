@@ -1,7 +1,8 @@
 """STRIP (Gao et al., ACSAC 2019) calibrated for a model set: the bank drawn from the held-out
 validation split, the entropy threshold for a target FPR, the check on triggered images, and the
-manifest entry ``detectors.strip``. Shared by the strip_calibrate job, reproduce (which
-calibrates every shipped set) and detection_report (which draws the same bank and threshold); the
+manifest entry ``detectors.strip`` (then ``detectors.both`` on the same images,
+training/evaluation/fusion.py). Shared by the strip_calibrate job, reproduce (which calibrates
+every shipped set) and detection_report (which draws the same bank and threshold); the
 strip_calibrate job's docstring describes the method.
 """
 
@@ -24,6 +25,8 @@ from training import evidence
 from training.data.datasets import Dataset, load_dataset, split_train_val
 from training.data.triggers import Trigger, manifest_backdoors
 from training.evaluation.detectors import cpu_session
+from training.evaluation.fusion import ae_scores, write_both
+from training.evaluation.fusion import summary_line as fusion_line
 from training.evaluation.metrics import threshold_at_fpr
 from training.nets.export import sha256, write_manifest
 
@@ -322,4 +325,13 @@ def calibrate_model_set(opts: StripOptions, command: str) -> dict[str, Any]:
         folder, raw, strip_entry(opts, folder, bank_idx, source, threshold, calibration), chw
     )
     print(summary_line(folder, opts, threshold, calibration))
-    return {"model_set": str(folder), "threshold": threshold, **calibration}
+
+    # Detector both on the same images: the de-trigger score beside each entropy, the two
+    # thresholds set together for the same target FPR (training/evaluation/fusion.py).
+    scores = ae_scores(folder, manifest, train.images[calib_idx], opts.threads)
+    keep = ("split", "source", "dataset", "command", "seed", "hardware", "versions", "created")
+    both = write_both(
+        folder, raw, scores, entropy, opts.target_fpr, {k: calibration[k] for k in keep}
+    )
+    print(fusion_line(folder, both))
+    return {"model_set": str(folder), "threshold": threshold, **calibration, "both": both}

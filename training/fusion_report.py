@@ -1,0 +1,259 @@
+"""Detector both beside each detector alone, on the test split of each shipped set:
+
+    python -m training.fusion_report                       # models/mnist, fashion-mnist, cifar10
+
+For each set (its dataset is the one its manifest's training records), every image runs once
+through the guard's own code (contract.fusion: AE(x), then one target call on [x; AE(x);
+STRIP's copies]), and three decisions are read off the same numbers with the thresholds the
+manifest ships: detrigger (``decision``), strip (``detectors.strip``) and both
+(``detectors.both``). Measured: the clean FPR on the test images, and the detection rate of the
+set's own trigger (from its manifest) on the test images of the other classes, each with its
+exact 95% interval, and the trigger's attack success.
+
+Writes reports/fusion/fusion.json, reports/fusion/README.md and the table in docs/fusion.md
+(between its markers). The test split is never used for calibration. --clean-images and
+--triggered-images take a seeded subset (for CIFAR-10 on a small CPU); the report says so.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contract.fusion import decide_both, run_both
+from contract.manifest import read_manifest, read_verified
+from contract.scoring import decide
+from contract.strip import Strip, flag
+from training import cli, evidence
+from training.data.datasets import load_dataset
+from training.data.triggers import Trigger, manifest_backdoors
+from training.evaluation.detectors import Graph
+from training.evaluation.markdown import pct, replace_block, table
+from training.evaluation.metrics import rate
+
+DETECTORS = ("detrigger", "strip", "both")
+DOCS = Path("docs/fusion.md")
+BEGIN = "<!-- fusion table: written by python -m training.fusion_report -->"
+END = "<!-- end of fusion table -->"
+COLUMNS = ["set", "detector", "rule", "clean FPR % [95% CI]", "detection % [95% CI]"]
+
+
+def parse_args(argv: Sequence[str] | None):
+    p = cli.parser(__doc__, "training.fusion_report")
+    p.add_argument(
+        "--model-set",
+        action="append",
+        default=None,
+        help="a model set with detectors.both (repeatable; default: models/mnist, "
+        "models/fashion-mnist, models/cifar10)",
+    )
+    cli.add_data_dir(p)
+    p.add_argument(
+        "--clean-images",
+        type=int,
+        default=0,
+        help="clean test images per set, a seeded subset; 0 = all (default: 0)",
+    )
+    p.add_argument(
+        "--triggered-images",
+        type=int,
+        default=0,
+        help="triggered test images per trigger, a seeded subset; 0 = all (default: 0)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsets (default: 0)")
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="inputs per target call (default: 64)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="ONNX Runtime intra-op threads; 0 = its default"
+    )
+    p.add_argument(
+        "--out", default="reports/fusion", help="report folder (default: reports/fusion)"
+    )
+    p.add_argument(
+        "--docs",
+        default=str(DOCS),
+        help=f"page whose table block is rewritten; '' = none (default: {DOCS})",
+    )
+    args = p.parse_args(argv)
+    if args.clean_images < 0 or args.triggered_images < 0 or args.batch_size < 1:
+        p.error("--clean-images and --triggered-images must be >= 0, --batch-size >= 1")
+    args.model_set = args.model_set or ["models/mnist", "models/fashion-mnist", "models/cifar10"]
+    return args
+
+
+def subset(n: int, limit: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded subset of range(n) of `limit` elements (all when 0)."""
+    if not limit or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
+
+
+def flags(folder: Path, images: np.ndarray, args, transform=None) -> dict[str, np.ndarray]:
+    """uint8 images (N, C, H, W) -> per detector (N,) bool flags, and the class on x."""
+    manifest = read_manifest(folder)
+    spec, both = manifest.detectors.strip, manifest.detectors.both
+    if spec is None or both is None:
+        raise SystemExit(f"{folder}: no detectors.both; run python -m training.fuse_calibrate")
+    chw = (manifest.input.channels, manifest.input.height, manifest.input.width)
+    strip = Strip.load(folder, spec, chw)
+    ae = Graph.load(read_verified(folder, manifest.detrigger), args.threads)
+    target = Graph.load(read_verified(folder, manifest.target), args.threads)
+    out: dict[str, list[np.ndarray]] = {k: [] for k in (*DETECTORS, "predicted")}
+    for start in range(0, len(images), args.batch_size):
+        # (B, C, H, W) in [0, 1], the service decoder's float32 values
+        x = images[start : start + args.batch_size].astype(np.float32) / np.float32(255.0)
+        if transform is not None:
+            x = np.asarray(transform(x), np.float32)
+        lx, lae, h = run_both(x, strip, ae, target)
+        out["detrigger"].append(decide(lx, lae, manifest.decision).flagged)
+        out["strip"].append(flag(h, strip.threshold))
+        out["both"].append(decide_both(lx, lae, h, both).flagged)
+        out["predicted"].append(lx.argmax(axis=1))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def measure_set(folder: Path, args) -> dict[str, Any]:
+    t0 = time.time()
+    raw = json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(folder)
+    dataset = raw["training"]["target"]["dataset"]
+    test = load_dataset(dataset, "test", args.data_dir)
+    clean_idx = subset(len(test), args.clean_images, args.seed)
+    clean = flags(folder, test.images[clean_idx], args)
+    result: dict[str, Any] = {
+        "model_set": str(folder),
+        "dataset": dataset,
+        "split": "test",
+        "clean_images": int(len(clean_idx)),
+        "clean_images_of": int(len(test)),
+        "clean_accuracy": float((clean["predicted"] == test.labels[clean_idx]).mean()),
+        "rules": rules(manifest),
+        "false_positive": {d: rate(clean[d]) for d in DETECTORS},
+        "triggers": [],
+    }
+    for attack in manifest_backdoors(raw):
+        target_class = int(attack.get("target_class", 0))
+        others = np.flatnonzero(test.labels != target_class)
+        chosen = others[subset(len(others), args.triggered_images, args.seed)]
+        triggered = flags(folder, test.images[chosen], args, Trigger(**attack["trigger"]))
+        result["triggers"].append(
+            {
+                "target_class": target_class,
+                "trigger": attack["trigger"],
+                "images": int(len(chosen)),
+                "images_of": int(len(others)),
+                "attack_success_rate": float((triggered["predicted"] == target_class).mean()),
+                "detection": {d: rate(triggered[d]) for d in DETECTORS},
+            }
+        )
+    result["wall_seconds"] = round(time.time() - t0, 1)
+    return result
+
+
+def rules(manifest) -> dict[str, str]:
+    d, s, b = manifest.decision, manifest.detectors.strip, manifest.detectors.both
+    assert s is not None and b is not None
+    return {
+        "detrigger": f"{d.score} > {d.threshold:.4g}"
+        if d.rule == "score"
+        else "class changes after the AE",
+        "strip": f"entropy < {s.threshold:.4g} bits",
+        "both": f"{b.score} > {b.ae_threshold:.4g} or entropy < {b.strip_threshold:.4g} bits",
+    }
+
+
+def cell(r: dict[str, Any]) -> str:
+    lo, hi = r["ci95"]
+    return f"{pct(r['rate'])} [{pct(lo)}, {pct(hi)}]"
+
+
+def table_lines(report: dict[str, Any]) -> list[str]:
+    """The docs' table: one row per set and detector, the first trigger's detection."""
+    rows = []
+    for s in report["sets"]:
+        name = Path(s["model_set"]).name
+        trigger = s["triggers"][0] if s["triggers"] else None
+        for d in DETECTORS:
+            detection = cell(trigger["detection"][d]) if trigger else "no trigger recorded"
+            rows.append([name, d, f"`{s['rules'][d]}`", cell(s["false_positive"][d]), detection])
+    return table(COLUMNS, rows)
+
+
+def readme(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "# Detector both beside each detector alone",
+        "",
+        "Test split of each shipped set; the thresholds its manifest ships (all three calibrated "
+        "for 1% FPR on the validation split). Detection: the set's own trigger on the test "
+        "images of the other classes. Intervals: exact (Clopper-Pearson) 95%. Written by "
+        "`python -m training.fusion_report`; [docs/fusion.md](../../docs/fusion.md) says how "
+        "both is built and calibrated.",
+        "",
+        *table_lines(report),
+        "",
+        "| set | clean test images | triggered test images | clean accuracy | attack success |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for s in report["sets"]:
+        t = s["triggers"][0] if s["triggers"] else None
+        lines.append(
+            f"| {Path(s['model_set']).name} | {s['clean_images']} of {s['clean_images_of']} | "
+            + (f"{t['images']} of {t['images_of']}" if t else "-")
+            + f" | {pct(s['clean_accuracy'])} | "
+            + (pct(t["attack_success_rate"]) if t else "-")
+            + " |"
+        )
+    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
+    lines += [
+        "",
+        "## Evidence",
+        "",
+        f"- command: `{report['command']}`",
+        f"- seed: {report['seed']}",
+        f"- hardware: {report['hardware']}",
+        f"- versions: {versions}",
+        f"- commit: {report['commit']}",
+        f"- wall time: {report['wall_seconds']:.0f} s",
+        f"- note: {report['note']}",
+    ]
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    t0 = time.time()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sets = []
+    for folder in map(Path, args.model_set):
+        cli.require_model_set(folder)
+        sets.append(measure_set(folder, args))
+        print(f"{folder}: {json.dumps(sets[-1]['false_positive'])}", flush=True)
+    report = {
+        "sets": sets,
+        "command": " ".join(["python -m training.fusion_report", *(argv or sys.argv[1:])]),
+        "seed": args.seed,
+        "hardware": evidence.onnx_hardware(args.threads),
+        "versions": evidence.versions(evidence.ONNX_PACKAGES),
+        "commit": evidence.git_commit("."),
+        "wall_seconds": round(time.time() - t0, 1),
+        "note": "the shipped sets' own triggers only: the attack suite's models (runs/) are not "
+        "on this machine, so the suite-wide comparison is not measured here",
+    }
+    (out / "fusion.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "README.md").write_text("\n".join(readme(report)) + "\n")
+    if args.docs:
+        replace_block(Path(args.docs), BEGIN, END, table_lines(report))
+    print("\n".join(table_lines(report)))
+    return report
+
+
+if __name__ == "__main__":
+    main()
