@@ -196,7 +196,7 @@ def flag_panels() -> list[PanelBuilder]:
         .min(0)
         .thresholds(ratio_thresholds())
         .thresholds_style(
-            cb.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.LINE)
+            cb.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.LINE)
         ),
         graph(
             "Flag rate by predicted class",
@@ -228,7 +228,7 @@ def flag_panels() -> list[PanelBuilder]:
         .min(0)
         .thresholds(ratio_thresholds())
         .thresholds_style(
-            cb.GraphThresholdsStyleConfig().mode(common.GraphTresholdsStyleMode.LINE)
+            cb.GraphThresholdsStyleConfig().mode(common.GraphThresholdsStyleMode.LINE)
         ),
         graph(
             "Unscorable images by model set",

@@ -116,11 +116,13 @@ def schema_problems(data: dict) -> list[str]:
         if panel.options is None or isinstance(panel.options, dict):
             problems.append(f"{panel.title}: options of panel type {panel.type_val!r} untyped")
         for target in panel.targets or []:
-            source = getattr(target, "datasource", None) or {}
+            # The SDK types a query's datasource as a DataSourceRef.
+            source = getattr(target, "datasource", None)
             if (
                 isinstance(target, UnknownDataquery)
                 or not isinstance(target, prometheus.Dataquery)
-                or source.get("type") != "prometheus"
+                or not isinstance(source, dm.DataSourceRef)
+                or source.type_val != "prometheus"
             ):
                 problems.append(f"{panel.title}: a query that is not a Prometheus query")
     return problems

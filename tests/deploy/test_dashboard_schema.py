@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+from importlib.metadata import version
 from typing import Any
 
 import jsonschema
 import pytest
+import yaml
 
 from tests.deploy.promql import REPO
 
@@ -41,6 +44,28 @@ def test_the_schema_says_where_it_comes_from() -> None:
     definitions = json.loads(SCHEMA.read_text())["definitions"]
     for name in ("Dashboard", "Panel", "RowPanel", "GridPos", "VariableModel"):
         assert definitions[name]["additionalProperties"] is False, name
+
+
+def _release(text: str) -> str:
+    """Grafana's major.minor in a version or an image tag: 11.3.0 -> 11.3."""
+    found = re.match(r"(\d+\.\d+)(\.\d+)?$", text)
+    assert found, text
+    return found.group(1)
+
+
+def test_the_schema_and_the_sdk_are_those_of_the_shipped_grafana() -> None:
+    """The schema checked, the SDK build pinned (and imported) and the Grafana that
+    docker-compose.yml runs are one release; a foundation SDK version is <epoch>!<release>."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    image = compose["services"]["grafana"]["image"]
+    assert image.startswith("grafana/grafana:"), image
+    shipped = _release(image.split(":", 1)[1])
+    package = json.loads(SCHEMA.read_text())["x-provenance"]["package"]
+    assert _release(package.rsplit("@", 1)[1]) == shipped, package
+    pins = re.findall(r'"grafana-foundation-sdk([^"]*)"', (REPO / "pyproject.toml").read_text())
+    assert len(pins) == 1 and pins[0].startswith("=="), pins
+    assert _release(pins[0].split("!", 1)[1]) == shipped, pins
+    assert _release(version("grafana-foundation-sdk").split("!", 1)[1]) == shipped
 
 
 def test_the_dashboard_validates() -> None:

@@ -4,13 +4,13 @@
 #
 # Grafana publishes its dashboard schema, generated from its CUE kind, as the TypeScript types
 # of the npm package @grafana/schema (raw/dashboard/x/dashboard_types.gen.d.ts). The version
-# is the Grafana release whose foundation SDK build deploy/grafana/dashboard.py uses (10.1).
+# is the Grafana release whose foundation SDK build deploy/grafana/dashboard.py uses (11.3).
 # ts-json-schema-generator turns the `Dashboard` interface into JSON Schema (draft-07);
 # interfaces become objects with additionalProperties false, so a misspelt or unknown field
 # fails as a wrong-typed one does. Needs node and npm; nothing is installed outside a temp dir.
 set -euo pipefail
 
-SCHEMA_PACKAGE="@grafana/schema@10.1.9"
+SCHEMA_PACKAGE="@grafana/schema@11.3.0"
 GENERATOR="ts-json-schema-generator@2.10.0"
 TYPESCRIPT="typescript@5.9.3"
 TYPES="node_modules/@grafana/schema/dist/esm/raw/dashboard/x/dashboard_types.gen.d.ts"
