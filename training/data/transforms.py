@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 FILTERS = ("gamma", "contrast", "tint", "vignette")
+KINDS = ("warp", "filter", "frequency", "dynamic")  # the trigger kinds this module implements
 
 
 def linear_weights(n_out: int, n_in: int) -> np.ndarray:
@@ -110,6 +111,13 @@ def wave_pattern(frequencies: np.ndarray, phases: np.ndarray, h: int, w: int) ->
     arg = 2 * np.pi * (f[..., 0, None, None] * i + f[..., 1, None, None] * j)
     waves = np.cos(arg + np.asarray(phases, np.float32)[..., None, None]).sum(axis=1)
     return waves / np.maximum(np.abs(waves).max(axis=(1, 2), keepdims=True), 1e-6)
+
+
+def add_waves(x: np.ndarray, waves: np.ndarray, amplitude: np.ndarray) -> np.ndarray:
+    """clip(x + amplitude * waves, 0, 1): x (N, C, H, W), waves (N, H, W) in [-1, 1] (every
+    channel alike), amplitude (N,)."""
+    a = np.asarray(amplitude, np.float32).reshape(-1, 1, 1, 1)
+    return np.clip(x + a * waves[:, None], 0.0, 1.0)
 
 
 def wave_frequencies(rng: np.random.Generator, n: int, k: int, h: int, w: int) -> np.ndarray:

@@ -191,6 +191,12 @@ def _patch(
     return torch.where(foot, content, x), foot.float()
 
 
+def _moved(out: torch.Tensor, x: torch.Tensor, spec: SamplerSpec) -> torch.Tensor:
+    """The mask target of a full-image trigger: (B, 1, H, W) 1 where any channel moved by more
+    than mask_tau."""
+    return ((out - x).abs().amax(1, keepdim=True) > spec.mask_tau).float()
+
+
 def _full_image(
     x: torch.Tensor, family: Family, rng: np.random.Generator, spec: SamplerSpec
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,8 +209,7 @@ def _full_image(
         out = (1.0 - strength) * x + strength * pattern
     else:
         out = apply_additive(x, pattern, strength)
-    moved = (out - x).abs().amax(1, keepdim=True) > spec.mask_tau  # (B, 1, H, W)
-    return out, moved.float()
+    return out, _moved(out, x, spec)
 
 
 def _transform(
@@ -232,21 +237,20 @@ def _transform(
         freqs = transforms.wave_frequencies(rng, n, WAVES, h, w)
         waves = transforms.wave_pattern(freqs, rng.uniform(0, 2 * np.pi, (n, WAVES)), h, w)
         amplitude = rng.uniform(*spec.wave_amplitudes, n).astype(np.float32)
-        out = np.clip(a + amplitude[:, None, None, None] * waves[:, None], 0.0, 1.0)
+        out = transforms.add_waves(a, waves, amplitude)
     else:  # dynamic: a generator of its own per image
         gen = transforms.Generator(rng, c, n)
         out, wrote = transforms.dynamic(a, gen, rng.uniform(*spec.densities, n))
         return torch.from_numpy(out), torch.from_numpy(wrote).float()
     out_t = torch.from_numpy(np.ascontiguousarray(out, np.float32))
-    moved = (out_t - x).abs().amax(1, keepdim=True) > spec.mask_tau  # (B, 1, H, W)
-    return out_t, moved.float()
+    return out_t, _moved(out_t, x, spec)
 
 
 STAMPS = {
     "patch": _patch,
     "blend": _full_image,
     "additive": _full_image,
-    **dict.fromkeys(("warp", "filter", "frequency", "dynamic"), _transform),
+    **dict.fromkeys(transforms.KINDS, _transform),
 }
 
 

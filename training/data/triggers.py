@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from training.data import transforms
-from training.data.transforms import FILTERS, linear_weights
+from training.data.transforms import FILTERS
 
 CORNERS = ("top-left", "top-right", "bottom-left", "bottom-right")
 
@@ -86,7 +86,14 @@ def apply_additive(x: Any, pattern: Any, amplitude: Any) -> Any:
 
 PATTERNS = ("solid", "colour", "noise", "binary", "checkerboard", "smooth")
 RANDOM_PATTERNS = ("colour", "noise", "binary", "smooth")  # the ones `seed` fixes
-KINDS = ("patch", "blend", "noise", "warp", "filter", "frequency", "dynamic")
+PATTERN_KINDS = ("patch", "blend", "noise")  # filled with one of PATTERNS
+KINDS = (*PATTERN_KINDS, *transforms.KINDS)
+# The contents each kind accepts: a pattern, a filter, or none.
+CONTENTS = {
+    **dict.fromkeys(PATTERN_KINDS, PATTERNS),
+    **dict.fromkeys(transforms.KINDS, ()),
+    "filter": FILTERS,
+}
 # The pattern each kind uses when `content` is not set: today's white square and noise blend.
 DEFAULT_CONTENT = {"patch": "solid", "blend": "noise", "noise": "noise", "filter": "gamma"}
 WAVES = 3  # cosine waves of a frequency trigger
@@ -117,8 +124,7 @@ def make_pattern(
         return np.broadcast_to(board, shape).copy()
     if content == "smooth":
         grid = rng.random((c, SMOOTH_GRID, SMOOTH_GRID), dtype=np.float32)
-        rows, cols = linear_weights(h, SMOOTH_GRID), linear_weights(w, SMOOTH_GRID)
-        return np.einsum("hi,cij,wj->chw", rows, grid, cols).astype(np.float32)
+        return transforms.upsample(grid, h, w).astype(np.float32)
     raise ValueError(f"unknown pattern {content!r}; allowed: {', '.join(PATTERNS)}")
 
 
@@ -165,17 +171,11 @@ class Trigger:
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown trigger kind {self.kind!r}; allowed: {', '.join(KINDS)}")
-        allowed = FILTERS if self.kind == "filter" else PATTERNS
-        if self.content is not None and (
-            self.content not in allowed or self.kind in ("warp", "frequency", "dynamic")
-        ):
+        allowed = CONTENTS[self.kind]
+        if self.content is not None and self.content not in allowed:
             raise ValueError(
                 f"unknown content {self.content!r} for a {self.kind} trigger; allowed: "
-                + (
-                    ", ".join(allowed)
-                    if self.kind in ("patch", "blend", "noise", "filter")
-                    else "none (the kind has no content)"
-                )
+                f"{', '.join(allowed) or 'none (the kind has no content)'}"
             )
         if not 0.0 < self.strength <= 8.0:
             raise ValueError(f"strength must lie in (0, 8] pixels, got {self.strength}")
@@ -217,7 +217,7 @@ class Trigger:
 
     def __call__(self, x: Any) -> Any:
         c, h, w = (int(v) for v in x.shape[-3:])
-        if self.kind in ("warp", "filter", "frequency", "dynamic"):
+        if self.kind in transforms.KINDS:
             return self._transform(x)
         if self.kind == "patch":
             t = self.resolve(h, w)
@@ -249,7 +249,7 @@ class Trigger:
         elif self.kind == "frequency":
             freqs = transforms.wave_frequencies(rng, 1, WAVES, h, w)
             waves = transforms.wave_pattern(freqs, rng.uniform(0, 2 * np.pi, (1, WAVES)), h, w)
-            out = np.clip(batch + self.amplitude * waves[:, None], 0.0, 1.0)
+            out = transforms.add_waves(batch, waves, self.amplitude * one)
         else:  # dynamic
             gen = transforms.Generator(rng, c)
             out, _ = transforms.dynamic(batch, gen, self.density * one)
@@ -273,7 +273,7 @@ class Trigger:
         d = {k: v for k, v in d.items() if k in used}
         if self.content is None:
             d.pop("content", None)
-        if self.kind in ("patch", "blend", "noise") and (
+        if self.kind in PATTERN_KINDS and (
             self.pattern_name not in RANDOM_PATTERNS and self.position != "random"
         ):
             d.pop("seed", None)
