@@ -251,8 +251,21 @@ def fit(opts: FitOptions, verify=None, log=print) -> dict[str, Any]:
     if world > 1:
         torch.distributed.destroy_process_group()
     say(fpr_line(calibration))
+    if stats.get("stopped_by_budget"):
+        say(budget_warning(stats, cfg.epochs, run_dir))
     say(f"model set written to {out} ({time.time() - t0:.0f} s); report: {out / 'report.md'}")
     return report
+
+
+def budget_warning(stats: dict[str, Any], epochs: int, run_dir: Path) -> str:
+    """What fit prints when --time-budget cut the AE's training short: the set is usable, but
+    an AE trained for fewer epochs than asked catches fewer triggers."""
+    return (
+        f"WARNING: --time-budget stopped the AE after {stats.get('epochs_done', '?')} of {epochs} "
+        "epochs; it may catch fewer triggers than a full run (see the estimates in the report). "
+        f"Run the same command with --force to resume from {run_dir} and finish, or give a "
+        "larger --time-budget (0: none)."
+    )
 
 
 def _checks(folder: Path, verify, say) -> None:

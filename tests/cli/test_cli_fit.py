@@ -139,3 +139,16 @@ def test_a_set_that_fails_its_check_is_never_published(tmp_path: Path) -> None:
     report = fit(opts, verify=service_load, log=lambda _: None)
     assert load(tmp_path / "set").manifest.target.model_extra["wrapped"]["batch"] == 1
     assert report["training"]["epochs_done"] == 1
+
+
+def test_a_run_the_time_budget_cut_short_is_published_with_a_warning(tmp_path: Path) -> None:
+    chw = (1, 12, 16)
+    src = um.export(um.Net(chw), torch.zeros(2, *chw), tmp_path / "m.onnx")
+    um.write_pngs(tmp_path / "data", um.make_images(150, chw, 0)[0])
+    result = invoke("fit", "--target", str(src), "--data", str(tmp_path / "data"),
+                    "--val-fraction", "0.5", *TINY, "--epochs", "3", "--time-budget", "0.001",
+                    "--out", str(tmp_path / "set"))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "WARNING: --time-budget stopped the AE after 1 of 3 epochs" in result.output
+    assert "--force to resume" in result.output
+    assert load(tmp_path / "set").manifest.name  # usable all the same
