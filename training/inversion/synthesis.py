@@ -78,6 +78,67 @@ def attack_success(
     return hits / max(1, len(x))
 
 
+class Search:
+    """Neural Cleanse's search state for K triggers optimised together, whatever the trigger's
+    family: each trigger's own beta (0 until its attack success first reaches cfg.asr_target,
+    then multiplied by beta_up after a check that reaches it and divided by beta_down after one
+    that does not), and the smallest size that reached the target."""
+
+    def __init__(self, k: int, cfg: SynthConfig) -> None:
+        self.cfg = cfg
+        self.beta = torch.zeros(k)
+        self.started = torch.zeros(k, dtype=torch.bool)
+        self.best_size = torch.full((k,), float("inf"))
+        self.best_asr = torch.zeros(k)
+        self.hits, self.seen, self.steps = torch.zeros(k), 0, 0
+        self.last_asr = torch.zeros(k)
+
+    def step(
+        self,
+        opt: torch.optim.Optimizer,
+        logits: torch.Tensor,
+        classes: list[int],
+        size: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """One optimiser step on CE(target, logits) + beta * size, logits (K * B, classes) class-
+        major. After every cfg.check_every steps: the (K,) bool mask of triggers whose size is a
+        new smallest that reached the target (the caller keeps those), else None."""
+        k = len(classes)
+        targets = torch.tensor(classes).repeat_interleave(len(logits) // k)  # (K * B,)
+        ce = F.cross_entropy(logits, targets, reduction="none").view(k, -1).mean(1)  # (K,)
+        loss = (ce + self.beta * size).sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        self.steps += 1
+        with torch.no_grad():
+            self.hits += (logits.argmax(1) == targets).view(k, -1).float().sum(1)
+            self.seen += len(logits) // k
+            if self.steps % self.cfg.check_every:
+                return None
+            return self._check(size.detach())
+
+    def _check(self, size: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        asr = self.hits / self.seen
+        ok = asr >= cfg.asr_target
+        better = ok & (size < self.best_size)
+        self.best_size = torch.where(better, size, self.best_size)
+        self.best_asr = torch.where(better, asr, self.best_asr)
+        newly = ok & ~self.started
+        beta = torch.where(newly, torch.full_like(self.beta, cfg.beta_init), self.beta)
+        self.started |= ok
+        up = self.started & ~newly & ok
+        down = self.started & ~ok
+        beta = torch.where(up, beta * cfg.beta_up, beta)
+        self.beta = torch.where(down, beta / cfg.beta_down, beta)
+        self.hits, self.seen, self.last_asr = torch.zeros_like(self.hits), 0, asr
+        return better
+
+    def postfix(self, size: torch.Tensor) -> dict:
+        return {"asr": f"{self.last_asr.min():.2f}", "size": f"{size.median():.2f}"}
+
+
 def synthesize(
     model: nn.Module,
     x: torch.Tensor,
@@ -106,53 +167,27 @@ def synthesize(
     mask_p.requires_grad_(True)
     pat_p = (torch.randn(k, c, h, w, generator=g) * 0.1).requires_grad_(True)
     opt = torch.optim.Adam([mask_p, pat_p], lr=cfg.lr, betas=(0.5, 0.9))
-    targets = torch.tensor(classes).repeat_interleave(cfg.batch_size)  # (K * B,)
-    beta = torch.zeros(k)
-    started = torch.zeros(k, dtype=torch.bool)
-    best_l1 = torch.full((k,), float("inf"))
+    search = Search(len(classes), cfg)
     best_mask = torch.zeros(k, h, w)
     best_pat = torch.zeros(k, c, h, w)
-    best_asr = torch.zeros(k)
-    hits, seen = torch.zeros(k), 0
     bar = tqdm(range(cfg.steps), desc="trigger synthesis", disable=not progress, mininterval=5)
-    for step in bar:
+    for _ in bar:
         idx = torch.randint(0, len(x), (cfg.batch_size,), generator=g)
         masks = (torch.tanh(mask_p) + 1) / 2  # (K, H, W)
         pats = (torch.tanh(pat_p) + 1) / 2  # (K, C, H, W)
-        logits = model(stamp_all(x[idx], masks, pats))  # (K * B, classes)
-        ce = F.cross_entropy(logits, targets, reduction="none").view(k, -1).mean(1)  # (K,)
         l1 = masks.abs().sum((1, 2))  # (K,)
-        loss = (ce + beta * l1).sum()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            hits += (logits.argmax(1) == targets).view(k, -1).float().sum(1)
-            seen += cfg.batch_size
-            if (step + 1) % cfg.check_every == 0:
-                asr = hits / seen
-                ok = asr >= cfg.asr_target
-                better = ok & (l1 < best_l1)
-                best_l1 = torch.where(better, l1, best_l1)
-                best_mask[better], best_pat[better] = masks[better], pats[better]
-                best_asr = torch.where(better, asr, best_asr)
-                newly = ok & ~started
-                beta = torch.where(newly, torch.full_like(beta, cfg.beta_init), beta)
-                started |= ok
-                up = started & ~newly & ok
-                down = started & ~ok
-                beta = torch.where(up, beta * cfg.beta_up, beta)
-                beta = torch.where(down, beta / cfg.beta_down, beta)
-                hits, seen = torch.zeros(k), 0
-                bar.set_postfix(asr=f"{asr.min():.2f}", l1=f"{l1.median():.1f}", refresh=False)
+        better = search.step(opt, model(stamp_all(x[idx], masks, pats)), classes, l1)
+        if better is not None:
+            best_mask[better], best_pat[better] = masks.detach()[better], pats.detach()[better]
+            bar.set_postfix(search.postfix(l1), refresh=False)
     # A class that never reached the target keeps its last trigger, marked reached=False.
     with torch.no_grad():
         masks = (torch.tanh(mask_p) + 1) / 2
         pats = (torch.tanh(pat_p) + 1) / 2
-    reached = torch.isfinite(best_l1)
+    reached = torch.isfinite(search.best_size)
     final_mask = torch.where(reached[:, None, None], best_mask, masks)
     final_pat = torch.where(reached[:, None, None, None], best_pat, pats)
-    final_asr = best_asr.clone()
+    final_asr = search.best_asr.clone()
     for i in torch.nonzero(~reached).flatten().tolist():
         final_asr[i] = attack_success(model, x, final_mask[i], final_pat[i], classes[i])
     return SynthResult(
@@ -161,5 +196,5 @@ def synthesize(
         final_mask.abs().sum((1, 2)).numpy(),
         final_asr.numpy(),
         reached.numpy(),
-        beta.numpy(),
+        search.beta.numpy(),
     )
