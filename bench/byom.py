@@ -13,7 +13,9 @@ classes than the backdoor's target it flags (detection), each with its 95% inter
 `backdoor` makes a model for such a test whose trigger `fit` has never seen: a clean target
 fine-tuned on the preset's training split poisoned with one attack of the suite
 (training/attacks/suite.json), written as target.onnx with backdoor.json (its trigger, for
-`measure --trigger-from`) and its clean accuracy and attack success on the test split.
+`measure --trigger-from`) and its clean accuracy and attack success on the test split; with
+`--set-from SET` also OUT/set, a model set: SET's files with the new target and its backdoor,
+re-thresholded on the preset's validation split (what the audit and the service load).
 """
 
 from __future__ import annotations
@@ -93,7 +95,13 @@ def measure(
 
 
 def backdoor(
-    dataset: str, init_from: str, attack_name: str, out: Path, data_dir: str | None, epochs: int
+    dataset: str,
+    init_from: str,
+    attack_name: str,
+    out: Path,
+    data_dir: str | None,
+    epochs: int,
+    set_from: Path | None = None,
 ) -> dict:
     import torch
 
@@ -113,7 +121,7 @@ def backdoor(
         raise SystemExit(f"--attack {attack_name!r}: allowed: {', '.join(suite)}")
     attack = suite[attack_name].resolved(h, w, len(train.classes))
     cfg = attack_config(preset.target, attack, init_from=init_from, epochs=epochs)
-    tr, _ = split_train_val(len(train), cfg.val_size, cfg.seed)
+    tr, val = split_train_val(len(train), cfg.val_size, cfg.seed)
     model = train_target(cfg, train.images[tr], train.labels[tr], preset.mean, preset.std, out)
     test = load_dataset(dataset, "test", data_dir)
     summary = attack_summary(model, cfg, test.images, test.labels)
@@ -128,8 +136,38 @@ def backdoor(
         "test": summary,
     }
     (out / "backdoor.json").write_text(json.dumps(record, indent=2) + "\n")
+    if set_from is not None:
+        as_set(set_from, out, record, train.images[val])
     print(json.dumps(record, indent=2))
     return record
+
+
+def as_set(source: Path, out: Path, record: dict, val_images: np.ndarray) -> Path:
+    """OUT/set: a copy of the model set `source` with OUT's target.onnx and backdoor, calibrated
+    on the target's held-out validation images (its decision, STRIP and fusion re-thresholded)."""
+    import shutil
+
+    from training.evaluation.calibration import CalibrationOptions, calibrate_folder
+    from training.nets.export import sha256, write_manifest
+
+    dest = out / "set"
+    shutil.rmtree(dest, ignore_errors=True)
+    shutil.copytree(source, dest)
+    raw = json.loads((dest / "manifest.json").read_text())
+    shutil.copyfile(out / "target.onnx", dest / raw["target"]["file"])
+    target = dest / raw["target"]["file"]
+    raw["target"].update({"sha256": sha256(target), "size_bytes": target.stat().st_size})
+    raw["backdoor"] = record["backdoor"]
+    raw["name"] = f"{source.name}-{record['attack']}"
+    raw["description"] = (
+        f"{source.name} with its target fine-tuned on the suite's {record['attack']} attack "
+        "(python -m bench.byom backdoor)"
+    )
+    for stale in ("audit", "repair", "samples", "evaluation"):
+        raw.pop(stale, None)
+    write_manifest(dest, raw)
+    calibrate_folder(dest, val_images, CalibrationOptions(), "validation: the held-out split")
+    return dest
 
 
 def main() -> None:
@@ -161,12 +199,23 @@ def main() -> None:
     b.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default: 2)")
     b.add_argument("--out", required=True, help="the folder to write")
     b.add_argument("--data-dir", default=None, help="where the dataset lies")
+    b.add_argument(
+        "--set-from",
+        default=None,
+        help="also write OUT/set: this model set with the new target, re-thresholded",
+    )
     args = p.parse_args()
     if args.what == "folder":
         write_folder(args.dataset, args.split, Path(args.out), args.data_dir, args.limit)
     elif args.what == "backdoor":
         backdoor(
-            args.dataset, args.init_from, args.attack, Path(args.out), args.data_dir, args.epochs
+            args.dataset,
+            args.init_from,
+            args.attack,
+            Path(args.out),
+            args.data_dir,
+            args.epochs,
+            Path(args.set_from) if args.set_from else None,
         )
     else:
         measure(
