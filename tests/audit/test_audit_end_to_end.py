@@ -71,7 +71,10 @@ def test_audit_flags_and_repairs_backdoored(tiny_backdoored, tmp_path) -> None:
     assert reached == sorted(reached) and reached[0] == ident["mask_l1"]
     assert res.repair_triggers[0] is res.candidates[0]
     assert [c["kept"] for c in r["candidates"]].count(True) == len(res.repair_triggers)
-    assert rep["unlearning"]["triggers"] == len(res.repair_triggers)
+    # every trigger found for the class is unlearned: the kept masks, and a full-image family's
+    # trigger where that family flagged the class too
+    assert all(TARGET in s["families"][t.family]["flagged"] for t in res.repair_full)
+    assert rep["unlearning"]["triggers"] == len(res.repair_triggers) + len(res.repair_full)
     best = res.candidates[0].mask
     assert best[10:, 10:].sum() > 0.8 * best.sum()
 

@@ -42,11 +42,13 @@ def tiny_net() -> nn.Module:
     )
 
 
-def train_tiny(poison: bool, seed: int = 0, epochs: int = 4) -> nn.Module:
+def train_tiny(
+    poison: bool, seed: int = 0, epochs: int = 4, trigger: Trigger = TRIGGER
+) -> nn.Module:
     torch.manual_seed(seed)
     x, y = make_data(2000, seed)
     if poison:
-        x, y, _ = poison_dataset(x, y, 0.1, TARGET, TRIGGER, np.random.default_rng(seed))
+        x, y, _ = poison_dataset(x, y, 0.1, TARGET, trigger, np.random.default_rng(seed))
     return fit(tiny_net(), x, y, epochs, seed)
 
 

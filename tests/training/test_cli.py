@@ -24,6 +24,7 @@ COMMANDS = {
     "training.detection_tables": "python -m training.detection_tables",
     "training.audit.__main__": "python -m training.audit",
     "training.audit.control": "python -m training.audit.control",
+    "training.audit.families": "python -m training.audit.families",
     "training.audit.joint": "python -m training.audit.joint",
     "training.audit.report": "python -m training.audit.report",
     "training.audit.tune": "python -m training.audit.tune",

@@ -16,6 +16,7 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from training.data.datasets import DATASETS
 from training.evaluation.strip import StripOptions, calibrate_model_set
 from training.evidence import hardware, versions
 from training.inversion.data import AuditData, load_audit_data
+from training.inversion.fullimage import FAMILIES
 from training.inversion.pipeline import AuditConfig, run_audit
 from training.inversion.render import write_report
 from training.inversion.synthesis import SynthConfig
@@ -40,6 +42,13 @@ def audit_entry(summary: dict) -> dict:
         "flagged": summary["flagged"],
         "target_classes": summary["target_classes"],
         "anomaly_index": [c["anomaly_index"] for c in summary["per_class"]],
+        "families": {
+            name: {
+                "flagged": f["flagged"],
+                "anomaly_index": [c["anomaly_index"] for c in f["per_class"]],
+            }
+            for name, f in (summary.get("families") or {}).items()
+        },
         "report": summary.get("report"),
     }
 
@@ -189,6 +198,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="flag a class whose small-side anomaly index exceeds this (default: 2)",
     )
     p.add_argument(
+        "--families",
+        default=",".join(FAMILIES),
+        help="full-image trigger families searched beside the mask, comma-separated, or 'none' "
+        "(training/inversion/fullimage.py; default: %(default)s)",
+    )
+    p.add_argument(
+        "--family-steps",
+        type=int,
+        default=AuditConfig().family_synth.steps,
+        help="search steps of each full-image family (default: %(default)s)",
+    )
+    p.add_argument(
         "--restarts",
         type=int,
         default=AuditConfig.restarts,
@@ -276,7 +297,20 @@ def audit_config(args: argparse.Namespace) -> AuditConfig:
         repair=args.repair,
         restarts=args.restarts,
         keep_factor=args.keep_factor,
+        families=families(args.families),
+        family_synth=replace(AuditConfig().family_synth, steps=args.family_steps, seed=args.seed),
     )
+
+
+def families(text: str) -> tuple[str, ...]:
+    """--families: names from FAMILIES, comma-separated, or 'none'."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip() and n.strip() != "none")
+    bad = [n for n in names if n not in FAMILIES]
+    if bad:
+        raise SystemExit(
+            f"--families: unknown {', '.join(bad)}; allowed: {', '.join(FAMILIES)} or none"
+        )
+    return names
 
 
 def audit_report(
@@ -305,6 +339,9 @@ def audit_report(
             "repair": cfg.repair,
             "restarts": cfg.restarts,
             "keep_factor": cfg.keep_factor,
+            "families": list(cfg.families),
+            "family_synth": cfg.family_synth.to_dict(),
+            "family_thresholds": {f: cfg.family_thresholds[f] for f in cfg.families},
         },
         "data": {
             "synthesis_images": len(data.synth_x),
@@ -361,7 +398,16 @@ def main(argv: list[str] | None = None) -> None:
         if strip is not None:
             exported["strip"] = recalibrate_strip(dest, strip, args)
     report = audit_report(args, cfg, data, s, exported, time.time() - t0)
-    write_report(out, report, res.synth, res.prune_curve, res.candidates, res.repair_triggers)
+    write_report(
+        out,
+        report,
+        res.synth,
+        res.prune_curve,
+        res.candidates,
+        res.repair_triggers,
+        res.families,
+        res.repair_full,
+    )
     if not args.no_record:
         record_audit(source, s)
     verdict = f"FLAGGED, target class(es) {s['target_classes']}" if s["flagged"] else "not flagged"

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 
 from training.data.triggers import Trigger
-from training.inversion.anomaly import anomaly_index, flagged_classes
+from training.inversion.anomaly import anomaly_index, flagged_by_index, flagged_classes
+from training.inversion.fullimage import FAMILIES, FamilyResult, synthesize_family
 from training.inversion.identify import (
     accuracy,
     activation_gap,
@@ -26,6 +27,9 @@ from training.inversion.prune import prune_curve, rank_neurons
 from training.inversion.restarts import candidates, kept, stack
 from training.inversion.synthesis import SynthConfig, SynthResult, synthesize
 from training.inversion.unlearn import UnlearnConfig, unlearn
+
+# Set by `python -m training.audit.families` on the clean control sets (reports/audit/families.md).
+FAMILY_THRESHOLDS = {"blend": 3.0, "warp": 3.0}
 
 
 @dataclass
@@ -42,6 +46,14 @@ class AuditConfig:
         5  # new searches for the candidate class's trigger (training.inversion.restarts)
     )
     keep_factor: float = 2.0  # unlearn every reached trigger up to this times the smallest L1
+    # Full-image trigger families searched beside the mask (training.inversion.fullimage), their
+    # search settings, and each family's anomaly-index threshold, set on the clean controls
+    # (reports/audit/families.md: no control's class reaches it).
+    families: tuple[str, ...] = FAMILIES
+    family_synth: SynthConfig = field(
+        default_factory=lambda: SynthConfig(steps=500, lr=0.1, asr_target=0.9, beta_init=1e-2)
+    )
+    family_thresholds: dict[str, float] = field(default_factory=lambda: dict(FAMILY_THRESHOLDS))
 
 
 @dataclass
@@ -54,6 +66,9 @@ class AuditResult:
     pruned: Any = None  # OnnxModule with the pruning mask set
     unlearned: Any = None  # fine-tuned OnnxModule
     prune_curve: list[dict] = field(default_factory=list)
+    families: dict[str, FamilyResult] = field(default_factory=dict)  # full-image searches
+    # the full-image triggers unlearned (fullimage.FullImageTrigger), beside repair_triggers
+    repair_full: list = field(default_factory=list)
 
 
 @dataclass
@@ -104,6 +119,41 @@ def class_summary(synth: SynthResult, flagged: list[int], cfg: AuditConfig) -> d
     }
 
 
+def family_summaries(families: dict[str, FamilyResult], cfg: AuditConfig) -> dict:
+    """Per full-image family: its threshold, the classes it flags and, per class, the size of
+    its smallest trigger, the anomaly index (of log sizes) and the trigger's success."""
+    out = {}
+    for name, r in families.items():
+        threshold = cfg.family_thresholds[name]
+        index = r.anomaly_index()
+        out[name] = {
+            "anomaly_threshold": threshold,
+            "flagged": flagged_by_index(index, threshold),
+            "per_class": [
+                {
+                    "class": k,
+                    "size": float(r.size[k]),
+                    "anomaly_index": float(index[k]),
+                    "synth_asr_clean_set": float(r.asr[k]),
+                    "reached_asr_target": bool(r.reached[k]),
+                }
+                for k in range(len(r.size))
+            ],
+        }
+    return out
+
+
+def verdict(mask_flagged: list[int], families: dict) -> list[int]:
+    """Every flagged class once: the mask's in its order, then the full-image families' by their
+    highest anomaly index."""
+    best: dict[int, float] = {}
+    for fam in families.values():
+        for k in fam["flagged"]:
+            best[k] = max(best.get(k, -np.inf), fam["per_class"][k]["anomaly_index"])
+    rest = sorted((k for k in best if k not in mask_flagged), key=lambda k: -best[k])
+    return [*mask_flagged, *rest]
+
+
 def restarts_summary(
     cands: list, kept_triggers: list, restarts: int, cfg: AuditConfig, true_pixels: Any
 ) -> dict:
@@ -126,20 +176,27 @@ def restarts_summary(
 
 
 def identification(
-    model: Any, synth_x: torch.Tensor, best: Any, probe: Probe, true_pixels: Any, cfg: AuditConfig
+    model: Any,
+    synth_x: torch.Tensor,
+    found: dict,
+    mask: Any,
+    probe: Probe,
+    true_pixels: Any,
+    cfg: AuditConfig,
 ) -> tuple[dict, torch.Tensor]:
-    """(how well the smallest trigger found matches the real one, when known; the penultimate
-    layer's activation gap under the synthesised stamp, which ranks neurons for pruning)."""
+    """(how well the trigger found, `found` says which, matches the real one when known; the
+    penultimate layer's activation gap under the synthesised stamp, which ranks neurons for
+    pruning). mask: the found mask, None for a full-image trigger."""
     ident: dict = {
         "class": probe.k,
-        "start": best.start,
+        **found,
         "synth_asr_test": success(model, probe.x_other, probe.stamp, probe.k),
-        "mask_l1": best.l1,
     }
     gap_synth = activation_gap(model, synth_x, probe.stamp)
     real = probe.real_trigger is not None and probe.real_target is not None
     if real and true_pixels is not None:
-        ident.update(mask_iou(best.mask, true_pixels))
+        if mask is not None:
+            ident.update(mask_iou(mask, true_pixels))
         gap_real = activation_gap(model, synth_x, probe.real_trigger)
         ident["neuron_overlap"] = neuron_overlap(gap_synth, gap_real, cfg.overlap_share)
         ident["real_asr_test"] = success(
@@ -191,21 +248,28 @@ def unlearn_triggers(
     probe: Probe,
     cfg: AuditConfig,
     progress: bool,
+    repair_full: list = (),
 ) -> tuple[Any, dict]:
-    """A copy of `model` fine-tuned to give clean images stamped with every kept trigger their
-    own label: (unlearned model, its summary)."""
+    """A copy of `model` fine-tuned to give clean images stamped with every kept trigger (masks,
+    and full-image ones) their own label: (unlearned model, its summary)."""
     unlearned = copy.deepcopy(model)
+    c, h, w = train_x.shape[1:]
+    masks, patterns = (
+        stack(repair_triggers) if repair_triggers else (np.zeros((0, h, w)), np.zeros((0, c, h, w)))
+    )
     losses = unlearn(
         unlearned,
         train_x,
         train_y,
-        *(torch.from_numpy(a).float() for a in stack(repair_triggers)),
+        torch.from_numpy(masks).float(),
+        torch.from_numpy(patterns).float(),
         cfg.unlearn,
         progress,
+        others=repair_full,
     )
     summary = {
         "config": cfg.unlearn.to_dict(),
-        "triggers": len(repair_triggers),
+        "triggers": len(repair_triggers) + len(repair_full),
         "loss": losses,
         **probe.measure(unlearned),
     }
@@ -236,8 +300,17 @@ def run_audit(
     t = time.time()
     synth = synthesize(model, synth_x, num_classes, cfg.synth, progress=progress)
     seconds["synthesis"] = time.time() - t
-    flagged = flagged_classes(synth.l1, cfg.anomaly_threshold)
-    summary = class_summary(synth, flagged, cfg)
+    mask_flagged = flagged_classes(synth.l1, cfg.anomaly_threshold)
+    summary = class_summary(synth, mask_flagged, cfg)
+    t = time.time()
+    families = {
+        f: synthesize_family(f, model, synth_x, num_classes, cfg.family_synth, progress)
+        for f in cfg.families
+    }
+    seconds["full_image_synthesis"] = time.time() - t
+    summary["families"] = family_summaries(families, cfg)
+    flagged = verdict(mask_flagged, summary["families"])
+    summary["flagged"], summary["target_classes"] = bool(flagged), flagged
     real_target = None if backdoor is None else int(backdoor["target_class"])
     real_trigger = None if backdoor is None else Trigger(**backdoor["trigger"])
     if real_target is not None:
@@ -245,29 +318,44 @@ def run_audit(
         summary["target_named_correctly"] = flagged[:1] == [real_target]
 
     # --- restarts: the class to identify and repair is the most anomalous flagged class, else
-    # (for the report only) the smallest mask; a flagged class's trigger is searched again.
+    # (for the report only) the smallest mask; a class the mask flagged has its trigger searched
+    # again. A class only a full-image family flagged is repaired with that family's trigger.
     t = time.time()
     k = flagged[0] if flagged else int(np.argmin(synth.l1))
-    restarts = cfg.restarts if flagged else 0
+    by_mask = k in mask_flagged or not flagged
+    restarts = cfg.restarts if k in mask_flagged else 0
     cands = candidates(model, synth_x, k, num_classes, synth, cfg.synth, restarts, progress)
-    repair_triggers = kept(cands, cfg.keep_factor)
+    repair_triggers = kept(cands, cfg.keep_factor) if by_mask else []
+    full = sorted(
+        (f for f, fam in summary["families"].items() if k in fam["flagged"]),
+        key=lambda f: -summary["families"][f]["per_class"][k]["anomaly_index"],
+    )
+    repair_full = [families[f].triggers[k] for f in full]
     seconds["restarts"] = time.time() - t
     h, w = test_x.shape[-2:]
     true_pixels = None if real_trigger is None else trigger_pixels(backdoor["trigger"], h, w)
     summary["restarts"] = restarts_summary(cands, repair_triggers, restarts, cfg, true_pixels)
 
-    # --- identification: the smallest trigger found against the real one
+    # --- identification: the smallest trigger found (the mask's, or the most anomalous full-
+    # image family's) against the real one
     t = time.time()
-    best = cands[0]
-    stamp = synth_stamp(best.mask, best.pattern)
+    if by_mask:
+        best = cands[0]
+        stamp, mask = synth_stamp(best.mask, best.pattern), best.mask
+        found = {"family": "mask", "start": best.start, "mask_l1": best.l1}
+    else:
+        stamp, mask = repair_full[0], None
+        found = {"family": full[0], "size": repair_full[0].size}
     probe = Probe(test_x, test_y, k, stamp, test_x[test_y != k], real_target, real_trigger)
     summary["identification"], gap_synth = identification(
-        model, synth_x, best, probe, true_pixels, cfg
+        model, synth_x, found, mask, probe, true_pixels, cfg
     )
     summary["clean_accuracy"] = accuracy(model, test_x, test_y)
     seconds["identification"] = time.time() - t
 
-    result = AuditResult(summary, synth, cands, repair_triggers)
+    result = AuditResult(
+        summary, synth, cands, repair_triggers, families=families, repair_full=repair_full
+    )
     if not (cfg.repair == "always" or (cfg.repair == "flagged" and flagged)):
         summary["repair"] = None
         summary["seconds"] = seconds
@@ -279,7 +367,7 @@ def run_audit(
     seconds["pruning"] = time.time() - t
     t = time.time()
     result.unlearned, unlearn_summary = unlearn_triggers(
-        model, train_x, train_y, repair_triggers, probe, cfg, progress
+        model, train_x, train_y, repair_triggers, probe, cfg, progress, repair_full
     )
     seconds["unlearning"] = time.time() - t
     summary["repair"] = {

@@ -139,20 +139,28 @@ def markdown(report: dict) -> str:
             ],
         ),
     ]
+    lines += family_lines(s.get("families") or {}, report["classes"])
     i = s["identification"]
+    found = (
+        f"{i['family']} family, size {i['size']:.3f}"
+        if "size" in i
+        else f"start: {i.get('start', 'sweep')}, mask L1 {i['mask_l1']:.2f}"
+    )
     lines += [
         "",
         "## Identification",
         "",
-        f"Candidate class {i['class']}: smallest synthesised trigger (start: "
-        f"{i.get('start', 'sweep')}, mask L1 {i['mask_l1']:.2f}), its "
+        f"Candidate class {i['class']}: smallest synthesised trigger ({found}), its "
         f"attack success on test images of other classes {i['synth_asr_test']:.4f}.",
     ]
-    if "iou_top_k" in i:
+    if "neuron_overlap" in i:
         o = i["neuron_overlap"]
+        if "iou_top_k" in i:
+            lines += [
+                f"Mask vs real trigger pixels: IoU {i['iou_at_0.5']:.3f} (mask >= 0.5), "
+                f"{i['iou_top_k']:.3f} (top-k pixels, k = real trigger size).",
+            ]
         lines += [
-            f"Mask vs real trigger pixels: IoU {i['iou_at_0.5']:.3f} (mask >= 0.5), "
-            f"{i['iou_top_k']:.3f} (top-k pixels, k = real trigger size).",
             f"Penultimate neurons: {o['shared']} of the top {o['top_k']} by activation gap "
             f"are shared by the synthesised and the real trigger (Jaccard "
             f"{o['jaccard']:.3f}); cosine of the gap vectors {o['cosine']:.3f}.",
@@ -216,6 +224,43 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def family_lines(families: dict, classes: list[str]) -> list[str]:
+    """The full-image families' table: per class, each family's smallest trigger and index."""
+    if not families:
+        return []
+    names = list(families)
+    units = {"blend": "blend weight", "warp": "mean displacement, px"}
+    return [
+        "",
+        "### Full-image trigger families (training/inversion/fullimage.py)",
+        "",
+        "Per class, the smallest trigger of each family that reached the attack-success target "
+        "(* none did: the last one tried) and its anomaly index (of log sizes); flagged above "
+        + ", ".join(f"{families[n]['anomaly_threshold']:g} ({n})" for n in names)
+        + ".",
+        "",
+        *table(
+            [
+                "class",
+                *(f"{n}: {units.get(n, 'size')}" for n in names),
+                *(f"{n}: anomaly index" for n in names),
+            ],
+            [
+                [
+                    classes[k],
+                    *(
+                        f"{families[n]['per_class'][k]['size']:.3f}"
+                        + ("" if families[n]["per_class"][k]["reached_asr_target"] else "*")
+                        for n in names
+                    ),
+                    *(f"{families[n]['per_class'][k]['anomaly_index']:.2f}" for n in names),
+                ]
+                for k in range(len(classes))
+            ],
+        ),
+    ]
+
+
 def restart_lines(restarts: dict | None) -> list[str]:
     """The candidate class's triggers from the sweep and the restarts
     (training.inversion.restarts)."""
@@ -260,6 +305,8 @@ def write_report(
     curve: list[dict],
     candidates: list[Candidate] = (),
     repair: list[Candidate] = (),
+    families: dict | None = None,
+    repair_full: list = (),
 ) -> None:
     """audit.json, README.md, the plots, and triggers.npz: every class's sweep trigger (masks,
     patterns), the candidate class's triggers from sweep and restarts, smallest first
@@ -286,6 +333,11 @@ def write_report(
     for name, group in (("candidate", candidates), ("repair", repair)):
         if group:
             extra[f"{name}_masks"], extra[f"{name}_patterns"] = stack(group)
+    for name, fam in (families or {}).items():  # every class's full-image trigger
+        for k, t in enumerate(fam.triggers):
+            extra.update(t.arrays(f"{name}_{k}"))
+    for j, t in enumerate(repair_full):
+        extra.update(t.arrays(f"repair_full_{j}_{t.family}"))
     np.savez_compressed(
         folder / "triggers.npz", masks=synth.masks, patterns=synth.patterns, **extra
     )

@@ -7,6 +7,7 @@ image."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -82,16 +83,23 @@ def unlearn(
     pattern: torch.Tensor,
     cfg: UnlearnConfig,
     progress: bool = True,
+    others: Sequence[Callable[[torch.Tensor], torch.Tensor]] = (),
 ) -> list[float]:
     """Fine-tune `model` in place. images: uint8 or float (N, C, H, W); mask (H, W) and pattern
-    (C, H, W), or several triggers: mask (T, H, W) and pattern (T, C, H, W). Returns the mean
-    loss of each epoch."""
+    (C, H, W), or several triggers: mask (T, H, W) and pattern (T, C, H, W) (T may be 0).
+    `others`: triggers that are not masks (training.inversion.fullimage), each a function of a
+    float batch; they are drawn like the masks, after them. Returns the mean loss of each
+    epoch."""
     masks = mask[None] if mask.dim() == 2 else mask  # (T, H, W)
     patterns = pattern[None] if pattern.dim() == 3 else pattern  # (T, C, H, W)
     if len(masks) != len(patterns):
         raise ValueError(f"{len(masks)} masks but {len(patterns)} patterns")
-    idx, flag, which = unlearning_set(len(images), cfg, len(masks))
-    masks = torch.stack([dilate_mask(m, cfg.dilate) for m in masks])[:, None]  # (T, 1, H, W)
+    if len(masks) + len(others) == 0:
+        raise ValueError("no trigger to unlearn")
+    idx, flag, which = unlearning_set(len(images), cfg, len(masks) + len(others))
+    if len(masks):
+        masks = torch.stack([dilate_mask(m, cfg.dilate) for m in masks])
+    masks = masks[:, None]  # (T, 1, H, W)
     g = torch.Generator().manual_seed(cfg.seed)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -115,9 +123,14 @@ def unlearn(
             sel = perm[i : i + cfg.batch_size]
             x = images[idx_t[sel]]
             x = x.float() / 255.0 if x.dtype == torch.uint8 else x.clone()  # (B, C, H, W)
-            trig = flag_t[sel]
-            t = which_t[sel][trig]
-            x[trig] = apply_trigger(x[trig], masks[t], patterns[t])
+            trig, which_b = flag_t[sel], which_t[sel]
+            on = trig & (which_b < len(masks))
+            t = which_b[on]
+            x[on] = apply_trigger(x[on], masks[t], patterns[t])
+            for j, stamp in enumerate(others):
+                on = trig & (which_b == len(masks) + j)
+                if on.any():
+                    x[on] = stamp(x[on])
             y = labels[idx_t[sel]]
             loss = F.cross_entropy(model(x), y)
             opt.zero_grad(set_to_none=True)
