@@ -34,6 +34,15 @@ def _size(ctx, param, value: str | None) -> tuple[int, int] | None:
     return h, w
 
 
+def _confidence(ctx, param, value: str) -> float:
+    from training.evaluation.metrics import parse_confidence
+
+    try:
+        return parse_confidence(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _require_torch() -> None:
     try:
         import torch  # noqa: F401
@@ -53,6 +62,15 @@ def calibration_options(f):
             default=0.01,
             show_default=True,
             help="share of clean validation images that may be flagged",
+        ),
+        click.option(
+            "--confidence",
+            default="0.95",
+            show_default=True,
+            callback=_confidence,
+            help="probability that the FPR on new clean images is <= --target-fpr: fewer "
+            "validation images are let above the threshold (0 or off: the plain quantile, "
+            "which holds about half the time)",
         ),
         click.option(
             "--score",
@@ -93,6 +111,7 @@ def _calibration(kw: dict, seed: int, threads: int):
 
     return CalibrationOptions(
         target_fpr=kw["target_fpr"],
+        confidence=kw["confidence"],
         score=kw["score"],
         strip=kw["strip"],
         strip_n=kw["strip_n"],

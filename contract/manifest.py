@@ -57,12 +57,60 @@ class GraphSpec(FileSpec):
     output_name: str
 
 
+class Share(BaseModel):
+    """A measured share: k of n, with its exact (Clopper-Pearson) 95% interval."""
+
+    model_config = ConfigDict(extra="allow")
+
+    rate: float = Field(ge=0.0, le=1.0)
+    k: int = Field(ge=0)
+    n: int = Field(ge=1)
+    ci95: tuple[float, float]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Share:
+        lo, hi = self.ci95
+        if self.k > self.n or not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError("a share needs k <= n and 0 <= ci95[0] <= ci95[1] <= 1")
+        return self
+
+
+class Calibration(BaseModel):
+    """Evidence of how a threshold was set on clean held-out images; the service reads none of
+    it. Every field is optional: records written before issue 22 have no confidence (they are
+    the plain quantile), and any other field may follow (split, source, command, ...).
+
+    ``confidence`` c: the threshold lets at most ``allowed_exceedances`` k of the ``n`` clean
+    images past it, k the largest count with BinomCDF(k; n, target_fpr) <= 1 - c, so that its FPR
+    on new clean images is <= target_fpr with probability >= c; c = 0 is the plain quantile
+    (k = floor(target_fpr * n)). ``false_positive``: what it flags of those n images."""
+
+    model_config = ConfigDict(extra="allow")
+
+    target_fpr: float | None = Field(default=None, gt=0.0, lt=1.0)
+    confidence: float | None = Field(default=None, ge=0.0, lt=1.0)
+    n: int | None = Field(default=None, ge=1)
+    allowed_exceedances: int | None = Field(default=None, ge=0)
+    false_positive: Share | None = None
+
+    @model_validator(mode="after")
+    def _within_n(self) -> Calibration:
+        if (
+            self.n is not None
+            and self.allowed_exceedances is not None
+            and self.allowed_exceedances > self.n
+        ):
+            raise ValueError("allowed_exceedances must be at most n")
+        return self
+
+
 class Decision(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     rule: Literal["class_change", "score"]
     score: Literal["prob_drop", "kl"] = "prob_drop"
     threshold: float = 0.5
+    calibration: Calibration | None = None
 
 
 class Blend(BaseModel):
@@ -84,6 +132,7 @@ class StripSpec(BaseModel):
     threshold: float = Field(ge=0.0, allow_inf_nan=False)  # flag when entropy (bits) < this
     seed: int = Field(default=0, ge=0, lt=2**63)
     blend: Blend = Field(default_factory=Blend)
+    calibration: Calibration | None = None
 
 
 class BothSpec(BaseModel):
@@ -99,6 +148,7 @@ class BothSpec(BaseModel):
     score: Literal["prob_drop", "kl"] = "prob_drop"  # the de-trigger score it thresholds
     ae_threshold: float = Field(allow_inf_nan=False)  # flag when score > this
     strip_threshold: float = Field(ge=0.0, allow_inf_nan=False)  # flag when entropy < this
+    calibration: Calibration | None = None
 
 
 class Detectors(BaseModel):

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from training import config
+from training.evaluation.metrics import DEFAULT_CONFIDENCE, parse_confidence
 
 
 def parser(doc: str | None, module: str) -> argparse.ArgumentParser:
@@ -71,3 +72,23 @@ def refuse_in_default_run_dir(
             f"{flags} {'changes' if len(changed) == 1 else 'change'} the preset's {what}; its "
             f"checkpoint {checkpoint} would be replaced: give another --run-dir"
         )
+
+
+def add_confidence(p: argparse.ArgumentParser, default: float | None = DEFAULT_CONFIDENCE) -> None:
+    """--confidence: the calibration's confidence (metrics.allowed_exceedances), a number in
+    [0, 1) or "off" (= 0, the plain quantile)."""
+
+    def parse(value: str) -> float:
+        try:
+            return parse_confidence(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    p.add_argument(
+        "--confidence",
+        type=parse,
+        default=default,
+        help="probability that the FPR on new clean images is <= --target-fpr: fewer "
+        "calibration images are let past the threshold (0 or off: the plain quantile, which "
+        f"holds about half the time; default: {default if default is not None else 'see above'})",
+    )

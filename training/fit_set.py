@@ -17,7 +17,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
@@ -37,6 +36,7 @@ from training.data.attack_suite import load_suite
 from training.data.folders import load_split
 from training.data.trigger_sampler import FAMILY_SETS
 from training.evaluation.calibration import CalibrationOptions, calibrate_folder
+from training.evaluation.metrics import min_calibration_images
 from training.evaluation.publish import publish, refuse_existing, staging_dir
 from training.evaluation.set_check import check_set
 from training.evaluation.set_report import fpr_line, write_report
@@ -161,8 +161,10 @@ def fit(opts: FitOptions, verify=None, log=print) -> dict[str, Any]:
 
     # --- target and data ------------------------------------------------------------------
     info = inspect_target(Path(opts.target), opts.target_options)
-    cal = opts.calibration  # enough validation images for the bank and one flag at the FPR
-    min_val = math.ceil(1 / cal.target_fpr) + (cal.strip_bank if cal.strip else 0)
+    # Enough validation images for the bank and a threshold at the FPR and confidence.
+    cal = opts.calibration
+    min_val = min_calibration_images(cal.target_fpr, cal.confidence)
+    min_val += cal.strip_bank if cal.strip else 0
     split = load_split(
         opts.data, info.chw, opts.val, opts.val_fraction, opts.seed, opts.data_dir, min_val
     )

@@ -6,7 +6,8 @@ Runs the set's AE and target with ONNX Runtime through the guard's own code (con
 AE(x), then one target call on [x; AE(x); STRIP's copies]) on the clean images STRIP was
 calibrated on: the validation split the manifest records, less the bank images it lists. Sets
 the de-trigger threshold and STRIP's threshold together, so that flagging an image when either
-fires flags at most --target-fpr of those images (training/evaluation/fusion.py), and writes
+fires meets --target-fpr at --confidence on those images (training/evaluation/fusion.py: at
+0.95 the union may flag fewer of them than the plain quantile would), and writes
 the manifest entry ``detectors.both``; every other byte of the set stays as it was.
 strip_calibrate, reproduce, `detrigger-guard calibrate` and `fit` write the entry themselves.
 """
@@ -55,6 +56,7 @@ def parse_args(argv: Sequence[str] | None):
         help="share of clean images the fused rule may flag (default: STRIP's own target FPR "
         "from the manifest)",
     )
+    cli.add_confidence(p)
     p.add_argument(
         "--batch-size", type=int, default=64, help="inputs per target call (default: 64)"
     )
@@ -82,8 +84,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     spec = manifest.detectors.strip
     if spec is None:
         raise SystemExit(f"{folder}: no detectors.strip; run python -m training.strip_calibrate")
-    strip_calibration = (spec.model_extra or {}).get("calibration") or {}
-    target_fpr = args.target_fpr or float(strip_calibration.get("target_fpr", 0.01))
+    recorded = spec.calibration.target_fpr if spec.calibration else None
+    target_fpr = args.target_fpr or recorded or 0.01
     indices = spec.bank.model_extra and spec.bank.model_extra.get("indices")
     if not indices:
         raise SystemExit(
@@ -120,7 +122,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     entry = write_both(
-        folder, raw, np.concatenate(scores), np.concatenate(entropies), target_fpr, fields
+        folder,
+        raw,
+        np.concatenate(scores),
+        np.concatenate(entropies),
+        target_fpr,
+        fields,
+        confidence=args.confidence,
     )
     assert read_manifest(folder).detectors.both is not None
     print(summary_line(folder, entry))

@@ -135,6 +135,7 @@ def measure_set(folder: Path, args) -> dict[str, Any]:
         "clean_images_of": int(len(test)),
         "clean_accuracy": float((clean["predicted"] == test.labels[clean_idx]).mean()),
         "rules": rules(manifest),
+        "calibrated_for": calibrated_for(manifest),
         "false_positive": {d: rate(clean[d]) for d in DETECTORS},
         "triggers": [],
     }
@@ -169,6 +170,44 @@ def rules(manifest) -> dict[str, str]:
     }
 
 
+def calibrated_for(manifest) -> dict[str, dict[str, float | None]]:
+    """Per detector, the target FPR and confidence its calibration records (confidence 0: the
+    plain quantile, also for records from before issue 22, which have none)."""
+    specs = {
+        "detrigger": manifest.decision,
+        "strip": manifest.detectors.strip,
+        "both": manifest.detectors.both,
+    }
+    out = {}
+    for d, spec in specs.items():
+        cal = spec.calibration if spec is not None else None
+        out[d] = {
+            "target_fpr": cal.target_fpr if cal else None,
+            "confidence": (cal.confidence or 0.0) if cal else None,
+        }
+    return out
+
+
+def calibration_sentence(report: dict[str, Any]) -> str:
+    """What the thresholds were calibrated for, set by set, from the report's records."""
+    parts = []
+    for s in report["sets"]:
+        recorded = s.get("calibrated_for")
+        if not recorded:
+            continue
+        seen = {(c["target_fpr"], c["confidence"]) for c in recorded.values()}
+        if len(seen) != 1:
+            parts.append(f"{Path(s['model_set']).name} per detector (see fusion.json)")
+            continue
+        ((fpr, conf),) = seen
+        rule = f"at confidence {conf:g}" if conf else "by the plain quantile"
+        target = f"{pct(fpr)}% FPR" if fpr else "an unrecorded FPR"
+        parts.append(f"{Path(s['model_set']).name} for {target} {rule}")
+    if not parts:  # a report from before the records: its sets were all set for 1%
+        return "calibrated for 1% FPR on the validation split"
+    return "calibrated on the validation split: " + "; ".join(parts)
+
+
 def cell(r: dict[str, Any]) -> str:
     lo, hi = r["ci95"]
     return f"{pct(r['rate'])} [{pct(lo)}, {pct(hi)}]"
@@ -190,9 +229,9 @@ def readme(report: dict[str, Any]) -> list[str]:
     lines = [
         "# Detector both beside each detector alone",
         "",
-        "Test split of each shipped set; the thresholds its manifest ships (all three calibrated "
-        "for 1% FPR on the validation split). Detection: the set's own trigger on the test "
-        "images of the other classes. Intervals: exact (Clopper-Pearson) 95%. Written by "
+        "Test split of each shipped set; the thresholds its manifest ships "
+        f"(all three {calibration_sentence(report)}). Detection: the set's own trigger on the "
+        "test images of the other classes. Intervals: exact (Clopper-Pearson) 95%. Written by "
         "`python -m training.fusion_report`; [docs/fusion.md](../../docs/fusion.md) says how "
         "both is built and calibrated.",
         "",

@@ -99,7 +99,17 @@ def evaluate_models(
     fprs = tuple(sorted({*preset.calibration_fprs, preset.target_fpr}))  # (0.01, [0.03,] 0.05)
     for ae_name, ae in aes.items():
         results[ae_name], raws[ae_name] = evaluate_pair(
-            target, ae, test_x, test.labels, val_x, val_y, trigger, cfg.target_class, fprs, cache
+            target,
+            ae,
+            test_x,
+            test.labels,
+            val_x,
+            val_y,
+            trigger,
+            cfg.target_class,
+            fprs,
+            cache,
+            preset.confidence,
         )
         r = results[ae_name]
         log.info(
@@ -194,6 +204,7 @@ def calibrate_strip(name: str, preset: Preset, out: Path, data_dir: str | None) 
     records that command)."""
     strip_argv = (
         ["--model-set", str(out), "--dataset", name, "--target-fpr", f"{preset.target_fpr:g}"]
+        + ["--confidence", f"{preset.confidence:g}"]
         + ["--bank-size", str(preset.strip_bank_size), "--n", str(preset.strip_n)]
         + (["--data-dir", data_dir] if data_dir else [])
     )
@@ -204,6 +215,7 @@ def calibrate_strip(name: str, preset: Preset, out: Path, data_dir: str | None) 
             data_dir=data_dir,
             n=preset.strip_n,
             target_fpr=preset.target_fpr,
+            confidence=preset.confidence,
             bank_size=preset.strip_bank_size,
         ),
         " ".join(["python -m training.strip_calibrate", *strip_argv]),

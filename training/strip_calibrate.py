@@ -8,7 +8,9 @@ superimposition and entropy as the service). From the dataset's held-out validat
 5000 training images the set's target never trained on, as its manifest records; a set made
 elsewhere gets a seeded random subset of the training data, and the manifest says so) it draws
 a bank of clean images, then computes the STRIP entropy of every other validation image and sets
-the threshold so that at most --target-fpr of them are flagged. Bank and calibration images are
+the threshold for --target-fpr at --confidence (0.95: few enough of them flagged that the FPR on
+new clean images is <= --target-fpr with probability >= 0.95; off: at most --target-fpr of them,
+the plain quantile). Bank and calibration images are
 disjoint; the test split is never read.
 
 Writes <model-set>/strip_bank.npy and the manifest entry ``detectors.strip`` (docs/model-
@@ -50,6 +52,7 @@ def parse_args(argv: Sequence[str] | None) -> StripOptions:
         default=0.01,
         help="share of clean validation images that may be flagged (default: 0.01)",
     )
+    cli.add_confidence(p)
     p.add_argument(
         "--bank-size",
         type=int,

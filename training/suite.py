@@ -115,7 +115,15 @@ def evaluate_attack(
     val_y = data["train"].labels[data["va"]]
     fprs = tuple(sorted({*preset.calibration_fprs, preset.target_fpr}))
     evaluated = evaluate_pairs(
-        target, ae, data["test_x"], data["test"].labels, data["val_x"], val_y, pairs, fprs
+        target,
+        ae,
+        data["test_x"],
+        data["test"].labels,
+        data["val_x"],
+        val_y,
+        pairs,
+        fprs,
+        preset.confidence,
     )
     results = [r for r, _ in evaluated]
     decision = choose_decision_pairs(results, preset.target_fpr)

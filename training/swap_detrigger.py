@@ -159,7 +159,7 @@ def swap(
     test_x, val_x = to_float(test.images), to_float(train.images[va])
     fprs = tuple(sorted({*preset.calibration_fprs, preset.target_fpr}))
     evaluated = evaluate_pairs(
-        target, ae, test_x, test.labels, val_x, train.labels[va], pairs, fprs
+        target, ae, test_x, test.labels, val_x, train.labels[va], pairs, fprs, preset.confidence
     )
     results = [r for r, _ in evaluated]
     decision = choose_decision_pairs(results, preset.target_fpr)

@@ -242,24 +242,20 @@ def model_summary(slot: Slot, default: bool) -> ModelSummary:
     summary.detectors = list(model_set.detectors)
     strip = m.detectors.strip
     if strip is not None and model_set.strip is not None:
-        calibration = (strip.model_extra or {}).get("calibration")
-        fpr = calibration.get("target_fpr") if isinstance(calibration, dict) else None
         summary.strip = StripSummary(
             n=strip.n,
             bank_images=len(model_set.strip.bank),
             threshold=strip.threshold,
-            target_fpr=float(fpr) if isinstance(fpr, int | float) else None,
+            target_fpr=strip.calibration.target_fpr if strip.calibration else None,
         )
     both = m.detectors.both
     if both is not None and Detector.both in model_set.detectors:
-        calibration = (both.model_extra or {}).get("calibration")
-        fpr = calibration.get("target_fpr") if isinstance(calibration, dict) else None
         summary.both = BothSummary(
             rule=both.rule,
             score=both.score,
             ae_threshold=both.ae_threshold,
             strip_threshold=both.strip_threshold,
-            target_fpr=float(fpr) if isinstance(fpr, int | float) else None,
+            target_fpr=both.calibration.target_fpr if both.calibration else None,
         )
     summary.provider = model_set.provider
     summary.target = GraphSummary(

@@ -31,8 +31,12 @@ def test_calibrate_rewrites_the_threshold_and_the_strip_bank(tmp_path: Path) -> 
     assert "300 images; skipped 1 files (1 unreadable)" in result.output
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["decision"]["rule"] == "score"
-    fp = manifest["decision"]["calibration"]["false_positive"]
+    calibration = manifest["decision"]["calibration"]
+    fp = calibration["false_positive"]
     assert fp["n"] == 300 - 16 and fp["rate"] <= 0.02
+    # The default confidence 0.95: 1 of the 284 images may pass (the plain quantile: 5).
+    assert calibration["confidence"] == 0.95 and calibration["allowed_exceedances"] == 1
+    assert fp["k"] <= 1 and "at most 1 of 284 allowed (confidence 0.95)" in result.output
     assert fp["ci95"][0] <= fp["rate"] <= fp["ci95"][1]
     model_set = ModelSet.load(folder, Settings(models=[folder]))
     assert model_set.strip is not None and len(model_set.strip.bank) == 16
@@ -61,6 +65,24 @@ def test_calibrate_with_too_few_images_leaves_the_set_as_it_was(tmp_path: Path) 
             "4",
         ],  # fmt: skip
     )
-    assert result.exit_code != 0 and "at least 100" in result.output
+    # 12 images: far from the 299 that bound a 1% FPR at the default confidence 0.95
+    assert result.exit_code != 0 and "give at least 299" in result.output
     assert (folder / "manifest.json").read_bytes() == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_calibrate_takes_a_confidence_or_off(tmp_path: Path) -> None:
+    folder = build_model_set(tmp_path / "tiny", TinySpec(name="tiny"))
+    um.write_pngs(tmp_path / "clean", np.random.default_rng(1).uniform(0, 1, (120, 1, 28, 28)))
+    base = ["calibrate", str(folder), "--data", str(tmp_path / "clean"), "--target-fpr", "0.05"]
+    base += ["--no-strip", "--estimate-images", "0"]
+    bad = CliRunner().invoke(main, [*base, "--confidence", "1.2"])
+    assert bad.exit_code == 2 and "must lie in [0, 1)" in bad.output
+    result = CliRunner().invoke(main, [*base, "--confidence", "off"])
+    assert result.exit_code == 0, result.output
+    calibration = json.loads((folder / "manifest.json").read_text())["decision"]["calibration"]
+    assert calibration["confidence"] == 0.0 and calibration["allowed_exceedances"] == 6
+    result = CliRunner().invoke(main, [*base, "--confidence", "0.9"])
+    assert result.exit_code == 0, result.output
+    calibration = json.loads((folder / "manifest.json").read_text())["decision"]["calibration"]
+    assert calibration["confidence"] == 0.9 and calibration["allowed_exceedances"] == 2

@@ -28,7 +28,7 @@ def test_fit_trains_data_parallel_under_torchrun(tmp_path: Path) -> None:
         [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "cli.main", "fit",
          "--target", str(src), "--data", str(tmp_path / "data"), "--out", str(out),
          "--val-fraction", "0.3", "--epochs", "2", "--batch-size", "16", "--threads", "1",
-         "--target-fpr", "0.05", "--strip-bank", "16", "--strip-n", "8",
+         "--target-fpr", "0.05", "--confidence", "off", "--strip-bank", "16", "--strip-n", "8",
          "--estimate-images", "20", "--device", "cpu"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},

@@ -112,6 +112,7 @@ def tiny_preset(monkeypatch, tmp_path):
         target_fpr=0.04,  # not among calibration_fprs (0.01, 0.05): must be calibrated too
         strip_bank_size=12,  # of the 40 validation images; 28 left calibrate STRIP at 4% FPR
         strip_n=4,
+        confidence=0.0,  # 40 validation images bound no FPR at a confidence: plain quantile
     )
     for module in (config, reproduce, swap_detrigger):
         monkeypatch.setattr(module, "PRESETS", {"mnist": tiny})

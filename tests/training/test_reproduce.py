@@ -119,6 +119,7 @@ def test_reproduce_rgb_cifar_layout(monkeypatch, tmp_path):
         target_fpr=0.05,
         strip_bank_size=12,
         strip_n=4,
+        confidence=0.0,  # 40 validation images bound no FPR at a confidence: plain quantile
     )
     monkeypatch.setattr(reproduce, "PRESETS", {"cifar10": tiny})
     args = argparse.Namespace(

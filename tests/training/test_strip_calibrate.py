@@ -16,6 +16,7 @@ from service.settings import Settings
 from tests.support.tiny_models import TinySpec, add_trigger, build_model_set, clean_image
 from tests.training.conftest import write_idx
 from training.data.datasets import split_train_val
+from training.evaluation.metrics import allowed_exceedances
 from training.evaluation.strip import (
     bank_and_calibration,
     quantiles,
@@ -165,7 +166,7 @@ def test_calibration_writes_a_bank_the_service_loads_and_keeps_the_rest(
 def test_calibration_is_deterministic(model_set: Path, data_dir: Path) -> None:
     args = ["--model-set", str(model_set), "--dataset", "mnist", "--data-dir", str(data_dir)]
     args += ["--n", "4", "--bank-size", "16", "--calibration-images", "100"]
-    args += ["--triggered-images", "0"]
+    args += ["--triggered-images", "0", "--target-fpr", "0.05"]
     first = main(args)
     bank = (model_set / "strip_bank.npy").read_bytes()
     second = main(args)
@@ -181,3 +182,27 @@ def test_bad_choices_are_refused(model_set: Path, data_dir: Path) -> None:
         main([*base, "--n", "65", "--bank-size", "64"])  # more copies than bank images
     with pytest.raises(SystemExit):
         main([*base, "--target-fpr", "0.001"])  # 136 calibration images cannot measure 0.1%
+    with pytest.raises(SystemExit):
+        main([*base, "--confidence", "1"])
+
+
+def test_the_default_confidence_lets_fewer_images_past_and_says_so(
+    model_set: Path, data_dir: Path
+) -> None:
+    """Issue 22: at confidence 0.95 (the default) the threshold lets at most k of the n images
+    past, k the largest with BinomCDF(k; n, fpr) <= 0.05, fewer than the plain quantile's;
+    too few images for any such k are refused with the count needed."""
+    base = ["--model-set", str(model_set), "--dataset", "mnist", "--data-dir", str(data_dir)]
+    base += ["--n", "8", "--bank-size", "27", "--triggered-images", "0", "--batch-size", "16"]
+    plain = main([*base, "--target-fpr", "0.1", "--confidence", "off"])
+    assert plain["confidence"] == 0.0 and plain["allowed_exceedances"] == 17  # floor(0.1 * 173)
+    confident = main([*base, "--target-fpr", "0.1"])
+    assert confident["confidence"] == 0.95 and confident["n"] == N_VAL - 27
+    assert confident["allowed_exceedances"] == allowed_exceedances(N_VAL - 27, 0.1, 0.95) < 17
+    assert confident["false_positive"]["k"] <= confident["allowed_exceedances"]
+    assert confident["threshold"] <= plain["threshold"]  # flagged below: a lower threshold
+    both = json.loads((model_set / "manifest.json").read_text())["detectors"]["both"]
+    assert both["calibration"]["confidence"] == 0.95
+    assert both["calibration"]["false_positive"]["k"] <= confident["allowed_exceedances"]
+    with pytest.raises(SystemExit, match="give at least 299"):
+        main([*base, "--target-fpr", "0.01"])  # 173 images

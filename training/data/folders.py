@@ -157,6 +157,11 @@ def load_split(
     images, summary = read_source(source, chw, data_dir)
     if val:
         val_images, val_summary = read_source(val, chw, data_dir)
+        if len(val_images) < min_val:  # said before any training, not after it
+            raise FolderError(
+                f"{val_summary.line()}: calibration needs at least {min_val} images: give a "
+                "larger --val folder"
+            )
         return Split(images, val_images, [summary, val_summary], f"from {val}")
     if not 0.0 < val_fraction < 1.0:
         raise FolderError(f"--val-fraction {val_fraction} must lie in (0, 1)")

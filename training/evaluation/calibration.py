@@ -2,8 +2,10 @@
 made without a known backdoor.
 
 - `calibrate_decision`: the contract's score (contract.scoring) on (f(x), f(AE(x))), thresholded
-  so that at most target_fpr of the clean images are flagged by the contract's decision rule; the
-  measured FPR is reported with its exact (Clopper-Pearson) 95% interval.
+  for target_fpr at a confidence (metrics.threshold_at_fpr: at 0.95, the FPR on new clean images
+  is <= target_fpr with probability >= 0.95; at 0, at most target_fpr of these images are
+  flagged, the plain quantile); the measured FPR is reported with its exact (Clopper-Pearson)
+  95% interval.
 - `estimates`: for each trigger family of the attack suite stamped on the clean images, how often
   the target's class on AE(stamped) equals its class on the clean image (restoration rate), and
   how much the AE changes clean images. These are estimates: the user's model has no known
@@ -13,7 +15,6 @@ made without a known backdoor.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +29,14 @@ from training.data.attack_suite import load_suite
 from training.data.triggers import Trigger
 from training.evaluation.detectors import cpu_session
 from training.evaluation.fusion import entry_for, put_entry
+from training.evaluation.metrics import (
+    DEFAULT_CONFIDENCE,
+    calibration_record,
+    min_calibration_images,
+    threshold_at_fpr,
+    too_few_message,
+)
 from training.evaluation.metrics import clopper_pearson as clopper_pearson  # re-exported
-from training.evaluation.metrics import rate, threshold_at_fpr
 from training.evaluation.strip import BANK_FILE, onnx_target, strip_entropies, strip_threshold
 from training.nets.export import sha256, write_manifest
 
@@ -39,32 +46,37 @@ Pair = Callable[
 
 
 def calibrate_decision(
-    logits_x: np.ndarray, logits_ae: np.ndarray, score: str, target_fpr: float
+    logits_x: np.ndarray,
+    logits_ae: np.ndarray,
+    score: str,
+    target_fpr: float,
+    confidence: float = DEFAULT_CONFIDENCE,
+    floor: float = -np.inf,
 ) -> tuple[Decision, dict[str, Any]]:
-    """The manifest's decision for target_fpr on these clean images, and what it measured."""
+    """The manifest's decision for target_fpr at `confidence` on these clean images (a threshold
+    at least `floor`, which only lowers the FPR), and what it measured."""
     if score not in SCORES:
         raise ValueError(f"unknown score {score!r}; allowed: {', '.join(SCORES)}")
     if not 0.0 < target_fpr < 0.5:
         raise ValueError(f"--target-fpr {target_fpr} must lie in (0, 0.5)")
-    if len(logits_x) * target_fpr < 1:
-        raise ValueError(
-            f"{len(logits_x)} validation images cannot measure an FPR of {target_fpr}; "
-            f"give at least {math.ceil(1 / target_fpr)}"
-        )
+    if len(logits_x) < min_calibration_images(target_fpr, confidence):
+        raise ValueError(too_few_message(len(logits_x), target_fpr, confidence))
     values = SCORES[score](logits_x, logits_ae)
-    threshold = threshold_at_fpr(values, target_fpr)
+    quantile = threshold_at_fpr(values, target_fpr, confidence)
+    threshold = max(quantile, floor)
     decision = Decision(rule="score", score=score, threshold=threshold)  # type: ignore[arg-type]
     flagged = decide(logits_x, logits_ae, decision).flagged  # the contract's own rule
     measured = {
-        "target_fpr": target_fpr,
+        **calibration_record(flagged, target_fpr, confidence),
         "score": score,
         "threshold": threshold,
-        "false_positive": rate(flagged),
         "score_quantiles": {
             q: float(np.quantile(values, v))
             for q, v in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99), ("max", 1.0))
         },
     }
+    if threshold > quantile:  # the floor decided
+        measured["floor"] = {"threshold": floor, "calibrated": quantile}
     return decision, measured
 
 
@@ -137,6 +149,7 @@ class CalibrationOptions:
     """How a set is calibrated on clean held-out images (fit's and calibrate's options)."""
 
     target_fpr: float = 0.01
+    confidence: float = DEFAULT_CONFIDENCE  # 0: the plain quantile (metrics.threshold_at_fpr)
     score: str = "prob_drop"
     strip: bool = True
     strip_n: int = 16
@@ -150,6 +163,8 @@ class CalibrationOptions:
         out = []
         if not 0.0 < self.target_fpr < 0.5:
             out.append(f"--target-fpr {self.target_fpr} must lie in (0, 0.5)")
+        if not 0.0 <= self.confidence < 1.0:
+            out.append(f"--confidence {self.confidence} must lie in [0, 1) (0 or off: quantile)")
         if self.score not in SCORES:
             out.append(f"--score {self.score!r}: allowed: {', '.join(SCORES)}")
         if self.strip and not 1 <= self.strip_n <= min(256, self.strip_bank):
@@ -194,7 +209,7 @@ def calibrate_folder(
     pair = onnx_pair(folder, manifest, opts.threads)
     x = calib.astype(np.float32) / np.float32(255.0)  # the service decoder's float32 values
     lx, lae, _ = _batched(pair, x, opts.batch_size)
-    decision, measured = calibrate_decision(lx, lae, opts.score, opts.target_fpr)
+    decision, measured = calibrate_decision(lx, lae, opts.score, opts.target_fpr, opts.confidence)
     measured["source"] = source
     measured["scores"] = SCORES[opts.score](lx, lae).tolist()  # for the report's plot
     raw["decision"] = {
@@ -209,11 +224,10 @@ def calibrate_folder(
         config = StripConfig(opts.strip_n, opts.seed, 1.0, 1.0)
         target = onnx_target(folder, manifest, opts.threads)
         _, entropy = strip_entropies(calib, bank_f, config, target, 64)
-        threshold = strip_threshold(entropy, opts.target_fpr)
+        threshold = strip_threshold(entropy, opts.target_fpr, opts.confidence)
         strip = {
-            "target_fpr": opts.target_fpr,
+            **calibration_record(flag(entropy, threshold), opts.target_fpr, opts.confidence),
             "threshold": threshold,
-            "false_positive": rate(flag(entropy, threshold)),
             "source": source,
         }
         detectors = raw.get("detectors") if isinstance(raw.get("detectors"), dict) else {}
@@ -239,7 +253,9 @@ def calibrate_folder(
         result["strip"] = strip
         # Detector both on the same images (training/evaluation/fusion.py).
         scores = SCORES[opts.score](lx, lae)
-        both = entry_for(raw, scores, entropy, opts.target_fpr, {"source": source})
+        both = entry_for(
+            raw, scores, entropy, opts.target_fpr, {"source": source}, confidence=opts.confidence
+        )
         put_entry(raw, both)
         result["both"] = both["calibration"]
     else:

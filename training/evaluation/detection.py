@@ -57,10 +57,13 @@ def score(name: str, logits_x: np.ndarray, logits_ae: np.ndarray) -> np.ndarray:
     raise ValueError(f"unknown score {name!r}; allowed: {', '.join(SCORES)}")
 
 
-def calibrate(val_scores: np.ndarray, target_fpr: float, floor: float = 0.0) -> float:
-    """Threshold t (flag when score > t) that flags at most target_fpr of the clean validation
-    images, and is at least `floor`."""
-    return max(threshold_at_fpr(val_scores, target_fpr), floor)
+def calibrate(
+    val_scores: np.ndarray, target_fpr: float, floor: float = 0.0, confidence: float = 0.0
+) -> float:
+    """Threshold t (flag when score > t) calibrated for target_fpr on the clean validation
+    images (metrics.threshold_at_fpr: at confidence 0, at most target_fpr of them flagged), and
+    at least `floor`. A floor only raises t, so the confidence still holds."""
+    return max(threshold_at_fpr(val_scores, target_fpr, confidence), floor)
 
 
 def decide(

@@ -14,6 +14,7 @@ from torch import nn
 
 from training.data.triggers import trigger_change
 from training.evaluation import detection, metrics
+from training.evaluation.metrics import allowed_exceedances
 from training.nets.models import predict
 
 
@@ -76,10 +77,13 @@ def evaluate_pair(
     target_class: int,
     fprs: tuple[float, ...] = (0.01, 0.05),
     cache: dict | None = None,
+    confidence: float = 0.0,
 ) -> tuple[dict, dict]:
     """All issue-7 numbers for one AE. test_x / val_x: float images (N, C, H, W) in [0, 1].
     `cache` (a dict shared between calls for the same target and data) saves recomputing f(x).
-    Returns (metrics dict, raw arrays for the plots)."""
+    Score thresholds are calibrated on the validation images for each FPR at `confidence`
+    (metrics.threshold_at_fpr; 0: the plain quantile). Returns (metrics dict, raw arrays for
+    the plots)."""
     test_t = trigger(test_x)  # (N, C, H, W) triggered copies of every test image
     lx_c, lae_c = logits_pair(target, ae, test_x, cache=cache, key="test")
     lx_t, lae_t = logits_pair(target, ae, test_t, cache=cache, key="test_triggered")
@@ -94,7 +98,7 @@ def evaluate_pair(
     thresholds = {
         name: {
             f"fpr{f:g}": detection.calibrate(
-                detection.score(name, lx_v, lae_v), f, detection.MIN_THRESHOLD[name]
+                detection.score(name, lx_v, lae_v), f, detection.MIN_THRESHOLD[name], confidence
             )
             for f in fprs
         }
@@ -105,6 +109,7 @@ def evaluate_pair(
         "n_test": int(len(test_y)),
         "n_positive": int(pos.sum()),
         "n_validation": int(len(val_y)),
+        "confidence": confidence,
         "clean_accuracy": metrics.accuracy(lx_c.argmax(1), test_y),
         "clean_accuracy_after_ae": metrics.accuracy(lae_c.argmax(1), test_y),
         "attack_success_rate": metrics.attack_success_rate(lx_t.argmax(1), test_y, target_class),
@@ -160,8 +165,18 @@ def choose_decision(res: dict, target_fpr: float) -> dict:
             "split": "validation",
             "n": res["n_validation"],
             "selected_on": "validation detection rate at FPR <= target_fpr",
+            **confidence_fields(res, target_fpr),
         },
     }
+
+
+def confidence_fields(res: dict, target_fpr: float) -> dict:
+    """The calibration's confidence and the validation images it let past the threshold, for
+    results that record one (made after issue 22; the older ones used the plain quantile)."""
+    if "confidence" not in res:
+        return {}
+    n, c = res["n_validation"], res["confidence"]
+    return {"confidence": c, "allowed_exceedances": allowed_exceedances(n, target_fpr, c)}
 
 
 def evaluate_pairs(
@@ -173,6 +188,7 @@ def evaluate_pairs(
     val_y: np.ndarray,
     pairs: list[tuple],
     fprs: tuple[float, ...] = (0.01, 0.05),
+    confidence: float = 0.0,
 ) -> list[tuple[dict, dict]]:
     """evaluate_pair for each (trigger, target class) of a model backdoored with several, f(x) on
     the clean images computed once. Thresholds depend on the clean validation images only, so
@@ -183,7 +199,17 @@ def evaluate_pairs(
         cache = {k: v for k, v in clean.items() if k in ("test", "val")}
         out.append(
             evaluate_pair(
-                target, ae, test_x, test_y, val_x, val_y, trigger, target_class, fprs, cache
+                target,
+                ae,
+                test_x,
+                test_y,
+                val_x,
+                val_y,
+                trigger,
+                target_class,
+                fprs,
+                cache,
+                confidence,
             )
         )
         clean.update({k: cache[k] for k in ("test", "val")})

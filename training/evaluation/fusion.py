@@ -6,9 +6,11 @@ job, which adds the entry to a set whose STRIP is calibrated already.
 
 The rule is an OR of the two detectors' own rules. Both thresholds sit at the same per-detector
 clean FPR alpha: each one flags at most k of the n clean images (alpha = k / n), and k is the
-largest count for which the union flags at most target_fpr * n of them. Equal alphas treat the
-two detectors alike: calibration has clean images only, no trigger that one detector should be
-favoured for (docs/fusion.md).
+largest count for which the union flags at most K of them, K the count a single threshold may
+let through (metrics.allowed_exceedances: floor(target_fpr * n) at confidence 0, fewer at a
+confidence c, so that the union's FPR on new clean images holds with about that confidence).
+Equal alphas treat the two detectors alike: calibration has clean images only, no trigger that
+one detector should be favoured for (docs/fusion.md).
 """
 
 from __future__ import annotations
@@ -21,7 +23,12 @@ import numpy as np
 from contract.manifest import BothSpec, Manifest, read_verified
 from contract.scoring import SCORES
 from training.evaluation.detectors import Graph
-from training.evaluation.metrics import rate
+from training.evaluation.metrics import (
+    allowed_exceedances,
+    calibration_record,
+    confidence_note,
+    too_few_message,
+)
 from training.nets.export import write_manifest
 
 
@@ -42,14 +49,15 @@ def below_k(values: np.ndarray, k: int) -> float:
 
 
 def calibrate_either(
-    ae_scores: np.ndarray, entropies: np.ndarray, target_fpr: float
+    ae_scores: np.ndarray, entropies: np.ndarray, target_fpr: float, confidence: float = 0.0
 ) -> tuple[float, float, dict[str, Any]]:
     """(ae_threshold, strip_threshold, what was measured) for the rule ``either`` on clean
-    images: score > ae_threshold or entropy < strip_threshold flags at most target_fpr of them.
+    images: score > ae_threshold or entropy < strip_threshold flags at most K of them, K =
+    allowed_exceedances(n, target_fpr, confidence) (floor(target_fpr * n) at confidence 0).
 
-    Each threshold lets k images through on its own; the search goes down from k = the whole
-    budget (floor(target_fpr * n)) to the first k whose union fits. The union only grows with
-    k, and k = 0 flags nothing, so the search always ends."""
+    Each threshold lets k images through on its own; the search goes down from k = K to the
+    first k whose union fits. The union only grows with k, and k = 0 flags nothing, so the
+    search always ends."""
     s = np.asarray(ae_scores, np.float64)
     h = np.asarray(entropies, np.float64)
     if s.shape != h.shape or s.ndim != 1:
@@ -59,19 +67,17 @@ def calibrate_either(
     if not 0.0 < target_fpr < 0.5:
         raise ValueError(f"target_fpr {target_fpr} must lie in (0, 0.5)")
     n = len(s)
-    budget = int(np.floor(target_fpr * n))
-    if budget < 1:
-        raise ValueError(f"{n} clean images cannot measure an FPR of {target_fpr}")
+    budget = allowed_exceedances(n, target_fpr, confidence)
+    if budget < (1 if confidence == 0.0 else 0):
+        raise ValueError(too_few_message(n, target_fpr, confidence))
     for k in range(budget, -1, -1):
         t_ae, t_h = above_k(s, k), below_k(h, k)
         ae, strip = s > t_ae, h < t_h
         if int((ae | strip).sum()) <= budget:
             break
     measured = {
-        "target_fpr": target_fpr,
+        **calibration_record(ae | strip, target_fpr, confidence),
         "per_detector_fpr": k / n,
-        "n": n,
-        "false_positive": rate(ae | strip),
         "fired": {
             "detrigger": int(ae.sum()),
             "strip": int(strip.sum()),
@@ -122,10 +128,12 @@ def entry_for(
     entropies: np.ndarray,
     target_fpr: float,
     evidence_fields: dict[str, Any],
+    *,
+    confidence: float,
 ) -> dict[str, Any]:
     """The ``detectors.both`` entry of a set from clean scores, with its evidence."""
     score = raw["decision"].get("score", "prob_drop")
-    t_ae, t_h, measured = calibrate_either(ae_scores, entropies, target_fpr)
+    t_ae, t_h, measured = calibrate_either(ae_scores, entropies, target_fpr, confidence)
     calibration = {**measured, **evidence_fields, "calibrated_with": fingerprint(raw)}
     return both_entry(score, t_ae, t_h, calibration)
 
@@ -152,10 +160,12 @@ def write_both(
     entropies: np.ndarray,
     target_fpr: float,
     evidence_fields: dict[str, Any],
+    *,
+    confidence: float,
 ) -> dict[str, Any]:
     """Calibrate detector both from clean scores, put the entry into ``raw`` (which holds the
     STRIP entry it runs with) and write the manifest; returns the entry."""
-    entry = entry_for(raw, ae, entropies, target_fpr, evidence_fields)
+    entry = entry_for(raw, ae, entropies, target_fpr, evidence_fields, confidence=confidence)
     put_entry(raw, entry)
     write_manifest(folder, raw)
     return entry
@@ -166,5 +176,5 @@ def summary_line(folder: Path, entry: dict[str, Any]) -> str:
     return (
         f"{folder}: detector both, {entry['score']} > {entry['ae_threshold']:.6g} or entropy < "
         f"{entry['strip_threshold']:.6g} bits; clean FPR {c['false_positive']['rate']:.4f} "
-        f"(each detector {c['per_detector_fpr']:.4f}) on {c['n']} images"
+        f"(each detector {c['per_detector_fpr']:.4f}) on {c['n']} images" + confidence_note(c)
     )

@@ -9,6 +9,10 @@ from typing import Any
 
 import numpy as np
 
+# The confidence new calibrations use (issue 22): the FPR on new clean images is <= the target
+# with probability >= 0.95. 0 is the plain empirical quantile, the rule before.
+DEFAULT_CONFIDENCE = 0.95
+
 
 def accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     """Share of pred == labels."""
@@ -73,14 +77,17 @@ def auroc(scores_neg: np.ndarray, scores_pos: np.ndarray) -> float:
     return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
 
 
-def threshold_at_fpr(scores_neg: np.ndarray, fpr: float) -> float:
-    """The smallest threshold t such that the share of negatives with score > t is <= fpr.
-    Thresholds are taken among the negative scores themselves, so the bound holds exactly on
-    these negatives."""
+def threshold_at_fpr(scores_neg: np.ndarray, fpr: float, confidence: float = 0.0) -> float:
+    """The smallest threshold t such that at most `allowed_exceedances(n, fpr, confidence)` of
+    the n negatives have score > t. Thresholds are taken among the negative scores themselves.
+
+    confidence 0: the plain quantile, at most floor(fpr * n) negatives above t, so the bound
+    holds exactly on these negatives (and about half the time on new ones). confidence c > 0:
+    fewer are allowed, so that the FPR on new negatives is <= fpr with probability >= c."""
     neg = np.sort(np.asarray(scores_neg, np.float64))
-    if not 0.0 <= fpr <= 1.0:
-        raise ValueError(f"fpr must lie in [0, 1], got {fpr}")
-    allowed = int(np.floor(fpr * len(neg)))  # at most this many negatives may exceed t
+    allowed = allowed_exceedances(len(neg), fpr, confidence)  # may exceed t
+    if allowed < 0:
+        raise ValueError(too_few_message(len(neg), fpr, confidence))
     if allowed >= len(neg):
         return float(-np.inf)
     # t = the (n - allowed)-th smallest score: exactly the `allowed` larger ones (or fewer, with
@@ -105,6 +112,91 @@ def _binom_sf_ge(k: int, n: int, p: float) -> float:
     i = np.arange(k, n + 1)
     lg = math.lgamma(n + 1) - np.array([math.lgamma(j + 1) + math.lgamma(n - j + 1) for j in i])
     return float(np.exp(lg + i * math.log(p) + (n - i) * math.log1p(-p)).sum())
+
+
+def binom_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p) (scipy where installed, else from _binom_sf_ge)."""
+    if k < 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    try:
+        from scipy.stats import binom
+
+        return float(binom.cdf(k, n, p))
+    except ImportError:
+        return 1.0 - _binom_sf_ge(k + 1, n, p)
+
+
+def allowed_exceedances(n: int, fpr: float, confidence: float = 0.0) -> int:
+    """How many of n clean calibration scores may lie above a threshold calibrated for `fpr`.
+
+    confidence 0: floor(fpr * n), the plain empirical quantile. confidence c in (0, 1): the
+    largest k with BinomCDF(k; n, fpr) <= 1 - c. The threshold at the (n - k)-th smallest of n
+    exchangeable scores has a true FPR above `fpr` exactly when at most k of the n scores lie
+    above the true (1 - fpr) quantile, which has probability BinomCDF(k; n, fpr) for continuous
+    scores (ties only lower it): so that threshold's FPR on new clean images is <= fpr with
+    probability >= c. -1 when no k >= 0 qualifies: n is too small (see min_calibration_images).
+    """
+    if not 0.0 <= fpr <= 1.0:
+        raise ValueError(f"fpr must lie in [0, 1], got {fpr}")
+    if not 0.0 <= confidence < 1.0:
+        raise ValueError(f"confidence must lie in [0, 1), got {confidence}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if confidence == 0.0:
+        return int(np.floor(fpr * n))
+    alpha = 1.0 - confidence
+    # BinomCDF(k) grows with k: step up from k = -1 while the next count still qualifies. The
+    # answer lies near n * fpr - z * sqrt(n * fpr), so the loop is short.
+    k = -1
+    while k + 1 <= n and binom_cdf(k + 1, n, fpr) <= alpha:
+        k += 1
+    return k
+
+
+def min_calibration_images(fpr: float, confidence: float = 0.0) -> int:
+    """The fewest clean images for which a threshold can be calibrated for `fpr` at `confidence`:
+    at least one exceedance allowed (confidence 0: n * fpr >= 1), or, for c > 0, the threshold at
+    the largest score allowed, (1 - fpr)^n <= 1 - c."""
+    if not 0.0 < fpr < 1.0:
+        raise ValueError(f"fpr must lie in (0, 1), got {fpr}")
+    if confidence == 0.0:
+        n = math.ceil(1.0 / fpr)
+        return n if np.floor(fpr * n) >= 1 else n + 1
+    n = max(1, math.ceil(math.log(1.0 - confidence) / math.log1p(-fpr)) - 1)
+    while allowed_exceedances(n, fpr, confidence) < 0:  # float rounding: at most a step or two
+        n += 1
+    return n
+
+
+def too_few_message(n: int, fpr: float, confidence: float) -> str:
+    """Why n clean images cannot calibrate for `fpr` at `confidence`, and how many would."""
+    need = min_calibration_images(fpr, confidence)
+    if confidence == 0.0:
+        return f"{n} clean images cannot measure an FPR of {fpr:g}; give at least {need}"
+    return (
+        f"{n} clean images cannot bound an FPR of {fpr:g} at confidence {confidence:g}: a "
+        f"threshold at the largest of them would flag more than {fpr:g} of new clean images "
+        f"with probability {(1 - fpr) ** n:.3f} > {1 - confidence:.3g}; give at least {need} "
+        "(or confidence off, the plain quantile)"
+    )
+
+
+def parse_confidence(value: str | float) -> float:
+    """A calibration confidence from a command line: a number in [0, 1), or "off" (= 0, the
+    plain empirical quantile, the rule before issue 22)."""
+    if isinstance(value, str) and value.strip().lower() == "off":
+        return 0.0
+    try:
+        c = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"confidence {value!r}: give a number in [0, 1), e.g. 0.95, or off"
+        ) from None
+    if not 0.0 <= c < 1.0:
+        raise ValueError(f"confidence {value!r} must lie in [0, 1) (0 or off: plain quantile)")
+    return c
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -140,3 +232,29 @@ def rate(flags: np.ndarray) -> dict[str, Any]:
     k, n = int(flags.sum()), int(flags.size)
     lo, hi = clopper_pearson(k, n)
     return {"rate": k / n, "k": k, "n": n, "ci95": [lo, hi]}
+
+
+def calibration_record(flags: np.ndarray, fpr: float, confidence: float) -> dict[str, Any]:
+    """What a calibration records beside its threshold (docs/model-contract.md): the target FPR,
+    the confidence, the n clean images, the k allowed above the threshold and the FPR measured on
+    those images with its exact 95% interval (``false_positive``)."""
+    flags = np.asarray(flags, bool)
+    return {
+        "target_fpr": fpr,
+        "confidence": confidence,
+        "n": int(flags.size),
+        "allowed_exceedances": allowed_exceedances(int(flags.size), fpr, confidence),
+        "false_positive": rate(flags),
+    }
+
+
+def confidence_note(calibration: dict[str, Any]) -> str:
+    """A summary line's ending: ', at most k of n allowed (confidence c)', or ' (plain
+    quantile)' for confidence 0 (and records from before issue 22, which have none)."""
+    c = calibration.get("confidence") or 0.0
+    if not c:
+        return " (plain quantile)"
+    return (
+        f", at most {calibration['allowed_exceedances']} of {calibration['n']} allowed "
+        f"(confidence {c:g})"
+    )

@@ -123,8 +123,8 @@ def _check_both(folder: Path, manifest: Manifest, data: dict, strip, x: np.ndarr
     what it was calibrated with), and its one-call batch runs."""
     both = manifest.detectors.both
     assert both is not None and strip is not None  # the schema: both needs strip
-    calibration = (both.model_extra or {}).get("calibration") or {}
-    made_with = calibration.get("calibrated_with")
+    extra = (both.calibration.model_extra if both.calibration else None) or {}
+    made_with = extra.get("calibrated_with")
     if isinstance(made_with, dict):
         spec = manifest.detectors.strip
         assert spec is not None

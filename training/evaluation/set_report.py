@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from training.evaluation.metrics import confidence_note
+
 
 def _pct(v: float) -> str:
     return f"{100 * v:.2f}%"
@@ -23,7 +25,7 @@ def fpr_line(calibration: dict[str, Any]) -> str:
     d = calibration["decision"]
     line = (
         f"de-trigger AE ({d['score']} > {d['threshold']:.6g}): clean FPR "
-        f"{_interval(d['false_positive'])} at target {_pct(d['target_fpr'])}"
+        f"{_interval(d['false_positive'])} at target {_pct(d['target_fpr'])}" + confidence_note(d)
     )
     if "strip" in calibration:
         s = calibration["strip"]

@@ -27,7 +27,14 @@ from training.data.triggers import Trigger, manifest_backdoors
 from training.evaluation.detectors import cpu_session
 from training.evaluation.fusion import ae_scores, write_both
 from training.evaluation.fusion import summary_line as fusion_line
-from training.evaluation.metrics import threshold_at_fpr
+from training.evaluation.metrics import (
+    DEFAULT_CONFIDENCE,
+    calibration_record,
+    confidence_note,
+    min_calibration_images,
+    threshold_at_fpr,
+    too_few_message,
+)
 from training.nets.export import sha256, write_manifest
 
 
@@ -40,6 +47,7 @@ class StripOptions:
     data_dir: str | None = None
     n: int = 16
     target_fpr: float = 0.01
+    confidence: float = DEFAULT_CONFIDENCE  # 0: the plain quantile (metrics.threshold_at_fpr)
     bank_size: int = 64
     calibration_images: int = 0
     triggered_images: int = 1000
@@ -59,6 +67,8 @@ class StripOptions:
             )
         if not 0.0 < self.target_fpr < 0.5:
             out.append(f"--target-fpr {self.target_fpr} must lie in (0, 0.5)")
+        if not 0.0 <= self.confidence < 1.0:
+            out.append(f"--confidence {self.confidence} must lie in [0, 1) (0 or off: quantile)")
         if self.batch_size < 1:
             out.append("--batch-size must be at least 1")
         return out
@@ -67,13 +77,15 @@ class StripOptions:
 BANK_FILE = "strip_bank.npy"
 
 
-def strip_threshold(entropies: np.ndarray, target_fpr: float) -> float:
-    """Threshold t (flag when entropy < t) that flags at most target_fpr of these clean
-    entropies: the target_fpr quantile, taken among the entropies themselves (the same rule
-    as the de-trigger scores' calibration, on the negated entropy)."""
+def strip_threshold(entropies: np.ndarray, target_fpr: float, confidence: float = 0.0) -> float:
+    """Threshold t (flag when entropy < t) calibrated for target_fpr on these clean entropies,
+    taken among the entropies themselves (the same rule as the de-trigger scores' calibration,
+    metrics.threshold_at_fpr, on the negated entropy): at confidence 0 the target_fpr quantile,
+    at most target_fpr of them flagged; at confidence c, few enough flagged that the FPR on new
+    clean images is <= target_fpr with probability >= c."""
     if not 0.0 < target_fpr < 1.0:
         raise ValueError(f"target_fpr must lie in (0, 1), got {target_fpr}")
-    return -threshold_at_fpr(-np.asarray(entropies, np.float64), target_fpr)
+    return -threshold_at_fpr(-np.asarray(entropies, np.float64), target_fpr, confidence)
 
 
 def validation_indices(
@@ -207,10 +219,10 @@ def draw_split(
     bank_idx, calib_idx = bank_and_calibration(
         val, opts.bank_size, opts.calibration_images, opts.seed
     )
-    if len(calib_idx) * opts.target_fpr < 1:
+    if len(calib_idx) < min_calibration_images(opts.target_fpr, opts.confidence):
         raise SystemExit(
-            f"{len(calib_idx)} calibration images cannot measure an FPR of {opts.target_fpr}; "
-            f"use at least {int(np.ceil(1 / opts.target_fpr))}"
+            "calibration images: "
+            + too_few_message(len(calib_idx), opts.target_fpr, opts.confidence)
         )
     return train, source, bank_idx, calib_idx
 
@@ -260,6 +272,7 @@ def summary_line(folder: Path, opts: StripOptions, threshold: float, calibration
     line = (
         f"{folder}: STRIP n={opts.n}, threshold {threshold:.6f} bits; clean FPR "
         f"{calibration['false_positive_rate']:.4f} on {calibration['n']} validation images"
+        + confidence_note(calibration)
     )
     for t in calibration.get("triggered", []):
         line += (
@@ -291,14 +304,14 @@ def calibrate_model_set(opts: StripOptions, command: str) -> dict[str, Any]:
     predicted, entropy = strip_entropies(
         train.images[calib_idx], bank, config, target, opts.batch_size
     )
-    threshold = strip_threshold(entropy, opts.target_fpr)
+    threshold = strip_threshold(entropy, opts.target_fpr, opts.confidence)
+    record = calibration_record(flag(entropy, threshold), opts.target_fpr, opts.confidence)
     calibration: dict[str, Any] = {
-        "target_fpr": opts.target_fpr,
+        **record,
         "split": "validation" if source.startswith("validation") else "training",
         "source": source,
         "dataset": opts.dataset,
-        "n": int(len(calib_idx)),
-        "false_positive_rate": float(flag(entropy, threshold).mean()),
+        "false_positive_rate": record["false_positive"]["rate"],
         "clean_accuracy": float((predicted == train.labels[calib_idx]).mean()),
         "entropy_bits": quantiles(entropy),
     }
@@ -331,7 +344,13 @@ def calibrate_model_set(opts: StripOptions, command: str) -> dict[str, Any]:
     scores = ae_scores(folder, manifest, train.images[calib_idx], opts.threads)
     keep = ("split", "source", "dataset", "command", "seed", "hardware", "versions", "created")
     both = write_both(
-        folder, raw, scores, entropy, opts.target_fpr, {k: calibration[k] for k in keep}
+        folder,
+        raw,
+        scores,
+        entropy,
+        opts.target_fpr,
+        {k: calibration[k] for k in keep},
+        confidence=opts.confidence,
     )
     print(fusion_line(folder, both))
     return {"model_set": str(folder), "threshold": threshold, **calibration, "both": both}

@@ -49,5 +49,8 @@ def test_the_validation_split_is_held_out(tmp_path) -> None:
     with pytest.raises(FolderError, match="--val-fraction"):
         load_split(str(tmp_path / "data"), (1, 12, 10), val_fraction=0.1)
     um.write_pngs(tmp_path / "val", x[:5])
-    split = load_split(str(tmp_path / "data"), (1, 12, 10), val=str(tmp_path / "val"))
+    split = load_split(str(tmp_path / "data"), (1, 12, 10), val=str(tmp_path / "val"), min_val=5)
     assert (len(split.train), len(split.val)) == (200, 5)
+    # A --val folder too small to calibrate on is refused before any training.
+    with pytest.raises(FolderError, match="at least 6 images"):
+        load_split(str(tmp_path / "data"), (1, 12, 10), val=str(tmp_path / "val"), min_val=6)

@@ -27,14 +27,33 @@ def test_the_threshold_flags_at_most_the_target_fpr_by_the_contracts_rule() -> N
     rng = np.random.default_rng(0)
     lx = rng.normal(size=(1000, 5)) * 3
     lae = lx + rng.normal(size=(1000, 5))
-    decision, measured = calibrate_decision(lx, lae, "prob_drop", 0.01)
+    decision, measured = calibrate_decision(lx, lae, "prob_drop", 0.01, confidence=0.0)
     flagged = decide(lx, lae, decision).flagged
     assert decision.rule == "score" and 0 < flagged.sum() <= 10
     assert measured["false_positive"]["k"] == int(flagged.sum())
     lo, hi = measured["false_positive"]["ci95"]
     assert lo <= flagged.mean() <= hi
     with pytest.raises(ValueError, match="at least 100"):
-        calibrate_decision(lx[:50], lae[:50], "prob_drop", 0.01)
+        calibrate_decision(lx[:50], lae[:50], "prob_drop", 0.01, confidence=0.0)
+
+
+def test_the_default_calibration_holds_with_95_percent_confidence_and_says_so() -> None:
+    """Issue 22: by default at most k of the n images pass, k the largest count with
+    BinomCDF(k; n, target) <= 0.05 (4 of 1000 at 1%, where the plain quantile lets 10 pass);
+    the record says so; too few images are refused with the count needed."""
+    rng = np.random.default_rng(0)
+    lx = rng.normal(size=(1000, 5)) * 3
+    lae = lx + rng.normal(size=(1000, 5))
+    decision, measured = calibrate_decision(lx, lae, "prob_drop", 0.01)
+    flagged = decide(lx, lae, decision).flagged
+    assert measured["confidence"] == 0.95 and measured["n"] == 1000
+    assert measured["allowed_exceedances"] == 4 and int(flagged.sum()) == 4
+    assert measured["false_positive"]["k"] == 4 and "floor" not in measured
+    with pytest.raises(ValueError, match="give at least 299"):
+        calibrate_decision(lx[:298], lae[:298], "prob_drop", 0.01)
+    # A floor above the calibrated threshold decides, and the record keeps both.
+    floored, m = calibrate_decision(lx, lae, "prob_drop", 0.01, floor=0.99)
+    assert floored.threshold == 0.99 and m["floor"]["calibrated"] == decision.threshold
 
 
 def test_the_estimates_draw_their_images_across_a_folder_read_class_by_class(

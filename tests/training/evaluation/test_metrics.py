@@ -116,3 +116,96 @@ def test_choose_decision_prefers_best_valid_rule():
     assert d["rule"] == "score" and d["score"] == "prob_drop" and d["threshold"] == 0.2
     res["validation"]["class_change"] = _rates(0.99, 0.0)  # tie: the paper's rule wins
     assert choose_decision(res, 0.01)["rule"] == "class_change"
+
+
+# --- calibration with a confidence (issue 22) ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("n", "fpr", "confidence"),
+    [
+        (5000, 0.01, 0.95),
+        (5000, 0.005, 0.95),
+        (4936, 0.01, 0.95),
+        (1000, 0.05, 0.9),
+        (300, 0.01, 0.5),
+    ],
+)
+def test_allowed_exceedances_is_the_largest_count_within_the_binomial_bound(
+    monkeypatch, n: int, fpr: float, confidence: float
+) -> None:
+    from scipy.stats import binom
+
+    k = metrics.allowed_exceedances(n, fpr, confidence)
+    assert binom.cdf(k, n, fpr) <= 1 - confidence < binom.cdf(k + 1, n, fpr)
+    assert k < np.floor(fpr * n)  # fewer than the plain quantile lets through
+    # The same count without scipy (the binomial tail of clopper_pearson's fallback).
+    monkeypatch.setitem(__import__("sys").modules, "scipy", None)
+    monkeypatch.setitem(__import__("sys").modules, "scipy.stats", None)
+    assert metrics.allowed_exceedances(n, fpr, confidence) == k
+
+
+def test_the_shipped_validation_split_allows_38_and_16_exceedances() -> None:
+    assert metrics.allowed_exceedances(5000, 0.01, 0.95) == 38
+    assert metrics.allowed_exceedances(5000, 0.005, 0.95) == 16
+    assert metrics.allowed_exceedances(5000, 0.01, 0.0) == 50  # confidence 0: floor(n * fpr)
+
+
+def test_too_few_images_are_refused_with_the_count_needed() -> None:
+    assert metrics.min_calibration_images(0.01, 0.95) == 299  # 0.99^299 < 0.05 < 0.99^298
+    assert metrics.min_calibration_images(0.005, 0.95) == 598
+    assert metrics.min_calibration_images(0.01, 0.0) == 100
+    assert metrics.allowed_exceedances(298, 0.01, 0.95) == -1
+    assert metrics.allowed_exceedances(299, 0.01, 0.95) == 0
+    neg = np.arange(298) / 298
+    with pytest.raises(ValueError, match="give at least 299"):
+        metrics.threshold_at_fpr(neg, 0.01, 0.95)
+    assert metrics.threshold_at_fpr(np.arange(299) / 299, 0.01, 0.95) == 298 / 299  # the max
+
+
+def test_confidence_zero_is_the_plain_quantile() -> None:
+    neg = np.random.default_rng(1).normal(size=1234)
+    for fpr in (0.01, 0.05, 0.2):
+        t = metrics.threshold_at_fpr(neg, fpr, 0.0)
+        assert t == metrics.threshold_at_fpr(neg, fpr)
+        assert (neg > t).sum() == int(np.floor(fpr * len(neg)))
+
+
+def test_a_confident_threshold_holds_on_new_images_with_its_confidence() -> None:
+    """Uniform clean scores: a threshold t has true FPR 1 - t. Over many calibration draws, the
+    plain quantile's true FPR is above the target about half the time; at confidence 0.95, in
+    at most about 5% of draws (exactly BinomCDF(k; n, fpr) = 0.029 here)."""
+    rng = np.random.default_rng(0)
+    n, fpr, trials = 1000, 0.01, 3000
+    draws = np.sort(rng.uniform(size=(trials, n)), axis=1)
+    over = {}
+    for confidence in (0.0, 0.95):
+        k = metrics.allowed_exceedances(n, fpr, confidence)
+        true_fpr = 1.0 - draws[:, n - k - 1]  # threshold_at_fpr's pick, every draw at once
+        over[confidence] = float((true_fpr > fpr).mean())
+    assert metrics.threshold_at_fpr(draws[0], fpr, 0.95) == draws[0, n - 5]  # k = 4
+    assert over[0.95] < 0.05 < 0.4 < over[0.0]
+
+
+@pytest.mark.parametrize(
+    ("text", "value"), [("0.95", 0.95), ("off", 0.0), ("OFF", 0.0), ("0", 0.0), (0.9, 0.9)]
+)
+def test_confidence_parses_a_number_or_off(text, value) -> None:
+    assert metrics.parse_confidence(text) == value
+
+
+@pytest.mark.parametrize("text", ["1", "1.5", "-0.1", "high", ""])
+def test_a_bad_confidence_is_refused(text) -> None:
+    with pytest.raises(ValueError, match="confidence"):
+        metrics.parse_confidence(text)
+
+
+def test_the_calibration_record_says_what_was_allowed_and_measured() -> None:
+    flags = np.zeros(5000, bool)
+    flags[:31] = True
+    r = metrics.calibration_record(flags, 0.01, 0.95)
+    assert {k: r[k] for k in ("target_fpr", "confidence", "n", "allowed_exceedances")} == {
+        "target_fpr": 0.01,
+        "confidence": 0.95,
+        "n": 5000,
+        "allowed_exceedances": 38,
+    }
+    assert r["false_positive"]["k"] == 31 and r["false_positive"]["ci95"][1] < 0.01

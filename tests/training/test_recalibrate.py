@@ -1,0 +1,133 @@
+"""Re-calibration of a set on its own validation split (training/recalibrate.py), end to end on a
+tiny model set and a tiny IDX dataset (issue 22)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contract.manifest import read_manifest
+from service.runtime.modelset import ModelSet
+from service.settings import Settings
+from tests.support.tiny_models import TinySpec, build_model_set, clean_image
+from tests.training.conftest import write_idx
+from training.evaluation.metrics import allowed_exceedances
+from training.evaluation.strip import bank_and_calibration
+from training.recalibrate import file_digests
+from training.recalibrate import main as recalibrate
+from training.strip_calibrate import main as strip_calibrate
+
+SPEC = TinySpec(name="tinycal", rule="score", score="prob_drop", threshold=0.5)
+N_TRAIN, N_VAL, N_TEST, BANK = 400, 200, 30, 27
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    """A tiny MNIST-style dataset of the tiny set's clean images, classes 1..9."""
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    labels = 1 + np.arange(N_TRAIN) % 9
+    images = np.stack([clean_image(SPEC, int(k), seed=i) for i, k in enumerate(labels)])
+    write_idx(folder / "train-images-idx3-ubyte.gz", images)
+    write_idx(folder / "train-labels-idx1-ubyte.gz", labels.astype(np.uint8))
+    test = np.stack([clean_image(SPEC, int(k), seed=9000 + i) for i, k in enumerate(labels)])
+    write_idx(folder / "t10k-images-idx3-ubyte.gz", test[:N_TEST])
+    write_idx(folder / "t10k-labels-idx1-ubyte.gz", labels[:N_TEST].astype(np.uint8))
+    return folder
+
+
+def calibrated_set(folder: Path, data_dir: Path) -> Path:
+    """The tiny set with its validation split recorded and STRIP calibrated the old way (the
+    plain quantile, as the shipped sets were before issue 22)."""
+    build_model_set(folder, SPEC)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["training"] = {
+        "seed": 0,
+        "validation_split": {"n": N_VAL, "from": "training data"},
+        "target": {"dataset": "mnist"},
+    }
+    manifest["decision"]["calibration"] = {"target_fpr": 0.05, "split": "validation", "n": N_VAL}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    strip_calibrate(
+        ["--model-set", str(folder), "--dataset", "mnist", "--data-dir", str(data_dir),
+         "--n", "8", "--bank-size", str(BANK), "--target-fpr", "0.05", "--confidence", "off",
+         "--triggered-images", "0", "--batch-size", "16"]
+    )  # fmt: skip
+    return folder
+
+
+def test_recalibration_changes_only_thresholds_and_records(tmp_path: Path, data_dir: Path):
+    folder = calibrated_set(tmp_path / "tinycal", data_dir)
+    before = json.loads((folder / "manifest.json").read_text())
+    files = file_digests(folder)
+    args = ["--model-set", str(folder), "--data-dir", str(data_dir), "--batch-size", "16"]
+    out = recalibrate([*args, "--score-floor=-1"])
+
+    after = json.loads((folder / "manifest.json").read_text())
+    assert file_digests(folder) == files  # graphs and bank byte for byte
+    changed = {k for k in before if before[k] != after[k]}
+    assert changed == {"decision", "detectors"}
+    for entry in (after["decision"], after["detectors"]["strip"]):
+        rest = {k: v for k, v in entry.items() if k not in ("threshold", "calibration")}
+        old = before["decision"] if entry is after["decision"] else before["detectors"]["strip"]
+        assert rest == {k: v for k, v in old.items() if k not in ("threshold", "calibration")}
+
+    # Each record: the confidence, n, k allowed, what it flags of those n, and what it replaced.
+    d = after["decision"]["calibration"]
+    assert d["confidence"] == 0.95 and d["target_fpr"] == 0.05 and d["n"] == N_VAL
+    assert d["allowed_exceedances"] == allowed_exceedances(N_VAL, 0.05, 0.95) < 10
+    assert d["false_positive"]["k"] <= d["allowed_exceedances"]
+    assert d["previous"] == {"threshold": 0.5, "calibration": before["decision"]["calibration"]}
+    s = after["detectors"]["strip"]["calibration"]
+    assert s["n"] == N_VAL - BANK and s["confidence"] == 0.95
+    assert s["false_positive"]["k"] <= s["allowed_exceedances"] < int(0.05 * s["n"])
+    assert s["previous"]["threshold"] == before["detectors"]["strip"]["threshold"]
+    b = after["detectors"]["both"]["calibration"]
+    assert b["confidence"] == 0.95 and b["false_positive"]["k"] <= b["allowed_exceedances"]
+    assert b["previous"]["ae_threshold"] == before["detectors"]["both"]["ae_threshold"]
+    assert out["strip"]["n"] == s["n"]
+
+    # The service loads it, and flags on the calibration images what the record counted.
+    ms = ModelSet.load(folder, Settings(models=[folder]))
+    labels = 1 + np.arange(N_TRAIN) % 9
+    _, calib = bank_and_calibration(_held(), BANK, 0, seed=0)
+    x = np.stack([clean_image(SPEC, int(labels[i]), seed=int(i)) for i in calib])
+    x = x[:, None].astype(np.float32) / np.float32(255.0)
+    assert int(ms.strip_scored(x).decisions.flagged.sum()) == s["false_positive"]["k"]
+    assert int(ms.both_scored(x).decisions.flagged.sum()) == b["false_positive"]["k"]
+
+    # Confidence off gives back the plain quantile strip_calibrate had set.
+    recalibrate([*args, "--confidence", "off"])
+    again = read_manifest(folder)
+    assert again.detectors.strip is not None and again.detectors.both is not None
+    old_strip = before["detectors"]["strip"]["threshold"]
+    assert again.detectors.strip.threshold == pytest.approx(old_strip)
+    assert again.detectors.both.ae_threshold == before["detectors"]["both"]["ae_threshold"]
+    assert again.decision.calibration.confidence == 0.0  # type: ignore[union-attr]
+
+
+def _held() -> np.ndarray:
+    from training.data.datasets import split_train_val
+
+    return split_train_val(N_TRAIN, N_VAL, 0)[1]
+
+
+def test_a_set_without_a_validation_split_or_with_too_few_images_is_refused(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    folder = calibrated_set(tmp_path / "tinycal", data_dir)
+    before = (folder / "manifest.json").read_bytes()
+    args = ["--model-set", str(folder), "--data-dir", str(data_dir)]
+    with pytest.raises(SystemExit, match="give at least 299"):
+        recalibrate([*args, "--target-fpr", "0.01"])  # 200 images cannot bound 1% at 0.95
+    with pytest.raises(SystemExit):
+        recalibrate([*args, "--confidence", "1.5"])
+    manifest = json.loads(before)
+    del manifest["training"]["validation_split"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match="no validation split"):
+        recalibrate(args)
+    (folder / "manifest.json").write_bytes(before)

@@ -1,0 +1,271 @@
+"""Re-threshold a model set's detectors on the validation split its manifest records (issue 22):
+
+    python -m training.recalibrate --model-set models/cifar10 --dataset cifar10
+
+For a set made by this pipeline (its manifest records ``training.validation_split``: training
+images its target and AE never trained on), every validation image runs once through the
+guard's own code (contract.fusion: AE(x), then one target call on [x; AE(x); STRIP's copies]),
+and each detector's threshold is set again for --target-fpr at --confidence
+(training/evaluation/metrics.py, allowed_exceedances: at 0.95, the FPR on new clean images is
+<= --target-fpr with probability >= 0.95; off: the plain quantile, the rule before issue 22):
+- the de-trigger decision (``decision.threshold``; its rule and score stay) on every validation
+  image, never below --score-floor (as make reproduce: float rounding between runtimes must not
+  flag an image; a floor only lowers the FPR);
+- STRIP (``detectors.strip.threshold``) on the validation images less its bank;
+- detector both (``detectors.both``) on the same images as STRIP.
+
+Only thresholds and calibration records change; each record keeps the one it replaces under
+``previous``. The graphs, the bank and every other file stay byte for byte (checked before the
+manifest is written), and the test split is never read. `detrigger-guard calibrate`
+re-thresholds a set on other clean images and redraws STRIP's bank; this job keeps the images
+and the bank the set was calibrated with.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contract.fusion import run_both
+from contract.manifest import Manifest, read_manifest, read_verified
+from contract.scoring import SCORES
+from contract.strip import Strip, flag
+from training import cli, evidence
+from training.data.datasets import DATASETS, load_dataset
+from training.evaluation.calibration import calibrate_decision
+from training.evaluation.detection import MIN_THRESHOLD
+from training.evaluation.detectors import Graph
+from training.evaluation.fusion import entry_for, put_entry
+from training.evaluation.fusion import summary_line as both_line
+from training.evaluation.metrics import (
+    calibration_record,
+    confidence_note,
+    min_calibration_images,
+    too_few_message,
+)
+from training.evaluation.strip import quantiles, strip_threshold, validation_indices
+from training.nets.export import write_manifest
+
+
+def parse_args(argv: Sequence[str] | None):
+    p = cli.parser(__doc__, "training.recalibrate")
+    p.add_argument(
+        "--model-set",
+        default="models/mnist",
+        help="model set folder whose manifest records its validation split (default: models/mnist)",
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        choices=DATASETS,
+        help="the dataset of the validation split (default: the one the manifest's "
+        "training.target records)",
+    )
+    cli.add_data_dir(p)
+    p.add_argument(
+        "--target-fpr",
+        type=float,
+        default=None,
+        help="the FPR every threshold is set for (default: the decision's recorded target_fpr)",
+    )
+    cli.add_confidence(p)
+    p.add_argument(
+        "--score-floor",
+        type=float,
+        default=None,
+        help="lowest de-trigger score threshold (default: training.evaluation.detection's "
+        f"MIN_THRESHOLD for the set's score, {MIN_THRESHOLD['prob_drop']:g})",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="inputs per target call (default: 64)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="ONNX Runtime intra-op threads; 0 = its default"
+    )
+    args = p.parse_args(argv)
+    if args.target_fpr is not None and not 0.0 < args.target_fpr < 0.5:
+        p.error(f"--target-fpr {args.target_fpr} must lie in (0, 0.5)")
+    if args.batch_size < 1:
+        p.error("--batch-size must be at least 1")
+    return args
+
+
+def file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file of the set but its manifest: what this job must leave alone."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != "manifest.json"
+    }
+
+
+def previous(record: Any) -> Any:
+    """The record being replaced, without its own `previous` (one level is kept)."""
+    if isinstance(record, dict):
+        return {k: v for k, v in record.items() if k != "previous"}
+    return record
+
+
+def score_all(
+    folder: Path, manifest: Manifest, images: np.ndarray, args
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """uint8 images (N, C, H, W) -> (logits on x, logits on AE(x), STRIP entropy or None), run
+    as the guard runs detector both (or the AE and the target, for a set without STRIP)."""
+    chw = (manifest.input.channels, manifest.input.height, manifest.input.width)
+    spec = manifest.detectors.strip
+    strip = Strip.load(folder, spec, chw) if spec is not None else None
+    ae = Graph.load(read_verified(folder, manifest.detrigger), args.threads)
+    target = Graph.load(read_verified(folder, manifest.target), args.threads)
+    lx, lae, h = [], [], []
+    for start in range(0, len(images), args.batch_size):
+        # (B, C, H, W) in [0, 1], the service decoder's float32 values
+        x = images[start : start + args.batch_size].astype(np.float32) / np.float32(255.0)
+        if strip is not None:
+            a, b, e = run_both(x, strip, ae, target)
+            h.append(e)
+        else:
+            logits = target(np.concatenate([x, ae(x)]))
+            a, b = logits[: len(x)], logits[len(x) :]
+        lx.append(np.asarray(a, np.float64))
+        lae.append(np.asarray(b, np.float64))
+    return np.concatenate(lx), np.concatenate(lae), (np.concatenate(h) if h else None)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    t0 = time.time()
+    folder = Path(args.model_set)
+    cli.require_model_set(folder)
+    command = " ".join(["python -m training.recalibrate", *(argv or sys.argv[1:])])
+
+    # The set: validated, and raw to write back field for field.
+    manifest = read_manifest(folder)
+    raw = json.loads((folder / "manifest.json").read_text())
+    untouched = file_digests(folder)
+    training = raw.get("training") or {}
+    if not (training.get("validation_split") or {}).get("n"):
+        raise SystemExit(
+            f"{folder}: the manifest records no validation split, so the images its target and "
+            "AE never trained on are unknown; use detrigger-guard calibrate SET --data DIR"
+        )
+    dataset = args.dataset or (training.get("target") or {}).get("dataset")
+    if dataset not in DATASETS:
+        raise SystemExit(f"{folder}: give --dataset (the manifest names {dataset!r})")
+    recorded = manifest.decision.calibration
+    target_fpr = args.target_fpr or (recorded.target_fpr if recorded else None) or 0.01
+    confidence = args.confidence
+    spec = manifest.detectors.strip
+    bank_indices = (spec.bank.model_extra or {}).get("indices") if spec is not None else None
+    if spec is not None and not bank_indices:
+        raise SystemExit(
+            f"{folder}: the STRIP bank records no indices into the dataset, so its calibration "
+            "images cannot be drawn again; run python -m training.strip_calibrate"
+        )
+
+    # The data: the validation split; STRIP and both leave out the bank images.
+    train = load_dataset(dataset, "train", args.data_dir)
+    val, source = validation_indices(len(train), raw, 5000, 0)
+    keep = ~np.isin(val, np.asarray(bank_indices or [], np.int64))
+    for n in (len(val), int(keep.sum())):
+        if n < min_calibration_images(target_fpr, confidence):
+            raise SystemExit(f"{folder}: {too_few_message(n, target_fpr, confidence)}")
+    lx, lae, entropy = score_all(folder, manifest, train.images[val], args)
+    created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    fields = {
+        "split": "validation",
+        "source": source,
+        "dataset": dataset,
+        "command": command,
+        "hardware": evidence.onnx_hardware(args.threads),
+        "versions": evidence.versions(evidence.ONNX_PACKAGES),
+        "created": created,
+    }
+    lines, out = [], {"model_set": str(folder), "target_fpr": target_fpr}
+
+    # The de-trigger decision, on every validation image.
+    d = manifest.decision
+    if d.rule == "score":
+        floor = args.score_floor if args.score_floor is not None else MIN_THRESHOLD[d.score]
+        decision, measured = calibrate_decision(lx, lae, d.score, target_fpr, confidence, floor)
+        old = raw["decision"]
+        kept = {k: v for k, v in (old.get("calibration") or {}).items() if k == "selected_on"}
+        raw["decision"] = {
+            **old,
+            "threshold": decision.threshold,
+            "calibration": {
+                **measured,
+                **kept,
+                **fields,
+                "previous": {
+                    "threshold": old.get("threshold"),
+                    "calibration": previous(old.get("calibration")),
+                },
+            },
+        }
+        out["decision"] = raw["decision"]["calibration"]
+        lines.append(
+            f"{folder}: de-trigger AE, {d.score} > {decision.threshold:.6g} (was "
+            f"{old.get('threshold'):.6g}); clean FPR {measured['false_positive']['rate']:.4f} on "
+            f"{measured['n']} validation images" + confidence_note(measured)
+        )
+    else:
+        lines.append(f"{folder}: de-trigger AE, rule {d.rule}: no threshold to set")
+
+    # STRIP and detector both, on the validation images less the bank.
+    if spec is not None and entropy is not None:
+        h = entropy[keep]
+        threshold = strip_threshold(h, target_fpr, confidence)
+        old = raw["detectors"]["strip"]
+        record = calibration_record(flag(h, threshold), target_fpr, confidence)
+        strip_cal = {
+            **record,
+            "false_positive_rate": record["false_positive"]["rate"],
+            "clean_accuracy": float((lx[keep].argmax(1) == train.labels[val[keep]]).mean()),
+            "entropy_bits": quantiles(h),
+            **fields,
+            "seed": spec.seed,
+            "previous": {
+                "threshold": old.get("threshold"),
+                "calibration": previous(old.get("calibration")),
+            },
+        }
+        raw["detectors"]["strip"] = {**old, "threshold": threshold, "calibration": strip_cal}
+        out["strip"] = strip_cal
+        lines.append(
+            f"{folder}: STRIP, entropy < {threshold:.6g} bits (was {old['threshold']:.6g}); "
+            f"clean FPR {record['false_positive']['rate']:.4f} on {record['n']} validation "
+            "images" + confidence_note(record)
+        )
+        scores = SCORES[d.score](lx[keep], lae[keep])
+        old_both = raw["detectors"].get("both")
+        both = entry_for(raw, scores, h, target_fpr, fields, confidence=confidence)
+        if isinstance(old_both, dict):
+            both["calibration"]["previous"] = {
+                k: previous(v) for k, v in old_both.items() if k != "description"
+            }
+        put_entry(raw, both)
+        out["both"] = both["calibration"]
+        lines.append(both_line(folder, both))
+
+    # Write: the manifest only, after checking that nothing else of the set changed.
+    Manifest.model_validate(raw)  # what the service will read
+    if file_digests(folder) != untouched:
+        raise SystemExit(f"{folder}: a file of the set changed during the run; nothing written")
+    write_manifest(folder, raw)
+    assert read_manifest(folder).decision.threshold == raw["decision"]["threshold"]
+    out["wall_seconds"] = round(time.time() - t0, 1)
+    for line in lines:
+        print(line, flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
