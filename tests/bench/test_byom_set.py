@@ -23,7 +23,7 @@ def test_the_new_target_becomes_a_calibrated_set(both_set: Path, kl_set: Path, t
     out = tmp_path / "bd"
     out.mkdir()
     shutil.copyfile(kl_set / "target.onnx", out / "target.onnx")  # another set's target
-    images = np.random.default_rng(0).integers(0, 256, (300, 1, 28, 28), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (500, 1, 28, 28), dtype=np.uint8)
     before = json.loads((both_set / "manifest.json").read_text())
 
     dest = as_set(both_set, out, RECORD, images)
