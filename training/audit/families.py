@@ -113,17 +113,19 @@ def markdown(report: dict) -> str:
             "",
             "## Backdoored sets",
             "",
-            "Per family: the classes flagged, and the real target's index and size.",
+            "Per family: the classes flagged, and the real target's index and size. Attack "
+            "success: the real trigger's, on the test images of the other classes.",
             "",
             *table(
                 [
                     "set",
                     "trigger",
+                    "attack success",
                     "real target",
                     *(f"{n}: flagged / target's index (size)" for n in names),
                 ],
                 [measured_row(m, names) for m in report["measured"]],
-            ),  # fmt: skip
+            ),
         ]
     lines += [
         "",

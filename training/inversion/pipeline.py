@@ -29,7 +29,7 @@ from training.inversion.synthesis import SynthConfig, SynthResult, synthesize
 from training.inversion.unlearn import UnlearnConfig, unlearn
 
 # Set by `python -m training.audit.families` on the clean control sets (reports/audit/families.md).
-FAMILY_THRESHOLDS = {"blend": 3.0, "warp": 3.0}
+FAMILY_THRESHOLDS = {"blend": 2.0, "warp": 4.5}
 
 
 @dataclass
