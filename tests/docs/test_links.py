@@ -6,6 +6,7 @@ configuration, exist too."""
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -50,12 +51,24 @@ def broken(path: Path, link: Link, root: Path = REPO) -> str | None:
     return None
 
 
+def top_folders(root: Path) -> list[str]:
+    """The repository's top-level folders that git tracks a file in (a local, ignored runs/ or
+    .venv/ is not one); every folder where ``root`` is not a git checkout."""
+    try:
+        files = subprocess.run(
+            ["git", "ls-files"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return [p.name for p in root.iterdir() if p.is_dir() and p.name != ".git"]
+    return sorted({f.split("/", 1)[0] for f in files if "/" in f})
+
+
 def missing_paths(path: Path, text: str, root: Path = REPO) -> list[str]:
     """Paths in ``text`` that start with one of ``root``'s top-level folders (``deploy/...``,
     ``training/...``) and exist from none of ``path``'s folder and the folders above it up to
     ``root`` (a command may be run from deploy/prometheus). Placeholders (``models/<name>/``)
     are cut at the placeholder."""
-    tops = "|".join(re.escape(p.name) for p in root.iterdir() if p.is_dir() and p.name != ".git")
+    tops = "|".join(re.escape(name) for name in top_folders(root))
     pattern = re.compile(rf"(?<![\w./-])((?:{tops})/[\w.-]*(?:/[\w.-]+)*/?)")
     bases = [d for d in path.parents if d.is_relative_to(root)]
     return [
