@@ -31,14 +31,11 @@ from typing import Any
 
 import numpy as np
 
-from contract.fusion import decide_both, run_both
-from contract.manifest import Manifest, read_manifest, read_verified
-from contract.scoring import decide
-from contract.strip import Strip, flag
+from contract.manifest import Manifest, read_manifest
 from training import cli, evidence
 from training.data.datasets import load_dataset
 from training.data.triggers import Trigger, manifest_backdoors
-from training.evaluation.detectors import Graph
+from training.evaluation import onepass
 from training.evaluation.markdown import pct, table
 from training.evaluation.metrics import (
     DEFAULT_CONFIDENCE,
@@ -74,33 +71,14 @@ def parse_args(argv: Sequence[str] | None):
         "commit before a re-calibration",
     )
     cli.add_data_dir(p)
-    p.add_argument(
-        "--clean-images",
-        type=int,
-        default=0,
-        help="clean test images per set, a seeded subset; 0 = all (default: 0)",
-    )
-    p.add_argument(
-        "--triggered-images",
-        type=int,
-        default=0,
-        help="triggered test images per trigger, a seeded subset; 0 = all (default: 0)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the subsets (default: 0)")
-    p.add_argument(
-        "--batch-size", type=int, default=64, help="inputs per target call (default: 64)"
-    )
-    p.add_argument(
-        "--threads", type=int, default=0, help="ONNX Runtime intra-op threads; 0 = its default"
-    )
+    onepass.add_options(p)
     p.add_argument(
         "--out",
         default="reports/calibration",
         help="report folder (default: reports/calibration)",
     )
     args = p.parse_args(argv)
-    if args.clean_images < 0 or args.triggered_images < 0 or args.batch_size < 1:
-        p.error("--clean-images and --triggered-images must be >= 0, --batch-size >= 1")
+    onepass.check_options(p, args)
     args.model_set = args.model_set or ["models/mnist", "models/fashion-mnist", "models/cifar10"]
     return args
 
@@ -148,59 +126,6 @@ def same_scores(before: Manifest, after: Manifest) -> list[str]:
 
 
 # --- one pass, every decision ---------------------------------------------------------------
-def subset(n: int, limit: int, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded subset of range(n) of `limit` elements (all when 0)."""
-    if not limit or limit >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
-
-
-def outputs(folder: Path, manifest: Manifest, images: np.ndarray, args, transform=None):
-    """uint8 images (N, C, H, W) -> (logits on x, logits on AE(x), STRIP entropy)."""
-    spec = manifest.detectors.strip
-    if spec is None:
-        raise SystemExit(f"{folder}: no detectors.strip to measure")
-    chw = (manifest.input.channels, manifest.input.height, manifest.input.width)
-    strip = Strip.load(folder, spec, chw)
-    ae = Graph.load(read_verified(folder, manifest.detrigger), args.threads)
-    target = Graph.load(read_verified(folder, manifest.target), args.threads)
-    lx, lae, h = [], [], []
-    for start in range(0, len(images), args.batch_size):
-        # (B, C, H, W) in [0, 1], the service decoder's float32 values
-        x = images[start : start + args.batch_size].astype(np.float32) / np.float32(255.0)
-        if transform is not None:
-            x = np.asarray(transform(x), np.float32)
-        a, b, e = run_both(x, strip, ae, target)
-        lx.append(a)
-        lae.append(b)
-        h.append(e)
-    return np.concatenate(lx), np.concatenate(lae), np.concatenate(h)
-
-
-def decisions(manifest: Manifest, lx, lae, h) -> dict[str, np.ndarray]:
-    """Per detector, the manifest's flags (N,) on these outputs."""
-    out = {"detrigger": decide(lx, lae, manifest.decision).flagged}
-    if manifest.detectors.strip is not None:
-        out["strip"] = flag(h, manifest.detectors.strip.threshold)
-    if manifest.detectors.both is not None:
-        out["both"] = decide_both(lx, lae, h, manifest.detectors.both).flagged
-    return out
-
-
-def rules(manifest: Manifest) -> dict[str, str]:
-    d, s, b = manifest.decision, manifest.detectors.strip, manifest.detectors.both
-    out = {
-        "detrigger": f"{d.score} > {d.threshold:.4g}"
-        if d.rule == "score"
-        else "class changes after the AE"
-    }
-    if s is not None:
-        out["strip"] = f"entropy < {s.threshold:.4g} bits"
-    if b is not None:
-        out["both"] = f"{b.score} > {b.ae_threshold:.4g} or entropy < {b.strip_threshold:.4g} bits"
-    return out
-
-
 def calibration_of(manifest: Manifest, detector: str) -> dict[str, Any]:
     """What a detector's calibration record says: target FPR, confidence (0: plain quantile,
     also for records from before issue 22), n, k allowed, and the FPR on those images."""
@@ -256,9 +181,9 @@ def measure_set(folder: Path, args) -> dict[str, Any]:
         )
     dataset = raw["training"]["target"]["dataset"]
     test = load_dataset(dataset, "test", args.data_dir)
-    clean_idx = subset(len(test), args.clean_images, args.seed)
+    clean_idx = onepass.subset(len(test), args.clean_images, args.seed)
     after = manifests["after"]
-    clean = outputs(folder, after, test.images[clean_idx], args)
+    clean = onepass.outputs(folder, after, test.images[clean_idx], args.batch_size, args.threads)
     result: dict[str, Any] = {
         "model_set": str(folder),
         "dataset": dataset,
@@ -274,8 +199,15 @@ def measure_set(folder: Path, args) -> dict[str, Any]:
     for attack in manifest_backdoors(raw):
         target_class = int(attack.get("target_class", 0))
         others = np.flatnonzero(test.labels != target_class)
-        chosen = others[subset(len(others), args.triggered_images, args.seed)]
-        out = outputs(folder, after, test.images[chosen], args, Trigger(**attack["trigger"]))
+        chosen = others[onepass.subset(len(others), args.triggered_images, args.seed)]
+        out = onepass.outputs(
+            folder,
+            after,
+            test.images[chosen],
+            args.batch_size,
+            args.threads,
+            Trigger(**attack["trigger"]),
+        )
         triggered.append(out)
         result["triggers"].append(
             {
@@ -287,10 +219,10 @@ def measure_set(folder: Path, args) -> dict[str, Any]:
             }
         )
     for which, manifest in manifests.items():
-        fp = decisions(manifest, *clean)
-        tp = [decisions(manifest, *t) for t in triggered]
+        fp = onepass.decisions(manifest, *clean)
+        tp = [onepass.decisions(manifest, *t) for t in triggered]
         result["thresholds"][which] = {
-            "rules": rules(manifest),
+            "rules": onepass.rules(manifest),
             "detectors": {
                 d: {
                     "calibration": calibration_of(manifest, d),

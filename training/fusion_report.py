@@ -26,14 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from contract.fusion import decide_both, run_both
-from contract.manifest import read_manifest, read_verified
-from contract.scoring import decide
-from contract.strip import Strip, flag
+from contract.manifest import read_manifest
 from training import cli, evidence
 from training.data.datasets import load_dataset
 from training.data.triggers import Trigger, manifest_backdoors
-from training.evaluation.detectors import Graph
+from training.evaluation import onepass
 from training.evaluation.markdown import pct, replace_block, table
 from training.evaluation.metrics import rate
 
@@ -54,25 +51,7 @@ def parse_args(argv: Sequence[str] | None):
         "models/fashion-mnist, models/cifar10)",
     )
     cli.add_data_dir(p)
-    p.add_argument(
-        "--clean-images",
-        type=int,
-        default=0,
-        help="clean test images per set, a seeded subset; 0 = all (default: 0)",
-    )
-    p.add_argument(
-        "--triggered-images",
-        type=int,
-        default=0,
-        help="triggered test images per trigger, a seeded subset; 0 = all (default: 0)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the subsets (default: 0)")
-    p.add_argument(
-        "--batch-size", type=int, default=64, help="inputs per target call (default: 64)"
-    )
-    p.add_argument(
-        "--threads", type=int, default=0, help="ONNX Runtime intra-op threads; 0 = its default"
-    )
+    onepass.add_options(p)
     p.add_argument(
         "--out", default="reports/fusion", help="report folder (default: reports/fusion)"
     )
@@ -82,41 +61,18 @@ def parse_args(argv: Sequence[str] | None):
         help=f"page whose table block is rewritten; '' = none (default: {DOCS})",
     )
     args = p.parse_args(argv)
-    if args.clean_images < 0 or args.triggered_images < 0 or args.batch_size < 1:
-        p.error("--clean-images and --triggered-images must be >= 0, --batch-size >= 1")
+    onepass.check_options(p, args)
     args.model_set = args.model_set or ["models/mnist", "models/fashion-mnist", "models/cifar10"]
     return args
-
-
-def subset(n: int, limit: int, seed: int) -> np.ndarray:
-    """Sorted indices of a seeded subset of range(n) of `limit` elements (all when 0)."""
-    if not limit or limit >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
 
 
 def flags(folder: Path, images: np.ndarray, args, transform=None) -> dict[str, np.ndarray]:
     """uint8 images (N, C, H, W) -> per detector (N,) bool flags, and the class on x."""
     manifest = read_manifest(folder)
-    spec, both = manifest.detectors.strip, manifest.detectors.both
-    if spec is None or both is None:
+    if manifest.detectors.strip is None or manifest.detectors.both is None:
         raise SystemExit(f"{folder}: no detectors.both; run python -m training.fuse_calibrate")
-    chw = (manifest.input.channels, manifest.input.height, manifest.input.width)
-    strip = Strip.load(folder, spec, chw)
-    ae = Graph.load(read_verified(folder, manifest.detrigger), args.threads)
-    target = Graph.load(read_verified(folder, manifest.target), args.threads)
-    out: dict[str, list[np.ndarray]] = {k: [] for k in (*DETECTORS, "predicted")}
-    for start in range(0, len(images), args.batch_size):
-        # (B, C, H, W) in [0, 1], the service decoder's float32 values
-        x = images[start : start + args.batch_size].astype(np.float32) / np.float32(255.0)
-        if transform is not None:
-            x = np.asarray(transform(x), np.float32)
-        lx, lae, h = run_both(x, strip, ae, target)
-        out["detrigger"].append(decide(lx, lae, manifest.decision).flagged)
-        out["strip"].append(flag(h, strip.threshold))
-        out["both"].append(decide_both(lx, lae, h, both).flagged)
-        out["predicted"].append(lx.argmax(axis=1))
-    return {k: np.concatenate(v) for k, v in out.items()}
+    lx, lae, h = onepass.outputs(folder, manifest, images, args.batch_size, args.threads, transform)
+    return {**onepass.decisions(manifest, lx, lae, h), "predicted": lx.argmax(axis=1)}
 
 
 def measure_set(folder: Path, args) -> dict[str, Any]:
@@ -125,7 +81,7 @@ def measure_set(folder: Path, args) -> dict[str, Any]:
     manifest = read_manifest(folder)
     dataset = raw["training"]["target"]["dataset"]
     test = load_dataset(dataset, "test", args.data_dir)
-    clean_idx = subset(len(test), args.clean_images, args.seed)
+    clean_idx = onepass.subset(len(test), args.clean_images, args.seed)
     clean = flags(folder, test.images[clean_idx], args)
     result: dict[str, Any] = {
         "model_set": str(folder),
@@ -134,7 +90,7 @@ def measure_set(folder: Path, args) -> dict[str, Any]:
         "clean_images": int(len(clean_idx)),
         "clean_images_of": int(len(test)),
         "clean_accuracy": float((clean["predicted"] == test.labels[clean_idx]).mean()),
-        "rules": rules(manifest),
+        "rules": onepass.rules(manifest),
         "calibrated_for": calibrated_for(manifest),
         "false_positive": {d: rate(clean[d]) for d in DETECTORS},
         "triggers": [],
@@ -142,7 +98,7 @@ def measure_set(folder: Path, args) -> dict[str, Any]:
     for attack in manifest_backdoors(raw):
         target_class = int(attack.get("target_class", 0))
         others = np.flatnonzero(test.labels != target_class)
-        chosen = others[subset(len(others), args.triggered_images, args.seed)]
+        chosen = others[onepass.subset(len(others), args.triggered_images, args.seed)]
         triggered = flags(folder, test.images[chosen], args, Trigger(**attack["trigger"]))
         result["triggers"].append(
             {
@@ -156,18 +112,6 @@ def measure_set(folder: Path, args) -> dict[str, Any]:
         )
     result["wall_seconds"] = round(time.time() - t0, 1)
     return result
-
-
-def rules(manifest) -> dict[str, str]:
-    d, s, b = manifest.decision, manifest.detectors.strip, manifest.detectors.both
-    assert s is not None and b is not None
-    return {
-        "detrigger": f"{d.score} > {d.threshold:.4g}"
-        if d.rule == "score"
-        else "class changes after the AE",
-        "strip": f"entropy < {s.threshold:.4g} bits",
-        "both": f"{b.score} > {b.ae_threshold:.4g} or entropy < {b.strip_threshold:.4g} bits",
-    }
 
 
 def calibrated_for(manifest) -> dict[str, dict[str, float | None]]:

@@ -1,0 +1,111 @@
+"""A set's three detectors measured the way the guard runs them, from one pass per image
+(contract.fusion.run_both: AE(x), then one target call on [x; AE(x); STRIP's copies]), on a
+seeded subset of a test split. What training.fusion_report and training.calibration_report
+share: the subset, the pass, the manifest's decisions read off its outputs, and each rule as
+text, and the command-line options that pick the subset and the pass's batching."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from contract.fusion import decide_both, run_both
+from contract.manifest import Manifest, read_verified
+from contract.scoring import decide
+from contract.strip import Strip, flag
+from training.evaluation.detectors import Graph, Transform
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """--clean-images, --triggered-images, --seed, --batch-size, --threads."""
+    p.add_argument(
+        "--clean-images",
+        type=int,
+        default=0,
+        help="clean test images per set, a seeded subset; 0 = all (default: 0)",
+    )
+    p.add_argument(
+        "--triggered-images",
+        type=int,
+        default=0,
+        help="triggered test images per trigger, a seeded subset; 0 = all (default: 0)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the subsets (default: 0)")
+    p.add_argument(
+        "--batch-size", type=int, default=64, help="inputs per target call (default: 64)"
+    )
+    p.add_argument(
+        "--threads", type=int, default=0, help="ONNX Runtime intra-op threads; 0 = its default"
+    )
+
+
+def check_options(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Stop with a usage error on a negative subset or a batch below 1."""
+    if args.clean_images < 0 or args.triggered_images < 0 or args.batch_size < 1:
+        p.error("--clean-images and --triggered-images must be >= 0, --batch-size >= 1")
+
+
+def subset(n: int, limit: int, seed: int) -> np.ndarray:
+    """Sorted indices of a seeded subset of range(n) of `limit` elements (all when 0)."""
+    if not limit or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
+
+
+def outputs(
+    folder: Path,
+    manifest: Manifest,
+    images: np.ndarray,
+    batch_size: int,
+    threads: int,
+    transform: Transform | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """uint8 images (N, C, H, W) -> (logits on x, logits on AE(x), STRIP entropy), each (N, ...),
+    the images `transform`ed (a trigger stamped) after the decoder's float conversion."""
+    spec = manifest.detectors.strip
+    if spec is None:
+        raise SystemExit(f"{folder}: no detectors.strip to measure")
+    chw = (manifest.input.channels, manifest.input.height, manifest.input.width)
+    strip = Strip.load(folder, spec, chw)
+    ae = Graph.load(read_verified(folder, manifest.detrigger), threads)
+    target = Graph.load(read_verified(folder, manifest.target), threads)
+    lx, lae, h = [], [], []
+    for start in range(0, len(images), batch_size):
+        # (B, C, H, W) in [0, 1], the service decoder's float32 values
+        x = images[start : start + batch_size].astype(np.float32) / np.float32(255.0)
+        if transform is not None:
+            x = np.asarray(transform(x), np.float32)
+        a, b, e = run_both(x, strip, ae, target)
+        lx.append(a)
+        lae.append(b)
+        h.append(e)
+    return np.concatenate(lx), np.concatenate(lae), np.concatenate(h)
+
+
+def decisions(
+    manifest: Manifest, lx: np.ndarray, lae: np.ndarray, h: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per detector the manifest has, its flags (N,) on these outputs."""
+    out = {"detrigger": decide(lx, lae, manifest.decision).flagged}
+    if manifest.detectors.strip is not None:
+        out["strip"] = flag(h, manifest.detectors.strip.threshold)
+    if manifest.detectors.both is not None:
+        out["both"] = decide_both(lx, lae, h, manifest.detectors.both).flagged
+    return out
+
+
+def rules(manifest: Manifest) -> dict[str, str]:
+    """Per detector the manifest has, its decision rule as text."""
+    d, s, b = manifest.decision, manifest.detectors.strip, manifest.detectors.both
+    out = {
+        "detrigger": f"{d.score} > {d.threshold:.4g}"
+        if d.rule == "score"
+        else "class changes after the AE"
+    }
+    if s is not None:
+        out["strip"] = f"entropy < {s.threshold:.4g} bits"
+    if b is not None:
+        out["both"] = f"{b.score} > {b.ae_threshold:.4g} or entropy < {b.strip_threshold:.4g} bits"
+    return out
