@@ -34,7 +34,8 @@ from torch import nn
 from tqdm import tqdm
 
 from training.inversion.anomaly import anomaly_index
-from training.inversion.synthesis import Search, SynthConfig
+from training.inversion.identify import success
+from training.inversion.synthesis import Search, SynthConfig, freeze
 
 FAMILIES = ("blend", "warp")
 WARP_GRID = 4  # control points per side of a synthesised warp field (WaNet's k = 4)
@@ -141,9 +142,7 @@ def synthesize_family(
     k = len(classes)
     _, c, h, w = x.shape
     g = torch.Generator().manual_seed(cfg.seed)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
+    freeze(model)
     if family == "blend":
         alpha_p = torch.full((k,), -3.0, requires_grad=True)  # a = sigmoid(-3) ~ 0.05
         pat_p = (torch.randn(k, c, h, w, generator=g) * 0.1).requires_grad_(True)
@@ -157,14 +156,8 @@ def synthesize_family(
     bar = tqdm(range(cfg.steps), desc=f"{family} synthesis", disable=not progress, mininterval=5)
     for _ in bar:
         xb = x[torch.randint(0, len(x), (cfg.batch_size,), generator=g)]
-        if family == "blend":
-            alpha, pats = torch.sigmoid(alpha_p), (torch.tanh(pat_p) + 1) / 2
-            values, size = [alpha, pats], alpha
-            stamped = blend(xb, alpha, pats)
-        else:
-            field = warp_field(control, h, w)
-            values, size = [field], field.abs().mean((1, 2, 3))
-            stamped = warp(xb, field)
+        values, size = _values(family, params, (h, w))
+        stamped = blend(xb, *values) if family == "blend" else warp(xb, *values)
         better = search.step(opt, model(stamped), classes, size)
         if better is not None:
             best = best or [torch.zeros_like(v) for v in values]
@@ -172,6 +165,19 @@ def synthesize_family(
                 kept[better] = v.detach()[better]
             bar.set_postfix(search.postfix(size), refresh=False)
     return _result(family, model, x, search, best, params, (h, w))
+
+
+def _values(
+    family: str, params: list[torch.Tensor], hw: tuple[int, int]
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The triggers' constrained values from their parameters, (K,) sizes: blend -> ([blend
+    weights (K,), patterns (K, C, H, W)], the weights); warp -> ([fields (K, 2, H, W)], their
+    mean absolute displacement)."""
+    if family == "blend":
+        alpha = torch.sigmoid(params[0])
+        return [alpha, (torch.tanh(params[1]) + 1) / 2], alpha
+    field = warp_field(params[0], *hw)
+    return [field], field.abs().mean((1, 2, 3))
 
 
 def _result(
@@ -187,10 +193,7 @@ def _result(
     target."""
     reached = torch.isfinite(search.best_size)
     with torch.no_grad():
-        if family == "blend":
-            last = [torch.sigmoid(params[0]), (torch.tanh(params[1]) + 1) / 2]
-        else:
-            last = [warp_field(params[0], *hw)]
+        last, _ = _values(family, params, hw)
     final = [
         torch.where(reached.view(-1, *[1] * (v.dim() - 1)), b, v)
         for b, v in zip(best or last, last, strict=True)
@@ -207,18 +210,6 @@ def _result(
         triggers.append(t)
     asr = search.best_asr.clone()
     for i in torch.nonzero(~reached).flatten().tolist():
-        asr[i] = success_rate(model, x, triggers[i], i)
+        asr[i] = success(model, x, triggers[i], i)
     size = np.array([t.size for t in triggers], np.float64)
     return FamilyResult(family, size, asr.numpy(), reached.numpy(), triggers)
-
-
-@torch.no_grad()
-def success_rate(
-    model: nn.Module, x: torch.Tensor, trigger: FullImageTrigger, target: int, batch: int = 500
-) -> float:
-    """Share of x classified as `target` with `trigger` applied."""
-    hits = sum(
-        int((model(trigger(x[i : i + batch])).argmax(1) == target).sum())
-        for i in range(0, len(x), batch)
-    )
-    return hits / max(1, len(x))

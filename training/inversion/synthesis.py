@@ -78,6 +78,13 @@ def attack_success(
     return hits / max(1, len(x))
 
 
+def freeze(model: nn.Module) -> None:
+    """Eval mode, no parameter gradients: a trigger search optimises the trigger alone."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.eval()
+
+
 class Search:
     """Neural Cleanse's search state for K triggers optimised together, whatever the trigger's
     family: each trigger's own beta (0 until its attack success first reaches cfg.asr_target,
@@ -157,9 +164,7 @@ def synthesize(
     k = len(classes)
     _, c, h, w = x.shape
     g = torch.Generator().manual_seed(cfg.seed)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model.eval()
+    freeze(model)
     # tanh parameterisation keeps mask and pattern in [0, 1] without clipping
     mask_p = torch.randn(k, h, w, generator=g) * 0.1 - 2.0  # mask ~0.02
     if start is not None:
