@@ -183,6 +183,8 @@ def measure_set(folder: Path, args) -> dict[str, Any]:
     test = load_dataset(dataset, "test", args.data_dir)
     clean_idx = onepass.subset(len(test), args.clean_images, args.seed)
     after = manifests["after"]
+    if after.detectors.strip is None:
+        raise SystemExit(f"{folder}: no detectors.strip to measure")
     clean = onepass.outputs(folder, after, test.images[clean_idx], args.batch_size, args.threads)
     result: dict[str, Any] = {
         "model_set": str(folder),

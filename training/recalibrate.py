@@ -34,15 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from contract.fusion import run_both
-from contract.manifest import Manifest, read_manifest, read_verified
+from contract.manifest import Manifest, read_manifest
 from contract.scoring import SCORES
-from contract.strip import Strip, flag
+from contract.strip import flag
 from training import cli, evidence
 from training.data.datasets import DATASETS, load_dataset
+from training.evaluation import onepass
 from training.evaluation.calibration import calibrate_decision
 from training.evaluation.detection import MIN_THRESHOLD
-from training.evaluation.detectors import Graph
 from training.evaluation.fusion import entry_for, put_entry
 from training.evaluation.fusion import summary_line as both_line
 from training.evaluation.metrics import (
@@ -114,31 +113,6 @@ def previous(record: Any) -> Any:
     return record
 
 
-def score_all(
-    folder: Path, manifest: Manifest, images: np.ndarray, args
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """uint8 images (N, C, H, W) -> (logits on x, logits on AE(x), STRIP entropy or None), run
-    as the guard runs detector both (or the AE and the target, for a set without STRIP)."""
-    chw = (manifest.input.channels, manifest.input.height, manifest.input.width)
-    spec = manifest.detectors.strip
-    strip = Strip.load(folder, spec, chw) if spec is not None else None
-    ae = Graph.load(read_verified(folder, manifest.detrigger), args.threads)
-    target = Graph.load(read_verified(folder, manifest.target), args.threads)
-    lx, lae, h = [], [], []
-    for start in range(0, len(images), args.batch_size):
-        # (B, C, H, W) in [0, 1], the service decoder's float32 values
-        x = images[start : start + args.batch_size].astype(np.float32) / np.float32(255.0)
-        if strip is not None:
-            a, b, e = run_both(x, strip, ae, target)
-            h.append(e)
-        else:
-            logits = target(np.concatenate([x, ae(x)]))
-            a, b = logits[: len(x)], logits[len(x) :]
-        lx.append(np.asarray(a, np.float64))
-        lae.append(np.asarray(b, np.float64))
-    return np.concatenate(lx), np.concatenate(lae), (np.concatenate(h) if h else None)
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     t0 = time.time()
@@ -177,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     for n in (len(val), int(keep.sum())):
         if n < min_calibration_images(target_fpr, confidence):
             raise SystemExit(f"{folder}: {too_few_message(n, target_fpr, confidence)}")
-    lx, lae, entropy = score_all(folder, manifest, train.images[val], args)
+    lx, lae, entropy = onepass.outputs(
+        folder, manifest, train.images[val], args.batch_size, args.threads
+    )
     created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     fields = {
         "split": "validation",

@@ -61,14 +61,14 @@ def outputs(
     batch_size: int,
     threads: int,
     transform: Transform | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """uint8 images (N, C, H, W) -> (logits on x, logits on AE(x), STRIP entropy), each (N, ...),
-    the images `transform`ed (a trigger stamped) after the decoder's float conversion."""
+    the images `transform`ed (a trigger stamped) after the decoder's float conversion. A set
+    without STRIP runs as the guard's detrigger detector (the target once on [x; AE(x)]) and
+    gives no entropy (None)."""
     spec = manifest.detectors.strip
-    if spec is None:
-        raise SystemExit(f"{folder}: no detectors.strip to measure")
     chw = (manifest.input.channels, manifest.input.height, manifest.input.width)
-    strip = Strip.load(folder, spec, chw)
+    strip = Strip.load(folder, spec, chw) if spec is not None else None
     ae = Graph.load(read_verified(folder, manifest.detrigger), threads)
     target = Graph.load(read_verified(folder, manifest.target), threads)
     lx, lae, h = [], [], []
@@ -77,15 +77,19 @@ def outputs(
         x = images[start : start + batch_size].astype(np.float32) / np.float32(255.0)
         if transform is not None:
             x = np.asarray(transform(x), np.float32)
-        a, b, e = run_both(x, strip, ae, target)
+        if strip is not None:
+            a, b, e = run_both(x, strip, ae, target)
+            h.append(e)
+        else:
+            logits = target(np.concatenate([x, ae(x)]))
+            a, b = logits[: len(x)], logits[len(x) :]
         lx.append(a)
         lae.append(b)
-        h.append(e)
-    return np.concatenate(lx), np.concatenate(lae), np.concatenate(h)
+    return np.concatenate(lx), np.concatenate(lae), (np.concatenate(h) if h else None)
 
 
 def decisions(
-    manifest: Manifest, lx: np.ndarray, lae: np.ndarray, h: np.ndarray
+    manifest: Manifest, lx: np.ndarray, lae: np.ndarray, h: np.ndarray | None
 ) -> dict[str, np.ndarray]:
     """Per detector the manifest has, its flags (N,) on these outputs."""
     out = {"detrigger": decide(lx, lae, manifest.decision).flagged}
