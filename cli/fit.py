@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
 
 import click
 
@@ -281,32 +282,98 @@ def fit(**kw) -> None:
         click.echo(f"detrigger-guard serve {shlex.quote(str(kw['out']))}")
 
 
+# Options that only one of calibrate's two modes reads.
+_NEW_IMAGES_ONLY = ("seed", "score", "strip", "strip_n", "strip_bank", "estimate_images")
+_RECORDED_ONLY = ("dataset", "score_floor", "batch_size")
+
+
 @click.command()
 @click.argument("set_dir", metavar="SET", type=click.Path(exists=True, file_okay=False))
 @click.option(
     "--data",
-    required=True,
+    default=None,
     help="clean images the set's AE never trained on: a folder or a preset name",
+)
+@click.option(
+    "--recorded-split",
+    is_flag=True,
+    help="instead of --data: the validation split the set's manifest records (a set made by "
+    "make reproduce or fit); only thresholds change, the graphs and STRIP's bank stay byte "
+    "for byte (--target-fpr defaults to the recorded one)",
+)
+@click.option(
+    "--dataset",
+    type=click.Choice(["mnist", "fashion-mnist", "cifar10", "folder"]),
+    default=None,
+    help="--recorded-split: the dataset of the split (default: the one the manifest records)",
+)
+@click.option(
+    "--score-floor",
+    type=float,
+    default=None,
+    help="--recorded-split: lowest de-trigger threshold (default: the score's floor, so that "
+    "float rounding between runtimes never flags an image)",
+)
+@click.option(
+    "--batch-size",
+    default=64,
+    show_default=True,
+    help="--recorded-split: images per target call",
 )
 @click.option("--data-dir", default=None, help="where the preset datasets lie")
 @click.option("--threads", default=2, show_default=True, help="ONNX Runtime threads")
 @click.option("--seed", default=0, show_default=True, help="seed of the bank draw")
 @calibration_options
-def calibrate(set_dir: str, **kw) -> None:
-    """Re-threshold an existing model set on new clean images (and redraw its STRIP bank); the
-    set is rewritten atomically."""
-    from training.calibrate_set import CalibrateOptions
-    from training.calibrate_set import calibrate as calibrate_job
+@click.pass_context
+def calibrate(ctx: click.Context, set_dir: str, **kw) -> None:
+    """Re-threshold an existing model set for --target-fpr: on new clean images (--data, STRIP's
+    bank redrawn; the set is rewritten atomically), or on the validation split its manifest
+    records (--recorded-split, the manifest's thresholds and records only)."""
+    given = {k for k in kw if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    if (kw["data"] is None) == (not kw["recorded_split"]):
+        raise click.UsageError("give either --data DIR or --recorded-split")
+    wrong = _RECORDED_ONLY if kw["data"] is not None else _NEW_IMAGES_ONLY
+    if given & set(wrong):
+        flags = ", ".join("--" + k.replace("_", "-") for k in wrong if k in given)
+        mode = "--recorded-split" if kw["data"] is not None else "--data"
+        raise click.UsageError(f"{flags}: only with {mode}")
+    if kw["recorded_split"]:
+        _recalibrate(set_dir, kw, "target_fpr" in given)
+    else:
+        from training.calibrate_set import CalibrateOptions
+        from training.calibrate_set import calibrate as calibrate_job
 
-    opts = CalibrateOptions(
+        opts = CalibrateOptions(
+            model_set=set_dir,
+            data=kw["data"],
+            data_dir=kw["data_dir"],
+            calibration=_calibration(kw, kw["seed"], kw["threads"]),
+            command=_command(),
+        )
+        try:
+            calibrate_job(opts, verify=service_load, log=click.echo)
+        except ValueError as exc:
+            raise click.ClickException(str(exc)) from exc
+    click.echo(f"detrigger-guard serve {shlex.quote(set_dir)}")
+
+
+def _recalibrate(set_dir: str, kw: dict, fpr_given: bool) -> None:
+    from training.recalibrate import RecalibrateOptions, recalibrate
+
+    opts = RecalibrateOptions(
         model_set=set_dir,
-        data=kw["data"],
+        dataset=kw["dataset"],
         data_dir=kw["data_dir"],
-        calibration=_calibration(kw, kw["seed"], kw["threads"]),
+        target_fpr=kw["target_fpr"] if fpr_given else None,
+        confidence=kw["confidence"],
+        score_floor=kw["score_floor"],
+        batch_size=kw["batch_size"],
+        threads=kw["threads"],
         command=_command(),
     )
     try:
-        calibrate_job(opts, verify=service_load, log=click.echo)
+        recalibrate(opts, log=click.echo)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"detrigger-guard serve {shlex.quote(set_dir)}")
+    for line in service_load(Path(set_dir)):
+        click.echo(line)

@@ -70,7 +70,9 @@ def flags(folder: Path, images: np.ndarray, args, transform=None) -> dict[str, n
     """uint8 images (N, C, H, W) -> per detector (N,) bool flags, and the class on x."""
     manifest = read_manifest(folder)
     if manifest.detectors.strip is None or manifest.detectors.both is None:
-        raise SystemExit(f"{folder}: no detectors.both; run python -m training.fuse_calibrate")
+        raise SystemExit(
+            f"{folder}: no detectors.both; run detrigger-guard calibrate {folder} --recorded-split"
+        )
     lx, lae, h = onepass.outputs(folder, manifest, images, args.batch_size, args.threads, transform)
     return {**onepass.decisions(manifest, lx, lae, h), "predicted": lx.argmax(axis=1)}
 

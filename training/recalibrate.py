@@ -1,6 +1,6 @@
 """Re-threshold a model set's detectors on the validation split its manifest records (issue 22):
 
-    python -m training.recalibrate --model-set models/cifar10 --dataset cifar10
+    detrigger-guard calibrate models/cifar10 --recorded-split
 
 For a set made by this pipeline (its manifest records ``training.validation_split``: training
 images its target and AE never trained on), every validation image runs once through the
@@ -16,7 +16,7 @@ and each detector's threshold is set again for --target-fpr at --confidence
 
 Only thresholds and calibration records change; each record keeps the one it replaces under
 ``previous``. The graphs, the bank and every other file stay byte for byte (checked before the
-manifest is written), and the test split is never read. `detrigger-guard calibrate`
+manifest is written), and the test split is never read. `detrigger-guard calibrate SET --data`
 re-thresholds a set on other clean images and redraws STRIP's bank; this job keeps the images
 and the bank the set was calibrated with.
 """
@@ -27,7 +27,7 @@ import hashlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ import numpy as np
 from contract.manifest import Manifest, read_manifest
 from contract.scoring import SCORES
 from contract.strip import flag
-from training import cli, evidence
+from training import evidence
 from training.data.datasets import DATASETS, load_dataset
 from training.evaluation import onepass
 from training.evaluation.calibration import calibrate_decision
@@ -45,6 +45,7 @@ from training.evaluation.detection import MIN_THRESHOLD
 from training.evaluation.fusion import entry_for, put_entry
 from training.evaluation.fusion import summary_line as both_line
 from training.evaluation.metrics import (
+    DEFAULT_CONFIDENCE,
     calibration_record,
     confidence_note,
     min_calibration_images,
@@ -54,47 +55,27 @@ from training.evaluation.strip import quantiles, strip_threshold, validation_ind
 from training.nets.export import write_manifest
 
 
-def parse_args(argv: Sequence[str] | None):
-    p = cli.parser(__doc__, "training.recalibrate")
-    p.add_argument(
-        "--model-set",
-        default="models/mnist",
-        help="model set folder whose manifest records its validation split (default: models/mnist)",
-    )
-    p.add_argument(
-        "--dataset",
-        default=None,
-        choices=DATASETS,
-        help="the dataset of the validation split (default: the one the manifest's "
-        "training.target records)",
-    )
-    cli.add_data_dir(p)
-    p.add_argument(
-        "--target-fpr",
-        type=float,
-        default=None,
-        help="the FPR every threshold is set for (default: the decision's recorded target_fpr)",
-    )
-    cli.add_confidence(p)
-    p.add_argument(
-        "--score-floor",
-        type=float,
-        default=None,
-        help="lowest de-trigger score threshold (default: training.evaluation.detection's "
-        f"MIN_THRESHOLD for the set's score, {MIN_THRESHOLD['prob_drop']:g})",
-    )
-    p.add_argument(
-        "--batch-size", type=int, default=64, help="inputs per target call (default: 64)"
-    )
-    p.add_argument(
-        "--threads", type=int, default=0, help="ONNX Runtime intra-op threads; 0 = its default"
-    )
-    args = p.parse_args(argv)
-    if args.target_fpr is not None and not 0.0 < args.target_fpr < 0.5:
-        p.error(f"--target-fpr {args.target_fpr} must lie in (0, 0.5)")
-    if args.batch_size < 1:
-        p.error("--batch-size must be at least 1")
-    return args
+@dataclass
+class RecalibrateOptions:
+    model_set: str
+    dataset: str | None = None  # of the validation split; None: the one the manifest records
+    data_dir: str | None = None
+    target_fpr: float | None = None  # None: the decision's recorded target FPR
+    confidence: float = DEFAULT_CONFIDENCE
+    score_floor: float | None = None  # None: MIN_THRESHOLD of the set's score
+    batch_size: int = 64
+    threads: int = 0
+    command: str = ""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.target_fpr is not None and not 0.0 < self.target_fpr < 0.5:
+            out.append(f"--target-fpr {self.target_fpr} must lie in (0, 0.5)")
+        if self.batch_size < 1:
+            out.append("--batch-size must be at least 1")
+        if self.dataset is not None and self.dataset not in DATASETS:
+            out.append(f"--dataset {self.dataset!r}: allowed: {', '.join(DATASETS)}")
+        return out
 
 
 def file_digests(folder: Path) -> dict[str, str]:
@@ -113,12 +94,16 @@ def previous(record: Any) -> Any:
     return record
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
+def recalibrate(args: RecalibrateOptions, log=print) -> dict[str, Any]:
+    """Re-threshold the set `args.model_set` in place (its manifest only); ValueError when it
+    cannot be done, the set then left as it was."""
     t0 = time.time()
+    for problem in args.problems():
+        raise ValueError(problem)
     folder = Path(args.model_set)
-    cli.require_model_set(folder)
-    command = " ".join(["python -m training.recalibrate", *(argv or sys.argv[1:])])
+    if not (folder / "manifest.json").is_file():
+        raise ValueError(f"{folder}: no manifest.json here (docs/model-contract.md)")
+    command = args.command or " ".join(sys.argv)
 
     # The set: validated, and raw to write back field for field.
     manifest = read_manifest(folder)
@@ -126,22 +111,22 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     untouched = file_digests(folder)
     training = raw.get("training") or {}
     if not (training.get("validation_split") or {}).get("n"):
-        raise SystemExit(
+        raise ValueError(
             f"{folder}: the manifest records no validation split, so the images its target and "
-            "AE never trained on are unknown; use detrigger-guard calibrate SET --data DIR"
+            "AE never trained on are unknown; give --data DIR (new clean images) instead"
         )
     dataset = args.dataset or (training.get("target") or {}).get("dataset")
     if dataset not in DATASETS:
-        raise SystemExit(f"{folder}: give --dataset (the manifest names {dataset!r})")
+        raise ValueError(f"{folder}: give --dataset (the manifest names {dataset!r})")
     recorded = manifest.decision.calibration
     target_fpr = args.target_fpr or (recorded.target_fpr if recorded else None) or 0.01
     confidence = args.confidence
     spec = manifest.detectors.strip
     bank_indices = (spec.bank.model_extra or {}).get("indices") if spec is not None else None
     if spec is not None and not bank_indices:
-        raise SystemExit(
+        raise ValueError(
             f"{folder}: the STRIP bank records no indices into the dataset, so its calibration "
-            "images cannot be drawn again; run python -m training.strip_calibrate"
+            "images cannot be drawn again; give --data DIR (new clean images) instead"
         )
 
     # The data: the validation split; STRIP and both leave out the bank images.
@@ -150,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     keep = ~np.isin(val, np.asarray(bank_indices or [], np.int64))
     for n in (len(val), int(keep.sum())):
         if n < min_calibration_images(target_fpr, confidence):
-            raise SystemExit(f"{folder}: {too_few_message(n, target_fpr, confidence)}")
+            raise ValueError(f"{folder}: {too_few_message(n, target_fpr, confidence)}")
     lx, lae, entropy = onepass.outputs(
         folder, manifest, train.images[val], args.batch_size, args.threads
     )
@@ -234,14 +219,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # Write: the manifest only, after checking that nothing else of the set changed.
     Manifest.model_validate(raw)  # what the service will read
     if file_digests(folder) != untouched:
-        raise SystemExit(f"{folder}: a file of the set changed during the run; nothing written")
+        raise ValueError(f"{folder}: a file of the set changed during the run; nothing written")
     write_manifest(folder, raw)
     assert read_manifest(folder).decision.threshold == raw["decision"]["threshold"]
     out["wall_seconds"] = round(time.time() - t0, 1)
     for line in lines:
-        print(line, flush=True)
+        log(line)
     return out
-
-
-if __name__ == "__main__":
-    main()

@@ -204,8 +204,8 @@ def swap(
     # calibrate it again for the new one.
     if (manifest.get("detectors") or {}).pop("both", None) is not None:
         log.info(
-            "%s: detectors.both dropped (set for the old AE); run python -m "
-            "training.fuse_calibrate --model-set %s --dataset %s",
+            "%s: detectors.both dropped (set for the old AE); run detrigger-guard "
+            "calibrate %s --recorded-split --dataset %s",
             folder,
             folder,
             dataset,

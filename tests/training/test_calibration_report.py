@@ -11,10 +11,9 @@ from pathlib import Path
 import pytest
 
 from contract.manifest import read_manifest
-from tests.training.test_recalibrate import BANK, N_TEST, N_VAL, calibrated_set
+from tests.training.test_recalibrate import BANK, N_TEST, N_VAL, calibrated_set, recalibrate
 from tests.training.test_recalibrate import data_dir as data_dir  # the fixture
 from training.calibration_report import main as report_main
-from training.recalibrate import main as recalibrate
 
 
 def git(repo: Path, *args: str) -> None:
@@ -33,7 +32,7 @@ def test_the_report_measures_both_thresholds_on_the_test_split(
     git(repo, "init", "-q")
     git(repo, "add", ".")
     git(repo, "commit", "-q", "-m", "tiny set")
-    recalibrate(["--model-set", str(folder), "--data-dir", str(data_dir), "--score-floor=-1"])
+    recalibrate([str(folder), "--data-dir", str(data_dir), "--score-floor=-1"])
     out = tmp_path / "report"
     report = report_main(
         ["--model-set", str(folder), "--baseline", "HEAD", "--data-dir", str(data_dir),

@@ -1,5 +1,6 @@
-"""Re-calibration of a set on its own validation split (training/recalibrate.py), end to end on a
-tiny model set and a tiny IDX dataset (issue 22)."""
+"""Re-calibration of a set on its own validation split (`detrigger-guard calibrate SET
+--recorded-split`, training/recalibrate.py), end to end through the command on a tiny model set
+and a tiny IDX dataset (issue 22)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from cli.main import main as guard_cli
 from contract.manifest import read_manifest
 from service.runtime.modelset import ModelSet
 from service.settings import Settings
@@ -17,7 +20,6 @@ from tests.training.conftest import write_idx
 from training.evaluation.metrics import allowed_exceedances
 from training.evaluation.strip import bank_and_calibration
 from training.recalibrate import file_digests
-from training.recalibrate import main as recalibrate
 from training.strip_calibrate import main as strip_calibrate
 
 SPEC = TinySpec(name="tinycal", rule="score", score="prob_drop", threshold=0.5)
@@ -37,6 +39,14 @@ def data_dir(tmp_path: Path) -> Path:
     write_idx(folder / "t10k-images-idx3-ubyte.gz", test[:N_TEST])
     write_idx(folder / "t10k-labels-idx1-ubyte.gz", labels[:N_TEST].astype(np.uint8))
     return folder
+
+
+def recalibrate(args: list[str], ok: bool = True) -> str:
+    """`detrigger-guard calibrate --recorded-split` with `args` (the set first); its output."""
+    run = CliRunner().invoke(guard_cli, ["calibrate", *args, "--recorded-split"])
+    assert (run.exit_code == 0) == ok, run.output
+    assert run.exception is None or isinstance(run.exception, SystemExit), run.exception
+    return run.output
 
 
 def calibrated_set(folder: Path, data_dir: Path) -> Path:
@@ -63,8 +73,9 @@ def test_recalibration_changes_only_thresholds_and_records(tmp_path: Path, data_
     folder = calibrated_set(tmp_path / "tinycal", data_dir)
     before = json.loads((folder / "manifest.json").read_text())
     files = file_digests(folder)
-    args = ["--model-set", str(folder), "--data-dir", str(data_dir), "--batch-size", "16"]
+    args = [str(folder), "--data-dir", str(data_dir), "--batch-size", "16"]
     out = recalibrate([*args, "--score-floor=-1"])
+    assert f"{folder}: STRIP, entropy < " in out and "the service loads it" in out
 
     after = json.loads((folder / "manifest.json").read_text())
     assert file_digests(folder) == files  # graphs and bank byte for byte
@@ -88,7 +99,6 @@ def test_recalibration_changes_only_thresholds_and_records(tmp_path: Path, data_
     b = after["detectors"]["both"]["calibration"]
     assert b["confidence"] == 0.95 and b["false_positive"]["k"] <= b["allowed_exceedances"]
     assert b["previous"]["ae_threshold"] == before["detectors"]["both"]["ae_threshold"]
-    assert out["strip"]["n"] == s["n"]
 
     # The service loads it, and flags on the calibration images what the record counted.
     ms = ModelSet.load(folder, Settings(models=[folder]))
@@ -120,14 +130,20 @@ def test_a_set_without_a_validation_split_or_with_too_few_images_is_refused(
 ) -> None:
     folder = calibrated_set(tmp_path / "tinycal", data_dir)
     before = (folder / "manifest.json").read_bytes()
-    args = ["--model-set", str(folder), "--data-dir", str(data_dir)]
-    with pytest.raises(SystemExit, match="give at least 299"):
-        recalibrate([*args, "--target-fpr", "0.01"])  # 200 images cannot bound 1% at 0.95
-    with pytest.raises(SystemExit):
-        recalibrate([*args, "--confidence", "1.5"])
+    args = [str(folder), "--data-dir", str(data_dir)]
+    # 200 images cannot bound 1% at 0.95
+    assert "give at least 299" in recalibrate([*args, "--target-fpr", "0.01"], ok=False)
+    assert "--confidence" in recalibrate([*args, "--confidence", "1.5"], ok=False)
+    # The other mode's options, and neither or both modes, are refused before anything runs.
+    assert "--strip-n: only with --data" in recalibrate([*args, "--strip-n", "4"], ok=False)
+    run = CliRunner().invoke(guard_cli, ["calibrate", str(folder)])
+    assert run.exit_code == 2 and "either --data DIR or --recorded-split" in run.output
+    run = CliRunner().invoke(
+        guard_cli, ["calibrate", str(folder), "--data", "x", "--dataset=mnist"]
+    )
+    assert run.exit_code == 2 and "--dataset: only with --recorded-split" in run.output
     manifest = json.loads(before)
     del manifest["training"]["validation_split"]
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(SystemExit, match="no validation split"):
-        recalibrate(args)
+    assert "no validation split" in recalibrate(args, ok=False)
     (folder / "manifest.json").write_bytes(before)

@@ -15,6 +15,7 @@ from service.runtime.modelset import ModelSet
 from service.settings import Settings
 from tests.support.tiny_models import TinySpec, add_trigger, build_model_set, clean_image
 from tests.training.conftest import write_idx
+from tests.training.test_recalibrate import recalibrate
 from training.data.datasets import split_train_val
 from training.evaluation.metrics import allowed_exceedances
 from training.evaluation.strip import (
@@ -23,7 +24,6 @@ from training.evaluation.strip import (
     strip_threshold,
     validation_indices,
 )
-from training.fuse_calibrate import main as fuse_main
 from training.strip_calibrate import main
 
 
@@ -149,18 +149,14 @@ def test_calibration_writes_a_bank_the_service_loads_and_keeps_the_rest(
     np.testing.assert_allclose(fused.entropy, d.score)
     assert ms.both_scored(t[:, None].astype(np.float32) / np.float32(255.0)).decisions.flagged.all()
 
-    # fuse_calibrate, on the set as calibrated, draws the same images again and writes the same
-    # thresholds; nothing else of the manifest changes.
-    written = json.loads((model_set / "manifest.json").read_text())
-    entry = fuse_main(["--model-set", str(model_set), "--dataset", "mnist", "--data-dir",
-                       str(data_dir), "--batch-size", "16"])  # fmt: skip
-    again = json.loads((model_set / "manifest.json").read_text())
-    assert entry["ae_threshold"] == both["ae_threshold"]
-    assert entry["strip_threshold"] == both["strip_threshold"]
-    assert entry["calibration"]["false_positive"] == fp
-    again["detectors"].pop("both")
-    written["detectors"].pop("both")
-    assert again == written
+    # Re-calibrated on its recorded split for the same FPR (detrigger-guard calibrate
+    # --recorded-split), the set draws the same images again and gets the same fused thresholds.
+    recalibrate([str(model_set), "--dataset", "mnist", "--data-dir", str(data_dir),
+                 "--target-fpr", "0.05", "--batch-size", "16"])  # fmt: skip
+    again = json.loads((model_set / "manifest.json").read_text())["detectors"]["both"]
+    assert again["ae_threshold"] == both["ae_threshold"]
+    assert again["strip_threshold"] == both["strip_threshold"]
+    assert again["calibration"]["false_positive"] == fp
 
 
 def test_calibration_is_deterministic(model_set: Path, data_dir: Path) -> None:

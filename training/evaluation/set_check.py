@@ -139,8 +139,8 @@ def _check_both(folder: Path, manifest: Manifest, data: dict, strip, x: np.ndarr
         if stale:
             raise SetCheckError(
                 f"{folder / 'manifest.json'}: detectors.both was calibrated with another "
-                f"{', '.join(stale)}; calibrate it again (python -m training.fuse_calibrate, "
-                "or detrigger-guard calibrate)"
+                f"{', '.join(stale)}; calibrate it again (detrigger-guard "
+                "calibrate SET --recorded-split, or --data DIR)"
             )
     try:
         ae, target = (cpu_session(data[role], 0) for role in ("detrigger", "target"))
