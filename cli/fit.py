@@ -282,9 +282,11 @@ def fit(**kw) -> None:
         click.echo(f"detrigger-guard serve {shlex.quote(str(kw['out']))}")
 
 
-# Options that only one of calibrate's two modes reads.
+# Options that only one of calibrate's two modes reads (--redraw-bank: also seed, strip_n and
+# strip_bank in the second).
 _NEW_IMAGES_ONLY = ("seed", "score", "strip", "strip_n", "strip_bank", "estimate_images")
-_RECORDED_ONLY = ("dataset", "score_floor", "batch_size")
+_RECORDED_ONLY = ("dataset", "score_floor", "batch_size", "redraw_bank")
+_BANK = ("seed", "strip_n", "strip_bank")
 
 
 @click.command()
@@ -300,6 +302,13 @@ _RECORDED_ONLY = ("dataset", "score_floor", "batch_size")
     help="instead of --data: the validation split the set's manifest records (a set made by "
     "make reproduce or fit); only thresholds change, the graphs and STRIP's bank stay byte "
     "for byte (--target-fpr defaults to the recorded one)",
+)
+@click.option(
+    "--redraw-bank",
+    is_flag=True,
+    help="--recorded-split: draw STRIP's bank anew from the split (--strip-bank images, "
+    "--strip-n copies, --seed; STRIP added to a set without it) and calibrate STRIP and both "
+    "on the rest of the split; the de-trigger decision is kept",
 )
 @click.option(
     "--dataset",
@@ -330,14 +339,26 @@ def calibrate(ctx: click.Context, set_dir: str, **kw) -> None:
     bank redrawn; the set is rewritten atomically), or on the validation split its manifest
     records (--recorded-split, the manifest's thresholds and records only)."""
     given = {k for k in kw if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    if not (Path(set_dir) / "manifest.json").is_file():
+        raise click.ClickException(f"{set_dir}: no manifest.json here (docs/model-contract.md)")
     if (kw["data"] is None) == (not kw["recorded_split"]):
         raise click.UsageError("give either --data DIR or --recorded-split")
-    wrong = _RECORDED_ONLY if kw["data"] is not None else _NEW_IMAGES_ONLY
+    if kw["data"] is not None:
+        wrong = _RECORDED_ONLY
+    else:
+        wrong = tuple(k for k in _NEW_IMAGES_ONLY if not (kw["redraw_bank"] and k in _BANK))
     if given & set(wrong):
         flags = ", ".join("--" + k.replace("_", "-") for k in wrong if k in given)
-        mode = "--recorded-split" if kw["data"] is not None else "--data"
+        if kw["data"] is not None:
+            mode = "--recorded-split"
+        elif given & set(_BANK) and not given & (set(wrong) - set(_BANK)):
+            mode = "--data or --redraw-bank"
+        else:
+            mode = "--data"
         raise click.UsageError(f"{flags}: only with {mode}")
-    if kw["recorded_split"]:
+    if kw["redraw_bank"]:
+        _redraw_bank(set_dir, kw, "target_fpr" in given)
+    elif kw["recorded_split"]:
         _recalibrate(set_dir, kw, "target_fpr" in given)
     else:
         from training.calibrate_set import CalibrateOptions
@@ -355,6 +376,30 @@ def calibrate(ctx: click.Context, set_dir: str, **kw) -> None:
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
     click.echo(f"detrigger-guard serve {shlex.quote(set_dir)}")
+
+
+def _redraw_bank(set_dir: str, kw: dict, fpr_given: bool) -> None:
+    from training.evaluation.strip import StripOptions, calibrate_model_set
+    from training.recalibrate import recorded_dataset, recorded_target_fpr
+
+    try:
+        opts = StripOptions(
+            model_set=set_dir,
+            dataset=kw["dataset"] or recorded_dataset(Path(set_dir)),
+            data_dir=kw["data_dir"],
+            n=kw["strip_n"],
+            target_fpr=kw["target_fpr"] if fpr_given else recorded_target_fpr(Path(set_dir)),
+            confidence=kw["confidence"],
+            bank_size=kw["strip_bank"],
+            seed=kw["seed"],
+            batch_size=kw["batch_size"],
+            threads=kw["threads"],
+        )
+        for problem in opts.problems():
+            raise ValueError(problem)
+        calibrate_model_set(opts, _command())
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
 
 
 def _recalibrate(set_dir: str, kw: dict, fpr_given: bool) -> None:

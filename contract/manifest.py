@@ -123,7 +123,8 @@ class Blend(BaseModel):
 
 
 class StripSpec(BaseModel):
-    """Optional: the STRIP detector (contract.strip), written by training.strip_calibrate."""
+    """Optional: the STRIP detector (contract.strip), written by its calibration
+    (training.evaluation.strip)."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -7,10 +7,10 @@ Shannon entropy, in bits, of the n softmax outputs. A trigger keeps pulling ever
 target class whatever the other image shows, so a triggered input has a LOW entropy; a clean
 one is pulled between its class and the bank image's. Flagged when entropy < threshold, the
 threshold being the target-FPR quantile of clean validation entropies
-(``python -m training.strip_calibrate``).
+(training.evaluation.strip).
 
 One implementation for both halves: the service (service.runtime.modelset, service.backends)
-and the offline calibration (training.strip_calibrate) call :func:`strip_batch` and
+and the offline calibration (training.evaluation.strip) call :func:`strip_batch` and
 :func:`strip_scores`, so a calibrated threshold means what the service computes.
 
 Everything is vectorised over the batch: B inputs become one array of B * (n + 1) images

@@ -12,7 +12,8 @@ Floors, from the ground up; every import points down or stays on its floor
   unlearning, restarts, the audit's report rendering);
 - fit/: the training loops of the target and of the AE;
 - the jobs, each run with `python -m training.<job>` and importing no other job: train_target,
-  train_detrigger, reproduce, strip_calibrate, swap_detrigger, recalibrate, calibration_report,
-  suite, detection_report, detection_tables, and audit (`__main__`), audit.tune, audit.joint,
-  audit.control, audit.report.
+  train_detrigger, reproduce, swap_detrigger, calibration_report, fusion_report, suite,
+  detection_report, detection_tables, and audit (`__main__`), audit.tune, audit.joint,
+  audit.control, audit.report, audit.families; fit_set, calibrate_set and recalibrate have no
+  options of their own: `detrigger-guard fit` and `calibrate` (cli/) call them.
 """

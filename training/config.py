@@ -214,7 +214,7 @@ class Preset:
     # ... at this confidence (issue 22; metrics.allowed_exceedances): the FPR on new clean images
     # is <= the target with probability >= 0.95. 0: the plain quantile, the rule before.
     confidence: float = 0.95
-    # STRIP (training.strip_calibrate): clean validation images in its bank, copies per input.
+    # STRIP (training.evaluation.strip): clean validation images in its bank, copies per input.
     strip_bank_size: int = 64
     strip_n: int = 16
 

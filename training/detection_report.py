@@ -15,7 +15,7 @@ passes and milliseconds are those of the deployable path:
   the paper's class-change rule, and the KL score with its threshold set on clean validation
   images for --target-fpr (at least --kl-floor);
 - STRIP (service/strip.py, the service's own code) with --strip-n copies, its bank drawn from
-  the validation split as training.strip_calibrate draws it, and its threshold set on the other
+  the validation split as STRIP's calibration draws it, and its threshold set on the other
   validation images for the same --target-fpr.
 `--ae LABEL@ATTACK=PATH` gives an AE to one attack's set only (the audit-based AE, trained with
 that set's synthesised triggers); a label given for some sets is "not run" on the others.
@@ -169,7 +169,7 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
         "--bank-size",
         type=int,
         default=64,
-        help="validation images in STRIP's bank, as training.strip_calibrate (default: 64)",
+        help="validation images in STRIP's bank, as make reproduce draws it (default: 64)",
     )
     p.add_argument(
         "--target-fpr",

@@ -200,12 +200,13 @@ def export_set(
 
 def calibrate_strip(name: str, preset: Preset, out: Path, data_dir: str | None) -> dict:
     """STRIP, the second detector: its bank and threshold for the same target FPR, as
-    `python -m training.strip_calibrate` with these options would write them (the manifest
-    records that command)."""
+    `detrigger-guard calibrate SET --recorded-split --redraw-bank` with these options would
+    write them (the manifest records that command)."""
     strip_argv = (
-        ["--model-set", str(out), "--dataset", name, "--target-fpr", f"{preset.target_fpr:g}"]
-        + ["--confidence", f"{preset.confidence:g}"]
-        + ["--bank-size", str(preset.strip_bank_size), "--n", str(preset.strip_n)]
+        [str(out), "--recorded-split", "--redraw-bank", "--dataset", name]
+        + ["--target-fpr", f"{preset.target_fpr:g}", "--confidence", f"{preset.confidence:g}"]
+        + ["--strip-bank", str(preset.strip_bank_size), "--strip-n", str(preset.strip_n)]
+        + ["--threads", "0"]
         + (["--data-dir", data_dir] if data_dir else [])
     )
     return calibrate_model_set(
@@ -218,7 +219,7 @@ def calibrate_strip(name: str, preset: Preset, out: Path, data_dir: str | None) 
             confidence=preset.confidence,
             bank_size=preset.strip_bank_size,
         ),
-        " ".join(["python -m training.strip_calibrate", *strip_argv]),
+        " ".join(["detrigger-guard calibrate", *strip_argv]),
     )
 
 

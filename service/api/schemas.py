@@ -164,7 +164,7 @@ class DecisionSummary(BaseModel):
 
 
 class StripSummary(BaseModel):
-    """The manifest's optional `detectors.strip` entry (training.strip_calibrate)."""
+    """The manifest's optional `detectors.strip` entry (training.evaluation.strip)."""
 
     n: int = Field(description="Superimposed copies per image (N + 1 target rows per image).")
     bank_images: int = Field(description="Clean validation images the copies are drawn from.")

@@ -17,7 +17,6 @@ COMMANDS = {
     "training.train_target": "python -m training.train_target",
     "training.train_detrigger": "python -m training.train_detrigger",
     "training.reproduce": "python -m training.reproduce",
-    "training.strip_calibrate": "python -m training.strip_calibrate",
     "training.swap_detrigger": "python -m training.swap_detrigger",
     "training.suite": "python -m training.suite",
     "training.detection_report": "python -m training.detection_report",
@@ -44,7 +43,7 @@ def test_usage_names_the_command(module: str, monkeypatch, capsys) -> None:
 
 @pytest.mark.parametrize(
     "command",
-    ["training.strip_calibrate", "training.audit", "training.audit.tune", "training.audit.joint"],
+    ["training.audit", "training.audit.tune", "training.audit.joint"],
 )
 def test_a_folder_without_a_manifest_is_refused_in_one_line(command: str, tmp_path: Path) -> None:
     (tmp_path / "target.onnx").write_bytes(b"")  # a folder that only looks like a set

@@ -18,10 +18,11 @@ from onnx import TensorProto, helper
 
 from tests.support.tiny_models import OPSET, TinySpec, build_model_set, clean_image
 from tests.training.conftest import write_idx
-from training import detection_tables, strip_calibrate
+from training import detection_tables
 from training.data.attack_suite import load_suite
 from training.detection_report import main
 from training.evaluation import detection_markdown
+from training.evaluation.strip import StripOptions, calibrate_model_set
 
 SPEC = TinySpec(name="tinydet")
 N_TRAIN, N_VAL, N_TEST = 400, 200, 54
@@ -88,14 +89,16 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
     data_dir = write_data(root / "mnist")
     paper = with_training(build_model_set(root / "tiny", SPEC))
     two = two_target_set(root / "two")
-    # STRIP calibrated for the shipped set by its own command: the report must find the same
-    # threshold (one implementation, the same bank and calibration images; the report sets
-    # its thresholds by the plain quantile).
-    strip_calibrate.main(
-        ["--model-set", str(paper), "--dataset", "mnist", "--data-dir", str(data_dir)]
-        + ["--n", "8", "--bank-size", "27", "--target-fpr", str(FPR), "--triggered-images", "0"]
-        + ["--confidence", "off"]
-    )
+    # STRIP calibrated for the shipped set as make reproduce does: the report must find the
+    # same threshold (one implementation, the same bank and calibration images; the report
+    # sets its thresholds by the plain quantile).
+    calibrate_model_set(
+        StripOptions(
+            model_set=str(paper), dataset="mnist", data_dir=str(data_dir), n=8, bank_size=27,
+            target_fpr=FPR, triggered_images=0, confidence=0.0,
+        ),
+        "test",
+    )  # fmt: skip
     identity = identity_ae(root / "identity.onnx")
     report = main(
         ["--dataset", "mnist", "--data-dir", str(data_dir), "--sets", f"{paper},two-targets={two}"]
@@ -153,7 +156,7 @@ def test_known_detection_rates_passes_and_times(report: dict) -> None:
     assert strip["detection_rate"] == 1.0 and strip["ms_per_image"] > 0
     assert strip["threshold"] == pytest.approx(
         strip["manifest_threshold"], rel=1e-9
-    )  # as training.strip_calibrate
+    )  # as calibrate_model_set
 
     # Every threshold flags at most the target FPR of the clean validation images.
     for entry in report["sets"]:

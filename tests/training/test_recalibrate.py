@@ -18,9 +18,8 @@ from service.settings import Settings
 from tests.support.tiny_models import TinySpec, build_model_set, clean_image
 from tests.training.conftest import write_idx
 from training.evaluation.metrics import allowed_exceedances
-from training.evaluation.strip import bank_and_calibration
+from training.evaluation.strip import StripOptions, bank_and_calibration, calibrate_model_set
 from training.recalibrate import file_digests
-from training.strip_calibrate import main as strip_calibrate
 
 SPEC = TinySpec(name="tinycal", rule="score", score="prob_drop", threshold=0.5)
 N_TRAIN, N_VAL, N_TEST, BANK = 400, 200, 30, 27
@@ -61,10 +60,12 @@ def calibrated_set(folder: Path, data_dir: Path) -> Path:
     }
     manifest["decision"]["calibration"] = {"target_fpr": 0.05, "split": "validation", "n": N_VAL}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    strip_calibrate(
-        ["--model-set", str(folder), "--dataset", "mnist", "--data-dir", str(data_dir),
-         "--n", "8", "--bank-size", str(BANK), "--target-fpr", "0.05", "--confidence", "off",
-         "--triggered-images", "0", "--batch-size", "16"]
+    calibrate_model_set(
+        StripOptions(
+            model_set=str(folder), dataset="mnist", data_dir=str(data_dir), n=8, bank_size=BANK,
+            target_fpr=0.05, confidence=0.0, triggered_images=0, batch_size=16,
+        ),
+        "test",
     )  # fmt: skip
     return folder
 
@@ -109,7 +110,7 @@ def test_recalibration_changes_only_thresholds_and_records(tmp_path: Path, data_
     assert int(ms.strip_scored(x).decisions.flagged.sum()) == s["false_positive"]["k"]
     assert int(ms.both_scored(x).decisions.flagged.sum()) == b["false_positive"]["k"]
 
-    # Confidence off gives back the plain quantile strip_calibrate had set.
+    # Confidence off gives back the plain quantile the first calibration had set.
     recalibrate([*args, "--confidence", "off"])
     again = read_manifest(folder)
     assert again.detectors.strip is not None and again.detectors.both is not None
@@ -135,7 +136,9 @@ def test_a_set_without_a_validation_split_or_with_too_few_images_is_refused(
     assert "give at least 299" in recalibrate([*args, "--target-fpr", "0.01"], ok=False)
     assert "--confidence" in recalibrate([*args, "--confidence", "1.5"], ok=False)
     # The other mode's options, and neither or both modes, are refused before anything runs.
-    assert "--strip-n: only with --data" in recalibrate([*args, "--strip-n", "4"], ok=False)
+    assert "--strip-n: only with --data or --redraw-bank" in recalibrate(
+        [*args, "--strip-n", "4"], ok=False
+    )
     run = CliRunner().invoke(guard_cli, ["calibrate", str(folder)])
     assert run.exit_code == 2 and "either --data DIR or --recorded-split" in run.output
     run = CliRunner().invoke(

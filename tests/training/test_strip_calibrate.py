@@ -1,5 +1,6 @@
-"""STRIP calibration (training/strip_calibrate.py): the threshold maths on hand-made entropies,
-the validation split, and the command end to end on a tiny model set and a tiny IDX dataset."""
+"""STRIP calibration (training/evaluation/strip.py): the threshold maths on hand-made entropies,
+the validation split, and `detrigger-guard calibrate SET --recorded-split --redraw-bank` end to
+end on a tiny model set and a tiny IDX dataset."""
 
 from __future__ import annotations
 
@@ -19,12 +20,13 @@ from tests.training.test_recalibrate import recalibrate
 from training.data.datasets import split_train_val
 from training.evaluation.metrics import allowed_exceedances
 from training.evaluation.strip import (
+    StripOptions,
     bank_and_calibration,
+    calibrate_model_set,
     quantiles,
     strip_threshold,
     validation_indices,
 )
-from training.strip_calibrate import main
 
 
 # --- the threshold ----------------------------------------------------------------------------
@@ -69,6 +71,22 @@ def test_bank_and_calibration_images_are_disjoint_validation_images() -> None:
 
 # --- the command ------------------------------------------------------------------------------
 SPEC = TinySpec(name="tinycal")
+
+
+def redraw(model_set: Path, data_dir: Path, *args: str, ok: bool = True) -> str:
+    """The command, on the tiny set and data; its output."""
+    base = [str(model_set), "--redraw-bank", "--dataset", "mnist", "--data-dir", str(data_dir)]
+    return recalibrate([*base, *args], ok=ok)
+
+
+def calibrate(model_set: Path, data_dir: Path, **fields) -> dict:
+    """The library call the command, make reproduce and the audit make; its summary."""
+    opts = StripOptions(model_set=str(model_set), dataset="mnist", data_dir=str(data_dir))
+    for k, v in fields.items():
+        setattr(opts, k, v)
+    return calibrate_model_set(opts, "test")
+
+
 N_TRAIN, N_VAL = 400, 200
 
 
@@ -99,19 +117,18 @@ def test_calibration_writes_a_bank_the_service_loads_and_keeps_the_rest(
     model_set: Path, data_dir: Path
 ) -> None:
     before = json.loads((model_set / "manifest.json").read_text())
-    args = ["--model-set", str(model_set), "--dataset", "mnist", "--data-dir", str(data_dir)]
-    args += ["--n", "8", "--bank-size", "27", "--target-fpr", "0.05", "--batch-size", "16"]
-    summary = main(args)
+    redraw(model_set, data_dir, "--strip-n", "8", "--strip-bank", "27", "--target-fpr", "0.05",
+           "--batch-size", "16")  # fmt: skip
 
     after = json.loads((model_set / "manifest.json").read_text())
     strip = after["detectors"].pop("strip")
     both = after["detectors"].pop("both")
     assert after == before  # every other field, other detectors included, is untouched
-    assert strip["n"] == 8 and strip["threshold"] == summary["threshold"]
+    assert strip["n"] == 8
     cal = strip["calibration"]
     assert cal["split"] == "validation" and cal["n"] == N_VAL - 27 and cal["target_fpr"] == 0.05
     assert cal["false_positive_rate"] <= 0.05 and cal["clean_accuracy"] == 1.0
-    assert cal["command"].startswith("python -m training.strip_calibrate --model-set")
+    assert cal["command"].startswith("detrigger-guard ")
     # The bank: 27 validation images (never trained on), saved as uint8.
     _, held = split_train_val(N_TRAIN, N_VAL, 0)
     assert len(strip["bank"]["indices"]) == 27 and set(strip["bank"]["indices"]) <= set(held)
@@ -139,7 +156,7 @@ def test_calibration_writes_a_bank_the_service_loads_and_keeps_the_rest(
 
     # Detector both, calibrated on the same images for the same FPR: the service's fused
     # decisions flag exactly what the calibration counted, and the triggered images.
-    assert both == summary["both"] and both["rule"] == "either"
+    assert both["rule"] == "either"
     fp = both["calibration"]["false_positive"]
     assert fp["n"] == N_VAL - 27 and fp["rate"] <= 0.05
     assert both["calibration"]["calibrated_with"]["strip_bank_sha256"] == strip["bank"]["sha256"]
@@ -160,12 +177,10 @@ def test_calibration_writes_a_bank_the_service_loads_and_keeps_the_rest(
 
 
 def test_calibration_is_deterministic(model_set: Path, data_dir: Path) -> None:
-    args = ["--model-set", str(model_set), "--dataset", "mnist", "--data-dir", str(data_dir)]
-    args += ["--n", "4", "--bank-size", "16", "--calibration-images", "100"]
-    args += ["--triggered-images", "0", "--target-fpr", "0.05"]
-    first = main(args)
+    fields = {"n": 4, "bank_size": 16, "calibration_images": 100, "triggered_images": 0}
+    first = calibrate(model_set, data_dir, target_fpr=0.05, **fields)
     bank = (model_set / "strip_bank.npy").read_bytes()
-    second = main(args)
+    second = calibrate(model_set, data_dir, target_fpr=0.05, **fields)
     assert second["threshold"] == first["threshold"]
     assert second["entropy_bits"] == first["entropy_bits"]
     assert (model_set / "strip_bank.npy").read_bytes() == bank
@@ -173,13 +188,16 @@ def test_calibration_is_deterministic(model_set: Path, data_dir: Path) -> None:
 
 
 def test_bad_choices_are_refused(model_set: Path, data_dir: Path) -> None:
-    base = ["--model-set", str(model_set), "--dataset", "mnist", "--data-dir", str(data_dir)]
-    with pytest.raises(SystemExit):
-        main([*base, "--n", "65", "--bank-size", "64"])  # more copies than bank images
-    with pytest.raises(SystemExit):
-        main([*base, "--target-fpr", "0.001"])  # 136 calibration images cannot measure 0.1%
-    with pytest.raises(SystemExit):
-        main([*base, "--confidence", "1"])
+    before = (model_set / "manifest.json").read_bytes()
+    out = redraw(model_set, data_dir, "--strip-n", "65", "--strip-bank", "64", ok=False)
+    assert "--n 65 must lie in 1..256 and be at most --bank-size (64)" in out
+    # 136 calibration images cannot measure 0.1%
+    assert "give at least" in redraw(model_set, data_dir, "--target-fpr", "0.001", ok=False)
+    assert "--confidence" in redraw(model_set, data_dir, "--confidence", "1", ok=False)
+    # The bank's options belong to --redraw-bank; the split's mode without it refuses them.
+    out = recalibrate([str(model_set), "--strip-bank", "8", "--dataset", "mnist"], ok=False)
+    assert "--strip-bank: only with --data or --redraw-bank" in out
+    assert (model_set / "manifest.json").read_bytes() == before
 
 
 def test_the_default_confidence_lets_fewer_images_past_and_says_so(
@@ -188,11 +206,10 @@ def test_the_default_confidence_lets_fewer_images_past_and_says_so(
     """Issue 22: at confidence 0.95 (the default) the threshold lets at most k of the n images
     past, k the largest with BinomCDF(k; n, fpr) <= 0.05, fewer than the plain quantile's;
     too few images for any such k are refused with the count needed."""
-    base = ["--model-set", str(model_set), "--dataset", "mnist", "--data-dir", str(data_dir)]
-    base += ["--n", "8", "--bank-size", "27", "--triggered-images", "0", "--batch-size", "16"]
-    plain = main([*base, "--target-fpr", "0.1", "--confidence", "off"])
+    base = {"n": 8, "bank_size": 27, "triggered_images": 0, "batch_size": 16}
+    plain = calibrate(model_set, data_dir, target_fpr=0.1, confidence=0.0, **base)
     assert plain["confidence"] == 0.0 and plain["allowed_exceedances"] == 17  # floor(0.1 * 173)
-    confident = main([*base, "--target-fpr", "0.1"])
+    confident = calibrate(model_set, data_dir, target_fpr=0.1, **base)
     assert confident["confidence"] == 0.95 and confident["n"] == N_VAL - 27
     assert confident["allowed_exceedances"] == allowed_exceedances(N_VAL - 27, 0.1, 0.95) < 17
     assert confident["false_positive"]["k"] <= confident["allowed_exceedances"]
@@ -200,5 +217,5 @@ def test_the_default_confidence_lets_fewer_images_past_and_says_so(
     both = json.loads((model_set / "manifest.json").read_text())["detectors"]["both"]
     assert both["calibration"]["confidence"] == 0.95
     assert both["calibration"]["false_positive"]["k"] <= confident["allowed_exceedances"]
-    with pytest.raises(SystemExit, match="give at least 299"):
-        main([*base, "--target-fpr", "0.01"])  # 173 images
+    with pytest.raises(ValueError, match="give at least 299"):
+        calibrate(model_set, data_dir, target_fpr=0.01, **base)  # 173 images

@@ -148,8 +148,9 @@ def recalibrate_strip(dest: Path, strip: dict, args: argparse.Namespace) -> dict
         seed=int(strip.get("seed", 0)),
     )
     command = (
-        f"python -m training.strip_calibrate --model-set {dest} --dataset {opts.dataset} "
-        f"--target-fpr {opts.target_fpr} --bank-size {opts.bank_size} --n {opts.n}"
+        f"detrigger-guard calibrate {dest} --recorded-split --redraw-bank --dataset "
+        f"{opts.dataset} --target-fpr {opts.target_fpr} --strip-bank {opts.bank_size} "
+        f"--strip-n {opts.n} --seed {opts.seed} --threads 0"
     )
     return calibrate_model_set(opts, command)
 

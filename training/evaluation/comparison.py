@@ -404,7 +404,8 @@ def strip_run(
     raw: dict,
     opts: CompareOptions,
 ) -> Run:
-    """STRIP with the bank and calibration images training.strip_calibrate would take."""
+    """STRIP with the bank and calibration images its calibration (training.evaluation.strip)
+    takes."""
     bank = data.train.images[idx.bank].astype(np.float32) / np.float32(255.0)  # (M, C, H, W)
     config = StripConfig(opts.strip_n, opts.seed)
     h_val = run_strip_detector(data.train.images[idx.calib], bank, config, target, opts.batch_size)

@@ -9,7 +9,7 @@ batch at a time, with the inference timed by time.perf_counter.
   Score: the mean entropy in bits, flagged when BELOW its threshold.
 
 Images come in as uint8 (N, C, H, W), are turned into float32 in [0, 1] exactly as the
-service's decoder and training.strip_calibrate do, and may be transformed (a trigger stamped)
+service's decoder and STRIP's calibration do, and may be transformed (a trigger stamped)
 before the timer starts, so the time is the detector's alone.
 """
 

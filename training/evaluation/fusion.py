@@ -1,9 +1,9 @@
 """Detector ``both`` calibrated for a model set (contract.fusion): the de-trigger score and
 STRIP's entropy on the same clean images, two thresholds chosen together for one target FPR,
-and the manifest entry ``detectors.both``. Shared by strip_calibrate (and so reproduce and the
-audit's repaired sets), calibrate/fit (training.evaluation.calibration) and recalibrate
-(`detrigger-guard calibrate SET --recorded-split`), which sets it again on a set's own
-validation split.
+and the manifest entry ``detectors.both``. Shared by STRIP's calibration
+(training.evaluation.strip: reproduce, the audit's repaired sets, `calibrate --redraw-bank`),
+calibrate/fit (training.evaluation.calibration) and recalibrate (`detrigger-guard calibrate SET
+--recorded-split`), which sets it again on a set's own validation split.
 
 The rule is an OR of the two detectors' own rules. Both thresholds sit at the same per-detector
 clean FPR alpha: each one flags at most k of the n clean images (alpha = k / n), and k is the

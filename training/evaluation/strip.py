@@ -1,9 +1,18 @@
 """STRIP (Gao et al., ACSAC 2019) calibrated for a model set: the bank drawn from the held-out
 validation split, the entropy threshold for a target FPR, the check on triggered images, and the
 manifest entry ``detectors.strip`` (then ``detectors.both`` on the same images,
-training/evaluation/fusion.py). Shared by the strip_calibrate job, reproduce (which calibrates
-every shipped set) and detection_report (which draws the same bank and threshold); the
-strip_calibrate job's docstring describes the method.
+training/evaluation/fusion.py). Shared by `detrigger-guard calibrate SET --recorded-split
+--redraw-bank`, reproduce (which calibrates every shipped set), the audit (its repaired sets) and
+detection_report (which draws the same bank and threshold).
+
+From the dataset's held-out validation split (the training images the set's target never trained
+on, as its manifest records; a set made elsewhere gets a seeded random subset of the training
+data, and the manifest says so) it draws a bank of clean images, computes the STRIP entropy of
+every other validation image and sets the threshold for the target FPR at the confidence (0.95:
+few enough of them flagged that the FPR on new clean images is <= the target with probability
+>= 0.95; 0: the plain quantile). Bank and calibration images are disjoint; the test split is
+never read. When the manifest records backdoor triggers (the demo sets), it also reports how many
+triggered validation images STRIP flags.
 """
 
 from __future__ import annotations
@@ -40,7 +49,9 @@ from training.nets.export import sha256, write_manifest
 
 @dataclass
 class StripOptions:
-    """What one calibration takes; the strip_calibrate job's options, field for field."""
+    """What one STRIP calibration takes (`detrigger-guard calibrate SET --recorded-split
+    --redraw-bank` sets model_set, dataset, data_dir, n, target_fpr, confidence, bank_size, seed,
+    batch_size and threads; make reproduce and the audit call it with their own)."""
 
     model_set: str = "models/mnist"
     dataset: str = "mnist"
@@ -182,9 +193,9 @@ def triggered_check(
     try:
         trigger = Trigger(**attack["trigger"])
     except (TypeError, ValueError) as exc:
-        raise SystemExit(
-            f"manifest trigger {attack['trigger']} is not one this pipeline knows ({exc}); "
-            "run with --triggered-images 0"
+        raise ValueError(
+            f"manifest trigger {attack['trigger']} is not one this pipeline knows ({exc}), so "
+            "STRIP's detection of it cannot be measured"
         ) from exc
     others = calib_idx[train.labels[calib_idx] != target_class][: opts.triggered_images]
     predicted, entropy = strip_entropies(
@@ -212,7 +223,7 @@ def draw_split(
     indices); stops when the data does not fit the set or too few images are left."""
     train = load_dataset(opts.dataset, "train", opts.data_dir)
     if tuple(train.images.shape[1:]) != chw:
-        raise SystemExit(
+        raise ValueError(
             f"{opts.dataset} images are {train.images.shape[1:]}; model set {folder} takes {chw}"
         )
     val, source = validation_indices(len(train), raw, opts.val_size, opts.seed)
@@ -220,7 +231,7 @@ def draw_split(
         val, opts.bank_size, opts.calibration_images, opts.seed
     )
     if len(calib_idx) < min_calibration_images(opts.target_fpr, opts.confidence):
-        raise SystemExit(
+        raise ValueError(
             "calibration images: "
             + too_few_message(len(calib_idx), opts.target_fpr, opts.confidence)
         )
