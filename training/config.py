@@ -94,6 +94,7 @@ class AEConfig:
     # and fill are for patches.
     residual: float = 0.0
     corner_share: float = 0.0  # random only: share of patches put in a corner (trigger_sampler)
+    edge_share: float = 0.0  # random only: share of patches centred on an edge (trigger_sampler)
     # conv only: weight of the L2 loss against the mask BCE. At 1 the BCE (~0.01) dwarfs what a
     # full-image trigger adds to the L2 (~0.001 on a quarter of the images), the shared U-Net
     # serves the mask, and on CIFAR-10 the correction learnt nothing (blends and noise passed
@@ -117,7 +118,8 @@ class AEConfig:
     def __post_init__(self) -> None:
         if self.families not in ("base", "extended"):
             raise ValueError(f"unknown families {self.families!r}; allowed: base, extended")
-        for name in ("triggered_share", "synthesised_share", "corner_share", "paper_share"):
+        shares = ("triggered_share", "synthesised_share", "corner_share", "edge_share")
+        for name in (*shares, "paper_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
         if self.l2_weight <= 0:

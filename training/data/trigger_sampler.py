@@ -6,7 +6,10 @@ parameters drawn per image:
 
 - patches: a square of side 2..8 at any position (corners and centre included; a share
   `corner_share` of them snapped to one of the four corners, BadNets' usual place, which uniform
-  positions reach too rarely for an AE to learn to paint over the image's edge), filled with a
+  positions reach too rarely for an AE to learn to paint over the image's edge; a share
+  `edge_share` centred on a pixel drawn in proportion to the image's gradient magnitude, on the
+  object's outline and seams, where a small patch passes for a detail of the object and a
+  uniform position rarely puts one), filled with a
   solid colour (a grey level, a random per-channel colour, or a saturated one: white, black,
   primaries), uniform noise, a checkerboard or a random binary pattern (both in two colours);
 - blends: a full-image pattern (noise, binary, checkerboard, or smooth low-frequency noise)
@@ -98,6 +101,7 @@ class SamplerSpec:
     saturated_share: float = 0.3  # colours: share with every channel 0 or 1
     mask_tau: float = 0.02  # blend: a pixel moved by more than this is in the mask target
     corner_share: float = 0.0  # patches put in a random corner instead of anywhere
+    edge_share: float = 0.0  # patches centred on an edge pixel (drawn by gradient magnitude)
     warp_strengths: tuple[float, float] = (0.5, 2.0)  # mean displacement in pixels, uniform
     warp_grids: tuple[int, int] = (3, 6)  # control points per side, both ends included
     filter_amounts: tuple[float, float] = (0.1, 0.5)  # filter strength, uniform
@@ -167,6 +171,20 @@ def _content(
     raise ValueError(f"unknown pattern {pattern!r}")
 
 
+def _edge_pixels(x: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per image of x (B, C, H, W), one pixel (row, col) drawn with probability proportional to
+    the gradient magnitude of the channel mean there (|d/dy| + |d/dx|); uniform on a flat image."""
+    n, _, h, w = x.shape
+    g = x.mean(1)
+    mag = torch.zeros(n, h, w, dtype=torch.float64)
+    mag[:, 1:, :] += (g[:, 1:, :] - g[:, :-1, :]).abs()
+    mag[:, :, 1:] += (g[:, :, 1:] - g[:, :, :-1]).abs()
+    cdf = (mag.flatten(1) + 1e-12).cumsum(1)  # (B, H * W); the floor makes a flat image uniform
+    u = torch.from_numpy(rng.random(n))[:, None] * cdf[:, -1:]
+    flat = (cdf < u).sum(1).clamp(max=h * w - 1)
+    return flat // w, flat % w
+
+
 def _patch(
     x: torch.Tensor, family: Family, rng: np.random.Generator, spec: SamplerSpec
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,6 +195,12 @@ def _patch(
     # Top-left corner uniform over every position where the patch fits.
     row = torch.from_numpy(np.floor(rng.random(n) * (h - size.numpy() + 1)).astype(np.int64))
     col = torch.from_numpy(np.floor(rng.random(n) * (w - size.numpy() + 1)).astype(np.int64))
+    if spec.edge_share:
+        edge = torch.from_numpy(rng.random(n) < spec.edge_share)
+        r_edge, c_edge = _edge_pixels(x, rng)
+        half = size // 2
+        row = torch.where(edge, (r_edge - half).clamp(min=0).minimum(h - size), row)
+        col = torch.where(edge, (c_edge - half).clamp(min=0).minimum(w - size), col)
     if spec.corner_share:
         corner = torch.from_numpy(rng.random(n) < spec.corner_share)
         bottom = torch.from_numpy(rng.random(n) < 0.5)

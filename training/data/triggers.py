@@ -6,8 +6,10 @@ arithmetic) and returns a new array; the input is never changed.
 
 A `Trigger` is one of these kinds; the first three are filled with a named pattern (`content`,
 see PATTERNS):
-- `patch`: overwrite a size x size square (BadNets) at a corner, a (row, col) or a seeded
-  `random` position away from the edges;
+- `patch`: overwrite a size x size square (BadNets) at a corner, a (row, col), a seeded
+  `random` position away from the edges, or `edge`: per image, where the image has the most
+  edge (the window of the largest summed gradient magnitude: on a garment's outline or seams,
+  where a small patch looks like a detail of the object);
 - `blend`: (1 - alpha) * x + alpha * pattern over the whole image (Chen et al.);
 - `noise`: x + amplitude * (2 * pattern - 1) over the whole image, clipped to [0, 1] (a
   sample-wide, low-amplitude additive pattern);
@@ -67,6 +69,35 @@ def apply_patch(
     row, col = patch_origin(position, size, x.shape[-2], x.shape[-1])
     out = _copy(x)
     out[..., row : row + size, col : col + size] = value
+    return out
+
+
+def edge_origins(x: Any, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per image of x (N, C, H, W), the (row, col) of the size x size window with the largest
+    summed gradient magnitude (|d/dy| + |d/dx| of the channel mean; ties: the first in row-major
+    order). Two integer arrays (N,)."""
+    a = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, np.float64)
+    n, _, h, w = a.shape
+    if not 1 <= size <= min(h, w):
+        raise ValueError(f"a {size}x{size} patch does not fit in {h}x{w}")
+    g = a.mean(axis=1)
+    mag = np.zeros((n, h, w))
+    mag[:, 1:, :] += np.abs(np.diff(g, axis=1))
+    mag[:, :, 1:] += np.abs(np.diff(g, axis=2))
+    # Window sums from a summed-area table: (N, H - size + 1, W - size + 1).
+    s = np.pad(mag.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
+    win = s[:, size:, size:] - s[:, :-size, size:] - s[:, size:, :-size] + s[:, :-size, :-size]
+    flat = win.reshape(n, -1).argmax(axis=1)
+    return flat // win.shape[2], flat % win.shape[2]
+
+
+def apply_edge_patch(x: Any, size: int, value: Any) -> Any:
+    """A size x size patch on each image of x (N, C, H, W) where it has the most edge
+    (edge_origins). `value` broadcasts to (C, size, size)."""
+    rows, cols = edge_origins(x, size)
+    out = _copy(x)
+    for i, (r, c) in enumerate(zip(rows.tolist(), cols.tolist(), strict=True)):
+        out[i, :, r : r + size, c : c + size] = value
     return out
 
 
@@ -158,7 +189,7 @@ class Trigger:
 
     kind: str = "patch"  # "patch", "blend" or "noise"
     size: int = 4  # patch only
-    position: str | tuple[int, int] = "top-left"  # patch only: a corner, (row, col) or "random"
+    position: str | tuple[int, int] = "top-left"  # patch: a corner, (row, col), random, edge
     value: float = 1.0  # patch with content "solid"
     alpha: float = 0.1  # blend only
     seed: int = 0
@@ -186,12 +217,14 @@ class Trigger:
         if not isinstance(self.position, str):  # a JSON list -> a hashable (row, col) tuple
             pos = tuple(int(v) for v in self.position)
             if len(pos) != 2:
-                raise ValueError(f"position must be a corner, 'random' or (row, col), got {pos}")
+                raise ValueError(
+                    f"position must be a corner, 'random', 'edge' or (row, col), got {pos}"
+                )
             object.__setattr__(self, "position", pos)
-        elif self.position not in (*CORNERS, "random"):
+        elif self.position not in (*CORNERS, "random", "edge"):
             raise ValueError(
-                f"unknown position {self.position!r}; allowed: {', '.join(CORNERS)}, random "
-                "or a (row, col) pair"
+                f"unknown position {self.position!r}; allowed: {', '.join(CORNERS)}, random, "
+                "edge or a (row, col) pair"
             )
         if self.size < 1:
             raise ValueError(f"size must be >= 1, got {self.size}")
@@ -221,6 +254,15 @@ class Trigger:
             return self._transform(x)
         if self.kind == "patch":
             t = self.resolve(h, w)
+            if t.position == "edge":
+                batch = x if len(x.shape) == 4 else x[None]
+                value = (
+                    self.value
+                    if self.pattern_name == "solid"
+                    else _like(self.pattern((c, self.size, self.size)), x)
+                )
+                out = apply_edge_patch(batch, self.size, value)
+                return out if len(x.shape) == 4 else out[0]
             if self.pattern_name == "solid":
                 return apply_patch(x, self.size, t.position, self.value)
             p = _like(self.pattern((c, self.size, self.size)), x)

@@ -56,6 +56,7 @@ def ae_batch(
             families=FAMILY_SETS[cfg.families],
             exclude=tuple(cfg.exclude),
             corner_share=cfg.corner_share,
+            edge_share=cfg.edge_share,
         )
         x[idx], changed[idx], family = sample_triggers(clean[idx], rng, spec)
         if cfg.residual:  # full-image triggers are the correction's: the mask stays shut

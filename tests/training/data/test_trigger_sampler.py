@@ -142,6 +142,27 @@ def test_corner_share_puts_that_share_of_patches_in_the_four_corners():
     assert min(corners.values()) > 180  # all four alike
 
 
+def test_edge_share_centres_that_share_of_patches_on_the_object_outline():
+    """Issue 22 item 5: a dark square object on a flat background; edge-placed patches overlap
+    its outline, uniform ones mostly do not."""
+    x = torch.zeros(2000, 1, 16, 16)
+    x[:, :, 5:11, 5:11] = 1.0  # the outline: rows/cols 5 and 11 (where the gradient is)
+    outline = torch.zeros(16, 16, dtype=torch.bool)
+    outline[5:12, 5:12] = True
+    outline[6:11, 6:11] = False
+    on = {}
+    for share in (0.0, 1.0):
+        spec = SamplerSpec(exclude=("blend", "additive"), edge_share=share)
+        s = sample_triggers(x, np.random.default_rng(3), spec)
+        on[share] = (s.mask[:, 0].bool() & outline).flatten(1).any(1).float().mean().item()
+    assert on[1.0] == 1.0  # every edge-centred patch covers an outline pixel
+    assert on[0.0] < 0.8
+    # Without the share, the random stream is the one the shipped AEs drew from.
+    plain = sample_triggers(x, np.random.default_rng(3), SamplerSpec())
+    again = sample_triggers(x, np.random.default_rng(3), SamplerSpec(edge_share=0.0))
+    assert torch.equal(plain.images, again.images)
+
+
 def test_extended_families_stamp_transforms_with_their_own_masks():
     # The extended set draws every transform family; each changes its images, stays in [0, 1],
     # and its mask target holds the pixels it moved (warp, filter, waves) or wrote (dynamic).

@@ -14,6 +14,7 @@ from training.data.triggers import (
     apply_blend,
     apply_patch,
     choose_poison,
+    edge_origins,
     make_pattern,
     patch_origin,
     poison_dataset,
@@ -217,6 +218,24 @@ def test_random_position_is_fixed_by_seed_and_away_from_the_edges():
     assert len(positions) > 5
     with pytest.raises(ValueError, match="needs 15x15 pixels"):
         t.resolve(12, 12)
+
+
+def test_edge_position_puts_the_patch_where_each_image_has_most_edge():
+    x = np.zeros((2, 1, 10, 12), np.float32)
+    x[0, :, 5:, :] = 1.0  # a horizontal edge between rows 4 and 5
+    x[1, :, :, 8:] = 1.0  # a vertical edge between columns 7 and 8
+    rows, cols = edge_origins(x, 3)
+    assert 3 <= rows[0] <= 5 and 6 <= cols[1] <= 8  # each window straddles its image's edge
+    t = Trigger(kind="patch", size=3, position="edge", content="noise", seed=9)
+    y = t(x)
+    for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
+        changed = np.argwhere((y[i] != x[i]).any(axis=0))
+        assert changed.min(0).tolist() >= [r, c] and changed.max(0).tolist() <= [r + 2, c + 2]
+    np.testing.assert_array_equal(t(torch.from_numpy(x)).numpy(), y)  # torch alike
+    np.testing.assert_array_equal(t(x[1]), y[1])  # one image alike
+    assert Trigger(**t.to_dict()) == t  # the manifest round trip
+    with pytest.raises(ValueError, match="does not fit"):
+        edge_origins(x, 11)
 
 
 def test_noise_and_blend_kinds():
