@@ -53,7 +53,7 @@ def measure(
     from service.settings import Settings
     from training.data.datasets import load_dataset
     from training.data.triggers import Trigger
-    from training.evaluation.calibration import rate
+    from training.evaluation.metrics import rate
 
     backdoor = json.loads(trigger_from.read_text())["backdoor"]
     trigger, target = Trigger(**backdoor["trigger"]), int(backdoor["target_class"])

@@ -1,5 +1,6 @@
 """bench.byom's `backdoor --set-from`: the fine-tuned target becomes a model set that the
-service loads, with the backdoor recorded and every threshold set again on the given images."""
+service loads, with the backdoor recorded and every threshold set again on the given images;
+and `measure`: a set's FPR and detection of a recorded trigger on a dataset's test split."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.byom import as_set
+from bench.byom import as_set, measure
 from cli.check import service_load
+from tests.support.tiny_models import clean_image
+from tests.training.conftest import write_idx
 
 RECORD = {
     "backdoor": {"target_class": 1, "trigger": {"kind": "blend", "alpha": 0.1}},
@@ -40,3 +43,25 @@ def test_the_new_target_becomes_a_calibrated_set(both_set: Path, kl_set: Path, t
     assert m["detectors"]["strip"] != before["detectors"]["strip"]
     assert np.load(dest / "strip_bank.npy").shape[1:] == (1, 28, 28)
     assert "audit" not in m and "samples" not in m
+
+
+def test_measure_counts_clean_flags_and_triggered_detections(kl_set: Path, tmp_path: Path) -> None:
+    # The tiny set's classes 1..9 as an MNIST-style test split (the bright band of its class).
+    from tests.support.tiny_models import TinySpec
+
+    spec = TinySpec(name="tinykl")
+    labels = (1 + np.arange(90) % 9).astype(np.uint8)
+    images = np.stack([clean_image(spec, int(k), seed=i) for i, k in enumerate(labels)])
+    data = tmp_path / "mnist"
+    data.mkdir()
+    write_idx(data / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(data / "t10k-labels-idx1-ubyte.gz", labels)
+
+    out = measure(kl_set, "mnist", kl_set / "manifest.json", str(data), at_fpr=(0.05,))
+
+    assert out["fpr_clean_test"]["n"] == 90 and out["fpr_clean_test"]["k"] == 0
+    det = out["detection_triggered_test"]
+    assert det["n"] == 90 and det["k"] == 90  # the AE removes the square: every one flagged
+    assert out["attack_success"] == 1.0
+    moved = out["at_test_fpr"]["0.05"]
+    assert moved["fpr_clean_test"]["k"] <= 4 and moved["detection_triggered_test"]["k"] == 90
