@@ -337,7 +337,8 @@ _BANK = ("seed", "strip_n", "strip_bank")
 def calibrate(ctx: click.Context, set_dir: str, **kw) -> None:
     """Re-threshold an existing model set for --target-fpr: on new clean images (--data, STRIP's
     bank redrawn; the set is rewritten atomically), or on the validation split its manifest
-    records (--recorded-split, the manifest's thresholds and records only)."""
+    records (--recorded-split: the manifest's thresholds and records only; with --redraw-bank,
+    STRIP's bank drawn again from the split and STRIP and both calibrated)."""
     given = {k for k in kw if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     if not (Path(set_dir) / "manifest.json").is_file():
         raise click.ClickException(f"{set_dir}: no manifest.json here (docs/model-contract.md)")
