@@ -89,6 +89,7 @@ def test_checkpoints_older_than_a_new_field_match_it_at_its_default(tmp_path: Pa
         "fill",
         "residual",
         "corner_share",
+        "edge_share",
         "l2_weight",
         "paper_share",
         "families",
@@ -98,6 +99,7 @@ def test_checkpoints_older_than_a_new_field_match_it_at_its_default(tmp_path: Pa
     assert same_config(OLD_AE, ae_now, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "triggers": "random"}, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "exclude": ["blend"]}, ae_defaults)
+    assert not same_config(OLD_AE, {**ae_now, "edge_share": 0.25}, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "synthesised": "reports/a/b"}, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "fill": "extended"}, ae_defaults)
     assert not same_config(OLD_AE, {**ae_now, "teacher": "a.onnx"}, ae_defaults)
