@@ -9,7 +9,11 @@
 `folder` writes a preset's split as PNGs in the ImageFolder layout (what a user has); `measure`
 loads a set as the service does (service.runtime.modelset.ModelSet) and reports, on the test
 split, the share of clean images it flags (FPR) and the share of triggered images of other
-classes than the backdoor's target it flags (detection), each with its 95% interval.
+classes than the backdoor's target it flags (detection), each with its 95% interval; with
+`--against REPAIRED` also what comparing the set's target with the audit's repaired target
+would flag (an image whose class the two disagree on; and by how much the repaired target
+lowers the probability of the original's class, its threshold moved to each --at-fpr): a
+measurement for a detector the service does not have yet (issue 22's warps).
 `backdoor` makes a model for such a test whose trigger `fit` has never seen: a clean target
 fine-tuned on the preset's training split poisoned with one attack of the suite
 (training/attacks/suite.json), written as target.onnx with backdoor.json (its trigger, for
@@ -48,6 +52,7 @@ def measure(
     trigger_from: Path,
     data_dir: str | None,
     at_fpr: tuple[float, ...] = (),
+    against: Path | None = None,
 ) -> dict:
     from service.runtime.modelset import ModelSet
     from service.settings import Settings
@@ -71,7 +76,8 @@ def measure(
         )
 
     clean_flags, _, clean_score = flagged(x)
-    trig_flags, trig_pred, trig_score = flagged(np.asarray(trigger(x[others].copy()), np.float32))
+    triggered = np.asarray(trigger(x[others].copy()), np.float32)
+    trig_flags, trig_pred, trig_score = flagged(triggered)
     out = {
         "set": str(folder),
         "fpr_clean_test": rate(clean_flags),
@@ -90,7 +96,61 @@ def measure(
                 "fpr_clean_test": rate(clean_score > threshold),
                 "detection_triggered_test": rate(trig_score > threshold),
             }
+    if against is not None:
+        out["against"] = compare_targets(folder, against, x, triggered, at_fpr)
     print(json.dumps(out, indent=2))
+    return out
+
+
+def compare_targets(
+    folder: Path, repaired: Path, clean: np.ndarray, triggered: np.ndarray, at_fpr: tuple
+) -> dict:
+    """What comparing the target of `folder` with the target of `repaired` flags: the class the
+    two disagree on, and the drop of the original's class probability under the repaired one,
+    its threshold moved to flag at most each of `at_fpr` of the clean images."""
+    import onnxruntime as ort
+
+    from contract.manifest import read_manifest
+    from training.evaluation.metrics import rate
+
+    def logits(set_dir: Path, images: np.ndarray) -> np.ndarray:
+        spec = read_manifest(set_dir).target
+        s = ort.InferenceSession(str(set_dir / spec.file), providers=["CPUExecutionProvider"])
+        feed = spec.input_name
+        parts = [
+            s.run([spec.output_name], {feed: np.asarray(images[i : i + 500], np.float32)})[0]
+            for i in range(0, len(images), 500)
+        ]
+        return np.concatenate(parts)
+
+    def softmax(z: np.ndarray) -> np.ndarray:
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+    def scores(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        a, b = logits(folder, images), logits(repaired, images)
+        c = a.argmax(axis=1)
+        rows = np.arange(len(c))
+        return c != b.argmax(axis=1), softmax(a)[rows, c] - softmax(b)[rows, c]
+
+    clean_dis, clean_drop = scores(clean)
+    trig_dis, trig_drop = scores(triggered)
+    out: dict = {
+        "repaired": str(repaired),
+        "class_change": {
+            "fpr_clean_test": rate(clean_dis),
+            "detection_triggered_test": rate(trig_dis),
+        },
+        "prob_drop_at_test_fpr": {},
+    }
+    ranked = np.sort(clean_drop)[::-1]
+    for fpr in at_fpr:
+        threshold = float(ranked[int(np.floor(fpr * len(ranked)))])
+        out["prob_drop_at_test_fpr"][f"{fpr:g}"] = {
+            "threshold": threshold,
+            "fpr_clean_test": rate(clean_drop > threshold),
+            "detection_triggered_test": rate(trig_drop > threshold),
+        }
     return out
 
 
@@ -192,6 +252,11 @@ def main() -> None:
         help="also the detection with the threshold moved to flag at most this share of the "
         "clean test images (to compare sets at one FPR); repeatable",
     )
+    m.add_argument(
+        "--against",
+        default=None,
+        help="a repaired set (training.audit's export): also what comparing the two targets flags",
+    )
     b = sub.add_parser("backdoor", help="fine-tune a clean target with one attack of the suite")
     b.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or cifar10")
     b.add_argument("--init-from", required=True, help="the clean target.onnx to fine-tune")
@@ -224,6 +289,7 @@ def main() -> None:
             Path(args.trigger_from),
             args.data_dir,
             tuple(args.at_fpr),
+            Path(args.against) if args.against else None,
         )
 
 

@@ -65,3 +65,45 @@ def test_measure_counts_clean_flags_and_triggered_detections(kl_set: Path, tmp_p
     assert out["attack_success"] == 1.0
     moved = out["at_test_fpr"]["0.05"]
     assert moved["fpr_clean_test"]["k"] <= 4 and moved["detection_triggered_test"]["k"] == 90
+
+
+def test_measure_against_a_repaired_target_flags_what_the_two_disagree_on(
+    kl_set: Path, tmp_path: Path
+) -> None:
+    """The 'repaired' target here is the set's own target behind its AE (one ONNX graph), which
+    ignores the corner square as an unlearned target would: triggered images change class,
+    clean ones do not."""
+    import onnx
+    from onnx import compose
+
+    from tests.support.tiny_models import TinySpec
+
+    ae, target = (onnx.load(kl_set / f) for f in ("detrigger.onnx", "target.onnx"))
+    joined = compose.merge_models(
+        compose.add_prefix(ae, "ae/"),
+        compose.add_prefix(target, "t/"),
+        io_map=[("ae/" + ae.graph.output[0].name, "t/" + target.graph.input[0].name)],
+    )
+    repaired = tmp_path / "repaired"
+    shutil.copytree(kl_set, repaired)
+    onnx.save(joined, repaired / "target.onnx")
+    manifest = json.loads((repaired / "manifest.json").read_text())
+    manifest["target"]["input_name"] = "ae/" + ae.graph.input[0].name
+    manifest["target"]["output_name"] = "t/" + target.graph.output[0].name
+    (repaired / "manifest.json").write_text(json.dumps(manifest))
+
+    spec = TinySpec(name="tinykl")
+    labels = (1 + np.arange(90) % 9).astype(np.uint8)
+    images = np.stack([clean_image(spec, int(k), seed=i) for i, k in enumerate(labels)])
+    data = tmp_path / "mnist"
+    data.mkdir()
+    write_idx(data / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(data / "t10k-labels-idx1-ubyte.gz", labels)
+
+    out = measure(kl_set, "mnist", kl_set / "manifest.json", str(data), (0.05,), repaired)
+
+    a = out["against"]
+    assert a["class_change"]["fpr_clean_test"]["k"] == 0
+    assert a["class_change"]["detection_triggered_test"]["k"] == 90
+    moved = a["prob_drop_at_test_fpr"]["0.05"]
+    assert moved["fpr_clean_test"]["k"] <= 4 and moved["detection_triggered_test"]["k"] == 90
