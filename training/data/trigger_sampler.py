@@ -51,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from training.data import transforms
-from training.data.triggers import SMOOTH_GRID, WAVES, apply_additive
+from training.data.triggers import SMOOTH_GRID, WAVES, apply_additive, gradient_magnitude
 
 
 @dataclass(frozen=True)
@@ -175,13 +175,10 @@ def _edge_pixels(x: torch.Tensor, rng: np.random.Generator) -> tuple[torch.Tenso
     """Per image of x (B, C, H, W), one pixel (row, col) drawn with probability proportional to
     the gradient magnitude of the channel mean there (|d/dy| + |d/dx|); uniform on a flat image."""
     n, _, h, w = x.shape
-    g = x.mean(1)
-    mag = torch.zeros(n, h, w, dtype=torch.float64)
-    mag[:, 1:, :] += (g[:, 1:, :] - g[:, :-1, :]).abs()
-    mag[:, :, 1:] += (g[:, :, 1:] - g[:, :, :-1]).abs()
-    cdf = (mag.flatten(1) + 1e-12).cumsum(1)  # (B, H * W); the floor makes a flat image uniform
-    u = torch.from_numpy(rng.random(n))[:, None] * cdf[:, -1:]
-    flat = (cdf < u).sum(1).clamp(max=h * w - 1)
+    mag = gradient_magnitude(x.numpy())
+    cdf = (mag.reshape(n, -1) + 1e-12).cumsum(1)  # (B, H * W); the floor makes a flat image uniform
+    u = rng.random(n)[:, None] * cdf[:, -1:]
+    flat = torch.from_numpy((cdf < u).sum(1).clip(max=h * w - 1))
     return flat // w, flat % w
 
 

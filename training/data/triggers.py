@@ -72,6 +72,17 @@ def apply_patch(
     return out
 
 
+def gradient_magnitude(a: np.ndarray) -> np.ndarray:
+    """(N, C, H, W) images -> (N, H, W) float64: |d/dy| + |d/dx| of the channel mean, each
+    difference put on the pixel below / right of the pair (the first row and column get one)."""
+    n, _, h, w = a.shape
+    g = a.mean(axis=1)
+    mag = np.zeros((n, h, w))
+    mag[:, 1:, :] += np.abs(np.diff(g, axis=1))
+    mag[:, :, 1:] += np.abs(np.diff(g, axis=2))
+    return mag
+
+
 def edge_origins(x: Any, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Per image of x (N, C, H, W), the (row, col) of the size x size window with the largest
     summed gradient magnitude (|d/dy| + |d/dx| of the channel mean; ties: the first in row-major
@@ -80,10 +91,7 @@ def edge_origins(x: Any, size: int) -> tuple[np.ndarray, np.ndarray]:
     n, _, h, w = a.shape
     if not 1 <= size <= min(h, w):
         raise ValueError(f"a {size}x{size} patch does not fit in {h}x{w}")
-    g = a.mean(axis=1)
-    mag = np.zeros((n, h, w))
-    mag[:, 1:, :] += np.abs(np.diff(g, axis=1))
-    mag[:, :, 1:] += np.abs(np.diff(g, axis=2))
+    mag = gradient_magnitude(a)
     # Window sums from a summed-area table: (N, H - size + 1, W - size + 1).
     s = np.pad(mag.cumsum(1).cumsum(2), ((0, 0), (1, 0), (1, 0)))
     win = s[:, size:, size:] - s[:, :-size, size:] - s[:, size:, :-size] + s[:, :-size, :-size]
