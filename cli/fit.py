@@ -380,16 +380,23 @@ def calibrate(ctx: click.Context, set_dir: str, **kw) -> None:
 
 
 def _redraw_bank(set_dir: str, kw: dict, fpr_given: bool) -> None:
+    import json
+
+    from contract.manifest import read_manifest
     from training.evaluation.strip import StripOptions, calibrate_model_set
     from training.recalibrate import recorded_dataset, recorded_target_fpr
 
+    folder = Path(set_dir)
     try:
+        raw = json.loads((folder / "manifest.json").read_text())
         opts = StripOptions(
             model_set=set_dir,
-            dataset=kw["dataset"] or recorded_dataset(Path(set_dir)),
+            dataset=kw["dataset"] or recorded_dataset(folder, raw),
             data_dir=kw["data_dir"],
             n=kw["strip_n"],
-            target_fpr=kw["target_fpr"] if fpr_given else recorded_target_fpr(Path(set_dir)),
+            target_fpr=kw["target_fpr"]
+            if fpr_given
+            else recorded_target_fpr(read_manifest(folder)),
             confidence=kw["confidence"],
             bank_size=kw["strip_bank"],
             seed=kw["seed"],

@@ -78,18 +78,18 @@ class RecalibrateOptions:
         return out
 
 
-def recorded_dataset(folder: Path) -> str:
-    """The dataset of the split the manifest of `folder` records; ValueError when it names none."""
-    raw = json.loads((folder / "manifest.json").read_text())
+def recorded_dataset(folder: Path, raw: dict) -> str:
+    """The dataset of the split the manifest `raw` of `folder` records; ValueError when it names
+    none."""
     dataset = ((raw.get("training") or {}).get("target") or {}).get("dataset")
     if dataset not in DATASETS:
         raise ValueError(f"{folder}: give --dataset (the manifest names {dataset!r})")
     return dataset
 
 
-def recorded_target_fpr(folder: Path) -> float:
+def recorded_target_fpr(manifest: Manifest) -> float:
     """The FPR the set's decision was calibrated for (0.01 when it records none)."""
-    recorded = read_manifest(folder).decision.calibration
+    recorded = manifest.decision.calibration
     return (recorded.target_fpr if recorded else None) or 0.01
 
 
@@ -130,8 +130,8 @@ def recalibrate(args: RecalibrateOptions, log=print) -> dict[str, Any]:
             f"{folder}: the manifest records no validation split, so the images its target and "
             "AE never trained on are unknown; give --data DIR (new clean images) instead"
         )
-    dataset = args.dataset or recorded_dataset(folder)
-    target_fpr = args.target_fpr or recorded_target_fpr(folder)
+    dataset = args.dataset or recorded_dataset(folder, raw)
+    target_fpr = args.target_fpr or recorded_target_fpr(manifest)
     confidence = args.confidence
     spec = manifest.detectors.strip
     bank_indices = (spec.bank.model_extra or {}).get("indices") if spec is not None else None
