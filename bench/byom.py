@@ -87,18 +87,27 @@ def measure(
     if at_fpr:  # the set's own rule (score > threshold), its threshold moved on the test split
         if model_set.manifest.decision.rule != "score":
             raise SystemExit("--at-fpr needs a set whose decision rule is 'score'")
-        ranked = np.sort(clean_score)[::-1]
-        out["at_test_fpr"] = {}
-        for fpr in at_fpr:
-            threshold = float(ranked[int(np.floor(fpr * len(ranked)))])  # flags < fpr * N
-            out["at_test_fpr"][f"{fpr:g}"] = {
-                "threshold": threshold,
-                "fpr_clean_test": rate(clean_score > threshold),
-                "detection_triggered_test": rate(trig_score > threshold),
-            }
+        out["at_test_fpr"] = at_test_fpr(clean_score, trig_score, at_fpr)
     if against is not None:
         out["against"] = compare_targets(folder, against, x, triggered, at_fpr)
     print(json.dumps(out, indent=2))
+    return out
+
+
+def at_test_fpr(clean: np.ndarray, triggered: np.ndarray, fprs: tuple) -> dict:
+    """Per FPR: the score threshold moved to flag fewer than that share of the clean test
+    images (score > threshold flags), and what it flags of them and of the triggered ones."""
+    from training.evaluation.metrics import rate
+
+    ranked = np.sort(clean)[::-1]
+    out = {}
+    for fpr in fprs:
+        threshold = float(ranked[int(np.floor(fpr * len(ranked)))])  # flags < fpr * N
+        out[f"{fpr:g}"] = {
+            "threshold": threshold,
+            "fpr_clean_test": rate(clean > threshold),
+            "detection_triggered_test": rate(triggered > threshold),
+        }
     return out
 
 
@@ -106,52 +115,35 @@ def compare_targets(
     folder: Path, repaired: Path, clean: np.ndarray, triggered: np.ndarray, at_fpr: tuple
 ) -> dict:
     """What comparing the target of `folder` with the target of `repaired` flags: the class the
-    two disagree on, and the drop of the original's class probability under the repaired one,
-    its threshold moved to flag at most each of `at_fpr` of the clean images."""
-    import onnxruntime as ort
-
-    from contract.manifest import read_manifest
+    two disagree on, and the drop of the original's class probability under the repaired one
+    (contract.scoring.prob_drop), its threshold moved to flag at most each of `at_fpr` of the
+    clean images."""
+    from contract.manifest import read_manifest, read_verified
+    from contract.scoring import prob_drop
+    from training.evaluation.detectors import Graph
     from training.evaluation.metrics import rate
 
-    def logits(set_dir: Path, images: np.ndarray) -> np.ndarray:
-        spec = read_manifest(set_dir).target
-        s = ort.InferenceSession(str(set_dir / spec.file), providers=["CPUExecutionProvider"])
-        feed = spec.input_name
-        parts = [
-            s.run([spec.output_name], {feed: np.asarray(images[i : i + 500], np.float32)})[0]
-            for i in range(0, len(images), 500)
-        ]
-        return np.concatenate(parts)
-
-    def softmax(z: np.ndarray) -> np.ndarray:
-        e = np.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+    original, fixed = (
+        Graph.load(read_verified(d, read_manifest(d).target), 0) for d in (folder, repaired)
+    )
 
     def scores(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        a, b = logits(folder, images), logits(repaired, images)
-        c = a.argmax(axis=1)
-        rows = np.arange(len(c))
-        return c != b.argmax(axis=1), softmax(a)[rows, c] - softmax(b)[rows, c]
+        a, b = (
+            np.concatenate([g(images[i : i + 500]) for i in range(0, len(images), 500)])
+            for g in (original, fixed)
+        )
+        return a.argmax(axis=1) != b.argmax(axis=1), prob_drop(a, b)
 
     clean_dis, clean_drop = scores(clean)
     trig_dis, trig_drop = scores(triggered)
-    out: dict = {
+    return {
         "repaired": str(repaired),
         "class_change": {
             "fpr_clean_test": rate(clean_dis),
             "detection_triggered_test": rate(trig_dis),
         },
-        "prob_drop_at_test_fpr": {},
+        "prob_drop_at_test_fpr": at_test_fpr(clean_drop, trig_drop, at_fpr),
     }
-    ranked = np.sort(clean_drop)[::-1]
-    for fpr in at_fpr:
-        threshold = float(ranked[int(np.floor(fpr * len(ranked)))])
-        out["prob_drop_at_test_fpr"][f"{fpr:g}"] = {
-            "threshold": threshold,
-            "fpr_clean_test": rate(clean_drop > threshold),
-            "detection_triggered_test": rate(trig_drop > threshold),
-        }
-    return out
 
 
 def backdoor(

@@ -13,7 +13,7 @@ import numpy as np
 
 from bench.byom import as_set, measure
 from cli.check import service_load
-from tests.support.tiny_models import clean_image
+from tests.support.tiny_models import TinySpec, clean_image
 from tests.training.conftest import write_idx
 
 RECORD = {
@@ -45,18 +45,21 @@ def test_the_new_target_becomes_a_calibrated_set(both_set: Path, kl_set: Path, t
     assert "audit" not in m and "samples" not in m
 
 
-def test_measure_counts_clean_flags_and_triggered_detections(kl_set: Path, tmp_path: Path) -> None:
-    # The tiny set's classes 1..9 as an MNIST-style test split (the bright band of its class).
-    from tests.support.tiny_models import TinySpec
-
-    spec = TinySpec(name="tinykl")
+def tiny_test_split(folder: Path) -> Path:
+    """The tiny set's classes 1..9 (the bright band of its class), 90 images, as an MNIST-style
+    test split in `folder`/mnist."""
     labels = (1 + np.arange(90) % 9).astype(np.uint8)
+    spec = TinySpec(name="tinykl")
     images = np.stack([clean_image(spec, int(k), seed=i) for i, k in enumerate(labels)])
-    data = tmp_path / "mnist"
+    data = folder / "mnist"
     data.mkdir()
     write_idx(data / "t10k-images-idx3-ubyte.gz", images)
     write_idx(data / "t10k-labels-idx1-ubyte.gz", labels)
+    return data
 
+
+def test_measure_counts_clean_flags_and_triggered_detections(kl_set: Path, tmp_path: Path) -> None:
+    data = tiny_test_split(tmp_path)
     out = measure(kl_set, "mnist", kl_set / "manifest.json", str(data), at_fpr=(0.05,))
 
     assert out["fpr_clean_test"]["n"] == 90 and out["fpr_clean_test"]["k"] == 0
@@ -76,8 +79,6 @@ def test_measure_against_a_repaired_target_flags_what_the_two_disagree_on(
     import onnx
     from onnx import compose
 
-    from tests.support.tiny_models import TinySpec
-
     ae, target = (onnx.load(kl_set / f) for f in ("detrigger.onnx", "target.onnx"))
     joined = compose.merge_models(
         compose.add_prefix(ae, "ae/"),
@@ -90,16 +91,11 @@ def test_measure_against_a_repaired_target_flags_what_the_two_disagree_on(
     manifest = json.loads((repaired / "manifest.json").read_text())
     manifest["target"]["input_name"] = "ae/" + ae.graph.input[0].name
     manifest["target"]["output_name"] = "t/" + target.graph.output[0].name
+    graph = (repaired / "target.onnx").read_bytes()
+    manifest["target"]["sha256"] = hashlib.sha256(graph).hexdigest()
     (repaired / "manifest.json").write_text(json.dumps(manifest))
 
-    spec = TinySpec(name="tinykl")
-    labels = (1 + np.arange(90) % 9).astype(np.uint8)
-    images = np.stack([clean_image(spec, int(k), seed=i) for i, k in enumerate(labels)])
-    data = tmp_path / "mnist"
-    data.mkdir()
-    write_idx(data / "t10k-images-idx3-ubyte.gz", images)
-    write_idx(data / "t10k-labels-idx1-ubyte.gz", labels)
-
+    data = tiny_test_split(tmp_path)
     out = measure(kl_set, "mnist", kl_set / "manifest.json", str(data), (0.05,), repaired)
 
     a = out["against"]

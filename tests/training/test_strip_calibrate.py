@@ -81,9 +81,7 @@ def redraw(model_set: Path, data_dir: Path, *args: str, ok: bool = True) -> str:
 
 def calibrate(model_set: Path, data_dir: Path, **fields) -> dict:
     """The library call the command, make reproduce and the audit make; its summary."""
-    opts = StripOptions(model_set=str(model_set), dataset="mnist", data_dir=str(data_dir))
-    for k, v in fields.items():
-        setattr(opts, k, v)
+    opts = StripOptions(model_set=str(model_set), dataset="mnist", data_dir=str(data_dir), **fields)
     return calibrate_model_set(opts, "test")
 
 
