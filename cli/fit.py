@@ -344,6 +344,7 @@ def calibrate(ctx: click.Context, set_dir: str, **kw) -> None:
         raise click.ClickException(f"{set_dir}: no manifest.json here (docs/model-contract.md)")
     if (kw["data"] is None) == (not kw["recorded_split"]):
         raise click.UsageError("give either --data DIR or --recorded-split")
+    wrong: tuple[str, ...]
     if kw["data"] is not None:
         wrong = _RECORDED_ONLY
     else:
