@@ -147,12 +147,13 @@ def test_proxy_mode_calls_a_grpcs_upstream(
 def test_proxy_mode_refuses_an_upstream_its_ca_did_not_sign(
     tls_server: RunningServer, tiny_set: Path, pki: Pki
 ) -> None:
-    with (
-        serve([tiny_set], proxy_env(tls_server, pki.other_ca), wait_ready=False) as front,
-        pytest.raises(InferenceServerException) as refused,
-    ):
-        infer(front.grpc_target)
+    with serve([tiny_set], proxy_env(tls_server, pki.other_ca), wait_ready=False) as front:
+        reason = front.readiness_reason("tiny", "UNAVAILABLE")  # loaded, then probed
+        with pytest.raises(InferenceServerException) as refused:
+            infer(front.grpc_target)
+    assert "CERTIFICATE_VERIFY_FAILED" in reason  # the probe says why: the handshake
     assert refused.value.status() == "StatusCode.UNAVAILABLE"
+    assert "CERTIFICATE_VERIFY_FAILED" in refused.value.message()
 
 
 # --- settings -------------------------------------------------------------------------------

@@ -49,6 +49,17 @@ class RunningServer:
                     continue
         return records
 
+    def readiness_reason(self, name: str, says: str, timeout: float = 20.0) -> str:
+        """Poll /readyz until set `name`'s reason contains `says` (a proxy set is loaded, then
+        its upstream probed); the last reason, for the caller to assert on."""
+        deadline = time.monotonic() + timeout
+        reason = ""
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline and says not in reason:
+                reason = client.get(self.url + "/readyz").json()["models"].get(name, "")
+                time.sleep(0.1)
+        return reason
+
 
 def _wait(server: RunningServer, path: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
