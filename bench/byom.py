@@ -200,7 +200,7 @@ def as_set(source: Path, out: Path, record: dict, val_images: np.ndarray) -> Pat
     import shutil
 
     from training.evaluation.calibration import CalibrationOptions, calibrate_folder
-    from training.nets.export import sha256, write_manifest
+    from training.nets.manifest_file import sha256, write_manifest
 
     dest = out / "set"
     shutil.rmtree(dest, ignore_errors=True)

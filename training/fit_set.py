@@ -42,7 +42,8 @@ from training.evaluation.set_check import check_set
 from training.evaluation.set_report import fpr_line, write_report
 from training.fit.autoencoder import train_autoencoder
 from training.nets.checkpoints import config_dict
-from training.nets.export import export_and_check, save_png, sha256, write_manifest
+from training.nets.export import export_and_check, save_png
+from training.nets.manifest_file import sha256, write_manifest
 from training.nets.onnx_target import (
     INPUT_NAME,
     OUTPUT_NAME,

@@ -52,7 +52,7 @@ from training.evaluation.metrics import (
     too_few_message,
 )
 from training.evaluation.strip import quantiles, strip_threshold, validation_indices
-from training.nets.export import write_manifest
+from training.nets.manifest_file import write_manifest
 
 
 @dataclass

@@ -32,7 +32,7 @@ from training.evaluation.strip import StripOptions, calibrate_model_set
 from training.evidence import hardware, versions
 from training.fit.autoencoder import train_autoencoder
 from training.fit.target import train_target
-from training.nets.export import write_manifest
+from training.nets.manifest_file import write_manifest
 from training.nets.models import TARGETS
 
 REPO = Path(__file__).resolve().parents[1]

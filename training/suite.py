@@ -57,7 +57,7 @@ from training.evaluation.markdown import table
 from training.evidence import hardware, versions
 from training.fit.autoencoder import train_autoencoder
 from training.fit.target import train_target
-from training.nets.export import sha256, write_manifest
+from training.nets.manifest_file import sha256, write_manifest
 
 FINETUNE_EPOCHS = 2
 FINETUNE_LR_SCALE = 0.1

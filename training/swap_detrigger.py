@@ -39,7 +39,8 @@ from training.evaluation.report import rule_text, write_readme
 from training.evidence import hardware, versions
 from training.fit.autoencoder import train_autoencoder
 from training.nets.checkpoints import config_dict
-from training.nets.export import export_and_check, sha256, write_manifest
+from training.nets.export import export_and_check
+from training.nets.manifest_file import sha256, write_manifest
 from training.nets.onnx_torch import load_onnx_module
 
 log = logging.getLogger("training.swap_detrigger")

@@ -15,7 +15,7 @@ from tests.training.conftest import make_cifar_dataset
 from training import reproduce
 from training.config import AEConfig, Preset, TargetConfig
 from training.evaluation import report as rep
-from training.nets.export import sha256
+from training.nets.manifest_file import sha256
 
 
 def test_reproduce_writes_a_contract_model_set(tiny_preset, tmp_path):

@@ -15,7 +15,7 @@ import pytest
 from tests.training.conftest import write_idx
 from training import suite
 from training.config import AEConfig, Preset, TargetConfig
-from training.nets.export import sha256
+from training.nets.manifest_file import sha256
 
 TINY_SUITE = {
     "poison_rate": 0.1,

@@ -13,7 +13,7 @@ from service.runtime.modelset import ModelSet
 from service.settings import Settings
 from training import reproduce, swap_detrigger
 from training.evaluation import report as rep
-from training.nets.export import sha256
+from training.nets.manifest_file import sha256
 
 
 @pytest.fixture

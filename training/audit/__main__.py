@@ -32,7 +32,8 @@ from training.inversion.pipeline import AuditConfig, run_audit
 from training.inversion.render import write_report
 from training.inversion.synthesis import SynthConfig
 from training.inversion.unlearn import SCHEDULES, UnlearnConfig
-from training.nets.export import check_parity, sha256, write_manifest
+from training.nets.export import check_parity
+from training.nets.manifest_file import sha256, write_manifest
 from training.nets.onnx_torch import load_onnx_module, write_onnx
 
 

@@ -23,7 +23,8 @@ from training.config import PRESETS
 from training.data.datasets import load_dataset, split_train_val
 from training.evidence import hardware, versions
 from training.fit.target import train_target
-from training.nets.export import export_and_check, sha256, write_manifest
+from training.nets.export import export_and_check
+from training.nets.manifest_file import sha256, write_manifest
 from training.nets.models import predict
 
 

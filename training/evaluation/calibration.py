@@ -38,7 +38,7 @@ from training.evaluation.metrics import (
 )
 from training.evaluation.metrics import clopper_pearson as clopper_pearson  # re-exported
 from training.evaluation.strip import BANK_FILE, onnx_target, strip_entropies, strip_threshold
-from training.nets.export import sha256, write_manifest
+from training.nets.manifest_file import sha256, write_manifest
 
 Pair = Callable[
     [np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]

@@ -30,7 +30,7 @@ from training.evaluation.metrics import (
     confidence_note,
     too_few_message,
 )
-from training.nets.export import write_manifest
+from training.nets.manifest_file import write_manifest
 
 
 def above_k(scores: np.ndarray, k: int) -> float:

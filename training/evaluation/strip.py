@@ -44,7 +44,7 @@ from training.evaluation.metrics import (
     threshold_at_fpr,
     too_few_message,
 )
-from training.nets.export import sha256, write_manifest
+from training.nets.manifest_file import sha256, write_manifest
 
 
 @dataclass

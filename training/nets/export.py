@@ -9,17 +9,14 @@ with torch; the export fails if the target's logits (or the AE's pixels) differ 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 from torch import nn
 
-from contract.manifest import Manifest
+from training.nets.manifest_file import sha256
 
 OPSET = 17
 TOL = 1e-4
@@ -27,14 +24,6 @@ TOL = 1e-4
 
 class ParityError(RuntimeError):
     """ONNX Runtime and torch disagree by more than the tolerance."""
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def export_onnx(
@@ -141,16 +130,3 @@ def write_samples(
             save_png(img, folder / name)
             names.append(name)
     return names
-
-
-def write_manifest(folder: Path, manifest: dict) -> Path:
-    """Write folder/manifest.json, field for field in the order given, once the contract's own
-    schema (contract.manifest.Manifest, what the service reads) accepts it: training cannot
-    write a manifest that the service would refuse."""
-    try:
-        Manifest.model_validate(manifest)
-    except ValidationError as exc:
-        raise ValueError(f"{folder}: the manifest breaks the model contract: {exc}") from exc
-    path = folder / "manifest.json"
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    return path

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from training.nets.export import write_manifest
+from training.nets.manifest_file import write_manifest
 
 MANIFEST = {
     "format_version": 1,
