@@ -385,7 +385,7 @@ def _redraw_bank(set_dir: str, kw: dict, fpr_given: bool) -> None:
 
     from contract.manifest import read_manifest
     from training.evaluation.strip import StripOptions, calibrate_model_set
-    from training.recalibrate import recorded_dataset, recorded_target_fpr
+    from training.evaluation.recalibration import recorded_dataset, recorded_target_fpr
 
     folder = Path(set_dir)
     try:
@@ -412,7 +412,7 @@ def _redraw_bank(set_dir: str, kw: dict, fpr_given: bool) -> None:
 
 
 def _recalibrate(set_dir: str, kw: dict, fpr_given: bool) -> None:
-    from training.recalibrate import RecalibrateOptions, recalibrate
+    from training.evaluation.recalibration import RecalibrateOptions, recalibrate
 
     opts = RecalibrateOptions(
         model_set=set_dir,

@@ -93,5 +93,5 @@ def test_the_independent_jobs_are_exactly_the_training_commands() -> None:
     """A new `python -m training.<job>`, or a job a `detrigger-guard` command calls, must join
     the independence contract."""
     jobs = next(c for c in contracts() if c["type"] == "independence")
-    assert cli_jobs() == {"training.fit_set", "training.calibrate_set", "training.recalibrate"}
+    assert cli_jobs() == {"training.fit_set", "training.calibrate_set"}
     assert set(jobs["modules"]) == entry_points("training") | cli_jobs()

@@ -1,6 +1,6 @@
 """Re-calibration of a set on its own validation split (`detrigger-guard calibrate SET
---recorded-split`, training/recalibrate.py), end to end through the command on a tiny model set
-and a tiny IDX dataset (issue 22)."""
+--recorded-split`, training/evaluation/recalibration.py), end to end through the command on a
+tiny model set and a tiny IDX dataset (issue 22)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from service.settings import Settings
 from tests.support.tiny_models import TinySpec, build_model_set, clean_image
 from tests.training.conftest import write_idx
 from training.evaluation.metrics import allowed_exceedances
+from training.evaluation.recalibration import file_digests
 from training.evaluation.strip import StripOptions, bank_and_calibration, calibrate_model_set
-from training.recalibrate import file_digests
 
 SPEC = TinySpec(name="tinycal", rule="score", score="prob_drop", threshold=0.5)
 N_TRAIN, N_VAL, N_TEST, BANK = 400, 200, 30, 27
