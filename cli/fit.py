@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -329,6 +330,14 @@ _BANK = ("seed", "strip_n", "strip_bank")
     show_default=True,
     help="--recorded-split: images per target call",
 )
+@click.option(
+    "--unchanged-tolerance",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="first gate the AE graph: an image that the AE moves by at most this much in every "
+    "pixel is returned unchanged, so the guard skips its second target pass (docs/"
+    "model-contract.md, 'Unchanged images'); 0 removes a gate; then calibrate as asked",
+)
 @click.option("--data-dir", default=None, help="where the preset datasets lie")
 @click.option("--threads", default=2, show_default=True, help="ONNX Runtime threads")
 @click.option("--seed", default=0, show_default=True, help="seed of the bank draw")
@@ -358,6 +367,27 @@ def calibrate(ctx: click.Context, set_dir: str, **kw) -> None:
         else:
             mode = "--data"
         raise click.UsageError(f"{flags}: only with {mode}")
+    if kw["redraw_bank"] and kw["unchanged_tolerance"] is not None:
+        raise click.UsageError(
+            "--unchanged-tolerance: not with --redraw-bank, which keeps the de-trigger "
+            "decision; gate with --recorded-split alone, then redraw the bank"
+        )
+    with contextlib.ExitStack() as stack:
+        if kw["unchanged_tolerance"] is not None:
+            from training.nets.gate import gate_model_set
+
+            try:
+                stack.enter_context(
+                    gate_model_set(Path(set_dir), kw["unchanged_tolerance"], _command())
+                )
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from exc
+            click.echo(f"{set_dir}: AE gated at unchanged tolerance {kw['unchanged_tolerance']}")
+        _calibrate_mode(set_dir, kw, given)
+    click.echo(f"detrigger-guard serve {shlex.quote(set_dir)}")
+
+
+def _calibrate_mode(set_dir: str, kw: dict, given: set[str]) -> None:
     if kw["redraw_bank"]:
         _redraw_bank(set_dir, kw, "target_fpr" in given)
     elif kw["recorded_split"]:
@@ -377,15 +407,14 @@ def calibrate(ctx: click.Context, set_dir: str, **kw) -> None:
             calibrate_job(opts, verify=service_load, log=click.echo)
         except ValueError as exc:
             raise click.ClickException(str(exc)) from exc
-    click.echo(f"detrigger-guard serve {shlex.quote(set_dir)}")
 
 
 def _redraw_bank(set_dir: str, kw: dict, fpr_given: bool) -> None:
     import json
 
     from contract.manifest import read_manifest
-    from training.evaluation.strip import StripOptions, calibrate_model_set
     from training.evaluation.recalibration import recorded_dataset, recorded_target_fpr
+    from training.evaluation.strip import StripOptions, calibrate_model_set
 
     folder = Path(set_dir)
     try:

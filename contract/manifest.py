@@ -57,6 +57,14 @@ class GraphSpec(FileSpec):
     output_name: str
 
 
+class DetriggerSpec(GraphSpec):
+    """The AE graph. ``unchanged_tolerance`` > 0: the graph ends in the unchanged-image gate
+    (docs/model-contract.md, "Unchanged images"); evidence only, the service skips the second
+    target pass for any image returned bit for bit, gated or not."""
+
+    unchanged_tolerance: float = Field(default=0.0, ge=0.0, le=1.0)
+
+
 class Share(BaseModel):
     """A measured share: k of n, with its exact (Clopper-Pearson) 95% interval."""
 
@@ -174,7 +182,7 @@ class Manifest(BaseModel):
     input: InputSpec
     classes: list[str] = Field(min_length=2, max_length=10_000)
     target: GraphSpec
-    detrigger: GraphSpec
+    detrigger: DetriggerSpec
     decision: Decision
     detectors: Detectors = Field(default_factory=Detectors)
     description: str = ""

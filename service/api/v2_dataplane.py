@@ -26,7 +26,7 @@ from service.backends.base import Call, Detection
 from service.backends.proxy import ProxyBackend
 from service.guard import Guard, fired
 from service.logs import request_id_var
-from service.protocol.infer_type import InferRequest, InferResponse, InferTensor, boolean
+from service.protocol.infer_type import InferRequest, InferResponse, boolean
 from service.repository import ModelRepository, Slot
 from service.runtime.modelset import ModelSet
 
@@ -56,11 +56,6 @@ def _enum_parameter(request: InferRequest, key: str, kind: type[E]) -> E | None:
             f"parameters.{key} {value!r} is not allowed",
             accepted=f"{key} one of {[m.value for m in kind]}",
         ) from exc
-
-
-def _rows(tensor: InferTensor, rows: np.ndarray) -> InferTensor:
-    data = tensor.data[rows]
-    return InferTensor(tensor.name, tensor.datatype, list(data.shape), data, tensor.parameters)
 
 
 class DataPlane:
@@ -208,7 +203,7 @@ class DataPlane:
         rows = np.arange(n)
         if mode is Mode.repair:
             rows = np.where(np.asarray(flagged), rows + n, rows)
-        outputs = [_rows(t, rows) for t in detection.outputs]
+        outputs = [t.take_rows(rows) for t in detection.outputs]
         if request.outputs is not None:
             by_name = {t.name: t for t in outputs}
             missing = [o.name for o in request.outputs if o.name not in by_name]

@@ -14,6 +14,7 @@ import numpy as np
 from contract.fusion import both_batch, both_scores, decide_both
 from contract.modes import Detector
 from contract.scoring import decide
+from contract.unchanged import changed_rows, pair_rows, second_pass
 from service.backends.base import Call, Detection
 from service.backends.upstream import UpstreamClient
 from service.protocol.infer_type import InferRequest, InferTensor
@@ -73,9 +74,11 @@ class ProxyBackend:
     async def complete(
         self, x: np.ndarray, batched: Detriggered | None, call: Call, detector: Detector
     ) -> Detection:
-        """[x; AE(x)] (2N images), for STRIP [x; superimposed copies] (N * (n + 1) images), or
-        for both [x; AE(x); copies] (N * (n + 2) images), in one upstream request."""
+        """[x; the images that AE(x) changed] (at most 2N images), for STRIP [x; superimposed
+        copies] (N * (n + 1) images), or for both [x; AE(x); copies] (N * (n + 2) images), in
+        one upstream request."""
         n = x.shape[0]
+        changed = None
         strip = self.model_set.require_strip() if detector is Detector.strip else None
         both = self.model_set.require_both() if detector is Detector.both else None
         if strip is not None:
@@ -86,7 +89,9 @@ class ProxyBackend:
             batch = await asyncio.to_thread(both_batch, x, batched.images, both[0])
         else:
             assert batched is not None, "the engine batches the AE of the detrigger detector"
-            batch = np.concatenate([x, batched.images]).astype(np.float32, copy=False)
+            # The images AE(x) left unchanged are not sent twice (contract/unchanged.py).
+            changed = changed_rows(x, batched.images)
+            batch = second_pass(x, batched.images, changed).astype(np.float32, copy=False)
         request = InferRequest(
             [InferTensor.from_numpy(self.upstream.input_name(), batch)],
             id=call.request_id,
@@ -94,16 +99,22 @@ class ProxyBackend:
         )
         classes = len(self.model_set.manifest.classes)
         response, logits = await self.upstream.infer(request, call.headers, classes)
+        outputs = response.outputs
         if strip is not None:
             decisions, _ = strip.decide(logits, n)
         elif both is not None:
             logits_x, logits_ae, entropy = both_scores(logits, n, both[0].config.n)
             decisions = decide_both(logits_x, logits_ae, entropy, both[1])
         else:
+            assert changed is not None
+            # Back to the full pair [x; AE(x)]: an unchanged image's second row is its first.
+            pair = pair_rows(changed)
+            logits = logits[pair]
+            outputs = [o.take_rows(pair) if o.shape[:1] == [len(batch)] else o for o in outputs]
             decisions = decide(logits[:n], logits[n:], self.model_set.manifest.decision)
         return Detection(
             decisions,
-            response.outputs,
+            outputs,
             response.model_name or self.upstream.config.model,
             response.model_version,
             response.parameters,

@@ -211,6 +211,11 @@ class InferTensor:
     ) -> InferTensor:
         return cls(name, datatype_of(array.dtype), list(array.shape), array, parameters or {})
 
+    def take_rows(self, rows: np.ndarray) -> InferTensor:
+        """This tensor's rows ``rows`` (an index array along the first axis)."""
+        data = self.data[rows]
+        return InferTensor(self.name, self.datatype, list(data.shape), data, self.parameters)
+
     @classmethod
     def from_rest(
         cls, obj: Any, binary: memoryview | None, offset: int, where: str

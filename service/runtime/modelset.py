@@ -15,6 +15,7 @@ from contract.manifest import BothSpec, Manifest, read_manifest, read_verified
 from contract.modes import Detector
 from contract.scoring import Decisions, Rule, decide
 from contract.strip import Strip
+from contract.unchanged import changed_rows, pair_rows, second_pass
 from service import tracing
 from service.runtime.fused import AE_PREFIX, LOGITS, CannotFuse, FusedModel, check_parity, fuse
 from service.runtime.onnx import OnnxModel
@@ -173,6 +174,9 @@ class ModelSet:
         fused = FusedModel(model)
         c, h, w = self.input_chw
         probe = np.random.default_rng(0).random((2, c, h, w), dtype=np.float32)
+        # and the AE's own output, which a gated AE (contract/unchanged.py) is likely to return
+        # unchanged: the joined graph's skip is checked on both kinds of row
+        probe = np.concatenate([probe, self.detrigger.run(probe).astype(np.float32, copy=False)])
         if not check_parity(fused, self.detrigger, self.target, probe):
             logger.warning(
                 "AE and target stay two calls",
@@ -190,23 +194,28 @@ class ModelSet:
         return Detriggered(x_ae)
 
     def infer_scored(self, x: np.ndarray) -> Scored:
-        """The decisions and both logits: AE once, then the target once on [x; AE(x)]; one
-        ONNX Runtime call of the joined graph where the set has one."""
+        """The decisions and both logits: AE once, then the target once on x and the images that
+        AE(x) changed (an unchanged image's second pass would repeat its first); one ONNX
+        Runtime call of the joined graph where the set has one."""
         n = x.shape[0]
         if self.fused is not None:
             with tracing.span("ae_target", model=self.name, images=n):
-                logits, x_ae = self.fused.run(x)  # (2N, K), (N, C, H, W)
+                logits, x_ae, changed = self.fused.run(x)  # (N + M, K), (N, C, H, W), (N,)
             if x_ae.shape != x.shape:
                 raise ModelFailed(f"{self.detrigger.name}: output {x_ae.shape} != input {x.shape}")
         else:
             x_ae = self.detrigger_only(x).images
-            with tracing.span("target", model=self.name, images=2 * n):
-                logits = self.target.run(np.concatenate([x, x_ae], axis=0))  # (2N, K)
-        if logits.shape != (2 * n, len(self.manifest.classes)):
+            changed = changed_rows(x, x_ae)
+            batch = second_pass(x, x_ae, changed)
+            with tracing.span("target", model=self.name, images=batch.shape[0]):
+                logits = self.target.run(batch)  # (N + M, K)
+        rows = n + int(changed.sum())  # M of the N images changed by the AE: run twice
+        if logits.shape != (rows, len(self.manifest.classes)):
             raise ModelFailed(
                 f"{self.target.name}: logits {logits.shape}, expected "
-                f"({2 * n}, {len(self.manifest.classes)})"
+                f"({rows}, {len(self.manifest.classes)})"
             )
+        logits = logits[pair_rows(changed)]  # (2N, K): an unchanged image's second row is its first
         return Scored(
             decide(logits[:n], logits[n:], self.manifest.decision), logits[:n], logits[n:], x_ae
         )

@@ -13,7 +13,7 @@ from contract.modes import Detector
 from service.runtime.modelset import ModelSet
 from service.settings import Settings
 from tests.support import user_models as um
-from tests.support.tiny_models import TinySpec, build_model_set
+from tests.support.tiny_models import TinySpec, build_model_set, clean_image
 
 
 def test_calibrate_rewrites_the_threshold_and_the_strip_bank(tmp_path: Path) -> None:
@@ -86,3 +86,34 @@ def test_calibrate_takes_a_confidence_or_off(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     calibration = json.loads((folder / "manifest.json").read_text())["decision"]["calibration"]
     assert calibration["confidence"] == 0.9 and calibration["allowed_exceedances"] == 2
+
+
+def test_calibrate_gates_the_ae_first_when_asked(tmp_path: Path) -> None:
+    """--unchanged-tolerance: the AE graph gains the gate (contract/unchanged.py), the manifest
+    records it, and the thresholds are calibrated on the gated graph; --redraw-bank, which
+    keeps the de-trigger decision, refuses it."""
+    folder = build_model_set(tmp_path / "tiny", TinySpec(name="tiny"))
+    spec = TinySpec(name="tiny")
+    x = np.stack([clean_image(spec, 1 + i % 9, seed=i) for i in range(120)])[:, None]
+    x = x.astype(np.float32) / 255.0
+    um.write_pngs(tmp_path / "clean", x)
+    base = ["calibrate", str(folder), "--data", str(tmp_path / "clean"), "--target-fpr", "0.05"]
+    base += ["--no-strip", "--estimate-images", "40"]
+    result = CliRunner().invoke(main, [*base, "--unchanged-tolerance", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert "AE gated at unchanged tolerance 0.1" in result.output
+    entry = json.loads((folder / "manifest.json").read_text())["detrigger"]
+    assert entry["unchanged_tolerance"] == 0.1 and entry["gate"]["tolerance"] == 0.1
+    model_set = ModelSet.load(folder, Settings(models=[folder]))
+    scored = model_set.infer_scored(x[:4])
+    assert scored.images_ae is not None and np.array_equal(scored.images_ae, x[:4])  # unchanged
+    # The estimates say so: clean images come back bit for bit, the white corner never does.
+    estimates = json.loads((folder / "report.json").read_text())["calibration"]["estimates"]
+    assert estimates["clean"]["unchanged"] == 1.0
+    white = next(t for t in estimates["triggers"] if t["name"] == "badnets-white")
+    assert white["unchanged"] == 0.0
+    refused = CliRunner().invoke(
+        main, ["calibrate", str(folder), "--recorded-split", "--redraw-bank",
+               "--unchanged-tolerance", "0.1"],
+    )  # fmt: skip
+    assert refused.exit_code == 2 and "not with --redraw-bank" in refused.output

@@ -25,6 +25,7 @@ import numpy as np
 from contract.manifest import Decision, Manifest, read_manifest, read_verified
 from contract.scoring import SCORES, decide
 from contract.strip import StripConfig, bank_from_npy, flag
+from contract.unchanged import changed_rows
 from training.data.attack_suite import load_suite
 from training.data.triggers import Trigger
 from training.evaluation.detectors import cpu_session
@@ -102,11 +103,15 @@ def estimates(
         "trigger is stamped on clean held-out images; 'restoration' is how often the target's "
         "class on AE(stamped) equals its class on the clean image; 'flagged' how often the "
         "set's decision flags the stamped image (a trigger the model never learnt rarely "
-        "changes its class, so 'flagged' understates detection of a real backdoor).",
+        "changes its class, so 'flagged' understates detection of a real backdoor); "
+        "'unchanged' how often the AE returns the image bit for bit (a gated AE: the guard "
+        "runs the target on it once, and can never flag it).",
         "n": int(len(x)),
         "clean": {
             "mean_abs_pixel_change": float(np.abs(ax - x).mean()),
             "class_agreement": float((lae.argmax(1) == clean_pred).mean()),
+            # returned bit for bit (a gated AE, contract/unchanged.py): the target runs once
+            "unchanged": float((~changed_rows(x, ax)).mean()),
         },
         "triggers": [],
     }
@@ -122,7 +127,7 @@ def estimates(
             out["skipped"].append({"name": name, "why": "the patch covers half the image"})
             continue
         stamped = np.asarray(t(x.copy()), np.float32)
-        sx, sae, _ = _batched(run_pair, stamped, batch_size)
+        sx, sae, sax = _batched(run_pair, stamped, batch_size)
         flagged = decide(sx, sae, decision).flagged
         out["triggers"].append(
             {
@@ -131,6 +136,8 @@ def estimates(
                 "restoration_rate": float((sae.argmax(1) == clean_pred).mean()),
                 "class_changed_by_trigger": float((sx.argmax(1) != clean_pred).mean()),
                 "flagged": float(flagged.mean()),
+                # stamped images the AE returned bit for bit: none of them can be flagged
+                "unchanged": float((~changed_rows(stamped, sax)).mean()),
             }
         )
     return out

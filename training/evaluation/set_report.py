@@ -121,13 +121,16 @@ def markdown(report: dict[str, Any]) -> str:
             "flags the stamped image (low where the model never learnt that trigger).",
             "",
             f"- on clean images the AE changes pixels by {c['mean_abs_pixel_change']:.4f} on "
-            f"average (of 1) and keeps the target's class on {_pct(c['class_agreement'])}",
+            f"average (of 1) and keeps the target's class on {_pct(c['class_agreement'])}; "
+            f"it returns {_pct(c.get('unchanged', 0.0))} of them bit for bit (*unchanged*: a "
+            "gated AE's, run once by the guard, never flagged; docs/model-contract.md)",
             "",
-            "| trigger | restoration | class changed by trigger | flagged |",
-            "|---|---:|---:|---:|",
+            "| trigger | restoration | class changed by trigger | flagged | unchanged |",
+            "|---|---:|---:|---:|---:|",
             *[
                 f"| {t['name']} | {_pct(t['restoration_rate'])} | "
-                f"{_pct(t['class_changed_by_trigger'])} | {_pct(t['flagged'])} |"
+                f"{_pct(t['class_changed_by_trigger'])} | {_pct(t['flagged'])} | "
+                f"{_pct(t.get('unchanged', 0.0))} |"
                 for t in est["triggers"]
             ],
             "",
