@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from contract.scoring import kl
+from contract.unchanged import changed_rows, pair_rows, second_pass
 from training import cli, evidence
 from training.data.attack_suite import DEFAULT_SUITE, SuiteError, load_suite
 from training.data.datasets import DATASETS, load_dataset
@@ -71,10 +72,21 @@ def images_per_second(call: Callable[[], object], batch: int, seconds: float) ->
 
 
 def guard_pass(ae: Graph, target: Graph, x: np.ndarray) -> np.ndarray:
-    """What the service's engine computes per batch: AE(x), the target on [x; AE(x)], KL."""
+    """What the service's engine computes per batch: AE(x), the target on x and the images
+    that AE(x) changed (contract/unchanged.py), KL on the full pair."""
     x_ae = ae(x).astype(np.float32, copy=False)
-    logits = target(np.concatenate([x, x_ae]))
+    changed = changed_rows(x, x_ae)
+    logits = target(second_pass(x, x_ae, changed))[pair_rows(changed)]
     return kl(logits[: len(x)], logits[len(x) :])
+
+
+def unchanged_share(ae: Graph, images: np.ndarray, batch: int = 256) -> float:
+    """The share of `images` that the AE returns bit for bit (the guard runs them once)."""
+    same = [
+        ~changed_rows(x, ae(x).astype(np.float32, copy=False))
+        for x in (images[i : i + batch] for i in range(0, len(images), batch))
+    ]
+    return float(np.concatenate(same).mean())
 
 
 def measure_speed(
@@ -145,6 +157,7 @@ def detector_summary(entry: dict[str, Any], rule: str) -> dict[str, Any]:
     ]
     if rule == "kl":
         out["clean_accuracy_after_ae"] = entry.get("clean_accuracy_after_ae")
+        out["largest_pixel_change"] = entry.get("largest_pixel_change")
     return out
 
 
@@ -237,13 +250,18 @@ def markdown(report: dict[str, Any]) -> str:
             "",
             "img/s; `AE / target` is the AE's cost relative to the target's (target img/s / AE "
             "img/s, aim <= 0.5); `guard / target` is the guard's pass (AE, then the target on "
-            "x and AE(x), KL) relative to the bare target.",
+            "x and on the images AE(x) changed, KL) relative to the bare target; `unchanged` "
+            "is the share of the first "
+            f"{report['unchanged_clean']['images']:,} clean test images that the AE returns bit "
+            "for bit (the guard's second pass skips them; docs/model-contract.md).",
             "",
         ]
         rows = []
         for batch in speed:
             cells = speed[batch]
-            rows.append([batch, "target alone", f"{cells['target']['median']:,.0f}", "", "", ""])
+            rows.append(
+                [batch, "target alone", f"{cells['target']['median']:,.0f}", "", "", "", ""]
+            )
             for label in labels:
                 r = ratios[batch][label]
                 rows.append(
@@ -254,13 +272,15 @@ def markdown(report: dict[str, Any]) -> str:
                         f"{r['ae_cost_vs_target']:.2f}",
                         f"{cells[f'guard:{label}']['median']:,.0f}",
                         f"{r['guard_vs_target']:.2f}",
+                        pct(report["unchanged_clean"]["share"][label]),
                     ]
                 )
         lines += table(
-            ["batch", "graph", "AE img/s", "AE / target", "guard img/s", "guard / target"],
+            ["batch", "graph", "AE img/s", "AE / target", "guard img/s", "guard / target",
+             "unchanged %"],
             rows,
-            align="llrrrr",
-        )
+            align="llrrrrr",
+        )  # fmt: skip
     sets = report.get("sets")
     if sets:
         fpr = report["config"]["target_fpr"]
@@ -324,6 +344,36 @@ def markdown(report: dict[str, Any]) -> str:
             rows,
             align="llrrrrr",
         )
+        lines += [
+            "",
+            "How far each AE moves images: the largest pixel change of AE(x) from x, median over "
+            "the clean test images and smallest over each attack's triggered ones; `unchanged`: "
+            "the share it returns bit for bit (a gated AE's; a triggered image returned "
+            "unchanged can never be flagged, so its share must be 0):",
+            "",
+        ]
+        rows = []
+        for s in sets:
+            for label in labels:
+                m = s["aes"][label]["kl"].get("largest_pixel_change")
+                if not m:  # a report written before this column
+                    continue
+                rows.append(
+                    [
+                        s["attack"],
+                        label,
+                        f"{m['clean_median']:.4f}",
+                        pct(m["clean_unchanged"]),
+                        ", ".join(f"{v:.4f}" for v in m["triggered_min"]),
+                        ", ".join(pct(v) for v in m["triggered_unchanged"]),
+                    ]
+                )
+        lines += table(
+            ["attack", "AE", "clean: median", "clean unchanged %", "triggered: smallest",
+             "triggered unchanged %"],
+            rows,
+            align="llrrrr",
+        )  # fmt: skip
         lines += ["", "## Verdict", ""]
         for label, v in report["verdicts"].items():
             w = v["worst"]
@@ -349,6 +399,8 @@ def ae_description(path: Path) -> str:
     if not beside.is_file():
         return "a model set's AE" if (path.parent / "manifest.json").is_file() else ""
     info = json.loads(beside.read_text())
+    if "what" in info:  # a note written by hand beside a graph made by a command it names
+        return str(info["what"])
     cfg = info.get("autoencoder") or {}
     text = f"{cfg.get('arch', '?')} width {cfg.get('width', '?')}, {cfg.get('triggers')} triggers"
     q = info.get("quantisation")
@@ -388,6 +440,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64, help="detection batches (default: 64)")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads (default: 1)")
     p.add_argument("--seconds", type=float, default=1.0, help="per speed cell (default: 1.0)")
+    p.add_argument(
+        "--unchanged-images",
+        type=int,
+        default=2000,
+        help="clean test images on which each AE's unchanged share is counted (default: 2000)",
+    )
     p.add_argument("--rounds", type=int, default=5, help="speed rounds (default: 5)")
     p.add_argument("--no-speed", action="store_true", help="skip the speed measurement")
     p.add_argument("--no-detection", action="store_true", help="skip the detection measurement")
@@ -460,6 +518,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         print(f"speed: {len(aes)} AEs, batches {BATCHES}, {args.rounds} rounds", flush=True)
         report["speed"] = measure_speed(target, aes, images, args.seconds, args.rounds)
         report["speed_ratios"] = speed_ratios(report["speed"], labels)
+        clean = test.images[: args.unchanged_images].astype(np.float32) / np.float32(255.0)
+        report["unchanged_clean"] = {
+            "images": len(clean),
+            "share": {label: unchanged_share(ae, clean) for label, ae in aes.items()},
+        }
     if not args.no_detection:
         try:
             suite = load_suite(Path(args.suite))

@@ -45,6 +45,15 @@ def test_rule_passes_an_equal_ae_and_fails_one_that_removes_nothing(run: tuple) 
     assert identity["passes"] is False
     assert identity["worst"]["drop_points"] == pytest.approx(100.0)
     assert "own" not in report["verdicts"]
+    # How far each AE moves images: the identity not at all, the masking AE the white corner by 1.
+    moved = {
+        label: entry["aes"][label]["kl"]["largest_pixel_change"] for label in ("own", "identity")
+    }
+    assert moved["identity"]["clean_unchanged"] == 1.0 and moved["identity"]["triggered_min"] == [
+        0.0
+    ]
+    assert moved["identity"]["triggered_unchanged"] == [1.0]
+    assert moved["own"]["triggered_min"] == [1.0] and moved["own"]["triggered_unchanged"] == [0.0]
 
 
 def test_speed_cells_and_ratios(run: tuple) -> None:
@@ -56,6 +65,8 @@ def test_speed_cells_and_ratios(run: tuple) -> None:
         }
         assert all(len(c["rounds"]) == 2 and c["median"] > 0 for c in cells.values())
         ratio = report["speed_ratios"][batch]["own"]
+        # The identity AE returns every image bit for bit: its guard pass runs the target once.
+        assert report["unchanged_clean"]["share"]["identity"] == 1.0
         assert ratio["ae_cost_vs_target"] == pytest.approx(
             cells["target"]["median"] / cells["ae:own"]["median"]
         )
@@ -65,7 +76,8 @@ def test_markdown_has_the_tables_and_the_verdict(run: tuple) -> None:
     report, out = run
     md = (out / "mnist.md").read_text()
     assert report["command"] in md
-    assert "| 64 | own |" in md and "own (baseline)" in md
+    assert "| 64 | own |" in md and "own (baseline)" in md and "unchanged %" in md
+    assert "| badnets-white | identity | " in md and "triggered unchanged %" in md
     assert "- **identity**: fails the 0.5-point rule; largest drop +100.00 points" in md
     assert "- **copy**: passes the 0.5-point rule" in md
 

@@ -372,6 +372,14 @@ def ae_runs(
     ]
     seconds = s_neg.seconds + sum(s.seconds for s in s_pos)
     accuracy = float((s_neg.detriggered == data.test.labels[idx.test]).mean())
+    # How far the AE moves images (its largest pixel change): the room for an unchanged-image
+    # gate (contract/unchanged.py) is between the clean images' and the triggered ones'.
+    moved = {
+        "clean_median": float(np.median(s_neg.moved)),
+        "clean_unchanged": float((s_neg.moved == 0).mean()),
+        "triggered_min": [float(s.moved.min()) for s in s_pos],
+        "triggered_unchanged": [float((s.moved == 0).mean()) for s in s_pos],
+    }
     runs = []
     for rule, t in (
         ("class_change", None),
@@ -390,7 +398,7 @@ def ae_runs(
                 ae_outcomes(s_neg, rule, t),
                 [ae_outcomes(s, rule, t) for s in s_pos],
                 ae,
-                {"clean_accuracy_after_ae": accuracy},
+                {"clean_accuracy_after_ae": accuracy, "largest_pixel_change": moved},
             )
         )
     return runs

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -65,6 +65,8 @@ class AEScores:
     detriggered: np.ndarray  # (N,) argmax f(AE(x))
     kl: np.ndarray  # (N,) nats
     seconds: float  # inference and scoring only
+    # (N,) max |AE(x) - x| over each image: 0 for an image a gated AE returns unchanged
+    moved: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     @property
     def class_change(self) -> np.ndarray:
@@ -108,19 +110,24 @@ def run_ae(
     transform: Transform | None = None,
 ) -> AEScores:
     """The de-trigger AE detector on uint8 images (N, C, H, W)."""
-    predicted, detriggered, scores, seconds = [], [], [], 0.0
+    predicted, detriggered, scores, moved, seconds = [], [], [], [], 0.0
     for x in float_batches(images, batch_size, transform):
         t0 = time.perf_counter()
-        x_ae = ae(x)
-        logits = target(np.concatenate([x, x_ae.astype(np.float32, copy=False)]))
+        x_ae = ae(x).astype(np.float32, copy=False)
+        logits = target(np.concatenate([x, x_ae]))
         logits_x, logits_ae = logits[: len(x)], logits[len(x) :]
         score = kl(logits_x, logits_ae)
         seconds += time.perf_counter() - t0
         predicted.append(logits_x.argmax(axis=1))
         detriggered.append(logits_ae.argmax(axis=1))
         scores.append(score)
+        moved.append(np.abs(x_ae - x).reshape(len(x), -1).max(axis=1))
     return AEScores(
-        _cat(predicted, np.int64), _cat(detriggered, np.int64), _cat(scores, float), seconds
+        _cat(predicted, np.int64),
+        _cat(detriggered, np.int64),
+        _cat(scores, float),
+        seconds,
+        _cat(moved, float),
     )
 
 
