@@ -1,6 +1,7 @@
 """The in-process ceiling: ONNX Runtime in the benchmark's own process, no HTTP, no decoding,
 no batching wait. The guard's path is what its engine runs per batch (AE(x), then the target on
-[x; AE(x)] in one call, ModelSet.infer_scored), with the same session options as the service."""
+x and the images AE(x) changed in one call, ModelSet.infer_scored), with the same session
+options as the service, on the set's clean sample images that the load sends too."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from bench.bodies import as_tensor, sample_pngs
 from service.runtime.modelset import ModelSet
 
 
@@ -35,8 +37,9 @@ def images_per_s(run: Callable[[np.ndarray], object], x: np.ndarray, seconds: fl
 
 
 def batch(model_set: ModelSet, size: int, seed: int) -> np.ndarray:
-    c, h, w = model_set.input_chw
-    return np.random.default_rng(seed).random((size, c, h, w), dtype=np.float32)
+    """``size`` of the set's clean sample images, the very images the load sends: the guard's
+    cost depends on them (it runs the target once on an image its AE returns unchanged)."""
+    return as_tensor(sample_pngs(model_set.folder, size, seed), model_set.input_chw)
 
 
 def guard_path(model_set: ModelSet, size: int, seconds: float, seed: int) -> tuple[float, float]:

@@ -207,8 +207,10 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## In-process ONNX Runtime (the benchmark's process, the guard's session options)",
         "",
+        "On the set's clean sample images, the ones the load sends.",
+        "",
         "| batch | AE alone img/s | target alone img/s | guard path img/s (AE, then target on "
-        "[x; AE(x)]) |",
+        "x and the images AE(x) changed) |",
         "|---:|---:|---:|---:|",
     ]
     for size, r in report["in_process"].items():

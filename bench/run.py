@@ -11,8 +11,9 @@
    Per cell: images/s, p50/p90/p99 latency, errors, and each server's CPU seconds from /proc.
    A body that the peer refuses (its REST server has no binary tensor data) is recorded as such.
 3. Before each 64-image cell: the guard's in-process ONNX Runtime ceiling at batch 64 (AE, then
-   the target on [x; AE(x)], bench/ceiling.py), so the service/ceiling ratio compares numbers
-   taken minutes, not a run, apart.
+   the target on x and the images AE(x) changed, on the clean sample images the load sends,
+   bench/ceiling.py), so the service/ceiling ratio compares numbers taken minutes, not a run,
+   apart.
 4. /classify with PNG multipart bodies, 1 and 64 images per request (the guard only).
 5. A py-spy profile of the guard at 1 image per request (V2 JSON, concurrency 1 and 32).
 
