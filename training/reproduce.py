@@ -27,11 +27,13 @@ from training.data.triggers import Trigger
 from training.evaluation import report as rep
 from training.evaluation import set_export
 from training.evaluation.evaluate import choose_decision, evaluate_pair
+from training.evaluation.recalibration import RecalibrateOptions, recalibrate
 from training.evaluation.set_export import N_SAMPLES, backdoor_entry, export_model_set
 from training.evaluation.strip import StripOptions, calibrate_model_set
 from training.evidence import hardware, versions
 from training.fit.autoencoder import train_autoencoder
 from training.fit.target import train_target
+from training.nets.gate import gate_model_set
 from training.nets.manifest_file import write_manifest
 from training.nets.models import TARGETS
 
@@ -198,6 +200,33 @@ def export_set(
     return onnx_runtime
 
 
+def gate_set(name: str, preset: Preset, out: Path, data_dir: str | None) -> None:
+    """Gate the set's AE at the preset's unchanged tolerance and calibrate its decision again
+    on the same validation split, as `detrigger-guard calibrate SET --recorded-split
+    --unchanged-tolerance T` does (the manifest records that command)."""
+    argv = [
+        str(out),
+        "--recorded-split",
+        "--unchanged-tolerance",
+        f"{preset.unchanged_tolerance:g}",
+    ]
+    argv += ["--dataset", name, "--confidence", f"{preset.confidence:g}"]
+    argv += ["--data-dir", data_dir] if data_dir else []
+    command = " ".join(["detrigger-guard calibrate", *argv])
+    with gate_model_set(out, preset.unchanged_tolerance, command):
+        recalibrate(
+            RecalibrateOptions(
+                model_set=str(out),
+                dataset=name,
+                data_dir=data_dir,
+                target_fpr=preset.target_fpr,
+                confidence=preset.confidence,
+                command=command,
+            ),
+            log=log.info,
+        )
+
+
 def calibrate_strip(name: str, preset: Preset, out: Path, data_dir: str | None) -> dict:
     """STRIP, the second detector: its bank and threshold for the same target FPR, as
     `detrigger-guard calibrate SET --recorded-split --redraw-bank` with these options would
@@ -275,7 +304,11 @@ def run_dataset(name: str, args: argparse.Namespace) -> dict:
     onnx_runtime = export_set(name, preset, target, aes, ev, test, training_cfg, out)
     stages["export"] = time.time() - t
 
-    # --- STRIP, the second detector
+    # --- the unchanged-image gate, then STRIP (and detector both) on the gated AE
+    if preset.unchanged_tolerance:
+        t = time.time()
+        gate_set(name, preset, out, args.data_dir)
+        stages["gate"] = time.time() - t
     t = time.time()
     strip = calibrate_strip(name, preset, out, args.data_dir)
     stages["strip"] = time.time() - t

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,26 @@ def test_reproduce_writes_a_contract_model_set(tiny_preset, tmp_path):
     for f in ("report.json", "report.md", "bars.png", "roc.png", "examples.png"):
         assert (rep_dir / f).is_file()
     assert "| mnist |" in (tmp_path / "reports" / "README.md").read_text()
+
+
+def test_a_preset_tolerance_gates_the_shipped_ae(tiny_preset, tmp_path):
+    """Preset.unchanged_tolerance: the AE gated (training/nets/gate.py) and the decision
+    calibrated again on the gated graph, before STRIP and both are calibrated on it."""
+    reproduce.PRESETS["mnist"] = replace(reproduce.PRESETS["mnist"], unchanged_tolerance=0.05)
+    reproduce.run_dataset("mnist", tiny_preset)
+    folder = tmp_path / "models" / "mnist"
+    m = json.loads((folder / "manifest.json").read_text())
+    gate = m["detrigger"]["gate"]
+    assert m["detrigger"]["unchanged_tolerance"] == 0.05 and gate["tolerance"] == 0.05
+    assert "--unchanged-tolerance 0.05" in gate["command"]
+    assert m["detrigger"]["sha256"] == sha256(folder / "detrigger.onnx")
+    ae = ort.InferenceSession(str(folder / "detrigger.onnx"))
+    x = np.zeros((2, 1, 28, 28), np.float32)
+    x[1] = 1.0
+    (out,) = ae.run(None, {"images": x})
+    moved = np.abs(out - x).reshape(2, -1).max(axis=1)
+    assert all(d == 0.0 or d > 0.05 for d in moved)  # returned bit for bit, or moved past T
+    assert m["detectors"]["strip"]["calibration"]["target_fpr"] == 0.04
 
 
 def test_rerun_from_scratch_gives_the_same_numbers(tiny_preset, tmp_path):
