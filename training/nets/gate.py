@@ -47,6 +47,7 @@ def ungated(model: onnx.ModelProto, output_name: str) -> onnx.ModelProto:
     out.CopyFrom(model)
     del out.graph.node[:]
     for node in nodes:
+        node.input[:] = [output_name if i == UNGATED else i for i in node.input]
         node.output[:] = [output_name if o == UNGATED else o for o in node.output]
         out.graph.node.append(node)
     kept = [i for i in out.graph.initializer if not i.name.startswith(PREFIX)]
@@ -68,7 +69,8 @@ def add_gate(
     rank = next((len(i.type.tensor_type.shape.dim) for i in graph.input if i.name == input_name), 0)
     if rank < 2:
         raise ValueError(f"the AE graph has no image input {input_name!r} of known rank")
-    for node in graph.node:
+    for node in graph.node:  # the AE's output, also where a node of its own reads it
+        node.input[:] = [UNGATED if i == output_name else i for i in node.input]
         node.output[:] = [UNGATED if o == output_name else o for o in node.output]
     p = PREFIX
     opset = _opset(out)

@@ -102,3 +102,20 @@ def test_a_set_is_gated_in_place_and_put_back_when_the_body_fails(tmp_path: Path
         onnx.load(folder / "detrigger.onnx").SerializeToString()
         == onnx.load_from_string(graph_before).SerializeToString()
     )
+
+
+def test_a_graph_that_reads_its_own_output_still_checks_and_round_trips() -> None:
+    """A node of the AE that reads the AE's output (here a second graph output) reads the
+    ungated one; removing the gate gives the graph back."""
+    ae = detrigger_graph(SPEC)
+    ae.graph.node.append(onnx.helper.make_node("Identity", ["images_out"], ["also_out"]))
+    also_out = onnx.ValueInfoProto()
+    also_out.CopyFrom(ae.graph.output[0])
+    also_out.name = "also_out"
+    ae.graph.output.append(also_out)
+    gated = add_gate(ae, "images", "images_out", 0.1)
+    x = images()
+    session = ort.InferenceSession(gated.SerializeToString(), providers=["CPUExecutionProvider"])
+    out, also = session.run(["images_out", "also_out"], {"images": x})
+    assert np.array_equal(out[:2], x[:2]) and np.array_equal(also, run(ae, x))
+    assert ungated(gated, "images_out").SerializeToString() == ae.SerializeToString()
