@@ -151,10 +151,10 @@ def preset_autoencoder(autoencoders: dict[str, AEConfig], arch: str, triggers: s
     for cfg in autoencoders.values():
         if (cfg.arch, cfg.triggers) == (arch, triggers):
             return cfg
-    if arch == "slim" and arch not in autoencoders:
-        # The slim student (issue 20) has no preset entry of its own: the conv AE's recipe for
-        # these triggers, on the slim net.
-        return replace(preset_autoencoder(autoencoders, "conv", triggers), arch="slim")
+    if arch in ("slim", "slim-fr") and arch not in autoencoders:
+        # The slim students (issue 20) have no preset entry of their own: the conv AE's recipe
+        # for these triggers, on the student's net.
+        return replace(preset_autoencoder(autoencoders, "conv", triggers), arch=arch)
     return autoencoders[arch]
 
 

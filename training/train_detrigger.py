@@ -59,9 +59,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--arch",
         default="conv",
-        choices=["mlp", "conv", "slim"],
-        help="which AE: mlp, conv or slim (the cheaper student of issue 20, on the conv AE's "
-        "recipe; training/nets/autoencoders.py) (default: conv)",
+        choices=["mlp", "conv", "slim", "slim-fr"],
+        help="which AE: mlp, conv, slim or slim-fr (the cheaper students of issue 20, on the "
+        "conv AE's recipe; training/nets/autoencoders.py) (default: conv)",
     )
     p.add_argument(
         "--triggers",

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-AUTOENCODERS = ("mlp", "conv", "slim")
+AUTOENCODERS = ("mlp", "conv", "slim", "slim-fr")
 FILLS = ("sigmoid", "extended")  # the conv AE's fill activation
 EXTEND = 0.05  # "extended": the fill's range is (-EXTEND, 1 + EXTEND)
 
@@ -208,6 +208,40 @@ class SlimMaskedAutoencoder(MaskedAutoencoder):
         return out[..., :h, :w] if padded else out
 
 
+class SlimFullResAutoencoder(SlimMaskedAutoencoder):
+    """`slim-fr`: the slim AE plus a thin branch at full resolution that refines the correction
+    (issue 20: the slim students lost the faint full-image noise trigger, which the conv AE's
+    full-resolution layers undo). The branch reads the image and the slim head's parts and adds
+    to the correction's pre-activation: conv 3x3 (C + 1 + 2C -> r) -> ReLU -> conv 3x3 (r -> C),
+    about 20 r multiply-adds per pixel for grey images. Needs a residual."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        width: int = 16,
+        fill: str = "sigmoid",
+        residual: float = 0.0,
+        refine_width: int = 8,
+    ) -> None:
+        if not residual:
+            raise ValueError("slim-fr refines the correction: give it a residual > 0")
+        super().__init__(in_channels, width, fill, residual)
+        c = in_channels
+        self.refine = nn.Sequential(
+            nn.Conv2d(c + 1 + 2 * c, refine_width, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(refine_width, c, 3, padding=1),
+        )
+        nn.init.zeros_(self.refine[2].weight)  # starts as the slim AE: no refinement
+        nn.init.zeros_(self.refine[2].bias)
+
+    def head_parts(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().head_parts(x)
+        c = self.channels
+        correction = out[:, 1 + c :] + self.refine(torch.cat([x, out], 1))
+        return torch.cat([out[:, : 1 + c], correction], 1)
+
+
 class Clamp01(nn.Module):
     """Wraps an AE so that its output is clipped to [0, 1] (the model contract)."""
 
@@ -233,6 +267,8 @@ def build_autoencoder(
         ae = MaskedConvAutoencoder(in_channels, width, fill, residual)
     elif arch == "slim":
         ae = SlimMaskedAutoencoder(in_channels, width, fill, residual)
+    elif arch == "slim-fr":
+        ae = SlimFullResAutoencoder(in_channels, width, fill, residual)
     else:
         raise ValueError(f"unknown autoencoder {arch!r}; allowed: {', '.join(AUTOENCODERS)}")
     return Clamp01(ae)

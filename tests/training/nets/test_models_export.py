@@ -174,3 +174,24 @@ def test_slim_autoencoder_exports_with_parity(tmp_path, channels, size):
         assert mask.shape == (5, 1, size, size)
         # neighbouring pixels of one 2 x 2 block get masks of their own
         assert (mask[:, :, 0::2, 0::2] - mask[:, :, 1::2, 1::2]).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 30)])
+def test_slim_fr_refines_the_slim_correction_and_exports_with_parity(tmp_path, channels, size):
+    """slim-fr: the slim AE plus a full-resolution branch added to the correction; zero at the
+    start (the slim AE's output), trained weights change the output, parity through ONNX."""
+    torch.manual_seed(0)
+    kw = {"width": 4, "fill": "extended", "residual": 0.35}
+    fr = build_autoencoder("slim-fr", channels, size, **kw).eval()
+    slim = build_autoencoder("slim", channels, size, **kw).eval()
+    slim.ae.load_state_dict({k: v for k, v in fr.ae.state_dict().items() if "refine" not in k})
+    batch = torch.rand(5, channels, size, size)
+    with torch.no_grad():
+        # equal up to the last bits (tanh on a copied slice may take another vector kernel)
+        assert torch.allclose(fr(batch), slim(batch), atol=1e-6)
+        fr.ae.refine[2].weight.normal_(0.0, 0.5)
+        assert (fr(batch) - slim(batch)).abs().max() > 1e-3
+    a = export_and_check(fr, batch, tmp_path / "detrigger.onnx", "images", "images_out")
+    assert a["parity_max_abs_diff"] <= 1e-4
+    with pytest.raises(ValueError, match="residual"):
+        build_autoencoder("slim-fr", channels, size, width=4)
