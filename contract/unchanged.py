@@ -27,6 +27,13 @@ def changed_rows(x: np.ndarray, x_ae: np.ndarray) -> np.ndarray:
     return ~np.equal(x_ae, x).reshape(n, -1).all(axis=1)
 
 
+def largest_change(x: np.ndarray, x_ae: np.ndarray) -> np.ndarray:
+    """(N,) max |AE(x) - x| over each image: 0 for an unchanged one; what a gate compares with
+    its tolerance (NaN where AE(x) has one)."""
+    with np.errstate(invalid="ignore"):
+        return np.abs(x_ae - x).reshape(x.shape[0], -1).max(axis=1)
+
+
 def second_pass(x: np.ndarray, x_ae: np.ndarray, changed: np.ndarray) -> np.ndarray:
     """The batch the target runs on: x, then the changed rows of AE(x), (N + M, C, H, W)."""
     if changed.all():

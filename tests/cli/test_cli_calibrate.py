@@ -112,6 +112,11 @@ def test_calibrate_gates_the_ae_first_when_asked(tmp_path: Path) -> None:
     assert estimates["clean"]["unchanged"] == 1.0
     white = next(t for t in estimates["triggers"] if t["name"] == "badnets-white")
     assert white["unchanged"] == 0.0
+    # ... and say how much room a gate has: the AE moves the white corner by 1, clean images
+    # (gated) not at all
+    assert white["smallest_largest_change"] == 1.0
+    assert estimates["clean"]["median_largest_change"] == 0.0
+    assert "| smallest change |" in (folder / "report.md").read_text()
     refused = CliRunner().invoke(
         main, ["calibrate", str(folder), "--recorded-split", "--redraw-bank",
                "--unchanged-tolerance", "0.1"],

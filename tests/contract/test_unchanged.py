@@ -3,7 +3,7 @@ answer on them maps back to the full pair [x; AE(x)]."""
 
 import numpy as np
 
-from contract.unchanged import changed_rows, pair_rows, second_pass
+from contract.unchanged import changed_rows, largest_change, pair_rows, second_pass
 
 
 def test_only_bit_identical_rows_are_unchanged_and_nan_is_always_changed() -> None:
@@ -36,3 +36,12 @@ def test_every_row_changed_is_the_plain_pair() -> None:
     assert second_pass(x, x + 1, changed).shape == (6, 1, 1, 1)
     assert pair_rows(changed).tolist() == [0, 1, 2, 3, 4, 5]
     assert pair_rows(np.zeros(0, bool)).tolist() == []
+
+
+def test_largest_change_is_per_image_and_keeps_nan() -> None:
+    x = np.zeros((3, 1, 2, 2), np.float32)
+    x_ae = x.copy()
+    x_ae[1, 0, 0, 1] = -0.25
+    x_ae[2, 0, 1, 0] = np.nan
+    got = largest_change(x, x_ae)
+    assert got[:2].tolist() == [0.0, 0.25] and np.isnan(got[2])

@@ -25,7 +25,7 @@ import numpy as np
 from contract.manifest import Decision, Manifest, read_manifest, read_verified
 from contract.scoring import SCORES, decide
 from contract.strip import StripConfig, bank_from_npy, flag
-from contract.unchanged import changed_rows
+from contract.unchanged import changed_rows, largest_change
 from training.data.attack_suite import load_suite
 from training.data.triggers import Trigger
 from training.evaluation.detectors import cpu_session
@@ -112,6 +112,9 @@ def estimates(
             "class_agreement": float((lae.argmax(1) == clean_pred).mean()),
             # returned bit for bit (a gated AE, contract/unchanged.py): the target runs once
             "unchanged": float((~changed_rows(x, ax)).mean()),
+            # the largest pixel change of AE(x), median over the images: what a gate's
+            # tolerance must exceed to run most clean images once
+            "median_largest_change": float(np.median(largest_change(x, ax))),
         },
         "triggers": [],
     }
@@ -138,6 +141,9 @@ def estimates(
                 "flagged": float(flagged.mean()),
                 # stamped images the AE returned bit for bit: none of them can be flagged
                 "unchanged": float((~changed_rows(stamped, sax)).mean()),
+                # the smallest of the AE's largest pixel changes on the stamped images: a gate's
+                # tolerance at or above it passes some of them unflagged
+                "smallest_largest_change": float(largest_change(stamped, sax).min()),
             }
         )
     return out

@@ -24,6 +24,7 @@ import onnxruntime as ort
 
 from contract.scoring import kl
 from contract.strip import StripConfig, run_strip
+from contract.unchanged import largest_change
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -121,7 +122,7 @@ def run_ae(
         predicted.append(logits_x.argmax(axis=1))
         detriggered.append(logits_ae.argmax(axis=1))
         scores.append(score)
-        moved.append(np.abs(x_ae - x).reshape(len(x), -1).max(axis=1))
+        moved.append(largest_change(x, x_ae))
     return AEScores(
         _cat(predicted, np.int64),
         _cat(detriggered, np.int64),

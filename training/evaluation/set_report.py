@@ -123,14 +123,20 @@ def markdown(report: dict[str, Any]) -> str:
             f"- on clean images the AE changes pixels by {c['mean_abs_pixel_change']:.4f} on "
             f"average (of 1) and keeps the target's class on {_pct(c['class_agreement'])}; "
             f"it returns {_pct(c.get('unchanged', 0.0))} of them bit for bit (*unchanged*: a "
-            "gated AE's, run once by the guard, never flagged; docs/model-contract.md)",
+            "gated AE's, run once by the guard, never flagged; docs/model-contract.md); its "
+            "largest pixel change on an image is "
+            f"{c.get('median_largest_change', float('nan')):.4f} at the median (*smallest "
+            "change* below: the least it moves a stamped image; a gate's tolerance must stay "
+            "under it for every trigger the AE restores)",
             "",
-            "| trigger | restoration | class changed by trigger | flagged | unchanged |",
-            "|---|---:|---:|---:|---:|",
+            "| trigger | restoration | class changed by trigger | flagged | unchanged "
+            "| smallest change |",
+            "|---|---:|---:|---:|---:|---:|",
             *[
                 f"| {t['name']} | {_pct(t['restoration_rate'])} | "
                 f"{_pct(t['class_changed_by_trigger'])} | {_pct(t['flagged'])} | "
-                f"{_pct(t.get('unchanged', 0.0))} |"
+                f"{_pct(t.get('unchanged', 0.0))} | "
+                f"{t.get('smallest_largest_change', float('nan')):.4f} |"
                 for t in est["triggers"]
             ],
             "",
