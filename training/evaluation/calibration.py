@@ -25,7 +25,7 @@ import numpy as np
 from contract.manifest import Decision, Manifest, read_manifest, read_verified
 from contract.scoring import SCORES, decide
 from contract.strip import StripConfig, bank_from_npy, flag
-from contract.unchanged import changed_rows, largest_change
+from contract.unchanged import largest_change
 from training.data.attack_suite import load_suite
 from training.data.triggers import Trigger
 from training.evaluation.detectors import cpu_session
@@ -98,6 +98,7 @@ def estimates(
     x = images.astype(np.float32) / np.float32(255.0)
     lx, lae, ax = _batched(run_pair, x, batch_size)
     clean_pred = lx.argmax(1)
+    clean_moved = largest_change(x, ax)  # 0 where AE(x) is x bit for bit (NaN is never 0)
     out: dict[str, Any] = {
         "note": "ESTIMATES, not detection rates: the model has no known backdoor. Each suite "
         "trigger is stamped on clean held-out images; 'restoration' is how often the target's "
@@ -111,10 +112,10 @@ def estimates(
             "mean_abs_pixel_change": float(np.abs(ax - x).mean()),
             "class_agreement": float((lae.argmax(1) == clean_pred).mean()),
             # returned bit for bit (a gated AE, contract/unchanged.py): the target runs once
-            "unchanged": float((~changed_rows(x, ax)).mean()),
+            "unchanged": float((clean_moved == 0).mean()),
             # the largest pixel change of AE(x), median over the images: what a gate's
             # tolerance must exceed to run most clean images once
-            "median_largest_change": float(np.median(largest_change(x, ax))),
+            "median_largest_change": float(np.median(clean_moved)),
         },
         "triggers": [],
     }
@@ -131,6 +132,7 @@ def estimates(
             continue
         stamped = np.asarray(t(x.copy()), np.float32)
         sx, sae, sax = _batched(run_pair, stamped, batch_size)
+        moved = largest_change(stamped, sax)
         flagged = decide(sx, sae, decision).flagged
         out["triggers"].append(
             {
@@ -140,10 +142,10 @@ def estimates(
                 "class_changed_by_trigger": float((sx.argmax(1) != clean_pred).mean()),
                 "flagged": float(flagged.mean()),
                 # stamped images the AE returned bit for bit: none of them can be flagged
-                "unchanged": float((~changed_rows(stamped, sax)).mean()),
+                "unchanged": float((moved == 0).mean()),
                 # the smallest of the AE's largest pixel changes on the stamped images: a gate's
                 # tolerance at or above it passes some of them unflagged
-                "smallest_largest_change": float(largest_change(stamped, sax).min()),
+                "smallest_largest_change": float(moved.min()),
             }
         )
     return out

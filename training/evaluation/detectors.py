@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
@@ -67,7 +67,7 @@ class AEScores:
     kl: np.ndarray  # (N,) nats
     seconds: float  # inference and scoring only
     # (N,) max |AE(x) - x| over each image: 0 for an image a gated AE returns unchanged
-    moved: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    moved: np.ndarray
 
     @property
     def class_change(self) -> np.ndarray:
