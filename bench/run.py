@@ -48,6 +48,7 @@ from service.runtime.modelset import ModelSet
 from service.settings import Settings
 from training import evidence
 from training.evaluation.markdown import replace_block
+from training.nets.manifest_file import sha256
 
 REPO = Path(__file__).resolve().parents[1]
 # What the guard's side of the report lists.
@@ -308,8 +309,8 @@ def main(argv: list[str] | None = None) -> None:
         "model_set": {
             "name": model_set.name,
             "dir": str(model_dir),
-            "target_sha256": evidence.sha256(model_dir / model_set.manifest.target.file),
-            "detrigger_sha256": evidence.sha256(model_dir / model_set.manifest.detrigger.file),
+            "target_sha256": sha256(model_dir / model_set.manifest.target.file),
+            "detrigger_sha256": sha256(model_dir / model_set.manifest.detrigger.file),
             "provider": model_set.provider,
         },
         "guard": {

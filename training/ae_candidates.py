@@ -53,6 +53,7 @@ from training.evaluation.comparison import AESpec, CompareOptions, Data, evaluat
 from training.evaluation.detection import MIN_THRESHOLD
 from training.evaluation.detectors import Graph
 from training.evaluation.markdown import pct, table
+from training.nets.manifest_file import sha256
 
 BATCHES = (1, 64)
 
@@ -502,7 +503,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             {
                 "label": s.label,
                 "file": s.path,
-                "sha256": evidence.sha256(Path(s.path)),
+                "sha256": sha256(Path(s.path)),
                 "size_bytes": Path(s.path).stat().st_size,
                 "what": ae_description(Path(s.path)),
             }

@@ -8,7 +8,6 @@ only when asked for the torch threads.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -122,10 +121,6 @@ def git_commit(repo: Path | str = ".", ignore: Path | None = None) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "none (uncommitted tree)"
     return head + ("+dirty" if dirty else "")
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def loadavg() -> list[float]:

@@ -35,6 +35,7 @@ import onnxruntime as ort
 
 from training import cli, config, evidence
 from training.data.datasets import load_dataset, split_train_val
+from training.nets.manifest_file import sha256
 
 OP_CHOICES = {"all": None, "conv": ["Conv", "ConvTranspose"]}
 
@@ -184,8 +185,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     check = max_difference(src, out, validation_images(args.dataset, 256, args.data_dir))
     info = {
         "dataset": args.dataset,
-        "source": {"file": str(src), "sha256": evidence.sha256(src)},
-        "detrigger": {"file": str(out), "sha256": evidence.sha256(out)},
+        "source": {"file": str(src), "sha256": sha256(src)},
+        "detrigger": {"file": str(out), "sha256": sha256(out)},
         "quantisation": {
             "format": "QDQ",
             "activations": "uint8",
