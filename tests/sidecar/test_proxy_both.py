@@ -15,7 +15,7 @@ import pytest
 import tritonclient.http as triton
 
 from tests.support.promtext import scrape, value
-from tests.support.server import RunningServer, serve
+from tests.support.server import RunningServer, binary_proxy_env, serve
 from tests.support.tiny_models import TinySpec, add_trigger, clean_image, png_bytes
 
 pytestmark = pytest.mark.slow
@@ -32,9 +32,7 @@ def upstream(both_set: Path) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def front(upstream: RunningServer, both_set: Path) -> Iterator[RunningServer]:
-    config = {"tinyboth": {"url": upstream.url, "model": "tinyboth", "binary": True}}
-    env = {"GUARD_UPSTREAMS": json.dumps(config), "GUARD_INTRA_OP_THREADS": "1"}
-    with serve([both_set], env) as server:
+    with serve([both_set], binary_proxy_env(upstream, "tinyboth")) as server:
         yield server
 
 

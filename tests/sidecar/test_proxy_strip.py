@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as triton
 
 from tests.support.promtext import scrape, value
-from tests.support.server import RunningServer, serve
+from tests.support.server import RunningServer, binary_proxy_env, serve
 from tests.support.tiny_models import TinySpec, add_trigger, clean_image, png_bytes
 
 pytestmark = pytest.mark.slow
@@ -31,9 +31,7 @@ def upstream(strip_set: Path) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def front(upstream: RunningServer, strip_set: Path) -> Iterator[RunningServer]:
-    config = {"tinystrip": {"url": upstream.url, "model": "tinystrip", "binary": True}}
-    env = {"GUARD_UPSTREAMS": json.dumps(config), "GUARD_INTRA_OP_THREADS": "1"}
-    with serve([strip_set], env) as server:
+    with serve([strip_set], binary_proxy_env(upstream, "tinystrip")) as server:
         yield server
 
 

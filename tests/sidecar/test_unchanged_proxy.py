@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
-from tests.support.server import RunningServer, serve
+from tests.support.server import RunningServer, binary_proxy_env, serve
 from tests.support.tiny_models import TinySpec, add_trigger, build_model_set, clean_image
 from training.nets.gate import gate_model_set
 
@@ -37,9 +37,7 @@ def upstream(tiny_set: Path) -> Iterator[RunningServer]:
 
 @pytest.fixture(scope="module")
 def front(upstream: RunningServer, gated_set: Path) -> Iterator[RunningServer]:
-    config = {"tiny": {"url": upstream.url, "model": "tiny", "version": "1", "binary": True}}
-    env = {"GUARD_UPSTREAMS": json.dumps(config), "GUARD_INTRA_OP_THREADS": "1"}
-    with serve([gated_set], env) as server:
+    with serve([gated_set], binary_proxy_env(upstream, "tiny")) as server:
         yield server
 
 

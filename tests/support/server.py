@@ -61,6 +61,13 @@ class RunningServer:
         return reason
 
 
+def binary_proxy_env(upstream: RunningServer, name: str) -> dict[str, str]:
+    """Settings of a guard in proxy mode whose set ``name`` calls the model of that name on
+    ``upstream`` over V2 REST with binary tensors, one intra-op thread."""
+    config = {name: {"url": upstream.url, "model": name, "binary": True}}
+    return {"GUARD_UPSTREAMS": json.dumps(config), "GUARD_INTRA_OP_THREADS": "1"}
+
+
 def _wait(server: RunningServer, path: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=2.0) as client:
