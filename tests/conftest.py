@@ -49,6 +49,19 @@ def tiny_set(model_root: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def gated_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny set (named "tiny") with its AE gated at 0.1 (training/nets/gate.py): the tiny
+    AE moves clean images by at most 19/255, so they come back bit for bit, triggered ones
+    (a white corner zeroed) do not."""
+    from training.nets.gate import gate_model_set
+
+    folder = build_model_set(tmp_path_factory.mktemp("gated") / "tiny", GRAY)
+    with gate_model_set(folder, 0.1, "test"):
+        pass
+    return folder
+
+
+@pytest.fixture(scope="session")
 def rgb_set(model_root: Path) -> Path:
     """A 32x32 RGB set."""
     return model_root / "tinyrgb"

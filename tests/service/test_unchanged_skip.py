@@ -12,18 +12,9 @@ import pytest
 from contract.scoring import decide
 from service.runtime.modelset import ModelSet
 from service.settings import Settings
-from tests.support.tiny_models import TinySpec, add_trigger, build_model_set, clean_image
-from training.nets.gate import gate_model_set
+from tests.support.tiny_models import TinySpec, add_trigger, clean_image
 
 SPEC = TinySpec(name="tiny")
-
-
-@pytest.fixture(scope="module")
-def gated_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = build_model_set(tmp_path_factory.mktemp("gated") / "tiny", SPEC)
-    with gate_model_set(folder, 0.1, "test"):  # the tiny AE moves clean images by <= 19/255
-        pass
-    return folder
 
 
 def images(n: int) -> np.ndarray:

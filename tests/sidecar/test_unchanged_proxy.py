@@ -13,20 +13,11 @@ import pytest
 import tritonclient.http as triton
 
 from tests.support.server import RunningServer, binary_proxy_env, serve
-from tests.support.tiny_models import TinySpec, add_trigger, build_model_set, clean_image
-from training.nets.gate import gate_model_set
+from tests.support.tiny_models import TinySpec, add_trigger, clean_image
 
 pytestmark = pytest.mark.slow
 Client = Callable[[str], triton.InferenceServerClient]
 SPEC = TinySpec(name="tiny")
-
-
-@pytest.fixture(scope="module")
-def gated_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = build_model_set(tmp_path_factory.mktemp("gated") / "tiny", SPEC)
-    with gate_model_set(folder, 0.1, "test"):
-        pass
-    return folder
 
 
 @pytest.fixture(scope="module")
