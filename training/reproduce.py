@@ -14,6 +14,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -200,19 +201,28 @@ def export_set(
     return onnx_runtime
 
 
+def calibrate_command(
+    name: str,
+    preset: Preset,
+    out: Path,
+    data_dir: str | None,
+    mode: Sequence[str],
+    extra: Sequence[str] = (),
+) -> str:
+    """The `detrigger-guard calibrate SET --recorded-split` command, with the ``mode`` options
+    and ``extra`` ones, that a step of this run does (what the manifest records)."""
+    argv = [str(out), "--recorded-split", *mode, "--dataset", name]
+    argv += ["--target-fpr", f"{preset.target_fpr:g}", "--confidence", f"{preset.confidence:g}"]
+    argv += [*extra, *(["--data-dir", data_dir] if data_dir else [])]
+    return " ".join(["detrigger-guard calibrate", *argv])
+
+
 def gate_set(name: str, preset: Preset, out: Path, data_dir: str | None) -> None:
     """Gate the set's AE at the preset's unchanged tolerance and calibrate its decision again
     on the same validation split, as `detrigger-guard calibrate SET --recorded-split
-    --unchanged-tolerance T` does (the manifest records that command)."""
-    argv = [
-        str(out),
-        "--recorded-split",
-        "--unchanged-tolerance",
-        f"{preset.unchanged_tolerance:g}",
-    ]
-    argv += ["--dataset", name, "--confidence", f"{preset.confidence:g}"]
-    argv += ["--data-dir", data_dir] if data_dir else []
-    command = " ".join(["detrigger-guard calibrate", *argv])
+    --unchanged-tolerance T` does."""
+    tolerance = ["--unchanged-tolerance", f"{preset.unchanged_tolerance:g}"]
+    command = calibrate_command(name, preset, out, data_dir, tolerance)
     with gate_model_set(out, preset.unchanged_tolerance, command):
         recalibrate(
             RecalibrateOptions(
@@ -231,12 +241,9 @@ def calibrate_strip(name: str, preset: Preset, out: Path, data_dir: str | None) 
     """STRIP, the second detector: its bank and threshold for the same target FPR, as
     `detrigger-guard calibrate SET --recorded-split --redraw-bank` with these options would
     write them (the manifest records that command)."""
-    strip_argv = (
-        [str(out), "--recorded-split", "--redraw-bank", "--dataset", name]
-        + ["--target-fpr", f"{preset.target_fpr:g}", "--confidence", f"{preset.confidence:g}"]
-        + ["--strip-bank", str(preset.strip_bank_size), "--strip-n", str(preset.strip_n)]
-        + ["--threads", "0"]
-        + (["--data-dir", data_dir] if data_dir else [])
+    bank = ["--strip-bank", str(preset.strip_bank_size), "--strip-n", str(preset.strip_n)]
+    command = calibrate_command(
+        name, preset, out, data_dir, ["--redraw-bank"], [*bank, "--threads", "0"]
     )
     return calibrate_model_set(
         StripOptions(
@@ -248,7 +255,7 @@ def calibrate_strip(name: str, preset: Preset, out: Path, data_dir: str | None) 
             confidence=preset.confidence,
             bank_size=preset.strip_bank_size,
         ),
-        " ".join(["detrigger-guard calibrate", *strip_argv]),
+        command,
     )
 
 
