@@ -227,13 +227,11 @@ class SlimFullResAutoencoder(SlimMaskedAutoencoder):
             raise ValueError("slim-fr refines the correction: give it a residual > 0")
         super().__init__(in_channels, width, fill, residual)
         c = in_channels
-        self.refine = nn.Sequential(
-            nn.Conv2d(c + 1 + 2 * c, refine_width, 3, padding=1),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(refine_width, c, 3, padding=1),
-        )
-        nn.init.zeros_(self.refine[2].weight)  # starts as the slim AE: no refinement
-        nn.init.zeros_(self.refine[2].bias)
+        first = nn.Conv2d(c + 1 + 2 * c, refine_width, 3, padding=1)
+        out = nn.Conv2d(refine_width, c, 3, padding=1)
+        nn.init.zeros_(out.weight)  # starts as the slim AE: no refinement
+        nn.init.zeros_(out.bias)
+        self.refine = nn.Sequential(first, nn.ReLU(inplace=True), out)
 
     def head_parts(self, x: torch.Tensor) -> torch.Tensor:
         out = super().head_parts(x)
