@@ -27,6 +27,7 @@ from service.settings import Settings
 
 VERSION = "0.1.0"
 ROUTERS = (
+    v2.infer_router,  # first: the hot route is matched first
     classify.router,
     models.router,
     quarantine.router,

@@ -5,6 +5,7 @@ one thread hand-off per lookup and request, for what is an attribute read."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -42,15 +43,19 @@ async def get_dataplane(request: Request) -> DataPlane:
     return dataplane
 
 
-async def identity_encoding(request: Request) -> None:
+def refuse_compressed(headers: Mapping[str, str]) -> None:
     """Request bodies are read as sent: a compressed one (Content-Encoding gzip, br, ...) is
     refused up front rather than parsed as garbage."""
-    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    encoding = headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity"):
         raise InvalidRequest(
             f"compressed request bodies ({encoding}) are not accepted",
             accepted="Content-Encoding identity (an uncompressed body)",
         )
+
+
+async def identity_encoding(request: Request) -> None:
+    refuse_compressed(request.headers)
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

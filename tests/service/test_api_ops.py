@@ -195,6 +195,24 @@ def test_api_key_auth(tiny_set: Path) -> None:
         ok = httpx.post(url + "/classify", files=body, headers={"Authorization": f"Bearer {key}"})
         assert ok.status_code == 200
         assert httpx.get(url + "/v1/models").status_code == 401
+        # V2 infer checks the key in its handler (no dependencies on the hot path): the same
+        # answers, and the key is checked before the body is read.
+        pixels = (clean_image(SPEC, 2) / 255.0).ravel().tolist()
+        tensor = {"name": "images", "datatype": "FP32", "shape": [1, 1, 28, 28], "data": pixels}
+        infer = url + "/v2/models/tiny/infer"
+        r = httpx.post(infer, json={"inputs": [tensor]})
+        assert r.status_code == 401 and "www-authenticate" in r.headers, r.text
+        assert httpx.post(infer, content=b"not json").status_code == 401
+        assert (
+            httpx.post(
+                infer, json={"inputs": [tensor]}, headers={"X-API-Key": key + "x"}
+            ).status_code
+            == 401
+        )
+        for auth in ({"X-API-Key": key}, {"Authorization": f"Bearer {key}"}):
+            r = httpx.post(infer, json={"inputs": [tensor]}, headers=auth)
+            assert r.status_code == 200 and r.json()["parameters"]["guard_flagged_count"] == 0
+        assert httpx.get(url + "/v2/models/tiny").status_code == 401
         # Health stays open (GUARD_PROTECT_HEALTH is off); metrics is protected here.
         assert httpx.get(url + "/healthz").status_code == 200
         assert httpx.get(url + "/readyz").status_code == 200
