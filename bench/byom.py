@@ -20,6 +20,10 @@ fine-tuned on the preset's training split poisoned with one attack of the suite
 `measure --trigger-from`) and its clean accuracy and attack success on the test split; with
 `--set-from SET` also OUT/set, a model set: SET's files with the new target and its backdoor,
 re-thresholded on the preset's validation split (what the audit and the service load).
+`adopt` makes such a set from a backdoored target made elsewhere (a set of the attack suite,
+`python -m training.suite`): SET-FROM's AE and files with that set's target and backdoor,
+re-thresholded on the validation split the target was held out from; so every attack of the
+suite is judged with the AE and rules a set ships (training.fusion_report on the results).
 """
 
 from __future__ import annotations
@@ -194,9 +198,35 @@ def backdoor(
     return record
 
 
+def adopt(source: Path, set_from: Path, out: Path, data_dir: str | None, attack: str) -> Path:
+    """OUT/set from the backdoored set `source` (its target.onnx, its recorded backdoor and the
+    validation split its manifest's training.target names): see as_set."""
+    import shutil
+
+    from training.data.datasets import load_dataset, split_train_val
+
+    raw = json.loads((source / "manifest.json").read_text())
+    made = raw.get("training", {}).get("target", {})
+    if not raw.get("backdoor") or not {"dataset", "val_size", "seed"} <= made.keys():
+        raise SystemExit(
+            f"{source}: its manifest records no backdoor, or no training.target split (dataset, "
+            "val_size, seed): adopt takes a set made by training.suite or bench.byom backdoor"
+        )
+    train = load_dataset(made["dataset"], "train", data_dir)
+    _, val = split_train_val(len(train), made["val_size"], made["seed"])
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source / raw["target"]["file"], out / "target.onnx")
+    record = {"backdoor": raw["backdoor"], "attack": attack, "adopted_from": str(source)}
+    (out / "backdoor.json").write_text(json.dumps(record, indent=2) + "\n")
+    dest = as_set(set_from, out, record, train.images[val])
+    print(dest)
+    return dest
+
+
 def as_set(source: Path, out: Path, record: dict, val_images: np.ndarray) -> Path:
     """OUT/set: a copy of the model set `source` with OUT's target.onnx and backdoor, calibrated
-    on the target's held-out validation images (its decision, STRIP and fusion re-thresholded)."""
+    on the target's held-out validation images (its decision, with the score `source` uses, STRIP
+    and fusion re-thresholded)."""
     import shutil
 
     from training.evaluation.calibration import CalibrationOptions, calibrate_folder
@@ -218,7 +248,8 @@ def as_set(source: Path, out: Path, record: dict, val_images: np.ndarray) -> Pat
     for stale in ("audit", "repair", "samples", "evaluation"):
         raw.pop(stale, None)
     write_manifest(dest, raw)
-    calibrate_folder(dest, val_images, CalibrationOptions(), "validation: the held-out split")
+    options = CalibrationOptions(score=raw["decision"]["score"])
+    calibrate_folder(dest, val_images, options, "validation: the held-out split")
     return dest
 
 
@@ -261,8 +292,17 @@ def main() -> None:
         default=None,
         help="also write OUT/set: this model set with the new target, re-thresholded",
     )
+    a = sub.add_parser("adopt", help="a set's AE and rules with another set's backdoored target")
+    a.add_argument("--source", required=True, help="the backdoored set (training.suite's)")
+    a.add_argument("--set-from", required=True, help="the model set whose AE and rules to use")
+    a.add_argument("--out", required=True, help="the folder to write (the set: OUT/set)")
+    a.add_argument("--attack", default=None, help="the attack's name (default: --source's name)")
+    a.add_argument("--data-dir", default=None, help="where the dataset lies")
     args = p.parse_args()
-    if args.what == "folder":
+    if args.what == "adopt":
+        source, name = Path(args.source), args.attack or Path(args.source).name
+        adopt(source, Path(args.set_from), Path(args.out), args.data_dir, name)
+    elif args.what == "folder":
         write_folder(args.dataset, args.split, Path(args.out), args.data_dir, args.limit)
     elif args.what == "backdoor":
         backdoor(

@@ -1,6 +1,8 @@
 """bench.byom's `backdoor --set-from`: the fine-tuned target becomes a model set that the
 service loads, with the backdoor recorded and every threshold set again on the given images;
-and `measure`: a set's FPR and detection of a recorded trigger on a dataset's test split."""
+`adopt`: the same from a backdoored set made elsewhere, on the split its target was held out
+from; and `measure`: a set's FPR and detection of a recorded trigger on a dataset's test
+split."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from bench.byom import as_set, measure
+from bench.byom import adopt, as_set, measure
 from cli.check import service_load
 from tests.support.tiny_models import TinySpec, clean_image
 from tests.training.conftest import write_idx
@@ -43,6 +46,39 @@ def test_the_new_target_becomes_a_calibrated_set(both_set: Path, kl_set: Path, t
     assert m["detectors"]["strip"] != before["detectors"]["strip"]
     assert np.load(dest / "strip_bank.npy").shape[1:] == (1, 28, 28)
     assert "audit" not in m and "samples" not in m
+    assert m["decision"]["score"] == before["decision"]["score"]  # the set's own rule
+
+
+def test_adopt_takes_a_backdoored_sets_target_and_its_held_out_split(
+    both_set: Path, kl_set: Path, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(1)
+    data = tmp_path / "mnist"
+    data.mkdir()
+    write_idx(data / "train-images-idx3-ubyte.gz", rng.integers(0, 256, (900, 28, 28)))
+    write_idx(data / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 900))
+    source = tmp_path / "suite-blend"  # a suite set: its own AE and rule, which adopt drops
+    shutil.copytree(kl_set, source)
+    raw = json.loads((source / "manifest.json").read_text())
+    raw["backdoor"] = RECORD["backdoor"]
+    raw["training"] = {"target": {"dataset": "mnist", "val_size": 600, "seed": 0}}
+    (source / "manifest.json").write_text(json.dumps(raw))
+    shipped = json.loads((both_set / "manifest.json").read_text())
+
+    dest = adopt(source, both_set, tmp_path / "out", str(tmp_path), "blend")
+
+    m = json.loads((dest / "manifest.json").read_text())
+    assert service_load(dest) and m["name"] == "tinyboth-blend"
+    assert m["backdoor"] == RECORD["backdoor"]
+    assert (dest / "target.onnx").read_bytes() == (kl_set / "target.onnx").read_bytes()
+    assert (dest / "detrigger.onnx").read_bytes() == (both_set / "detrigger.onnx").read_bytes()
+    assert m["decision"]["score"] == shipped["decision"]["score"]
+    # calibrated on the 600 held-out images, less STRIP's bank of 64
+    assert m["decision"]["calibration"]["false_positive"]["n"] == 600 - 64
+    record = json.loads((tmp_path / "out" / "backdoor.json").read_text())
+    assert record["adopted_from"] == str(source) and record["attack"] == "blend"
+    with pytest.raises(SystemExit, match="no backdoor, or no training.target split"):
+        adopt(kl_set, both_set, tmp_path / "again", str(tmp_path), "none")
 
 
 def tiny_test_split(folder: Path) -> Path:
