@@ -6,7 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from contract.manifest import read_manifest
-from training.fusion_report import calibrated_for, calibration_sentence
+from training.fusion_report import (
+    DETECTORS,
+    calibrated_for,
+    calibration_sentence,
+    summary_lines,
+    table_lines,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -25,3 +31,33 @@ def test_the_sentence_follows_the_records() -> None:
     # A report written before the records keeps the words it was written with.
     old = {"sets": [{"model_set": "models/a"}]}
     assert calibration_sentence(old) == "calibrated for 1% FPR on the validation split"
+
+
+def _rate(rate: float) -> dict[str, object]:
+    return {"rate": rate, "k": 0, "n": 100, "ci95": [rate, rate]}
+
+
+def _set(name: str, fpr: float, *detections: float) -> dict[str, object]:
+    triggers = [
+        {"target_class": k, "detection": dict.fromkeys(DETECTORS, _rate(d))}
+        for k, d in enumerate(detections)
+    ]
+    return {
+        "model_set": f"/somewhere/{name}/set",
+        "name": name,
+        "dataset": "mnist",
+        "rules": dict.fromkeys(DETECTORS, "r"),
+        "false_positive": dict.fromkeys(DETECTORS, _rate(fpr)),
+        "triggers": triggers,
+    }
+
+
+def test_a_suite_report_names_each_trigger_and_sums_up_each_dataset() -> None:
+    report = {"sets": [_set("mnist-warp", 0.004, 0.2), _set("mnist-two", 0.009, 1.0, 0.9)]}
+    labels = [line.split(" | ")[0].lstrip("| ") for line in table_lines(report)[2:]]
+    assert (
+        labels
+        == ["mnist-warp"] * 3 + ["mnist-two (to class 0)"] * 3 + ["mnist-two (to class 1)"] * 3
+    )
+    summary = summary_lines(report)
+    assert summary[2] == "| mnist | detrigger | 3 | 70.00 | 20.00 (mnist-warp) | 0.90 |"
