@@ -18,6 +18,7 @@ Writes reports/fusion/fusion.json, reports/fusion/README.md and the table in doc
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -209,7 +210,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return table(header, rows)
 
 
-def readme(report: dict[str, Any]) -> list[str]:
+def readme(report: dict[str, Any], folder: Path) -> list[str]:
+    """The report's page, to be written in `folder` (its link to the docs is relative)."""
+    page = Path(__file__).resolve().parents[1] / DOCS  # the repository's docs, from any cwd
+    docs = Path(os.path.relpath(page, folder.resolve())).as_posix()
     scope = "each shipped set" if report.get("shipped_only", True) else "each set"
     lines = [
         "# Detector both beside each detector alone",
@@ -217,7 +221,7 @@ def readme(report: dict[str, Any]) -> list[str]:
         f"Test split of {scope}; the thresholds its manifest ships "
         f"(all three {calibration_sentence(report)}). Detection: the set's own trigger on the "
         "test images of the other classes. Intervals: exact (Clopper-Pearson) 95%. Written by "
-        "`python -m training.fusion_report`; [docs/fusion.md](../../docs/fusion.md) says how "
+        f"`python -m training.fusion_report`; [docs/fusion.md]({docs}) says how "
         "both is built and calibrated.",
         "",
         *table_lines(report),
@@ -275,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "note": SHIPPED_NOTE if shipped_only else None,
     }
     (out / "fusion.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "README.md").write_text("\n".join(readme(report)) + "\n")
+    (out / "README.md").write_text("\n".join(readme(report, out)) + "\n")
     if args.docs:
         replace_block(Path(args.docs), BEGIN, END, table_lines(report))
     print("\n".join(table_lines(report)))

@@ -1,33 +1,50 @@
 """docs/fusion.md's table of detector both beside each detector alone is the one that
 training.fusion_report writes from reports/fusion/fusion.json (the numbers as measured), and
-reports/fusion/README.md is that report's page."""
+reports/fusion/README.md is that report's page; the same for the attack suite's run
+(reports/fusion/suite) and its summary in the docs."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.docs.mdparse import REPO
-from training.fusion_report import BEGIN, DETECTORS, END, readme, table_lines
+from training.fusion_report import BEGIN, DETECTORS, END, readme, summary_lines, table_lines
 
 REPORT = REPO / "reports" / "fusion" / "fusion.json"
+SUITE = REPO / "reports" / "fusion" / "suite" / "fusion.json"
+SUITE_BEGIN = (
+    "<!-- fusion suite summary: python -m training.fusion_report, reports/fusion/suite -->"
+)
+SUITE_END = "<!-- end of fusion suite summary -->"
 
 
-def block(text: str) -> list[str]:
-    _, _, rest = text.partition(BEGIN + "\n")
-    inside, closed, _ = rest.partition(END)
-    assert closed, f"no {BEGIN!r} ... {END!r} block"
+def block(text: str, begin: str = BEGIN, end: str = END) -> list[str]:
+    _, _, rest = text.partition(begin + "\n")
+    inside, closed, _ = rest.partition(end)
+    assert closed, f"no {begin!r} ... {end!r} block"
     return inside.splitlines()
 
 
 def test_the_docs_table_is_the_reports() -> None:
     report = json.loads(REPORT.read_text())
     assert block((REPO / "docs" / "fusion.md").read_text()) == table_lines(report)
-    readme_text = (REPO / "reports" / "fusion" / "README.md").read_text()
-    assert readme_text == "\n".join(readme(report)) + "\n"
+    readme_text = (REPORT.parent / "README.md").read_text()
+    assert readme_text == "\n".join(readme(report, REPORT.parent)) + "\n"
 
 
-def test_the_report_covers_every_detector_with_intervals() -> None:
-    report = json.loads(REPORT.read_text())
+def test_the_suite_report_and_its_summary_in_the_docs() -> None:
+    report = json.loads(SUITE.read_text())
+    readme_text = (SUITE.parent / "README.md").read_text()
+    assert readme_text == "\n".join(readme(report, SUITE.parent)) + "\n"
+    docs = (REPO / "docs" / "fusion.md").read_text()
+    assert block(docs, SUITE_BEGIN, SUITE_END) == summary_lines(report)
+
+
+@pytest.mark.parametrize("path", [REPORT, SUITE], ids=["shipped", "suite"])
+def test_the_report_covers_every_detector_with_intervals(path) -> None:
+    report = json.loads(path.read_text())
     assert report["sets"], "no set measured"
     for s in report["sets"]:
         assert s["split"] == "test"
