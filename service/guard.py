@@ -28,6 +28,7 @@ from contract.errors import (
 )
 from contract.modes import Detector, Mode
 from contract.scoring import Decisions, Rule
+from contract.unchanged import changed_rows
 from service import tracing
 from service.backends.base import Call, Detection
 from service.engine import BatchEngine
@@ -271,6 +272,10 @@ class Guard:
                 "this request"
             )
         self.count(model_set, mode, detection.decisions, filenames, detector)
+        ae = detection.detriggered_images
+        if detector is Detector.detrigger and ae is not None:
+            unchanged = x.shape[0] - int(changed_rows(x, ae).sum())
+            self.metrics.unchanged_images.labels(model=model_set.name).inc(unchanged)
         if self.quarantine is not None:
             self._quarantine(x, model_set, mode, call, detection, originals)
         return detection

@@ -77,6 +77,14 @@ class Metrics:
             ["model"],
             registry=r,
         )
+        self.unchanged_images = Counter(
+            "guard_unchanged_images",
+            "Images judged by the de-trigger detector that its AE returned bit for bit "
+            "unchanged (a gated AE, docs/model-contract.md): the target ran on them once, not "
+            "twice. Over guard_images_total{detector=\"detrigger\"}: the share the gate saves.",
+            ["model"],
+            registry=r,
+        )
         self.stage_duration = Histogram(
             "guard_stage_duration_seconds",
             "Latency by stage and model set: decode (per request), queue (per engine item), "
@@ -201,6 +209,7 @@ class Metrics:
             self.stage_duration.labels(stage=stage, model=model)
         self.quarantine_written.labels(model=model)
         self.unscorable.labels(model=model)
+        self.unchanged_images.labels(model=model)
         self.queue_depth.labels(model=model).set(0)
         self.model_ready.labels(model=model).set(0)
 

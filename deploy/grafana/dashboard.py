@@ -463,6 +463,23 @@ def batching_panels() -> list[PanelBuilder]:
             [query(f"sum by (model) (guard_queue_depth{{{sel}}})", "{{model}}", "A")],
             "short",
         ),
+        graph(
+            "Second target passes skipped",
+            "Share of the images judged by the de-trigger detector that its AE returned bit "
+            "for bit unchanged (a gated AE): the target ran on them once instead of twice. 0 "
+            "for an ungated AE. A drop means the traffic moved away from the images the gate "
+            "was set on: more triggered images, or another kind of image.",
+            [
+                query(
+                    f"sum by (model) (rate(guard_unchanged_images_total{{{sel}}}[{RATE}])) "
+                    f"/ sum by (model) (rate(guard_images_total{{{sel},detector=\"detrigger\"}}"
+                    f"[{RATE}]))",
+                    "{{model}}",
+                    "A",
+                )
+            ],
+            "percentunit",
+        ),
     ]
 
 

@@ -191,3 +191,23 @@ def test_detector_both_refuses_an_image_when_either_score_is_not_finite(tmp_path
         return [r.answer for r in outcome.results]
 
     assert run_guard(Settings(models=[folder]), body) == [3, 4]
+
+
+def test_images_the_gated_ae_returns_unchanged_are_counted(
+    gated_set: Path, tiny_set: Path
+) -> None:
+    """guard_unchanged_images_total: the images whose second target pass was skipped. The gated
+    AE returns clean images bit for bit and changes triggered ones; an ungated AE changes all."""
+    spec = TinySpec()
+    clean = [ImageInput(png_bytes(clean_image(spec, k)), f"{k}.png") for k in (2, 3, 4)]
+    triggered = ImageInput(png_bytes(add_trigger(clean_image(spec, 5))), "t.png")
+    for folder, want in ((gated_set, 3.0), (tiny_set, 0.0)):
+        metrics = Metrics()
+
+        async def body(guard: Guard) -> list[bool]:
+            outcome = await guard.classify([*clean, triggered])
+            return [r.flagged for r in outcome.results]
+
+        assert run_guard(Settings(models=[folder]), body, metrics) == [False] * 3 + [True]
+        scraped = parse(generate_latest(metrics.registry).decode())
+        assert value(scraped, "guard_unchanged_images_total", model="tiny") == want

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from tests.support.promtext import scrape, value
 from tests.support.server import RunningServer, binary_proxy_env, serve
 from tests.support.tiny_models import TinySpec, add_trigger, clean_image
 
@@ -51,6 +52,7 @@ def test_the_upstream_runs_clean_images_once(
     before = images_sent(upstream)
     answer = triton_client(front.url).infer("tiny", [inp])
     assert images_sent(upstream) - before == 4 + 1  # x, and AE(x) of the triggered image alone
+    assert value(scrape(front.url), "guard_unchanged_images_total", model="tiny") == 3.0
     params = answer.get_response()["parameters"]
     assert json.loads(params["guard_flagged"]) == [False, False, False, True]
     assert json.loads(params["guard_detriggered_class"]) == [2, 3, 4, 2]
