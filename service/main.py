@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -66,6 +68,16 @@ def _openapi_with_extra_schemas(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
+async def _freeze_when_loaded(repository: ModelRepository) -> None:
+    """Once every set is loaded and warm, leave what exists (the app, its routes, the sets:
+    about 90,000 objects) out of the cyclic garbage collector's passes. They live as long as
+    the process, and a full pass over them held the event loop for about 37 ms once every few
+    thousand requests: the p99 of a loaded guard. Acyclic garbage is still freed at once."""
+    await repository.wait_loaded()
+    gc.collect()
+    gc.freeze()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings if settings is not None else Settings()
     configure_logging(settings.log_level)
@@ -78,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tracing.configure()  # off unless the OTEL_* variables ask (service/tracing.py)
         guard.start()
         await repository.start()
+        freezer = asyncio.get_running_loop().create_task(_freeze_when_loaded(repository))
         # V2 over gRPC, on this event loop, calling the same data plane as the REST routes.
         grpc_server = None
         try:
@@ -85,11 +98,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 grpc_server = await v2_grpc.start_server(app.state.dataplane, settings, metrics)
             yield
         finally:
+            freezer.cancel()
             if grpc_server is not None:
                 await grpc_server.stop(grace=v2_grpc.STOP_GRACE_S)
             await repository.stop()
             guard.stop()
             tracing.shutdown()
+            gc.unfreeze()  # what this app made may be collected again (tests run many apps)
 
     app = FastAPI(
         title="detrigger-guard",
