@@ -70,9 +70,10 @@ def _openapi_with_extra_schemas(app: FastAPI) -> dict[str, Any]:
 
 async def _freeze_when_loaded(repository: ModelRepository) -> None:
     """Once every set is loaded and warm, leave what exists (the app, its routes, the sets:
-    about 90,000 objects) out of the cyclic garbage collector's passes. They live as long as
-    the process, and a full pass over them held the event loop for about 37 ms once every few
-    thousand requests: the p99 of a loaded guard. Acyclic garbage is still freed at once."""
+    tens of thousands of objects) out of the cyclic garbage collector's passes. They live as
+    long as the process, and a full pass over them holds the event loop for tens of
+    milliseconds once every few thousand requests, in the tail latency of a loaded guard.
+    Acyclic garbage is still freed at once."""
     await repository.wait_loaded()
     gc.collect()
     gc.freeze()
