@@ -390,18 +390,8 @@ def readme(report: dict[str, Any]) -> list[str]:
         "",
         *table_lines(report),
         "",
-        "| set | clean test images | triggered test images | clean accuracy | attack success |",
-        "|---|---:|---:|---:|---:|",
+        *onepass.images_lines(report),
     ]
-    for s in report["sets"]:
-        t = s["triggers"][0] if s["triggers"] else None
-        lines.append(
-            f"| {Path(s['model_set']).name} | {s['clean_images']} of {s['clean_images_of']} | "
-            + (f"{t['images']} of {t['images_of']}" if t else "-")
-            + f" | {pct(s['clean_accuracy'])} | "
-            + (pct(t["attack_success_rate"]) if t else "-")
-            + " |"
-        )
     lines += [
         "",
         "## How many calibration images",

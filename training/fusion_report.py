@@ -166,25 +166,11 @@ def cell(r: dict[str, Any]) -> str:
     return f"{pct(r['rate'])} [{pct(lo)}, {pct(hi)}]"
 
 
-def set_name(s: dict[str, Any]) -> str:
-    """A measured set's name (its manifest's; the folder's in reports from before names)."""
-    return str(s.get("name") or Path(s["model_set"]).name)
-
-
-def triggers_of(s: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
-    """(row label, trigger) per trigger of a set; a set of several backdoors names each by its
-    target class; a set without one gives one row with None."""
-    name, triggers = set_name(s), s["triggers"]
-    if len(triggers) <= 1:
-        return [(name, triggers[0] if triggers else None)]
-    return [(f"{name} (to class {t['target_class']})", t) for t in triggers]
-
-
 def table_lines(report: dict[str, Any]) -> list[str]:
     """The docs' table: one row per set (per trigger where a set has several) and detector."""
     rows = []
     for s in report["sets"]:
-        for label, trigger in triggers_of(s):
+        for label, trigger in onepass.triggers_of(s):
             for d in DETECTORS:
                 detection = cell(trigger["detection"][d]) if trigger else "no trigger recorded"
                 fp = cell(s["false_positive"][d])
@@ -198,7 +184,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     rows = []
     for dataset in dict.fromkeys(s["dataset"] for s in report["sets"]):
         sets = [s for s in report["sets"] if s["dataset"] == dataset]
-        found = [(label, t) for s in sets for label, t in triggers_of(s) if t is not None]
+        found = [(label, t) for s in sets for label, t in onepass.triggers_of(s) if t is not None]
         for d in DETECTORS:
             rates = [(t["detection"][d]["rate"], label) for label, t in found]
             fpr = max(s["false_positive"][d]["rate"] for s in sets)
@@ -228,18 +214,8 @@ def readme(report: dict[str, Any], folder: Path) -> list[str]:
         "",
         *summary_lines(report),
         "",
-        "| set | clean test images | triggered test images | clean accuracy | attack success |",
-        "|---|---:|---:|---:|---:|",
+        *onepass.images_lines(report),
     ]
-    for s in report["sets"]:
-        for label, t in triggers_of(s):
-            lines.append(
-                f"| {label} | {s['clean_images']} of {s['clean_images_of']} | "
-                + (f"{t['images']} of {t['images_of']}" if t else "-")
-                + f" | {pct(s['clean_accuracy'])} | "
-                + (pct(t["attack_success_rate"]) if t else "-")
-                + " |"
-            )
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items())
     lines += [
         "",

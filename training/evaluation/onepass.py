@@ -2,12 +2,14 @@
 (contract.fusion.run_both: AE(x), then one target call on [x; AE(x); STRIP's copies]), on a
 seeded subset of a test split. What training.fusion_report and training.calibration_report
 share: the subset, the pass, the manifest's decisions read off its outputs, and each rule as
-text, and the command-line options that pick the subset and the pass's batching."""
+text, the command-line options that pick the subset and the pass's batching, and the naming of
+a measured set's triggers and its table of images, accuracy and attack success."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +18,7 @@ from contract.manifest import Manifest, read_verified
 from contract.scoring import decide
 from contract.strip import Strip, flag
 from training.evaluation.detectors import Graph, Transform
+from training.evaluation.markdown import pct
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -113,3 +116,35 @@ def rules(manifest: Manifest) -> dict[str, str]:
     if b is not None:
         out["both"] = f"{b.score} > {b.ae_threshold:.4g} or entropy < {b.strip_threshold:.4g} bits"
     return out
+
+
+def set_name(s: dict[str, Any]) -> str:
+    """A measured set's name (its manifest's; the folder's in reports from before names)."""
+    return str(s.get("name") or Path(s["model_set"]).name)
+
+
+def triggers_of(s: dict[str, Any]) -> list[tuple[str, dict[str, Any] | None]]:
+    """(row label, trigger) per trigger of a measured set; a set of several backdoors names each
+    by its target class; a set without one gives one row with None."""
+    name, triggers = set_name(s), s["triggers"]
+    if len(triggers) <= 1:
+        return [(name, triggers[0] if triggers else None)]
+    return [(f"{name} (to class {t['target_class']})", t) for t in triggers]
+
+
+def images_lines(report: dict[str, Any]) -> list[str]:
+    """Per set and trigger: the test images measured, the clean accuracy, the attack success."""
+    lines = [
+        "| set | clean test images | triggered test images | clean accuracy | attack success |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for s in report["sets"]:
+        for label, t in triggers_of(s):
+            lines.append(
+                f"| {label} | {s['clean_images']} of {s['clean_images_of']} | "
+                + (f"{t['images']} of {t['images_of']}" if t else "-")
+                + f" | {pct(s['clean_accuracy'])} | "
+                + (pct(t["attack_success_rate"]) if t else "-")
+                + " |"
+            )
+    return lines
