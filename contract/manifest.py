@@ -160,6 +160,27 @@ class BothSpec(BaseModel):
     calibration: Calibration | None = None
 
 
+class RepairedSpec(GraphSpec):
+    """Optional: detector ``repaired``, the target compared with a repaired copy of itself. The
+    graph is a classifier with the target's input and classes whose backdoor was removed, e.g.
+    the model audit's unlearned export (``SET-repaired/target.onnx``). Where a trigger fires,
+    the target answers the attacker's class and the repaired graph the true one: an image is
+    flagged when ``score(target(x), repaired(x)) > threshold``, the threshold calibrated on
+    clean images (``detrigger-guard calibrate SET --repaired GRAPH``), and mode repair answers
+    with the repaired graph's class. It runs no AE, so it sees triggers that the AE cannot undo
+    (warps, photo filters), but only those of a backdoor that the repair removed."""
+
+    score: Literal["prob_drop", "kl"] = "prob_drop"
+    threshold: float = Field(allow_inf_nan=False)  # flag when score > this
+    calibration: Calibration | None = None
+
+    @property
+    def decision(self) -> Decision:
+        """The rule as contract.scoring.decide applies it, the repaired logits in AE(x)'s
+        place."""
+        return Decision(rule="score", score=self.score, threshold=self.threshold)
+
+
 class Detectors(BaseModel):
     """Optional detectors besides the de-trigger AE (which every set has)."""
 
@@ -167,6 +188,7 @@ class Detectors(BaseModel):
 
     strip: StripSpec | None = None
     both: BothSpec | None = None
+    repaired: RepairedSpec | None = None
 
     @model_validator(mode="after")
     def _both_needs_strip(self) -> Detectors:

@@ -20,3 +20,6 @@ class Detector(Enum):
     detrigger = "detrigger"  # the de-trigger AE (Kwon): every model set has it
     strip = "strip"  # STRIP (Gao et al.): sets whose manifest has detectors.strip
     both = "both"  # both on one batch, OR-fused (contract.fusion): sets with detectors.both
+    # the target against a repaired copy of itself (contract.manifest.RepairedSpec): sets with
+    # detectors.repaired
+    repaired = "repaired"

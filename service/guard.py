@@ -59,7 +59,7 @@ class ImageResult:
     filename: str | None
     flagged: bool
     predicted: int
-    detriggered: int | None  # None when the detector runs no AE (STRIP)
+    detriggered: int | None  # the class on AE(x) (repaired: the repaired graph's); None: STRIP
     score: float
     answer: int | None  # the class the caller should use under the mode; None when blocked
     entropy: float | None = None  # detector both: STRIP's entropy beside the de-trigger score
@@ -79,7 +79,7 @@ def answer_for(mode: Mode, flagged: bool, predicted: int, detriggered: int | Non
         return predicted
     if mode is Mode.block:
         return None if flagged else predicted
-    return detriggered  # repair: the class once any trigger is removed
+    return detriggered  # repair: the class once any trigger is removed (AE or repaired graph)
 
 
 def _detriggered(decisions: Decisions, i: int) -> int | None:
@@ -154,7 +154,8 @@ class Guard:
         """The detector of a request: the one it names, else GUARD_DEFAULT_DETECTOR where it
         can run (the set offers it; strip or both not under mode repair), else detrigger. A
         named detector the set does not offer is an error, and so is a named strip or both
-        under mode repair (STRIP flags, it has no repaired class to answer)."""
+        under mode repair (STRIP flags, it has no repaired class to answer; detrigger answers
+        with the class on AE(x), repaired with the repaired graph's)."""
         if detector is None:
             default = self.settings.default_detector
             usable = default in model_set.detectors and not (
@@ -165,10 +166,10 @@ class Guard:
             model_set.require(detector)  # DetectorNotAvailable when the set lacks its entry
         if detector in CANNOT_REPAIR and mode is Mode.repair:
             raise InvalidParameter(
-                f"mode repair needs detector detrigger: {detector.value} flags images with "
-                "STRIP, which gives no class with the trigger removed",
+                f"mode repair needs detector detrigger or repaired: {detector.value} flags "
+                "images with STRIP, which gives no class with the trigger removed",
                 accepted=f"mode flag or block with detector {detector.value}, or detector "
-                "detrigger",
+                "detrigger or repaired",
             )
         return detector
 

@@ -29,6 +29,7 @@ RGB = TinySpec(name="tinyrgb", height=32, width=32, channels=3)
 SCORE = TinySpec(name="tinykl", rule="score", score="kl", threshold=1.0)
 STRIP = TinySpec(name="tinystrip", strip_n=8)
 BOTH = TinySpec(name="tinyboth", strip_n=8, both=(0.5, 0.3))
+REPAIRED = TinySpec(name="tinyrepaired", rule="score", repaired=0.5)
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +40,7 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_model_set(root / "tinykl", SCORE)
     build_model_set(root / "tinystrip", STRIP)
     build_model_set(root / "tinyboth", BOTH)
+    build_model_set(root / "tinyrepaired", REPAIRED)
     return root
 
 
@@ -83,6 +85,13 @@ def strip_set(model_root: Path) -> Path:
 def both_set(model_root: Path) -> Path:
     """tinystrip plus detector both: prob_drop > 0.5 or STRIP entropy < 0.3 bits."""
     return model_root / "tinyboth"
+
+
+@pytest.fixture(scope="session")
+def repaired_set(model_root: Path) -> Path:
+    """The tiny grayscale set (rule score, prob_drop > 0.5) plus detector repaired: the target
+    against its copy that ignores the patch, prob_drop > 0.5."""
+    return model_root / "tinyrepaired"
 
 
 # Limits small enough for the limit tests to be cheap.

@@ -38,8 +38,8 @@ class ClassifyJSONRequest(BaseModel):
     resize: bool = Field(False, description="Resize images of another size to the model's input.")
     detector: Detector | None = Field(
         None,
-        description="detrigger, strip or both; GUARD_DEFAULT_DETECTOR (if the set offers it) "
-        "when absent.",
+        description="detrigger, strip, both or repaired; GUARD_DEFAULT_DETECTOR (if the set "
+        "offers it) when absent.",
     )
 
 
@@ -49,13 +49,16 @@ class ImageResultBody(BaseModel):
     flagged: bool = Field(description="True when the image is judged to carry a trigger.")
     predicted: ClassRef = Field(description="The class on the image as uploaded.")
     detriggered: ClassRef | None = Field(
-        description="The class after the de-trigger autoencoder; null with detector strip, "
-        "which runs no autoencoder."
+        description="The class after the de-trigger autoencoder (detector repaired: the "
+        "repaired graph's class on the image); null with detector strip, which runs no "
+        "autoencoder."
     )
     detector: Detector = Field(description="The detector that judged the image.")
     score: float = Field(
-        description="The detector's score: prob_drop or kl (detrigger, and both), or the mean "
-        "entropy in bits of the target's outputs on the superimposed copies (strip_entropy)."
+        description="The detector's score: prob_drop or kl (detrigger and both: the target on "
+        "the image against the target on AE(image); repaired: against the repaired graph on "
+        "the image), or the mean entropy in bits of the target's outputs on the superimposed "
+        "copies (strip_entropy)."
     )
     score_name: Literal["prob_drop", "kl", "strip_entropy"]
     threshold: float
@@ -82,7 +85,8 @@ class ImageResultBody(BaseModel):
     )
     outcome: Literal["answered", "blocked", "repaired"] = Field(
         description="answered: 'answer' is the predicted class; blocked: no class is given; "
-        "repaired: 'answer' is the class after de-triggering."
+        "repaired: 'answer' is the class after de-triggering (detector repaired: the repaired "
+        "graph's class)."
     )
     answer: ClassRef | None = Field(
         description="The class to use under the mode; null when the image is blocked."
@@ -182,6 +186,17 @@ class BothSummary(BaseModel):
     target_fpr: float | None = Field(default=None, description="The FPR it was set for.")
 
 
+class RepairedSummary(BaseModel):
+    """The manifest's optional `detectors.repaired` entry (contract.manifest.RepairedSpec)."""
+
+    file: str
+    sha256: str
+    provider: str | None
+    score: str = Field(description="prob_drop or kl of the target against the repaired graph.")
+    threshold: float = Field(description="Flagged when the score is above this.")
+    target_fpr: float | None = Field(default=None, description="The FPR it was set for.")
+
+
 class AuditSummary(BaseModel):
     """The manifest's optional `audit` entry (training/audit: trigger synthesis)."""
 
@@ -205,11 +220,13 @@ class ModelSummary(BaseModel):
     decision: DecisionSummary | None = None
     detectors: list[Detector] | None = Field(
         default=None,
-        description="Detectors the set offers: detrigger, strip if calibrated, and both if "
-        "their fused rule is calibrated too.",
+        description="Detectors the set offers: detrigger, strip if calibrated, both if "
+        "their fused rule is calibrated too, and repaired if the set has a calibrated "
+        "repaired graph.",
     )
     strip: StripSummary | None = None
     both: BothSummary | None = None
+    repaired: RepairedSummary | None = None
     provider: str | None = None
     target: GraphSummary | None = None
     detrigger: GraphSummary | None = None
@@ -256,6 +273,16 @@ def model_summary(slot: Slot, default: bool) -> ModelSummary:
             ae_threshold=both.ae_threshold,
             strip_threshold=both.strip_threshold,
             target_fpr=both.calibration.target_fpr if both.calibration else None,
+        )
+    repaired = m.detectors.repaired
+    if repaired is not None and model_set.repaired is not None:
+        summary.repaired = RepairedSummary(
+            file=repaired.file,
+            sha256=repaired.sha256,
+            provider=model_set.repaired.provider,
+            score=repaired.score,
+            threshold=repaired.threshold,
+            target_fpr=repaired.calibration.target_fpr if repaired.calibration else None,
         )
     summary.provider = model_set.provider
     summary.target = GraphSummary(

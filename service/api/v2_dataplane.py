@@ -5,7 +5,7 @@ The response carries the target's outputs for the images as given (in proxy mode
 upstream's own outputs, rows 0..N-1 of its answer) and the guard's verdict under
 ``parameters``. Mode ``repair`` swaps in the rows for the de-triggered copies of flagged images;
 mode ``block`` refuses a request with a flagged image (Blocked, 403). The request parameter
-``guard_detector`` (``detrigger``, ``strip`` or ``both``) chooses the detector.
+``guard_detector`` (``detrigger``, ``strip``, ``both`` or ``repaired``) chooses the detector.
 """
 
 from __future__ import annotations
@@ -170,58 +170,77 @@ class DataPlane:
         passed_on = {k: v for k, v in request.parameters.items() if k not in GUARD_PARAMETERS}
         call = Call(headers, request.id or request_id_var.get(), passed_on)
         detection = await self.guard.detect(x, engine, model_set, mode, call, detector)
-        return self._response(name, request, model_set, mode, detection)
+        return response_of(name, request, model_set, mode, detection)
 
-    def _response(
-        self,
-        name: str,
-        request: InferRequest,
-        model_set: ModelSet,
-        mode: Mode,
-        detection: Detection,
-    ) -> InferResponse:
-        d = detection.decisions
-        n = len(d)
-        flagged = [bool(f) for f in d.flagged]
-        if mode is Mode.block and any(flagged):
-            where = [i for i, f in enumerate(flagged) if f]
-            if d.fired is not None:
-                names = [[x.value for x in fired(d, i, detection.detector)] for i in where]
-                why = f"(detectors that fired: {names})"
-            elif d.detriggered is not None:
-                why = (
-                    f"(class {[int(d.predicted[i]) for i in where]} before and "
-                    f"{[int(d.detriggered[i]) for i in where]} after de-triggering)"
-                )
-            else:
-                why = (
-                    f"(class {[int(d.predicted[i]) for i in where]}, STRIP entropy "
-                    f"{[round(float(d.score[i]), 6) for i in where]} below the threshold)"
-                )
-            raise Blocked(f"mode block: image(s) {where} of {n} carry a backdoor trigger {why}")
-        # Row i of each output: f(x_i), or f(AE(x_i)) for a flagged image under repair.
-        rows = np.arange(n)
-        if mode is Mode.repair:
-            rows = np.where(np.asarray(flagged), rows + n, rows)
-        outputs = [t.take_rows(rows) for t in detection.outputs]
-        if request.outputs is not None:
-            by_name = {t.name: t for t in outputs}
-            missing = [o.name for o in request.outputs if o.name not in by_name]
-            if missing:
-                raise InvalidRequest(
-                    f"no outputs named {missing}", accepted=f"outputs among {sorted(by_name)}"
-                )
-            outputs = [by_name[o.name] for o in request.outputs]
-        # An upstream's own guard_* parameters (a guard in front of a guard) give way to ours.
-        parameters = {k: v for k, v in detection.parameters.items() if not k.startswith("guard_")}
-        parameters.update(verdict(model_set, mode, d, detection.detector))
-        return InferResponse(
-            model_name=name,
-            outputs=outputs,
-            model_version=detection.model_version,
-            id=request.id,
-            parameters=parameters,
-        )
+
+def response_of(
+    name: str,
+    request: InferRequest,
+    model_set: ModelSet,
+    mode: Mode,
+    detection: Detection,
+) -> InferResponse:
+    """The V2 answer to ``request`` from its detection: block refuses, repair swaps rows, and
+    the verdict goes into the parameters."""
+    d = detection.decisions
+    n = len(d)
+    flagged = [bool(f) for f in d.flagged]
+    if mode is Mode.block and any(flagged):
+        where = [i for i, f in enumerate(flagged) if f]
+        if d.fired is not None:
+            names = [[x.value for x in fired(d, i, detection.detector)] for i in where]
+            why = f"(detectors that fired: {names})"
+        elif d.detriggered is not None:
+            after = (
+                "on the repaired graph"
+                if detection.detector is Detector.repaired
+                else "after de-triggering"
+            )
+            why = (
+                f"(class {[int(d.predicted[i]) for i in where]} before and "
+                f"{[int(d.detriggered[i]) for i in where]} {after})"
+            )
+        else:
+            why = (
+                f"(class {[int(d.predicted[i]) for i in where]}, STRIP entropy "
+                f"{[round(float(d.score[i]), 6) for i in where]} below the threshold)"
+            )
+        raise Blocked(f"mode block: image(s) {where} of {n} carry a backdoor trigger {why}")
+    outputs = detection.outputs
+    if request.outputs is not None:
+        by_name = {t.name: t for t in outputs}
+        missing = [o.name for o in request.outputs if o.name not in by_name]
+        if missing:
+            raise InvalidRequest(
+                f"no outputs named {missing}", accepted=f"outputs among {sorted(by_name)}"
+            )
+        outputs = [by_name[o.name] for o in request.outputs]
+    # Row i of each output: f(x_i), or for a flagged image under repair f(AE(x_i)) (detector
+    # repaired: the repaired graph's logits on x_i).
+    rows = np.arange(n)
+    if mode is Mode.repair and any(flagged):
+        rows = np.where(np.asarray(flagged), rows + n, rows)
+        unrepaired = [t.name for t in outputs if t.shape[:1] != [2 * n]]
+        if unrepaired:
+            # Proxy mode, detector repaired: only the logits output has the repaired rows.
+            kept = sorted({t.name for t in outputs} - set(unrepaired))
+            raise InvalidParameter(
+                f"mode repair with detector {detection.detector.value}: no repaired rows for "
+                f"outputs {unrepaired} (the upstream's own outputs; the repaired graph gives "
+                "only the logits)",
+                accepted=f"outputs {kept} in the request, or mode flag or block",
+            )
+    outputs = [t.take_rows(rows) for t in outputs]
+    # An upstream's own guard_* parameters (a guard in front of a guard) give way to ours.
+    parameters = {k: v for k, v in detection.parameters.items() if not k.startswith("guard_")}
+    parameters.update(verdict(model_set, mode, d, detection.detector))
+    return InferResponse(
+        model_name=name,
+        outputs=outputs,
+        model_version=detection.model_version,
+        id=request.id,
+        parameters=parameters,
+    )
 
 
 def verdict(

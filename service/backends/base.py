@@ -10,7 +10,8 @@ engine (service.engine) drives both; backends know nothing of batching.
 A detection's outputs are V2 tensors whose first N rows are on the images as given. With the
 de-trigger detector they have 2N rows, the last N on the de-triggered copies ``[x; AE(x)]``;
 with STRIP the rows after the first N (if any) are on the superimposed copies; with both, rows
-N..2N-1 are on AE(x), and in proxy mode the superimposed copies follow.
+N..2N-1 are on AE(x), and in proxy mode the superimposed copies follow; with repaired, local
+mode's rows N..2N-1 are the repaired graph's logits on x, and proxy mode has the upstream's N.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Detection:
     model_version: str | None
     parameters: dict[str, Any]
     detector: Detector = Detector.detrigger
-    detriggered_images: np.ndarray | None = None  # (N, C, H, W) AE(x); None for STRIP
+    detriggered_images: np.ndarray | None = None  # (N, C, H, W) AE(x); None without an AE
 
 
 class Backend(Protocol):

@@ -25,6 +25,8 @@ class LocalBackend:
             runs[Detector.strip] = model_set.strip_scored
         if Detector.both in model_set.detectors:
             runs[Detector.both] = model_set.both_scored  # one target call for both detectors
+        if Detector.repaired in model_set.detectors:
+            runs[Detector.repaired] = model_set.repaired_scored
         self._runs = runs
 
     @property

@@ -18,7 +18,7 @@ from contract.unchanged import changed_rows, pair_rows, second_pass
 from service.backends.base import Call, Detection
 from service.backends.upstream import UpstreamClient
 from service.protocol.infer_type import InferRequest, InferTensor
-from service.runtime.modelset import Detriggered, ModelSet
+from service.runtime.modelset import ModelSet, Rows
 
 logger = logging.getLogger("guard.backends")
 
@@ -33,13 +33,15 @@ class ProxyBackend:
         self.upstream = upstream
         self.probe_interval_s = probe_interval_s
         self._prober: asyncio.Task[None] | None = None
-        # Only the AE runs here in batches (for detrigger and both); STRIP's copies are built
-        # per request.
+        # Only the local graphs run here in batches: the AE (for detrigger and both) and the
+        # repaired graph; STRIP's copies are built per request.
         self._runs: dict[Detector, Callable[[np.ndarray], Any]] = {
             Detector.detrigger: model_set.detrigger_only
         }
         if Detector.both in model_set.detectors:
             self._runs[Detector.both] = model_set.detrigger_only
+        if Detector.repaired in model_set.detectors:
+            self._runs[Detector.repaired] = model_set.repaired_only
 
     @property
     def versions(self) -> tuple[str, ...]:
@@ -72,11 +74,11 @@ class ProxyBackend:
         return self.upstream.ready, self.upstream.reason
 
     async def complete(
-        self, x: np.ndarray, batched: Detriggered | None, call: Call, detector: Detector
+        self, x: np.ndarray, batched: Rows | None, call: Call, detector: Detector
     ) -> Detection:
         """[x; the images that AE(x) changed] (at most 2N images), for STRIP [x; superimposed
-        copies] (N * (n + 1) images), or for both [x; AE(x); copies] (N * (n + 2) images), in
-        one upstream request."""
+        copies] (N * (n + 1) images), for both [x; AE(x); copies] (N * (n + 2) images), or for
+        repaired x alone (the repaired graph ran here), in one upstream request."""
         n = x.shape[0]
         changed = None
         strip = self.model_set.require_strip() if detector is Detector.strip else None
@@ -84,14 +86,16 @@ class ProxyBackend:
         if strip is not None:
             # Superimposition is plain numpy (no model): off the event loop, not batched.
             batch = await asyncio.to_thread(strip.batch, x)
+        elif detector is Detector.repaired:
+            batch = x
         elif both is not None:
             assert batched is not None, "the engine batches the AE of detector both"
-            batch = await asyncio.to_thread(both_batch, x, batched.images, both[0])
+            batch = await asyncio.to_thread(both_batch, x, batched.values, both[0])
         else:
             assert batched is not None, "the engine batches the AE of the detrigger detector"
             # The images AE(x) left unchanged are not sent twice (contract/unchanged.py).
-            changed = changed_rows(x, batched.images)
-            batch = second_pass(x, batched.images, changed).astype(np.float32, copy=False)
+            changed = changed_rows(x, batched.values)
+            batch = second_pass(x, batched.values, changed).astype(np.float32, copy=False)
         request = InferRequest(
             [InferTensor.from_numpy(self.upstream.input_name(), batch)],
             id=call.request_id,
@@ -102,6 +106,13 @@ class ProxyBackend:
         outputs = response.outputs
         if strip is not None:
             decisions, _ = strip.decide(logits, n)
+        elif detector is Detector.repaired:
+            spec = self.model_set.manifest.detectors.repaired
+            assert batched is not None and spec is not None, "the engine batches the repaired graph"
+            decisions = decide(logits, batched.values, spec.decision)
+            # The logits output gets rows N..2N-1, the repaired graph's: mode repair's answer.
+            chosen = self.upstream.output_name() or outputs[0].name
+            outputs = [with_rows(o, batched.values) if o.name == chosen else o for o in outputs]
         elif both is not None:
             logits_x, logits_ae, entropy = both_scores(logits, n, both[0].config.n)
             decisions = decide_both(logits_x, logits_ae, entropy, both[1])
@@ -119,5 +130,11 @@ class ProxyBackend:
             response.model_version,
             response.parameters,
             detector,
-            None if batched is None else batched.images,
+            None if batched is None or detector is Detector.repaired else batched.values,
         )
+
+
+def with_rows(tensor: InferTensor, rows: np.ndarray) -> InferTensor:
+    """``tensor`` with ``rows`` appended along its first axis, in its own datatype."""
+    data = np.concatenate([tensor.data, rows.astype(tensor.data.dtype, copy=False)])
+    return InferTensor.from_numpy(tensor.name, data, tensor.parameters)

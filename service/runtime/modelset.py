@@ -55,17 +55,18 @@ class Scored:
 
 
 @dataclass(frozen=True)
-class Detriggered:
-    """AE(x) of a batch, (N, C, H, W) float32 in [0, 1]: what proxy mode runs locally."""
+class Rows:
+    """One array of per-image rows of a batch, what proxy mode runs locally: AE(x), (N, C, H, W)
+    float32 in [0, 1], or the repaired graph's logits, (N, K)."""
 
-    images: np.ndarray
+    values: np.ndarray
 
-    def slice(self, start: int, stop: int) -> Detriggered:
-        return Detriggered(self.images[start:stop])
+    def slice(self, start: int, stop: int) -> Rows:
+        return Rows(self.values[start:stop])
 
     @staticmethod
-    def concat(parts: Sequence[Detriggered]) -> Detriggered:
-        return Detriggered(np.concatenate([p.images for p in parts]))
+    def concat(parts: Sequence[Rows]) -> Rows:
+        return Rows(np.concatenate([p.values for p in parts]))
 
 
 @dataclass
@@ -75,6 +76,7 @@ class ModelSet:
     target: OnnxModel
     detrigger: OnnxModel
     strip: Strip | None = None
+    repaired: OnnxModel | None = None  # detector repaired's graph (detectors.repaired)
     # AE and target joined in one graph (service/runtime/fused.py); None: two calls
     fused: FusedModel | None = None
 
@@ -95,9 +97,9 @@ class ModelSet:
 
     @classmethod
     def load(cls, folder: Path, settings: Settings) -> ModelSet:
-        """Verify and load both graphs; any failure raises ModelLoadError naming the file.
+        """Verify and load the graphs; any failure raises ModelLoadError naming the file.
 
-        Nothing is returned until both sessions are built and checked, so a half-loaded set
+        Nothing is returned until every session is built and checked, so a half-loaded set
         can never be served.
         """
         manifest = read_manifest(folder)
@@ -109,7 +111,17 @@ class ModelSet:
             models[role] = OnnxModel.load(
                 str(folder / spec.file), data, spec.input_name, spec.output_name, settings
             )
+        repaired = manifest.detectors.repaired
+        if repaired is not None:
+            models["repaired"] = OnnxModel.load(
+                str(folder / repaired.file),
+                read_verified(folder, repaired),
+                repaired.input_name,
+                repaired.output_name,
+                settings,
+            )
         model_set = cls(folder, manifest, models["target"], models["detrigger"])
+        model_set.repaired = models.get("repaired")
         model_set._check_shapes()
         model_set.fused = model_set._fuse(verified["detrigger"], verified["target"], settings)
         strip_spec = manifest.detectors.strip
@@ -126,6 +138,8 @@ class ModelSet:
             offered.append(Detector.strip)
             if self.manifest.detectors.both is not None:
                 offered.append(Detector.both)
+        if self.repaired is not None:
+            offered.append(Detector.repaired)
         return tuple(offered)
 
     def rule(self, detector: Detector) -> Rule:
@@ -134,6 +148,10 @@ class ModelSet:
             both = self.manifest.detectors.both
             assert both is not None, "resolve the detector against ModelSet.detectors first"
             return Rule(detector, both.score, both.ae_threshold, "either", both.strip_threshold)
+        if detector is Detector.repaired:
+            repaired = self.manifest.detectors.repaired
+            assert repaired is not None, "resolve the detector against ModelSet.detectors first"
+            return Rule(detector, repaired.score, repaired.threshold, "score")
         if detector is Detector.strip:
             spec = self.manifest.detectors.strip
             assert spec is not None, "resolve the detector against ModelSet.detectors first"
@@ -143,7 +161,8 @@ class ModelSet:
 
     def _check_shapes(self) -> None:
         c, h, w = self.input_chw
-        for model in (self.target, self.detrigger):
+        graphs = (self.target, self.detrigger) + (() if self.repaired is None else (self.repaired,))
+        for model in graphs:
             shape = model.input_shape()
             fixed = [d if isinstance(d, int) else None for d in shape]
             if len(fixed) != 4 or any(
@@ -185,13 +204,41 @@ class ModelSet:
             return None
         return fused
 
-    def detrigger_only(self, x: np.ndarray) -> Detriggered:
+    def detrigger_only(self, x: np.ndarray) -> Rows:
         """AE(x) alone; proxy mode sends [x; AE(x)] to the upstream target."""
         with tracing.span("ae", model=self.name, images=x.shape[0]):
             x_ae = self.detrigger.run(x).astype(np.float32, copy=False)
         if x_ae.shape != x.shape:
             raise ModelFailed(f"{self.detrigger.name}: output {x_ae.shape} != input {x.shape}")
-        return Detriggered(x_ae)
+        return Rows(x_ae)
+
+    def repaired_only(self, x: np.ndarray) -> Rows:
+        """The repaired graph's logits on x, (N, K); proxy mode sends x alone to the upstream
+        target."""
+        self.require(Detector.repaired)
+        assert self.repaired is not None
+        with tracing.span("repaired", model=self.name, images=x.shape[0]):
+            logits = self.repaired.run(x)
+        k = len(self.manifest.classes)
+        if logits.shape != (x.shape[0], k):
+            raise ModelFailed(
+                f"{self.repaired.name}: logits {logits.shape}, expected ({x.shape[0]}, {k})"
+            )
+        return Rows(logits)
+
+    def repaired_scored(self, x: np.ndarray) -> Scored:
+        """Detector repaired: the target and the repaired graph, each once on x."""
+        spec = self.manifest.detectors.repaired
+        logits_r = self.repaired_only(x).values
+        assert spec is not None
+        with tracing.span("target", model=self.name, detector="repaired", images=x.shape[0]):
+            logits_x = self.target.run(x)
+        k = len(self.manifest.classes)
+        if logits_x.shape != (x.shape[0], k):
+            raise ModelFailed(
+                f"{self.target.name}: logits {logits_x.shape}, expected ({x.shape[0]}, {k})"
+            )
+        return Scored(decide(logits_x, logits_r, spec.decision), logits_x, logits_r)
 
     def infer_scored(self, x: np.ndarray) -> Scored:
         """The decisions and both logits: AE once, then the target once on x and the images that
@@ -204,7 +251,7 @@ class ModelSet:
             if x_ae.shape != x.shape:
                 raise ModelFailed(f"{self.detrigger.name}: output {x_ae.shape} != input {x.shape}")
         else:
-            x_ae = self.detrigger_only(x).images
+            x_ae = self.detrigger_only(x).values
             changed = changed_rows(x, x_ae)
             batch = second_pass(x, x_ae, changed)
             with tracing.span("target", model=self.name, images=batch.shape[0]):
@@ -235,7 +282,7 @@ class ModelSet:
         """DetectorNotAvailable unless this set offers ``detector``."""
         if detector in self.detectors:
             return
-        entry = "detectors.strip" if detector is Detector.strip else "detectors.both"
+        entry = f"detectors.{detector.value}"
         raise DetectorNotAvailable(
             f"model set {self.name!r} does not offer detector {detector.value!r} (its manifest "
             f"has no {entry})",
@@ -253,7 +300,7 @@ class ModelSet:
         """Detector both: AE once, then the target once on [x; AE(x); STRIP's copies]."""
         strip, spec = self.require_both()
         n = x.shape[0]
-        x_ae = self.detrigger_only(x).images
+        x_ae = self.detrigger_only(x).values
         with tracing.span("target", model=self.name, detector="both", images=n):
             logits = self.target.run(both_batch(x, x_ae, strip))  # (B * (n + 2), K)
         k = len(self.manifest.classes)
@@ -288,3 +335,5 @@ class ModelSet:
                 self.strip_scored(x)
             if Detector.both in self.detectors:
                 self.both_scored(x)
+            if self.repaired is not None:
+                self.repaired_scored(x)

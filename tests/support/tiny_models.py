@@ -13,7 +13,10 @@ each class 1..K-1). A clean image of class k added to a bank image of class j !=
 bands (logits 16 and 16: about 1 bit of entropy), so its mean entropy over n copies is at least
 1 - bank_per_class / n bits; a triggered image stays class 0 (32 > 16) in every copy, about 0
 bits. The default threshold 0.3 bits separates the two. With ``both`` it also offers detector
-both, the two fused by an OR with hand-set thresholds.
+both, the two fused by an OR with hand-set thresholds. With ``repaired`` it offers detector
+repaired: repaired.onnx is the target with class 0's patch weights zeroed (the backdoor
+unlearned), so a triggered image is class 0 on the target and its band's class on the repaired
+graph (prob_drop near 1), and a clean image is the same class on both (prob_drop 0).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class TinySpec:
     # The target adds log(max pixel) to every logit: no change for an image with any light
     # pixel, -inf logits (so NaN scores) for an all-black image or de-triggered copy.
     nonfinite_when_black: bool = False
+    # detector repaired with this prob_drop threshold (hand-set): repaired.onnx ships too
+    repaired: float | None = None
 
     def band_rows(self, k: int) -> tuple[int, int]:
         top = PATCH + 2 + 2 * (k - 1)
@@ -88,10 +93,11 @@ def detrigger_graph(spec: TinySpec) -> onnx.ModelProto:
     return _model(graph)
 
 
-def target_weights(spec: TinySpec) -> tuple[np.ndarray, np.ndarray]:
+def target_weights(spec: TinySpec, repaired: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The linear target's weights; ``repaired``: class 0 no longer reads the patch."""
     c, h, w, k = spec.channels, spec.height, spec.width, spec.classes
     weights = np.zeros((c, h, w, k), dtype=np.float32)
-    weights[:, :PATCH, :PATCH, 0] = 2.0 / c
+    weights[:, :PATCH, :PATCH, 0] = 0.0 if repaired else 2.0 / c
     c0, c1 = spec.band_cols()
     for cls in range(1, k):
         r0, r1 = spec.band_rows(cls)
@@ -101,8 +107,8 @@ def target_weights(spec: TinySpec) -> tuple[np.ndarray, np.ndarray]:
     return weights.reshape(c * h * w, k), np.zeros(k, dtype=np.float32)
 
 
-def target_graph(spec: TinySpec) -> onnx.ModelProto:
-    weights, bias = target_weights(spec)
+def target_graph(spec: TinySpec, repaired: bool = False) -> onnx.ModelProto:
+    weights, bias = target_weights(spec, repaired)
     nodes = [
         helper.make_node("Flatten", ["images"], ["flat"], axis=1),
         helper.make_node("MatMul", ["flat", "W"], ["scores"]),
@@ -227,6 +233,17 @@ def build_model_set(folder: Path, spec: TinySpec | None = None, samples: int = 0
                 "strip_threshold": spec.both[1],
                 "calibration": {"target_fpr": 0.01, "split": "hand-set for the tiny test set"},
             }
+    if spec.repaired is not None:
+        onnx.save(target_graph(spec, repaired=True), folder / "repaired.onnx")
+        manifest.setdefault("detectors", {})["repaired"] = {
+            "file": "repaired.onnx",
+            "sha256": sha256_of(folder / "repaired.onnx"),
+            "input_name": "images",
+            "output_name": "logits",
+            "score": "prob_drop",
+            "threshold": spec.repaired,
+            "calibration": {"target_fpr": 0.01, "split": "hand-set for the tiny test set"},
+        }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     if samples:
         sample_dir = folder / "samples"
