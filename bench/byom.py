@@ -198,7 +198,14 @@ def backdoor(
     return record
 
 
-def adopt(source: Path, set_from: Path, out: Path, data_dir: str | None, attack: str) -> Path:
+def adopt(
+    source: Path,
+    set_from: Path,
+    out: Path,
+    data_dir: str | None,
+    attack: str,
+    repaired: Path | None = None,
+) -> Path:
     """OUT/set from the backdoored set `source` (its target.onnx, its recorded backdoor and the
     validation split its manifest's training.target names): see as_set."""
     import shutil
@@ -218,18 +225,29 @@ def adopt(source: Path, set_from: Path, out: Path, data_dir: str | None, attack:
     shutil.copyfile(source / raw["target"]["file"], out / "target.onnx")
     record = {"backdoor": raw["backdoor"], "attack": attack, "adopted_from": str(source)}
     (out / "backdoor.json").write_text(json.dumps(record, indent=2) + "\n")
-    dest = as_set(set_from, out, record, train.images[val])
+    dest = as_set(set_from, out, record, train.images[val], repaired)
     print(dest)
     return dest
 
 
-def as_set(source: Path, out: Path, record: dict, val_images: np.ndarray) -> Path:
+def as_set(
+    source: Path,
+    out: Path,
+    record: dict,
+    val_images: np.ndarray,
+    repaired: Path | None = None,
+) -> Path:
     """OUT/set: a copy of the model set `source` with OUT's target.onnx and backdoor, calibrated
     on the target's held-out validation images (its decision, with the score `source` uses, STRIP
-    and fusion re-thresholded)."""
+    and fusion re-thresholded). `source`'s repaired graph belongs to its own target and is left
+    out; `repaired` (a graph or a set, e.g. the new target's audit export) becomes the copy's
+    detector repaired, calibrated on the same images."""
+    import contextlib
     import shutil
+    import sys
 
     from training.evaluation.calibration import CalibrationOptions, calibrate_folder
+    from training.evaluation.repaired import add_repaired
     from training.nets.manifest_file import sha256, write_manifest
 
     dest = out / "set"
@@ -247,9 +265,18 @@ def as_set(source: Path, out: Path, record: dict, val_images: np.ndarray) -> Pat
     )
     for stale in ("audit", "repair", "samples", "evaluation"):
         raw.pop(stale, None)
+    stale_graph = (raw.get("detectors") or {}).pop("repaired", None)
+    if stale_graph:
+        (dest / stale_graph["file"]).unlink(missing_ok=True)
     write_manifest(dest, raw)
     options = CalibrationOptions(score=raw["decision"]["score"])
-    calibrate_folder(dest, val_images, options, "validation: the held-out split")
+    command = " ".join(["python -m bench.byom", *sys.argv[1:]])
+    with (
+        add_repaired(dest, repaired, "prob_drop", command)
+        if repaired is not None
+        else contextlib.nullcontext()
+    ):
+        calibrate_folder(dest, val_images, options, "validation: the held-out split")
     return dest
 
 
@@ -298,10 +325,17 @@ def main() -> None:
     a.add_argument("--out", required=True, help="the folder to write (the set: OUT/set)")
     a.add_argument("--attack", default=None, help="the attack's name (default: --source's name)")
     a.add_argument("--data-dir", default=None, help="where the dataset lies")
+    a.add_argument(
+        "--repaired",
+        default=None,
+        help="also detector repaired: this repaired copy of --source's target (a graph, or a "
+        "set such as its audit's SOURCE-repaired)",
+    )
     args = p.parse_args()
     if args.what == "adopt":
         source, name = Path(args.source), args.attack or Path(args.source).name
-        adopt(source, Path(args.set_from), Path(args.out), args.data_dir, name)
+        repaired = Path(args.repaired) if args.repaired else None
+        adopt(source, Path(args.set_from), Path(args.out), args.data_dir, name, repaired)
     elif args.what == "folder":
         write_folder(args.dataset, args.split, Path(args.out), args.data_dir, args.limit)
     elif args.what == "backdoor":

@@ -338,6 +338,22 @@ _BANK = ("seed", "strip_n", "strip_bank")
     "pixel is returned unchanged, so the guard skips its second target pass (docs/"
     "model-contract.md, 'Unchanged images'); 0 removes a gate; then calibrate as asked",
 )
+@click.option(
+    "--repaired",
+    type=click.Path(exists=True),
+    default=None,
+    help="first add detector repaired: this ONNX classifier (or this model set's target, e.g. "
+    "the audit's SET-repaired) is compared with the set's target on every image, and an image "
+    "is flagged where they disagree (docs/model-contract.md, 'Detector repaired'); then "
+    "calibrate as asked, this detector included",
+)
+@click.option(
+    "--repaired-score",
+    type=click.Choice(["prob_drop", "kl"]),
+    default="prob_drop",
+    show_default=True,
+    help="--repaired: the score of the target against the repaired graph",
+)
 @click.option("--data-dir", default=None, help="where the preset datasets lie")
 @click.option("--threads", default=2, show_default=True, help="ONNX Runtime threads")
 @click.option("--seed", default=0, show_default=True, help="seed of the bank draw")
@@ -347,7 +363,9 @@ def calibrate(ctx: click.Context, set_dir: str, **kw) -> None:
     """Re-threshold an existing model set for --target-fpr: on new clean images (--data, STRIP's
     bank redrawn; the set is rewritten atomically), or on the validation split its manifest
     records (--recorded-split: the manifest's thresholds and records only; with --redraw-bank,
-    STRIP's bank drawn again from the split and STRIP and both calibrated)."""
+    STRIP's bank drawn again from the split and STRIP and both calibrated). --repaired first
+    adds detector repaired (a repaired copy of the target), --unchanged-tolerance first gates
+    the AE; either is undone if the calibration fails."""
     given = {k for k in kw if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
     if not (Path(set_dir) / "manifest.json").is_file():
         raise click.ClickException(f"{set_dir}: no manifest.json here (docs/model-contract.md)")
@@ -372,6 +390,13 @@ def calibrate(ctx: click.Context, set_dir: str, **kw) -> None:
             "--unchanged-tolerance: not with --redraw-bank, which keeps the de-trigger "
             "decision; gate with --recorded-split alone, then redraw the bank"
         )
+    if kw["redraw_bank"] and kw["repaired"] is not None:
+        raise click.UsageError(
+            "--repaired: not with --redraw-bank, which calibrates STRIP only; add the repaired "
+            "graph with --recorded-split alone, then redraw the bank"
+        )
+    if "repaired_score" in given and kw["repaired"] is None:
+        raise click.UsageError("--repaired-score: only with --repaired")
     with contextlib.ExitStack() as stack:
         if kw["unchanged_tolerance"] is not None:
             from training.nets.gate import gate_model_set
@@ -383,6 +408,18 @@ def calibrate(ctx: click.Context, set_dir: str, **kw) -> None:
             except ValueError as exc:
                 raise click.ClickException(str(exc)) from exc
             click.echo(f"{set_dir}: AE gated at unchanged tolerance {kw['unchanged_tolerance']}")
+        if kw["repaired"] is not None:
+            from training.evaluation.repaired import add_repaired
+
+            try:
+                stack.enter_context(
+                    add_repaired(
+                        Path(set_dir), Path(kw["repaired"]), kw["repaired_score"], _command()
+                    )
+                )
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from exc
+            click.echo(f"{set_dir}: detector repaired added from {kw['repaired']}")
         _calibrate_mode(set_dir, kw, given)
     click.echo(f"detrigger-guard serve {shlex.quote(set_dir)}")
 

@@ -6,9 +6,11 @@ For each set (its dataset is the one its manifest's training records), every ima
 through the guard's own code (contract.fusion: AE(x), then one target call on [x; AE(x);
 STRIP's copies]), and three decisions are read off the same numbers with the thresholds the
 manifest ships: detrigger (``decision``), strip (``detectors.strip``) and both
-(``detectors.both``). Measured: the clean FPR on the test images, and the detection rate of the
-set's own trigger (from its manifest) on the test images of the other classes, each with its
-exact 95% interval, and the trigger's attack success.
+(``detectors.both``), and on a set that has one, detector repaired (``detectors.repaired``: the
+target against its repaired copy, which runs on the same images). Measured: the clean FPR on
+the test images, and the detection rate of the set's own trigger (from its manifest) on the
+test images of the other classes, each with its exact 95% interval, and the trigger's attack
+success.
 
 Writes reports/fusion/fusion.json, reports/fusion/README.md and the table in docs/fusion.md
 (between its markers). The test split is never used for calibration. --clean-images and
@@ -35,7 +37,8 @@ from training.evaluation import onepass
 from training.evaluation.markdown import pct, replace_block, table
 from training.evaluation.metrics import rate
 
-DETECTORS = ("detrigger", "strip", "both")
+DETECTORS = ("detrigger", "strip", "both")  # every set measured has these
+OPTIONAL = ("repaired",)  # measured on the sets whose manifest has them
 DOCS = Path("docs/fusion.md")
 BEGIN = "<!-- fusion table: written by python -m training.fusion_report -->"
 END = "<!-- end of fusion table -->"
@@ -80,7 +83,15 @@ def flags(folder: Path, images: np.ndarray, args, transform=None) -> dict[str, n
             f"{folder}: no detectors.both; run detrigger-guard calibrate {folder} --recorded-split"
         )
     lx, lae, h = onepass.outputs(folder, manifest, images, args.batch_size, args.threads, transform)
-    return {**onepass.decisions(manifest, lx, lae, h), "predicted": lx.argmax(axis=1)}
+    lr = onepass.repaired_outputs(
+        folder, manifest, images, args.batch_size, args.threads, transform
+    )
+    return {**onepass.decisions(manifest, lx, lae, h, lr), "predicted": lx.argmax(axis=1)}
+
+
+def detectors_of(s: dict[str, Any]) -> list[str]:
+    """The detectors a measured set has figures for, in the report's order."""
+    return [d for d in DETECTORS + OPTIONAL if d in s["false_positive"]]
 
 
 def measure_set(folder: Path, args) -> dict[str, Any]:
@@ -101,7 +112,7 @@ def measure_set(folder: Path, args) -> dict[str, Any]:
         "clean_accuracy": float((clean["predicted"] == test.labels[clean_idx]).mean()),
         "rules": onepass.rules(manifest),
         "calibrated_for": calibrated_for(manifest),
-        "false_positive": {d: rate(clean[d]) for d in DETECTORS},
+        "false_positive": {d: rate(clean[d]) for d in DETECTORS + OPTIONAL if d in clean},
         "triggers": [],
     }
     for attack in manifest_backdoors(raw):
@@ -116,7 +127,7 @@ def measure_set(folder: Path, args) -> dict[str, Any]:
                 "images": int(len(chosen)),
                 "images_of": int(len(others)),
                 "attack_success_rate": float((triggered["predicted"] == target_class).mean()),
-                "detection": {d: rate(triggered[d]) for d in DETECTORS},
+                "detection": {d: rate(triggered[d]) for d in DETECTORS + OPTIONAL if d in clean},
             }
         )
     result["wall_seconds"] = round(time.time() - t0, 1)
@@ -130,9 +141,12 @@ def calibrated_for(manifest) -> dict[str, dict[str, float | None]]:
         "detrigger": manifest.decision,
         "strip": manifest.detectors.strip,
         "both": manifest.detectors.both,
+        "repaired": manifest.detectors.repaired,
     }
     out = {}
     for d, spec in specs.items():
+        if d in OPTIONAL and spec is None:
+            continue
         cal = spec.calibration if spec is not None else None
         out[d] = {
             "target_fpr": cal.target_fpr if cal else None,
@@ -171,7 +185,7 @@ def table_lines(report: dict[str, Any]) -> list[str]:
     rows = []
     for s in report["sets"]:
         for label, trigger in onepass.triggers_of(s):
-            for d in DETECTORS:
+            for d in detectors_of(s):
                 detection = cell(trigger["detection"][d]) if trigger else "no trigger recorded"
                 fp = cell(s["false_positive"][d])
                 rows.append([label, d, f"`{s['rules'][d]}`", fp, detection])
@@ -185,9 +199,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     for dataset in dict.fromkeys(s["dataset"] for s in report["sets"]):
         sets = [s for s in report["sets"] if s["dataset"] == dataset]
         found = [(label, t) for s in sets for label, t in onepass.triggers_of(s) if t is not None]
-        for d in DETECTORS:
-            rates = [(t["detection"][d]["rate"], label) for label, t in found]
-            fpr = max(s["false_positive"][d]["rate"] for s in sets)
+        for d in dict.fromkeys(d for s in sets for d in detectors_of(s)):
+            rates = [
+                (t["detection"][d]["rate"], label) for label, t in found if d in t["detection"]
+            ]
+            fpr = max(s["false_positive"][d]["rate"] for s in sets if d in s["false_positive"])
             if rates:
                 low, who = min(rates)
                 mean = pct(sum(r for r, _ in rates) / len(rates))
@@ -201,11 +217,13 @@ def readme(report: dict[str, Any], folder: Path) -> list[str]:
     page = Path(__file__).resolve().parents[1] / DOCS  # the repository's docs, from any cwd
     docs = Path(os.path.relpath(page, folder.resolve())).as_posix()
     scope = "each shipped set" if report.get("shipped_only", True) else "each set"
+    optional = any(d in s["false_positive"] for s in report["sets"] for d in OPTIONAL)
+    every = "every detector" if optional else "all three"
     lines = [
         "# Detector both beside each detector alone",
         "",
         f"Test split of {scope}; the thresholds its manifest ships "
-        f"(all three {calibration_sentence(report)}). Detection: the set's own trigger on the "
+        f"({every} {calibration_sentence(report)}). Detection: the set's own trigger on the "
         "test images of the other classes. Intervals: exact (Clopper-Pearson) 95%. Written by "
         f"`python -m training.fusion_report`; [docs/fusion.md]({docs}) says how "
         "both is built and calibrated.",

@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnx
 from click.testing import CliRunner
 
 from cli.main import main
+from tests.support.tiny_models import TinySpec, sha256_of, target_graph
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -54,6 +56,26 @@ def test_a_manifest_with_wrong_graph_names_fails(tmp_path: Path) -> None:
     (bad / "manifest.json").write_text(json.dumps(manifest))
     result = CliRunner().invoke(main, ["check", str(bad)])
     assert result.exit_code == 1 and "target.output_name is 'probs'" in result.output
+
+
+def test_a_repaired_graph_is_checked_like_the_others(tmp_path: Path, repaired_set: Path) -> None:
+    result = CliRunner().invoke(main, ["check", str(repaired_set)])
+    assert result.exit_code == 0, result.output
+    assert "target.onnx, detrigger.onnx, repaired.onnx: sha256 as the manifest says" in (
+        result.output
+    )
+    assert "runs the 3 graphs on a batch of 3" in result.output
+    assert "detectors detrigger, repaired" in result.output
+    # A repaired graph over other classes than the target's is refused, naming the file.
+    bad = tmp_path / "tinyrepaired"
+    shutil.copytree(repaired_set, bad)
+    onnx.save(target_graph(TinySpec(classes=5), repaired=True), bad / "repaired.onnx")
+    manifest = json.loads((bad / "manifest.json").read_text())
+    manifest["detectors"]["repaired"]["sha256"] = sha256_of(bad / "repaired.onnx")
+    (bad / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["check", str(bad)])
+    assert result.exit_code == 1
+    assert "repaired.onnx: output (3, 5); expected (3, 10), one row of logits" in result.output
 
 
 NO_TORCH = (

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_the_sentence_follows_the_records() -> None:
     records = calibrated_for(read_manifest(REPO / "models" / "mnist"))
-    assert set(records) == {"detrigger", "strip", "both"}
+    assert set(records) == {"detrigger", "strip", "both", "repaired"}
     one = {"target_fpr": 0.005, "confidence": 0.95}
     report = {"sets": [{"model_set": "models/a", "calibrated_for": dict.fromkeys(records, one)}]}
     assert calibration_sentence(report) == (
@@ -61,3 +61,19 @@ def test_a_suite_report_names_each_trigger_and_sums_up_each_dataset() -> None:
     )
     summary = summary_lines(report)
     assert summary[2] == "| mnist | detrigger | 3 | 70.00 | 20.00 (mnist-warp) | 0.90 |"
+
+
+def test_detector_repaired_is_reported_where_a_set_has_it() -> None:
+    """A set with a repaired graph gets a row for detector repaired; the per-dataset summary of
+    repaired covers the sets that have it."""
+    plain = _set("mnist-noise", 0.004, 0.9)
+    fixed = _set("mnist-warp", 0.005, 0.02)
+    fixed["false_positive"]["repaired"] = _rate(0.007)
+    fixed["rules"]["repaired"] = "prob_drop > 0.4 against the repaired graph"
+    fixed["triggers"][0]["detection"]["repaired"] = _rate(0.85)
+    report = {"sets": [plain, fixed]}
+    detectors = [line.split(" | ")[1] for line in table_lines(report)[2:]]
+    assert detectors == [*DETECTORS, *DETECTORS, "repaired"]
+    summary = summary_lines(report)
+    assert summary[-1] == "| mnist | repaired | 1 | 85.00 | 85.00 (mnist-warp) | 0.70 |"
+    assert summary[2] == "| mnist | detrigger | 2 | 46.00 | 2.00 (mnist-warp) | 0.50 |"

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 from click.testing import CliRunner
 
@@ -15,8 +16,15 @@ from cli.main import main as guard_cli
 from contract.manifest import read_manifest
 from service.runtime.modelset import ModelSet
 from service.settings import Settings
-from tests.support.tiny_models import TinySpec, build_model_set, clean_image
+from tests.support.tiny_models import (
+    TinySpec,
+    add_trigger,
+    build_model_set,
+    clean_image,
+    target_graph,
+)
 from tests.training.conftest import write_idx
+from training.evaluation.detection import MIN_THRESHOLD
 from training.evaluation.metrics import allowed_exceedances
 from training.evaluation.recalibration import file_digests
 from training.evaluation.strip import StripOptions, bank_and_calibration, calibrate_model_set
@@ -150,3 +158,61 @@ def test_a_set_without_a_validation_split_or_with_too_few_images_is_refused(
     (folder / "manifest.json").write_text(json.dumps(manifest))
     assert "no validation split" in recalibrate(args, ok=False)
     (folder / "manifest.json").write_bytes(before)
+
+
+def test_a_repaired_graph_is_added_and_calibrated_on_the_split(tmp_path: Path, data_dir: Path):
+    """--repaired: the graph joins the set as detector repaired, thresholded on the recorded
+    split like the others; nothing else of the set changes but its manifest, and a later
+    re-calibration keeps the graph and records the threshold it replaces."""
+    folder = calibrated_set(tmp_path / "tinycal", data_dir)
+    graph = tmp_path / "unlearned.onnx"
+    onnx.save(target_graph(SPEC, repaired=True), graph)
+    files = file_digests(folder)
+    args = [str(folder), "--data-dir", str(data_dir), "--batch-size", "16"]
+    out = recalibrate([*args, "--repaired", str(graph)])
+    assert f"detector repaired added from {graph}" in out
+    assert f"{folder}: repaired graph, prob_drop > " in out and "repaired" in out.splitlines()[-2]
+
+    spec = read_manifest(folder).detectors.repaired
+    assert spec is not None and spec.file == "repaired.onnx" and spec.calibration is not None
+    cal = spec.calibration
+    assert cal.n == N_VAL and cal.target_fpr == 0.05 and cal.confidence == 0.95
+    assert cal.false_positive is not None and cal.false_positive.k <= cal.allowed_exceedances
+    assert spec.threshold >= MIN_THRESHOLD["prob_drop"]  # the de-trigger decision's floor
+    assert (spec.model_extra or {})["source"]["file"] == str(graph)
+    after = file_digests(folder)
+    assert after.pop("repaired.onnx") == spec.sha256 and after == files
+
+    ms = ModelSet.load(folder, Settings(models=[folder]))
+    clean = clean_image(SPEC, 3, seed=1)
+    x = np.stack([clean, add_trigger(clean)])[:, None].astype(np.float32) / np.float32(255.0)
+    decisions = ms.repaired_scored(x).decisions
+    assert decisions.flagged.tolist() == [False, True]
+    assert decisions.detriggered.tolist() == [3, 3]  # type: ignore[union-attr]
+
+    recalibrate([*args, "--confidence", "off"])
+    again = json.loads((folder / "manifest.json").read_text())["detectors"]["repaired"]
+    assert again["calibration"]["confidence"] == 0.0 and again["sha256"] == spec.sha256
+    assert again["calibration"]["previous"]["threshold"] == spec.threshold
+
+
+def test_a_repaired_graph_that_does_not_fit_leaves_the_set_as_it_was(
+    tmp_path: Path, data_dir: Path
+):
+    folder = calibrated_set(tmp_path / "tinycal", data_dir)
+    before = (folder / "manifest.json").read_bytes()
+    graph = tmp_path / "five_classes.onnx"
+    onnx.save(target_graph(TinySpec(classes=5), repaired=True), graph)
+    args = [str(folder), "--data-dir", str(data_dir), "--repaired", str(graph)]
+    out = recalibrate(args, ok=False)
+    assert "repaired.onnx: logits (200, 5); expected (200, 10)" in out
+    assert (folder / "manifest.json").read_bytes() == before
+    assert not (folder / "repaired.onnx").exists()
+    for flags, words in (
+        (["--redraw-bank", "--repaired", str(graph)], "--repaired: not with --redraw-bank"),
+        (["--repaired-score", "kl"], "--repaired-score: only with --repaired"),
+    ):
+        refused = CliRunner().invoke(
+            guard_cli, ["calibrate", str(folder), "--recorded-split", *flags]
+        )
+        assert refused.exit_code == 2 and words in refused.output

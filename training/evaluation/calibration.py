@@ -38,6 +38,7 @@ from training.evaluation.metrics import (
     too_few_message,
 )
 from training.evaluation.metrics import clopper_pearson as clopper_pearson  # re-exported
+from training.evaluation.repaired import calibrated_entry, repaired_logits
 from training.evaluation.strip import BANK_FILE, onnx_target, strip_entropies, strip_threshold
 from training.nets.manifest_file import sha256, write_manifest
 
@@ -232,6 +233,13 @@ def calibrate_folder(
         "calibration": {k: v for k, v in measured.items() if k != "scores"},
     }
     result: dict[str, Any] = {"decision": measured}
+    if manifest.detectors.repaired is not None:
+        spec = manifest.detectors.repaired
+        lr = repaired_logits(folder, manifest, x, opts.batch_size, opts.threads)
+        _, repaired = calibrate_decision(lx, lr, spec.score, opts.target_fpr, opts.confidence)
+        entry, record = calibrated_entry(raw["detectors"]["repaired"], repaired, {"source": source})
+        raw["detectors"]["repaired"] = entry
+        result["repaired"] = record
     if opts.strip:
         bank = images[bank_idx]
         np.save(folder / BANK_FILE, np.ascontiguousarray(bank))  # (M, C, H, W) uint8

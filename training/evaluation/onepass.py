@@ -17,8 +17,9 @@ from contract.fusion import decide_both, run_both
 from contract.manifest import Manifest, read_verified
 from contract.scoring import decide
 from contract.strip import Strip, flag
-from training.evaluation.detectors import Graph, Transform
+from training.evaluation.detectors import Graph, Transform, float_batches
 from training.evaluation.markdown import pct
+from training.evaluation.repaired import repaired_logits
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -57,6 +58,25 @@ def subset(n: int, limit: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).permutation(n)[:limit])
 
 
+def repaired_outputs(
+    folder: Path,
+    manifest: Manifest,
+    images: np.ndarray,
+    batch_size: int,
+    threads: int,
+    transform: Transform | None = None,
+) -> np.ndarray | None:
+    """uint8 images (N, C, H, W) -> the repaired graph's logits (N, K) on them, `transform`ed
+    as in :func:`outputs`; None for a set without detectors.repaired."""
+    if manifest.detectors.repaired is None:
+        return None
+    parts = [
+        repaired_logits(folder, manifest, x, batch_size, threads)
+        for x in float_batches(images, batch_size, transform)
+    ]
+    return np.concatenate(parts)
+
+
 def outputs(
     folder: Path,
     manifest: Manifest,
@@ -75,11 +95,7 @@ def outputs(
     ae = Graph.load(read_verified(folder, manifest.detrigger), threads)
     target = Graph.load(read_verified(folder, manifest.target), threads)
     lx, lae, h = [], [], []
-    for start in range(0, len(images), batch_size):
-        # (B, C, H, W) in [0, 1], the service decoder's float32 values
-        x = images[start : start + batch_size].astype(np.float32) / np.float32(255.0)
-        if transform is not None:
-            x = np.asarray(transform(x), np.float32)
+    for x in float_batches(images, batch_size, transform):
         if strip is not None:
             a, b, e = run_both(x, strip, ae, target)
             h.append(e)
@@ -92,10 +108,17 @@ def outputs(
 
 
 def decisions(
-    manifest: Manifest, lx: np.ndarray, lae: np.ndarray, h: np.ndarray | None
+    manifest: Manifest,
+    lx: np.ndarray,
+    lae: np.ndarray,
+    h: np.ndarray | None,
+    lr: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per detector the manifest has, its flags (N,) on these outputs."""
+    """Per detector the manifest has, its flags (N,) on these outputs (detector repaired: when
+    the repaired graph's logits ``lr`` are given)."""
     out = {"detrigger": decide(lx, lae, manifest.decision).flagged}
+    if manifest.detectors.repaired is not None and lr is not None:
+        out["repaired"] = decide(lx, lr, manifest.detectors.repaired.decision).flagged
     if manifest.detectors.strip is not None:
         out["strip"] = flag(h, manifest.detectors.strip.threshold)
     if manifest.detectors.both is not None:
@@ -115,6 +138,9 @@ def rules(manifest: Manifest) -> dict[str, str]:
         out["strip"] = f"entropy < {s.threshold:.4g} bits"
     if b is not None:
         out["both"] = f"{b.score} > {b.ae_threshold:.4g} or entropy < {b.strip_threshold:.4g} bits"
+    r = manifest.detectors.repaired
+    if r is not None:
+        out["repaired"] = f"{r.score} > {r.threshold:.4g} against the repaired graph"
     return out
 
 

@@ -12,7 +12,9 @@ and each detector's threshold is set again for --target-fpr at --confidence
   image, never below --score-floor (as make reproduce: float rounding between runtimes must not
   flag an image; a floor only lowers the FPR);
 - STRIP (``detectors.strip.threshold``) on the validation images less its bank;
-- detector both (``detectors.both``) on the same images as STRIP.
+- detector both (``detectors.both``) on the same images as STRIP;
+- detector repaired (``detectors.repaired.threshold``), on every validation image, with the
+  de-trigger decision's floor.
 
 Only thresholds and calibration records change; each record keeps the one it replaces under
 ``previous``. The graphs, the bank and every other file stay byte for byte (checked before the
@@ -51,6 +53,7 @@ from training.evaluation.metrics import (
     min_calibration_images,
     too_few_message,
 )
+from training.evaluation.repaired import calibrated_entry, repaired_logits
 from training.evaluation.strip import quantiles, strip_threshold, validation_indices
 from training.nets.manifest_file import write_manifest
 
@@ -191,6 +194,23 @@ def recalibrate(args: RecalibrateOptions, log=print) -> dict[str, Any]:
         )
     else:
         lines.append(f"{folder}: de-trigger AE, rule {d.rule}: no threshold to set")
+
+    # Detector repaired, on every validation image.
+    if manifest.detectors.repaired is not None:
+        score = manifest.detectors.repaired.score
+        x = train.images[val].astype(np.float32) / np.float32(255.0)
+        lr = repaired_logits(folder, manifest, x, args.batch_size, args.threads)
+        floor = args.score_floor if args.score_floor is not None else MIN_THRESHOLD[score]
+        old = raw["detectors"]["repaired"]
+        _, measured = calibrate_decision(lx, lr, score, target_fpr, confidence, floor)
+        entry, record = calibrated_entry(old, measured, fields)
+        raw["detectors"]["repaired"] = entry
+        out["repaired"] = record
+        lines.append(
+            f"{folder}: repaired graph, {score} > {entry['threshold']:.6g} (was "
+            f"{old.get('threshold'):.6g}); clean FPR {record['false_positive']['rate']:.4f} on "
+            f"{record['n']} validation images" + confidence_note(record)
+        )
 
     # STRIP and detector both, on the validation images less the bank.
     if spec is not None and entropy is not None:

@@ -2,8 +2,9 @@
 service: manifest schema, every file and its sha256, the graphs' input and output names and
 shapes against the manifest, the AE's output shape equal to its input, and both graphs run by
 ONNX Runtime on a batch of 3 (a batch other than 1, for the dynamic axis) with finite outputs;
-the STRIP bank and detector both (calibrated for these graphs and bank) when the manifest has
-them. `detrigger-guard check` adds the service's own load.
+the STRIP bank, detector both (calibrated for these graphs and bank) and the repaired graph
+(one row of logits per image, like the target) when the manifest has them. `detrigger-guard
+check` adds the service's own load.
 """
 
 from __future__ import annotations
@@ -45,10 +46,13 @@ def check_set(folder: Path, batch: int = 3) -> tuple[Manifest, list[str]]:
     try:
         manifest = read_manifest(folder)
         lines.append(f"manifest.json: valid ({manifest.name}, {len(manifest.classes)} classes)")
-        data = {
-            role: read_verified(folder, getattr(manifest, role)) for role in ("target", "detrigger")
-        }
-        lines.append("target.onnx, detrigger.onnx: sha256 as the manifest says")
+        # In the order they run: the target runs on AE(x) too.
+        specs = {"detrigger": manifest.detrigger, "target": manifest.target}
+        if manifest.detectors.repaired is not None:
+            specs["repaired"] = manifest.detectors.repaired
+        data = {role: read_verified(folder, spec) for role, spec in specs.items()}
+        files = ", ".join(specs[r].file for r in ("target", "detrigger", "repaired") if r in specs)
+        lines.append(f"{files}: sha256 as the manifest says")
         strip = None
         if manifest.detectors.strip is not None:
             chw = (manifest.input.channels, manifest.input.height, manifest.input.width)
@@ -62,8 +66,7 @@ def check_set(folder: Path, batch: int = 3) -> tuple[Manifest, list[str]]:
     c, h, w = manifest.input.channels, manifest.input.height, manifest.input.width
     x = np.random.default_rng(0).random((batch, c, h, w), dtype=np.float32)
     outputs: dict[str, np.ndarray] = {}
-    for role in ("detrigger", "target"):
-        spec = getattr(manifest, role)
+    for role, spec in specs.items():
         try:
             session = cpu_session(data[role], 0)
         except Exception as exc:
@@ -82,7 +85,7 @@ def check_set(folder: Path, batch: int = 3) -> tuple[Manifest, list[str]]:
             )
         if fixed[0] is not None:
             raise SetCheckError(f"{folder / spec.file}: fixed batch {fixed[0]}; it must be dynamic")
-        feed = x if role == "detrigger" else np.concatenate([x, outputs["detrigger"]])
+        feed = np.concatenate([x, outputs["detrigger"]]) if role == "target" else x
         try:
             (y,) = session.run([spec.output_name], {spec.input_name: feed})
         except Exception as exc:
@@ -102,8 +105,14 @@ def check_set(folder: Path, batch: int = 3) -> tuple[Manifest, list[str]]:
             f"{folder / manifest.target.file}: output {outputs['target'].shape}; the manifest "
             f"has {len(manifest.classes)} classes: expected ({2 * batch}, {len(manifest.classes)})"
         )
+    if "repaired" in outputs and outputs["repaired"].shape != (batch, len(manifest.classes)):
+        raise SetCheckError(
+            f"{folder / specs['repaired'].file}: output {outputs['repaired'].shape}; expected "
+            f"({batch}, {len(manifest.classes)}), one row of logits per image"
+        )
     lines.append(f"graphs: names and shapes as the manifest says; AE output = input {x.shape}")
-    lines.append(f"ONNX Runtime runs both graphs on a batch of {batch} (target on {2 * batch})")
+    graphs = "both graphs" if len(specs) == 2 else f"the {len(specs)} graphs"
+    lines.append(f"ONNX Runtime runs {graphs} on a batch of {batch} (target on {2 * batch})")
     if strip is not None:
         try:
             session = cpu_session(data["target"], 0)

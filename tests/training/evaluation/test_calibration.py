@@ -85,3 +85,6 @@ def test_the_estimates_draw_their_images_across_a_folder_read_class_by_class(
 class _Manifest:
     class input:  # noqa: N801
         channels, height, width = 1, 2, 2
+
+    class detectors:  # noqa: N801
+        repaired = None
