@@ -345,7 +345,8 @@ _BANK = ("seed", "strip_n", "strip_bank")
     help="first add detector repaired: this ONNX classifier (or this model set's target, e.g. "
     "the audit's SET-repaired) is compared with the set's target on every image, and an image "
     "is flagged where they disagree (docs/model-contract.md, 'Detector repaired'); then "
-    "calibrate as asked, this detector included",
+    "calibrate it (--recorded-split: it alone, the other detectors keep their thresholds; "
+    "--data: every detector)",
 )
 @click.option(
     "--repaired-score",
@@ -490,6 +491,8 @@ def _recalibrate(set_dir: str, kw: dict, fpr_given: bool) -> None:
         batch_size=kw["batch_size"],
         threads=kw["threads"],
         command=_command(),
+        # a repaired graph just added: calibrate it alone, unless the AE was gated too
+        only_repaired=kw["repaired"] is not None and kw["unchanged_tolerance"] is None,
     )
     try:
         recalibrate(opts, log=click.echo)

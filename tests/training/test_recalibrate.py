@@ -162,16 +162,22 @@ def test_a_set_without_a_validation_split_or_with_too_few_images_is_refused(
 
 def test_a_repaired_graph_is_added_and_calibrated_on_the_split(tmp_path: Path, data_dir: Path):
     """--repaired: the graph joins the set as detector repaired, thresholded on the recorded
-    split like the others; nothing else of the set changes but its manifest, and a later
-    re-calibration keeps the graph and records the threshold it replaces."""
+    split; the other detectors keep their thresholds and records, nothing else of the set
+    changes, and a later re-calibration of the whole set keeps the graph and records the
+    threshold it replaces."""
     folder = calibrated_set(tmp_path / "tinycal", data_dir)
     graph = tmp_path / "unlearned.onnx"
     onnx.save(target_graph(SPEC, repaired=True), graph)
     files = file_digests(folder)
+    before = json.loads((folder / "manifest.json").read_text())
     args = [str(folder), "--data-dir", str(data_dir), "--batch-size", "16"]
     out = recalibrate([*args, "--repaired", str(graph)])
     assert f"detector repaired added from {graph}" in out
     assert f"{folder}: repaired graph, prob_drop > " in out and "repaired" in out.splitlines()[-2]
+    assert "STRIP" not in out and "de-trigger AE" not in out
+    now = json.loads((folder / "manifest.json").read_text())
+    assert now["decision"] == before["decision"]
+    assert {k: v for k, v in now["detectors"].items() if k != "repaired"} == before["detectors"]
 
     spec = read_manifest(folder).detectors.repaired
     assert spec is not None and spec.file == "repaired.onnx" and spec.calibration is not None
@@ -190,7 +196,8 @@ def test_a_repaired_graph_is_added_and_calibrated_on_the_split(tmp_path: Path, d
     assert decisions.flagged.tolist() == [False, True]
     assert decisions.detriggered.tolist() == [3, 3]  # type: ignore[union-attr]
 
-    recalibrate([*args, "--confidence", "off"])
+    out = recalibrate([*args, "--confidence", "off"])
+    assert "repaired graph" in out and "STRIP" in out
     again = json.loads((folder / "manifest.json").read_text())["detectors"]["repaired"]
     assert again["calibration"]["confidence"] == 0.0 and again["sha256"] == spec.sha256
     assert again["calibration"]["previous"]["threshold"] == spec.threshold

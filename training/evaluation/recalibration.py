@@ -14,7 +14,7 @@ and each detector's threshold is set again for --target-fpr at --confidence
 - STRIP (``detectors.strip.threshold``) on the validation images less its bank;
 - detector both (``detectors.both``) on the same images as STRIP;
 - detector repaired (``detectors.repaired.threshold``), on every validation image, with the
-  de-trigger decision's floor.
+  de-trigger decision's floor; ``only_repaired`` (calibrate --repaired) sets it alone.
 
 Only thresholds and calibration records change; each record keeps the one it replaces under
 ``previous``. The graphs, the bank and every other file stay byte for byte (checked before the
@@ -53,7 +53,7 @@ from training.evaluation.metrics import (
     min_calibration_images,
     too_few_message,
 )
-from training.evaluation.repaired import calibrated_entry, repaired_logits
+from training.evaluation.repaired import calibrated_entry, logits_of, repaired_logits
 from training.evaluation.strip import quantiles, strip_threshold, validation_indices
 from training.nets.manifest_file import write_manifest
 
@@ -69,6 +69,9 @@ class RecalibrateOptions:
     batch_size: int = 64
     threads: int = 0
     command: str = ""
+    # only detector repaired (just added by calibrate --repaired): the other detectors keep
+    # their thresholds and records
+    only_repaired: bool = False
 
     def problems(self) -> list[str]:
         out = []
@@ -138,7 +141,7 @@ def recalibrate(args: RecalibrateOptions, log=print) -> dict[str, Any]:
     confidence = args.confidence
     spec = manifest.detectors.strip
     bank_indices = (spec.bank.model_extra or {}).get("indices") if spec is not None else None
-    if spec is not None and not bank_indices:
+    if spec is not None and not bank_indices and not args.only_repaired:
         raise ValueError(
             f"{folder}: the STRIP bank records no indices into the dataset, so its calibration "
             "images cannot be drawn again; give --data DIR (new clean images) instead"
@@ -151,9 +154,17 @@ def recalibrate(args: RecalibrateOptions, log=print) -> dict[str, Any]:
     for n in (len(val), int(keep.sum())):
         if n < min_calibration_images(target_fpr, confidence):
             raise ValueError(f"{folder}: {too_few_message(n, target_fpr, confidence)}")
-    lx, lae, entropy = onepass.outputs(
-        folder, manifest, train.images[val], args.batch_size, args.threads
-    )
+    x_val = train.images[val].astype(np.float32) / np.float32(255.0)
+    if args.only_repaired:
+        if manifest.detectors.repaired is None:
+            raise ValueError(f"{folder}: no detectors.repaired to calibrate")
+        lx = logits_of(folder, manifest, manifest.target, x_val, args.batch_size, args.threads)
+        lae, entropy, d = None, None, None
+    else:
+        lx, lae, entropy = onepass.outputs(
+            folder, manifest, train.images[val], args.batch_size, args.threads
+        )
+        d = manifest.decision
     created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     fields = {
         "split": "validation",
@@ -167,8 +178,9 @@ def recalibrate(args: RecalibrateOptions, log=print) -> dict[str, Any]:
     lines, out = [], {"model_set": str(folder), "target_fpr": target_fpr}
 
     # The de-trigger decision, on every validation image.
-    d = manifest.decision
-    if d.rule == "score":
+    if d is None:
+        pass
+    elif d.rule == "score":
         floor = args.score_floor if args.score_floor is not None else MIN_THRESHOLD[d.score]
         decision, measured = calibrate_decision(lx, lae, d.score, target_fpr, confidence, floor)
         old = raw["decision"]
@@ -198,18 +210,18 @@ def recalibrate(args: RecalibrateOptions, log=print) -> dict[str, Any]:
     # Detector repaired, on every validation image.
     if manifest.detectors.repaired is not None:
         score = manifest.detectors.repaired.score
-        x = train.images[val].astype(np.float32) / np.float32(255.0)
-        lr = repaired_logits(folder, manifest, x, args.batch_size, args.threads)
+        lr = repaired_logits(folder, manifest, x_val, args.batch_size, args.threads)
         floor = args.score_floor if args.score_floor is not None else MIN_THRESHOLD[score]
         old = raw["detectors"]["repaired"]
         _, measured = calibrate_decision(lx, lr, score, target_fpr, confidence, floor)
         entry, record = calibrated_entry(old, measured, fields)
         raw["detectors"]["repaired"] = entry
         out["repaired"] = record
+        was = f"was {old['threshold']:.6g}" if old.get("calibration") else "new"
         lines.append(
-            f"{folder}: repaired graph, {score} > {entry['threshold']:.6g} (was "
-            f"{old.get('threshold'):.6g}); clean FPR {record['false_positive']['rate']:.4f} on "
-            f"{record['n']} validation images" + confidence_note(record)
+            f"{folder}: repaired graph, {score} > {entry['threshold']:.6g} ({was}); clean FPR "
+            f"{record['false_positive']['rate']:.4f} on {record['n']} validation images"
+            + confidence_note(record)
         )
 
     # STRIP and detector both, on the validation images less the bank.

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from contract.errors import ModelLoadError
-from contract.manifest import Manifest, read_manifest, read_verified
+from contract.manifest import GraphSpec, Manifest, read_manifest, read_verified
 from training.evaluation.detectors import Graph, cpu_session
 from training.nets.manifest_file import write_manifest
 
@@ -113,12 +113,10 @@ def add_repaired(folder: Path, given: Path, score: str, command: str) -> Iterato
         raise
 
 
-def repaired_logits(
-    folder: Path, manifest: Manifest, x: np.ndarray, batch_size: int, threads: int
+def logits_of(
+    folder: Path, manifest: Manifest, spec: GraphSpec, x: np.ndarray, batch_size: int, threads: int
 ) -> np.ndarray:
-    """The set's repaired graph on float images (N, C, H, W) in [0, 1]: logits (N, K)."""
-    spec = manifest.detectors.repaired
-    assert spec is not None, "the set has no detectors.repaired"
+    """A classifier graph of the set on float images (N, C, H, W) in [0, 1]: logits (N, K)."""
     graph = Graph(
         cpu_session(read_verified(folder, spec), threads), spec.input_name, spec.output_name
     )
@@ -130,6 +128,15 @@ def repaired_logits(
             f"{len(manifest.classes)})"
         )
     return logits
+
+
+def repaired_logits(
+    folder: Path, manifest: Manifest, x: np.ndarray, batch_size: int, threads: int
+) -> np.ndarray:
+    """The set's repaired graph on float images (N, C, H, W) in [0, 1]: logits (N, K)."""
+    spec = manifest.detectors.repaired
+    assert spec is not None, "the set has no detectors.repaired"
+    return logits_of(folder, manifest, spec, x, batch_size, threads)
 
 
 def calibrated_entry(
