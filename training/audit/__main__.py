@@ -121,10 +121,11 @@ def export_repaired(
     new.pop("samples", None)  # the source's per-sample predictions no longer hold
     # STRIP's threshold was calibrated on the unrepaired target, and its bank file stays in the
     # source folder: drop the entry here; the audit recalibrates STRIP on the repaired target
-    # (and detector both with it, which runs STRIP).
+    # (and detector both with it, which runs STRIP). Detector repaired compares the source's
+    # target with an earlier repair of it: nothing of it holds for the new target.
     detectors = new.get("detectors") or {}
-    detectors.pop("strip", None)
-    detectors.pop("both", None)
+    for name in ("strip", "both", "repaired"):
+        detectors.pop(name, None)
     if not detectors:
         new.pop("detectors", None)
     new["created"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -414,6 +415,13 @@ def main(argv: list[str] | None = None) -> None:
         record_audit(source, s)
     verdict = f"FLAGGED, target class(es) {s['target_classes']}" if s["flagged"] else "not flagged"
     print(f"{source}: {verdict}; report in {out} ({report['wall_seconds']:.0f} s)")
+    if exported is not None:
+        # what the guard can do with the repair (docs/model-contract.md, "Detector repaired")
+        print(
+            f"repaired target in {exported['path']}; to flag inputs on which it and the audited "
+            f"target disagree: detrigger-guard calibrate {source} --recorded-split --repaired "
+            f"{exported['path']}"
+        )
 
 
 if __name__ == "__main__":
