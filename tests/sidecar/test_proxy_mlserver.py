@@ -121,6 +121,23 @@ def test_triggered_images_are_flagged(guard: RunningServer, triton_client: Clien
     assert repaired.as_numpy("logits").argmax(1).tolist() == [s.label for s in triggered]
 
 
+def test_detector_repaired_runs_the_repaired_target_here(
+    guard: RunningServer, triton_client: Client
+) -> None:
+    """The shipped set's audit repair (detectors.repaired) runs in the guard; MLServer gets the
+    images alone and answers with the backdoored target, which the repaired graph overrules."""
+    items = samples(triggered=False) + samples(triggered=True)
+    x = as_x(items)
+    params = {"guard_detector": "repaired", "guard_mode": "repair"}
+    result = triton_client(guard.url).infer("mnist", [fp32(x, binary=True)], parameters=params)
+    verdict = result.get_response()["parameters"]
+    assert verdict["guard_detector"] == "repaired"
+    assert json.loads(verdict["guard_flagged"]) == [s.triggered for s in items]
+    assert json.loads(verdict["guard_detriggered_class"]) == [s.label for s in items]
+    # Flagged rows are the repaired target's logits: every image gets its own class back.
+    assert result.as_numpy("logits").argmax(1).tolist() == [s.label for s in items]
+
+
 def test_classify_and_metadata_in_proxy_mode(
     guard: RunningServer, triton_client: Client, upstream: RunningMLServer
 ) -> None:
