@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import onnx
 from click.testing import CliRunner
 
 from cli.main import main
@@ -13,7 +14,7 @@ from contract.modes import Detector
 from service.runtime.modelset import ModelSet
 from service.settings import Settings
 from tests.support import user_models as um
-from tests.support.tiny_models import TinySpec, build_model_set, clean_image
+from tests.support.tiny_models import TinySpec, build_model_set, clean_image, target_graph
 
 
 def test_calibrate_rewrites_the_threshold_and_the_strip_bank(tmp_path: Path) -> None:
@@ -122,3 +123,35 @@ def test_calibrate_gates_the_ae_first_when_asked(tmp_path: Path) -> None:
                "--unchanged-tolerance", "0.1"],
     )  # fmt: skip
     assert refused.exit_code == 2 and "not with --redraw-bank" in refused.output
+
+
+def test_calibrate_adds_a_repaired_graph_on_new_images(tmp_path: Path) -> None:
+    """--data --repaired: the repaired graph joins the set and is thresholded on the same clean
+    images as the de-trigger decision; when the calibration cannot run, the set is left as it
+    was, without the graph."""
+    spec = TinySpec(name="tiny")
+    folder = build_model_set(tmp_path / "tiny", spec)
+    graph = tmp_path / "unlearned.onnx"
+    onnx.save(target_graph(spec, repaired=True), graph)
+    x = np.stack([clean_image(spec, 1 + i % 9, seed=i) for i in range(120)])[:, None]
+    um.write_pngs(tmp_path / "clean", x.astype(np.float32) / 255.0)
+    base = ["calibrate", str(folder), "--data", str(tmp_path / "clean"), "--target-fpr", "0.05"]
+    base += ["--no-strip", "--estimate-images", "0", "--repaired", str(graph)]
+
+    before = (folder / "manifest.json").read_bytes()
+    few = CliRunner().invoke(main, [*base, "--target-fpr", "0.001"])
+    assert few.exit_code != 0 and "give at least" in few.output
+    assert (folder / "manifest.json").read_bytes() == before
+    assert not (folder / "repaired.onnx").exists()
+
+    result = CliRunner().invoke(main, base)
+    assert result.exit_code == 0, result.output
+    assert f"detector repaired added from {graph}" in result.output
+    manifest = json.loads((folder / "manifest.json").read_text())
+    entry = manifest["detectors"]["repaired"]
+    assert entry["calibration"]["n"] == manifest["decision"]["calibration"]["n"] == 120
+    assert (
+        entry["calibration"]["false_positive"]["k"] <= entry["calibration"]["allowed_exceedances"]
+    )
+    model_set = ModelSet.load(folder, Settings(models=[folder]))
+    assert model_set.detectors == (Detector.detrigger, Detector.repaired)
