@@ -178,8 +178,8 @@ def recalibrate(args: RecalibrateOptions, log=print) -> dict[str, Any]:
     lines, out = [], {"model_set": str(folder), "target_fpr": target_fpr}
 
     # The de-trigger decision, on every validation image.
-    if d is None:
-        pass
+    if d is None or lae is None:
+        pass  # only detector repaired
     elif d.rule == "score":
         floor = args.score_floor if args.score_floor is not None else MIN_THRESHOLD[d.score]
         decision, measured = calibrate_decision(lx, lae, d.score, target_fpr, confidence, floor)
@@ -249,6 +249,7 @@ def recalibrate(args: RecalibrateOptions, log=print) -> dict[str, Any]:
             f"clean FPR {record['false_positive']['rate']:.4f} on {record['n']} validation "
             "images" + confidence_note(record)
         )
+        assert d is not None and lae is not None  # entropy comes with both
         scores = SCORES[d.score](lx[keep], lae[keep])
         old_both = raw["detectors"].get("both")
         both = entry_for(raw, scores, h, target_fpr, fields, confidence=confidence)
