@@ -10,7 +10,15 @@ import json
 import pytest
 
 from tests.docs.mdparse import REPO
-from training.fusion_report import BEGIN, DETECTORS, END, readme, summary_lines, table_lines
+from training.fusion_report import (
+    BEGIN,
+    DETECTORS,
+    END,
+    OPTIONAL,
+    readme,
+    summary_lines,
+    table_lines,
+)
 
 REPORT = REPO / "reports" / "fusion" / "fusion.json"
 SUITE = REPO / "reports" / "fusion" / "suite" / "fusion.json"
@@ -18,6 +26,11 @@ SUITE_BEGIN = (
     "<!-- fusion suite summary: python -m training.fusion_report, reports/fusion/suite -->"
 )
 SUITE_END = "<!-- end of fusion suite summary -->"
+REPAIRED = REPO / "reports" / "fusion" / "repaired" / "fusion.json"
+REPAIRED_BEGIN = (
+    "<!-- fusion repaired summary: python -m training.fusion_report, reports/fusion/repaired -->"
+)
+REPAIRED_END = "<!-- end of fusion repaired summary -->"
 
 
 def block(text: str, begin: str = BEGIN, end: str = END) -> list[str]:
@@ -42,13 +55,22 @@ def test_the_suite_report_and_its_summary_in_the_docs() -> None:
     assert block(docs, SUITE_BEGIN, SUITE_END) == summary_lines(report)
 
 
-@pytest.mark.parametrize("path", [REPORT, SUITE], ids=["shipped", "suite"])
+def test_the_repaired_report_and_its_summary_in_the_docs() -> None:
+    report = json.loads(REPAIRED.read_text())
+    readme_text = (REPAIRED.parent / "README.md").read_text()
+    assert readme_text == "\n".join(readme(report, REPAIRED.parent)) + "\n"
+    docs = (REPO / "docs" / "fusion.md").read_text()
+    assert block(docs, REPAIRED_BEGIN, REPAIRED_END) == summary_lines(report)
+    assert all("repaired" in s["false_positive"] for s in report["sets"])
+
+
+@pytest.mark.parametrize("path", [REPORT, SUITE, REPAIRED], ids=["shipped", "suite", "repaired"])
 def test_the_report_covers_every_detector_with_intervals(path) -> None:
     report = json.loads(path.read_text())
     assert report["sets"], "no set measured"
     for s in report["sets"]:
         assert s["split"] == "test"
-        for d in DETECTORS:
+        for d in DETECTORS + tuple(d for d in OPTIONAL if d in s["false_positive"]):
             fp = s["false_positive"][d]
             assert fp["n"] == s["clean_images"] and fp["ci95"][0] <= fp["rate"] <= fp["ci95"][1]
             for t in s["triggers"]:
