@@ -1,0 +1,122 @@
+"""Detector repaired below the HTTP layer: the manifest entry's checks, loading a set with a
+repaired graph (and refusing one whose graph is missing, altered or of the wrong shape), and
+which detector a request gets when GUARD_DEFAULT_DETECTOR is repaired."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from contract.errors import ModelLoadError
+from contract.manifest import Detectors
+from contract.modes import Detector, Mode
+from service.guard import Guard, ImageInput
+from service.metrics import Metrics
+from service.repository import ModelRepository
+from service.runtime.modelset import ModelSet
+from service.settings import Settings
+from tests.support.guard import running_guard
+from tests.support.tiny_models import (
+    TinySpec,
+    add_trigger,
+    clean_image,
+    png_bytes,
+    sha256_of,
+    target_graph,
+)
+
+ENTRY = {"file": "repaired.onnx", "sha256": "0" * 64, "input_name": "images",
+         "output_name": "logits"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        ({}, "threshold"),  # no threshold: the entry is not calibrated
+        ({"threshold": float("nan")}, "finite"),
+        ({"threshold": 0.5, "score": "entropy"}, "prob_drop"),
+        ({"threshold": 0.5, "file": "../repaired.onnx"}, "plain file name"),
+    ],
+)
+def test_the_manifest_entry_is_checked(extra: dict, words: str) -> None:
+    with pytest.raises(ValueError) as err:
+        Detectors.model_validate({"repaired": {**ENTRY, **extra}})
+    assert words in str(err.value)
+
+
+def test_a_calibrated_entry_gives_the_score_rule() -> None:
+    spec = Detectors.model_validate({"repaired": {**ENTRY, "threshold": 0.4, "score": "kl"}})
+    assert spec.repaired is not None
+    decision = spec.repaired.decision
+    assert (decision.rule, decision.score, decision.threshold) == ("score", "kl", 0.4)
+
+
+def _broken(repaired_set: Path, tmp_path: Path, how: str) -> Path:
+    folder = tmp_path / "tinyrepaired"
+    shutil.copytree(repaired_set, folder)
+    if how == "missing":
+        (folder / "repaired.onnx").unlink()
+    elif how == "altered":
+        with open(folder / "repaired.onnx", "ab") as f:
+            f.write(b"\0")
+    else:  # a graph for 32x32 RGB images in a 28x28 grayscale set
+        onnx.save(target_graph(TinySpec(height=32, width=32, channels=3), True), folder / how)
+        manifest = json.loads((folder / "manifest.json").read_text())
+        entry = manifest["detectors"]["repaired"]
+        entry.update(file=how, sha256=sha256_of(folder / how))
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "how, words",
+    [
+        ("missing", "repaired.onnx: file not found"),
+        ("altered", "repaired.onnx: sha256 mismatch"),
+        ("rgb.onnx", "does not match the manifest (N, 1, 28, 28)"),
+    ],
+)
+def test_a_set_whose_repaired_graph_does_not_fit_is_not_loaded(
+    repaired_set: Path, tmp_path: Path, how: str, words: str
+) -> None:
+    folder = _broken(repaired_set, tmp_path, how)
+    with pytest.raises(ModelLoadError) as err:
+        ModelSet.load(folder, Settings(models=[folder]))
+    assert words in err.value.message
+
+
+def test_the_default_detector_repaired_applies_where_the_set_offers_it(
+    repaired_set: Path, tiny_set: Path
+) -> None:
+    spec = TinySpec()
+    image = clean_image(spec, 3)
+    images = [ImageInput(png_bytes(image)), ImageInput(png_bytes(add_trigger(image)))]
+    settings = Settings(models=[repaired_set, tiny_set], default_detector=Detector.repaired)
+
+    async def main():
+        async with running_guard(settings) as guard:
+            return (
+                await guard.classify(images, mode=Mode.repair),  # repaired can repair
+                await guard.classify(images, model="tiny"),  # tiny has none: detrigger
+            )
+
+    repaired, tiny = asyncio.run(main())
+    assert repaired.rule.detector is Detector.repaired
+    assert [r.flagged for r in repaired.results] == [False, True]
+    assert [r.answer for r in repaired.results] == [3, 3]
+    assert tiny.rule.detector is Detector.detrigger
+
+    metrics = Metrics()
+    guard = Guard(settings, metrics, ModelRepository(settings, metrics))
+    model_set = ModelSet.load(repaired_set, settings)
+    assert guard.detector_for(model_set, None, Mode.repair) is Detector.repaired
+    assert guard.detector_for(model_set, Detector.repaired, Mode.repair) is Detector.repaired
+    guard.stop()
+    scored = model_set.repaired_scored(np.zeros((2, 1, 28, 28), np.float32))
+    assert scored.images_ae is None and scored.logits_ae is not None  # no AE ran
