@@ -128,8 +128,9 @@ async def classify(
         Detector | None,
         Query(
             description="detrigger (the de-trigger autoencoder), strip (STRIP, on sets that "
-            "ship it) or both (the two on one batch, flagged when either fires, on sets whose "
-            "manifest has detectors.both); GUARD_DEFAULT_DETECTOR when absent."
+            "ship it), both (the two on one batch, flagged when either fires, on sets whose "
+            "manifest has detectors.both) or repaired (the target against its repaired copy, "
+            "on sets whose manifest has detectors.repaired); GUARD_DEFAULT_DETECTOR when absent."
         ),
     ] = None,
 ) -> ClassifyResponse:
