@@ -81,7 +81,7 @@ class Metrics:
             "guard_unchanged_images",
             "Images judged by the de-trigger detector that its AE returned bit for bit "
             "unchanged (a gated AE, docs/model-contract.md): the target ran on them once, not "
-            "twice. Over guard_images_total{detector=\"detrigger\"}: the share the gate saves.",
+            'twice. Over guard_images_total{detector="detrigger"}: the share the gate saves.',
             ["model"],
             registry=r,
         )

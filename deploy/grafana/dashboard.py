@@ -472,7 +472,7 @@ def batching_panels() -> list[PanelBuilder]:
             [
                 query(
                     f"sum by (model) (rate(guard_unchanged_images_total{{{sel}}}[{RATE}])) "
-                    f"/ sum by (model) (rate(guard_images_total{{{sel},detector=\"detrigger\"}}"
+                    f'/ sum by (model) (rate(guard_images_total{{{sel},detector="detrigger"}}'
                     f"[{RATE}]))",
                     "{{model}}",
                     "A",

@@ -193,9 +193,7 @@ def test_detector_both_refuses_an_image_when_either_score_is_not_finite(tmp_path
     assert run_guard(Settings(models=[folder]), body) == [3, 4]
 
 
-def test_images_the_gated_ae_returns_unchanged_are_counted(
-    gated_set: Path, tiny_set: Path
-) -> None:
+def test_images_the_gated_ae_returns_unchanged_are_counted(gated_set: Path, tiny_set: Path) -> None:
     """guard_unchanged_images_total: the images whose second target pass was skipped. The gated
     AE returns clean images bit for bit and changes triggered ones; an ungated AE changes all."""
     spec = TinySpec()
