@@ -212,9 +212,14 @@ def test_a_repaired_graph_that_does_not_fit_leaves_the_set_as_it_was(
     onnx.save(target_graph(TinySpec(classes=5), repaired=True), graph)
     args = [str(folder), "--data-dir", str(data_dir), "--repaired", str(graph)]
     out = recalibrate(args, ok=False)
-    assert "repaired.onnx: logits (200, 5); expected (200, 10)" in out
+    assert f"--repaired {graph}: output 'logits' has shape (2, 5) for 2 images" in out
     assert (folder / "manifest.json").read_bytes() == before
     assert not (folder / "repaired.onnx").exists()
+    rgb = tmp_path / "rgb.onnx"  # a classifier of 32x32 colour images
+    onnx.save(target_graph(TinySpec(height=32, width=32, channels=3), repaired=True), rgb)
+    out = recalibrate([str(folder), "--data-dir", str(data_dir), "--repaired", str(rgb)], ok=False)
+    assert f"--repaired {rgb}: fails on two float32 images of shape (1, 28, 28)" in out
+    assert (folder / "manifest.json").read_bytes() == before
     for flags, words in (
         (["--redraw-bank", "--repaired", str(graph)], "--repaired: not with --redraw-bank"),
         (["--repaired-score", "kl"], "--repaired-score: only with --repaired"),

@@ -53,8 +53,9 @@ def _source(given: Path) -> tuple[bytes, dict[str, Any]]:
 
 
 def _names(data: bytes, manifest: Manifest, given: Path) -> tuple[str, str]:
-    """The graph's one input and its logits output: the only output, else the one named as the
-    set's target output."""
+    """The graph's one input and its logits output (the only output, else the one named as the
+    set's target output), checked on a batch of two of the set's images: one row of logits
+    over the set's classes per image."""
     try:
         session = cpu_session(data, 1)
     except Exception as exc:
@@ -63,13 +64,29 @@ def _names(data: bytes, manifest: Manifest, given: Path) -> tuple[str, str]:
     if len(inputs) != 1:
         raise ValueError(f"--repaired {given}: {len(inputs)} inputs; a classifier has one")
     if len(outputs) == 1:
-        return inputs[0].name, outputs[0]
-    if manifest.target.output_name in outputs:
-        return inputs[0].name, manifest.target.output_name
-    raise ValueError(
-        f"--repaired {given}: outputs {outputs}, none named {manifest.target.output_name!r} "
-        "(the set's target output): give a graph with one logits output"
-    )
+        output = outputs[0]
+    elif manifest.target.output_name in outputs:
+        output = manifest.target.output_name
+    else:
+        raise ValueError(
+            f"--repaired {given}: outputs {outputs}, none named {manifest.target.output_name!r} "
+            "(the set's target output): give a graph with one logits output"
+        )
+    spec = manifest.input
+    x = np.zeros((2, spec.channels, spec.height, spec.width), np.float32)
+    try:
+        (logits,) = session.run([output], {inputs[0].name: x})
+    except Exception as exc:
+        raise ValueError(
+            f"--repaired {given}: fails on two float32 images of shape {x.shape[1:]} (the set's "
+            f"input, NCHW in [0, 1], a dynamic batch): {exc}"
+        ) from exc
+    if np.shape(logits) != (2, len(manifest.classes)):
+        raise ValueError(
+            f"--repaired {given}: output {output!r} has shape {np.shape(logits)} for 2 images; "
+            f"the set has {len(manifest.classes)} classes: one row of logits per image"
+        )
+    return inputs[0].name, output
 
 
 @contextlib.contextmanager
