@@ -28,7 +28,7 @@ from contract.strip import StripConfig, bank_from_npy, flag
 from contract.unchanged import largest_change
 from training.data.attack_suite import load_suite
 from training.data.triggers import Trigger
-from training.evaluation.detectors import cpu_session
+from training.evaluation.detectors import cpu_session, float_batches
 from training.evaluation.fusion import entry_for, put_entry
 from training.evaluation.metrics import (
     DEFAULT_CONFIDENCE,
@@ -235,7 +235,8 @@ def calibrate_folder(
     result: dict[str, Any] = {"decision": measured}
     if manifest.detectors.repaired is not None:
         spec = manifest.detectors.repaired
-        lr = repaired_logits(folder, manifest, x, opts.batch_size, opts.threads)
+        batches = float_batches(calib, opts.batch_size)  # the floats of x, batch by batch
+        lr = repaired_logits(folder, manifest, batches, opts.threads)
         _, repaired = calibrate_decision(lx, lr, spec.score, opts.target_fpr, opts.confidence)
         entry, record = calibrated_entry(raw["detectors"]["repaired"], repaired, {"source": source})
         raw["detectors"]["repaired"] = entry

@@ -70,11 +70,7 @@ def repaired_outputs(
     as in :func:`outputs`; None for a set without detectors.repaired."""
     if manifest.detectors.repaired is None:
         return None
-    parts = [
-        repaired_logits(folder, manifest, x, batch_size, threads)
-        for x in float_batches(images, batch_size, transform)
-    ]
-    return np.concatenate(parts)
+    return repaired_logits(folder, manifest, float_batches(images, batch_size, transform), threads)
 
 
 def outputs(

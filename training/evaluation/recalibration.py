@@ -44,6 +44,7 @@ from training.data.datasets import DATASETS, load_dataset
 from training.evaluation import onepass
 from training.evaluation.calibration import calibrate_decision
 from training.evaluation.detection import MIN_THRESHOLD
+from training.evaluation.detectors import float_batches
 from training.evaluation.fusion import entry_for, put_entry
 from training.evaluation.fusion import summary_line as both_line
 from training.evaluation.metrics import (
@@ -154,11 +155,11 @@ def recalibrate(args: RecalibrateOptions, log=print) -> dict[str, Any]:
     for n in (len(val), int(keep.sum())):
         if n < min_calibration_images(target_fpr, confidence):
             raise ValueError(f"{folder}: {too_few_message(n, target_fpr, confidence)}")
-    x_val = train.images[val].astype(np.float32) / np.float32(255.0)
     if args.only_repaired:
         if manifest.detectors.repaired is None:
             raise ValueError(f"{folder}: no detectors.repaired to calibrate")
-        lx = logits_of(folder, manifest, manifest.target, x_val, args.batch_size, args.threads)
+        batches = float_batches(train.images[val], args.batch_size)
+        lx = logits_of(folder, manifest, manifest.target, batches, args.threads)
         lae, entropy, d = None, None, None
     else:
         lx, lae, entropy = onepass.outputs(
@@ -210,7 +211,8 @@ def recalibrate(args: RecalibrateOptions, log=print) -> dict[str, Any]:
     # Detector repaired, on every validation image.
     if manifest.detectors.repaired is not None:
         score = manifest.detectors.repaired.score
-        lr = repaired_logits(folder, manifest, x_val, args.batch_size, args.threads)
+        batches = float_batches(train.images[val], args.batch_size)
+        lr = repaired_logits(folder, manifest, batches, args.threads)
         floor = args.score_floor if args.score_floor is not None else MIN_THRESHOLD[score]
         old = raw["detectors"]["repaired"]
         _, measured = calibrate_decision(lx, lr, score, target_fpr, confidence, floor)

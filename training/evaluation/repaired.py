@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,29 +131,35 @@ def add_repaired(folder: Path, given: Path, score: str, command: str) -> Iterato
 
 
 def logits_of(
-    folder: Path, manifest: Manifest, spec: GraphSpec, x: np.ndarray, batch_size: int, threads: int
+    folder: Path,
+    manifest: Manifest,
+    spec: GraphSpec,
+    batches: Iterable[np.ndarray],
+    threads: int,
 ) -> np.ndarray:
-    """A classifier graph of the set on float images (N, C, H, W) in [0, 1]: logits (N, K)."""
+    """A classifier graph of the set, one session, on float batches (B, C, H, W) in [0, 1]
+    (training.evaluation.detectors.float_batches): logits (N, K), one row per image."""
     graph = Graph(
         cpu_session(read_verified(folder, spec), threads), spec.input_name, spec.output_name
     )
-    out = [graph(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
-    logits = np.concatenate(out).astype(np.float32)
-    if logits.shape != (len(x), len(manifest.classes)):
-        raise ValueError(
-            f"{folder / spec.file}: logits {logits.shape}; expected ({len(x)}, "
-            f"{len(manifest.classes)})"
-        )
-    return logits
+    k, parts = len(manifest.classes), []
+    for x in batches:
+        logits = np.asarray(graph(x), np.float32)
+        if logits.shape != (len(x), k):
+            raise ValueError(
+                f"{folder / spec.file}: logits {logits.shape}; expected ({len(x)}, {k})"
+            )
+        parts.append(logits)
+    return np.concatenate(parts)
 
 
 def repaired_logits(
-    folder: Path, manifest: Manifest, x: np.ndarray, batch_size: int, threads: int
+    folder: Path, manifest: Manifest, batches: Iterable[np.ndarray], threads: int
 ) -> np.ndarray:
-    """The set's repaired graph on float images (N, C, H, W) in [0, 1]: logits (N, K)."""
+    """The set's repaired graph on float batches: logits (N, K), as :func:`logits_of`."""
     spec = manifest.detectors.repaired
     assert spec is not None, "the set has no detectors.repaired"
-    return logits_of(folder, manifest, spec, x, batch_size, threads)
+    return logits_of(folder, manifest, spec, batches, threads)
 
 
 def calibrated_entry(
