@@ -204,6 +204,14 @@ class ModelSet:
             return None
         return fused
 
+    def _logits(self, model: OnnxModel, logits: np.ndarray, rows: int) -> np.ndarray:
+        """``model``'s output, checked to be ``rows`` rows of logits over the set's classes;
+        ModelFailed otherwise."""
+        k = len(self.manifest.classes)
+        if logits.shape != (rows, k):
+            raise ModelFailed(f"{model.name}: logits {logits.shape}, expected ({rows}, {k})")
+        return logits
+
     def detrigger_only(self, x: np.ndarray) -> Rows:
         """AE(x) alone; proxy mode sends [x; AE(x)] to the upstream target."""
         with tracing.span("ae", model=self.name, images=x.shape[0]):
@@ -219,12 +227,7 @@ class ModelSet:
         assert self.repaired is not None
         with tracing.span("repaired", model=self.name, images=x.shape[0]):
             logits = self.repaired.run(x)
-        k = len(self.manifest.classes)
-        if logits.shape != (x.shape[0], k):
-            raise ModelFailed(
-                f"{self.repaired.name}: logits {logits.shape}, expected ({x.shape[0]}, {k})"
-            )
-        return Rows(logits)
+        return Rows(self._logits(self.repaired, logits, x.shape[0]))
 
     def repaired_scored(self, x: np.ndarray) -> Scored:
         """Detector repaired: the target and the repaired graph, each once on x."""
@@ -232,12 +235,7 @@ class ModelSet:
         logits_r = self.repaired_only(x).values
         assert spec is not None
         with tracing.span("target", model=self.name, detector="repaired", images=x.shape[0]):
-            logits_x = self.target.run(x)
-        k = len(self.manifest.classes)
-        if logits_x.shape != (x.shape[0], k):
-            raise ModelFailed(
-                f"{self.target.name}: logits {logits_x.shape}, expected ({x.shape[0]}, {k})"
-            )
+            logits_x = self._logits(self.target, self.target.run(x), x.shape[0])
         return Scored(decide(logits_x, logits_r, spec.decision), logits_x, logits_r)
 
     def infer_scored(self, x: np.ndarray) -> Scored:
@@ -256,12 +254,8 @@ class ModelSet:
             batch = second_pass(x, x_ae, changed)
             with tracing.span("target", model=self.name, images=batch.shape[0]):
                 logits = self.target.run(batch)  # (N + M, K)
-        rows = n + int(changed.sum())  # M of the N images changed by the AE: run twice
-        if logits.shape != (rows, len(self.manifest.classes)):
-            raise ModelFailed(
-                f"{self.target.name}: logits {logits.shape}, expected "
-                f"({rows}, {len(self.manifest.classes)})"
-            )
+        # M of the N images changed by the AE: run twice
+        logits = self._logits(self.target, logits, n + int(changed.sum()))
         logits = logits[pair_rows(changed)]  # (2N, K): an unchanged image's second row is its first
         return Scored(
             decide(logits[:n], logits[n:], self.manifest.decision), logits[:n], logits[n:], x_ae
@@ -303,10 +297,7 @@ class ModelSet:
         x_ae = self.detrigger_only(x).values
         with tracing.span("target", model=self.name, detector="both", images=n):
             logits = self.target.run(both_batch(x, x_ae, strip))  # (B * (n + 2), K)
-        k = len(self.manifest.classes)
-        rows = n * (strip.config.n + 2)
-        if logits.shape != (rows, k):
-            raise ModelFailed(f"{self.target.name}: logits {logits.shape}, expected ({rows}, {k})")
+        logits = self._logits(self.target, logits, n * (strip.config.n + 2))
         logits_x, logits_ae, entropy = both_scores(logits, n, strip.config.n)
         return Scored(decide_both(logits_x, logits_ae, entropy, spec), logits_x, logits_ae, x_ae)
 
@@ -316,10 +307,7 @@ class ModelSet:
         n = x.shape[0]
         with tracing.span("target", model=self.name, detector="strip", images=n):
             logits = self.target.run(strip.batch(x))  # (B * (n + 1), K)
-        k = len(self.manifest.classes)
-        rows = n * (strip.config.n + 1)
-        if logits.shape != (rows, k):
-            raise ModelFailed(f"{self.target.name}: logits {logits.shape}, expected ({rows}, {k})")
+        logits = self._logits(self.target, logits, n * (strip.config.n + 1))
         decisions, logits_x = strip.decide(logits, n)
         return Scored(decisions, logits_x)
 

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 import pytest
 
-from contract.errors import ModelLoadError
+from contract.errors import ModelFailed, ModelLoadError
 from contract.manifest import Detectors
 from contract.modes import Detector, Mode
 from service.guard import Guard, ImageInput
@@ -25,6 +25,7 @@ from tests.support.guard import running_guard
 from tests.support.tiny_models import (
     TinySpec,
     add_trigger,
+    build_model_set,
     clean_image,
     png_bytes,
     sha256_of,
@@ -120,3 +121,27 @@ def test_the_default_detector_repaired_applies_where_the_set_offers_it(
     guard.stop()
     scored = model_set.repaired_scored(np.zeros((2, 1, 28, 28), np.float32))
     assert scored.images_ae is None and scored.logits_ae is not None  # no AE ran
+
+
+@pytest.mark.parametrize("detector", list(Detector))
+def test_logits_over_other_classes_than_the_manifest_fail_every_detector(
+    tmp_path: Path, detector: Detector
+) -> None:
+    """A manifest that names 11 classes for graphs that answer 10: each detector's run refuses
+    the logits (ModelFailed, the guard's 503), naming the graph, instead of judging on them."""
+    spec = TinySpec(name="tinyall", rule="score", strip_n=8, both=(0.5, 0.3), repaired=0.5)
+    folder = build_model_set(tmp_path / "tinyall", spec)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["classes"].append("extra")
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    model_set = ModelSet.load(folder, Settings(models=[folder]))
+    run = {
+        Detector.detrigger: model_set.infer_scored,
+        Detector.strip: model_set.strip_scored,
+        Detector.both: model_set.both_scored,
+        Detector.repaired: model_set.repaired_scored,
+    }[detector]
+    with pytest.raises(ModelFailed) as err:
+        run(np.full((2, 1, 28, 28), 0.5, np.float32))
+    assert "logits (" in err.value.message and ", 10), expected (" in err.value.message
+    assert err.value.message.endswith(", 11)")
