@@ -10,15 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from tests.support.promtext import scrape, value
-from tests.support.server import RunningServer, serve
-from tests.support.tiny_models import TinySpec, add_trigger, clean_image, png_bytes
+from tests.support.server import RunningServer, post_classify, serve
+from tests.support.tiny_models import (
+    TinySpec,
+    labelled_pngs,
+    v2_batch,
+)
 
 pytestmark = pytest.mark.slow
 SPEC = TinySpec()
@@ -33,27 +36,15 @@ def server(tiny_set: Path, strip_set: Path, both_set: Path) -> Iterator[RunningS
         yield running
 
 
-def pictures() -> tuple[list[bytes], list[int]]:
-    """Clean images of classes 1..4, then the same with the trigger: PNG bytes, labels."""
-    clean = [clean_image(SPEC, k, seed=k) for k in range(1, 5)]
-    images = clean + [add_trigger(im) for im in clean]
-    return [png_bytes(im) for im in images], list(range(1, 5)) * 2
-
-
-def classify(server: RunningServer, items: list[bytes], **params: str) -> httpx.Response:
-    files = [("images", (f"img{i}.png", data, "image/png")) for i, data in enumerate(items)]
-    return httpx.post(server.url + "/classify", files=files, params=params, timeout=30)
-
-
 def test_both_reports_each_score_and_which_fired(server: RunningServer) -> None:
-    items, labels = pictures()
-    r = classify(server, items, model="tinyboth", detector="both", mode="block")
+    items, labels = labelled_pngs(range(1, 5))
+    r = post_classify(server, items, model="tinyboth", detector="both", mode="block")
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["detector"] == "both" and body["flagged"] == 4 and body["blocked"] == 4
     # The same images through each detector alone: both's scores are theirs, its flag their OR.
     alone = {
-        d: classify(server, items, model="tinyboth", detector=d).json()["results"]
+        d: post_classify(server, items, model="tinyboth", detector=d).json()["results"]
         for d in ("detrigger", "strip")
     }
     for i, res in enumerate(body["results"]):
@@ -73,7 +64,7 @@ def test_both_reports_each_score_and_which_fired(server: RunningServer) -> None:
 
 
 def test_json_body_chooses_both(server: RunningServer) -> None:
-    items, _ = pictures()
+    items, _ = labelled_pngs(range(1, 5))
     payload = {
         "model": "tinyboth",
         "detector": "both",
@@ -99,8 +90,8 @@ def test_json_body_chooses_both(server: RunningServer) -> None:
 def test_both_where_it_cannot_run_is_a_422_that_says_why(
     server: RunningServer, params: dict[str, str], kind: str, words: str
 ) -> None:
-    items, _ = pictures()
-    r = classify(server, items[:1], **params)
+    items, _ = labelled_pngs(range(1, 5))
+    r = post_classify(server, items[:1], **params)
     assert r.status_code == 422, r.text
     error = r.json()["error"]
     assert error["type"] == kind and words in error["message"], error
@@ -125,8 +116,8 @@ def test_models_list_both_and_its_thresholds(server: RunningServer) -> None:
 
 def test_metrics_are_labelled_both(server: RunningServer) -> None:
     before = scrape(server.url)
-    items, _ = pictures()
-    assert classify(server, items, model="tinyboth", detector="both").status_code == 200
+    items, _ = labelled_pngs(range(1, 5))
+    assert post_classify(server, items, model="tinyboth", detector="both").status_code == 200
     after = scrape(server.url)
     labels = {"model": "tinyboth", "detector": "both"}
 
@@ -141,11 +132,6 @@ def test_metrics_are_labelled_both(server: RunningServer) -> None:
     assert value(after, "guard_threshold", score="strip_entropy", **both) == 0.3
 
 
-def v2_images() -> np.ndarray:
-    clean = [clean_image(SPEC, k, seed=k) for k in (2, 5)]
-    return np.stack(clean + [add_trigger(clean[1])])[:, None].astype(np.float32) / 255.0
-
-
 def check_verdict(params: dict) -> None:
     assert params["guard_detector"] == "both" and params["guard_score_name"] == "prob_drop"
     assert json.loads(params["guard_flagged"]) == [False, False, True]
@@ -157,7 +143,7 @@ def check_verdict(params: dict) -> None:
 
 
 def test_v2_rest_chooses_both_with_a_request_parameter(server: RunningServer) -> None:
-    x = v2_images()
+    x = v2_batch()
     inp = triton.InferInput("images", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=True)
     client = triton.InferenceServerClient(server.url.removeprefix("http://"))
@@ -180,7 +166,7 @@ def test_v2_rest_chooses_both_with_a_request_parameter(server: RunningServer) ->
 
 
 def test_v2_grpc_chooses_both_with_a_request_parameter(server: RunningServer) -> None:
-    x = v2_images()
+    x = v2_batch()
     inp = tg.InferInput("images", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     client = tg.InferenceServerClient(server.grpc_target)

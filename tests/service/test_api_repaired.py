@@ -9,15 +9,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import tritonclient.grpc as tg
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from tests.support.promtext import scrape, value
-from tests.support.server import RunningServer, serve
-from tests.support.tiny_models import TinySpec, add_trigger, clean_image, png_bytes
+from tests.support.server import RunningServer, post_classify, serve
+from tests.support.tiny_models import (
+    TinySpec,
+    labelled_pngs,
+    v2_batch,
+)
 
 pytestmark = pytest.mark.slow
 SPEC = TinySpec()
@@ -32,24 +35,12 @@ def server(tiny_set: Path, repaired_set: Path) -> Iterator[RunningServer]:
         yield running
 
 
-def pictures() -> tuple[list[bytes], list[int]]:
-    """Clean images of classes 1..4, then the same with the trigger: PNG bytes, labels."""
-    clean = [clean_image(SPEC, k, seed=k) for k in range(1, 5)]
-    images = clean + [add_trigger(im) for im in clean]
-    return [png_bytes(im) for im in images], list(range(1, 5)) * 2
-
-
-def classify(server: RunningServer, items: list[bytes], **params: str) -> httpx.Response:
-    files = [("images", (f"img{i}.png", data, "image/png")) for i, data in enumerate(items)]
-    return httpx.post(server.url + "/classify", files=files, params=params, timeout=30)
-
-
 @pytest.mark.parametrize("mode", ["flag", "block", "repair"])
 def test_repaired_flags_the_triggered_images_and_answers_per_mode(
     server: RunningServer, mode: str
 ) -> None:
-    items, labels = pictures()
-    r = classify(server, items, model="tinyrepaired", detector="repaired", mode=mode)
+    items, labels = labelled_pngs(range(1, 5))
+    r = post_classify(server, items, model="tinyrepaired", detector="repaired", mode=mode)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["detector"] == "repaired" and body["flagged"] == 4
@@ -71,8 +62,8 @@ def test_repaired_flags_the_triggered_images_and_answers_per_mode(
 
 
 def test_a_set_without_a_repaired_graph_refuses_it_with_a_422(server: RunningServer) -> None:
-    items, _ = pictures()
-    r = classify(server, items[:1], model="tiny", detector="repaired")
+    items, _ = labelled_pngs(range(1, 5))
+    r = post_classify(server, items[:1], model="tiny", detector="repaired")
     assert r.status_code == 422, r.text
     error = r.json()["error"]
     assert error["type"] == "detector_not_available"
@@ -100,8 +91,10 @@ def test_models_list_the_repaired_graph_and_its_threshold(
 
 def test_metrics_are_labelled_repaired(server: RunningServer) -> None:
     before = scrape(server.url)
-    items, _ = pictures()
-    assert classify(server, items, model="tinyrepaired", detector="repaired").status_code == 200
+    items, _ = labelled_pngs(range(1, 5))
+    assert (
+        post_classify(server, items, model="tinyrepaired", detector="repaired").status_code == 200
+    )
     after = scrape(server.url)
     labels = {"model": "tinyrepaired", "detector": "repaired"}
 
@@ -111,11 +104,6 @@ def test_metrics_are_labelled_repaired(server: RunningServer) -> None:
     assert sum(delta("guard_images_total", predicted_class=str(c)) for c in range(10)) == 8
     assert delta("guard_images_flagged_total", predicted_class="0") == 4
     assert value(after, "guard_threshold", score="prob_drop", rule="score", **labels) == 0.5
-
-
-def v2_images() -> np.ndarray:
-    clean = [clean_image(SPEC, k, seed=k) for k in (2, 5)]
-    return np.stack(clean + [add_trigger(clean[1])])[:, None].astype(np.float32) / 255.0
 
 
 def check_verdict(params: dict, mode: str = "flag") -> None:
@@ -130,7 +118,7 @@ def check_verdict(params: dict, mode: str = "flag") -> None:
 def test_v2_rest_chooses_repaired_and_repairs_with_the_repaired_logits(
     server: RunningServer,
 ) -> None:
-    x = v2_images()
+    x = v2_batch()
     inp = triton.InferInput("images", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=True)
     client = triton.InferenceServerClient(server.url.removeprefix("http://"))
@@ -159,7 +147,7 @@ def test_v2_rest_chooses_repaired_and_repairs_with_the_repaired_logits(
 
 
 def test_v2_grpc_chooses_repaired_with_a_request_parameter(server: RunningServer) -> None:
-    x = v2_images()
+    x = v2_batch()
     inp = tg.InferInput("images", list(x.shape), "FP32")
     inp.set_data_from_numpy(x)
     client = tg.InferenceServerClient(server.grpc_target)

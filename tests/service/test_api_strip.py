@@ -15,8 +15,14 @@ import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
 from tests.support.promtext import scrape, series, value
-from tests.support.server import RunningServer, serve
-from tests.support.tiny_models import TinySpec, add_trigger, clean_image, png_bytes
+from tests.support.server import RunningServer, post_classify, serve
+from tests.support.tiny_models import (
+    TinySpec,
+    add_trigger,
+    clean_image,
+    labelled_pngs,
+    png_bytes,
+)
 
 pytestmark = pytest.mark.slow
 SPEC = TinySpec()
@@ -44,24 +50,9 @@ def triton_client() -> Iterator[Client]:
         client.close()
 
 
-def pictures() -> tuple[list[bytes], list[int]]:
-    """Clean images of classes 1..6, then the same images with the trigger: PNG bytes, labels."""
-    clean = [clean_image(SPEC, k, seed=k) for k in range(1, 7)]
-    images = clean + [add_trigger(im) for im in clean]
-    return [png_bytes(im) for im in images], list(range(1, 7)) * 2
-
-
-def files(items: list[bytes]) -> list:
-    return [("images", (f"img{i}.png", data, "image/png")) for i, data in enumerate(items)]
-
-
-def classify(server: RunningServer, items: list[bytes], **params: str) -> httpx.Response:
-    return httpx.post(server.url + "/classify", files=files(items), params=params, timeout=30)
-
-
 def test_strip_flags_triggered_images_and_says_it_decided(server: RunningServer) -> None:
-    items, labels = pictures()
-    r = classify(server, items, model="tinystrip", detector="strip", mode="block")
+    items, labels = labelled_pngs(range(1, 7))
+    r = post_classify(server, items, model="tinystrip", detector="strip", mode="block")
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["model"] == "tinystrip" and body["detector"] == "strip"
@@ -78,27 +69,27 @@ def test_strip_flags_triggered_images_and_says_it_decided(server: RunningServer)
 
 
 def test_detrigger_on_the_same_set_answers_as_before(server: RunningServer) -> None:
-    items, labels = pictures()
-    r = classify(server, items, model="tinystrip", detector="detrigger", mode="repair")
+    items, labels = labelled_pngs(range(1, 7))
+    r = post_classify(server, items, model="tinystrip", detector="detrigger", mode="repair")
     body = r.json()
     assert r.status_code == 200 and body["detector"] == "detrigger"
     assert [res["flagged"] for res in body["results"]] == [False] * 6 + [True] * 6
     assert [res["detriggered"]["class"] for res in body["results"]] == labels
     assert {res["score_name"] for res in body["results"]} == {"prob_drop"}
     # No detector named: GUARD_DEFAULT_DETECTOR (detrigger).
-    assert classify(server, items[:1], model="tinystrip").json()["detector"] == "detrigger"
+    assert post_classify(server, items[:1], model="tinystrip").json()["detector"] == "detrigger"
 
 
 def test_a_repeated_image_gets_the_same_strip_score(server: RunningServer) -> None:
-    items, _ = pictures()
-    alone = classify(server, [items[2]], model="tinystrip", detector="strip").json()
-    mixed = classify(server, items[::-1], model="tinystrip", detector="strip").json()
+    items, _ = labelled_pngs(range(1, 7))
+    alone = post_classify(server, [items[2]], model="tinystrip", detector="strip").json()
+    mixed = post_classify(server, items[::-1], model="tinystrip", detector="strip").json()
     want = alone["results"][0]["score"]
     assert mixed["results"][len(items) - 1 - 2]["score"] == pytest.approx(want, abs=1e-12)
 
 
 def test_json_body_chooses_the_detector(server: RunningServer) -> None:
-    items, _ = pictures()
+    items, _ = labelled_pngs(range(1, 7))
     payload = {
         "model": "tinystrip",
         "detector": "strip",
@@ -125,8 +116,8 @@ def test_json_body_chooses_the_detector(server: RunningServer) -> None:
 def test_a_detector_that_cannot_run_is_a_422_that_says_why(
     server: RunningServer, params: dict[str, str], kind: str, words: str
 ) -> None:
-    items, _ = pictures()
-    r = classify(server, items[:1], **params)
+    items, _ = labelled_pngs(range(1, 7))
+    r = post_classify(server, items[:1], **params)
     assert r.status_code == 422, r.text
     error = r.json()["error"]
     assert error["type"] == kind and words in error["message"]
@@ -144,8 +135,8 @@ def test_models_list_each_sets_detectors(server: RunningServer) -> None:
 
 def test_metrics_count_images_and_flags_per_detector(server: RunningServer) -> None:
     before = scrape(server.url)
-    items, _ = pictures()
-    assert classify(server, items, model="tinystrip", detector="strip").status_code == 200
+    items, _ = labelled_pngs(range(1, 7))
+    assert post_classify(server, items, model="tinystrip", detector="strip").status_code == 200
     after = scrape(server.url)
 
     def delta(name: str, **labels: str) -> float:
@@ -181,7 +172,7 @@ def test_v2_chooses_the_detector_with_a_request_parameter(
     assert "guard_detriggered_class" not in params  # STRIP runs no AE
     assert result.as_numpy("logits").shape == (3, 10)  # the target's rows on x only
     scores = json.loads(params["guard_scores"])
-    direct = classify(server, [png_bytes(clean[0])], model="tinystrip", detector="strip")
+    direct = post_classify(server, [png_bytes(clean[0])], model="tinystrip", detector="strip")
     assert scores[0] == pytest.approx(direct.json()["results"][0]["score"], abs=1e-6)
     with pytest.raises(InferenceServerException) as refused:
         client.infer(

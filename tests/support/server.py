@@ -61,6 +61,12 @@ class RunningServer:
         return reason
 
 
+def post_classify(server: RunningServer, items: Sequence[bytes], **params: str) -> httpx.Response:
+    """POST the PNG ``items`` to /classify as multipart field ``images`` (img0.png, ...)."""
+    files = [("images", (f"img{i}.png", data, "image/png")) for i, data in enumerate(items)]
+    return httpx.post(server.url + "/classify", files=files, params=params, timeout=30)
+
+
 def binary_proxy_env(upstream: RunningServer, name: str) -> dict[str, str]:
     """Settings of a guard in proxy mode whose set ``name`` calls the model of that name on
     ``upstream`` over V2 REST with binary tensors, one intra-op thread."""

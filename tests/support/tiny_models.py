@@ -157,6 +157,23 @@ def add_trigger(image: np.ndarray) -> np.ndarray:
     return out
 
 
+def labelled_pngs(classes: range, spec: TinySpec | None = None) -> tuple[list[bytes], list[int]]:
+    """Clean images of ``classes`` (each seeded by its class), then the same images with the
+    trigger: PNG bytes, and the classes the images are of."""
+    spec = spec or TinySpec()
+    clean = [clean_image(spec, k, seed=k) for k in classes]
+    images = clean + [add_trigger(im) for im in clean]
+    return [png_bytes(im) for im in images], list(classes) * 2
+
+
+def v2_batch(spec: TinySpec | None = None) -> np.ndarray:
+    """(3, C, H, W) float32 in [0, 1] for a V2 tensor: clean images of classes 2 and 5, then
+    the class-5 image with the trigger."""
+    spec = spec or TinySpec()
+    clean = [clean_image(spec, k, seed=k) for k in (2, 5)]
+    return np.stack(clean + [add_trigger(clean[1])])[:, None].astype(np.float32) / 255.0
+
+
 def png_bytes(image: np.ndarray, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format=fmt)
