@@ -1,4 +1,13 @@
-"""Detector ``both``: the de-trigger AE and STRIP on one batch, fused into one decision.
+"""The fused detectors: the de-trigger AE and a second detector on one batch, one decision.
+
+Detector ``detrigger_or_repaired`` fuses the AE with the repaired graph (detector
+``repaired``) by the same rule, ``either``: the de-trigger score above ``ae_threshold`` or the
+repaired graph's score above ``repaired_threshold``, calibrated the same way. It runs what the
+two detectors run (the AE, the target on x and on AE(x), the repaired graph on x) and shares
+the target's pass on x. Mode repair answers with the repaired graph's class where its rule
+fired, else with the class on AE(x).
+
+Detector ``both``: the de-trigger AE and STRIP on one batch, fused into one decision.
 
 Each detector keeps its own score and rule: the de-trigger score (``prob_drop`` or ``kl``) is
 flagged above ``ae_threshold``, STRIP's mean entropy below ``strip_threshold``. The fused rule,
@@ -21,7 +30,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from contract.manifest import BothSpec
+from contract.manifest import BothSpec, DetriggerOrRepairedSpec, RepairedSpec
 from contract.scoring import SCORES, Decisions
 from contract.strip import Strip, mean_entropy
 
@@ -75,3 +84,31 @@ def run_both(
     x_ae = np.asarray(ae(x), np.float32)
     logits = np.asarray(target(both_batch(x, x_ae, strip)))
     return both_scores(logits, len(x), strip.config.n)
+
+
+def decide_detrigger_or_repaired(
+    logits_x: np.ndarray,
+    logits_ae: np.ndarray,
+    logits_r: np.ndarray,
+    spec: DetriggerOrRepairedSpec,
+    repaired: RepairedSpec,
+) -> tuple[Decisions, np.ndarray]:
+    """The fused decisions of a batch from the target's logits on x and on AE(x) and the
+    repaired graph's on x, all (N, K); and the logits of the class that mode repair answers,
+    (N, K): the repaired graph's where its rule fired, else the target's on AE(x). The
+    de-trigger score is ``score``, the repaired graph's ``repaired_score``; a non-finite one
+    fires no rule, and the guard refuses such an image (:meth:`Decisions.finite`)."""
+    score = SCORES[spec.score](logits_x, logits_ae)
+    repaired_score = SCORES[repaired.score](logits_x, logits_r)
+    fired = np.stack([score > spec.ae_threshold, repaired_score > spec.repaired_threshold], axis=1)
+    answer = np.where(fired[:, 1:], logits_r, logits_ae)
+    decisions = Decisions(
+        logits_x.argmax(axis=1),
+        answer.argmax(axis=1),
+        score,
+        np.asarray(fired.any(axis=1), dtype=bool),
+        None,
+        fired,
+        repaired_score,
+    )
+    return decisions, answer

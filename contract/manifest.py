@@ -181,6 +181,24 @@ class RepairedSpec(GraphSpec):
         return Decision(rule="score", score=self.score, threshold=self.threshold)
 
 
+class DetriggerOrRepairedSpec(BaseModel):
+    """Optional: detector ``detrigger_or_repaired`` (contract.fusion), the de-trigger AE and the
+    repaired graph fused by the rule ``either``: flagged when the de-trigger score is above
+    ``ae_threshold`` or the repaired graph's score (``detectors.repaired.score``) is above
+    ``repaired_threshold``, the two thresholds calibrated together on clean images so that the
+    union meets one target FPR (training.evaluation.fusion). Needs ``detectors.repaired``: it
+    runs that graph. The AE sees the patch-like triggers of any backdoor, the repaired graph
+    the triggers of the backdoor that the repair removed, warps and filters included."""
+
+    model_config = ConfigDict(extra="allow")
+
+    rule: Literal["either"] = "either"
+    score: Literal["prob_drop", "kl"] = "prob_drop"  # the de-trigger score it thresholds
+    ae_threshold: float = Field(allow_inf_nan=False)  # flag when the de-trigger score > this
+    repaired_threshold: float = Field(allow_inf_nan=False)  # flag when the repaired score > this
+    calibration: Calibration | None = None
+
+
 class Detectors(BaseModel):
     """Optional detectors besides the de-trigger AE (which every set has)."""
 
@@ -189,11 +207,17 @@ class Detectors(BaseModel):
     strip: StripSpec | None = None
     both: BothSpec | None = None
     repaired: RepairedSpec | None = None
+    detrigger_or_repaired: DetriggerOrRepairedSpec | None = None
 
     @model_validator(mode="after")
-    def _both_needs_strip(self) -> Detectors:
+    def _parts_present(self) -> Detectors:
         if self.both is not None and self.strip is None:
             raise ValueError("detectors.both runs STRIP: it needs detectors.strip")
+        if self.detrigger_or_repaired is not None and self.repaired is None:
+            raise ValueError(
+                "detectors.detrigger_or_repaired runs the repaired graph: it needs "
+                "detectors.repaired"
+            )
         return self
 
 

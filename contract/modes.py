@@ -23,3 +23,6 @@ class Detector(Enum):
     # the target against a repaired copy of itself (contract.manifest.RepairedSpec): sets with
     # detectors.repaired
     repaired = "repaired"
+    # detrigger and repaired on one batch, OR-fused (contract.fusion): sets with
+    # detectors.detrigger_or_repaired
+    detrigger_or_repaired = "detrigger_or_repaired"

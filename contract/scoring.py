@@ -45,12 +45,18 @@ class Decisions:
 
     predicted: np.ndarray  # int, argmax f(x)
     detriggered: np.ndarray | None  # int, argmax f(AE(x)); None for STRIP (no AE runs)
-    score: np.ndarray  # float, the detector's score (detector both: the de-trigger score)
+    # float, the detector's score (the fused detectors both and detrigger_or_repaired: the
+    # de-trigger score)
+    score: np.ndarray
     flagged: np.ndarray  # bool
-    # Detector both only (contract.fusion): STRIP's entropy beside the de-trigger score, and
-    # which rule fired, (N, 2) bool: column 0 the de-trigger rule, column 1 STRIP's.
+    # Detector both only (contract.fusion): STRIP's entropy beside the de-trigger score.
     entropy: np.ndarray | None = None
+    # The fused detectors (contract.fusion): which rule fired, (N, 2) bool: column 0 the
+    # de-trigger rule, column 1 the other detector's (both: STRIP; detrigger_or_repaired: the
+    # repaired graph's).
     fired: np.ndarray | None = None
+    # Detector detrigger_or_repaired only: the repaired graph's score beside the de-trigger one.
+    repaired_score: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.predicted)
@@ -59,7 +65,10 @@ class Decisions:
         """(N,) bool: every score of the image is finite. A NaN never compares above or below
         a threshold, so an image with a non-finite score must not be answered (fail closed)."""
         ok = np.isfinite(self.score)
-        return ok if self.entropy is None else ok & np.isfinite(self.entropy)
+        for other in (self.entropy, self.repaired_score):
+            if other is not None:
+                ok = ok & np.isfinite(other)
+        return ok
 
     def slice(self, start: int, stop: int) -> Decisions:
         def part(a: np.ndarray | None) -> np.ndarray | None:
@@ -72,6 +81,7 @@ class Decisions:
             self.flagged[start:stop],
             part(self.entropy),
             part(self.fired),
+            part(self.repaired_score),
         )
 
     @staticmethod
@@ -90,6 +100,7 @@ class Decisions:
             np.concatenate([p.flagged for p in parts]),
             joined([p.entropy for p in parts]),
             joined([p.fired for p in parts]),
+            joined([p.repaired_score for p in parts]),
         )
 
 
@@ -101,9 +112,13 @@ class Rule:
     score_name: Literal["prob_drop", "kl", "strip_entropy"]
     threshold: float
     # class_change; score: flagged when score > threshold; score_below: when score < threshold;
-    # either (detector both): score > threshold or STRIP's entropy < strip_threshold
+    # either: detector both, score > threshold or STRIP's entropy < strip_threshold;
+    # detector detrigger_or_repaired, score > threshold or the repaired graph's score >
+    # repaired_threshold
     rule: Literal["class_change", "score", "score_below", "either"]
     strip_threshold: float | None = None  # detector both only
+    repaired_threshold: float | None = None  # detector detrigger_or_repaired only
+    repaired_score_name: Literal["prob_drop", "kl"] | None = None  # the same
 
 
 def decide(logits_x: np.ndarray, logits_ae: np.ndarray, decision: Decision) -> Decisions:

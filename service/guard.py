@@ -64,6 +64,8 @@ class ImageResult:
     answer: int | None  # the class the caller should use under the mode; None when blocked
     entropy: float | None = None  # detector both: STRIP's entropy beside the de-trigger score
     fired: tuple[Detector, ...] = ()  # the detectors whose own rule flagged the image
+    # detector detrigger_or_repaired: the repaired graph's score beside the de-trigger score
+    repaired_score: float | None = None
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,18 @@ def quarantine_of(settings: Settings, metrics: Metrics) -> Quarantine | None:
 CANNOT_REPAIR = (Detector.strip, Detector.both)
 
 
+# The parts of each fused detector, in the order of Decisions.fired's columns.
+PARTS = {
+    Detector.both: (Detector.detrigger, Detector.strip),
+    Detector.detrigger_or_repaired: (Detector.detrigger, Detector.repaired),
+}
+
+
 def fired(decisions: Decisions, i: int, detector: Detector) -> tuple[Detector, ...]:
-    """The detectors whose own rule flagged image i: for both, either or both of its parts."""
+    """The detectors whose own rule flagged image i: for a fused detector, either or both of
+    its parts."""
     if decisions.fired is not None:
-        parts = (Detector.detrigger, Detector.strip)
+        parts = PARTS[detector]
         return tuple(d for d, f in zip(parts, decisions.fired[i], strict=True) if f)
     return (detector,) if bool(decisions.flagged[i]) else ()
 
@@ -155,7 +165,8 @@ class Guard:
         can run (the set offers it; strip or both not under mode repair), else detrigger. A
         named detector the set does not offer is an error, and so is a named strip or both
         under mode repair (STRIP flags, it has no repaired class to answer; detrigger answers
-        with the class on AE(x), repaired with the repaired graph's)."""
+        with the class on AE(x), repaired with the repaired graph's, detrigger_or_repaired
+        with the repaired graph's where its rule fired, else the class on AE(x))."""
         if detector is None:
             default = self.settings.default_detector
             usable = default in model_set.detectors and not (
@@ -166,10 +177,11 @@ class Guard:
             model_set.require(detector)  # DetectorNotAvailable when the set lacks its entry
         if detector in CANNOT_REPAIR and mode is Mode.repair:
             raise InvalidParameter(
-                f"mode repair needs detector detrigger or repaired: {detector.value} flags "
-                "images with STRIP, which gives no class with the trigger removed",
+                f"mode repair needs detector detrigger, repaired or detrigger_or_repaired: "
+                f"{detector.value} flags images with STRIP, which gives no class with the "
+                "trigger removed",
                 accepted=f"mode flag or block with detector {detector.value}, or detector "
-                "detrigger or repaired",
+                "detrigger, repaired or detrigger_or_repaired",
             )
         return detector
 
@@ -205,6 +217,7 @@ class Guard:
             flagged = bool(decisions.flagged[i])
             score = float(decisions.score[i])
             entropy = None if decisions.entropy is None else float(decisions.entropy[i])
+            repaired = decisions.repaired_score
             results.append(
                 ImageResult(
                     i,
@@ -216,6 +229,7 @@ class Guard:
                     answer_for(mode, flagged, predicted, detriggered),
                     entropy,
                     fired(decisions, i, chosen),
+                    None if repaired is None else float(repaired[i]),
                 )
             )
         return Outcome(model_set, mode, results, model_set.rule(chosen))
@@ -274,7 +288,7 @@ class Guard:
             )
         self.count(model_set, mode, detection.decisions, filenames, detector)
         ae = detection.detriggered_images
-        if detector is Detector.detrigger and ae is not None:
+        if detector in (Detector.detrigger, Detector.detrigger_or_repaired) and ae is not None:
             unchanged = x.shape[0] - int(changed_rows(x, ae).sum())
             self.metrics.unchanged_images.labels(model=model_set.name).inc(unchanged)
         if self.quarantine is not None:
@@ -348,14 +362,7 @@ class Guard:
                         "detriggered": None if detriggered is None else classes[detriggered],
                         "score": round(float(decisions.score[i]), 6),
                         "score_name": rule.score_name,
-                        **(
-                            {}
-                            if decisions.entropy is None
-                            else {
-                                "strip_entropy": round(float(decisions.entropy[i]), 6),
-                                "fired": [d.value for d in fired(decisions, i, detector)],
-                            }
-                        ),
+                        **_fused_fields(decisions, i, detector),
                     },
                 )
 
@@ -422,3 +429,16 @@ class Guard:
                 max_pixels=self.settings.max_image_pixels,
             )
         return out
+
+
+def _fused_fields(decisions: Decisions, i: int, detector: Detector) -> dict[str, Any]:
+    """What a flagged image's log line adds under a fused detector: the second detector's
+    score and the detectors that fired; nothing under the others."""
+    if decisions.fired is None:
+        return {}
+    out: dict[str, Any] = {"fired": [d.value for d in fired(decisions, i, detector)]}
+    if decisions.entropy is not None:
+        out["strip_entropy"] = round(float(decisions.entropy[i]), 6)
+    if decisions.repaired_score is not None:
+        out["repaired_score"] = round(float(decisions.repaired_score[i]), 6)
+    return out

@@ -150,6 +150,13 @@ class ModelRepository:
                 self.metrics.threshold.labels(
                     model=slot.name, detector=detector.value, score="strip_entropy", rule=rule.rule
                 ).set(rule.strip_threshold)
+            if rule.repaired_threshold is not None:  # detrigger_or_repaired: the repaired graph's
+                self.metrics.threshold.labels(
+                    model=slot.name,
+                    detector=detector.value,
+                    score=f"repaired_{rule.repaired_score_name}",
+                    rule=rule.rule,
+                ).set(rule.repaired_threshold)
         slot.model_set, slot.engine = model_set, engine
         slot.state, slot.reason = SlotState.ready, "ready"
         self.metrics.model_ready.labels(model=slot.name).set(1)

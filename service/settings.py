@@ -191,9 +191,9 @@ class Settings(BaseSettings):
     )
     default_detector: Detector = Field(
         default=Detector.detrigger,
-        description="Detector used when a request names none (detrigger, strip, both or "
-        "repaired); a set that does not offer it, or a request in mode repair (strip and both "
-        "cannot repair), uses detrigger.",
+        description="Detector used when a request names none (detrigger, strip, both, "
+        "repaired or detrigger_or_repaired); a set that does not offer it, or a request in "
+        "mode repair (strip and both cannot repair), uses detrigger.",
     )
 
     # --- ONNX Runtime -------------------------------------------------------------------------

@@ -30,6 +30,7 @@ SCORE = TinySpec(name="tinykl", rule="score", score="kl", threshold=1.0)
 STRIP = TinySpec(name="tinystrip", strip_n=8)
 BOTH = TinySpec(name="tinyboth", strip_n=8, both=(0.5, 0.3))
 REPAIRED = TinySpec(name="tinyrepaired", rule="score", repaired=0.5)
+EITHER = TinySpec(name="tinyeither", rule="score", repaired=0.5, detrigger_or_repaired=(0.5, 0.5))
 
 
 @pytest.fixture(scope="session")
@@ -41,6 +42,7 @@ def model_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_model_set(root / "tinystrip", STRIP)
     build_model_set(root / "tinyboth", BOTH)
     build_model_set(root / "tinyrepaired", REPAIRED)
+    build_model_set(root / "tinyeither", EITHER)
     return root
 
 
@@ -92,6 +94,13 @@ def repaired_set(model_root: Path) -> Path:
     """The tiny grayscale set (rule score, prob_drop > 0.5) plus detector repaired: the target
     against its copy that ignores the patch, prob_drop > 0.5."""
     return model_root / "tinyrepaired"
+
+
+@pytest.fixture(scope="session")
+def either_set(model_root: Path) -> Path:
+    """tinyrepaired plus detector detrigger_or_repaired: prob_drop > 0.5 against AE(x) or
+    against the repaired graph."""
+    return model_root / "tinyeither"
 
 
 # Limits small enough for the limit tests to be cheap.

@@ -129,8 +129,10 @@ async def classify(
         Query(
             description="detrigger (the de-trigger autoencoder), strip (STRIP, on sets that "
             "ship it), both (the two on one batch, flagged when either fires, on sets whose "
-            "manifest has detectors.both) or repaired (the target against its repaired copy, "
-            "on sets whose manifest has detectors.repaired); GUARD_DEFAULT_DETECTOR when absent."
+            "manifest has detectors.both), repaired (the target against its repaired copy, "
+            "on sets whose manifest has detectors.repaired) or detrigger_or_repaired (the "
+            "autoencoder and the repaired copy, flagged when either fires, on sets whose "
+            "manifest has detectors.detrigger_or_repaired); GUARD_DEFAULT_DETECTOR when absent."
         ),
     ] = None,
 ) -> ClassifyResponse:

@@ -38,8 +38,8 @@ class ClassifyJSONRequest(BaseModel):
     resize: bool = Field(False, description="Resize images of another size to the model's input.")
     detector: Detector | None = Field(
         None,
-        description="detrigger, strip, both or repaired; GUARD_DEFAULT_DETECTOR (if the set "
-        "offers it) when absent.",
+        description="detrigger, strip, both, repaired or detrigger_or_repaired; "
+        "GUARD_DEFAULT_DETECTOR (if the set offers it) when absent.",
     )
 
 
@@ -50,23 +50,25 @@ class ImageResultBody(BaseModel):
     predicted: ClassRef = Field(description="The class on the image as uploaded.")
     detriggered: ClassRef | None = Field(
         description="The class after the de-trigger autoencoder (detector repaired: the "
-        "repaired graph's class on the image); null with detector strip, which runs no "
-        "autoencoder."
+        "repaired graph's class on the image; detrigger_or_repaired: the repaired graph's "
+        "class where its rule fired, else the class after the autoencoder); null with "
+        "detector strip, which runs no autoencoder."
     )
     detector: Detector = Field(description="The detector that judged the image.")
     score: float = Field(
-        description="The detector's score: prob_drop or kl (detrigger and both: the target on "
-        "the image against the target on AE(image); repaired: against the repaired graph on "
-        "the image), or the mean entropy in bits of the target's outputs on the superimposed "
-        "copies (strip_entropy)."
+        description="The detector's score: prob_drop or kl (detrigger, both and "
+        "detrigger_or_repaired: the target on the image against the target on AE(image); "
+        "repaired: against the repaired graph on the image), or the mean entropy in bits of "
+        "the target's outputs on the superimposed copies (strip_entropy)."
     )
     score_name: Literal["prob_drop", "kl", "strip_entropy"]
     threshold: float
     decision_rule: Literal["class_change", "score", "score_below", "either"] = Field(
         description="class_change: flagged when the class changes after the autoencoder; "
         "score: flagged when score > threshold; score_below (strip): flagged when "
-        "score < threshold; either (both): flagged when score > threshold or strip_entropy < "
-        "strip_threshold."
+        "score < threshold; either: flagged when score > threshold or, with both, "
+        "strip_entropy < strip_threshold, with detrigger_or_repaired, repaired_score > "
+        "repaired_threshold."
     )
     strip_entropy: float | None = Field(
         default=None,
@@ -78,15 +80,28 @@ class ImageResultBody(BaseModel):
         description="Detector both: STRIP's threshold in the fused rule (calibrated with "
         "'threshold' for one clean FPR); null with the other detectors.",
     )
+    repaired_score: float | None = Field(
+        default=None,
+        description="Detector detrigger_or_repaired: the repaired graph's score beside the "
+        "de-trigger score (prob_drop or kl of the target against the repaired graph on the "
+        "image); null with the other detectors.",
+    )
+    repaired_threshold: float | None = Field(
+        default=None,
+        description="Detector detrigger_or_repaired: the repaired graph's threshold in the "
+        "fused rule (calibrated with 'threshold' for one clean FPR); null with the other "
+        "detectors.",
+    )
     fired: list[Detector] = Field(
         default_factory=list,
         description="The detectors whose own rule flagged the image: with both, detrigger, "
-        "strip, or the two; with one detector, that one when flagged. Empty when not flagged.",
+        "strip, or the two; with detrigger_or_repaired, detrigger, repaired, or the two; with "
+        "one detector, that one when flagged. Empty when not flagged.",
     )
     outcome: Literal["answered", "blocked", "repaired"] = Field(
         description="answered: 'answer' is the predicted class; blocked: no class is given; "
         "repaired: 'answer' is the class after de-triggering (detector repaired: the repaired "
-        "graph's class)."
+        "graph's class; detrigger_or_repaired: as 'detriggered')."
     )
     answer: ClassRef | None = Field(
         description="The class to use under the mode; null when the image is blocked."
@@ -132,6 +147,8 @@ def classify_response(outcome: Outcome) -> ClassifyResponse:
             decision_rule=rule.rule,
             strip_entropy=r.entropy,
             strip_threshold=rule.strip_threshold,
+            repaired_score=r.repaired_score,
+            repaired_threshold=rule.repaired_threshold,
             fired=list(r.fired),
             outcome=_outcome(outcome.mode, r),
             answer=None if r.answer is None else _ref(classes, r.answer),
@@ -197,6 +214,20 @@ class RepairedSummary(BaseModel):
     target_fpr: float | None = Field(default=None, description="The FPR it was set for.")
 
 
+class DetriggerOrRepairedSummary(BaseModel):
+    """The manifest's optional `detectors.detrigger_or_repaired` entry
+    (training.evaluation.fusion)."""
+
+    rule: str = Field(description="either: flagged when either detector's own rule fires.")
+    score: str = Field(description="The de-trigger score it thresholds (prob_drop or kl).")
+    ae_threshold: float = Field(description="Flagged when the de-trigger score is above this.")
+    repaired_score: str = Field(description="The repaired graph's score (prob_drop or kl).")
+    repaired_threshold: float = Field(
+        description="Flagged when the repaired graph's score is above this."
+    )
+    target_fpr: float | None = Field(default=None, description="The FPR it was set for.")
+
+
 class AuditSummary(BaseModel):
     """The manifest's optional `audit` entry (training/audit: trigger synthesis)."""
 
@@ -221,12 +252,14 @@ class ModelSummary(BaseModel):
     detectors: list[Detector] | None = Field(
         default=None,
         description="Detectors the set offers: detrigger, strip if calibrated, both if "
-        "their fused rule is calibrated too, and repaired if the set has a calibrated "
-        "repaired graph.",
+        "their fused rule is calibrated too, repaired if the set has a calibrated "
+        "repaired graph, and detrigger_or_repaired if the fused rule of the two is calibrated "
+        "too.",
     )
     strip: StripSummary | None = None
     both: BothSummary | None = None
     repaired: RepairedSummary | None = None
+    detrigger_or_repaired: DetriggerOrRepairedSummary | None = None
     provider: str | None = None
     target: GraphSummary | None = None
     detrigger: GraphSummary | None = None
@@ -283,6 +316,16 @@ def model_summary(slot: Slot, default: bool) -> ModelSummary:
             score=repaired.score,
             threshold=repaired.threshold,
             target_fpr=repaired.calibration.target_fpr if repaired.calibration else None,
+        )
+    fused = m.detectors.detrigger_or_repaired
+    if fused is not None and repaired is not None and model_set.repaired is not None:
+        summary.detrigger_or_repaired = DetriggerOrRepairedSummary(
+            rule=fused.rule,
+            score=fused.score,
+            ae_threshold=fused.ae_threshold,
+            repaired_score=repaired.score,
+            repaired_threshold=fused.repaired_threshold,
+            target_fpr=fused.calibration.target_fpr if fused.calibration else None,
         )
     summary.provider = model_set.provider
     summary.target = GraphSummary(

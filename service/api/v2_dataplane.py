@@ -216,13 +216,15 @@ def response_of(
             )
         outputs = [by_name[o.name] for o in request.outputs]
     # Row i of each output: f(x_i), or for a flagged image under repair f(AE(x_i)) (detector
-    # repaired: the repaired graph's logits on x_i).
+    # repaired: the repaired graph's logits on x_i; detrigger_or_repaired: those where the
+    # repaired graph's rule fired).
     rows = np.arange(n)
     if mode is Mode.repair and any(flagged):
         rows = np.where(np.asarray(flagged), rows + n, rows)
         unrepaired = [t.name for t in outputs if t.shape[:1] != [2 * n]]
         if unrepaired:
-            # Proxy mode, detector repaired: only the logits output has the repaired rows.
+            # Proxy mode, detector repaired or detrigger_or_repaired: only the logits output
+            # has the repaired rows.
             kept = sorted({t.name for t in outputs} - set(unrepaired))
             raise InvalidParameter(
                 f"mode repair with detector {detection.detector.value}: no repaired rows for "
@@ -248,8 +250,9 @@ def verdict(
 ) -> dict[str, Any]:
     """The guard's verdict as V2 parameters. The protocol allows only scalar parameter values,
     so the per-image lists are JSON text (``json.loads`` gives the list back). STRIP runs no
-    AE, so its verdict has no ``guard_detriggered_class``; detector both adds STRIP's scores,
-    its threshold and, per image, the detectors that fired."""
+    AE, so its verdict has no ``guard_detriggered_class``; detector both adds STRIP's scores
+    and its threshold, detrigger_or_repaired the repaired graph's, and both, per image, the
+    detectors that fired."""
     flagged = [bool(f) for f in d.flagged]
     rule = model_set.rule(detector)
     out = {
@@ -269,6 +272,10 @@ def verdict(
     if d.entropy is not None and rule.strip_threshold is not None:
         out["guard_strip_scores"] = json.dumps([round(float(s), 6) for s in d.entropy])
         out["guard_strip_threshold"] = rule.strip_threshold
+    if d.repaired_score is not None and rule.repaired_threshold is not None:
+        out["guard_repaired_scores"] = json.dumps([round(float(s), 6) for s in d.repaired_score])
+        out["guard_repaired_threshold"] = rule.repaired_threshold
+    if d.fired is not None:
         out["guard_fired"] = json.dumps(
             [[x.value for x in fired(d, i, detector)] for i in range(len(flagged))]
         )

@@ -27,6 +27,8 @@ class LocalBackend:
             runs[Detector.both] = model_set.both_scored  # one target call for both detectors
         if Detector.repaired in model_set.detectors:
             runs[Detector.repaired] = model_set.repaired_scored
+        if Detector.detrigger_or_repaired in model_set.detectors:
+            runs[Detector.detrigger_or_repaired] = model_set.detrigger_or_repaired_scored
         self._runs = runs
 
     @property

@@ -11,14 +11,14 @@ from typing import Any
 
 import numpy as np
 
-from contract.fusion import both_batch, both_scores, decide_both
+from contract.fusion import both_batch, both_scores, decide_both, decide_detrigger_or_repaired
 from contract.modes import Detector
 from contract.scoring import decide
 from contract.unchanged import changed_rows, pair_rows, second_pass
 from service.backends.base import Call, Detection
 from service.backends.upstream import UpstreamClient
 from service.protocol.infer_type import InferRequest, InferTensor
-from service.runtime.modelset import ModelSet, Rows
+from service.runtime.modelset import AeAndRepaired, ModelSet, Rows
 
 logger = logging.getLogger("guard.backends")
 
@@ -33,8 +33,8 @@ class ProxyBackend:
         self.upstream = upstream
         self.probe_interval_s = probe_interval_s
         self._prober: asyncio.Task[None] | None = None
-        # Only the local graphs run here in batches: the AE (for detrigger and both) and the
-        # repaired graph; STRIP's copies are built per request.
+        # Only the local graphs run here in batches: the AE (for detrigger and both), the
+        # repaired graph, or the two; STRIP's copies are built per request.
         self._runs: dict[Detector, Callable[[np.ndarray], Any]] = {
             Detector.detrigger: model_set.detrigger_only
         }
@@ -42,6 +42,8 @@ class ProxyBackend:
             self._runs[Detector.both] = model_set.detrigger_only
         if Detector.repaired in model_set.detectors:
             self._runs[Detector.repaired] = model_set.repaired_only
+        if Detector.detrigger_or_repaired in model_set.detectors:
+            self._runs[Detector.detrigger_or_repaired] = model_set.ae_and_repaired
 
     @property
     def versions(self) -> tuple[str, ...]:
@@ -74,13 +76,22 @@ class ProxyBackend:
         return self.upstream.ready, self.upstream.reason
 
     async def complete(
-        self, x: np.ndarray, batched: Rows | None, call: Call, detector: Detector
+        self,
+        x: np.ndarray,
+        ran: Rows | AeAndRepaired | None,
+        call: Call,
+        detector: Detector,
     ) -> Detection:
-        """[x; the images that AE(x) changed] (at most 2N images), for STRIP [x; superimposed
+        """[x; the images that AE(x) changed] (at most 2N images; also for
+        detrigger_or_repaired, whose repaired graph ran here), for STRIP [x; superimposed
         copies] (N * (n + 1) images), for both [x; AE(x); copies] (N * (n + 2) images), or for
         repaired x alone (the repaired graph ran here), in one upstream request."""
         n = x.shape[0]
         changed = None
+        # what ran here: AE(x) or the repaired graph's logits (Rows), or both
+        batched, logits_r = (
+            (ran.ae, ran.repaired.values) if isinstance(ran, AeAndRepaired) else (ran, None)
+        )
         strip = self.model_set.require_strip() if detector is Detector.strip else None
         both = self.model_set.require_both() if detector is Detector.both else None
         if strip is not None:
@@ -122,7 +133,18 @@ class ProxyBackend:
             pair = pair_rows(changed)
             logits = logits[pair]
             outputs = [o.take_rows(pair) if o.shape[:1] == [len(batch)] else o for o in outputs]
-            decisions = decide(logits[:n], logits[n:], self.model_set.manifest.decision)
+            if logits_r is None:
+                decisions = decide(logits[:n], logits[n:], self.model_set.manifest.decision)
+            else:
+                fused, repaired = self.model_set.require_detrigger_or_repaired()
+                decisions, answer = decide_detrigger_or_repaired(
+                    logits[:n], logits[n:], logits_r, fused, repaired
+                )
+                # The logits output gets mode repair's answer as rows N..2N-1; the upstream's
+                # other outputs keep their rows on x alone (they have none on the repaired
+                # graph).
+                chosen = self.upstream.output_name() or outputs[0].name
+                outputs = [answer_rows(o, chosen, answer) for o in outputs]
         return Detection(
             decisions,
             outputs,
@@ -138,3 +160,14 @@ def with_rows(tensor: InferTensor, rows: np.ndarray) -> InferTensor:
     """``tensor`` with ``rows`` appended along its first axis, in its own datatype."""
     data = np.concatenate([tensor.data, rows.astype(tensor.data.dtype, copy=False)])
     return InferTensor.from_numpy(tensor.name, data, tensor.parameters)
+
+
+def answer_rows(tensor: InferTensor, chosen: str, answer: np.ndarray) -> InferTensor:
+    """An upstream output of 2N rows on [x; AE(x)] under detector detrigger_or_repaired: the
+    logits output ``chosen`` with ``answer`` (N rows) as its rows N..2N-1, any other output cut
+    to its N rows on x. Outputs of another length are left as they are."""
+    n = len(answer)
+    if tensor.shape[:1] != [2 * n]:
+        return tensor
+    on_x = tensor.take_rows(np.arange(n))
+    return with_rows(on_x, answer) if tensor.name == chosen else on_x

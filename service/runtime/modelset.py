@@ -10,8 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from contract.errors import DetectorNotAvailable, ModelFailed, ModelLoadError
-from contract.fusion import both_batch, both_scores, decide_both
-from contract.manifest import BothSpec, Manifest, read_manifest, read_verified
+from contract.fusion import both_batch, both_scores, decide_both, decide_detrigger_or_repaired
+from contract.manifest import (
+    BothSpec,
+    DetriggerOrRepairedSpec,
+    Manifest,
+    RepairedSpec,
+    read_manifest,
+    read_verified,
+)
 from contract.modes import Detector
 from contract.scoring import Decisions, Rule, decide
 from contract.strip import Strip
@@ -67,6 +74,24 @@ class Rows:
     @staticmethod
     def concat(parts: Sequence[Rows]) -> Rows:
         return Rows(np.concatenate([p.values for p in parts]))
+
+
+@dataclass(frozen=True)
+class AeAndRepaired:
+    """What proxy mode runs locally for detector detrigger_or_repaired: AE(x) and the repaired
+    graph's logits on x, row for row."""
+
+    ae: Rows
+    repaired: Rows
+
+    def slice(self, start: int, stop: int) -> AeAndRepaired:
+        return AeAndRepaired(self.ae.slice(start, stop), self.repaired.slice(start, stop))
+
+    @staticmethod
+    def concat(parts: Sequence[AeAndRepaired]) -> AeAndRepaired:
+        return AeAndRepaired(
+            Rows.concat([p.ae for p in parts]), Rows.concat([p.repaired for p in parts])
+        )
 
 
 @dataclass
@@ -132,7 +157,8 @@ class ModelSet:
     @property
     def detectors(self) -> tuple[Detector, ...]:
         """The detectors this set offers: always the de-trigger AE, STRIP when calibrated, and
-        both when the manifest has their fused calibration too."""
+        both when the manifest has their fused calibration too; repaired with a repaired
+        graph, and detrigger_or_repaired when the manifest has that fused calibration too."""
         offered = [Detector.detrigger]
         if self.strip is not None:
             offered.append(Detector.strip)
@@ -140,6 +166,8 @@ class ModelSet:
                 offered.append(Detector.both)
         if self.repaired is not None:
             offered.append(Detector.repaired)
+            if self.manifest.detectors.detrigger_or_repaired is not None:
+                offered.append(Detector.detrigger_or_repaired)
         return tuple(offered)
 
     def rule(self, detector: Detector) -> Rule:
@@ -152,6 +180,16 @@ class ModelSet:
             repaired = self.manifest.detectors.repaired
             assert repaired is not None, "resolve the detector against ModelSet.detectors first"
             return Rule(detector, repaired.score, repaired.threshold, "score")
+        if detector is Detector.detrigger_or_repaired:
+            fused, repaired = self.require_detrigger_or_repaired()
+            return Rule(
+                detector,
+                fused.score,
+                fused.ae_threshold,
+                "either",
+                repaired_threshold=fused.repaired_threshold,
+                repaired_score_name=repaired.score,
+            )
         if detector is Detector.strip:
             spec = self.manifest.detectors.strip
             assert spec is not None, "resolve the detector against ModelSet.detectors first"
@@ -237,6 +275,32 @@ class ModelSet:
         with tracing.span("target", model=self.name, detector="repaired", images=x.shape[0]):
             logits_x = self._logits(self.target, self.target.run(x), x.shape[0])
         return Scored(decide(logits_x, logits_r, spec.decision), logits_x, logits_r)
+
+    def require_detrigger_or_repaired(self) -> tuple[DetriggerOrRepairedSpec, RepairedSpec]:
+        """The fused rule of detector detrigger_or_repaired and the repaired graph's entry;
+        DetectorNotAvailable without them."""
+        self.require(Detector.detrigger_or_repaired)
+        detectors = self.manifest.detectors
+        assert detectors.detrigger_or_repaired is not None and detectors.repaired is not None
+        return detectors.detrigger_or_repaired, detectors.repaired
+
+    def ae_and_repaired(self, x: np.ndarray) -> AeAndRepaired:
+        """AE(x) and the repaired graph's logits on x; proxy mode sends [x; AE(x)] to the
+        upstream target."""
+        self.require(Detector.detrigger_or_repaired)
+        return AeAndRepaired(self.detrigger_only(x), self.repaired_only(x))
+
+    def detrigger_or_repaired_scored(self, x: np.ndarray) -> Scored:
+        """Detector detrigger_or_repaired: the de-trigger pass (:meth:`infer_scored`) and the
+        repaired graph on x; ``logits_ae`` holds the logits of mode repair's answer."""
+        fused, repaired = self.require_detrigger_or_repaired()
+        scored = self.infer_scored(x)
+        assert scored.logits_ae is not None
+        logits_r = self.repaired_only(x).values
+        decisions, answer = decide_detrigger_or_repaired(
+            scored.logits_x, scored.logits_ae, logits_r, fused, repaired
+        )
+        return Scored(decisions, scored.logits_x, answer, scored.images_ae)
 
     def infer_scored(self, x: np.ndarray) -> Scored:
         """The decisions and both logits: AE once, then the target once on x and the images that
@@ -325,3 +389,5 @@ class ModelSet:
                 self.both_scored(x)
             if self.repaired is not None:
                 self.repaired_scored(x)
+            if Detector.detrigger_or_repaired in self.detectors:
+                self.detrigger_or_repaired_scored(x)

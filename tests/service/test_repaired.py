@@ -129,7 +129,14 @@ def test_logits_over_other_classes_than_the_manifest_fail_every_detector(
 ) -> None:
     """A manifest that names 11 classes for graphs that answer 10: each detector's run refuses
     the logits (ModelFailed, the guard's 503), naming the graph, instead of judging on them."""
-    spec = TinySpec(name="tinyall", rule="score", strip_n=8, both=(0.5, 0.3), repaired=0.5)
+    spec = TinySpec(
+        name="tinyall",
+        rule="score",
+        strip_n=8,
+        both=(0.5, 0.3),
+        repaired=0.5,
+        detrigger_or_repaired=(0.5, 0.5),
+    )
     folder = build_model_set(tmp_path / "tinyall", spec)
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["classes"].append("extra")
@@ -140,6 +147,7 @@ def test_logits_over_other_classes_than_the_manifest_fail_every_detector(
         Detector.strip: model_set.strip_scored,
         Detector.both: model_set.both_scored,
         Detector.repaired: model_set.repaired_scored,
+        Detector.detrigger_or_repaired: model_set.detrigger_or_repaired_scored,
     }[detector]
     with pytest.raises(ModelFailed) as err:
         run(np.full((2, 1, 28, 28), 0.5, np.float32))

@@ -16,7 +16,9 @@ bits. The default threshold 0.3 bits separates the two. With ``both`` it also of
 both, the two fused by an OR with hand-set thresholds. With ``repaired`` it offers detector
 repaired: repaired.onnx is the target with class 0's patch weights zeroed (the backdoor
 unlearned), so a triggered image is class 0 on the target and its band's class on the repaired
-graph (prob_drop near 1), and a clean image is the same class on both (prob_drop 0).
+graph (prob_drop near 1), and a clean image is the same class on both (prob_drop 0). With
+``detrigger_or_repaired`` as well it offers that detector, the AE and the repaired graph fused by
+an OR with hand-set thresholds.
 """
 
 from __future__ import annotations
@@ -57,6 +59,9 @@ class TinySpec:
     nonfinite_when_black: bool = False
     # detector repaired with this prob_drop threshold (hand-set): repaired.onnx ships too
     repaired: float | None = None
+    # (ae_threshold, repaired_threshold): with repaired, also detector detrigger_or_repaired
+    # (contract.fusion) on the decision's score, hand-set
+    detrigger_or_repaired: tuple[float, float] | None = None
 
     def band_rows(self, k: int) -> tuple[int, int]:
         top = PATCH + 2 + 2 * (k - 1)
@@ -261,6 +266,14 @@ def build_model_set(folder: Path, spec: TinySpec | None = None, samples: int = 0
             "threshold": spec.repaired,
             "calibration": {"target_fpr": 0.01, "split": "hand-set for the tiny test set"},
         }
+        if spec.detrigger_or_repaired is not None:
+            manifest["detectors"]["detrigger_or_repaired"] = {
+                "rule": "either",
+                "score": spec.score,
+                "ae_threshold": spec.detrigger_or_repaired[0],
+                "repaired_threshold": spec.detrigger_or_repaired[1],
+                "calibration": {"target_fpr": 0.01, "split": "hand-set for the tiny test set"},
+            }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     if samples:
         sample_dir = folder / "samples"
