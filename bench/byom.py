@@ -265,7 +265,9 @@ def as_set(
     )
     for stale in ("audit", "repair", "samples", "evaluation"):
         raw.pop(stale, None)
-    stale_graph = (raw.get("detectors") or {}).pop("repaired", None)
+    detectors = raw.get("detectors") or {}
+    detectors.pop("detrigger_or_repaired", None)  # it runs the stale graph
+    stale_graph = detectors.pop("repaired", None)
     if stale_graph:
         (dest / stale_graph["file"]).unlink(missing_ok=True)
     write_manifest(dest, raw)

@@ -345,8 +345,8 @@ _BANK = ("seed", "strip_n", "strip_bank")
     help="first add detector repaired: this ONNX classifier (or this model set's target, e.g. "
     "the audit's SET-repaired) is compared with the set's target on every image, and an image "
     "is flagged where they disagree (docs/model-contract.md, 'Detector repaired'); then "
-    "calibrate it (--recorded-split: it alone, the other detectors keep their thresholds; "
-    "--data: every detector)",
+    "calibrate it and detector detrigger_or_repaired, the AE or it (--recorded-split: these "
+    "two alone, the other detectors keep their thresholds; --data: every detector)",
 )
 @click.option(
     "--repaired-score",
@@ -420,7 +420,10 @@ def calibrate(ctx: click.Context, set_dir: str, **kw) -> None:
                 )
             except ValueError as exc:
                 raise click.ClickException(str(exc)) from exc
-            click.echo(f"{set_dir}: detector repaired added from {kw['repaired']}")
+            click.echo(
+                f"{set_dir}: detectors repaired and detrigger_or_repaired added from "
+                f"{kw['repaired']}"
+            )
         _calibrate_mode(set_dir, kw, given)
     click.echo(f"detrigger-guard serve {shlex.quote(set_dir)}")
 

@@ -38,7 +38,7 @@ from training.evaluation.markdown import pct, replace_block, table
 from training.evaluation.metrics import rate
 
 DETECTORS = ("detrigger", "strip", "both")  # every set measured has these
-OPTIONAL = ("repaired",)  # measured on the sets whose manifest has them
+OPTIONAL = ("repaired", "detrigger_or_repaired")  # measured on the sets whose manifest has them
 DOCS = Path("docs/fusion.md")
 BEGIN = "<!-- fusion table: written by python -m training.fusion_report -->"
 END = "<!-- end of fusion table -->"
@@ -142,6 +142,7 @@ def calibrated_for(manifest) -> dict[str, dict[str, float | None]]:
         "strip": manifest.detectors.strip,
         "both": manifest.detectors.both,
         "repaired": manifest.detectors.repaired,
+        "detrigger_or_repaired": manifest.detectors.detrigger_or_repaired,
     }
     out = {}
     for d, spec in specs.items():

@@ -146,12 +146,18 @@ def test_calibrate_adds_a_repaired_graph_on_new_images(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(main, base)
     assert result.exit_code == 0, result.output
-    assert f"detector repaired added from {graph}" in result.output
+    assert f"detectors repaired and detrigger_or_repaired added from {graph}" in result.output
     manifest = json.loads((folder / "manifest.json").read_text())
     entry = manifest["detectors"]["repaired"]
     assert entry["calibration"]["n"] == manifest["decision"]["calibration"]["n"] == 120
     assert (
         entry["calibration"]["false_positive"]["k"] <= entry["calibration"]["allowed_exceedances"]
     )
+    fused = manifest["detectors"]["detrigger_or_repaired"]
+    assert fused["calibration"]["n"] == 120 and fused["calibration"]["source"]
     model_set = ModelSet.load(folder, Settings(models=[folder]))
-    assert model_set.detectors == (Detector.detrigger, Detector.repaired)
+    assert model_set.detectors == (
+        Detector.detrigger,
+        Detector.repaired,
+        Detector.detrigger_or_repaired,
+    )

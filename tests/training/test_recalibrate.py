@@ -162,9 +162,9 @@ def test_a_set_without_a_validation_split_or_with_too_few_images_is_refused(
 
 def test_a_repaired_graph_is_added_and_calibrated_on_the_split(tmp_path: Path, data_dir: Path):
     """--repaired: the graph joins the set as detector repaired, thresholded on the recorded
-    split; the other detectors keep their thresholds and records, nothing else of the set
-    changes, and a later re-calibration of the whole set keeps the graph and records the
-    threshold it replaces."""
+    split, with detector detrigger_or_repaired (the AE or it) on the same images; the other
+    detectors keep their thresholds and records, nothing else of the set changes, and a later
+    re-calibration of the whole set keeps the graph and records the thresholds it replaces."""
     folder = calibrated_set(tmp_path / "tinycal", data_dir)
     graph = tmp_path / "unlearned.onnx"
     onnx.save(target_graph(SPEC, repaired=True), graph)
@@ -172,12 +172,22 @@ def test_a_repaired_graph_is_added_and_calibrated_on_the_split(tmp_path: Path, d
     before = json.loads((folder / "manifest.json").read_text())
     args = [str(folder), "--data-dir", str(data_dir), "--batch-size", "16"]
     out = recalibrate([*args, "--repaired", str(graph)])
-    assert f"detector repaired added from {graph}" in out
-    assert f"{folder}: repaired graph, prob_drop > " in out and "repaired" in out.splitlines()[-2]
+    assert f"detectors repaired and detrigger_or_repaired added from {graph}" in out
+    assert f"{folder}: repaired graph, prob_drop > " in out
+    assert f"{folder}: detector detrigger_or_repaired, prob_drop > " in out
     assert "STRIP" not in out and "de-trigger AE" not in out
     now = json.loads((folder / "manifest.json").read_text())
     assert now["decision"] == before["decision"]
-    assert {k: v for k, v in now["detectors"].items() if k != "repaired"} == before["detectors"]
+    new = ("repaired", "detrigger_or_repaired")
+    assert {k: v for k, v in now["detectors"].items() if k not in new} == before["detectors"]
+    fused = read_manifest(folder).detectors.detrigger_or_repaired
+    assert fused is not None and fused.calibration is not None
+    fcal = fused.calibration
+    assert fcal.n == N_VAL and fcal.false_positive is not None
+    assert fcal.false_positive.k <= (fcal.allowed_exceedances or 0)
+    assert min(fused.ae_threshold, fused.repaired_threshold) >= MIN_THRESHOLD["prob_drop"]
+    made_with = (fcal.model_extra or {})["calibrated_with"]
+    assert made_with["repaired_sha256"] == now["detectors"]["repaired"]["sha256"]
 
     spec = read_manifest(folder).detectors.repaired
     assert spec is not None and spec.file == "repaired.onnx" and spec.calibration is not None
@@ -195,12 +205,19 @@ def test_a_repaired_graph_is_added_and_calibrated_on_the_split(tmp_path: Path, d
     decisions = ms.repaired_scored(x).decisions
     assert decisions.flagged.tolist() == [False, True]
     assert decisions.detriggered.tolist() == [3, 3]  # type: ignore[union-attr]
+    fused_decisions = ms.detrigger_or_repaired_scored(x).decisions
+    assert fused_decisions.flagged.tolist() == [False, True]
+    assert fused_decisions.detriggered.tolist() == [3, 3]  # type: ignore[union-attr]
 
     out = recalibrate([*args, "--confidence", "off"])
     assert "repaired graph" in out and "STRIP" in out
     again = json.loads((folder / "manifest.json").read_text())["detectors"]["repaired"]
     assert again["calibration"]["confidence"] == 0.0 and again["sha256"] == spec.sha256
     assert again["calibration"]["previous"]["threshold"] == spec.threshold
+    fused_again = json.loads((folder / "manifest.json").read_text())["detectors"][
+        "detrigger_or_repaired"
+    ]
+    assert fused_again["calibration"]["previous"]["ae_threshold"] == fused.ae_threshold
 
 
 def test_a_repaired_graph_that_does_not_fit_leaves_the_set_as_it_was(

@@ -122,9 +122,10 @@ def export_repaired(
     # STRIP's threshold was calibrated on the unrepaired target, and its bank file stays in the
     # source folder: drop the entry here; the audit recalibrates STRIP on the repaired target
     # (and detector both with it, which runs STRIP). Detector repaired compares the source's
-    # target with an earlier repair of it: nothing of it holds for the new target.
+    # target with an earlier repair of it: nothing of it holds for the new target, nor of
+    # detector detrigger_or_repaired, which runs it.
     detectors = new.get("detectors") or {}
-    for name in ("strip", "both", "repaired"):
+    for name in ("strip", "both", "repaired", "detrigger_or_repaired"):
         detectors.pop(name, None)
     if not detectors:
         new.pop("detectors", None)

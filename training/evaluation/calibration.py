@@ -28,8 +28,9 @@ from contract.strip import StripConfig, bank_from_npy, flag
 from contract.unchanged import largest_change
 from training.data.attack_suite import load_suite
 from training.data.triggers import Trigger
+from training.evaluation.detection import MIN_THRESHOLD
 from training.evaluation.detectors import cpu_session, float_batches
-from training.evaluation.fusion import entry_for, put_entry
+from training.evaluation.fusion import detrigger_or_repaired_entry, entry_for, put_entry
 from training.evaluation.metrics import (
     DEFAULT_CONFIDENCE,
     calibration_record,
@@ -241,6 +242,17 @@ def calibrate_folder(
         entry, record = calibrated_entry(raw["detectors"]["repaired"], repaired, {"source": source})
         raw["detectors"]["repaired"] = entry
         result["repaired"] = record
+        # Detector detrigger_or_repaired on the same images (training/evaluation/fusion.py).
+        fused = detrigger_or_repaired_entry(
+            raw,
+            SCORES[opts.score](lx, lae),
+            SCORES[spec.score](lx, lr),
+            opts.target_fpr,
+            {"source": source},
+            confidence=opts.confidence,
+            floors=(MIN_THRESHOLD[opts.score], MIN_THRESHOLD[spec.score]),
+        )
+        result["detrigger_or_repaired"] = fused["calibration"]
     if opts.strip:
         bank = images[bank_idx]
         np.save(folder / BANK_FILE, np.ascontiguousarray(bank))  # (M, C, H, W) uint8

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.fusion import decide_both, run_both
+from contract.fusion import decide_both, decide_detrigger_or_repaired, run_both
 from contract.manifest import Manifest, read_verified
 from contract.scoring import decide
 from contract.strip import Strip, flag
@@ -80,20 +80,21 @@ def outputs(
     batch_size: int,
     threads: int,
     transform: Transform | None = None,
+    strip: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """uint8 images (N, C, H, W) -> (logits on x, logits on AE(x), STRIP entropy), each (N, ...),
     the images `transform`ed (a trigger stamped) after the decoder's float conversion. A set
-    without STRIP runs as the guard's detrigger detector (the target once on [x; AE(x)]) and
-    gives no entropy (None)."""
-    spec = manifest.detectors.strip
+    without STRIP, or ``strip`` False, runs as the guard's detrigger detector (the target once
+    on [x; AE(x)]) and gives no entropy (None)."""
+    spec = manifest.detectors.strip if strip else None
     chw = (manifest.input.channels, manifest.input.height, manifest.input.width)
-    strip = Strip.load(folder, spec, chw) if spec is not None else None
+    superimposed = Strip.load(folder, spec, chw) if spec is not None else None
     ae = Graph.load(read_verified(folder, manifest.detrigger), threads)
     target = Graph.load(read_verified(folder, manifest.target), threads)
     lx, lae, h = [], [], []
     for x in float_batches(images, batch_size, transform):
-        if strip is not None:
-            a, b, e = run_both(x, strip, ae, target)
+        if superimposed is not None:
+            a, b, e = run_both(x, superimposed, ae, target)
             h.append(e)
         else:
             logits = target(np.concatenate([x, ae(x)]))
@@ -110,11 +111,16 @@ def decisions(
     h: np.ndarray | None,
     lr: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Per detector the manifest has, its flags (N,) on these outputs (detector repaired: when
-    the repaired graph's logits ``lr`` are given)."""
+    """Per detector the manifest has, its flags (N,) on these outputs (detectors repaired and
+    detrigger_or_repaired: when the repaired graph's logits ``lr`` are given)."""
     out = {"detrigger": decide(lx, lae, manifest.decision).flagged}
-    if manifest.detectors.repaired is not None and lr is not None:
-        out["repaired"] = decide(lx, lr, manifest.detectors.repaired.decision).flagged
+    repaired, fused = manifest.detectors.repaired, manifest.detectors.detrigger_or_repaired
+    if repaired is not None and lr is not None:
+        out["repaired"] = decide(lx, lr, repaired.decision).flagged
+        if fused is not None:
+            out["detrigger_or_repaired"] = decide_detrigger_or_repaired(
+                lx, lae, lr, fused, repaired
+            )[0].flagged
     if manifest.detectors.strip is not None:
         out["strip"] = flag(h, manifest.detectors.strip.threshold)
     if manifest.detectors.both is not None:
@@ -137,6 +143,12 @@ def rules(manifest: Manifest) -> dict[str, str]:
     r = manifest.detectors.repaired
     if r is not None:
         out["repaired"] = f"{r.score} > {r.threshold:.4g} against the repaired graph"
+    f = manifest.detectors.detrigger_or_repaired
+    if f is not None and r is not None:
+        out["detrigger_or_repaired"] = (
+            f"{f.score} > {f.ae_threshold:.4g} or {r.score} > {f.repaired_threshold:.4g} "
+            "against the repaired graph"
+        )
     return out
 
 

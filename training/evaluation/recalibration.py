@@ -14,7 +14,9 @@ and each detector's threshold is set again for --target-fpr at --confidence
 - STRIP (``detectors.strip.threshold``) on the validation images less its bank;
 - detector both (``detectors.both``) on the same images as STRIP;
 - detector repaired (``detectors.repaired.threshold``), on every validation image, with the
-  de-trigger decision's floor; ``only_repaired`` (calibrate --repaired) sets it alone.
+  de-trigger decision's floor, and detector detrigger_or_repaired (``detectors.
+  detrigger_or_repaired``) on the same images, each of its thresholds at least that floor;
+  ``only_repaired`` (calibrate --repaired) sets these two alone.
 
 Only thresholds and calibration records change; each record keeps the one it replaces under
 ``previous``. The graphs, the bank and every other file stay byte for byte (checked before the
@@ -45,7 +47,12 @@ from training.evaluation import onepass
 from training.evaluation.calibration import calibrate_decision
 from training.evaluation.detection import MIN_THRESHOLD
 from training.evaluation.detectors import float_batches
-from training.evaluation.fusion import entry_for, put_entry
+from training.evaluation.fusion import (
+    detrigger_or_repaired_entry,
+    detrigger_or_repaired_line,
+    entry_for,
+    put_entry,
+)
 from training.evaluation.fusion import summary_line as both_line
 from training.evaluation.metrics import (
     DEFAULT_CONFIDENCE,
@@ -54,7 +61,7 @@ from training.evaluation.metrics import (
     min_calibration_images,
     too_few_message,
 )
-from training.evaluation.repaired import calibrated_entry, logits_of, repaired_logits
+from training.evaluation.repaired import calibrated_entry, repaired_logits
 from training.evaluation.strip import quantiles, strip_threshold, validation_indices
 from training.nets.manifest_file import write_manifest
 
@@ -155,17 +162,18 @@ def recalibrate(args: RecalibrateOptions, log=print) -> dict[str, Any]:
     for n in (len(val), int(keep.sum())):
         if n < min_calibration_images(target_fpr, confidence):
             raise ValueError(f"{folder}: {too_few_message(n, target_fpr, confidence)}")
-    if args.only_repaired:
-        if manifest.detectors.repaired is None:
-            raise ValueError(f"{folder}: no detectors.repaired to calibrate")
-        batches = float_batches(train.images[val], args.batch_size)
-        lx = logits_of(folder, manifest, manifest.target, batches, args.threads)
-        lae, entropy, d = None, None, None
-    else:
-        lx, lae, entropy = onepass.outputs(
-            folder, manifest, train.images[val], args.batch_size, args.threads
-        )
-        d = manifest.decision
+    if args.only_repaired and manifest.detectors.repaired is None:
+        raise ValueError(f"{folder}: no detectors.repaired to calibrate")
+    # STRIP's copies only where STRIP is re-thresholded
+    lx, lae, entropy = onepass.outputs(
+        folder,
+        manifest,
+        train.images[val],
+        args.batch_size,
+        args.threads,
+        strip=not args.only_repaired,
+    )
+    d = manifest.decision
     created = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     fields = {
         "split": "validation",
@@ -179,10 +187,11 @@ def recalibrate(args: RecalibrateOptions, log=print) -> dict[str, Any]:
     lines, out = [], {"model_set": str(folder), "target_fpr": target_fpr}
 
     # The de-trigger decision, on every validation image.
-    if d is None or lae is None:
-        pass  # only detector repaired
+    ae_floor = args.score_floor if args.score_floor is not None else MIN_THRESHOLD[d.score]
+    if args.only_repaired:
+        pass  # the de-trigger decision keeps its threshold and record
     elif d.rule == "score":
-        floor = args.score_floor if args.score_floor is not None else MIN_THRESHOLD[d.score]
+        floor = ae_floor
         decision, measured = calibrate_decision(lx, lae, d.score, target_fpr, confidence, floor)
         old = raw["decision"]
         kept = {k: v for k, v in (old.get("calibration") or {}).items() if k == "selected_on"}
@@ -208,7 +217,7 @@ def recalibrate(args: RecalibrateOptions, log=print) -> dict[str, Any]:
     else:
         lines.append(f"{folder}: de-trigger AE, rule {d.rule}: no threshold to set")
 
-    # Detector repaired, on every validation image.
+    # Detector repaired and detrigger_or_repaired, on every validation image.
     if manifest.detectors.repaired is not None:
         score = manifest.detectors.repaired.score
         batches = float_batches(train.images[val], args.batch_size)
@@ -225,6 +234,22 @@ def recalibrate(args: RecalibrateOptions, log=print) -> dict[str, Any]:
             f"{record['false_positive']['rate']:.4f} on {record['n']} validation images"
             + confidence_note(record)
         )
+        old_fused = raw["detectors"].get("detrigger_or_repaired")
+        fused = detrigger_or_repaired_entry(
+            raw,
+            SCORES[d.score](lx, lae),
+            SCORES[score](lx, lr),
+            target_fpr,
+            fields,
+            confidence=confidence,
+            floors=(ae_floor, floor),
+        )
+        if isinstance(old_fused, dict):
+            fused["calibration"]["previous"] = {
+                k: previous(v) for k, v in old_fused.items() if k != "description"
+            }
+        out["detrigger_or_repaired"] = fused["calibration"]
+        lines.append(detrigger_or_repaired_line(folder, fused))
 
     # STRIP and detector both, on the validation images less the bank.
     if spec is not None and entropy is not None:
@@ -251,7 +276,6 @@ def recalibrate(args: RecalibrateOptions, log=print) -> dict[str, Any]:
             f"clean FPR {record['false_positive']['rate']:.4f} on {record['n']} validation "
             "images" + confidence_note(record)
         )
-        assert d is not None and lae is not None  # entropy comes with both
         scores = SCORES[d.score](lx[keep], lae[keep])
         old_both = raw["detectors"].get("both")
         both = entry_for(raw, scores, h, target_fpr, fields, confidence=confidence)

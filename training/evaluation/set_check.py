@@ -2,8 +2,9 @@
 service: manifest schema, every file and its sha256, the graphs' input and output names and
 shapes against the manifest, the AE's output shape equal to its input, and both graphs run by
 ONNX Runtime on a batch of 3 (a batch other than 1, for the dynamic axis) with finite outputs;
-the STRIP bank, detector both (calibrated for these graphs and bank) and the repaired graph
-(one row of logits per image, like the target) when the manifest has them. `detrigger-guard
+the STRIP bank, detector both (calibrated for these graphs and bank), the repaired graph (one
+row of logits per image, like the target) and detector detrigger_or_repaired (calibrated for
+these graphs) when the manifest has them. `detrigger-guard
 check` adds the service's own load.
 """
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from contract.errors import ModelLoadError
-from contract.fusion import decide_both, run_both
+from contract.fusion import decide_both, decide_detrigger_or_repaired, run_both
 from contract.manifest import Manifest, read_manifest, read_verified
 from contract.strip import Strip
 from training.evaluation.detectors import cpu_session
@@ -124,33 +125,68 @@ def check_set(folder: Path, batch: int = 3) -> tuple[Manifest, list[str]]:
         lines.append("STRIP runs on a batch")
     if manifest.detectors.both is not None:
         lines += _check_both(folder, manifest, data, strip, x)
+    if manifest.detectors.detrigger_or_repaired is not None:
+        lines += _check_detrigger_or_repaired(folder, manifest, outputs, batch)
     return manifest, lines
+
+
+def _made_with(folder: Path, name: str, calibration, now: dict) -> dict | None:
+    """What a fused detector's calibration says it was calibrated with (None when it says
+    nothing); SetCheckError when any of it differs from ``now``, the set's graphs and files."""
+    extra = (calibration.model_extra if calibration else None) or {}
+    made_with = extra.get("calibrated_with")
+    if not isinstance(made_with, dict):
+        return None
+    stale = [k for k, v in now.items() if k in made_with and made_with[k] != v]
+    if stale:
+        raise SetCheckError(
+            f"{folder / 'manifest.json'}: detectors.{name} was calibrated with another "
+            f"{', '.join(stale)}; calibrate it again (detrigger-guard "
+            "calibrate SET --recorded-split, or --data DIR)"
+        )
+    return made_with
+
+
+def _check_detrigger_or_repaired(
+    folder: Path, manifest: Manifest, outputs: dict[str, np.ndarray], batch: int
+) -> list[str]:
+    """Detector detrigger_or_repaired: calibrated for these graphs (when its calibration says
+    what it was calibrated with), and its decision runs on the graphs' outputs."""
+    fused, repaired = manifest.detectors.detrigger_or_repaired, manifest.detectors.repaired
+    assert fused is not None and repaired is not None  # the schema: it needs repaired
+    now = {
+        "target_sha256": manifest.target.sha256,
+        "detrigger_sha256": manifest.detrigger.sha256,
+        "repaired_sha256": repaired.sha256,
+        "repaired_score": repaired.score,
+    }
+    made_with = _made_with(folder, "detrigger_or_repaired", fused.calibration, now)
+    logits = outputs["target"]
+    decisions, _ = decide_detrigger_or_repaired(
+        logits[:batch], logits[batch:], outputs["repaired"], fused, repaired
+    )
+    if not decisions.finite().all():
+        raise SetCheckError("detector detrigger_or_repaired: non-finite scores on a batch")
+    return [
+        "detector detrigger_or_repaired decides on a batch"
+        + (", calibrated with these graphs" if made_with else "")
+    ]
 
 
 def _check_both(folder: Path, manifest: Manifest, data: dict, strip, x: np.ndarray) -> list[str]:
     """Detector both: calibrated for these graphs and this bank (when its calibration says
     what it was calibrated with), and its one-call batch runs."""
     both = manifest.detectors.both
-    assert both is not None and strip is not None  # the schema: both needs strip
-    extra = (both.calibration.model_extra if both.calibration else None) or {}
-    made_with = extra.get("calibrated_with")
-    if isinstance(made_with, dict):
-        spec = manifest.detectors.strip
-        assert spec is not None
-        now = {
-            "target_sha256": manifest.target.sha256,
-            "detrigger_sha256": manifest.detrigger.sha256,
-            "strip_bank_sha256": spec.bank.sha256,
-            "strip_n": spec.n,
-            "strip_seed": spec.seed,
-        }
-        stale = [k for k, v in now.items() if k in made_with and made_with[k] != v]
-        if stale:
-            raise SetCheckError(
-                f"{folder / 'manifest.json'}: detectors.both was calibrated with another "
-                f"{', '.join(stale)}; calibrate it again (detrigger-guard "
-                "calibrate SET --recorded-split, or --data DIR)"
-            )
+    spec = manifest.detectors.strip
+    assert both is not None and strip is not None and spec is not None  # both needs strip
+    now = {
+        "target_sha256": manifest.target.sha256,
+        "detrigger_sha256": manifest.detrigger.sha256,
+        "strip_bank_sha256": spec.bank.sha256,
+        "strip_n": spec.n,
+        "strip_seed": spec.seed,
+    }
+    made_with = _made_with(folder, "both", both.calibration, now)
     try:
         ae, target = (cpu_session(data[role], 0) for role in ("detrigger", "target"))
         a, t = manifest.detrigger, manifest.target
