@@ -111,3 +111,23 @@ def test_fit_without_torch_says_what_to_install(tmp_path: Path) -> None:
     done = run_without_torch("fit", "--target", str(model), "--data", "x", "--out", "y")
     assert done.returncode != 0
     assert "pip install 'detrigger-guard[train]'" in done.stderr
+
+
+def test_a_shipped_set_checks_detrigger_or_repaired_and_refuses_a_stale_one(
+    tmp_path: Path,
+) -> None:
+    result = CliRunner().invoke(main, ["check", str(REPO / "models" / "mnist")])
+    assert "detector detrigger_or_repaired decides on a batch, calibrated with these graphs" in (
+        result.output
+    )
+    # The repaired graph's score switched to kl, the fused thresholds left as they were.
+    stale = tmp_path / "mnist"
+    shutil.copytree(REPO / "models" / "mnist", stale)
+    manifest = json.loads((stale / "manifest.json").read_text())
+    manifest["detectors"]["repaired"]["score"] = "kl"
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["check", str(stale)])
+    assert result.exit_code == 1
+    assert "detectors.detrigger_or_repaired was calibrated with another repaired_score" in (
+        result.output
+    )

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_the_sentence_follows_the_records() -> None:
     records = calibrated_for(read_manifest(REPO / "models" / "mnist"))
-    assert set(records) == {"detrigger", "strip", "both", "repaired"}
+    assert set(records) == {"detrigger", "strip", "both", "repaired", "detrigger_or_repaired"}
     one = {"target_fpr": 0.005, "confidence": 0.95}
     report = {"sets": [{"model_set": "models/a", "calibrated_for": dict.fromkeys(records, one)}]}
     assert calibration_sentence(report) == (
