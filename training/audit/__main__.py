@@ -26,7 +26,12 @@ from training import cli
 from training.data.datasets import DATASETS
 from training.evaluation.strip import StripOptions, calibrate_model_set
 from training.evidence import hardware, versions
-from training.inversion.data import AuditData, load_audit_data
+from training.inversion.data import (
+    AuditData,
+    load_audit_data,
+    pseudo_labels,
+    unlabelled_audit_data,
+)
 from training.inversion.fullimage import FAMILIES
 from training.inversion.pipeline import AuditConfig, run_audit
 from training.inversion.render import write_report
@@ -158,6 +163,25 @@ def recalibrate_strip(dest: Path, strip: dict, args: argparse.Namespace) -> dict
     return calibrate_model_set(opts, command)
 
 
+def images_data(source: Path, args: argparse.Namespace) -> AuditData:
+    """--images: the user's images at the set's input size, labelled by the set's target."""
+    from contract.manifest import read_manifest, read_verified
+    from training.data.folders import FolderError, read_source
+    from training.evaluation.detectors import Graph, cpu_session
+
+    m = read_manifest(source)
+    chw = (m.input.channels, m.input.height, m.input.width)
+    try:
+        images, summary = read_source(args.images, chw, args.data_dir)
+        session = cpu_session(read_verified(source, m.target), args.threads)
+        labels = pseudo_labels(Graph(session, m.target.input_name, m.target.output_name), images)
+        data = unlabelled_audit_data(images, labels, m.classes, args.synth_images, args.seed)
+    except (FolderError, ValueError) as exc:
+        raise SystemExit(f"--images {args.images}: {exc}") from exc
+    print(f"{summary.line()}; labelled with the target's own classes")
+    return data
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = cli.parser(__doc__, "training.audit")
     p.add_argument(
@@ -172,9 +196,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="clean labelled data: a preset dataset, or 'folder' with --data-dir "
         "holding train/ and test/ (default: mnist)",
     )
+    p.add_argument(
+        "--images",
+        default=None,
+        help="instead of --dataset: your own images without labels (a folder, flat or one "
+        "sub-folder per class, or a preset name), at the set's input size, labelled with the "
+        "target's own classes; the report's clean accuracy is then agreement with the target",
+    )
     cli.add_data_dir(p)
     p.add_argument(
-        "--out", default=None, help="report folder (default: reports/audit/<dataset>/<set name>)"
+        "--out",
+        default=None,
+        help="report folder (default: reports/audit/<dataset>/<set name>; with --images, "
+        "reports/audit/images/<set name>)",
     )
     p.add_argument(
         "--synth-images",
@@ -328,7 +362,9 @@ def audit_report(
     """audit.json: the verdict, the exported repair, the settings and the evidence."""
     return {
         "model_set": str(Path(args.model_set)),
-        "dataset": args.dataset,
+        "dataset": args.dataset if not args.images else None,
+        "images": args.images,
+        "labels": "the target's own classes" if args.images else "the dataset's",
         "classes": data.classes,
         "summary": summary,
         "exported": exported,
@@ -369,11 +405,15 @@ def main(argv: list[str] | None = None) -> None:
     source = Path(args.model_set)
     cli.require_model_set(source)
     manifest = json.loads((source / "manifest.json").read_text())
-    out = Path(args.out or f"reports/audit/{args.dataset}/{source.name}")
+    data_name = "images" if args.images else args.dataset
+    out = Path(args.out or f"reports/audit/{data_name}/{source.name}")
 
     # data and model: the set's own target graph as torch, the audit's clean splits
     model = load_onnx_module(source / manifest["target"]["file"])
-    data = load_audit_data(args.dataset, args.data_dir, manifest, args.synth_images, args.seed)
+    if args.images:
+        data = images_data(source, args)
+    else:
+        data = load_audit_data(args.dataset, args.data_dir, manifest, args.synth_images, args.seed)
     cfg = audit_config(args)
 
     # the audit: synthesis, anomaly, identification, repair
@@ -399,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
         dest = Path(args.export_dir or f"{source}-repaired")
         exported = export_repaired(module, source, dest, manifest, s, args.export, data.test_x[:32])
         strip = (manifest.get("detectors") or {}).get("strip")
-        if strip is not None:
+        if strip is not None and not args.images:  # STRIP's bank is drawn from a preset split
             exported["strip"] = recalibrate_strip(dest, strip, args)
     report = audit_report(args, cfg, data, s, exported, time.time() - t0)
     write_report(

@@ -1,9 +1,11 @@
 """The audit's data: which clean images synthesise the triggers, which tune the repair, which the
 repair trains on, and which evaluate it. One split for `training.audit` and `training.audit.tune`,
-so the tuning never sees the images the report is scored on."""
+so the tuning never sees the images the report is scored on. A user's images without labels
+(`training.audit --images DIR`) are labelled with the target's own classes."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,4 +65,60 @@ def load_audit_data(
         test_x=floats(test.images),
         test_y=torch.from_numpy(test.labels),
         classes=list(manifest.get("classes") or train.classes),
+    )
+
+
+def pseudo_labels(target: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> np.ndarray:
+    """The target's own class of each uint8 image (N, C, H, W), in batches of 256: the labels of
+    images that come without any."""
+    out = []
+    for start in range(0, len(images), 256):
+        x = images[start : start + 256].astype(np.float32) / np.float32(255.0)
+        out.append(np.asarray(target(x)).argmax(axis=1))
+    return np.concatenate(out).astype(np.int64)
+
+
+def unlabelled_audit_data(
+    images: np.ndarray,
+    labels: np.ndarray,
+    classes: list[str],
+    n_synth: int,
+    seed: int,
+    test_share: float = 0.1,
+    n_tune: int = 4000,
+) -> AuditData:
+    """The audit's splits of a user's unlabelled images (uint8 (N, C, H, W)), labelled with the
+    target's own classes (:func:`pseudo_labels`): disjoint random draws for synthesis, tuning,
+    evaluation (``test_share`` of the images) and the unlearning pool (the rest). On clean
+    images the target's class is the true one as often as the target is accurate, so the repair
+    learns to keep the target's answers; the report's clean accuracy is agreement with the
+    target."""
+    n = len(images)
+    n_test = max(1, int(round(n * test_share)))
+    n_tune = min(n_tune, max(0, n - n_synth - n_test) // 4)
+    if n - n_synth - n_test - n_tune < n_synth:
+        raise ValueError(
+            f"{n} images are too few for the audit: {n_synth} synthesise the triggers, "
+            f"{n_test} evaluate the repair, and the unlearning needs at least as many again; "
+            "give more images or a smaller --synth-images"
+        )
+    perm = np.random.default_rng(seed).permutation(n)
+    synth, test = perm[:n_synth], perm[n_synth : n_synth + n_test]
+    tune, pool = (
+        perm[n_synth + n_test : n_synth + n_test + n_tune],
+        perm[n_synth + n_test + n_tune :],
+    )
+
+    def floats(idx: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(images[idx]).float().div_(255.0)
+
+    return AuditData(
+        synth_x=floats(synth),
+        tune_x=floats(tune),
+        tune_y=torch.from_numpy(labels[tune]),
+        train_x=torch.from_numpy(images[pool]),
+        train_y=torch.from_numpy(labels[pool]),
+        test_x=floats(test),
+        test_y=torch.from_numpy(labels[test]),
+        classes=list(classes),
     )
