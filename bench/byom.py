@@ -57,7 +57,10 @@ def measure(
     data_dir: str | None,
     at_fpr: tuple[float, ...] = (),
     against: Path | None = None,
+    detector: str = "detrigger",
 ) -> dict:
+    from contract.modes import Detector
+    from service.backends.local import LocalBackend
     from service.runtime.modelset import ModelSet
     from service.settings import Settings
     from training.data.datasets import load_dataset
@@ -67,12 +70,15 @@ def measure(
     backdoor = json.loads(trigger_from.read_text())["backdoor"]
     trigger, target = Trigger(**backdoor["trigger"]), int(backdoor["target_class"])
     model_set = ModelSet.load(folder, Settings(models=[folder]))
+    chosen = Detector(detector)
+    model_set.require(chosen)
+    run = LocalBackend(model_set).batch_runs[chosen]  # what the service runs in local mode
     test = load_dataset(dataset, "test", data_dir)
     x = test.images.astype(np.float32) / np.float32(255.0)
     others = test.labels != target
 
     def flagged(images: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        parts = [model_set.infer_scored(images[i : i + 500]) for i in range(0, len(images), 500)]
+        parts = [run(images[i : i + 500]) for i in range(0, len(images), 500)]
         return (
             np.concatenate([p.decisions.flagged for p in parts]),
             np.concatenate([p.decisions.predicted for p in parts]),
@@ -84,13 +90,14 @@ def measure(
     trig_flags, trig_pred, trig_score = flagged(triggered)
     out = {
         "set": str(folder),
+        "detector": chosen.value,
         "fpr_clean_test": rate(clean_flags),
         "detection_triggered_test": rate(trig_flags),
         "attack_success": float((trig_pred == target).mean()),
     }
     if at_fpr:  # the set's own rule (score > threshold), its threshold moved on the test split
-        if model_set.manifest.decision.rule != "score":
-            raise SystemExit("--at-fpr needs a set whose decision rule is 'score'")
+        if model_set.manifest.decision.rule != "score" or chosen is not Detector.detrigger:
+            raise SystemExit("--at-fpr needs detector detrigger with the decision rule 'score'")
         out["at_test_fpr"] = at_test_fpr(clean_score, trig_score, at_fpr)
     if against is not None:
         out["against"] = compare_targets(folder, against, x, triggered, at_fpr)
@@ -309,6 +316,11 @@ def main() -> None:
         default=None,
         help="a repaired set (training.audit's export): also what comparing the two targets flags",
     )
+    m.add_argument(
+        "--detector",
+        default="detrigger",
+        help="the detector measured, as the service runs it in local mode (default: detrigger)",
+    )
     b = sub.add_parser("backdoor", help="fine-tune a clean target with one attack of the suite")
     b.add_argument("--dataset", default="mnist", help="mnist, fashion-mnist or cifar10")
     b.add_argument("--init-from", required=True, help="the clean target.onnx to fine-tune")
@@ -358,6 +370,7 @@ def main() -> None:
             args.data_dir,
             tuple(args.at_fpr),
             Path(args.against) if args.against else None,
+            args.detector,
         )
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from bench.byom import adopt, as_set, measure
 from cli.check import service_load
+from contract.errors import DetectorNotAvailable
 from tests.support.tiny_models import TinySpec, clean_image
 from tests.training.conftest import write_idx
 
@@ -104,6 +105,18 @@ def test_measure_counts_clean_flags_and_triggered_detections(kl_set: Path, tmp_p
     assert out["attack_success"] == 1.0
     moved = out["at_test_fpr"]["0.05"]
     assert moved["fpr_clean_test"]["k"] <= 4 and moved["detection_triggered_test"]["k"] == 90
+
+
+def test_measure_runs_the_named_detector(either_set: Path, kl_set: Path, tmp_path: Path) -> None:
+    data = tiny_test_split(tmp_path)
+    out = measure(
+        either_set, "mnist", either_set / "manifest.json", str(data),
+        detector="detrigger_or_repaired",
+    )  # fmt: skip
+    assert out["detector"] == "detrigger_or_repaired"
+    assert out["fpr_clean_test"]["k"] == 0 and out["detection_triggered_test"]["k"] == 90
+    with pytest.raises(DetectorNotAvailable):
+        measure(kl_set, "mnist", kl_set / "manifest.json", str(data), detector="repaired")
 
 
 def test_measure_against_a_repaired_target_flags_what_the_two_disagree_on(
