@@ -18,6 +18,7 @@ it needs torchvision and pip would replace the pinned torch.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,15 @@ def _reduce(fn):
     return run
 
 
+# Casts the audit can follow: to a float type, as fit's wrapper casts a model's output to float32
+# (training/nets/onnx_target.py). A cast to an integer type (a uint8-input model's wrapper) has
+# no gradient for the trigger search to follow, and is refused.
+FLOAT_CASTS = {
+    onnx.TensorProto.FLOAT: torch.float32,
+    onnx.TensorProto.FLOAT16: torch.float16,
+    onnx.TensorProto.DOUBLE: torch.float64,
+}
+
 OPS = {
     "Add": lambda a, b, **_: a + b,
     "Sub": lambda a, b, **_: a - b,
@@ -128,6 +138,10 @@ OPS = {
     "Gelu": lambda x, *, approximate="none", **_: F.gelu(x, approximate=approximate),
     "Clip": lambda x, lo=None, hi=None, **_: torch.clamp(x, lo, hi),
     "Identity": lambda x, **_: x,
+    "Cast": lambda x, *, to, **_: x.to(FLOAT_CASTS[to]),
+    "Transpose": lambda x, *, perm, **_: x.permute(*perm),
+    "Log": lambda x, **_: torch.log(x),
+    "Max": lambda *xs, **_: functools.reduce(torch.maximum, xs),
     "Dropout": lambda x, *rest, **_: x,
     "Softmax": lambda x, *, axis=-1, **_: F.softmax(x, dim=axis),
     "Conv": _conv,
@@ -158,6 +172,14 @@ class OnnxModule(nn.Module):
         g = model.graph
         self.proto = model
         self.nodes = list(g.node)
+        for n in self.nodes:  # the cast first: it says why the graph cannot be audited
+            to = _attrs(n).get("to") if n.op_type == "Cast" else None
+            if to is not None and to not in FLOAT_CASTS:
+                raise UnsupportedOnnx(
+                    f"ONNX Cast (node {n.name!r}) to {onnx.TensorProto.DataType.Name(to)}: the "
+                    "audit searches triggers by gradient, and a cast to an integer type has "
+                    "none (e.g. a uint8-input model behind fit's wrapper)"
+                )
         for n in self.nodes:
             if n.op_type not in OPS and n.op_type != "Constant":
                 raise UnsupportedOnnx(
