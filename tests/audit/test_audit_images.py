@@ -58,6 +58,8 @@ def test_an_unlabelled_folder_is_audited_with_the_targets_labels(
     printed = capsys.readouterr().out
     assert "2500 images" in printed and "skipped 2 files" in printed
     assert "labelled with the target's own classes" in printed
+    # the set records no validation split: the repair is calibrated on other held-out images
+    assert f"calibrate {source} --data HELD_OUT_IMAGES --repaired" in printed
     report = json.loads((out / "audit.json").read_text())
     assert report["images"] == str(images) and report["dataset"] is None
     assert report["labels"] == "the target's own classes"

@@ -147,6 +147,8 @@ def test_calibrate_adds_a_repaired_graph_on_new_images(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, base)
     assert result.exit_code == 0, result.output
     assert f"detectors repaired and detrigger_or_repaired added from {graph}" in result.output
+    assert "; repaired (prob_drop > " in result.output
+    assert "; detrigger_or_repaired (each part at " in result.output
     manifest = json.loads((folder / "manifest.json").read_text())
     entry = manifest["detectors"]["repaired"]
     assert entry["calibration"]["n"] == manifest["decision"]["calibration"]["n"] == 120

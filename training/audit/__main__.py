@@ -457,10 +457,13 @@ def main(argv: list[str] | None = None) -> None:
     verdict = f"FLAGGED, target class(es) {s['target_classes']}" if s["flagged"] else "not flagged"
     print(f"{source}: {verdict}; report in {out} ({report['wall_seconds']:.0f} s)")
     if exported is not None:
-        # what the guard can do with the repair (docs/model-contract.md, "Detector repaired")
+        # what the guard can do with the repair (docs/model-contract.md, "Detector repaired"):
+        # calibrate on images neither the AE nor the repair trained on
+        recorded = ((manifest.get("training") or {}).get("validation_split") or {}).get("n")
+        images = "--recorded-split" if recorded else "--data HELD_OUT_IMAGES"
         print(
             f"repaired target in {exported['path']}; to flag inputs on which it and the audited "
-            f"target disagree: detrigger-guard calibrate {source} --recorded-split --repaired "
+            f"target disagree: detrigger-guard calibrate {source} {images} --repaired "
             f"{exported['path']}"
         )
 

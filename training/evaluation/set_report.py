@@ -30,6 +30,18 @@ def fpr_line(calibration: dict[str, Any]) -> str:
     if "strip" in calibration:
         s = calibration["strip"]
         line += f"; STRIP (< {s['threshold']:.4f} bits): clean FPR {_interval(s['false_positive'])}"
+    if "repaired" in calibration:
+        r = calibration["repaired"]
+        line += (
+            f"; repaired ({r['score']} > {r['threshold']:.6g}): clean FPR "
+            f"{_interval(r['false_positive'])}"
+        )
+    if "detrigger_or_repaired" in calibration:
+        f = calibration["detrigger_or_repaired"]
+        line += (
+            f"; detrigger_or_repaired (each part at {_pct(f['per_detector_fpr'])}): clean FPR "
+            f"{_interval(f['false_positive'])}"
+        )
     return line
 
 
