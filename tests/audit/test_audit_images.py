@@ -63,6 +63,7 @@ def test_an_unlabelled_folder_is_audited_with_the_targets_labels(
     report = json.loads((out / "audit.json").read_text())
     assert report["images"] == str(images) and report["dataset"] is None
     assert report["labels"] == "the target's own classes"
+    assert report["command"].startswith(f"detrigger-guard audit --model-set {source} --images ")
     s = report["summary"]
     assert s["flagged"] and s["target_classes"] == [TARGET]
     assert report["data"]["test_images"] == 250 and report["data"]["synthesis_images"] == 200

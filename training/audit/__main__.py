@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -388,7 +389,7 @@ def audit_report(
             "test_images": len(data.test_x),
             "train_images": len(data.train_x),
         },
-        "command": " ".join(["python -m training.audit", *sys.argv[1:]]),
+        "command": args.command,
         "seed": args.seed,
         "hardware": hardware(),
         "versions": versions(),
@@ -398,7 +399,14 @@ def audit_report(
 
 
 def main(argv: list[str] | None = None) -> None:
+    """``argv``: the options when called as ``detrigger-guard audit`` (cli/audit.py); None:
+    ``python -m training.audit``'s own."""
     args = parse_args(argv)
+    args.command = shlex.join(
+        ["python", "-m", "training.audit", *sys.argv[1:]]
+        if argv is None
+        else ["detrigger-guard", "audit", *argv]
+    )
     t0 = time.time()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
