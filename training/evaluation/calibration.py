@@ -238,7 +238,11 @@ def calibrate_folder(
         spec = manifest.detectors.repaired
         batches = float_batches(calib, opts.batch_size)  # the floats of x, batch by batch
         lr = repaired_logits(folder, manifest, batches, opts.threads)
-        _, repaired = calibrate_decision(lx, lr, spec.score, opts.target_fpr, opts.confidence)
+        # at least the floor, as on the recorded split: a repair that barely moves clean
+        # outputs would otherwise get a threshold that float rounding on another runtime crosses
+        _, repaired = calibrate_decision(
+            lx, lr, spec.score, opts.target_fpr, opts.confidence, MIN_THRESHOLD[spec.score]
+        )
         entry, record = calibrated_entry(raw["detectors"]["repaired"], repaired, {"source": source})
         raw["detectors"]["repaired"] = entry
         result["repaired"] = record
