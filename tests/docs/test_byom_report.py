@@ -13,9 +13,7 @@ COLUMNS = ["detector", "clean FPR % [95% CI] (k/n)", "detection % [95% CI] (k/n)
 
 def shown(share: dict) -> str:
     lo, hi = share["ci95"]
-    return (
-        f"{100 * share['rate']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}] ({share['k']}/{share['n']})"
-    )
+    return f"{100 * share['rate']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}] ({share['k']}/{share['n']})"
 
 
 def test_the_table_is_the_measurements() -> None:
