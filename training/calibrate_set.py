@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from contract.manifest import read_manifest
 from training import evidence
 from training.data.folders import read_source
@@ -45,7 +47,22 @@ def calibrate(opts: CalibrateOptions, verify=None, log=print) -> dict[str, Any]:
     chw = (manifest.input.channels, manifest.input.height, manifest.input.width)
     images, summary = read_source(opts.data, chw, opts.data_dir)
     log(summary.line())
+    return calibrate_images(opts, images, summary.line(), t0, verify, log)
 
+
+def calibrate_images(
+    opts: CalibrateOptions,
+    images: np.ndarray,
+    data_line: str,
+    t0: float | None = None,
+    verify=None,
+    log=print,
+) -> dict[str, Any]:
+    """:func:`calibrate` on images already read, uint8 (N, C, H, W) at the set's input size
+    (``fit --audit``: fit's validation split), ``data_line`` saying what they are."""
+    t0 = time.time() if t0 is None else t0
+    folder = Path(opts.model_set)
+    manifest = read_manifest(folder)
     tmp = staging_dir(folder)
     try:
         shutil.copytree(folder, tmp, dirs_exist_ok=True)
@@ -56,7 +73,7 @@ def calibrate(opts: CalibrateOptions, verify=None, log=print) -> dict[str, Any]:
             "seed": opts.calibration.seed,
             "hardware": evidence.onnx_hardware(opts.calibration.threads),
             "versions": evidence.versions(evidence.ONNX_PACKAGES),
-            "data": [summary.line()],
+            "data": [data_line],
             "calibration": calibration,
             "wall_seconds": round(time.time() - t0, 1),
         }

@@ -152,3 +152,46 @@ def test_a_run_the_time_budget_cut_short_is_published_with_a_warning(tmp_path: P
     assert "WARNING: --time-budget stopped the AE after 1 of 3 epochs" in result.output
     assert "--force to resume" in result.output
     assert load(tmp_path / "set").manifest.name  # usable all the same
+
+
+@pytest.mark.slow
+def test_fit_with_audit_adds_the_repaired_copy_of_a_backdoored_target(tmp_path: Path) -> None:
+    """--audit: the audit runs on fit's training images (labelled by the target), flags the
+    backdoor's class, and its repaired copy joins the set as detectors repaired and
+    detrigger_or_repaired, calibrated on fit's validation images; both flag the trigger."""
+    chw = (1, 28, 28)  # at 16x16 every class's mask is as small as the 4x4 trigger's
+    net = um.train_backdoored(chw, n=1500, epochs=4)
+    src = um.export(net, torch.zeros(2, *chw), tmp_path / "m.onnx")
+    x, _ = um.make_images(1500, chw, 7)
+    um.write_pngs(tmp_path / "flat", x)
+    out = tmp_path / "set"
+    result = invoke(
+        "fit", "--target", str(src), "--data", str(tmp_path / "flat"), "--out", str(out),
+        "--val-fraction", "0.2", *TINY, "--epochs", "2", "--batch-size", "32",
+        "--confidence", "off", "--audit",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "audit: 1200 training images, labelled with the target's classes" in result.output
+    assert f"FLAGGED, target class(es) [{um.TARGET}]" in result.output
+    assert f"{out}: detectors repaired and detrigger_or_repaired added from {out}-repaired" in (
+        result.output
+    )
+    assert result.output.strip().splitlines()[-1] == f"detrigger-guard serve {out}"
+    model_set = load(out)
+    assert [d.value for d in model_set.detectors][-2:] == ["repaired", "detrigger_or_repaired"]
+    audit = json.loads((out / "audit" / "audit.json").read_text())
+    assert audit["labels"] == "the target's own classes" and audit["summary"]["flagged"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["audit"]["target_classes"] == [um.TARGET]
+    cal = manifest["detectors"]["detrigger_or_repaired"]["calibration"]
+    assert cal["n"] + 16 == 300  # fit's validation images less STRIP's bank of 16
+    test_x, test_y = um.make_images(200, chw, 11)
+    others = test_x[test_y != um.TARGET][:100]
+    triggered = np.asarray(um.TRIGGER(others.copy()), np.float32)
+    # Each threshold is at least the 0.01 floor, above this tiny repair's clean scores (~1e-4),
+    # which its one epoch of unlearning moves little: the detectors flag more triggered images
+    # than clean ones, few clean ones.
+    for run in (model_set.repaired_scored, model_set.detrigger_or_repaired_scored):
+        assert run(triggered).decisions.flagged.mean() > run(others).decisions.flagged.mean()
+        assert run(others).decisions.flagged.mean() <= 0.15
+    assert manifest["detectors"]["repaired"]["threshold"] >= 0.01

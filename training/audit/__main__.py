@@ -407,6 +407,13 @@ def main(argv: list[str] | None = None) -> None:
         if argv is None
         else ["detrigger-guard", "audit", *argv]
     )
+    audit(args)
+
+
+def audit(args: argparse.Namespace, data: AuditData | None = None) -> dict:
+    """Audit the set ``args.model_set`` and write what :func:`main` writes; returns the report
+    (audit.json). ``data``: the clean splits when the caller has them (``fit --audit``: fit's
+    training images, labelled by the target), else read from --images or --dataset."""
     t0 = time.time()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -418,9 +425,9 @@ def main(argv: list[str] | None = None) -> None:
 
     # data and model: the set's own target graph as torch, the audit's clean splits
     model = load_onnx_module(source / manifest["target"]["file"])
-    if args.images:
+    if data is None and args.images:
         data = images_data(source, args)
-    else:
+    elif data is None:
         data = load_audit_data(args.dataset, args.data_dir, manifest, args.synth_images, args.seed)
     cfg = audit_config(args)
 
@@ -474,6 +481,7 @@ def main(argv: list[str] | None = None) -> None:
             f"target disagree: detrigger-guard calibrate {source} {images} --repaired "
             f"{exported['path']}"
         )
+    return report
 
 
 if __name__ == "__main__":
