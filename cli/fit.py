@@ -317,6 +317,7 @@ def _audit_fitted(opts) -> None:
          "--threads", str(opts.threads), "--no-progress"]
     )  # fmt: skip
     args.images, args.command = f"{opts.data} (fit's training split)", opts.command
+    args.calibrate_hint = False  # done below
     args.synth_images = min(args.synth_images, len(split.train) // 5)  # a small folder's share
     session = cpu_session(read_verified(out, m.target), opts.threads)
     labels = pseudo_labels(Graph(session, m.target.input_name, m.target.output_name), split.train)

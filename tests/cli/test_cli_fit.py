@@ -173,6 +173,7 @@ def test_fit_with_audit_adds_the_repaired_copy_of_a_backdoored_target(tmp_path: 
     assert result.exit_code == 0, result.output
     assert "audit: 1200 training images, labelled with the target's classes" in result.output
     assert f"FLAGGED, target class(es) [{um.TARGET}]" in result.output
+    assert "--data HELD_OUT_IMAGES" not in result.output  # fit calibrates the repair itself
     assert f"{out}: detectors repaired and detrigger_or_repaired added from {out}-repaired" in (
         result.output
     )

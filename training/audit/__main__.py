@@ -316,6 +316,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="leave the audited set's manifest as it is (default: its `audit` field is written, "
         "which the guard's /v1/models shows)",
     )
+    p.set_defaults(calibrate_hint=True)  # fit --audit calibrates the repair itself
     return p.parse_args(argv)
 
 
@@ -471,7 +472,7 @@ def audit(args: argparse.Namespace, data: AuditData | None = None) -> dict:
         record_audit(source, s)
     verdict = f"FLAGGED, target class(es) {s['target_classes']}" if s["flagged"] else "not flagged"
     print(f"{source}: {verdict}; report in {out} ({report['wall_seconds']:.0f} s)")
-    if exported is not None:
+    if exported is not None and args.calibrate_hint:
         # what the guard can do with the repair (docs/model-contract.md, "Detector repaired"):
         # calibrate on images neither the AE nor the repair trained on
         recorded = ((manifest.get("training") or {}).get("validation_split") or {}).get("n")
