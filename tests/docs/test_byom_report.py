@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import pytest
 
 from tests.docs.mdparse import REPO, table
 
@@ -16,12 +19,18 @@ def shown(share: dict) -> str:
     return f"{100 * share['rate']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}] ({share['k']}/{share['n']})"
 
 
-def test_the_table_is_the_measurements() -> None:
-    rows = table(FOLDER / "README.md", COLUMNS)
-    assert [r["detector"] for r in rows] == ["detrigger", "repaired", "detrigger_or_repaired"]
+@pytest.mark.parametrize(
+    "first, folder",
+    [("detector", FOLDER), ("detector (fit --audit)", FOLDER / "fit-audit")],
+    ids=["three-commands", "fit-audit"],
+)
+def test_the_tables_are_the_measurements(first: str, folder: Path) -> None:
+    columns = [first, *COLUMNS[1:]]
+    rows = table(FOLDER / "README.md", columns)
+    assert [r[first] for r in rows] == ["detrigger", "repaired", "detrigger_or_repaired"]
     for row in rows:
-        measured = json.loads((FOLDER / f"measure-{row['detector']}.json").read_text())
-        assert measured["detector"] == row["detector"]
+        measured = json.loads((folder / f"measure-{row[first]}.json").read_text())
+        assert measured["detector"] == row[first]
         assert row["clean FPR % [95% CI] (k/n)"] == shown(measured["fpr_clean_test"])
         assert row["detection % [95% CI] (k/n)"] == shown(measured["detection_triggered_test"])
 
