@@ -298,7 +298,8 @@ def _audit_fitted(opts) -> None:
     """fit --audit: the audit of the set just written, on fit's own training images (its
     validation images stay unseen by the repair); when it flags a class, the repaired copy
     joins the set as detectors repaired and detrigger_or_repaired, calibrated on the validation
-    images. The set stays as fit wrote it if the audit flags nothing or anything fails."""
+    images. The audit's verdict goes into the set's manifest and its report into OUT/audit; the
+    set keeps fit's detectors alone if the audit flags nothing or anything fails."""
     from contract.manifest import read_manifest, read_verified
     from training.audit.__main__ import audit, parse_args
     from training.calibrate_set import CalibrateOptions, calibrate_images
