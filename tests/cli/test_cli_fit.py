@@ -161,7 +161,9 @@ def test_fit_with_audit_adds_the_repaired_copy_of_a_backdoored_target(tmp_path: 
     detrigger_or_repaired, calibrated on fit's validation images; both flag the trigger."""
     chw = (1, 28, 28)  # at 16x16 every class's mask is as small as the 4x4 trigger's
     net = um.train_backdoored(chw, n=1500, epochs=4)
-    src = um.export(net, torch.zeros(2, *chw), tmp_path / "m.onnx")
+    # uint8 NHWC: fit's wrapper rounds, clips and casts, which the audit runs straight through
+    src = um.export(um.NhwcUint8(net), torch.zeros(2, 28, 28, 1, dtype=torch.uint8),
+                    tmp_path / "m.onnx")  # fmt: skip
     x, _ = um.make_images(1500, chw, 7)
     um.write_pngs(tmp_path / "flat", x)
     out = tmp_path / "set"

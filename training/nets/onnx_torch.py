@@ -115,13 +115,32 @@ def _reduce(fn):
 
 
 # Casts the audit can follow: to a float type, as fit's wrapper casts a model's output to float32
-# (training/nets/onnx_target.py). A cast to an integer type (a uint8-input model's wrapper) has
-# no gradient for the trigger search to follow, and is refused.
+# (training/nets/onnx_target.py); and to a pixel type, as the wrapper of a uint8-input model
+# rounds, clips and casts its input. A pixel cast and Round run as the straight-through estimator
+# (BPDA, Athalye et al., ICML 2018): forward the rounded (and clamped) values, still in float,
+# backward the identity, so that the trigger search has a gradient through the quantisation. Any
+# other integer cast (shape arithmetic) is a plain cast, with no gradient.
 FLOAT_CASTS = {
     onnx.TensorProto.FLOAT: torch.float32,
     onnx.TensorProto.FLOAT16: torch.float16,
     onnx.TensorProto.DOUBLE: torch.float64,
 }
+PIXEL_RANGES = {onnx.TensorProto.UINT8: (0.0, 255.0), onnx.TensorProto.INT8: (-128.0, 127.0)}
+
+
+def _straight_through(x: torch.Tensor, forward: torch.Tensor) -> torch.Tensor:
+    """``forward``'s values with ``x``'s gradient."""
+    return x + (forward - x).detach()
+
+
+def _cast(x, *, to, **_):
+    if to in FLOAT_CASTS:
+        return x.to(FLOAT_CASTS[to])
+    if to in PIXEL_RANGES and x.is_floating_point():
+        lo, hi = PIXEL_RANGES[to]
+        return _straight_through(x, torch.round(x.clamp(lo, hi)))
+    return x.to(torch.bool if to == onnx.TensorProto.BOOL else torch.int64)
+
 
 OPS = {
     "Add": lambda a, b, **_: a + b,
@@ -138,7 +157,8 @@ OPS = {
     "Gelu": lambda x, *, approximate="none", **_: F.gelu(x, approximate=approximate),
     "Clip": lambda x, lo=None, hi=None, **_: torch.clamp(x, lo, hi),
     "Identity": lambda x, **_: x,
-    "Cast": lambda x, *, to, **_: x.to(FLOAT_CASTS[to]),
+    "Cast": _cast,
+    "Round": lambda x, **_: _straight_through(x, torch.round(x)),
     "Transpose": lambda x, *, perm, **_: x.permute(*perm),
     "Log": lambda x, **_: torch.log(x),
     "Max": lambda *xs, **_: functools.reduce(torch.maximum, xs),
@@ -172,14 +192,6 @@ class OnnxModule(nn.Module):
         g = model.graph
         self.proto = model
         self.nodes = list(g.node)
-        for n in self.nodes:  # the cast first: it says why the graph cannot be audited
-            to = _attrs(n).get("to") if n.op_type == "Cast" else None
-            if to is not None and to not in FLOAT_CASTS:
-                raise UnsupportedOnnx(
-                    f"ONNX Cast (node {n.name!r}) to {onnx.TensorProto.DataType.Name(to)}: the "
-                    "audit searches triggers by gradient, and a cast to an integer type has "
-                    "none (e.g. a uint8-input model behind fit's wrapper)"
-                )
         for n in self.nodes:
             if n.op_type not in OPS and n.op_type != "Constant":
                 raise UnsupportedOnnx(

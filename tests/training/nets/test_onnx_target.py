@@ -149,11 +149,17 @@ def test_the_audit_runs_a_wrapped_graph_as_onnx_runtime_does(tmp_path, net, imag
     assert x.grad is not None and float(x.grad.abs().sum()) > 0
 
 
-def test_the_audit_refuses_a_wrapped_uint8_graph_naming_why(tmp_path, net, images) -> None:
-    from training.nets.onnx_torch import UnsupportedOnnx, load_onnx_module
+def test_the_audit_runs_a_wrapped_uint8_graph_through_its_rounding(tmp_path, net, images) -> None:
+    """A uint8-input model's wrapper rounds, clips and casts to uint8: the audit runs it with the
+    straight-through estimator, the same outputs as ONNX Runtime and a gradient to the image."""
+    from training.nets.onnx_torch import load_onnx_module
 
     example = torch.zeros(2, 40, 48, 3, dtype=torch.uint8)
     src = um.export(um.NhwcUint8(net), example, tmp_path / "m.onnx")
     wrap_target(src, TargetOptions(), tmp_path / "t.onnx", images)
-    with pytest.raises(UnsupportedOnnx, match="to UINT8: the audit searches triggers by gradient"):
-        load_onnx_module(tmp_path / "t.onnx")
+    module = load_onnx_module(tmp_path / "t.onnx")
+    x = torch.from_numpy(images).requires_grad_(True)
+    y = module(x)
+    np.testing.assert_allclose(y.detach().numpy(), run(tmp_path / "t.onnx", images), atol=1e-4)
+    y[:, 0].sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
