@@ -1,5 +1,5 @@
-"""reports/byom/mnist-warp: the table of its README is what bench.byom measure wrote beside it
-(measure-<detector>.json), at the precision the README shows."""
+"""reports/byom/*-warp: the tables of their READMEs are what bench.byom measure wrote beside
+them (measure-<detector>.json), at the precision the READMEs show."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 from tests.docs.mdparse import REPO, table
 
 FOLDER = REPO / "reports" / "byom" / "mnist-warp"
+FASHION = REPO / "reports" / "byom" / "fashion-mnist-warp"
 COLUMNS = ["detector", "clean FPR % [95% CI] (k/n)", "detection % [95% CI] (k/n)"]
 
 
@@ -20,13 +21,17 @@ def shown(share: dict) -> str:
 
 
 @pytest.mark.parametrize(
-    "first, folder",
-    [("detector", FOLDER), ("detector (fit --audit)", FOLDER / "fit-audit")],
-    ids=["three-commands", "fit-audit"],
+    "first, page, folder",
+    [
+        ("detector", FOLDER, FOLDER),
+        ("detector (fit --audit)", FOLDER, FOLDER / "fit-audit"),
+        ("detector", FASHION, FASHION),
+    ],
+    ids=["mnist-three-commands", "mnist-fit-audit", "fashion-mnist-fit-audit"],
 )
-def test_the_tables_are_the_measurements(first: str, folder: Path) -> None:
+def test_the_tables_are_the_measurements(first: str, page: Path, folder: Path) -> None:
     columns = [first, *COLUMNS[1:]]
-    rows = table(FOLDER / "README.md", columns)
+    rows = table(page / "README.md", columns)
     assert [r[first] for r in rows] == ["detrigger", "repaired", "detrigger_or_repaired"]
     for row in rows:
         measured = json.loads((folder / f"measure-{row[first]}.json").read_text())
@@ -35,7 +40,8 @@ def test_the_tables_are_the_measurements(first: str, folder: Path) -> None:
         assert row["detection % [95% CI] (k/n)"] == shown(measured["detection_triggered_test"])
 
 
-def test_the_attack_success_quoted_is_the_measured_one() -> None:
-    measured = json.loads((FOLDER / "measure-repaired.json").read_text())
-    text = (FOLDER / "README.md").read_text()
+@pytest.mark.parametrize("folder", [FOLDER, FASHION], ids=["mnist", "fashion-mnist"])
+def test_the_attack_success_quoted_is_the_measured_one(folder: Path) -> None:
+    measured = json.loads((folder / "measure-repaired.json").read_text())
+    text = (folder / "README.md").read_text()
     assert f"{100 * measured['attack_success']:.2f}%" in text
