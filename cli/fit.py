@@ -300,13 +300,11 @@ def _audit_fitted(opts) -> None:
     joins the set as detectors repaired and detrigger_or_repaired, calibrated on the validation
     images. The audit's verdict goes into the set's manifest and its report into OUT/audit; the
     set keeps fit's detectors alone if the audit flags nothing or anything fails."""
-    from contract.manifest import read_manifest, read_verified
-    from training.audit.__main__ import audit, parse_args
+    from contract.manifest import read_manifest
+    from training.audit.__main__ import audit, labelled_by_target, parse_args
     from training.calibrate_set import CalibrateOptions, calibrate_images
     from training.data.folders import load_split
-    from training.evaluation.detectors import Graph, cpu_session
     from training.evaluation.repaired import add_repaired
-    from training.inversion.data import pseudo_labels, unlabelled_audit_data
 
     out = Path(opts.out)
     m = read_manifest(out)
@@ -320,12 +318,9 @@ def _audit_fitted(opts) -> None:
     args.images, args.command = f"{opts.data} (fit's training split)", opts.command
     args.calibrate_hint = False  # done below
     args.synth_images = min(args.synth_images, len(split.train) // 5)  # a small folder's share
-    session = cpu_session(read_verified(out, m.target), opts.threads)
-    labels = pseudo_labels(Graph(session, m.target.input_name, m.target.output_name), split.train)
     click.echo(f"audit: {len(split.train)} training images, labelled with the target's classes")
     try:
-        data = unlabelled_audit_data(split.train, labels, m.classes, args.synth_images, opts.seed)
-        report = audit(args, data)
+        report = audit(args, labelled_by_target(out, split.train, args))
     except ValueError as exc:  # too few images, a graph the audit cannot follow
         raise click.ClickException(f"{out} is written, but the audit cannot run: {exc}") from exc
     exported = report["exported"]

@@ -21,11 +21,12 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from training import cli
 from training.data.datasets import DATASETS
-from training.evaluation.strip import StripOptions, calibrate_model_set
+from training.evaluation.strip import StripOptions, calibrate_model_set, onnx_target
 from training.evidence import hardware, versions
 from training.inversion.data import (
     AuditData,
@@ -166,21 +167,29 @@ def recalibrate_strip(dest: Path, strip: dict, args: argparse.Namespace) -> dict
 
 def images_data(source: Path, args: argparse.Namespace) -> AuditData:
     """--images: the user's images at the set's input size, labelled by the set's target."""
-    from contract.manifest import read_manifest, read_verified
+    from contract.manifest import read_manifest
     from training.data.folders import FolderError, read_source
-    from training.evaluation.detectors import Graph, cpu_session
 
     m = read_manifest(source)
     chw = (m.input.channels, m.input.height, m.input.width)
     try:
         images, summary = read_source(args.images, chw, args.data_dir)
-        session = cpu_session(read_verified(source, m.target), args.threads)
-        labels = pseudo_labels(Graph(session, m.target.input_name, m.target.output_name), images)
-        data = unlabelled_audit_data(images, labels, m.classes, args.synth_images, args.seed)
+        data = labelled_by_target(source, images, args)
     except (FolderError, ValueError) as exc:
         raise SystemExit(f"--images {args.images}: {exc}") from exc
     print(f"{summary.line()}; labelled with the target's own classes")
     return data
+
+
+def labelled_by_target(source: Path, images: np.ndarray, args: argparse.Namespace) -> AuditData:
+    """The audit's splits of uint8 images (N, C, H, W) at the set's input size, each labelled
+    with the set's target's class (--images, and fit --audit's training split); ValueError
+    when they are too few."""
+    from contract.manifest import read_manifest
+
+    m = read_manifest(source)
+    labels = pseudo_labels(onnx_target(source, m, args.threads), images)
+    return unlabelled_audit_data(images, labels, m.classes, args.synth_images, args.seed)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
