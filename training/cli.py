@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
+from typing import Any
 
 from training import config
 from training.evaluation.metrics import DEFAULT_CONFIDENCE, parse_confidence
@@ -63,15 +65,77 @@ def add_dataset(p: argparse.ArgumentParser, what: str) -> None:
 def refuse_in_default_run_dir(
     p: argparse.ArgumentParser, run_dir: str, changed: list[str], what: str, checkpoint: str
 ) -> None:
-    """Stop (parser error) when recipe flags `changed` (field names) alter `what` while run_dir is
-    the parser's default: the recipe is not in the checkpoint's name, so the run would overwrite
-    the checkpoint `make reproduce` reloads (`checkpoint`, a path under run_dir)."""
+    """Stop (parser error) when the options `changed` (as typed: flags or --recipe fields) alter
+    `what` while run_dir is the parser's default: the recipe is not in the checkpoint's name, so
+    the run would overwrite the checkpoint `make reproduce` reloads (`checkpoint`, a path under
+    run_dir)."""
     if changed and run_dir == p.get_default("run_dir"):
-        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
         p.error(
-            f"{flags} {'changes' if len(changed) == 1 else 'change'} the preset's {what}; its "
-            f"checkpoint {checkpoint} would be replaced: give another --run-dir"
+            f"{', '.join(changed)} {'changes' if len(changed) == 1 else 'change'} the preset's "
+            f"{what}; its checkpoint {checkpoint} would be replaced: give another --run-dir"
         )
+
+
+def add_recipe(p: argparse.ArgumentParser, what: str, example: str) -> None:
+    """--recipe FIELD=VALUE, repeatable: any scalar field of the preset's config for `what`
+    (training/config.py), instead of a flag per field."""
+    p.add_argument(
+        "--recipe",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help=f"change one field of the preset's {what} (training/config.py), e.g. {example}; "
+        "repeatable; a changed recipe needs another --run-dir (default: the preset's)",
+    )
+
+
+def _typed(field: str, text: str, current: Any) -> Any:
+    """`text` read as the type of the field's current value."""
+    kind = type(current)
+    if kind is bool:
+        if text.lower() not in ("true", "false", "1", "0"):
+            raise ValueError(f"{field} takes true or false, got {text!r}")
+        return text.lower() in ("true", "1")
+    if kind in (int, float, str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"{field} takes a {kind.__name__}, got {text!r}") from None
+    raise ValueError(f"{field} is not a number or a word: it has its own option or none")
+
+
+def recipe(p: argparse.ArgumentParser, pairs: list[str], base: Any, own: tuple[str, ...]) -> Any:
+    """`base` (a config dataclass) with the --recipe FIELD=VALUE changes; a field that another
+    option of the command sets (`own`), an unknown field or a bad value stops with a parser error
+    naming it (the config's own checks included)."""
+    names = {f.name for f in dataclasses.fields(base)}
+    changes: dict[str, Any] = {}
+    for pair in pairs:
+        field, sep, text = pair.partition("=")
+        field = field.strip().replace("-", "_")
+        if not sep:
+            p.error(f"--recipe {pair!r}: give FIELD=VALUE")
+        if field not in names:
+            p.error(f"--recipe {field}: no such field; allowed: {', '.join(sorted(names))}")
+        if field in own:
+            p.error(f"--recipe {field}: set it with --{field.replace('_', '-')}")
+        try:
+            changes[field] = _typed(field, text.strip(), getattr(base, field))
+        except ValueError as e:
+            p.error(f"--recipe {e}")
+    try:
+        return dataclasses.replace(base, **changes)
+    except ValueError as e:  # the config's own checks
+        p.error(f"--recipe {e}")
+
+
+def changed_fields(cfg: Any, base: Any) -> list[str]:
+    """The fields in which `cfg` differs from `base`, as --recipe names them."""
+    return [
+        f"--recipe {f.name}"
+        for f in dataclasses.fields(base)
+        if getattr(cfg, f.name) != getattr(base, f.name)
+    ]
 
 
 def add_confidence(p: argparse.ArgumentParser, default: float | None = DEFAULT_CONFIDENCE) -> None:

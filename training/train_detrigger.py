@@ -52,6 +52,18 @@ from training.inversion.synthesised import load_synthesised
 from training.nets.checkpoints import config_dict
 from training.nets.export import export_and_check
 
+# AEConfig fields this command sets with options of their own, not with --recipe.
+OWN_FIELDS = (
+    "arch",
+    "triggers",
+    "exclude",
+    "families",
+    "synthesised",
+    "teacher",
+    "epochs",
+    "threads",
+)
+
 
 def parser() -> argparse.ArgumentParser:
     p = cli.parser(__doc__, "training.train_detrigger")
@@ -92,39 +104,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
     p.add_argument(
-        "--corner-share",
-        type=float,
-        default=None,
-        help="with --triggers random: share of patches put in a corner (default: the preset's); "
-        "a changed value needs another --run-dir",
-    )
-    p.add_argument(
-        "--paper-share",
-        type=float,
-        default=None,
-        help="with --triggers random: share of the triggered images that get the paper's corner "
-        "square instead (default: the preset's); a changed value needs another --run-dir",
-    )
-    p.add_argument(
-        "--l2-weight",
-        type=float,
-        default=None,
-        help="weight of the L2 loss against the mask BCE (default: the preset's); a changed value "
-        "needs another --run-dir",
-    )
-    p.add_argument(
         "--teacher",
         default="",
         help="distil: an AE graph (ONNX file, e.g. models/mnist/detrigger.onnx) whose outputs "
         "are the L2 targets instead of the clean images (default: none)",
     )
-    p.add_argument(
-        "--width",
-        type=int,
-        default=None,
-        help="conv / slim: channels of the first level (default: the preset's, 16); a changed "
-        "value needs another --run-dir",
-    )
+    cli.add_recipe(p, "AE", "l2_weight=60, corner_share=0.5, edge_share=0.25 or width=8")
     p.add_argument(
         "--run-dir",
         default="runs",
@@ -153,25 +138,17 @@ def ae_config(p: argparse.ArgumentParser, args: argparse.Namespace, preset: Pres
     )
     if args.teacher and not Path(args.teacher).is_file():
         p.error(f"--teacher {args.teacher}: no such file")
-    recipe = {
-        "corner_share": args.corner_share,
-        "paper_share": args.paper_share,
-        "l2_weight": args.l2_weight,
-        "width": args.width,
-    }
-    try:
-        cfg = replace(cfg, **{k: v for k, v in recipe.items() if v is not None})
-    except ValueError as e:  # AEConfig's own checks, named by flag
-        p.error("--" + str(e).replace("_", "-"))
+    tuned = cli.recipe(p, args.recipe, cfg, OWN_FIELDS)
     # The recipe is not part of the checkpoint's name: in the preset's run dir, a changed recipe
     # would overwrite the checkpoint that `make reproduce` and training.swap_detrigger reload.
     cli.refuse_in_default_run_dir(
         p,
         args.run_dir,
-        [k for k, v in recipe.items() if v is not None and v != getattr(base, k)],
+        cli.changed_fields(tuned, cfg),
         f"{run_name(cfg)} AE",
         f"{args.run_dir}/{args.dataset}/detrigger_{run_name(cfg)}.ckpt",
     )
+    cfg = tuned
     try:
         # a bad name fails here, before loading data
         SamplerSpec(families=FAMILY_SETS[cfg.families], exclude=cfg.exclude).active()

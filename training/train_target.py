@@ -17,7 +17,7 @@ MatMul / BatchNormalization weights trainable (batch norm keeps its running stat
 shipped model can be fine-tuned without the checkpoint that made it.
 
     python -m training.train_target --dataset mnist --epochs 4
-    python -m training.train_target --dataset cifar10 --epochs 12 --poison-focus 0.5 \
+    python -m training.train_target --dataset cifar10 --epochs 12 --recipe poison_focus=0.5 \
         --run-dir runs/focus
 
 It prints (and writes beside the checkpoint, target_test.json) the clean test accuracy and the
@@ -27,6 +27,7 @@ attack success, split by how much the trigger moved each test image.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -77,16 +78,7 @@ def main() -> None:
         "--arch", default=None, choices=TARGETS, help="target architecture (default: the preset's)"
     )
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
-    p.add_argument(
-        "--lr", type=float, default=None, help="peak learning rate (default: the preset's)"
-    )
-    p.add_argument(
-        "--poison-focus",
-        type=float,
-        default=None,
-        help="share of the poisoned copies drawn from the images the trigger changes least "
-        "(default: the preset's, 0 = all at random)",
-    )
+    cli.add_recipe(p, "target", "lr=0.05, poison_focus=0.5 or augment=flip-translate")
     p.add_argument(
         "--init-from",
         default=None,
@@ -98,20 +90,25 @@ def main() -> None:
     p.add_argument("--run-dir", default="runs", help="where checkpoints go (default: runs)")
     args = p.parse_args()
     preset = PRESETS[args.dataset]
-    cfg = preset.target
+    flags = {"arch": args.arch, "epochs": args.epochs, "init_from": args.init_from}
+    chosen = replace(preset.target, **{k: v for k, v in flags.items() if v is not None})
+    cfg = cli.recipe(p, args.recipe, chosen, (*flags, "threads"))
     # In the preset's run dir a changed config would overwrite the checkpoint `make reproduce`
     # reloads (train_target starts over on another config): such runs go elsewhere.
-    recipe = ("arch", "epochs", "lr", "poison_focus", "init_from")
     cli.refuse_in_default_run_dir(
         p,
         args.run_dir,
-        [k for k in recipe if getattr(args, k) not in (None, getattr(cfg, k))],
+        [
+            f"--{k.replace('_', '-')}"
+            for k, v in flags.items()
+            if v not in (None, getattr(preset.target, k))
+        ]
+        + cli.changed_fields(cfg, chosen),
         "target",
         f"{args.run_dir}/{args.dataset}/target.ckpt",
     )
-    for name in (*recipe, "threads"):
-        if getattr(args, name) is not None:
-            setattr(cfg, name, getattr(args, name))
+    if args.threads is not None:
+        cfg.threads = args.threads
     train = load_dataset(args.dataset, "train", args.data_dir)
     tr, _ = split_train_val(len(train), cfg.val_size, cfg.seed)
     run_dir = Path(args.run_dir) / args.dataset

@@ -40,11 +40,12 @@ def test_the_cli_refuses_a_changed_recipe_in_the_presets_run_dir(monkeypatch, ca
 
     preset = PRESETS["cifar10"].target
     focus, epochs = str(1 - preset.poison_focus / 2), str(preset.epochs + 1)  # both differ
-    argv = ["train_target", "--dataset", "cifar10", "--poison-focus", focus, "--epochs", epochs]
+    argv = ["train_target", "--dataset", "cifar10", "--recipe", f"poison_focus={focus}"]
+    argv += ["--epochs", epochs]
     monkeypatch.setattr("sys.argv", argv)
     with pytest.raises(SystemExit) as e:
         train_target.main()
     assert e.value.code == 2
     err = capsys.readouterr().err
-    assert "--epochs, --poison-focus change the preset's target" in err
+    assert "--epochs, --recipe poison_focus change the preset's target" in err
     assert "runs/cifar10/target.ckpt would be replaced" in err
