@@ -215,11 +215,11 @@ def _calibration(kw: dict, seed: int, threads: int):
 )
 @click.option(
     "--families",
-    type=click.Choice(["base", "extended"]),
+    type=click.Choice(["base", "stamped", "extended"]),
     default="base",
     show_default=True,
-    help="the AE's training triggers: base (patches, blends, additive patterns) or extended "
-    "(also warps, photo filters, frequency waves and input-specific patterns)",
+    help="the AE's training triggers: base (patches, blends, additive patterns), stamped (also "
+    "frequency waves and input-specific patterns) or extended (also warps and photo filters)",
 )
 @click.option(
     "--device",

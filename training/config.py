@@ -65,6 +65,9 @@ def backdoors(cfg: TargetConfig) -> list[tuple[Trigger, int]]:
 
 
 AE_TRIGGERS = ("corner", "random", "none")
+# The random sampler's family sets (training/data/trigger_sampler.py FAMILY_SETS, which holds
+# their families; a test keeps the two lists equal).
+FAMILY_SET_NAMES = ("base", "stamped", "extended")
 
 
 @dataclass
@@ -105,9 +108,9 @@ class AEConfig:
     # random AE is then trained on a superset of the paper's data: on CIFAR-10 the sampler alone
     # left white squares on bright corners (sky) in place, which the paper's AE removes.
     paper_share: float = 0.0
-    # random only: which trigger families the sampler draws (trigger_sampler.FAMILY_SETS): base
-    # (patches, blends, additive patterns: the shipped AEs) or extended (also warps, filters,
-    # frequency waves and input-specific patterns, issue 22).
+    # random only: which trigger families the sampler draws (FAMILY_SET_NAMES): base
+    # (patches, blends, additive patterns: the shipped AEs), stamped (also frequency waves and
+    # input-specific patterns) or extended (also warps and filters), issue 22.
     families: str = "base"
     # Distillation (issue 20's cheaper students): an AE graph (ONNX file) whose output on each
     # training input is the L2 loss's target instead of the clean image, so that the student
@@ -116,8 +119,9 @@ class AEConfig:
     teacher: str = ""
 
     def __post_init__(self) -> None:
-        if self.families not in ("base", "extended"):
-            raise ValueError(f"unknown families {self.families!r}; allowed: base, extended")
+        if self.families not in FAMILY_SET_NAMES:
+            allowed = ", ".join(FAMILY_SET_NAMES)
+            raise ValueError(f"unknown families {self.families!r}; allowed: {allowed}")
         shares = ("triggered_share", "synthesised_share", "corner_share", "edge_share")
         for name in (*shares, "paper_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:

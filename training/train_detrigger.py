@@ -38,6 +38,7 @@ import torch
 from training import cli
 from training.config import (
     AE_TRIGGERS,
+    FAMILY_SET_NAMES,
     PRESETS,
     AEConfig,
     Preset,
@@ -91,10 +92,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--families",
         default="base",
-        choices=("base", "extended"),
+        choices=FAMILY_SET_NAMES,
         help="with --triggers random: the sampler's families, base (patches, blends, additive "
-        "patterns: the shipped AEs) or extended (also warps, filters, frequency waves and "
-        "input-specific patterns) (default: base)",
+        "patterns: the shipped AEs), stamped (also frequency waves and input-specific patterns) "
+        "or extended (also warps and photo filters) (default: base)",
     )
     p.add_argument(
         "--synthesised",

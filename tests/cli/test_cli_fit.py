@@ -198,3 +198,13 @@ def test_fit_with_audit_adds_the_repaired_copy_of_a_backdoored_target(tmp_path: 
         assert run(triggered).decisions.flagged.mean() > run(others).decisions.flagged.mean()
         assert run(others).decisions.flagged.mean() <= 0.15
     assert manifest["detectors"]["repaired"]["threshold"] >= 0.01
+
+
+def test_fit_offers_every_family_set_of_the_sampler():
+    """fit's --families choices are written out (the CLI imports no torch at load); they must
+    stay the sampler's sets."""
+    from cli.fit import fit
+    from training.config import FAMILY_SET_NAMES
+
+    (option,) = [p for p in fit.params if p.name == "families"]
+    assert tuple(option.type.choices) == FAMILY_SET_NAMES

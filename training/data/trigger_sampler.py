@@ -17,9 +17,10 @@ parameters drawn per image:
 - additive: a full-image zero-mean pattern (noise, binary or smooth) added as
   clip(x + amplitude * (2 * pattern - 1)) with amplitude in [0.02, 0.15]: a sample-wide
   low-amplitude perturbation, which a blend (pulled towards its pattern) is not;
-- transforms (the "extended" family set only, FAMILY_SETS; training/data/transforms.py): smooth
+- transforms (not in the "base" family set, FAMILY_SETS; training/data/transforms.py): smooth
   warps, photo filters (gamma, contrast, tint, vignette), mid-to-high-frequency waves, and
-  input-specific patterns from a random conv generator drawn per image.
+  input-specific patterns from a random conv generator drawn per image ("stamped": the waves and
+  the patterns only; "extended": all).
 
 The families and ranges live in `SamplerSpec`, so that a family can be held out of training and
 used to test generalisation: `SamplerSpec(exclude=("checkerboard",))` drops every family whose
@@ -89,7 +90,17 @@ TRANSFORM_FAMILIES: tuple[Family, ...] = (
     Family("frequency-waves", "frequency", "waves", 0.5),
     Family("dynamic-generator", "dynamic", "generator", 0.5),
 )
-FAMILY_SETS = {"base": FAMILIES, "extended": FAMILIES + TRANSFORM_FAMILIES}
+# The sets an AE is trained on. `stamped`: what adds a pattern to the image (the base families,
+# frequency waves, input-specific patterns), not what resamples or re-tones it (warps, filters):
+# an AE learns to undo the former; a warped or filtered image is still a plausible image, so it
+# learns nothing to undo there and, on MNIST, the filters taught it to move clean images enough
+# to lose the noise backdoor (reports/ae-candidates/families).
+RESAMPLING_KINDS = ("warp", "filter")
+FAMILY_SETS = {
+    "base": FAMILIES,
+    "stamped": FAMILIES + tuple(f for f in TRANSFORM_FAMILIES if f.kind not in RESAMPLING_KINDS),
+    "extended": FAMILIES + TRANSFORM_FAMILIES,
+}
 
 
 @dataclass(frozen=True)

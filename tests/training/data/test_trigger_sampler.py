@@ -193,3 +193,30 @@ def test_the_base_set_is_what_the_shipped_aes_drew():
     assert "warp-field" not in [
         f.name for f in SamplerSpec(families=FAMILY_SETS["extended"], exclude=("warp",)).active()
     ]
+
+
+def test_the_stamped_set_is_the_extended_one_without_warps_and_filters():
+    # `stamped` draws exactly what `extended --exclude warp,filter` drew (the measured AEs of
+    # reports/ae-candidates/families), in the same order, so the same seed trains the same AE.
+    stamped = SamplerSpec(families=FAMILY_SETS["stamped"]).active()
+    cut = SamplerSpec(families=FAMILY_SETS["extended"], exclude=("warp", "filter")).active()
+    assert stamped == cut
+    assert {f.kind for f in stamped} == {"patch", "blend", "additive", "frequency", "dynamic"}
+    x = _batch(200, seed=5)
+    a = sample_triggers(x, np.random.default_rng(2), SamplerSpec(families=FAMILY_SETS["stamped"]))
+    b = sample_triggers(
+        x,
+        np.random.default_rng(2),
+        SamplerSpec(families=FAMILY_SETS["extended"], exclude=("warp", "filter")),
+    )
+    assert torch.equal(a.images, b.images) and torch.equal(a.mask, b.mask)
+
+
+def test_the_config_knows_every_family_set():
+    from training.config import FAMILY_SET_NAMES, AEConfig
+
+    assert tuple(FAMILY_SETS) == FAMILY_SET_NAMES
+    for name in FAMILY_SET_NAMES:
+        assert AEConfig(families=name).families == name
+    with pytest.raises(ValueError, match="allowed: base, stamped, extended"):
+        AEConfig(families="warps")
