@@ -404,6 +404,9 @@ def ae_description(path: Path) -> str:
         return str(info["what"])
     cfg = info.get("autoencoder") or {}
     text = f"{cfg.get('arch', '?')} width {cfg.get('width', '?')}, {cfg.get('triggers')} triggers"
+    if cfg.get("families", "base") != "base" or cfg.get("exclude"):
+        minus = f" minus {', '.join(cfg['exclude'])}" if cfg.get("exclude") else ""
+        text += f" ({cfg.get('families', 'base')} families{minus})"
     q = info.get("quantisation")
     if q:
         text = f"int8 QDQ ({q['ops']}) of {info['source']['file']} ({text})"

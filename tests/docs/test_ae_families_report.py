@@ -1,0 +1,51 @@
+"""reports/ae-candidates/families: the README's tables are the measurements that
+training.ae_candidates wrote beside it (<dataset>.json), at the precision the README shows."""
+
+from __future__ import annotations
+
+import json
+from statistics import mean
+
+import pytest
+
+from tests.docs.mdparse import REPO, table
+
+FOLDER = REPO / "reports" / "ae-candidates" / "families"
+
+
+def cell(kl: dict) -> str:
+    return f"{100 * kl['detection_rate']:.2f} / {100 * kl['false_positive_rate']:.2f}"
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_the_tables_are_the_measurements(dataset: str) -> None:
+    report = json.loads((FOLDER / f"{dataset}.json").read_text())
+    labels = [a["label"] for a in report["aes"]]
+    header = [dataset, "attack success %", *labels]
+    rows = table(FOLDER / "README.md", header)
+    sets = report["sets"]
+    assert [r[dataset] for r in rows] == [s["attack"] for s in sets] + ["mean / highest FPR"]
+    for row, s in zip(rows, sets, strict=False):
+        assert row["attack success %"] == f"{100 * s['attack_success_rate']:.2f}"
+        for label in labels:
+            assert row[label] == cell(s["aes"][label]["kl"]), (s["attack"], label)
+    last = rows[-1]
+    for label in labels:
+        kls = [s["aes"][label]["kl"] for s in sets]
+        detection = mean(k["detection_rate"] for k in kls)
+        fpr = max(k["false_positive_rate"] for k in kls)
+        assert last[label] == f"{100 * detection:.2f} / {100 * fpr:.2f}", label
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
+def test_the_equal_fpr_tables_are_the_measurements(dataset: str) -> None:
+    report = json.loads((FOLDER / f"{dataset}.json").read_text())
+    labels = [a["label"] for a in report["aes"]]
+    first = f"{dataset}, TPR at 1% test FPR"
+    rows = table(FOLDER / "README.md", [first, *labels])
+    sets = report["sets"]
+    assert [r[first] for r in rows] == [s["attack"] for s in sets] + ["mean"]
+    for label in labels:
+        tprs = [s["aes"][label]["kl"]["tpr_at_fpr0.01"] for s in sets]
+        shown = [f"{100 * t:.2f}" for t in tprs] + [f"{100 * mean(tprs):.2f}"]
+        assert [r[label] for r in rows] == shown, label
