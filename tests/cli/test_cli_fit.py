@@ -5,6 +5,7 @@ service's own code, and carry its report; a run that fails leaves no set behind.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -174,7 +175,9 @@ def test_fit_with_audit_adds_the_repaired_copy_of_a_backdoored_target(tmp_path: 
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "audit: 1200 training images, labelled with the target's classes" in result.output
-    assert f"FLAGGED, target class(es) [{um.TARGET}]" in result.output
+    # The backdoor's class first (the mask family's verdict leads); on a model this small a
+    # full-image family may flag another class after it (seen: [3, 0] on one machine).
+    assert re.search(rf"FLAGGED, target class\(es\) \[{um.TARGET}(, \d+)*\]", result.output)
     assert "--data HELD_OUT_IMAGES" not in result.output  # fit calibrates the repair itself
     assert f"{out}: detectors repaired and detrigger_or_repaired added from {out}-repaired" in (
         result.output
@@ -185,7 +188,7 @@ def test_fit_with_audit_adds_the_repaired_copy_of_a_backdoored_target(tmp_path: 
     audit = json.loads((out / "audit" / "audit.json").read_text())
     assert audit["labels"] == "the target's own classes" and audit["summary"]["flagged"]
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["audit"]["target_classes"] == [um.TARGET]
+    assert manifest["audit"]["target_classes"][0] == um.TARGET
     cal = manifest["detectors"]["detrigger_or_repaired"]["calibration"]
     assert cal["n"] + 16 == 300  # fit's validation images less STRIP's bank of 16
     test_x, test_y = um.make_images(200, chw, 11)
