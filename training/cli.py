@@ -129,10 +129,11 @@ def recipe(p: argparse.ArgumentParser, pairs: list[str], base: Any, own: tuple[s
         p.error(f"--recipe {e}")
 
 
-def changed_fields(cfg: Any, base: Any) -> list[str]:
-    """The fields in which `cfg` differs from `base`, as --recipe names them."""
+def changed_fields(cfg: Any, base: Any, flags: bool = False) -> list[str]:
+    """The fields in which `cfg` differs from `base`, as typed: `--recipe <field>`, or with
+    `flags` the field's own option (`--<field>`)."""
     return [
-        f"--recipe {f.name}"
+        f"--{f.name.replace('_', '-')}" if flags else f"--recipe {f.name}"
         for f in dataclasses.fields(base)
         if getattr(cfg, f.name) != getattr(base, f.name)
     ]

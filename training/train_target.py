@@ -98,12 +98,7 @@ def main() -> None:
     cli.refuse_in_default_run_dir(
         p,
         args.run_dir,
-        [
-            f"--{k.replace('_', '-')}"
-            for k, v in flags.items()
-            if v not in (None, getattr(preset.target, k))
-        ]
-        + cli.changed_fields(cfg, chosen),
+        cli.changed_fields(chosen, preset.target, flags=True) + cli.changed_fields(cfg, chosen),
         "target",
         f"{args.run_dir}/{args.dataset}/target.ckpt",
     )
