@@ -220,6 +220,13 @@ def verdicts(
 
 
 # --- the report -------------------------------------------------------------------------------
+def confidence_words(confidence: float) -> str:
+    """How the thresholds were set, for the detection table's heading."""
+    if not confidence:
+        return ", the plain quantile"
+    return f", at confidence {confidence:g} (the shipped sets' rule)"
+
+
 def markdown(report: dict[str, Any]) -> str:
     labels = [a["label"] for a in report["aes"]]
     base = report["baseline"]
@@ -287,7 +294,9 @@ def markdown(report: dict[str, Any]) -> str:
         fpr = report["config"]["target_fpr"]
         lines += [
             "",
-            f"## Detection (KL at {pct(fpr)}% FPR on clean validation images)",
+            f"## Detection (KL at {pct(fpr)}% FPR on clean validation images"
+            + confidence_words(report["config"].get("confidence", 0.0))
+            + ")",
             "",
             "Cells: detection / clean test FPR (%), then the drop below the baseline "
             f"(`{base}`) in points. Rule: no drop above {report['config']['max_drop']} points.",
@@ -435,6 +444,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--suite", default=str(DEFAULT_SUITE), help="suite file")
     p.add_argument("--target-fpr", type=float, default=0.01, help="(default: 0.01)")
     p.add_argument("--kl-floor", type=float, default=MIN_THRESHOLD["kl"], help="(default: 0.01)")
+    # off by default: the reports already written used the plain quantile; 0.95 thresholds each
+    # AE as the shipped sets are calibrated (detrigger-guard calibrate)
+    cli.add_confidence(p, default=0.0)
     p.add_argument(
         "--max-drop", type=float, default=0.5, help="detection points a candidate may lose (0.5)"
     )
@@ -498,6 +510,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "batches": list(BATCHES),
             "target_fpr": args.target_fpr,
             "kl_floor": args.kl_floor,
+            "confidence": args.confidence,
             "max_drop": args.max_drop,
             "test_images": args.test_images,
             "target": str(shipped / "target.onnx"),
@@ -553,12 +566,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             strip_n=0,
             target_fpr=args.target_fpr,
             kl_floor=args.kl_floor,
+            confidence=args.confidence,
             examples=0,
         )
         summaries = []
         for attack, folder in sets:
             print(f"detection: {args.dataset} / {attack}: {folder}", flush=True)
-            summaries.append(set_summary(evaluate_set(attack, folder, args.specs, data, opts)))
+            try:
+                entry = evaluate_set(attack, folder, args.specs, data, opts)
+            except ValueError as e:  # e.g. too few validation images for --confidence
+                raise SystemExit(f"{attack} ({folder}): {e}") from e
+            summaries.append(set_summary(entry))
         report["sets"] = summaries
         report["missing"] = missing
         report["verdicts"] = verdicts(summaries, args.baseline, labels, args.max_drop)

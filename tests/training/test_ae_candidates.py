@@ -90,3 +90,25 @@ def test_needs_two_distinct_aes(tmp_path: Path) -> None:
         main(["--ae", f"a={ae}", "--ae", f"a={ae}"])
     with pytest.raises(SystemExit):
         main(["--ae", f"a={ae}", "--ae", f"b={ae}", "--baseline", "c"])
+
+
+def test_confidence_thresholds_each_ae_as_the_shipped_sets_are(run: tuple, tmp_path: Path) -> None:
+    """--confidence 0.95 lets fewer clean validation images past an AE's KL threshold than the
+    plain quantile (same images, same target FPR, no floor), and the report says which rule."""
+    _, out = run
+    tiny = out.parent / "tiny"
+    args = ["--dataset", "mnist", "--data-dir", str(out.parent / "mnist"), "--shipped", str(tiny)]
+    args += ["--sets", str(tiny), "--ae", f"own={tiny / 'detrigger.onnx'}"]
+    args += ["--ae", f"identity={out.parent / 'id.onnx'}", "--no-speed", "--kl-floor", "0"]
+    args += ["--target-fpr", "0.05", "--batch-size", "16"]
+    plain = main([*args, "--out", str(tmp_path / "plain")])
+    sure = main([*args, "--out", str(tmp_path / "sure"), "--confidence", "0.95"])
+    assert (plain["config"]["confidence"], sure["config"]["confidence"]) == (0.0, 0.95)
+    own_plain, own_sure = (r["sets"][0]["aes"]["own"]["kl"] for r in (plain, sure))
+    assert own_sure["threshold"] > own_plain["threshold"]
+    fpr_plain = own_plain["validation_false_positive_rate"]
+    assert own_sure["validation_false_positive_rate"] < fpr_plain <= 0.05
+    assert "at confidence 0.95 (the shipped sets' rule)" in (tmp_path / "sure/mnist.md").read_text()
+    assert "the plain quantile" in (tmp_path / "plain/mnist.md").read_text()
+    with pytest.raises(SystemExit, match="badnets-white"):  # too few images for 0.1% at 0.95
+        main([*args, "--out", str(tmp_path), "--target-fpr", "0.001", "--confidence", "0.95"])

@@ -58,6 +58,7 @@ class CompareOptions:
     bank_size: int = 64
     target_fpr: float = 0.01
     kl_floor: float = MIN_THRESHOLD["kl"]
+    confidence: float = 0.0  # metrics.threshold_at_fpr: 0 is the plain quantile
     goal: float = 0.9
     examples: int = 6
     val_images: int = 0
@@ -383,7 +384,7 @@ def ae_runs(
     runs = []
     for rule, t in (
         ("class_change", None),
-        ("kl", calibrate(s_val.kl, opts.target_fpr, opts.kl_floor)),
+        ("kl", calibrate(s_val.kl, opts.target_fpr, opts.kl_floor, opts.confidence)),
     ):
         runs.append(
             Run(
