@@ -24,6 +24,7 @@ from contract.scoring import Decisions, Rule, decide
 from contract.strip import Strip
 from contract.unchanged import changed_rows, pair_rows, second_pass
 from service import tracing
+from service.runtime.aligned import aligned_model
 from service.runtime.fused import AE_PREFIX, LOGITS, CannotFuse, FusedModel, check_parity, fuse
 from service.runtime.onnx import OnnxModel
 from service.settings import Settings
@@ -148,7 +149,12 @@ class ModelSet:
         model_set = cls(folder, manifest, models["target"], models["detrigger"])
         model_set.repaired = models.get("repaired")
         model_set._check_shapes()
-        model_set.fused = model_set._fuse(verified["detrigger"], verified["target"], settings)
+        c, h, w = model_set.input_chw
+        probe = np.random.default_rng(0).random((4, c, h, w), dtype=np.float32)
+        model_set.detrigger, ae_bytes = aligned_model(
+            model_set.detrigger, verified["detrigger"], settings, probe
+        )
+        model_set.fused = model_set._fuse(ae_bytes, verified["target"], settings)
         strip_spec = manifest.detectors.strip
         if strip_spec is not None:
             model_set.strip = Strip.load(folder, strip_spec, model_set.input_chw)
