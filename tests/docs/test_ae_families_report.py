@@ -1,9 +1,11 @@
 """reports/ae-candidates/families: the README's tables are the measurements that
-training.ae_candidates wrote beside it (<dataset>.json), at the precision the README shows."""
+training.ae_candidates wrote beside it (<dataset>.json, the plain quantile) and in confidence/
+(<dataset>.json, the shipped sets' rule), at the precision the README shows."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from statistics import mean
 
 import pytest
@@ -11,15 +13,25 @@ import pytest
 from tests.docs.mdparse import REPO, table
 
 FOLDER = REPO / "reports" / "ae-candidates" / "families"
+# (the JSON, the first header cell's name for the dataset): the plain quantile's runs, then the
+# runs at the shipped sets' rule
+RUNS = [
+    *((FOLDER / f"{d}.json", d) for d in ("mnist", "fashion-mnist")),
+    *(
+        (FOLDER / "confidence" / f"{d}.json", f"{d}, confidence 0.95")
+        for d in ("mnist", "fashion-mnist", "cifar10")
+    ),
+]
 
 
 def cell(kl: dict) -> str:
     return f"{100 * kl['detection_rate']:.2f} / {100 * kl['false_positive_rate']:.2f}"
 
 
-@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
-def test_the_tables_are_the_measurements(dataset: str) -> None:
-    report = json.loads((FOLDER / f"{dataset}.json").read_text())
+@pytest.mark.parametrize(("path", "dataset"), RUNS, ids=[name for _, name in RUNS])
+def test_the_tables_are_the_measurements(path: Path, dataset: str) -> None:
+    report = json.loads(path.read_text())
+    assert report["config"].get("confidence", 0.0) == (0.95 if "confidence" in dataset else 0.0)
     labels = [a["label"] for a in report["aes"]]
     header = [dataset, "attack success %", *labels]
     rows = table(FOLDER / "README.md", header)
@@ -37,9 +49,9 @@ def test_the_tables_are_the_measurements(dataset: str) -> None:
         assert last[label] == f"{100 * detection:.2f} / {100 * fpr:.2f}", label
 
 
-@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist"])
-def test_the_equal_fpr_tables_are_the_measurements(dataset: str) -> None:
-    report = json.loads((FOLDER / f"{dataset}.json").read_text())
+@pytest.mark.parametrize(("path", "dataset"), RUNS, ids=[name for _, name in RUNS])
+def test_the_equal_fpr_tables_are_the_measurements(path: Path, dataset: str) -> None:
+    report = json.loads(path.read_text())
     labels = [a["label"] for a in report["aes"]]
     first = f"{dataset}, TPR at 1% test FPR"
     rows = table(FOLDER / "README.md", [first, *labels])
