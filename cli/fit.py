@@ -216,10 +216,11 @@ def _calibration(kw: dict, seed: int, threads: int):
 @click.option(
     "--families",
     type=click.Choice(["base", "stamped", "extended"]),
-    default="base",
+    default="stamped",
     show_default=True,
     help="the AE's training triggers: base (patches, blends, additive patterns), stamped (also "
-    "frequency waves and input-specific patterns) or extended (also warps and photo filters)",
+    "frequency waves and input-specific patterns; reports/ae-candidates/families) or extended "
+    "(also warps and photo filters, which it does not learn to undo)",
 )
 @click.option(
     "--device",

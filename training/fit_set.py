@@ -80,7 +80,9 @@ class FitOptions:
     time_budget: float | None = DEFAULT_TIME_BUDGET
     device: str = "auto"
     recipe: str = "auto"  # auto: rgb for 3 channels, shared for 1
-    families: str = "base"  # the sampler's family set (trigger_sampler.FAMILY_SETS)
+    # the sampler's family set (trigger_sampler.FAMILY_SETS): stamped adds frequency waves and
+    # input-specific patterns to the shipped AEs' base set (reports/ae-candidates/families)
+    families: str = "stamped"
     run_dir: str | None = None
     threads: int = 2
     seed: int = 0

@@ -63,11 +63,13 @@ def test_fit_on_a_normalising_3x40x48_graph_and_an_image_tree_with_broken_files(
     assert report["calibration"]["estimates"]["note"].startswith("ESTIMATES")
     assert len(report["calibration"]["estimates"]["triggers"]) >= 6
     assert "NOT detection rates" in (out / "report.md").read_text()
+    assert report["training"]["families"] == "stamped"  # fit's default
+    assert "trigger families stamped" in (out / "report.md").read_text()
     for name in ("score_histogram.png", "estimates.png", "strip_bank.npy"):
         assert (out / name).is_file()
     assert {p.name for p in (out / "samples").iterdir()} >= {"clean_00.png", "stamped_00.png"}
     assert not list(tmp_path.glob(".*partial"))
-    assert (tmp_path / "my set.work" / "detrigger_conv_random.ckpt").is_file()
+    assert (tmp_path / "my set.work" / "detrigger_conv_random_stamped.ckpt").is_file()
     # The check command passes it; a second fit refuses to overwrite without --force.
     assert invoke("check", str(out)).exit_code == 0
     again = CliRunner().invoke(main, ["fit", "--target", str(src), "--data", str(tmp_path /
@@ -112,7 +114,7 @@ def test_two_outputs_are_refused_without_output_before_any_training(tmp_path: Pa
             "0.5", *TINY]  # fmt: skip
     refused = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
     assert refused.exit_code != 0 and "--output NAME" in refused.output
-    assert not (tmp_path / "a.work" / "detrigger_conv_random.ckpt").exists()
+    assert not list((tmp_path / "a.work").glob("*.ckpt"))  # no training began
     ok = invoke(*args, "--out", str(tmp_path / "b"), "--output", "scores")
     assert ok.exit_code == 0, ok.output
     assert load(tmp_path / "b").manifest.target.model_extra["wrapped"]["output_name"] == "scores"
@@ -211,3 +213,13 @@ def test_fit_offers_every_family_set_of_the_sampler():
 
     (option,) = [p for p in fit.params if p.name == "families"]
     assert tuple(option.type.choices) == FAMILY_SET_NAMES
+
+
+def test_fit_trains_on_the_stamped_families_by_default():
+    """The default that reports/ae-candidates/families chose (input-specific patterns caught,
+    no family lost at the same test FPR), the same for the command and for FitOptions."""
+    from cli.fit import fit
+    from training.fit_set import FitOptions
+
+    (option,) = [p for p in fit.params if p.name == "families"]
+    assert option.default == FitOptions(target="t.onnx", data="d", out="o").families == "stamped"

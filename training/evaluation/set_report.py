@@ -113,7 +113,9 @@ def markdown(report: dict[str, Any]) -> str:
         lines += [
             "## De-trigger AE",
             "",
-            f"- the random-trigger conv AE (training.config.random_ae), {tr['epochs_done']} of "
+            "- the random-trigger conv AE (training.config.random_ae"
+            + (f", trigger families {tr['families']}" if "families" in tr else "")
+            + f"), {tr['epochs_done']} of "
             f"{tr['epochs']} epochs on {tr['images']} images, {tr['wall_seconds']:.0f} s on "
             f"{tr['device']} x {tr['world_size']}"
             + (" (stopped by --time-budget)" if tr["stopped_by_budget"] else ""),

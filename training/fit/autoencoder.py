@@ -261,6 +261,7 @@ def train_autoencoder(
         stats.update(
             epochs_done=epochs_done,
             epochs=cfg.epochs,
+            families=cfg.families,
             stopped_by_budget=epochs_done < cfg.epochs,
             world_size=world,
             device=str(dev),
