@@ -1,5 +1,6 @@
-"""reports/byom/*-warp: the tables of their READMEs are what bench.byom measure wrote beside
-them (measure-<detector>.json), at the precision the READMEs show."""
+"""reports/byom/*: the tables of their READMEs are what bench.byom measure wrote beside them
+(measure-<detector>.json, or measure-<families>.json for cifar10-dynamic), at the precision
+the READMEs show."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from tests.docs.mdparse import REPO, table
 
 FOLDER = REPO / "reports" / "byom" / "mnist-warp"
 FASHION = REPO / "reports" / "byom" / "fashion-mnist-warp"
+DYNAMIC = REPO / "reports" / "byom" / "cifar10-dynamic"
 COLUMNS = ["detector", "clean FPR % [95% CI] (k/n)", "detection % [95% CI] (k/n)"]
 
 
@@ -45,3 +47,30 @@ def test_the_attack_success_quoted_is_the_measured_one(folder: Path) -> None:
     measured = json.loads((folder / "measure-repaired.json").read_text())
     text = (folder / "README.md").read_text()
     assert f"{100 * measured['attack_success']:.2f}%" in text
+
+
+def test_the_fit_families_table_is_the_measurements() -> None:
+    """cifar10-dynamic: fit's default family set against base, one measurement each."""
+    first = "fit's AE families"
+    rows = table(DYNAMIC / "README.md", [first, *COLUMNS[1:]])
+    assert [r[first] for r in rows] == ["stamped", "base"]
+    for row in rows:
+        measured = json.loads((DYNAMIC / f"measure-{row[first]}.json").read_text())
+        assert measured["detector"] == "detrigger"
+        assert row["clean FPR % [95% CI] (k/n)"] == shown(measured["fpr_clean_test"])
+        assert row["detection % [95% CI] (k/n)"] == shown(measured["detection_triggered_test"])
+    report = json.loads((DYNAMIC / "report-stamped.json").read_text())
+    assert report["training"]["epochs_done"] == 4  # fit's default, not stopped by its budget
+    text = (DYNAMIC / "README.md").read_text()
+    assert f"{100 * measured['attack_success']:.2f}%" in text
+
+
+def test_the_walkthrough_quotes_the_dynamic_measurements() -> None:
+    """docs/byom.md's paragraph on the CIFAR-10 dynamic backdoor: the same four figures."""
+    text = " ".join((REPO / "docs" / "byom.md").read_text().split())
+    for families in ("stamped", "base"):
+        measured = json.loads((DYNAMIC / f"measure-{families}.json").read_text())
+        detection = 100 * measured["detection_triggered_test"]["rate"]
+        fpr = 100 * measured["fpr_clean_test"]["rate"]
+        assert f"{detection:.2f}% of the triggered" in text or f"{detection:.2f}% at" in text
+        assert f"{fpr:.2f}% clean test FPR" in text or f"at {fpr:.2f}%" in text
