@@ -33,7 +33,6 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper, shape_inference
 
-from contract.errors import ModelLoadError
 from service.runtime.onnx import OnnxModel
 from service.settings import Settings
 
@@ -181,8 +180,8 @@ def aligned_model(
 ) -> tuple[OnnxModel, bytes]:
     """``model`` (loaded from ``data``) and its bytes, with its convolutions aligned when that
     can help (the CPU provider, every graph optimisation on), changes the graph, and keeps the
-    output on ``probe`` within :data:`TOLERANCE` (relative to its scale, at least 1); else ``model`` and ``data`` as they came,
-    with the reason logged where a rewrite was tried."""
+    output on ``probe`` within :data:`TOLERANCE` (relative to its scale, at least 1); else
+    ``model`` and ``data`` as they came, with the reason logged where a rewrite was tried."""
     if model.provider != "CPUExecutionProvider" or settings.graph_optimization != "all":
         return model, data
     try:
