@@ -82,6 +82,7 @@ def align(model: onnx.ModelProto) -> list[str]:
     readers.update(o.name for o in graph.output)
     replaced: dict[str, list[onnx.NodeProto]] = {}  # conv output -> the nodes in its place
     dropped: set[str] = set()  # outputs of the concatenations that the splits replace
+    whole: set[str] = set()  # the split convolutions' weights
     for node in graph.node:
         if node.op_type != "Conv" or node.domain not in ("", "ai.onnx") or _group(node) != 1:
             continue
@@ -135,6 +136,7 @@ def align(model: onnx.ModelProto) -> list[str]:
         ]
         replaced[out] = new
         dropped.add(node.input[0])
+        whole.add(node.input[1])
     if not replaced:
         return []
     nodes: list[onnx.NodeProto] = []
@@ -149,7 +151,7 @@ def align(model: onnx.ModelProto) -> list[str]:
             nodes.append(copy)
     del graph.node[:]
     graph.node.extend(nodes)
-    _drop_unread(graph)
+    _drop_unread(graph, whole)
     onnx.checker.check_model(model)
     return split
 
@@ -167,10 +169,11 @@ def _prefix_or_suffix(sizes: list[int]) -> int:
     return best
 
 
-def _drop_unread(graph: onnx.GraphProto) -> None:
-    """Initializers that no node reads any more (the split convolutions' whole weights)."""
+def _drop_unread(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Of the initializers ``names`` (the split convolutions' whole weights), those that no node
+    of the graph reads any more; nothing else (a subgraph may read an outer initializer)."""
     read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    kept = [t for t in graph.initializer if t.name in read]
+    kept = [t for t in graph.initializer if t.name not in names or t.name in read]
     del graph.initializer[:]
     graph.initializer.extend(kept)
 
