@@ -289,7 +289,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.update:  # before the run, not after it
         probe = {"dataset": args.dataset, "seed": args.seed, "config": config}
         report_to_update(Path(args.out), probe | {"fpr_grid": list(FPR_GRID)})
-    opts = CompareOptions(**{f: getattr(args, f) for f in CompareOptions.__dataclass_fields__})
+    # Every option of the same name, but the AEs' KL thresholds stay at the plain quantile
+    # (confidence 0, CompareOptions' default), as this report's committed runs set them.
+    fields = [f for f in CompareOptions.__dataclass_fields__ if f != "confidence"]
+    opts = CompareOptions(**{f: getattr(args, f) for f in fields})
     entries = []
     for attack, folder in sets:
         print(f"{args.dataset} / {attack}: {folder}", flush=True)

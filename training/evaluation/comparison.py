@@ -58,7 +58,9 @@ class CompareOptions:
     bank_size: int = 64
     target_fpr: float = 0.01
     kl_floor: float = MIN_THRESHOLD["kl"]
-    confidence: float = 0.0  # metrics.threshold_at_fpr: 0 is the plain quantile
+    # the AEs' KL thresholds (metrics.threshold_at_fpr): 0 is the plain quantile; STRIP's stays
+    # at the plain quantile (ae_candidates --confidence runs no STRIP)
+    confidence: float = 0.0
     goal: float = 0.9
     examples: int = 6
     val_images: int = 0
