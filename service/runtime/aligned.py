@@ -95,15 +95,15 @@ def align(model: onnx.ModelProto) -> list[str]:
         if _concat_axis(concat) not in (1, -3) or any(p not in channels for p in parts):
             continue
         sizes = [channels[p] for p in parts]
-        if sum(sizes) % MULTIPLE == 0:
+        total = sum(sizes)
+        if total % MULTIPLE == 0:
             continue
         w = numpy_helper.to_array(weights[node.input[1]])
-        if w.ndim != 4 or w.shape[1] != sum(sizes):
+        if w.ndim != 4 or w.shape[1] != total:
             continue
         k = _prefix_or_suffix(sizes)
         if k == 0:
             continue
-        total = sum(sizes)
         if k > 0:  # the first k inputs fill whole blocks
             aligned, rest = parts[:k], parts[k:]
             cut = sum(sizes[:k])
