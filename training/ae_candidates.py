@@ -443,7 +443,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--suite", default=str(DEFAULT_SUITE), help="suite file")
     p.add_argument("--target-fpr", type=float, default=0.01, help="(default: 0.01)")
-    p.add_argument("--kl-floor", type=float, default=MIN_THRESHOLD["kl"], help="(default: 0.01)")
+    p.add_argument(
+        "--kl-floor",
+        type=float,
+        default=MIN_THRESHOLD["kl"],
+        help=f"(default: {MIN_THRESHOLD['kl']})",
+    )
     # off by default: the reports already written used the plain quantile; 0.95 thresholds each
     # AE as the shipped sets are calibrated (detrigger-guard calibrate)
     cli.add_confidence(p, default=0.0)

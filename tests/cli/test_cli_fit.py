@@ -19,6 +19,7 @@ from service.runtime.modelset import ModelSet
 from service.settings import Settings
 from tests.support import user_models as um
 from training.evaluation.calibration import CalibrationOptions
+from training.evaluation.detection import MIN_THRESHOLD
 from training.fit_set import FitOptions, fit
 
 TINY = ["--epochs", "1", "--target-fpr", "0.05", "--strip-bank", "16", "--strip-n", "8",
@@ -196,13 +197,13 @@ def test_fit_with_audit_adds_the_repaired_copy_of_a_backdoored_target(tmp_path: 
     test_x, test_y = um.make_images(200, chw, 11)
     others = test_x[test_y != um.TARGET][:100]
     triggered = np.asarray(um.TRIGGER(others.copy()), np.float32)
-    # Each threshold is at least the 0.01 floor, above this tiny repair's clean scores (~1e-4),
+    # Each threshold is at least the score's floor, above this tiny repair's clean scores (~1e-4),
     # which its one epoch of unlearning moves little: the detectors flag more triggered images
     # than clean ones, few clean ones.
     for run in (model_set.repaired_scored, model_set.detrigger_or_repaired_scored):
         assert run(triggered).decisions.flagged.mean() > run(others).decisions.flagged.mean()
         assert run(others).decisions.flagged.mean() <= 0.15
-    assert manifest["detectors"]["repaired"]["threshold"] >= 0.01
+    assert manifest["detectors"]["repaired"]["threshold"] >= MIN_THRESHOLD["prob_drop"]
 
 
 def test_fit_offers_every_family_set_of_the_sampler():

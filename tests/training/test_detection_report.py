@@ -22,6 +22,7 @@ from training import detection_tables
 from training.data.attack_suite import load_suite
 from training.detection_report import main
 from training.evaluation import detection_markdown
+from training.evaluation.detection import MIN_THRESHOLD
 from training.evaluation.strip import StripOptions, calibrate_model_set
 
 SPEC = TinySpec(name="tinydet")
@@ -142,13 +143,13 @@ def test_known_detection_rates_passes_and_times(report: dict) -> None:
     assert masking["forward_passes"] == {"ae": 1, "target": 2, "total": 3}
     assert masking["images_timed"] == n_images and masking["ms_per_image"] > 0
     kl = det(paper, f"paper AE, KL @ {FPR:g} FPR")
-    assert kl["detection_rate"] == 1.0 and kl["threshold"] >= 0.01
+    assert kl["detection_rate"] == 1.0 and kl["threshold"] >= MIN_THRESHOLD["kl"]
 
     # The identity AE changes nothing: no class change, KL 0 everywhere (threshold at the floor).
     for name in ("improved AE, class change", f"improved AE, KL @ {FPR:g} FPR"):
         d = det(paper, name)
         assert d["detection_rate"] == 0.0 and d["false_positive_rate"] == 0.0
-    assert det(paper, f"improved AE, KL @ {FPR:g} FPR")["threshold"] == 0.01
+    assert det(paper, f"improved AE, KL @ {FPR:g} FPR")["threshold"] == MIN_THRESHOLD["kl"]
 
     # STRIP: n + 1 target passes; the trigger pins every copy to class 0.
     strip = det(paper, "STRIP (n=8)")

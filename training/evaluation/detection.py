@@ -12,9 +12,13 @@ SCORES = ("prob_drop", "kl")
 RULES = ("class_change", "score")
 # The lowest threshold a calibration may return. A good de-trigger AE leaves most clean images
 # bit-for-bit alone, so the clean scores pile up at ~1e-9; a threshold down there would flag on
-# float rounding (ONNX Runtime and torch logits differ by up to 1e-4). Triggered images score
-# near 1 on both scores, so the floor costs no detection.
-MIN_THRESHOLD = {"prob_drop": 0.01, "kl": 0.01}
+# float rounding. ONNX Runtime and torch logits differ by up to 1e-4, which moves prob_drop by at
+# most 1e-4 / 2 (a softmax probability changes by at most half its logit's change) and KL by far
+# less (it is quadratic in the change), so 1e-3 keeps a twentyfold margin. It was 0.01 until a
+# quiet AE (the `stamped` CIFAR-10 one) had its threshold held there, above its clean scores'
+# 1% quantile, and lost a tenth of a blend backdoor's detection for it
+# (reports/ae-candidates/families).
+MIN_THRESHOLD = {"prob_drop": 0.001, "kl": 0.001}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from training import config  # noqa: E402
+from training.evaluation.detection import MIN_THRESHOLD  # noqa: E402
 from training.evaluation.markdown import (  # noqa: E402
     evidence_lines,
     pct,
@@ -420,8 +421,9 @@ def readme(reports: dict[str, dict], expected: tuple[str, ...] = ()) -> str:
         "- Shipped decision: chosen on the clean validation split (5000 training images never "
         "trained on) plus its triggered copies, among the paper's class-change rule and the "
         "`prob_drop` / `kl` scores thresholded for the dataset's FPR goal; ties go to the "
-        "class-change rule. Score thresholds are at least 0.01, so that float rounding between "
-        "ONNX Runtime and torch cannot flag an image.",
+        "class-change rule. Score thresholds are at least "
+        f"{min(MIN_THRESHOLD.values()):g}, so that float rounding between ONNX Runtime and torch "
+        "cannot flag an image.",
         "- Every shipped decision was recomputed with ONNX Runtime on the exported graphs over "
         "the full test set: "
         + "; ".join(
