@@ -201,15 +201,24 @@ def swap(
         "swapped": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "previous": previous,
     }
-    # Detector both's de-trigger threshold was set for the old AE: drop it, and say how to
-    # calibrate it again for the new one.
-    if (manifest.get("detectors") or {}).pop("both", None) is not None:
+    # Detectors both and detrigger_or_repaired hold a de-trigger threshold set for the old AE:
+    # drop them, and say how to calibrate them again for the new one.
+    detectors = manifest.get("detectors") or {}
+    if detectors.pop("both", None) is not None:
         log.info(
             "%s: detectors.both dropped (set for the old AE); run detrigger-guard "
             "calibrate %s --recorded-split --dataset %s",
             folder,
             folder,
             dataset,
+        )
+    if detectors.pop("detrigger_or_repaired", None) is not None:
+        log.info(
+            "%s: detectors.detrigger_or_repaired dropped (set for the old AE); run "
+            "detrigger-guard calibrate %s --recorded-split --repaired %s",
+            folder,
+            folder,
+            detectors.get("repaired", {}).get("source", {}).get("model_set", "REPAIRED"),
         )
     write_manifest(folder, manifest)
     if sha256(folder / manifest["target"]["file"]) != manifest["target"]["sha256"]:

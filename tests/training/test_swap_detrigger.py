@@ -41,6 +41,11 @@ def swap_args(tiny_preset, folder, *extra: str) -> list[str]:
 
 def test_swap_puts_the_ae_in_and_keeps_the_target(tiny_preset, tiny_set, tmp_path):
     folder, reproduced = tiny_set
+    # A set that carries detector detrigger_or_repaired (as the shipped ones do): its de-trigger
+    # threshold, like both's, belongs to the AE.
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["detectors"]["detrigger_or_repaired"] = {"score": "prob_drop", "threshold": 0.05}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
     before = json.loads((folder / "manifest.json").read_text())
     target_bytes = (folder / "target.onnx").read_bytes()
     out = tmp_path / "reports" / "mnist" / "detrigger_swap.json"
@@ -49,9 +54,11 @@ def test_swap_puts_the_ae_in_and_keeps_the_target(tiny_preset, tiny_set, tmp_pat
 
     after = json.loads((folder / "manifest.json").read_text())
     assert (folder / "target.onnx").read_bytes() == target_bytes
-    # Detector both's de-trigger threshold belonged to the old AE: the swap drops it.
-    assert "both" in before["detectors"] and "both" not in after["detectors"]
-    before["detectors"].pop("both")
+    # The de-trigger thresholds of detectors both and detrigger_or_repaired belonged to the old
+    # AE: the swap drops them.
+    for name in ("both", "detrigger_or_repaired"):
+        assert name in before["detectors"] and name not in after["detectors"]
+        before["detectors"].pop(name)
     for key in ("target", "backdoor", "detectors", "classes", "input", "created"):
         assert after[key] == before[key]
     assert after["detrigger"]["architecture"] == "mlp"
