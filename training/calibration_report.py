@@ -1,10 +1,10 @@
 """Does a set calibrated for a target FPR measure at most that FPR on its test split? (issue 22)
 
-    python -m training.calibration_report --baseline 4697f93
+    python -m training.calibration_report [--baseline 4697f93]
 
 For each model set (default: models/mnist, models/fashion-mnist, models/cifar10), its
-thresholds now (its manifest) and at the git revision --baseline (the same file there), on the
-same test images: every image runs once through the guard's own code (contract.fusion: AE(x),
+thresholds now (its manifest) and, with --baseline, at that git revision (the same file there),
+on the same test images: every image runs once through the guard's own code (contract.fusion: AE(x),
 then one target call on [x; AE(x); STRIP's copies]) and each manifest's three decisions are
 read off the same numbers: detrigger (``decision``), strip and both. Measured, each with its
 exact (Clopper-Pearson) 95% interval: the clean FPR on the test images, and the detection rate
@@ -12,10 +12,10 @@ exact (Clopper-Pearson) 95% interval: the clean FPR on the test images, and the 
 threshold's calibration records (training/evaluation/metrics.py): target FPR, confidence, the
 n validation images and the k allowed past the threshold, and the FPR on those images.
 
-The two manifests must share their graphs and STRIP's bank, copies and draws (only thresholds
-differ); the test split is never used to set anything. Writes --out/calibration.json and
---out/README.md, with the issue's goals for the paper's trigger and a table of how many
-calibration images a confidence needs and what it costs.
+With --baseline, the two manifests must share their graphs and STRIP's bank, copies and draws
+(only thresholds differ); the test split is never used to set anything. Writes
+--out/calibration.json and --out/README.md, with the issue's goals for the paper's trigger and a
+table of how many calibration images a confidence needs and what it costs.
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ def parse_args(argv: Sequence[str] | None):
     )
     p.add_argument(
         "--baseline",
-        required=True,
+        default=None,
         help="git revision whose manifests hold the thresholds to compare with, e.g. the "
-        "commit before a re-calibration",
+        "commit before a re-calibration (default: none, the manifests now only)",
     )
     cli.add_data_dir(p)
     onepass.add_options(p)
@@ -169,11 +169,11 @@ def calibration_of(manifest: Manifest, detector: str) -> dict[str, Any]:
 def measure_set(folder: Path, args) -> dict[str, Any]:
     t0 = time.time()
     raw = json.loads((folder / "manifest.json").read_text())
-    manifests = {
-        "before": Manifest.model_validate(git_manifest(folder, args.baseline)),
-        "after": read_manifest(folder),
-    }
-    differ = same_scores(manifests["before"], manifests["after"])
+    manifests = {"after": read_manifest(folder)}
+    if args.baseline:
+        manifests = {"before": Manifest.model_validate(git_manifest(folder, args.baseline))}
+        manifests["after"] = read_manifest(folder)
+    differ = same_scores(manifests["before"], manifests["after"]) if args.baseline else []
     if differ:
         raise SystemExit(
             f"{folder}: the manifest at {args.baseline} differs in {', '.join(differ)}: its "
@@ -317,8 +317,7 @@ def table_lines(report: dict[str, Any]) -> list[str]:
     for s in report["sets"]:
         name = Path(s["model_set"]).name
         for d in DETECTORS:
-            for which in ("before", "after"):
-                t = s["thresholds"][which]
+            for which, t in s["thresholds"].items():
                 if d not in t["detectors"]:
                     continue
                 r = t["detectors"][d]
@@ -327,7 +326,7 @@ def table_lines(report: dict[str, Any]) -> list[str]:
                     [
                         name,
                         d,
-                        which,
+                        which if report["baseline"] else "now",
                         f"`{t['rules'][d]}`",
                         calibration_cell(c),
                         cell(c.get("false_positive")),
@@ -371,10 +370,14 @@ def readme(report: dict[str, Any]) -> list[str]:
         "# Calibration on the test split (issue 22)",
         "",
         "Does a set calibrated for a target FPR measure at most that FPR on its test split? Each "
-        "shipped set's thresholds before (its manifest at git "
-        f"{report['baseline']}) and after (its manifest now), on the same test images: clean "
-        "FPR, and detection (TPR) of the set's own trigger on the test images of the other "
-        "classes, with exact (Clopper-Pearson) 95% intervals. Thresholds are set on the "
+        + (
+            "shipped set's thresholds before (its manifest at git "
+            f"{report['baseline']}) and after (its manifest now), on the same test images"
+            if report["baseline"]
+            else "shipped set's thresholds (its manifest now), on its test images"
+        )
+        + ": clean FPR, and detection (TPR) of the set's own trigger on the test images of the "
+        "other classes, with exact (Clopper-Pearson) 95% intervals. Thresholds are set on the "
         "validation split only (training images the target and AE never trained on). Written by "
         "`python -m training.calibration_report`; the rule is in "
         "[docs/model-contract.md](../../docs/model-contract.md#calibration).",
@@ -416,7 +419,8 @@ def readme(report: dict[str, Any]) -> list[str]:
         f"- seed: {report['seed']}",
         f"- hardware: {report['hardware']}",
         f"- versions: {versions}",
-        f"- commit: {report['commit']} (thresholds before: {report['baseline']})",
+        f"- commit: {report['commit']}"
+        + (f" (thresholds before: {report['baseline']})" if report["baseline"] else ""),
         f"- load average (1 min) before and after: {load['before']:.2f}, {load['after']:.2f}",
         f"- wall time: {report['wall_seconds']:.0f} s",
         f"- note: {report['note']}",
@@ -435,9 +439,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         cli.require_model_set(folder)
         sets.append(measure_set(folder, args))
         print(f"{folder}: {json.dumps(sets[-1]['thresholds'], default=str)[:400]}", flush=True)
-    baseline = subprocess.run(
-        ["git", "rev-parse", "--short", args.baseline], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    baseline = (
+        args.baseline
+        and subprocess.run(
+            ["git", "rev-parse", "--short", args.baseline],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     fprs = sorted({g["fpr"] for g in GOALS.values()}, reverse=True)
     report = {
         "sets": sets,

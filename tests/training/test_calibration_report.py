@@ -66,6 +66,16 @@ def test_the_report_measures_both_thresholds_on_the_test_split(
     assert json.loads((out / "calibration.json").read_text())["baseline"] == report["baseline"]
     counts = {r["n"]: r["0.01"]["allowed_exceedances"] for r in report["image_counts"]["rows"]}
     assert counts[300] == 0 and counts[5000] == 38
+    # Without a baseline (e.g. after an AE swap, when no earlier manifest shares the graphs): the
+    # thresholds now only, the same numbers.
+    alone = report_main(
+        ["--model-set", str(folder), "--data-dir", str(data_dir), "--batch-size", "16",
+         "--out", str(tmp_path / "alone")]
+    )  # fmt: skip
+    assert alone["baseline"] is None and list(alone["sets"][0]["thresholds"]) == ["after"]
+    assert alone["sets"][0]["thresholds"]["after"] == after
+    text = (tmp_path / "alone" / "README.md").read_text()
+    assert "| tinycal | strip | now |" in text and "| before |" not in text
     # Other graphs at the baseline: one pass cannot serve both, and the report says why.
     (folder / "detrigger.onnx").write_bytes(b"x")
     manifest_raw = json.loads((folder / "manifest.json").read_text())
