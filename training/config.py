@@ -6,8 +6,10 @@ these budgets reach the accuracy targets (MNIST >= 99%, Fashion-MNIST >= 90%, CI
 
 Autoencoders: `mlp` (the paper's), `conv` (ours, trained like the paper's on corner squares) and
 `random`: the conv AE trained on random triggers (training/data/trigger_sampler.py), issue 7's
-trigger-agnostic AE. `shipped_ae` names the one put into models/<name> (`random` for every
-dataset); the attack suite pairs its targets with `conv` (the paper's training).
+trigger-agnostic AE, and `stamped`: the same recipe on the `stamped` family set (also frequency
+waves and input-specific patterns, reports/ae-candidates/families). `shipped_ae` names the one
+put into models/<name> (`stamped` for every dataset); the attack suite pairs its targets with
+`conv` (the paper's training).
 
 CIFAR-10's poisoning is focused (TargetConfig.poison_focus 0.5): half of the poisoned copies are
 the training images the white square changes least. With all of them drawn at random (10
@@ -242,8 +244,9 @@ PRESETS: dict[str, Preset] = {
             "mlp": AEConfig(arch="mlp", epochs=20, batch_size=128, lr=1e-3),
             "conv": AEConfig(arch="conv", epochs=1, batch_size=128, lr=2e-3),
             "random": random_ae(),
+            "stamped": random_ae(families="stamped"),
         },
-        shipped_ae="random",
+        shipped_ae="stamped",
         target_fpr=0.01,
         unchanged_tolerance=0.03,
     ),
@@ -263,8 +266,9 @@ PRESETS: dict[str, Preset] = {
             "mlp": AEConfig(arch="mlp", epochs=20, batch_size=128, lr=1e-3),
             "conv": AEConfig(arch="conv", epochs=1, batch_size=128, lr=2e-3),
             "random": random_ae(),
+            "stamped": random_ae(families="stamped"),
         },
-        shipped_ae="random",
+        shipped_ae="stamped",
         calibration_fprs=(0.01, 0.03, 0.05),
     ),
     "cifar10": Preset(
@@ -289,7 +293,8 @@ PRESETS: dict[str, Preset] = {
             "mlp": AEConfig(arch="mlp", epochs=20, batch_size=128, lr=1e-3),
             "conv": AEConfig(arch="conv", epochs=1, batch_size=128, lr=2e-3),
             "random": random_ae(**CIFAR10_RANDOM_AE),
+            "stamped": random_ae(**CIFAR10_RANDOM_AE, families="stamped"),
         },
-        shipped_ae="random",
+        shipped_ae="stamped",
     ),
 }

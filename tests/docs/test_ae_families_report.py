@@ -61,3 +61,14 @@ def test_the_equal_fpr_tables_are_the_measurements(path: Path, dataset: str) -> 
         tprs = [s["aes"][label]["kl"]["tpr_at_fpr0.01"] for s in sets]
         shown = [f"{100 * t:.2f}" for t in tprs] + [f"{100 * mean(tprs):.2f}"]
         assert [r[label] for r in rows] == shown, label
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist", "cifar10"])
+def test_the_shipped_ae_is_the_graph_measured_at_the_shipped_rule(dataset: str) -> None:
+    """Each demo set ships the `stamped` AE that its confidence run measured, byte for byte (the
+    MNIST one gated), so that run's table is the shipped guard's."""
+    report = json.loads((FOLDER / "confidence" / f"{dataset}.json").read_text())
+    (stamped,) = [a for a in report["aes"] if a["label"].startswith("stamped")]
+    manifest = json.loads((REPO / "models" / dataset / "manifest.json").read_text())
+    assert manifest["detrigger"]["sha256"] == stamped["sha256"]
+    assert manifest["training"]["detrigger_swap"]["ae"] == "stamped"

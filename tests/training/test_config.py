@@ -40,8 +40,23 @@ def test_the_preset_random_ae_is_the_base_for_random_triggers():
     assert preset_autoencoder(mnist, "conv", "none") is mnist["conv"]
     assert mnist["random"].epochs > mnist["conv"].epochs
     assert run_name(with_triggers(mnist["random"], "random")) == "conv_random"
-    cifar = {k: v for k, v in PRESETS["cifar10"].autoencoders.items() if k != "random"}
+    cifar = {
+        k: v for k, v in PRESETS["cifar10"].autoencoders.items() if k not in ("random", "stamped")
+    }
     assert preset_autoencoder(cifar, "conv", "random") is cifar["conv"]
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist", "cifar10"])
+def test_each_preset_ships_its_random_recipe_on_the_stamped_families(dataset):
+    """The shipped AE is the preset's `random` recipe with only the family set changed, so
+    `train_detrigger --triggers random --families stamped` trains it under the same name."""
+    from training.config import PRESETS
+
+    preset = PRESETS[dataset]
+    stamped = preset.autoencoders[preset.shipped_ae]
+    assert preset.shipped_ae == "stamped"
+    assert stamped == replace(preset.autoencoders["random"], families="stamped")
+    assert run_name(stamped) == "conv_random_stamped"
 
 
 def test_a_slim_ae_without_a_preset_entry_takes_the_conv_recipe():
