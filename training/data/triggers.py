@@ -123,7 +123,7 @@ def apply_additive(x: Any, pattern: Any, amplitude: Any) -> Any:
     return (x + amplitude * (2.0 * pattern - 1.0)).clip(0.0, 1.0)
 
 
-PATTERNS = ("solid", "colour", "noise", "binary", "checkerboard", "smooth")
+PATTERNS = ("solid", "colour", "noise", "binary", "checkerboard", "smooth", "sine")
 RANDOM_PATTERNS = ("colour", "noise", "binary", "smooth")  # the ones `seed` fixes
 PATTERN_KINDS = ("patch", "blend", "noise")  # filled with one of PATTERNS
 KINDS = (*PATTERN_KINDS, *transforms.KINDS)
@@ -137,6 +137,7 @@ CONTENTS = {
 DEFAULT_CONTENT = {"patch": "solid", "blend": "noise", "noise": "noise", "filter": "gamma"}
 WAVES = 3  # cosine waves of a frequency trigger
 SMOOTH_GRID = 4  # "smooth": a random 4x4 grid per channel, upsampled bilinearly
+SINE_CYCLES = 6  # "sine": cycles across the width, SIG's (Barni et al., ICIP 2019)
 
 
 def make_pattern(
@@ -146,7 +147,9 @@ def make_pattern(
     - solid: every pixel `value`;  colour: one random colour (per channel);
     - noise: every pixel and channel uniform;  binary: every pixel 0 or 1 (all channels alike);
     - checkerboard: 1 at (0, 0), alternating with 0;  smooth: low-frequency noise (a random
-      4x4 grid per channel, upsampled bilinearly)."""
+      4x4 grid per channel, upsampled bilinearly);
+    - sine: vertical stripes, (1 + sin(2 pi SINE_CYCLES col / W)) / 2 in every row and channel:
+      as a `noise` trigger, the SIG backdoor's x + amplitude * sin(...)."""
     c, h, w = shape
     rng = np.random.default_rng(seed)
     if content == "solid":
@@ -164,6 +167,9 @@ def make_pattern(
     if content == "smooth":
         grid = rng.random((c, SMOOTH_GRID, SMOOTH_GRID), dtype=np.float32)
         return transforms.upsample(grid, h, w).astype(np.float32)
+    if content == "sine":
+        cols = np.sin(2 * np.pi * SINE_CYCLES * np.arange(w, dtype=np.float32) / w)
+        return np.broadcast_to((1 + cols) / 2, shape).astype(np.float32)
     raise ValueError(f"unknown pattern {content!r}; allowed: {', '.join(PATTERNS)}")
 
 

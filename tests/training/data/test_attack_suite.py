@@ -60,6 +60,7 @@ def test_shipped_suite_has_the_attacks_of_the_issues():
         "dynamic",
         "edge-patch",
         "two-targets",
+        "sig",
     ]
     # 10% of the training set per trigger: the two-target attack poisons 20%, 10% per pair
     assert all(a.poison_rate == 0.1 * len(a.backdoors) for a in attacks.values())
@@ -68,7 +69,7 @@ def test_shipped_suite_has_the_attacks_of_the_issues():
     assert len(attacks["two-targets"].backdoors) == 2
     targets = [k for a in attacks.values() for _, k in a.backdoors]
     # Targets spread over the classes: every one of the 10 classes is some pair's target, so
-    # that no detector can key on one class (12 pairs: two classes are shared).
+    # that no detector can key on one class (13 pairs: some classes are shared).
     assert set(targets) == set(range(10))
     for h, w in ((28, 28), (32, 32)):  # MNIST / Fashion-MNIST and CIFAR-10 sizes
         for a in attacks.values():

@@ -186,6 +186,17 @@ def test_patterns_shape_range_and_seed():
     smooth = make_pattern("smooth", (1, 16, 16), seed=0)
     assert np.abs(np.diff(smooth, axis=-1)).max() < 0.35  # no jumps between neighbours
     assert not np.allclose(make_pattern("noise", (1, 4, 4), 0), make_pattern("noise", (1, 4, 4), 1))
+    # sine: SIG's vertical stripes, the same in every row and channel, whatever the seed; as an
+    # additive trigger x + amplitude * sin(2 pi 6 col / W)
+    sine = make_pattern("sine", (3, 5, 24), seed=3)
+    assert (sine == sine[:1, :1]).all() and np.allclose(sine, make_pattern("sine", (3, 5, 24), 0))
+    cols = np.arange(24)
+    np.testing.assert_allclose(2 * sine[0, 0] - 1, np.sin(2 * np.pi * 6 * cols / 24), atol=1e-5)
+    x = np.full((1, 8, 12), 0.5, np.float32)
+    sig = Trigger(kind="noise", content="sine", amplitude=0.08)(x)
+    np.testing.assert_allclose(sig[0, 3] - 0.5, 0.08 * np.sin(2 * np.pi * 6 * np.arange(12) / 12),
+                               atol=1e-5)  # fmt: skip
+    assert sig.shape == x.shape and "seed" not in Trigger(kind="noise", content="sine").to_dict()
     with pytest.raises(ValueError, match="allowed: solid, colour"):
         make_pattern("stripes", (1, 4, 4))
 
