@@ -72,3 +72,17 @@ def test_the_shipped_ae_is_the_graph_measured_at_the_shipped_rule(dataset: str) 
     manifest = json.loads((REPO / "models" / dataset / "manifest.json").read_text())
     assert manifest["detrigger"]["sha256"] == stamped["sha256"]
     assert manifest["training"]["detrigger_swap"]["ae"] == "stamped"
+
+
+def test_the_held_out_table_is_the_measurement() -> None:
+    """The SIG row (a family no family set draws) is held-out/mnist.json's."""
+    report = json.loads((FOLDER / "held-out" / "mnist.json").read_text())
+    header = ["mnist, held out, confidence 0.95", "attack success %", "random-gated",
+              "stamped-gated"]  # fmt: skip
+    (row,) = table(FOLDER / "README.md", header)
+    (s,) = report["sets"]
+    assert report["config"]["confidence"] == 0.95
+    assert row[header[0]] == s["attack"] == "sig"
+    assert row["attack success %"] == f"{100 * s['attack_success_rate']:.2f}"
+    for label in header[2:]:
+        assert row[label] == cell(s["aes"][label]["kl"])
