@@ -60,7 +60,7 @@ def test_the_fit_families_table_is_the_measurements() -> None:
         assert row["clean FPR % [95% CI] (k/n)"] == shown(measured["fpr_clean_test"])
         assert row["detection % [95% CI] (k/n)"] == shown(measured["detection_triggered_test"])
     report = json.loads((DYNAMIC / "report-stamped.json").read_text())
-    assert report["training"]["epochs_done"] == 4  # fit's default, not stopped by its budget
+    assert report["training"]["epochs_done"] == 4  # fit's default then, not stopped by its budget
     text = (DYNAMIC / "README.md").read_text()
     assert f"{100 * measured['attack_success']:.2f}%" in text
 
@@ -74,3 +74,22 @@ def test_the_walkthrough_quotes_the_dynamic_measurements() -> None:
         fpr = 100 * measured["fpr_clean_test"]["rate"]
         assert f"{detection:.2f}% of the triggered" in text or f"{detection:.2f}% at" in text
         assert f"{fpr:.2f}% clean test FPR" in text or f"at {fpr:.2f}%" in text
+
+
+def test_the_epochs_table_is_the_measurements() -> None:
+    """mnist-epochs: fit's stamped AE at 4 and 6 epochs on the MNIST demo target."""
+    folder = REPO / "reports" / "byom" / "mnist-epochs"
+    first = "fit's AE epochs"
+    rows = table(folder / "README.md", [first, *COLUMNS[1:], "detection at 0.25% test FPR"])
+    assert [r[first] for r in rows] == ["4", "6"]
+    for row in rows:
+        measured = json.loads((folder / f"measure-{row[first]}.json").read_text())
+        report = json.loads((folder / f"report-{row[first]}.json").read_text())
+        assert report["training"]["epochs_done"] == int(row[first])
+        assert report["training"]["families"] == "stamped"
+        assert row["clean FPR % [95% CI] (k/n)"] == shown(measured["fpr_clean_test"])
+        assert row["detection % [95% CI] (k/n)"] == shown(measured["detection_triggered_test"])
+        at = measured["at_test_fpr"]["0.0025"]
+        assert at["fpr_clean_test"]["rate"] == 0.0025
+        shown_at = f"{100 * at['detection_triggered_test']['rate']:.2f}"
+        assert row["detection at 0.25% test FPR"] == shown_at
