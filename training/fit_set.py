@@ -59,7 +59,7 @@ DEVICES = ("auto", "cpu", "cuda")
 RECIPES = {"shared": {}, "rgb": CIFAR10_RANDOM_AE}
 # The recipe's own epochs (training.config.random_ae: the shipped AEs'). At 4, the `stamped`
 # families' AE undid the paper's corner square on only 61% of the MNIST demo target's images (78.86%
-# detected, reports/byom/mnist-epochs): more families share the draws, so each is seen less. At
+# detected, reports/byom/fit-epochs): more families share the draws, so each is seen less. At
 # the worst speed measured on 2 CPU cores (69 img/s on 3x32x32, docs/byom.md) 6 epochs of 45k
 # CIFAR-10-sized images would take ~66 min; the budget then stops the run after epoch 4, its
 # learning rate decayed on the budget's clock, before the hour. At the speeds since (263-919 img/s)

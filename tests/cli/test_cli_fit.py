@@ -228,7 +228,7 @@ def test_fit_trains_on_the_stamped_families_by_default():
 
 def test_the_command_and_fit_options_share_their_training_defaults():
     """The CLI writes its defaults out (it imports no torch at load); they must stay
-    FitOptions': the recipe's 6 epochs (reports/byom/mnist-epochs), batch and time budget."""
+    FitOptions': the recipe's 6 epochs (reports/byom/fit-epochs), batch and time budget."""
     from cli.fit import fit
     from training.config import random_ae
     from training.fit_set import FitOptions

@@ -77,8 +77,8 @@ def test_the_walkthrough_quotes_the_dynamic_measurements() -> None:
 
 
 def test_the_epochs_table_is_the_measurements() -> None:
-    """mnist-epochs: fit's stamped AE at 4 and 6 epochs on the MNIST demo target."""
-    folder = REPO / "reports" / "byom" / "mnist-epochs"
+    """fit-epochs: fit's stamped AE at 4 and 6 epochs on the MNIST demo target."""
+    folder = REPO / "reports" / "byom" / "fit-epochs"
     first = "fit's AE epochs"
     rows = table(folder / "README.md", [first, *COLUMNS[1:], "detection at 0.25% test FPR"])
     assert [r[first] for r in rows] == ["4", "6"]
@@ -93,3 +93,19 @@ def test_the_epochs_table_is_the_measurements() -> None:
         assert at["fpr_clean_test"]["rate"] == 0.0025
         shown_at = f"{100 * at['detection_triggered_test']['rate']:.2f}"
         assert row["detection at 0.25% test FPR"] == shown_at
+
+
+def test_the_cifar10_epochs_row_is_the_measurement() -> None:
+    folder = REPO / "reports" / "byom" / "fit-epochs"
+    first = "CIFAR-10, fit's AE epochs"
+    (row,) = table(folder / "README.md", [first, *COLUMNS[1:], "detection at 0.75% test FPR"])
+    measured = json.loads((folder / "measure-cifar10-6.json").read_text())
+    report = json.loads((folder / "report-cifar10-6.json").read_text())
+    assert row[first] == "6" == str(report["training"]["epochs_done"])
+    assert report["training"]["families"] == "stamped"
+    assert row["clean FPR % [95% CI] (k/n)"] == shown(measured["fpr_clean_test"])
+    assert row["detection % [95% CI] (k/n)"] == shown(measured["detection_triggered_test"])
+    at = measured["at_test_fpr"]["0.0075"]
+    assert (
+        row["detection at 0.75% test FPR"] == f"{100 * at['detection_triggered_test']['rate']:.2f}"
+    )
