@@ -438,7 +438,9 @@ def readme(reports: dict[str, dict], expected: tuple[str, ...] = ()) -> str:
             f"- {n}: the shipped {rep['shipped_ae']} AE was put into the set after `make "
             f"reproduce`, its target kept byte for byte, by `{rep['swap']['command']}` "
             f"([{n}/detrigger_swap.md]({n}/detrigger_swap.md)); the row above is the set as "
-            f"shipped, the {n} report's own table the set as reproduce wrote it."
+            f"the swap left it, the {n} report's own table the set as reproduce wrote it (a "
+            "later `detrigger-guard calibrate` may have set other thresholds: "
+            "reports/calibration measures the shipped ones)."
             for n, rep in reports.items()
             if "swap" in rep
         ),
