@@ -95,17 +95,21 @@ def test_the_epochs_table_is_the_measurements() -> None:
         assert row["detection at 0.25% test FPR"] == shown_at
 
 
-def test_the_cifar10_epochs_row_is_the_measurement() -> None:
+def test_the_cifar10_epochs_rows_are_the_measurements() -> None:
+    """Two fit seeds at 6 epochs and the shipped set, by the same command."""
     folder = REPO / "reports" / "byom" / "fit-epochs"
     first = "CIFAR-10, fit's AE epochs"
-    (row,) = table(folder / "README.md", [first, *COLUMNS[1:], "detection at 0.75% test FPR"])
-    measured = json.loads((folder / "measure-cifar10-6.json").read_text())
-    report = json.loads((folder / "report-cifar10-6.json").read_text())
-    assert row[first] == "6" == str(report["training"]["epochs_done"])
-    assert report["training"]["families"] == "stamped"
-    assert row["clean FPR % [95% CI] (k/n)"] == shown(measured["fpr_clean_test"])
-    assert row["detection % [95% CI] (k/n)"] == shown(measured["detection_triggered_test"])
-    at = measured["at_test_fpr"]["0.0075"]
-    assert (
-        row["detection at 0.75% test FPR"] == f"{100 * at['detection_triggered_test']['rate']:.2f}"
-    )
+    rows = table(folder / "README.md", [first, *COLUMNS[1:], "detection at 0.75% test FPR"])
+    runs = ["cifar10-6", "cifar10-6-seed1", "cifar10-shipped"]
+    assert [r[first] for r in rows] == ["6", "6, --seed 1", "the shipped models/cifar10"]
+    for row, run in zip(rows, runs, strict=True):
+        measured = json.loads((folder / f"measure-{run}.json").read_text())
+        if run != "cifar10-shipped":
+            report = json.loads((folder / f"report-{run}.json").read_text())
+            assert report["training"]["epochs_done"] == 6
+            assert report["training"]["families"] == "stamped"
+        assert row["clean FPR % [95% CI] (k/n)"] == shown(measured["fpr_clean_test"])
+        assert row["detection % [95% CI] (k/n)"] == shown(measured["detection_triggered_test"])
+        at = measured["at_test_fpr"]["0.0075"]
+        shown_at = f"{100 * at['detection_triggered_test']['rate']:.2f}"
+        assert row["detection at 0.75% test FPR"] == shown_at
