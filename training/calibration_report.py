@@ -169,12 +169,11 @@ def calibration_of(manifest: Manifest, detector: str) -> dict[str, Any]:
 def measure_set(folder: Path, args) -> dict[str, Any]:
     t0 = time.time()
     raw = json.loads((folder / "manifest.json").read_text())
-    manifests = {"after": read_manifest(folder)}
+    manifests = {}
     if args.baseline:
-        manifests = {"before": Manifest.model_validate(git_manifest(folder, args.baseline))}
-        manifests["after"] = read_manifest(folder)
-    differ = same_scores(manifests["before"], manifests["after"]) if args.baseline else []
-    if differ:
+        manifests["before"] = Manifest.model_validate(git_manifest(folder, args.baseline))
+    manifests["after"] = read_manifest(folder)
+    if args.baseline and (differ := same_scores(manifests["before"], manifests["after"])):
         raise SystemExit(
             f"{folder}: the manifest at {args.baseline} differs in {', '.join(differ)}: its "
             "thresholds belong to other scores, so one pass cannot serve both"

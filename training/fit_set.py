@@ -62,8 +62,9 @@ RECIPES = {"shared": {}, "rgb": CIFAR10_RANDOM_AE}
 # detected, reports/byom/fit-epochs): more families share the draws, so each is seen less. At
 # the worst speed measured on 2 CPU cores (69 img/s on 3x32x32, docs/byom.md) 6 epochs of 45k
 # CIFAR-10-sized images would take ~66 min; the budget then stops the run after epoch 4, its
-# learning rate decayed on the budget's clock, before the hour. At the speeds since (263-919 img/s)
-# they take 5 to 17 minutes.
+# learning rate decayed on the budget's clock, before the hour. At the speeds measured since on
+# CIFAR-10-sized images (188-919 img/s: reports/byom/fit-epochs, docs/byom.md) they take 5 to 24
+# minutes.
 DEFAULT_EPOCHS = 6
 DEFAULT_TIME_BUDGET = 50 * 60.0
 

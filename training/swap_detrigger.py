@@ -202,24 +202,20 @@ def swap(
         "previous": previous,
     }
     # Detectors both and detrigger_or_repaired hold a de-trigger threshold set for the old AE:
-    # drop them, and say how to calibrate them again for the new one.
+    # drop them, and say how to calibrate each again for the new one.
     detectors = manifest.get("detectors") or {}
-    if detectors.pop("both", None) is not None:
-        log.info(
-            "%s: detectors.both dropped (set for the old AE); run detrigger-guard "
-            "calibrate %s --recorded-split --dataset %s",
-            folder,
-            folder,
-            dataset,
-        )
-    if detectors.pop("detrigger_or_repaired", None) is not None:
-        log.info(
-            "%s: detectors.detrigger_or_repaired dropped (set for the old AE); run "
-            "detrigger-guard calibrate %s --recorded-split --repaired %s",
-            folder,
-            folder,
-            detectors.get("repaired", {}).get("source", {}).get("model_set", "REPAIRED"),
-        )
+    repaired = detectors.get("repaired", {}).get("source", {}).get("model_set", "REPAIRED")
+    again = {"both": f"--dataset {dataset}", "detrigger_or_repaired": f"--repaired {repaired}"}
+    for name, option in again.items():
+        if detectors.pop(name, None) is not None:
+            log.info(
+                "%s: detectors.%s dropped (set for the old AE); run detrigger-guard calibrate %s "
+                "--recorded-split %s",
+                folder,
+                name,
+                folder,
+                option,
+            )
     write_manifest(folder, manifest)
     if sha256(folder / manifest["target"]["file"]) != manifest["target"]["sha256"]:
         raise RuntimeError("the target changed during the swap")  # a bug, never the user's input
