@@ -196,7 +196,7 @@ def _calibration(kw: dict, seed: int, threads: int):
     default=None,
     help="class names, comma-separated or a file of one per line (default: 0..K-1)",
 )
-@click.option("--epochs", default=6, show_default=True, help="AE training epochs")
+@click.option("--epochs", default=12, show_default=True, help="AE training epochs")
 @click.option("--batch-size", default=128, show_default=True, help="AE batch size (per process)")
 @click.option(
     "--time-budget",

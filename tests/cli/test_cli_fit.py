@@ -228,13 +228,13 @@ def test_fit_trains_on_the_stamped_families_by_default():
 
 def test_the_command_and_fit_options_share_their_training_defaults():
     """The CLI writes its defaults out (it imports no torch at load); they must stay
-    FitOptions': the recipe's 6 epochs (reports/byom/fit-epochs), batch and time budget."""
+    FitOptions': twice the recipe's 6 epochs (reports/byom/fit-epochs), batch and time budget."""
     from cli.fit import fit
     from training.config import random_ae
     from training.fit_set import FitOptions
 
     options = FitOptions(target="t.onnx", data="d", out="o")
     params = {p.name: p.default for p in fit.params}
-    assert params["epochs"] == options.epochs == random_ae().epochs == 6
+    assert params["epochs"] == options.epochs == 2 * random_ae().epochs == 12
     assert params["batch_size"] == options.batch_size
     assert params["time_budget"] == options.time_budget

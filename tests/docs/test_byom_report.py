@@ -77,11 +77,11 @@ def test_the_walkthrough_quotes_the_dynamic_measurements() -> None:
 
 
 def test_the_epochs_table_is_the_measurements() -> None:
-    """fit-epochs: fit's stamped AE at 4 and 6 epochs on the MNIST demo target."""
+    """fit-epochs: fit's stamped AE at 4, 6 and 12 epochs on the MNIST demo target."""
     folder = REPO / "reports" / "byom" / "fit-epochs"
     first = "fit's AE epochs"
     rows = table(folder / "README.md", [first, *COLUMNS[1:], "detection at 0.25% test FPR"])
-    assert [r[first] for r in rows] == ["4", "6"]
+    assert [r[first] for r in rows] == ["4", "6", "12"]
     for row in rows:
         measured = json.loads((folder / f"measure-{row[first]}.json").read_text())
         report = json.loads((folder / f"report-{row[first]}.json").read_text())
@@ -95,21 +95,50 @@ def test_the_epochs_table_is_the_measurements() -> None:
         assert row["detection at 0.25% test FPR"] == shown_at
 
 
-def test_the_cifar10_epochs_rows_are_the_measurements() -> None:
-    """Two fit seeds at 6 epochs and the shipped set, by the same command."""
+@pytest.mark.parametrize(
+    "first, labels, runs, epochs, fpr",
+    [
+        (
+            "CIFAR-10, fit's AE epochs",
+            ["6", "6, --seed 1", "the shipped models/cifar10"],
+            ["cifar10-6", "cifar10-6-seed1", "cifar10-shipped"],
+            6,
+            "0.0075",
+        ),
+        (
+            "Fashion-MNIST, 12 epochs",
+            ["12", "the shipped models/fashion-mnist"],
+            ["fashion-mnist-12", "fashion-mnist-shipped"],
+            12,
+            "0.0038",
+        ),
+        (
+            "CIFAR-10, 12 epochs",
+            ["12", "12, --seed 1", "the shipped models/cifar10"],
+            ["cifar10-12", "cifar10-12-seed1", "cifar10-shipped"],
+            12,
+            "0.0075",
+        ),
+    ],
+    ids=["cifar10-6-epochs", "fashion-mnist-12-epochs", "cifar10-12-epochs"],
+)
+def test_the_fit_rows_beside_the_shipped_set_are_the_measurements(
+    first: str, labels: list[str], runs: list[str], epochs: int, fpr: str
+) -> None:
+    """fit's seeds and the shipped set by the same command, and at the shipped set's test FPR."""
     folder = REPO / "reports" / "byom" / "fit-epochs"
-    first = "CIFAR-10, fit's AE epochs"
-    rows = table(folder / "README.md", [first, *COLUMNS[1:], "detection at 0.75% test FPR"])
-    runs = ["cifar10-6", "cifar10-6-seed1", "cifar10-shipped"]
-    assert [r[first] for r in rows] == ["6", "6, --seed 1", "the shipped models/cifar10"]
+    at_column = f"detection at {100 * float(fpr):.2f}% test FPR"
+    rows = table(folder / "README.md", [first, *COLUMNS[1:], at_column])
+    assert [r[first] for r in rows] == labels
     for row, run in zip(rows, runs, strict=True):
         measured = json.loads((folder / f"measure-{run}.json").read_text())
-        if run != "cifar10-shipped":
+        if not run.endswith("-shipped"):
             report = json.loads((folder / f"report-{run}.json").read_text())
-            assert report["training"]["epochs_done"] == 6
+            assert report["training"]["epochs_done"] == epochs
             assert report["training"]["families"] == "stamped"
         assert row["clean FPR % [95% CI] (k/n)"] == shown(measured["fpr_clean_test"])
         assert row["detection % [95% CI] (k/n)"] == shown(measured["detection_triggered_test"])
-        at = measured["at_test_fpr"]["0.0075"]
+        at = measured["at_test_fpr"][fpr]
+        assert at["fpr_clean_test"]["rate"] == float(fpr)
         shown_at = f"{100 * at['detection_triggered_test']['rate']:.2f}"
-        assert row["detection at 0.75% test FPR"] == shown_at
+        assert row[at_column] == shown_at
