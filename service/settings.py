@@ -202,6 +202,13 @@ class Settings(BaseSettings):
         description="Execution providers in order of preference; the one in use is read back "
         "from the session.",
     )
+    trt_cache_dir: Path | None = Field(
+        default=None,
+        description="TensorRT engine and timing cache, a folder of the guard's own (a volume "
+        "that survives restarts): each graph gets a sub-folder named by the ONNX Runtime "
+        "version and the sha256 of the bytes it was built from. Unset: TensorRT builds its "
+        "engines at every start. Used only when the TensorRT provider loads.",
+    )
     intra_op_threads: int = Field(
         default=0, ge=0, le=256, description="ORT intra-op threads per session (0 = ORT's default)."
     )
@@ -404,6 +411,13 @@ class Settings(BaseSettings):
         if "CPUExecutionProvider" not in value:
             # Without CPU as the last resort a missing GPU would leave the service dead.
             raise ValueError("providers must include CPUExecutionProvider as the fallback")
+        return value
+
+    @field_validator("trt_cache_dir")
+    @classmethod
+    def _cache_folder(cls, value: Path | None) -> Path | None:
+        if value is not None and value.exists() and not value.is_dir():
+            raise ValueError(f"{value} exists and is not a folder")
         return value
 
     @field_validator("api_keys")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -42,6 +44,42 @@ def requested_providers(preference: Sequence[str], available: Sequence[str]) -> 
     return chosen or ["CPUExecutionProvider"]
 
 
+def with_options(
+    providers: Sequence[str], settings: Settings, data: bytes
+) -> list[tuple[str, dict[str, str]]]:
+    """Each provider with its options for a session built from ``data``.
+
+    TensorRT, with ``GUARD_TRT_CACHE_DIR`` set, keeps its engines and timing cache in a folder
+    of their own for these bytes: ONNX Runtime keys an engine by the graph's names and shapes,
+    not its weights, so two graphs of one architecture (a set whose AE was swapped, a repaired
+    target) would otherwise share an engine built for the other's weights. The folder also
+    names the ONNX Runtime version, whose TensorRT cannot read other versions' engines.
+    """
+    out: list[tuple[str, dict[str, str]]] = []
+    for provider in providers:
+        options: dict[str, str] = {}
+        if provider == "TensorrtExecutionProvider" and settings.trt_cache_dir is not None:
+            folder = trt_cache_folder(settings.trt_cache_dir, data)
+            options = {
+                "trt_engine_cache_enable": "True",
+                "trt_engine_cache_path": str(folder),
+                "trt_timing_cache_enable": "True",
+                "trt_timing_cache_path": str(folder),
+            }
+        out.append((provider, options))
+    return out
+
+
+def trt_cache_folder(root: Path, data: bytes) -> Path:
+    """The TensorRT cache folder of the graph ``data``, made if missing."""
+    folder = root / f"ort-{ort.__version__}" / hashlib.sha256(data).hexdigest()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelLoadError(f"GUARD_TRT_CACHE_DIR: cannot make {folder}: {exc}") from exc
+    return folder
+
+
 def provider_in_use(session_providers: Sequence[str], preference: Sequence[str]) -> str:
     """The provider a session actually runs on: the most preferred one it loaded.
 
@@ -74,9 +112,10 @@ class OnnxModel:
         settings: Settings,
     ) -> OnnxModel:
         wanted = requested_providers(settings.providers, ort.get_available_providers())
+        providers = with_options(wanted, settings, data)
         try:
             session = ort.InferenceSession(
-                data, sess_options=session_options(settings), providers=wanted
+                data, sess_options=session_options(settings), providers=providers
             )
         except Exception as exc:  # ORT raises its own Fail / InvalidProtobuf / ... types
             raise ModelLoadError(f"{name}: ONNX Runtime cannot load it: {exc}") from exc

@@ -19,6 +19,7 @@ from tests.deploy.test_kubernetes import K8S_VERSIONS, docs, validate
 CHART = REPO / "deploy" / "helm" / "detrigger-guard"
 EXAMPLES = sorted((REPO / "deploy" / "helm" / "examples").glob("*.yaml"))
 VALUE_SETS = {"default": None, **{p.stem: p for p in EXAMPLES}}
+TRT_FIRST = "TensorrtExecutionProvider\\,CUDAExecutionProvider\\,CPUExecutionProvider"
 
 
 def helm(*args: str) -> subprocess.CompletedProcess[str]:
@@ -73,6 +74,7 @@ def test_lint_strict_passes(name: str) -> None:
         "autoscaling.minReplicas=two",  # wrong type
         "quarantine.s3.endpointUrl=http://user:secret@minio:9000",  # credentials in a URL
         "providers=CUDAExecutionProvider",  # no CPU fallback
+        "trtCache.dir=var/cache/trt",  # not an absolute path
     ],
 )
 def test_lint_rejects_bad_values(bad: str) -> None:
@@ -143,6 +145,27 @@ def test_gpu_values_request_a_gpu_and_prefer_cuda() -> None:
     assert container["image"].endswith(":gpu")
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert env(container)["GUARD_PROVIDERS"]["value"].startswith("CUDAExecutionProvider")
+
+
+def test_trt_cache_values_mount_a_volume_of_the_pod_at_the_setting(tmp_path: Path) -> None:
+    text = render(None, "trtCache.enabled=true", "providers=" + TRT_FIRST)
+    path = tmp_path / "trt.yaml"
+    path.write_text(text)
+    result = validate(path, K8S_VERSIONS[-1])
+    assert result.returncode == 0, result.stdout + result.stderr
+    spec = pod(text)
+    container = guard(spec)
+    variables = env(container)
+    assert variables["GUARD_PROVIDERS"]["value"] == TRT_FIRST.replace("\\", "")
+    folder = variables["GUARD_TRT_CACHE_DIR"]["value"]
+    assert folder == "/var/cache/guard/trt"
+    assert {"name": "trt-cache", "mountPath": folder} in container["volumeMounts"]
+    (volume,) = [v for v in spec["spec"]["volumes"] if v["name"] == "trt-cache"]
+    assert volume["emptyDir"] == {"sizeLimit": "1Gi"}
+    # Off by default: no variable, no volume.
+    default = pod(render())
+    assert "GUARD_TRT_CACHE_DIR" not in env(guard(default))
+    assert all(v["name"] != "trt-cache" for v in default["spec"]["volumes"])
 
 
 def test_s3_quarantine_values() -> None:

@@ -8,7 +8,13 @@ import pytest
 
 from contract.errors import ModelLoadError
 from service.runtime.modelset import ModelSet
-from service.runtime.onnx import provider_in_use, requested_providers, session_options
+from service.runtime.onnx import (
+    provider_in_use,
+    requested_providers,
+    session_options,
+    trt_cache_folder,
+    with_options,
+)
 from service.settings import Settings
 from tests.support.tiny_models import TinySpec, add_trigger, build_model_set, clean_image
 
@@ -43,6 +49,41 @@ def test_cpu_fallback_when_gpu_providers_are_preferred(tiny_set: Path) -> None:
     ms = ModelSet.load(tiny_set, s)
     assert ms.provider == "CPUExecutionProvider"
     assert ms.target.session.get_providers()[-1] == "CPUExecutionProvider"
+
+
+def test_cpu_fallback_with_a_trt_cache_makes_no_cache(tiny_set: Path, tmp_path: Path) -> None:
+    # TensorRT preferred, its cache set, but not installed here: the set loads on the CPU and
+    # nothing is written into the cache folder.
+    cache = tmp_path / "trt"
+    ms = ModelSet.load(tiny_set, settings(trt_cache_dir=cache))
+    assert ms.provider == "CPUExecutionProvider"
+    assert not cache.exists()
+
+
+def test_trt_gets_a_cache_folder_per_graph_and_the_others_none(tmp_path: Path) -> None:
+    pref = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    s = settings(trt_cache_dir=tmp_path / "trt")
+    a, b = with_options(pref, s, b"graph a"), with_options(pref, s, b"graph b")
+    assert [name for name, _ in a] == pref
+    assert a[1:] == [("CUDAExecutionProvider", {}), ("CPUExecutionProvider", {})]
+    trt = a[0][1]
+    folder = Path(trt["trt_engine_cache_path"])
+    assert trt["trt_engine_cache_enable"] == trt["trt_timing_cache_enable"] == "True"
+    assert trt["trt_timing_cache_path"] == str(folder) and folder.is_dir()
+    # Named by the runtime's version and the bytes: another graph of the same architecture
+    # (another AE's weights) gets another folder, the same bytes the same one.
+    assert folder.parent == tmp_path / "trt" / f"ort-{ort.__version__}"
+    assert Path(b[0][1]["trt_engine_cache_path"]) != folder
+    assert with_options(pref, s, b"graph a") == a
+    # Without a cache folder TensorRT gets no options (ORT's defaults: no engine cache).
+    assert with_options(pref, settings(), b"graph a")[0] == ("TensorrtExecutionProvider", {})
+
+
+def test_a_trt_cache_that_cannot_be_made_is_a_load_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ModelLoadError, match="GUARD_TRT_CACHE_DIR: cannot make"):
+        trt_cache_folder(blocker / "trt", b"graph")
 
 
 def test_provider_choice_follows_preference_not_installation() -> None:

@@ -46,6 +46,7 @@ def test_env_prefix_and_list_forms(monkeypatch: pytest.MonkeyPatch) -> None:
         {"GUARD_GRAPH_OPTIMIZATION": "max"},
         {"GUARD_DEFAULT_MODE": "ignore"},
         {"GUARD_MODELS": ""},
+        {"GUARD_TRT_CACHE_DIR": "/etc/passwd"},  # a file, not a folder
     ],
 )
 def test_unsafe_values_are_refused(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
