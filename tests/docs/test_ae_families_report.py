@@ -74,15 +74,22 @@ def test_the_shipped_ae_is_the_graph_measured_at_the_shipped_rule(dataset: str) 
     assert manifest["training"]["detrigger_swap"]["ae"] == "stamped"
 
 
-def test_the_held_out_table_is_the_measurement() -> None:
-    """The SIG row (a family no family set draws) is held-out/mnist.json's."""
-    report = json.loads((FOLDER / "held-out" / "mnist.json").read_text())
-    header = ["mnist, held out, confidence 0.95", "attack success %", "random-gated",
-              "stamped-gated"]  # fmt: skip
+@pytest.mark.parametrize(
+    ("dataset", "labels"),
+    [
+        ("mnist", ["random-gated", "stamped-gated"]),
+        ("fashion-mnist", ["random", "stamped"]),
+        ("cifar10", ["random", "stamped"]),
+    ],
+)
+def test_the_held_out_tables_are_the_measurements(dataset: str, labels: list[str]) -> None:
+    """The SIG rows (a family no family set draws) are held-out/<dataset>.json's."""
+    report = json.loads((FOLDER / "held-out" / f"{dataset}.json").read_text())
+    header = [f"{dataset}, held out, confidence 0.95", "attack success %", *labels]
     (row,) = table(FOLDER / "README.md", header)
     (s,) = report["sets"]
     assert report["config"]["confidence"] == 0.95
     assert row[header[0]] == s["attack"] == "sig"
     assert row["attack success %"] == f"{100 * s['attack_success_rate']:.2f}"
-    for label in header[2:]:
+    for label in labels:
         assert row[label] == cell(s["aes"][label]["kl"])
