@@ -65,6 +65,20 @@ def test_the_fit_families_table_is_the_measurements() -> None:
     assert f"{100 * measured['attack_success']:.2f}%" in text
 
 
+def test_the_dynamic_12_epoch_row_is_the_measurement() -> None:
+    """cifar10-dynamic at fit's 12-epoch default: one measurement, its report's epochs."""
+    first = "fit, 12 epochs"
+    (row,) = table(DYNAMIC / "README.md", [first, *COLUMNS[1:]])
+    assert row[first] == "stamped"
+    measured = json.loads((DYNAMIC / "measure-stamped-12.json").read_text())
+    assert measured["detector"] == "detrigger"
+    assert row["clean FPR % [95% CI] (k/n)"] == shown(measured["fpr_clean_test"])
+    assert row["detection % [95% CI] (k/n)"] == shown(measured["detection_triggered_test"])
+    report = json.loads((DYNAMIC / "report-stamped-12.json").read_text())
+    assert report["training"]["epochs_done"] == 12
+    assert report["training"]["families"] == "stamped"
+
+
 def test_the_walkthrough_quotes_the_dynamic_measurements() -> None:
     """docs/byom.md's paragraph on the CIFAR-10 dynamic backdoor: the same four figures."""
     text = " ".join((REPO / "docs" / "byom.md").read_text().split())
