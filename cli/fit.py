@@ -102,6 +102,16 @@ def calibration_options(f):
             show_default=True,
             help="validation images the estimates are measured on (0: none)",
         ),
+        click.option(
+            "--calibration-shift",
+            type=click.IntRange(min=0),
+            default=2,
+            show_default=True,
+            help="set the thresholds on the held-out images each moved by a random offset of up "
+            "to this many pixels (edges reflected): a model is surer of images it trained on "
+            "than of new ones, so thresholds set on such images as they are flag more new clean "
+            "images than --target-fpr (0: as they are)",
+        ),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -119,6 +129,7 @@ def _calibration(kw: dict, seed: int, threads: int):
         strip_n=kw["strip_n"],
         strip_bank=kw["strip_bank"],
         estimate_images=kw["estimate_images"],
+        shift=kw["calibration_shift"],
         seed=seed,
         threads=threads,
     )
@@ -346,7 +357,15 @@ def _audit_fitted(opts) -> None:
 
 # Options that only one of calibrate's two modes reads (--redraw-bank: also seed, strip_n and
 # strip_bank in the second).
-_NEW_IMAGES_ONLY = ("seed", "score", "strip", "strip_n", "strip_bank", "estimate_images")
+_NEW_IMAGES_ONLY = (
+    "seed",
+    "score",
+    "strip",
+    "strip_n",
+    "strip_bank",
+    "estimate_images",
+    "calibration_shift",
+)
 _RECORDED_ONLY = ("dataset", "score_floor", "batch_size", "redraw_bank")
 _BANK = ("seed", "strip_n", "strip_bank")
 

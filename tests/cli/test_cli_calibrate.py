@@ -39,6 +39,11 @@ def test_calibrate_rewrites_the_threshold_and_the_strip_bank(tmp_path: Path) -> 
     assert calibration["confidence"] == 0.95 and calibration["allowed_exceedances"] == 1
     assert fp["k"] <= 1 and "at most 1 of 284 allowed (confidence 0.95)" in result.output
     assert fp["ci95"][0] <= fp["rate"] <= fp["ci95"][1]
+    # Set on the images each shifted by up to 2 px (the default); the same images as they are
+    # are measured too.
+    assert calibration["shift"]["pixels"] == 2
+    assert calibration["shift"]["false_positive_unshifted"]["n"] == 300 - 16
+    assert "on the images shifted by up to 2 px (as they are: " in result.output
     model_set = ModelSet.load(folder, Settings(models=[folder]))
     assert model_set.strip is not None and len(model_set.strip.bank) == 16
     # Detector both, on the same images for the same FPR.

@@ -147,6 +147,10 @@ def test_a_set_without_a_validation_split_or_with_too_few_images_is_refused(
     assert "--strip-n: only with --data or --redraw-bank" in recalibrate(
         [*args, "--strip-n", "4"], ok=False
     )
+    # The recorded split is images the target never trained on: nothing to shift them for.
+    assert "--calibration-shift: only with --data" in recalibrate(
+        [*args, "--calibration-shift", "1"], ok=False
+    )
     run = CliRunner().invoke(guard_cli, ["calibrate", str(folder)])
     assert run.exit_code == 2 and "either --data DIR or --recorded-split" in run.output
     run = CliRunner().invoke(

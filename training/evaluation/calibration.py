@@ -6,6 +6,12 @@ made without a known backdoor.
   is <= target_fpr with probability >= 0.95; at 0, at most target_fpr of these images are
   flagged, the plain quantile); the measured FPR is reported with its exact (Clopper-Pearson)
   95% interval.
+- `shifted`: the held-out images, each moved by a random offset of a pixel or two, which the
+  thresholds are set on (`CalibrationOptions.shift`). A user's held-out images are often images
+  the target trained on; it is surer of them than of new ones, so the AE's changes drop its
+  probabilities less there, and a threshold set on them as they are flags more than target_fpr
+  of new clean images (measured in docs/byom.md, "Calibrated on shifted images"). Moved off the
+  pixel grid it learnt, an image scores about as a new one does.
 - `estimates`: for each trigger family of the attack suite stamped on the clean images, how often
   the target's class on AE(stamped) equals its class on the clean image (restoration rate), and
   how much the AE changes clean images. These are estimates: the user's model has no known
@@ -35,6 +41,7 @@ from training.evaluation.metrics import (
     DEFAULT_CONFIDENCE,
     calibration_record,
     min_calibration_images,
+    rate,
     threshold_at_fpr,
     too_few_message,
 )
@@ -175,6 +182,7 @@ class CalibrationOptions:
     seed: int = 0
     threads: int = 0
     batch_size: int = 256
+    shift: int = 2  # pixels the calibration images are moved by (`shifted`); 0: as they are
 
     def problems(self) -> list[str]:
         out = []
@@ -184,6 +192,8 @@ class CalibrationOptions:
             out.append(f"--confidence {self.confidence} must lie in [0, 1) (0 or off: quantile)")
         if self.score not in SCORES:
             out.append(f"--score {self.score!r}: allowed: {', '.join(SCORES)}")
+        if self.shift < 0:
+            out.append(f"--calibration-shift {self.shift} must be >= 0 (0: images as they are)")
         if self.strip and not 1 <= self.strip_n <= min(256, self.strip_bank):
             out.append(f"--strip-n {self.strip_n} must lie in 1..min(256, --strip-bank)")
         return out
@@ -206,6 +216,23 @@ def onnx_pair(folder: Path, manifest: Manifest, threads: int) -> Pair:
     return run
 
 
+def shifted(images: np.ndarray, pixels: int, seed: int) -> np.ndarray:
+    """Images (N, C, H, W), each moved by its own random offset of up to `pixels` in each
+    direction, the edge reflected into the gap; `pixels` 0 returns them as they are."""
+    if pixels == 0:
+        return images
+    n, _, h, w = images.shape
+    if pixels >= min(h, w):
+        raise ValueError(f"--calibration-shift {pixels} must be smaller than the image ({h}x{w})")
+    pad = ((0, 0), (0, 0), (pixels, pixels), (pixels, pixels))
+    # (N, C, 2p+1, 2p+1, H, W): every H x W window of the padded image, a view
+    windows = np.lib.stride_tricks.sliding_window_view(
+        np.pad(images, pad, "reflect"), (h, w), (2, 3)
+    )
+    dy, dx = np.random.default_rng([seed, 1]).integers(0, 2 * pixels + 1, size=(2, n))
+    return np.ascontiguousarray(windows[np.arange(n), :, dy, dx])
+
+
 def calibrate_folder(
     folder: Path, images: np.ndarray, opts: CalibrationOptions, source: str
 ) -> dict[str, Any]:
@@ -223,11 +250,20 @@ def calibrate_folder(
     # class would otherwise give the estimates' first images all of one class.
     bank_idx, calib_idx = np.sort(perm[:n_bank]), perm[n_bank:]
     calib = images[calib_idx]
+    moved = shifted(calib, opts.shift, opts.seed)  # what every threshold is set on
+    if opts.shift:
+        source += f", each image shifted by up to {opts.shift} px"
     pair = onnx_pair(folder, manifest, opts.threads)
-    x = calib.astype(np.float32) / np.float32(255.0)  # the service decoder's float32 values
+    x = moved.astype(np.float32) / np.float32(255.0)  # the service decoder's float32 values
     lx, lae, _ = _batched(pair, x, opts.batch_size)
     decision, measured = calibrate_decision(lx, lae, opts.score, opts.target_fpr, opts.confidence)
     measured["source"] = source
+    if opts.shift:  # what the threshold flags of the same images as they are
+        plain = _batched(pair, calib.astype(np.float32) / np.float32(255.0), opts.batch_size)
+        measured["shift"] = {
+            "pixels": opts.shift,
+            "false_positive_unshifted": rate(decide(plain[0], plain[1], decision).flagged),
+        }
     measured["scores"] = SCORES[opts.score](lx, lae).tolist()  # for the report's plot
     raw["decision"] = {
         **decision.model_dump(),
@@ -236,7 +272,7 @@ def calibrate_folder(
     result: dict[str, Any] = {"decision": measured}
     if manifest.detectors.repaired is not None:
         spec = manifest.detectors.repaired
-        batches = float_batches(calib, opts.batch_size)  # the floats of x, batch by batch
+        batches = float_batches(moved, opts.batch_size)  # the floats of x, batch by batch
         lr = repaired_logits(folder, manifest, batches, opts.threads)
         # at least the floor, as on the recorded split: a repair that barely moves clean
         # outputs would otherwise get a threshold that float rounding on another runtime crosses
@@ -263,7 +299,7 @@ def calibrate_folder(
         bank_f = bank_from_npy((folder / BANK_FILE).read_bytes(), chw)
         config = StripConfig(opts.strip_n, opts.seed, 1.0, 1.0)
         target = onnx_target(folder, manifest, opts.threads)
-        _, entropy = strip_entropies(calib, bank_f, config, target, 64)
+        _, entropy = strip_entropies(moved, bank_f, config, target, 64)
         threshold = strip_threshold(entropy, opts.target_fpr, opts.confidence)
         strip = {
             **calibration_record(flag(entropy, threshold), opts.target_fpr, opts.confidence),

@@ -27,6 +27,11 @@ def fpr_line(calibration: dict[str, Any]) -> str:
         f"de-trigger AE ({d['score']} > {d['threshold']:.6g}): clean FPR "
         f"{_interval(d['false_positive'])} at target {_pct(d['target_fpr'])}" + confidence_note(d)
     )
+    if "shift" in d:  # the images were moved (training/evaluation/calibration.py, `shifted`)
+        line += (
+            f", on the images shifted by up to {d['shift']['pixels']} px (as they are: "
+            f"{_interval(d['shift']['false_positive_unshifted'])})"
+        )
     if "strip" in calibration:
         s = calibration["strip"]
         line += f"; STRIP (< {s['threshold']:.4f} bits): clean FPR {_interval(s['false_positive'])}"

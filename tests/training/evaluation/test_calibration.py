@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -77,7 +79,9 @@ def test_the_estimates_draw_their_images_across_a_folder_read_class_by_class(
     monkeypatch.setattr(calibration, "write_manifest", lambda *a: None)
     monkeypatch.setattr(calibration.Manifest, "model_validate", staticmethod(lambda raw: raw))
     images = np.repeat(np.arange(4, dtype=np.uint8), 100)[:, None, None, None]  # classes 0..3
-    opts = calibration.CalibrationOptions(strip=False, estimate_images=100, target_fpr=0.05)
+    opts = calibration.CalibrationOptions(
+        strip=False, estimate_images=100, target_fpr=0.05, shift=0
+    )
     calibration.calibrate_folder(tmp_path, images.repeat(2, 2).repeat(2, 3), opts, "test")
     assert len(set(seen[0][:, 0, 0, 0].tolist())) == 4
 
@@ -88,3 +92,62 @@ class _Manifest:
 
     class detectors:  # noqa: N801
         repaired = None
+
+
+def test_shifted_moves_each_image_by_its_own_offset_of_at_most_the_pixels_given() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (200, 3, 7, 9), dtype=np.uint8)
+    out = calibration.shifted(images, 2, seed=0)
+    assert out.shape == images.shape and out.dtype == np.uint8
+    padded = np.pad(images, ((0, 0), (0, 0), (2, 2), (2, 2)), mode="reflect")
+    offsets = []
+    for i in range(len(images)):
+        found = [
+            (dy, dx)
+            for dy in range(5)
+            for dx in range(5)
+            if np.array_equal(out[i], padded[i, :, dy : dy + 7, dx : dx + 9])
+        ]
+        assert found, f"image {i} is no shifted copy of its original"
+        offsets.append(found[0])
+    assert len(set(offsets)) == 25  # every offset of the 5 x 5 is drawn
+    assert np.array_equal(out, calibration.shifted(images, 2, seed=0))  # the seed fixes them
+    assert calibration.shifted(images, 0, seed=0) is images
+    with pytest.raises(ValueError, match="smaller than the image"):
+        calibration.shifted(images, 7, seed=0)
+
+
+def test_thresholds_are_set_on_shifted_images_and_the_unshifted_rate_is_recorded(
+    tmp_path, monkeypatch
+) -> None:
+    """A target that is surer of the exact images it trained on than of any others: their AE
+    drop is small, so a threshold set on them as they are lies below most new images' scores;
+    set on the shifted copies, it lies above every original's."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (400, 1, 6, 6), dtype=np.uint8)
+    seen = {im.tobytes() for im in images}
+
+    def pair(x):  # (f(x), f(AE x), AE x): the drop is 0.05 on seen images, 0.2-0.4 on others
+        known = np.array([(np.rint(im * 255).astype(np.uint8)).tobytes() in seen for im in x])
+        drop = np.where(known, 0.05, rng.uniform(0.2, 0.4, len(x)))
+        lx = np.log(np.stack([np.full(len(x), 0.9), np.full(len(x), 0.1)], 1))
+        lae = np.log(np.stack([0.9 - drop, 0.1 + drop], 1))
+        return lx, lae, x
+
+    monkeypatch.setattr(calibration, "onnx_pair", lambda *a: pair)
+    monkeypatch.setattr(calibration, "read_manifest", lambda folder: _Manifest6())
+    (tmp_path / "manifest.json").write_text("{}")
+    monkeypatch.setattr(calibration, "write_manifest", lambda *a: None)
+    monkeypatch.setattr(calibration.Manifest, "model_validate", staticmethod(lambda raw: raw))
+    opts = calibration.CalibrationOptions(strip=False, estimate_images=0, target_fpr=0.05)
+    plain = calibration.calibrate_folder(tmp_path, images, replace(opts, shift=0), "test")
+    moved = calibration.calibrate_folder(tmp_path, images, opts, "test")["decision"]
+    assert plain["decision"]["threshold"] == pytest.approx(0.05) and "shift" not in plain
+    assert moved["threshold"] > 0.2 and moved["shift"]["pixels"] == 2
+    assert moved["shift"]["false_positive_unshifted"]["k"] == 0
+    assert moved["source"] == "test, each image shifted by up to 2 px"
+
+
+class _Manifest6(_Manifest):
+    class input:  # noqa: N801
+        channels, height, width = 1, 6, 6
