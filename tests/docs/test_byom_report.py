@@ -156,3 +156,80 @@ def test_the_fit_rows_beside_the_shipped_set_are_the_measurements(
         assert at["fpr_clean_test"]["rate"] == float(fpr)
         shown_at = f"{100 * at['detection_triggered_test']['rate']:.2f}"
         assert row[at_column] == shown_at
+
+
+SHIFT = REPO / "reports" / "byom" / "calibration-shift"
+SHIFT_COLUMNS = ["set", "held-out images", "measured", "threshold", "held-out flagged %"]
+
+
+def shift_table() -> dict[str, dict[str, dict]]:
+    """calibration-shift's table, each row checked against its measurement and its set's
+    report (today's rows beside the page, the earlier ones in their folders), keyed by set and
+    by how the held-out images were used."""
+    rows = table(SHIFT / "README.md", [*SHIFT_COLUMNS, *COLUMNS[1:]])
+    by_set: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        path = REPO / "reports" / "byom" / row["measured"]
+        measured = json.loads(path.read_text())
+        report = json.loads(path.with_name(path.name.replace("measure-", "report-")).read_text())
+        d = report["calibration"]["decision"]
+        assert report["training"]["epochs_done"] == 12 and measured["detector"] == "detrigger"
+        assert row["threshold"] == f"{d['threshold']:.4g}"
+        held = f"{100 * d['false_positive']['rate']:.2f}"
+        if "shift" in d:
+            assert path.parent == SHIFT and row["held-out images"] == "shifted 2 px"
+            assert d["shift"]["pixels"] == 2
+            held += f" ({100 * d['shift']['false_positive_unshifted']['rate']:.2f} as they are)"
+        else:
+            assert row["held-out images"] == "as they are"
+        assert row["held-out flagged %"] == held
+        assert row["clean FPR % [95% CI] (k/n)"] == shown(measured["fpr_clean_test"])
+        assert row["detection % [95% CI] (k/n)"] == shown(measured["detection_triggered_test"])
+        by_set.setdefault(row["set"], {})[row["held-out images"]] = measured | {"report": d}
+    return by_set
+
+
+def _rates(m: dict) -> tuple[float, float]:
+    return 100 * m["fpr_clean_test"]["rate"], 100 * m["detection_triggered_test"]["rate"]
+
+
+def test_the_shifted_calibration_table_is_the_measurements() -> None:
+    """calibration-shift: the table is the measurements; the two calibrations of one AE differ
+    in the threshold only, so detection at a fixed test FPR is the same; the prose's figures
+    are the table's."""
+    by_set = shift_table()
+    for name, pair in by_set.items():
+        if len(pair) == 2:
+            before, after = pair["as they are"], pair["shifted 2 px"]
+            assert before.get("at_test_fpr") == after.get("at_test_fpr"), name
+            assert before["attack_success"] == after["attack_success"], name
+    text = " ".join((SHIFT / "README.md").read_text().split())
+    dyn = by_set["CIFAR-10, hidden dynamic"]
+    (old, old_det), (new, new_det) = (_rates(dyn[k]) for k in ("as they are", "shifted 2 px"))
+    assert f"from {old:.2f}% to {new:.2f}%" in text
+    assert f"{old_det - new_det:.2f} points of detection" in text
+    unshifted = dyn["shifted 2 px"]["report"]["shift"]["false_positive_unshifted"]["rate"]
+    assert f"flags {100 * unshifted:.2f}% of them" in text
+    fm, mn = (by_set[k]["shifted 2 px"] for k in ("Fashion-MNIST demo", "MNIST demo"))
+    assert f"falling to {_rates(fm)[0]:.2f}% and {_rates(mn)[0]:.2f}%" in text
+    fm_cost = _rates(by_set["Fashion-MNIST demo"]["as they are"])[1] - _rates(fm)[1]
+    assert f"a cost of {fm_cost:.2f} points of detection on Fashion-MNIST" in text
+
+
+def test_the_walkthrough_quotes_the_shifted_calibration() -> None:
+    """docs/byom.md's table of the two calibrations: the calibration-shift measurements, and
+    the largest detection cost it states is theirs."""
+    by_set = shift_table()
+    first = "the same AE, clean test FPR / detection"
+    columns = [first, "as they are", "shifted by up to 2 px (default)"]
+    rows = table(REPO / "docs" / "byom.md", columns)
+    assert {r[first] for r in rows} == {k for k, v in by_set.items() if len(v) == 2}
+    costs = []
+    for row in rows:
+        pair = by_set[row[first]]
+        for column, key in zip(columns[1:], ("as they are", "shifted 2 px"), strict=True):
+            fpr, detection = _rates(pair[key])
+            assert row[column] == f"{fpr:.2f}% / {detection:.2f}%"
+        costs.append(_rates(pair["as they are"])[1] - _rates(pair["shifted 2 px"])[1])
+    text = " ".join((REPO / "docs" / "byom.md").read_text().split())
+    assert f"costs at most {max(costs):.2f} points of detection" in text
