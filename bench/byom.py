@@ -278,7 +278,8 @@ def as_set(
     if stale_graph:
         (dest / stale_graph["file"]).unlink(missing_ok=True)
     write_manifest(dest, raw)
-    options = CalibrationOptions(score=raw["decision"]["score"])
+    # images the target never trained on: as they are, as calibrate --recorded-split uses them
+    options = CalibrationOptions(score=raw["decision"]["score"], shift=0)
     command = " ".join(["python -m bench.byom", *sys.argv[1:]])
     with (
         add_repaired(dest, repaired, "prob_drop", command)

@@ -43,6 +43,7 @@ def test_the_new_target_becomes_a_calibrated_set(both_set: Path, kl_set: Path, t
     assert m["target"]["sha256"] == hashlib.sha256(target).hexdigest()
     # calibrated again on these images: the decision, STRIP and both
     assert m["decision"]["calibration"]["source"] == "validation: the held-out split"
+    assert "shift" not in m["decision"]["calibration"]  # never trained on: used as they are
     assert m["decision"] != before["decision"]
     assert m["detectors"]["strip"] != before["detectors"]["strip"]
     assert np.load(dest / "strip_bank.npy").shape[1:] == (1, 28, 28)
