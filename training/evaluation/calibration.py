@@ -238,7 +238,9 @@ def calibrate_folder(
 ) -> dict[str, Any]:
     """Calibrate the set in `folder` on clean uint8 images (N, C, H, W) the AE never trained on:
     write its decision (and STRIP's bank and entry) into the manifest, and return what was
-    measured, estimates included. The bank and the calibration images are disjoint."""
+    measured, estimates included. The bank and the calibration images are disjoint; every
+    threshold is set on the calibration images `shifted` by up to opts.shift pixels, the
+    estimates use them as they are."""
     raw = json.loads((folder / "manifest.json").read_text())
     manifest = read_manifest(folder)
     chw = (manifest.input.channels, manifest.input.height, manifest.input.width)
