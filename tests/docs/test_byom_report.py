@@ -233,3 +233,25 @@ def test_the_walkthrough_quotes_the_shifted_calibration() -> None:
         costs.append(_rates(pair["as they are"])[1] - _rates(pair["shifted 2 px"])[1])
     text = " ".join((REPO / "docs" / "byom.md").read_text().split())
     assert f"costs at most {max(costs):.2f} points of detection" in text
+
+
+def test_the_hidden_rcp_run_is_quoted_from_its_files() -> None:
+    """calibration-shift's from-scratch run: the backdoor's accuracy and attack success, fit's
+    times and defaults, and docs/byom.md's figures are its files'."""
+    backdoor = json.loads((SHIFT / "backdoor-cifar10-rcp.json").read_text())
+    report = json.loads((SHIFT / "report-cifar10-rcp.json").read_text())
+    measured = json.loads((SHIFT / "measure-cifar10-rcp.json").read_text())
+    text = " ".join((SHIFT / "README.md").read_text().split())
+    (attack,) = backdoor["test"]["attacks"]
+    assert backdoor["attack"] == "random-colour-patch"
+    assert f"clean accuracy {100 * backdoor['test']['clean_accuracy']:.2f}%" in text
+    assert f"attack success {100 * attack['attack_success_rate']:.2f}%" in text
+    assert (
+        f"took {report['wall_seconds']:.0f} s (the AE {report['training']['wall_seconds']:.0f} s"
+        in text
+    )
+    assert report["training"]["families"] == "stamped" and report["training"]["epochs_done"] == 12
+    assert "--run-dir" not in report["command"] and "--epochs" not in report["command"]
+    fpr, detection = _rates(measured)
+    docs = " ".join((REPO / "docs" / "byom.md").read_text().split())
+    assert f"detected {detection:.2f}% at {fpr:.2f}% clean test FPR" in docs
