@@ -9,7 +9,8 @@
 `folder` writes a preset's split as PNGs in the ImageFolder layout (what a user has); `measure`
 loads a set as the service does (service.runtime.modelset.ModelSet) and reports, on the test
 split, the share of clean images it flags (FPR) and the share of triggered images of other
-classes than the backdoor's target it flags (detection), each with its 95% interval; with
+classes than the backdoor's target it flags (detection), and of those the backdoor took to its
+target (`detection_fired`: the attacks that worked), each with its 95% interval; with
 `--against REPAIRED` also what comparing the set's target with the audit's repaired target
 would flag (an image whose class the two disagree on; and by how much the repaired target
 lowers the probability of the original's class, its threshold moved to each --at-fpr): a
@@ -95,19 +96,25 @@ def measure(
         "detection_triggered_test": rate(trig_flags),
         "attack_success": float((trig_pred == target).mean()),
     }
+    fired = trig_pred == target
+    if fired.any():  # the attacks that worked: triggered images the target took to its target
+        out["detection_fired"] = rate(trig_flags[fired])
     if at_fpr:  # the set's own rule (score > threshold), its threshold moved on the test split
         if model_set.manifest.decision.rule != "score" or chosen is not Detector.detrigger:
             raise SystemExit("--at-fpr needs detector detrigger with the decision rule 'score'")
-        out["at_test_fpr"] = at_test_fpr(clean_score, trig_score, at_fpr)
+        out["at_test_fpr"] = at_test_fpr(clean_score, trig_score, at_fpr, fired)
     if against is not None:
         out["against"] = compare_targets(folder, against, x, triggered, at_fpr)
     print(json.dumps(out, indent=2))
     return out
 
 
-def at_test_fpr(clean: np.ndarray, triggered: np.ndarray, fprs: tuple) -> dict:
+def at_test_fpr(
+    clean: np.ndarray, triggered: np.ndarray, fprs: tuple, fired: np.ndarray | None = None
+) -> dict:
     """Per FPR: the score threshold moved to flag fewer than that share of the clean test
-    images (score > threshold flags), and what it flags of them and of the triggered ones."""
+    images (score > threshold flags), and what it flags of them and of the triggered ones (and
+    of the triggered ones in `fired`, where the backdoor worked)."""
     from training.evaluation.metrics import rate
 
     ranked = np.sort(clean)[::-1]
@@ -119,6 +126,8 @@ def at_test_fpr(clean: np.ndarray, triggered: np.ndarray, fprs: tuple) -> dict:
             "fpr_clean_test": rate(clean > threshold),
             "detection_triggered_test": rate(triggered > threshold),
         }
+        if fired is not None and fired.any():
+            out[f"{fpr:g}"]["detection_fired"] = rate(triggered[fired] > threshold)
     return out
 
 

@@ -104,8 +104,10 @@ def test_measure_counts_clean_flags_and_triggered_detections(kl_set: Path, tmp_p
     det = out["detection_triggered_test"]
     assert det["n"] == 90 and det["k"] == 90  # the AE removes the square: every one flagged
     assert out["attack_success"] == 1.0
+    assert out["detection_fired"]["n"] == 90 and out["detection_fired"]["k"] == 90
     moved = out["at_test_fpr"]["0.05"]
     assert moved["fpr_clean_test"]["k"] <= 4 and moved["detection_triggered_test"]["k"] == 90
+    assert moved["detection_fired"]["k"] == 90
 
 
 def test_measure_runs_the_named_detector(either_set: Path, kl_set: Path, tmp_path: Path) -> None:
