@@ -235,23 +235,50 @@ def test_the_walkthrough_quotes_the_shifted_calibration() -> None:
     assert f"costs at most {max(costs):.2f} points of detection" in text
 
 
-def test_the_hidden_rcp_run_is_quoted_from_its_files() -> None:
-    """calibration-shift's from-scratch run: the backdoor's accuracy and attack success, fit's
-    times and defaults, and docs/byom.md's figures are its files'."""
-    backdoor = json.loads((SHIFT / "backdoor-cifar10-rcp.json").read_text())
-    report = json.loads((SHIFT / "report-cifar10-rcp.json").read_text())
-    measured = json.loads((SHIFT / "measure-cifar10-rcp.json").read_text())
+@pytest.mark.parametrize(
+    "key, attack", [("cifar10-rcp", "random-colour-patch"), ("fashion-mnist-blend", "blend")]
+)
+def test_the_hidden_runs_are_quoted_from_their_files(key: str, attack: str) -> None:
+    """calibration-shift's from-scratch runs: the backdoor's accuracy and attack success and
+    fit's times are their files'; fit ran with today's defaults."""
+    backdoor = json.loads((SHIFT / f"backdoor-{key}.json").read_text())
+    report = json.loads((SHIFT / f"report-{key}.json").read_text())
     text = " ".join((SHIFT / "README.md").read_text().split())
-    (attack,) = backdoor["test"]["attacks"]
-    assert backdoor["attack"] == "random-colour-patch"
+    (worked,) = backdoor["test"]["attacks"]
+    assert backdoor["attack"] == attack
     assert f"clean accuracy {100 * backdoor['test']['clean_accuracy']:.2f}%" in text
-    assert f"attack success {100 * attack['attack_success_rate']:.2f}%" in text
-    assert (
-        f"took {report['wall_seconds']:.0f} s (the AE {report['training']['wall_seconds']:.0f} s"
-        in text
-    )
+    assert f"attack success {100 * worked['attack_success_rate']:.2f}%" in text
+    wall, ae = report["wall_seconds"], report["training"]["wall_seconds"]
+    assert f"({wall:.0f} s, the AE {ae:.0f} s)" in text
     assert report["training"]["families"] == "stamped" and report["training"]["epochs_done"] == 12
     assert "--run-dir" not in report["command"] and "--epochs" not in report["command"]
-    fpr, detection = _rates(measured)
+    assert "--calibration-shift" not in report["command"]
+
+
+def test_the_hidden_rcp_detection_is_quoted_in_the_walkthrough() -> None:
+    fpr, detection = _rates(json.loads((SHIFT / "measure-cifar10-rcp.json").read_text()))
     docs = " ".join((REPO / "docs" / "byom.md").read_text().split())
     assert f"detected {detection:.2f}% at {fpr:.2f}% clean test FPR" in docs
+
+
+def test_the_blend_prose_is_its_measurements() -> None:
+    """The Fashion-MNIST blend paragraph: the shift's cost and the attacks that worked."""
+    shifted, plain = (
+        json.loads((SHIFT / f"measure-fashion-mnist-blend{s}.json").read_text())
+        for s in ("", "-plain")
+    )
+    text = " ".join((SHIFT / "README.md").read_text().split())
+    fired = shifted["detection_fired"]
+    assert f"flags {_rates(shifted)[0]:.2f}% of the test images" in text
+    assert f"{_rates(plain)[1] - _rates(shifted)[1]:.2f} points fewer triggered ones" in text
+    assert f"the set flags {100 * fired['rate']:.2f}% ({fired['k']}/{fired['n']})" in text
+    assert f"{100 * plain['detection_fired']['rate']:.2f}% with the held-out images" in text
+    at = shifted["at_test_fpr"]["0.01"]["detection_fired"]["rate"]
+    assert f"{100 * at:.2f}% at 1% test FPR" in text
+    report = json.loads((SHIFT / "report-fashion-mnist-blend-plain.json").read_text())
+    held = 100 * report["calibration"]["decision"]["false_positive"]["rate"]
+    assert f"{held:.2f}" == f"{_rates(plain)[0]:.2f}" and f"({held:.2f}% both)" in text
+    success = 100 * shifted["attack_success"]
+    docs = " ".join((REPO / "docs" / "byom.md").read_text().split())
+    assert f"only {success:.2f}% of triggered images obey" in docs
+    assert f"takes only {success:.2f}% of the triggered images" in text
