@@ -66,6 +66,7 @@ def test_fit_on_a_normalising_3x40x48_graph_and_an_image_tree_with_broken_files(
     assert "NOT detection rates" in (out / "report.md").read_text()
     assert report["calibration"]["decision"]["shift"]["pixels"] == 2  # the default
     assert "shifted by up to 2 px" in (out / "report.md").read_text()
+    assert "`--calibration-shift 0` (with fit's `--val DIR`" in (out / "report.md").read_text()
     assert report["training"]["families"] == "stamped"  # fit's default
     assert "trigger families stamped" in (out / "report.md").read_text()
     for name in ("score_histogram.png", "estimates.png", "strip_bank.npy"):

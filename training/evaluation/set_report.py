@@ -50,6 +50,21 @@ def fpr_line(calibration: dict[str, Any]) -> str:
     return line
 
 
+def shift_note(decision: dict[str, Any]) -> str:
+    """What the two held-out FPRs of a shifted calibration tell the user (docs/byom.md,
+    "Calibrated on shifted images")."""
+    pixels = decision["shift"]["pixels"]
+    return (
+        f"The thresholds were set on the held-out images each shifted by up to {pixels} px. "
+        "Where the images as they are are flagged less, the target scores them lower than "
+        "shifted ones: because it trained on them (the shift then keeps new clean images from "
+        "being flagged more than the target FPR), or because it is sensitive to small shifts "
+        "(the threshold is then higher than needed, and costs some detection). If the held-out "
+        "images are ones the model never saw, `--calibration-shift 0` (with fit's `--val DIR` "
+        "or calibrate's `--data DIR`) sets the thresholds on them as they are."
+    )
+
+
 def plots(folder: Path, calibration: dict[str, Any]) -> list[str]:
     """score_histogram.png (clean scores, threshold) and estimates.png (restoration per
     trigger); the file names written."""
@@ -127,6 +142,8 @@ def markdown(report: dict[str, Any]) -> str:
             "",
         ]
     lines += ["## Calibration (measured)", "", f"- {fpr_line(cal)}", ""]
+    if "shift" in cal["decision"]:
+        lines += [shift_note(cal["decision"]), ""]
     est = cal.get("estimates")
     if est:
         c = est["clean"]
