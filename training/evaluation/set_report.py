@@ -56,8 +56,8 @@ def shift_note(decision: dict[str, Any]) -> str:
     pixels = decision["shift"]["pixels"]
     return (
         f"The thresholds were set on the held-out images each shifted by up to {pixels} px. "
-        "Where the images as they are are flagged less, the target scores them lower than "
-        "shifted ones: because it trained on them (the shift then keeps new clean images from "
+        "If the unshifted images are flagged less, the target scores them lower than shifted "
+        "ones: because it trained on them (the shift then keeps new clean images from "
         "being flagged more than the target FPR), or because it is sensitive to small shifts "
         "(the threshold is then higher than needed, and costs some detection). If the held-out "
         "images are ones the model never saw, `--calibration-shift 0` (with fit's `--val DIR` "
