@@ -89,15 +89,15 @@ def measure(
     clean_flags, _, clean_score = flagged(x)
     triggered = np.asarray(trigger(x[others].copy()), np.float32)
     trig_flags, trig_pred, trig_score = flagged(triggered)
+    fired = trig_pred == target  # the attacks that worked: taken to the backdoor's class
     out = {
         "set": str(folder),
         "detector": chosen.value,
         "fpr_clean_test": rate(clean_flags),
         "detection_triggered_test": rate(trig_flags),
-        "attack_success": float((trig_pred == target).mean()),
+        "attack_success": float(fired.mean()),
     }
-    fired = trig_pred == target
-    if fired.any():  # the attacks that worked: triggered images the target took to its target
+    if fired.any():
         out["detection_fired"] = rate(trig_flags[fired])
     if at_fpr:  # the set's own rule (score > threshold), its threshold moved on the test split
         if model_set.manifest.decision.rule != "score" or chosen is not Detector.detrigger:
