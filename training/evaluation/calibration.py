@@ -253,6 +253,7 @@ def calibrate_folder(
     bank_idx, calib_idx = np.sort(perm[:n_bank]), perm[n_bank:]
     calib = images[calib_idx]
     moved = shifted(calib, opts.shift, opts.seed)  # what every threshold is set on
+    as_they_are = source
     if opts.shift:
         source += f", each image shifted by up to {opts.shift} px"
     pair = onnx_pair(folder, manifest, opts.threads)
@@ -260,8 +261,9 @@ def calibrate_folder(
     lx, lae, _ = _batched(pair, x, opts.batch_size)
     decision, measured = calibrate_decision(lx, lae, opts.score, opts.target_fpr, opts.confidence)
     measured["source"] = source
+    plain = (lx, lae)
     if opts.shift:  # what the threshold flags of the same images as they are
-        plain = _batched(pair, calib.astype(np.float32) / np.float32(255.0), opts.batch_size)
+        plain = _batched(pair, calib.astype(np.float32) / np.float32(255.0), opts.batch_size)[:2]
         measured["shift"] = {
             "pixels": opts.shift,
             "false_positive_unshifted": rate(decide(plain[0], plain[1], decision).flagged),
@@ -273,24 +275,36 @@ def calibrate_folder(
     }
     result: dict[str, Any] = {"decision": measured}
     if manifest.detectors.repaired is not None:
+        # The repaired graph against the target on the images as they are: the two are copies
+        # of one model, alike in what they memorised of these images, and a shift would measure
+        # the target's own sensitivity to it (which a repair fine-tuned on moved images, as
+        # training.fit.twin's, does not share) instead of their disagreement.
         spec = manifest.detectors.repaired
-        batches = float_batches(moved, opts.batch_size)  # the floats of x, batch by batch
+        batches = float_batches(calib, opts.batch_size)  # the images' floats, batch by batch
         lr = repaired_logits(folder, manifest, batches, opts.threads)
         # at least the floor, as on the recorded split: a repair that barely moves clean
         # outputs would otherwise get a threshold that float rounding on another runtime crosses
         _, repaired = calibrate_decision(
-            lx, lr, spec.score, opts.target_fpr, opts.confidence, MIN_THRESHOLD[spec.score]
+            plain[0], lr, spec.score, opts.target_fpr, opts.confidence, MIN_THRESHOLD[spec.score]
         )
-        entry, record = calibrated_entry(raw["detectors"]["repaired"], repaired, {"source": source})
+        entry, record = calibrated_entry(
+            raw["detectors"]["repaired"], repaired, {"source": as_they_are}
+        )
         raw["detectors"]["repaired"] = entry
         result["repaired"] = record
-        # Detector detrigger_or_repaired on the same images (training/evaluation/fusion.py).
+        # Detector detrigger_or_repaired on the same images (training/evaluation/fusion.py),
+        # each part's score as its detector alone is calibrated: the AE's on the moved images.
         fused = detrigger_or_repaired_entry(
             raw,
             SCORES[opts.score](lx, lae),
-            SCORES[spec.score](lx, lr),
+            SCORES[spec.score](plain[0], lr),
             opts.target_fpr,
-            {"source": source},
+            {
+                "source": f"{as_they_are}; the AE's score on each image shifted by up to "
+                f"{opts.shift} px, the repaired graph's on it as it is"
+                if opts.shift
+                else source
+            },
             confidence=opts.confidence,
             floors=(MIN_THRESHOLD[opts.score], MIN_THRESHOLD[spec.score]),
         )

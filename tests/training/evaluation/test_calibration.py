@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -151,3 +152,60 @@ def test_thresholds_are_set_on_shifted_images_and_the_unshifted_rate_is_recorded
 class _Manifest6(_Manifest):
     class input:  # noqa: N801
         channels, height, width = 1, 6, 6
+
+
+class _RepairedSpec:
+    score = "prob_drop"
+
+
+class _ManifestRepaired(_Manifest6):
+    class detectors:  # noqa: N801
+        repaired = _RepairedSpec()
+
+
+def test_the_repaired_graph_is_calibrated_on_the_images_as_they_are(tmp_path, monkeypatch) -> None:
+    """A target that is sure of every image as it is and unsure of it shifted, beside a repaired
+    copy (fit's twin, trained on shifted images) that is sure of both: on the shifted copies the
+    two disagree by 0.6, which says nothing of the backdoor; on the images as they are by 0.01.
+    The de-trigger threshold is still set on the shifted copies, the repaired one on the
+    images as they are, and the fused detector pairs each part's score the same way."""
+    images = np.random.default_rng(0).integers(0, 256, (400, 1, 6, 6), dtype=np.uint8)
+    seen = {im.tobytes() for im in images}
+
+    def known(x):
+        return np.array([(np.rint(im * 255).astype(np.uint8)).tobytes() in seen for im in x])
+
+    def sure(p):
+        return np.log(np.stack([p, 1 - p], 1))
+
+    def pair(x):  # the target: 0.99 on an image as it is, 0.39 shifted; the AE drops it 0.05
+        p = np.where(known(x), 0.99, 0.39)
+        return sure(p), sure(p - 0.05), x
+
+    def repaired(folder, manifest, batches, threads):  # 0.98 on every image
+        return np.concatenate([sure(np.full(len(x), 0.98)) for x in batches])
+
+    raw = {
+        "decision": {"score": "prob_drop"},
+        "target": {"sha256": "t"},
+        "detrigger": {"sha256": "d"},
+        "detectors": {"repaired": {"score": "prob_drop", "threshold": 1.0, "sha256": "r"}},
+    }
+    written = {}
+    monkeypatch.setattr(calibration, "onnx_pair", lambda *a: pair)
+    monkeypatch.setattr(calibration, "repaired_logits", repaired)
+    monkeypatch.setattr(calibration, "read_manifest", lambda folder: _ManifestRepaired())
+    (tmp_path / "manifest.json").write_text(json.dumps(raw))
+    monkeypatch.setattr(calibration, "write_manifest", lambda folder, r: written.update(r))
+    monkeypatch.setattr(calibration.Manifest, "model_validate", staticmethod(lambda r: r))
+    opts = calibration.CalibrationOptions(strip=False, estimate_images=0, target_fpr=0.05)
+    result = calibration.calibrate_folder(tmp_path, images, opts, "test")
+    moved_share = (calibration.shifted(images, 2, 0) != images).any((1, 2, 3)).mean()
+    assert moved_share > 0.9  # most images moved: a threshold set on them would be 0.6
+    assert result["repaired"]["threshold"] == pytest.approx(0.01, abs=1e-6)
+    assert result["repaired"]["source"] == "test"  # no shift
+    assert written["detectors"]["repaired"]["threshold"] == pytest.approx(0.01, abs=1e-6)
+    fused = written["detectors"]["detrigger_or_repaired"]
+    assert fused["repaired_threshold"] < 0.02  # the repaired part, as it is
+    assert "the repaired graph's on it as it is" in fused["calibration"]["source"]
+    assert result["decision"]["source"] == "test, each image shifted by up to 2 px"
