@@ -20,8 +20,9 @@ import click
 )
 @click.option(
     "--detector",
-    type=click.Choice(["detrigger", "strip"]),
-    help="Default detector (GUARD_DEFAULT_DETECTOR; default detrigger).",
+    type=click.Choice(["detrigger", "strip", "both", "repaired", "detrigger_or_repaired"]),
+    help="Default detector where a set offers it (GUARD_DEFAULT_DETECTOR; default: each "
+    "set's own, as its manifest's detectors.default says, else detrigger).",
 )
 @click.option(
     "--log-level",

@@ -17,6 +17,7 @@ from pydantic import (
 )
 
 from contract.errors import ModelLoadError
+from contract.modes import Detector
 
 
 class InputSpec(BaseModel):
@@ -208,9 +209,19 @@ class Detectors(BaseModel):
     both: BothSpec | None = None
     repaired: RepairedSpec | None = None
     detrigger_or_repaired: DetriggerOrRepairedSpec | None = None
+    # The detector that the set's maker recommends for a request that names none (e.g. fit
+    # --twin: detrigger_or_repaired); the service's GUARD_DEFAULT_DETECTOR, where given and
+    # offered, comes first. Absent: detrigger.
+    default: Detector | None = None
 
     @model_validator(mode="after")
     def _parts_present(self) -> Detectors:
+        name = None if self.default is None else self.default.value
+        if name not in (None, "detrigger") and getattr(self, str(name)) is None:
+            raise ValueError(
+                f"detectors.default is {name}, which the set does not have (no "
+                f"detectors.{name} entry)"
+            )
         if self.both is not None and self.strip is None:
             raise ValueError("detectors.both runs STRIP: it needs detectors.strip")
         if self.detrigger_or_repaired is not None and self.repaired is None:

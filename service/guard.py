@@ -161,17 +161,16 @@ class Guard:
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
 
     def detector_for(self, model_set: ModelSet, detector: Detector | None, mode: Mode) -> Detector:
-        """The detector of a request: the one it names, else GUARD_DEFAULT_DETECTOR where it
-        can run (the set offers it; strip or both not under mode repair), else detrigger. A
+        """The detector of a request: the one it names, else the set's default
+        (ModelSet.default_detector: GUARD_DEFAULT_DETECTOR where the set offers it, else the
+        set's own) where it can run (strip or both not under mode repair), else detrigger. A
         named detector the set does not offer is an error, and so is a named strip or both
         under mode repair (STRIP flags, it has no repaired class to answer; detrigger answers
         with the class on AE(x), repaired with the repaired graph's, detrigger_or_repaired
         with the repaired graph's where its rule fired, else the class on AE(x))."""
         if detector is None:
-            default = self.settings.default_detector
-            usable = default in model_set.detectors and not (
-                default in CANNOT_REPAIR and mode is Mode.repair
-            )
+            default = model_set.default_detector(self.settings.default_detector)
+            usable = not (default in CANNOT_REPAIR and mode is Mode.repair)
             detector = default if usable else Detector.detrigger
         else:
             model_set.require(detector)  # DetectorNotAvailable when the set lacks its entry

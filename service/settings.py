@@ -189,11 +189,13 @@ class Settings(BaseSettings):
     default_mode: Mode = Field(
         default=Mode.flag, description="Mode used when a request names none."
     )
-    default_detector: Detector = Field(
-        default=Detector.detrigger,
+    default_detector: Detector | None = Field(
+        default=None,
         description="Detector used when a request names none (detrigger, strip, both, "
-        "repaired or detrigger_or_repaired); a set that does not offer it, or a request in "
-        "mode repair (strip and both cannot repair), uses detrigger.",
+        "repaired or detrigger_or_repaired). Unset, or where a set does not offer it: the "
+        "set's own default (its manifest's detectors.default, e.g. detrigger_or_repaired for "
+        "a set made by fit --twin), else detrigger. A request in mode repair gets detrigger "
+        "instead of strip or both (they cannot repair).",
     )
 
     # --- ONNX Runtime -------------------------------------------------------------------------

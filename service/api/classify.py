@@ -132,7 +132,8 @@ async def classify(
             "manifest has detectors.both), repaired (the target against its repaired copy, "
             "on sets whose manifest has detectors.repaired) or detrigger_or_repaired (the "
             "autoencoder and the repaired copy, flagged when either fires, on sets whose "
-            "manifest has detectors.detrigger_or_repaired); GUARD_DEFAULT_DETECTOR when absent."
+            "manifest has detectors.detrigger_or_repaired). Absent: the set's default "
+            "detector (GET /v1/models lists it)."
         ),
     ] = None,
 ) -> ClassifyResponse:

@@ -38,8 +38,8 @@ class ClassifyJSONRequest(BaseModel):
     resize: bool = Field(False, description="Resize images of another size to the model's input.")
     detector: Detector | None = Field(
         None,
-        description="detrigger, strip, both, repaired or detrigger_or_repaired; "
-        "GUARD_DEFAULT_DETECTOR (if the set offers it) when absent.",
+        description="detrigger, strip, both, repaired or detrigger_or_repaired; absent: the "
+        "set's default detector (GET /v1/models lists it).",
     )
 
 
@@ -256,6 +256,12 @@ class ModelSummary(BaseModel):
         "repaired graph, and detrigger_or_repaired if the fused rule of the two is calibrated "
         "too.",
     )
+    default_detector: Detector | None = Field(
+        default=None,
+        description="The detector of a request that names none (mode flag or block): "
+        "GUARD_DEFAULT_DETECTOR where the set offers it, else the set's own default, else "
+        "detrigger.",
+    )
     strip: StripSummary | None = None
     both: BothSummary | None = None
     repaired: RepairedSummary | None = None
@@ -270,7 +276,8 @@ class ModelsResponse(BaseModel):
     models: list[ModelSummary]
 
 
-def model_summary(slot: Slot, default: bool) -> ModelSummary:
+def model_summary(slot: Slot, default: bool, detector: Detector | None = None) -> ModelSummary:
+    """What /v1/models says of a set; ``detector``: GUARD_DEFAULT_DETECTOR."""
     summary = ModelSummary(
         name=slot.name, default=default, state=slot.state.value, reason=slot.reason
     )
@@ -290,6 +297,7 @@ def model_summary(slot: Slot, default: bool) -> ModelSummary:
         rule=m.decision.rule, score=m.decision.score, threshold=m.decision.threshold
     )
     summary.detectors = list(model_set.detectors)
+    summary.default_detector = model_set.default_detector(detector)
     strip = m.detectors.strip
     if strip is not None and model_set.strip is not None:
         summary.strip = StripSummary(

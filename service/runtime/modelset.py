@@ -176,6 +176,15 @@ class ModelSet:
                 offered.append(Detector.detrigger_or_repaired)
         return tuple(offered)
 
+    def default_detector(self, configured: Detector | None) -> Detector:
+        """The detector of a request that names none: ``configured`` (GUARD_DEFAULT_DETECTOR)
+        where this set offers it, else the set's own (the manifest's detectors.default), else
+        detrigger."""
+        for chosen in (configured, self.manifest.detectors.default):
+            if chosen is not None and chosen in self.detectors:
+                return chosen
+        return Detector.detrigger
+
     def rule(self, detector: Detector) -> Rule:
         """What results report beside a detector's score."""
         if detector is Detector.both:

@@ -153,3 +153,38 @@ def test_logits_over_other_classes_than_the_manifest_fail_every_detector(
         run(np.full((2, 1, 28, 28), 0.5, np.float32))
     assert "logits (" in err.value.message and ", 10), expected (" in err.value.message
     assert err.value.message.endswith(", 11)")
+
+
+def test_a_set_names_its_own_default_detector_and_the_setting_comes_first(
+    either_set: Path, tmp_path: Path
+) -> None:
+    """detectors.default (fit --twin writes detrigger_or_repaired): a request that names no
+    detector gets it; GUARD_DEFAULT_DETECTOR, where set and offered, comes first; a named one
+    always decides; mode repair still refuses STRIP's detectors for the default."""
+    folder = tmp_path / "tinyeither"
+    shutil.copytree(either_set, folder)
+    raw = json.loads((folder / "manifest.json").read_text())
+    raw["detectors"]["default"] = "detrigger_or_repaired"
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    settings = Settings(models=[folder])
+    assert settings.default_detector is None  # unset: each set's own
+    model_set = ModelSet.load(folder, settings)
+    assert model_set.default_detector(None) is Detector.detrigger_or_repaired
+    assert model_set.default_detector(Detector.repaired) is Detector.repaired
+    assert model_set.default_detector(Detector.strip) is Detector.detrigger_or_repaired  # not here
+    metrics = Metrics()
+    guard = Guard(settings, metrics, ModelRepository(settings, metrics))
+    for mode in Mode:
+        assert guard.detector_for(model_set, None, mode) is Detector.detrigger_or_repaired
+    assert guard.detector_for(model_set, Detector.detrigger, Mode.flag) is Detector.detrigger
+    guard.stop()
+    del raw["detectors"]["default"]
+    (folder / "manifest.json").write_text(json.dumps(raw))
+    assert ModelSet.load(folder, settings).default_detector(None) is Detector.detrigger
+
+
+@pytest.mark.parametrize("default", ["strip", "both", "detrigger_or_repaired"])
+def test_a_default_detector_the_set_lacks_is_refused(default: str) -> None:
+    with pytest.raises(ValueError, match=f"detectors.default is {default}, which the set"):
+        Detectors.model_validate({"default": default})
+    assert Detectors.model_validate({"default": "detrigger"}).default is Detector.detrigger
