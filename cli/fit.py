@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -255,15 +256,49 @@ def _calibration(kw: dict, seed: int, threads: int):
     "detrigger_or_repaired, calibrated on the validation images. On 2 CPU cores about 10 "
     "minutes more for MNIST-sized images, about 50 for CIFAR-10-sized",
 )
+@click.option(
+    "--twin",
+    is_flag=True,
+    help="then fine-tune a copy of the target on the training images, labelled with its own "
+    "classes (no trigger needed): a backdoor keyed to a faint image-wide signal (warps, photo "
+    "filters, gratings) that the AE cannot undo is often erased in the copy, so the set gets "
+    "detectors repaired (target against twin) and detrigger_or_repaired, calibrated on the "
+    "validation images. Not with --audit (both write detector repaired)",
+)
+@click.option(
+    "--twin-epochs", default=3, show_default=True, type=click.IntRange(min=1), help="--twin: epochs"
+)
+@click.option(
+    "--twin-lr",
+    default=1e-3,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True),
+    help="--twin: Adam's learning rate, decayed linearly to 0",
+)
+@click.option(
+    "--twin-images",
+    default=20_000,
+    show_default=True,
+    type=click.IntRange(min=64),
+    help="--twin: at most this many training images (a seeded draw)",
+)
 @calibration_options
-def fit(**kw) -> None:
+@click.pass_context
+def fit(ctx: click.Context, **kw) -> None:
     """Fit a model set for an ONNX classifier on a folder of images: wrap the target, train the
     de-trigger AE, calibrate, check and write the set atomically. Under
     `torchrun --nproc-per-node N` it trains data-parallel."""
     _require_torch()
+    from training.fit.twin import TwinConfig
     from training.fit_set import FitOptions
     from training.fit_set import fit as fit_job
     from training.nets.onnx_target import TargetError, TargetOptions
+
+    if kw["audit"] and kw["twin"]:
+        raise click.UsageError("--audit and --twin both write detector repaired: choose one")
+    given = {k for k in kw if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
+    if not kw["twin"] and given & {"twin_epochs", "twin_lr", "twin_images"}:
+        raise click.UsageError("--twin-epochs, --twin-lr and --twin-images: only with --twin")
 
     opts = FitOptions(
         target=kw["target"],
@@ -300,10 +335,59 @@ def fit(**kw) -> None:
         report = fit_job(opts, verify=service_load, log=click.echo)
         if report and kw["audit"]:
             _audit_fitted(opts)
+        if report and kw["twin"]:
+            twin = TwinConfig(
+                epochs=kw["twin_epochs"], lr=kw["twin_lr"], images=kw["twin_images"], seed=opts.seed
+            )
+            _twin_fitted(opts, twin)
     except (TargetError, FileExistsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     if report:
         click.echo(f"detrigger-guard serve {shlex.quote(str(kw['out']))}")
+
+
+def _fit_split(opts):
+    """The split fit trained and calibrated on: the same source, share and seed."""
+    from contract.manifest import read_manifest
+    from training.data.folders import load_split
+
+    m = read_manifest(Path(opts.out))
+    chw = (m.input.channels, m.input.height, m.input.width)
+    return load_split(opts.data, chw, opts.val, opts.val_fraction, opts.seed, opts.data_dir)
+
+
+def _add_repaired_fitted(opts, split, graph: Path, repair: dict | None = None) -> None:
+    """Put ``graph`` into the fitted set as detector repaired and calibrate every detector on
+    fit's validation images; the set is put back as it was if that fails."""
+    from contract.manifest import Manifest
+    from training.calibrate_set import CalibrateOptions, calibrate_images
+    from training.evaluation.repaired import add_repaired
+    from training.nets.manifest_file import write_manifest
+
+    out = Path(opts.out)
+    with add_repaired(out, graph, "prob_drop", opts.command, repair):
+        calibrate_images(
+            CalibrateOptions(
+                model_set=str(out),
+                data=f"validation: {split.val_source}",
+                calibration=opts.calibration,
+                command=opts.command,
+            ),
+            split.val,
+            f"{len(split.val)} validation images ({split.val_source})",
+            verify=service_load,
+            log=click.echo,
+        )
+        # A request that names no detector gets the two together (GUARD_DEFAULT_DETECTOR
+        # still comes first where it is set).
+        raw = json.loads((out / "manifest.json").read_text())
+        raw["detectors"]["default"] = "detrigger_or_repaired"
+        Manifest.model_validate(raw)
+        write_manifest(out, raw)
+    click.echo(
+        f"{out}: detectors repaired and detrigger_or_repaired added from {graph}; "
+        "detrigger_or_repaired is the set's default detector"
+    )
 
 
 def _audit_fitted(opts) -> None:
@@ -312,17 +396,10 @@ def _audit_fitted(opts) -> None:
     joins the set as detectors repaired and detrigger_or_repaired, calibrated on the validation
     images. The audit's verdict goes into the set's manifest and its report into OUT/audit; the
     set keeps fit's detectors alone if the audit flags nothing or anything fails."""
-    from contract.manifest import read_manifest
     from training.audit.__main__ import audit, labelled_by_target, parse_args
-    from training.calibrate_set import CalibrateOptions, calibrate_images
-    from training.data.folders import load_split
-    from training.evaluation.repaired import add_repaired
 
     out = Path(opts.out)
-    m = read_manifest(out)
-    chw = (m.input.channels, m.input.height, m.input.width)
-    # the split fit trained and calibrated on: the same source, share and seed
-    split = load_split(opts.data, chw, opts.val, opts.val_fraction, opts.seed, opts.data_dir)
+    split = _fit_split(opts)
     args = parse_args(
         ["--model-set", str(out), "--out", str(out / "audit"), "--seed", str(opts.seed),
          "--threads", str(opts.threads), "--no-progress"]
@@ -339,20 +416,36 @@ def _audit_fitted(opts) -> None:
     if exported is None:
         click.echo(f"audit: {out} not flagged; the set keeps its detectors")
         return
-    with add_repaired(out, Path(exported["path"]), "prob_drop", opts.command):
-        calibrate_images(
-            CalibrateOptions(
-                model_set=str(out),
-                data=f"validation: {split.val_source}",
-                calibration=opts.calibration,
-                command=opts.command,
-            ),
-            split.val,
-            f"{len(split.val)} validation images ({split.val_source})",
-            verify=service_load,
-            log=click.echo,
-        )
-    click.echo(f"{out}: detectors repaired and detrigger_or_repaired added from {exported['path']}")
+    _add_repaired_fitted(opts, split, Path(exported["path"]))
+
+
+def _twin_fitted(opts, cfg) -> None:
+    """fit --twin: a copy of the target fine-tuned on fit's training images (training.fit.twin)
+    joins the set as detectors repaired and detrigger_or_repaired, calibrated on the validation
+    images, which the twin never trained on."""
+    import tempfile
+
+    import torch
+
+    from training.fit.twin import fine_tune_twin
+    from training.nets.onnx_torch import UnsupportedOnnx
+
+    out = Path(opts.out)
+    split = _fit_split(opts)
+    torch.set_num_threads(opts.threads)
+    click.echo(
+        f"twin: fine-tuning a copy of the target on fit's {len(split.train)} training images"
+    )
+    with tempfile.TemporaryDirectory(prefix="twin-", dir=out.parent) as tmp:
+        graph = Path(tmp) / "twin.onnx"
+        try:
+            record = fine_tune_twin(out / "target.onnx", split.train, split.val, graph, cfg,
+                                    log=click.echo)  # fmt: skip
+        except (UnsupportedOnnx, ValueError) as exc:
+            raise click.ClickException(
+                f"{out} is written, but its twin cannot be made: {exc}"
+            ) from exc
+        _add_repaired_fitted(opts, split, graph, record)
 
 
 # Options that only one of calibrate's two modes reads (--redraw-bank: also seed, strip_n and

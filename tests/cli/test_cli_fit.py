@@ -241,3 +241,58 @@ def test_the_command_and_fit_options_share_their_training_defaults():
     assert params["epochs"] == options.epochs == 2 * random_ae().epochs == 12
     assert params["batch_size"] == options.batch_size
     assert params["time_budget"] == options.time_budget
+
+
+def test_fit_with_twin_adds_a_fine_tuned_copy_as_detector_repaired(tmp_path: Path) -> None:
+    """--twin: a copy of the target fine-tuned on fit's training images (labelled by the target,
+    no trigger) joins the set as detectors repaired and detrigger_or_repaired, calibrated on
+    fit's validation images; the manifest records how it was made, and the set loads."""
+    chw = (1, 16, 16)
+    net = um.train_backdoored(chw, n=1200, epochs=4)
+    src = um.export(net, torch.zeros(2, *chw), tmp_path / "m.onnx")
+    x, _ = um.make_images(1000, chw, 7)
+    um.write_pngs(tmp_path / "flat", x)
+    out = tmp_path / "set"
+    result = invoke(
+        "fit", "--target", str(src), "--data", str(tmp_path / "flat"), "--out", str(out),
+        "--val-fraction", "0.3", *TINY, "--batch-size", "32", "--confidence", "off",
+        "--twin", "--twin-epochs", "2", "--twin-images", "500",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "twin: fine-tuning a copy of the target on fit's 700 training images" in result.output
+    assert re.search(r"twin: fine-tuned on 500 images in \d+ s", result.output)
+    assert result.output.strip().splitlines()[-1] == f"detrigger-guard serve {out}"
+    model_set = load(out)
+    assert [d.value for d in model_set.detectors][-2:] == ["repaired", "detrigger_or_repaired"]
+    assert "detrigger_or_repaired is the set's default detector" in result.output
+    assert model_set.default_detector(None).value == "detrigger_or_repaired"
+    manifest = json.loads((out / "manifest.json").read_text())
+    repair = manifest["detectors"]["repaired"]["source"]["repair"]
+    assert repair["method"] == "fine-tune" and repair["images"] == 500
+    assert repair["config"]["epochs"] == 2 and len(repair["epoch_losses"]) == 2
+    # a twin, not a stranger: it keeps the target's answers on the validation images
+    assert repair["val_images"] == 300 and repair["val_agreement"] >= 0.9
+    assert (out / "repaired.onnx").read_bytes() != (out / "target.onnx").read_bytes()
+    assert manifest["detectors"]["detrigger_or_repaired"]["calibration"]["n"] + 16 == 300
+    clean, _ = um.make_images(200, chw, 11)
+    assert model_set.detrigger_or_repaired_scored(clean).decisions.flagged.mean() <= 0.15
+    assert not list(tmp_path.glob("twin-*"))  # the fine-tuned graph's scratch folder is gone
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--twin", "--audit"], "--audit and --twin both write detector repaired: choose one"),
+        (["--twin-lr", "0.01"], "--twin-epochs, --twin-lr and --twin-images: only with --twin"),
+    ],
+)
+def test_fit_refuses_twin_options_that_do_not_go_together(
+    tmp_path: Path, extra: list[str], message: str
+) -> None:
+    (tmp_path / "m.onnx").write_bytes(b"")  # refused before it is read
+    result = CliRunner().invoke(
+        main, ["fit", "--target", str(tmp_path / "m.onnx"), "--data", "mnist",
+               "--out", str(tmp_path / "set"), *extra],
+    )  # fmt: skip
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not (tmp_path / "set").exists()

@@ -90,10 +90,14 @@ def _names(data: bytes, manifest: Manifest, given: Path) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def add_repaired(folder: Path, given: Path, score: str, command: str) -> Iterator[dict]:
+def add_repaired(
+    folder: Path, given: Path, score: str, command: str, repair: dict | None = None
+) -> Iterator[dict]:
     """Write ``given``'s graph into the set ``folder`` as detector repaired (threshold not yet
     set) for the body of the ``with``, which must calibrate it; else the graph file and the
-    manifest are put back as they were. Yields the entry's source record."""
+    manifest are put back as they were. ``repair``: how the graph was made, recorded in the
+    entry's source (a model set's own ``repair`` record is read from its manifest). Yields the
+    entry's source record."""
     manifest_path = folder / "manifest.json"
     before = manifest_path.read_bytes()
     manifest = read_manifest(folder)
@@ -103,6 +107,8 @@ def add_repaired(folder: Path, given: Path, score: str, command: str) -> Iterato
     old_graph = path.read_bytes() if path.is_file() else None
     raw = json.loads(before)
     source["command"] = command
+    if repair is not None:
+        source["repair"] = repair
     entry = {
         "file": REPAIRED_FILE,
         "sha256": hashlib.sha256(data).hexdigest(),

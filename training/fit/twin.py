@@ -1,0 +1,139 @@
+"""A fine-tuned twin of the target: detector repaired for a backdoor nobody has found.
+
+Fine-tuning a backdoored classifier on clean images, labelled with its own answers, tends to
+erase a backdoor keyed to a faint image-wide signal (a smooth warp, a photo filter, a sine
+grating) while the model keeps its clean answers: nothing in clean data exercises the trigger's
+features, and the drift of a short fine-tune is enough to lose their precise tuning. A patch
+backdoor usually survives (its features are strong and local), and that is the de-trigger AE's
+share. So the twin serves as detector ``repaired`` (contract.manifest.RepairedSpec): where the
+target answers the attacker's class and the twin the image's own, the two disagree; and
+``detrigger_or_repaired`` joins it to the AE. No trigger is synthesised or assumed, unlike the
+audit's unlearned copy (training.audit), which removes only the backdoor that it found.
+
+The recipe (TwinConfig): Adam decayed linearly to 0 over a few epochs on at most ``images`` of
+the user's training images, each shifted by up to ``shift`` pixels (reflect) so that the twin
+does not simply memorise the target's answers on them; labels are the target's class of the
+image as it is. Whether a given backdoor is erased is measured, not assumed: fit's report gives
+the twin's agreement with the target on the validation images, and reports/byom/twin measures
+it on backdoors of the families the AE misses.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from training.data.augment import random_translate
+from training.nets.onnx_torch import load_onnx_module, write_onnx
+
+
+@dataclass(frozen=True)
+class TwinConfig:
+    epochs: int = 3
+    lr: float = 1e-3
+    images: int = 20_000  # at most this many training images (a seeded draw)
+    batch_size: int = 64
+    shift: int = 2  # pixels, each direction
+    seed: int = 0
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.epochs < 1:
+            out.append(f"twin epochs must be >= 1, got {self.epochs}")
+        if not 0 < self.lr <= 1:
+            out.append(f"twin learning rate must lie in (0, 1], got {self.lr}")
+        if self.images < self.batch_size:
+            out.append(f"twin images must be >= its batch size {self.batch_size}")
+        if self.shift < 0:
+            out.append(f"twin shift must be >= 0, got {self.shift}")
+        return out
+
+
+def _labels(model: torch.nn.Module, images: np.ndarray) -> torch.Tensor:
+    """The target's class of each uint8 image (N, C, H, W), as it is."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), 256):
+            x = torch.from_numpy(images[start : start + 256]).float().div_(255.0)
+            out.append(model(x).argmax(1))
+    return torch.cat(out)
+
+
+def agreement(a: torch.nn.Module, b: torch.nn.Module, images: np.ndarray) -> float:
+    """Share of the uint8 images on which the two classifiers give the same class."""
+    return float((_labels(a, images) == _labels(b, images)).float().mean())
+
+
+def fine_tune_twin(
+    target: Path,
+    train: np.ndarray,
+    val: np.ndarray,
+    out: Path,
+    cfg: TwinConfig,
+    progress: bool = True,
+    log: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Fine-tune a copy of the ONNX classifier ``target`` (float32 NCHW in [0, 1]) on the uint8
+    ``train`` images (N, C, H, W) labelled with its own classes, write it to ``out`` (the
+    target's graph with the new weights) and return the record: the recipe, the images used,
+    the twin's agreement with the target on the ``val`` images, and the time taken."""
+    for problem in cfg.problems():
+        raise ValueError(problem)
+    t0 = time.time()
+    rng = np.random.default_rng([cfg.seed, 2])
+    pick = np.sort(rng.permutation(len(train))[: cfg.images])
+    images = train[pick]
+    reference = load_onnx_module(target)
+    labels = _labels(reference, images)
+    twin = load_onnx_module(target)
+    for p in twin.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(twin.parameters(), lr=cfg.lr)
+    steps = cfg.epochs * math.ceil(len(images) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / steps)
+    g = torch.Generator().manual_seed(cfg.seed)
+    losses = []
+    for epoch in range(cfg.epochs):
+        twin.train()
+        perm = torch.randperm(len(images), generator=g)
+        total = 0.0
+        starts = range(0, len(perm), cfg.batch_size)
+        for i in tqdm(starts, desc=f"twin epoch {epoch + 1}", disable=not progress, mininterval=5):
+            sel = perm[i : i + cfg.batch_size]
+            x = torch.from_numpy(images[sel.numpy()]).float().div_(255.0)
+            if cfg.shift:
+                x = random_translate(x, g, cfg.shift)
+            loss = F.cross_entropy(twin(x), labels[sel])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(sel)
+        losses.append(round(total / len(images), 5))
+        log(f"twin: epoch {epoch + 1}/{cfg.epochs}, loss {losses[-1]:.4f}")
+    twin.eval()
+    agree = agreement(reference, twin, val)
+    write_onnx(twin, out)
+    record = {
+        "method": "fine-tune",
+        "config": asdict(cfg),
+        "images": int(len(images)),
+        "epoch_losses": losses,
+        "val_agreement": round(agree, 5),
+        "val_images": int(len(val)),
+        "wall_seconds": round(time.time() - t0, 1),
+    }
+    log(
+        f"twin: fine-tuned on {len(images)} images in {record['wall_seconds']:.0f} s; it gives "
+        f"the target's class on {100 * agree:.2f}% of {len(val)} validation images"
+    )
+    return record
