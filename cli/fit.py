@@ -428,6 +428,7 @@ def _twin_fitted(opts, cfg) -> None:
     import torch
 
     from training.fit.twin import fine_tune_twin
+    from training.fit_set import resolve_device
     from training.nets.onnx_torch import UnsupportedOnnx
 
     out = Path(opts.out)
@@ -440,7 +441,7 @@ def _twin_fitted(opts, cfg) -> None:
         graph = Path(tmp) / "twin.onnx"
         try:
             record = fine_tune_twin(out / "target.onnx", split.train, split.val, graph, cfg,
-                                    log=click.echo)  # fmt: skip
+                                    log=click.echo, device=resolve_device(opts.device))  # fmt: skip
         except (UnsupportedOnnx, ValueError) as exc:
             raise click.ClickException(
                 f"{out} is written, but its twin cannot be made: {exc}"

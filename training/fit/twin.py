@@ -58,19 +58,21 @@ class TwinConfig:
         return out
 
 
-def _labels(model: torch.nn.Module, images: np.ndarray) -> torch.Tensor:
+def _labels(model: torch.nn.Module, images: np.ndarray, device: str = "cpu") -> torch.Tensor:
     """The target's class of each uint8 image (N, C, H, W), as it is."""
     out = []
     with torch.no_grad():
         for start in range(0, len(images), 256):
-            x = torch.from_numpy(images[start : start + 256]).float().div_(255.0)
+            x = torch.from_numpy(images[start : start + 256]).to(device).float().div_(255.0)
             out.append(model(x).argmax(1))
     return torch.cat(out)
 
 
-def agreement(a: torch.nn.Module, b: torch.nn.Module, images: np.ndarray) -> float:
+def agreement(
+    a: torch.nn.Module, b: torch.nn.Module, images: np.ndarray, device: str = "cpu"
+) -> float:
     """Share of the uint8 images on which the two classifiers give the same class."""
-    return float((_labels(a, images) == _labels(b, images)).float().mean())
+    return float((_labels(a, images, device) == _labels(b, images, device)).float().mean())
 
 
 def fine_tune_twin(
@@ -81,20 +83,22 @@ def fine_tune_twin(
     cfg: TwinConfig,
     progress: bool = True,
     log: Callable[[str], Any] = print,
+    device: str = "cpu",
 ) -> dict[str, Any]:
     """Fine-tune a copy of the ONNX classifier ``target`` (float32 NCHW in [0, 1]) on the uint8
     ``train`` images (N, C, H, W) labelled with its own classes, write it to ``out`` (the
     target's graph with the new weights) and return the record: the recipe, the images used,
-    the twin's agreement with the target on the ``val`` images, and the time taken."""
+    the twin's agreement with the target on the ``val`` images, and the time taken. ``device``:
+    where torch trains it (fit's --device, resolved)."""
     for problem in cfg.problems():
         raise ValueError(problem)
     t0 = time.time()
     rng = np.random.default_rng([cfg.seed, 2])
     pick = np.sort(rng.permutation(len(train))[: cfg.images])
     images = train[pick]
-    reference = load_onnx_module(target)
-    labels = _labels(reference, images)
-    twin = load_onnx_module(target)
+    reference = load_onnx_module(target).to(device)
+    labels = _labels(reference, images, device)
+    twin = load_onnx_module(target).to(device)
     for p in twin.parameters():
         p.requires_grad_(True)
     opt = torch.optim.Adam(twin.parameters(), lr=cfg.lr)
@@ -109,8 +113,8 @@ def fine_tune_twin(
         starts = range(0, len(perm), cfg.batch_size)
         for i in tqdm(starts, desc=f"twin epoch {epoch + 1}", disable=not progress, mininterval=5):
             sel = perm[i : i + cfg.batch_size]
-            x = torch.from_numpy(images[sel.numpy()]).float().div_(255.0)
-            if cfg.shift:
+            x = torch.from_numpy(images[sel.numpy()]).to(device).float().div_(255.0)
+            if cfg.shift:  # the offsets drawn on the CPU generator, the images moved in place
                 x = random_translate(x, g, cfg.shift)
             loss = F.cross_entropy(twin(x), labels[sel])
             opt.zero_grad(set_to_none=True)
@@ -121,8 +125,8 @@ def fine_tune_twin(
         losses.append(round(total / len(images), 5))
         log(f"twin: epoch {epoch + 1}/{cfg.epochs}, loss {losses[-1]:.4f}")
     twin.eval()
-    agree = agreement(reference, twin, val)
-    write_onnx(twin, out)
+    agree = agreement(reference, twin, val, device)
+    write_onnx(twin.cpu(), out)
     record = {
         "method": "fine-tune",
         "config": asdict(cfg),
