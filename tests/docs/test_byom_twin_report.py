@@ -140,3 +140,18 @@ def test_the_twin_times_quoted_are_the_recorded_ones() -> None:
     for page in (TWIN / "README.md", REPO / "docs" / "byom.md"):
         text = " ".join(page.read_text().split())
         assert quoted in text and f"{cifar:,.0f} s" in text, page.name
+
+
+def test_the_patch_controls_are_quoted_from_their_files() -> None:
+    text = " ".join((TWIN / "README.md").read_text().split())
+
+    def twin(run: str) -> float:
+        m = json.loads((TWIN / run / "measure-repaired.json").read_text())
+        return 100 * m["detection_triggered_test"]["rate"]
+
+    survived = _range([twin("mnist-demo"), twin("fashion-mnist-demo")])
+    assert f"(the twin flags {survived}% of the patched images)" in text
+    assert f"lost most of it ({twin('cifar10-demo'):.2f}%)" in text
+    manifest = json.loads((TWIN / "cifar10-demo" / "manifest.json").read_text())
+    seconds = manifest["detectors"]["repaired"]["source"]["repair"]["wall_seconds"]
+    assert f"{seconds:,.0f} s (cifar10-demo)" in text
