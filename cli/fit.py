@@ -282,6 +282,12 @@ def _calibration(kw: dict, seed: int, threads: int):
     type=click.IntRange(min=64),
     help="--twin: at most this many training images (a seeded draw)",
 )
+@click.option(
+    "--twin-reinit-head",
+    is_flag=True,
+    help="--twin: start the copy's final linear layer afresh, so that it relearns from clean "
+    "images alone which features mean which class",
+)
 @calibration_options
 @click.pass_context
 def fit(ctx: click.Context, **kw) -> None:
@@ -297,8 +303,11 @@ def fit(ctx: click.Context, **kw) -> None:
     if kw["audit"] and kw["twin"]:
         raise click.UsageError("--audit and --twin both write detector repaired: choose one")
     given = {k for k in kw if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
-    if not kw["twin"] and given & {"twin_epochs", "twin_lr", "twin_images"}:
-        raise click.UsageError("--twin-epochs, --twin-lr and --twin-images: only with --twin")
+    twin_options = {"twin_epochs", "twin_lr", "twin_images", "twin_reinit_head"}
+    if not kw["twin"] and given & twin_options:
+        raise click.UsageError(
+            "--twin-epochs, --twin-lr, --twin-images and --twin-reinit-head: only with --twin"
+        )
 
     opts = FitOptions(
         target=kw["target"],
@@ -337,7 +346,11 @@ def fit(ctx: click.Context, **kw) -> None:
             _audit_fitted(opts)
         if report and kw["twin"]:
             twin = TwinConfig(
-                epochs=kw["twin_epochs"], lr=kw["twin_lr"], images=kw["twin_images"], seed=opts.seed
+                epochs=kw["twin_epochs"],
+                lr=kw["twin_lr"],
+                images=kw["twin_images"],
+                seed=opts.seed,
+                reinit_head=kw["twin_reinit_head"],
             )
             _twin_fitted(opts, twin)
     except (TargetError, FileExistsError, ValueError) as exc:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training.data.augment import random_translate
-from training.nets.onnx_torch import load_onnx_module, write_onnx
+from training.nets.onnx_torch import OnnxModule, load_onnx_module, write_onnx
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,10 @@ class TwinConfig:
     batch_size: int = 64
     shift: int = 2  # pixels, each direction
     seed: int = 0
+    # Start the final linear layer afresh (small random weights, zero bias): the copy relearns
+    # from clean images alone which features mean which class, so features that only a trigger
+    # excites keep no path to the attacker's class.
+    reinit_head: bool = False
 
     def problems(self) -> list[str]:
         out = []
@@ -75,6 +79,17 @@ def agreement(
     return float((_labels(a, images, device) == _labels(b, images, device)).float().mean())
 
 
+def reinit_final_layer(model: OnnxModule, g: torch.Generator, std: float = 0.01) -> None:
+    """The final linear layer (the last Gemm / MatMul) drawn anew, in place: its weight from
+    N(0, std^2), a Gemm's bias zeroed (a MatMul's separate Add keeps its constant)."""
+    final = model.final
+    weight = model.param(final.input[1])
+    with torch.no_grad():
+        weight.copy_(torch.randn(weight.shape, generator=g) * std)
+        if final.op_type == "Gemm" and len(final.input) > 2 and final.input[2]:
+            model.param(final.input[2]).zero_()
+
+
 def fine_tune_twin(
     target: Path,
     train: np.ndarray,
@@ -99,6 +114,8 @@ def fine_tune_twin(
     reference = load_onnx_module(target).to(device)
     labels = _labels(reference, images, device)
     twin = load_onnx_module(target).to(device)
+    if cfg.reinit_head:
+        reinit_final_layer(twin, torch.Generator().manual_seed(cfg.seed))
     for p in twin.parameters():
         p.requires_grad_(True)
     opt = torch.optim.Adam(twin.parameters(), lr=cfg.lr)

@@ -1,0 +1,71 @@
+"""training.fit.twin on a small classifier exported to ONNX: the copy keeps the target's graph,
+its answers on clean images and the recipe's record; --twin-reinit-head starts the final layer
+afresh and nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from tests.support import user_models as um
+from training.fit.twin import TwinConfig, fine_tune_twin, reinit_final_layer
+from training.nets.onnx_torch import load_onnx_module
+
+CHW = (1, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def target(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    net = um.train_backdoored(CHW, n=1200, epochs=4)
+    return um.export(net, torch.zeros(2, *CHW), tmp_path_factory.mktemp("twin") / "m.onnx")
+
+
+def uint8(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+
+
+def test_the_final_layer_alone_is_drawn_anew(target: Path) -> None:
+    before = load_onnx_module(target)
+    after = load_onnx_module(target)
+    reinit_final_layer(after, torch.Generator().manual_seed(0))
+    final = after.final
+    assert final.op_type == "Gemm"
+    weight, bias = after.param(final.input[1]), after.param(final.input[2])
+    assert 0.005 < float(weight.detach().std()) < 0.015 and float(bias.detach().abs().max()) == 0.0
+    changed = {
+        name
+        for name, p in after.named_parameters()
+        if not torch.equal(p, dict(before.named_parameters())[name])
+    }
+    assert changed == {after.names[final.input[1]], after.names[final.input[2]]}
+
+
+@pytest.mark.parametrize("reinit_head", [False, True])
+def test_the_twin_keeps_the_targets_graph_and_answers(
+    target: Path, tmp_path: Path, reinit_head: bool
+) -> None:
+    train, _ = um.make_images(800, CHW, 3)
+    val, _ = um.make_images(300, CHW, 4)
+    cfg = replace(TwinConfig(), epochs=2, images=600, reinit_head=reinit_head)
+    out = tmp_path / "twin.onnx"
+    lines: list[str] = []
+    record = fine_tune_twin(target, uint8(train), uint8(val), out, cfg, False, lines.append)
+    assert record["method"] == "fine-tune" and record["config"] == asdict(cfg)
+    assert record["images"] == 600 and len(record["epoch_losses"]) == 2
+    assert record["val_images"] == 300 and record["val_agreement"] >= 0.9, record
+    assert lines[-1].startswith("twin: fine-tuned on 600 images in ")
+    graph, source = onnx.load(str(out)), onnx.load(str(target))
+    assert [n.op_type for n in graph.graph.node] == [n.op_type for n in source.graph.node]
+    assert graph.graph.initializer[0].raw_data != source.graph.initializer[0].raw_data
+
+
+def test_a_recipe_that_cannot_run_is_refused(target: Path, tmp_path: Path) -> None:
+    x = np.zeros((10, *CHW), np.uint8)
+    with pytest.raises(ValueError, match="twin epochs must be >= 1"):
+        fine_tune_twin(target, x, x, tmp_path / "t.onnx", replace(TwinConfig(), epochs=0))
+    assert not (tmp_path / "t.onnx").exists()
