@@ -158,3 +158,36 @@ def test_the_patch_controls_are_quoted_from_their_files() -> None:
     manifest = json.loads((TWIN / "cifar10-demo" / "manifest.json").read_text())
     seconds = manifest["detectors"]["repaired"]["source"]["repair"]["wall_seconds"]
     assert f"{seconds:,.0f} s (cifar10-demo)" in text
+
+
+def test_the_other_recipes_table_is_the_measurements() -> None:
+    options = TWIN / "options"
+    columns = [COLUMNS[0], "twin recipe", *COLUMNS[2:]]
+    rows = table(TWIN / "README.md", columns)
+    assert {r["run"] for r in rows} == {p.name for p in options.iterdir() if p.is_dir()}
+    for row in rows:
+        folder = options / row["run"]
+        config = json.loads((folder / "manifest.json").read_text())["detectors"]["repaired"]
+        config = {"reinit_head": False, **config["source"]["repair"]["config"]}
+        recipe = f"lr {config['lr']:g}" + (", head afresh" if config["reinit_head"] else "")
+        assert row["twin recipe"] == recipe
+        assert {**config, "lr": 1e-3, "reinit_head": False} == asdict(TwinConfig())  # one change
+        measured = json.loads((folder / f"measure-{row['detector']}.json").read_text())
+        assert row["clean FPR % [95% CI] (k/n)"] == shown(measured["fpr_clean_test"])
+        assert row["detection % [95% CI] (k/n)"] == shown(measured["detection_triggered_test"])
+        assert (
+            row["of the attacks that worked %"]
+            == f"{100 * measured['detection_fired']['rate']:.2f}"
+        )
+    text = " ".join((TWIN / "README.md").read_text().split())
+
+    def twin(folder: Path) -> str:
+        m = json.loads((folder / "measure-repaired.json").read_text())
+        return f"{100 * m['detection_triggered_test']['rate']:.2f}"
+
+    assert (
+        f"({twin(TWIN / 'fashion-mnist-warp')} -> {twin(options / 'fashion-mnist-warp-lr3e-3')} / "
+        f"{twin(options / 'fashion-mnist-warp-head')}%)" in text
+    )
+    assert f"({twin(TWIN / 'mnist-warp')} -> {twin(options / 'mnist-warp-lr3e-3')}%)" in text
+    assert f"({twin(TWIN / 'mnist-vignette')} -> {twin(options / 'mnist-vignette-head')}%)" in text
