@@ -438,15 +438,12 @@ def _twin_fitted(opts, cfg) -> None:
     images, which the twin never trained on."""
     import tempfile
 
-    import torch
-
     from training.fit.twin import fine_tune_twin
     from training.fit_set import resolve_device
     from training.nets.onnx_torch import UnsupportedOnnx
 
     out = Path(opts.out)
-    split = _fit_split(opts)
-    torch.set_num_threads(opts.threads)
+    split = _fit_split(opts)  # torch's threads: fit_job set them in this process
     click.echo(
         f"twin: fine-tuning a copy of the target on fit's {len(split.train)} training images"
     )

@@ -131,7 +131,7 @@ def fine_tune_twin(
         for i in tqdm(starts, desc=f"twin epoch {epoch + 1}", disable=not progress, mininterval=5):
             sel = perm[i : i + cfg.batch_size]
             x = torch.from_numpy(images[sel.numpy()]).to(device).float().div_(255.0)
-            if cfg.shift:  # the offsets drawn on the CPU generator, the images moved in place
+            if cfg.shift:  # the offsets drawn from the CPU generator g
                 x = random_translate(x, g, cfg.shift)
             loss = F.cross_entropy(twin(x), labels[sel])
             opt.zero_grad(set_to_none=True)
