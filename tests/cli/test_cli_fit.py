@@ -31,6 +31,15 @@ def invoke(*args: str):
     return result
 
 
+def fit_on_flat_folder(tmp_path: Path, src: Path, images: np.ndarray, *options: str):
+    """`fit` on the images written as a flat folder of PNGs (no labels) into tmp_path / "set";
+    (the result, that folder)."""
+    um.write_pngs(tmp_path / "flat", images)
+    out = tmp_path / "set"
+    args = ["--target", str(src), "--data", str(tmp_path / "flat"), "--out", str(out)]
+    return invoke("fit", *args, *options), out
+
+
 def load(folder: Path) -> ModelSet:
     return ModelSet.load(folder, Settings(models=[folder]))
 
@@ -88,12 +97,9 @@ def test_fit_on_an_nhwc_uint8_graph_flags_its_trigger_in_the_service(tmp_path: P
     src = um.export(um.NhwcUint8(net), torch.zeros(2, 16, 16, 1, dtype=torch.uint8),
                     tmp_path / "m.onnx")  # fmt: skip
     x, _ = um.make_images(900, chw, 7)
-    um.write_pngs(tmp_path / "flat", x)  # a flat folder, no labels
-    out = tmp_path / "set"
-    result = invoke(
-        "fit", "--target", str(src), "--data", str(tmp_path / "flat"), "--out", str(out),
-        "--val-fraction", "0.15", *TINY, "--epochs", "3", "--batch-size", "32",
-    )  # fmt: skip
+    result, out = fit_on_flat_folder(
+        tmp_path, src, x, "--val-fraction", "0.15", *TINY, "--epochs", "3", "--batch-size", "32"
+    )
     assert result.exit_code == 0, result.output
     assert "layout NHWC" in result.output and "scaled by 255" in result.output
     assert "AE recipe: shared" in result.output
@@ -172,11 +178,8 @@ def test_fit_with_audit_adds_the_repaired_copy_of_a_backdoored_target(tmp_path: 
     src = um.export(um.NhwcUint8(net), torch.zeros(2, 28, 28, 1, dtype=torch.uint8),
                     tmp_path / "m.onnx")  # fmt: skip
     x, _ = um.make_images(1500, chw, 7)
-    um.write_pngs(tmp_path / "flat", x)
-    out = tmp_path / "set"
-    result = invoke(
-        "fit", "--target", str(src), "--data", str(tmp_path / "flat"), "--out", str(out),
-        "--val-fraction", "0.2", *TINY, "--epochs", "2", "--batch-size", "32",
+    result, out = fit_on_flat_folder(
+        tmp_path, src, x, "--val-fraction", "0.2", *TINY, "--epochs", "2", "--batch-size", "32",
         "--confidence", "off", "--audit",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -251,12 +254,9 @@ def test_fit_with_twin_adds_a_fine_tuned_copy_as_detector_repaired(tmp_path: Pat
     net = um.train_backdoored(chw, n=1200, epochs=4)
     src = um.export(net, torch.zeros(2, *chw), tmp_path / "m.onnx")
     x, _ = um.make_images(1000, chw, 7)
-    um.write_pngs(tmp_path / "flat", x)
-    out = tmp_path / "set"
-    result = invoke(
-        "fit", "--target", str(src), "--data", str(tmp_path / "flat"), "--out", str(out),
-        "--val-fraction", "0.3", *TINY, "--batch-size", "32", "--confidence", "off",
-        "--twin", "--twin-epochs", "2", "--twin-images", "500",
+    result, out = fit_on_flat_folder(
+        tmp_path, src, x, "--val-fraction", "0.3", *TINY, "--batch-size", "32",
+        "--confidence", "off", "--twin", "--twin-epochs", "2", "--twin-images", "500",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "twin: fine-tuning a copy of the target on fit's 700 training images" in result.output
