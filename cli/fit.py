@@ -288,6 +288,14 @@ def _calibration(kw: dict, seed: int, threads: int):
     help="--twin: start the copy's final linear layer afresh, so that it relearns from clean "
     "images alone which features mean which class",
 )
+@click.option(
+    "--twin-head-penalty",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0, 10),
+    help="--twin: weight of a penalty on the copy's final layer pointing the way the target's "
+    "does, its norm held (feature shift tuning); with --twin-reinit-head it starts afresh",
+)
 @calibration_options
 @click.pass_context
 def fit(ctx: click.Context, **kw) -> None:
@@ -303,10 +311,17 @@ def fit(ctx: click.Context, **kw) -> None:
     if kw["audit"] and kw["twin"]:
         raise click.UsageError("--audit and --twin both write detector repaired: choose one")
     given = {k for k in kw if ctx.get_parameter_source(k) is not click.core.ParameterSource.DEFAULT}
-    twin_options = {"twin_epochs", "twin_lr", "twin_images", "twin_reinit_head"}
+    twin_options = {
+        "twin_epochs",
+        "twin_lr",
+        "twin_images",
+        "twin_reinit_head",
+        "twin_head_penalty",
+    }
     if not kw["twin"] and given & twin_options:
         raise click.UsageError(
-            "--twin-epochs, --twin-lr, --twin-images and --twin-reinit-head: only with --twin"
+            "--twin-epochs, --twin-lr, --twin-images, --twin-reinit-head and --twin-head-penalty: "
+            "only with --twin"
         )
 
     opts = FitOptions(
@@ -351,6 +366,7 @@ def fit(ctx: click.Context, **kw) -> None:
                 images=kw["twin_images"],
                 seed=opts.seed,
                 reinit_head=kw["twin_reinit_head"],
+                head_penalty=kw["twin_head_penalty"],
             )
             _twin_fitted(opts, twin)
     except (TargetError, FileExistsError, ValueError) as exc:

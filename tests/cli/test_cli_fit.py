@@ -283,7 +283,7 @@ def test_fit_with_twin_adds_a_fine_tuned_copy_as_detector_repaired(tmp_path: Pat
     ("extra", "message"),
     [
         (["--twin", "--audit"], "--audit and --twin both write detector repaired: choose one"),
-        (["--twin-lr", "0.01"], "--twin-images and --twin-reinit-head: only with --twin"),
+        (["--twin-lr", "0.01"], "--twin-reinit-head and --twin-head-penalty: only with --twin"),
     ],
 )
 def test_fit_refuses_twin_options_that_do_not_go_together(

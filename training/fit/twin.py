@@ -48,6 +48,11 @@ class TwinConfig:
     # from clean images alone which features mean which class, so features that only a trigger
     # excites keep no path to the attacker's class.
     reinit_head: bool = False
+    # Weight of a penalty on the final layer's alignment with the target's own (their inner
+    # product over the squared norm of the target's), the layer's norm held at the target's:
+    # feature shift tuning (Min et al., NeurIPS 2023). Pushed away from the weights the backdoor
+    # was trained into, the features beneath them must move too, and a trigger's path goes.
+    head_penalty: float = 0.0
 
     def problems(self) -> list[str]:
         out = []
@@ -59,6 +64,8 @@ class TwinConfig:
             out.append(f"twin images must be >= its batch size {self.batch_size}")
         if self.shift < 0:
             out.append(f"twin shift must be >= 0, got {self.shift}")
+        if not 0 <= self.head_penalty <= 10:
+            out.append(f"twin head penalty must lie in [0, 10], got {self.head_penalty}")
         return out
 
 
@@ -90,6 +97,11 @@ def reinit_final_layer(model: OnnxModule, g: torch.Generator, std: float = 0.01)
             model.param(final.input[2]).zero_()
 
 
+def _set_norm(weight: torch.Tensor, norm: torch.Tensor) -> None:
+    with torch.no_grad():
+        weight.mul_(norm / weight.norm().clamp_min(1e-12))
+
+
 def fine_tune_twin(
     target: Path,
     train: np.ndarray,
@@ -114,8 +126,13 @@ def fine_tune_twin(
     reference = load_onnx_module(target).to(device)
     labels = _labels(reference, images, device)
     twin = load_onnx_module(target).to(device)
+    head = twin.param(twin.final.input[1])
+    head0 = reference.param(reference.final.input[1]).detach()
+    norm = head0.norm()
     if cfg.reinit_head:
         reinit_final_layer(twin, torch.Generator().manual_seed(cfg.seed))
+    if cfg.head_penalty:
+        _set_norm(head, norm)
     for p in twin.parameters():
         p.requires_grad_(True)
     opt = torch.optim.Adam(twin.parameters(), lr=cfg.lr)
@@ -134,10 +151,14 @@ def fine_tune_twin(
             if cfg.shift:  # the offsets drawn from the CPU generator g
                 x = random_translate(x, g, cfg.shift)
             loss = F.cross_entropy(twin(x), labels[sel])
+            if cfg.head_penalty:
+                loss = loss + cfg.head_penalty * (head * head0).sum() / norm**2
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+            if cfg.head_penalty:
+                _set_norm(head, norm)
             total += loss.item() * len(sel)
         losses.append(round(total / len(images), 5))
         log(f"twin: epoch {epoch + 1}/{cfg.epochs}, loss {losses[-1]:.4f}")

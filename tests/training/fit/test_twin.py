@@ -1,6 +1,7 @@
 """training.fit.twin on a small classifier exported to ONNX: the copy keeps the target's graph,
 its answers on clean images and the recipe's record; --twin-reinit-head starts the final layer
-afresh and nothing else."""
+afresh and nothing else; --twin-head-penalty turns the final layer away from the target's at
+the target's norm."""
 
 from __future__ import annotations
 
@@ -62,6 +63,30 @@ def test_the_twin_keeps_the_targets_graph_and_answers(
     graph, source = onnx.load(str(out)), onnx.load(str(target))
     assert [n.op_type for n in graph.graph.node] == [n.op_type for n in source.graph.node]
     assert graph.graph.initializer[0].raw_data != source.graph.initializer[0].raw_data
+
+
+def test_the_head_penalty_turns_the_final_layer_away_at_the_targets_norm(
+    target: Path, tmp_path: Path
+) -> None:
+    train, _ = um.make_images(800, CHW, 3)
+    val, _ = um.make_images(300, CHW, 4)
+    original = load_onnx_module(target)
+    head0 = original.param(original.final.input[1]).detach().flatten()
+
+    def head(penalty: float) -> tuple[torch.Tensor, dict]:
+        cfg = replace(TwinConfig(), epochs=4, images=600, reinit_head=True, head_penalty=penalty)
+        out = tmp_path / f"twin-{penalty}.onnx"
+        record = fine_tune_twin(target, uint8(train), uint8(val), out, cfg, False, lambda _: None)
+        twin = load_onnx_module(out)
+        return twin.param(twin.final.input[1]).detach().flatten(), record
+
+    free, _ = head(0.0)
+    pushed, record = head(0.2)
+    cosine = torch.nn.functional.cosine_similarity
+    assert float(pushed.norm()) == pytest.approx(float(head0.norm()), rel=1e-4)
+    assert float(cosine(pushed, head0, 0)) < float(cosine(free, head0, 0)) - 0.1
+    # still the target's classifier: on these tiny images a held-norm head learns more slowly
+    assert record["config"]["head_penalty"] == 0.2 and record["val_agreement"] >= 0.8, record
 
 
 def test_a_recipe_that_cannot_run_is_refused(target: Path, tmp_path: Path) -> None:
