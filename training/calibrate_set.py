@@ -11,6 +11,7 @@ set as it was.
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 import time
@@ -57,12 +58,17 @@ def calibrate_images(
     t0: float | None = None,
     verify=None,
     log=print,
+    keep: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """:func:`calibrate` on images already read, uint8 (N, C, H, W) at the set's input size
-    (``fit --audit``: fit's validation split), ``data_line`` saying what they are."""
+    (fit's twin and audit: fit's validation split), ``data_line`` saying what they are. The
+    new report keeps the ``keep`` fields of the set's report (fit's: its data, target and
+    training), where it has them."""
     t0 = time.time() if t0 is None else t0
     folder = Path(opts.model_set)
     manifest = read_manifest(folder)
+    earlier = folder / "report.json"
+    kept = json.loads(earlier.read_text()) if keep and earlier.is_file() else {}
     tmp = staging_dir(folder)
     try:
         shutil.copytree(folder, tmp, dirs_exist_ok=True)
@@ -77,6 +83,7 @@ def calibrate_images(
             "calibration": calibration,
             "wall_seconds": round(time.time() - t0, 1),
         }
+        report.update({k: kept[k] for k in keep if k in kept})
         write_report(tmp, report)
 
         def checks(staged: Path) -> None:

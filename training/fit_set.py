@@ -33,7 +33,7 @@ from contract.manifest import Manifest
 from training import evidence
 from training.config import CIFAR10_RANDOM_AE, random_ae
 from training.data.attack_suite import load_suite
-from training.data.folders import load_split
+from training.data.folders import Split, load_split
 from training.data.trigger_sampler import FAMILY_SETS
 from training.evaluation.calibration import CalibrationOptions, calibrate_folder
 from training.evaluation.metrics import min_calibration_images
@@ -64,9 +64,10 @@ RECIPES = {"shared": {}, "rgb": CIFAR10_RANDOM_AE}
 # recipe) detects 99.1%; at 12, 98.6% and 98.1% (reports/byom/fit-epochs). At the speeds measured
 # on 2 CPU cores (300-360 img/s per single-thread process with two running, 188-919 img/s in
 # other runs) 12 epochs of 45k CIFAR-10-sized images take 25 to 48 minutes; on a slower machine
-# the time budget stops the run before the hour, its learning rate decayed on the budget's clock.
+# the time budget stops the run before the hour, its learning rate decayed on the budget's clock,
+# with room for the twin's own budget (cli/fit.py: 9 minutes) and the two calibrations.
 DEFAULT_EPOCHS = 12
-DEFAULT_TIME_BUDGET = 50 * 60.0
+DEFAULT_TIME_BUDGET = 45 * 60.0
 
 
 @dataclass
@@ -154,6 +155,17 @@ def class_names(opts: FitOptions, k: int) -> list[str]:
     return names
 
 
+def fit_split(opts: FitOptions, chw: tuple[int, int, int]) -> Split:
+    """The training and validation images of opts' source, with enough validation images for
+    the bank and a threshold at the calibration's FPR and confidence."""
+    cal = opts.calibration
+    min_val = min_calibration_images(cal.target_fpr, cal.confidence)
+    min_val += cal.strip_bank if cal.strip else 0
+    return load_split(
+        opts.data, chw, opts.val, opts.val_fraction, opts.seed, opts.data_dir, min_val
+    )
+
+
 def fit(opts: FitOptions, verify=None, log=print) -> dict[str, Any]:
     """Fit the set and publish it at opts.out; `verify(folder)` is the caller's extra check of
     the staged set (the CLI loads it as the service does). Returns the report (rank 0) or {}."""
@@ -170,13 +182,7 @@ def fit(opts: FitOptions, verify=None, log=print) -> dict[str, Any]:
 
     # --- target and data ------------------------------------------------------------------
     info = inspect_target(Path(opts.target), opts.target_options)
-    # Enough validation images for the bank and a threshold at the FPR and confidence.
-    cal = opts.calibration
-    min_val = min_calibration_images(cal.target_fpr, cal.confidence)
-    min_val += cal.strip_bank if cal.strip else 0
-    split = load_split(
-        opts.data, info.chw, opts.val, opts.val_fraction, opts.seed, opts.data_dir, min_val
-    )
+    split = fit_split(opts, info.chw)
     for line in split.lines():
         say(line)
     # Wrapped before training, so that a graph we cannot wrap stops the run at once.

@@ -63,12 +63,18 @@ def test_fit_on_a_normalising_3x40x48_graph_and_an_image_tree_with_broken_files(
     assert result.exit_code == 0, result.output
     lines = result.output.strip().splitlines()
     assert lines[-1] == f"detrigger-guard serve '{out}'"
+    assert re.fullmatch(r"fit: \d+\.\d minutes in all", lines[-2])
     assert "200 images; skipped 8 files (2 not an image file, 6 unreadable)" in result.output
     assert "check: the service loads it" in result.output
     assert "AE recipe: rgb" in result.output  # a colour graph gets CIFAR-10's recipe
     model_set = load(out)
     assert model_set.input_chw == chw and model_set.manifest.name == "my-set"
-    assert [d.value for d in model_set.detectors] == ["detrigger", "strip", "both"]
+    # the twin is fit's default: detector repaired, and the AE-or-twin as the set's default
+    assert [d.value for d in model_set.detectors] == [
+        "detrigger", "strip", "both", "repaired", "detrigger_or_repaired"
+    ]  # fmt: skip
+    assert model_set.manifest.detectors.default.value == "detrigger_or_repaired"
+    assert re.search(r"twin: fine-tuned on 140 images in \d+ s", result.output)
     report = json.loads((out / "report.json").read_text())
     assert report["calibration"]["estimates"]["note"].startswith("ESTIMATES")
     assert len(report["calibration"]["estimates"]["triggers"]) >= 6
@@ -256,7 +262,7 @@ def test_fit_with_twin_adds_a_fine_tuned_copy_as_detector_repaired(tmp_path: Pat
     x, _ = um.make_images(1000, chw, 7)
     result, out = fit_on_flat_folder(
         tmp_path, src, x, "--val-fraction", "0.3", *TINY, "--batch-size", "32",
-        "--confidence", "off", "--twin", "--twin-epochs", "2", "--twin-images", "500",
+        "--confidence", "off", "--twin", "--twin-epochs", "10", "--twin-images", "500",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "twin: fine-tuning a copy of the target on fit's 700 training images" in result.output
@@ -269,7 +275,7 @@ def test_fit_with_twin_adds_a_fine_tuned_copy_as_detector_repaired(tmp_path: Pat
     manifest = json.loads((out / "manifest.json").read_text())
     repair = manifest["detectors"]["repaired"]["source"]["repair"]
     assert repair["method"] == "fine-tune" and repair["images"] == 500
-    assert repair["config"]["epochs"] == 2 and len(repair["epoch_losses"]) == 2
+    assert repair["config"]["epochs"] == 10 and len(repair["epoch_losses"]) == 10
     # a twin, not a stranger: it keeps the target's answers on the validation images
     assert repair["val_images"] == 300 and repair["val_agreement"] >= 0.9
     assert (out / "repaired.onnx").read_bytes() != (out / "target.onnx").read_bytes()
@@ -279,11 +285,37 @@ def test_fit_with_twin_adds_a_fine_tuned_copy_as_detector_repaired(tmp_path: Pat
     assert not list(tmp_path.glob("twin-*"))  # the fine-tuned graph's scratch folder is gone
 
 
+@pytest.mark.slow
+def test_a_twin_the_graph_rules_out_leaves_the_set_alone_unless_asked_for(tmp_path: Path) -> None:
+    """A fully convolutional classifier has no final linear layer for the twin's recipe: the
+    default twin is skipped with a warning and the set keeps the AE; --twin fails the command
+    (the set written before it stays as it was)."""
+    chw = (1, 16, 16)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 10, 3),
+        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(),
+    )  # fmt: skip
+    src = um.export(net, torch.zeros(2, *chw), tmp_path / "m.onnx")
+    x, _ = um.make_images(300, chw, 7)
+    result, out = fit_on_flat_folder(tmp_path, src, x, "--val-fraction", "0.4", *TINY)
+    assert result.exit_code == 0, result.output
+    assert "WARNING: no twin (no Gemm / MatMul node" in result.output
+    assert result.output.strip().splitlines()[-1] == f"detrigger-guard serve {out}"
+    model_set = load(out)
+    assert [d.value for d in model_set.detectors] == ["detrigger", "strip", "both"]
+    assert model_set.manifest.detectors.default is None
+    asked = invoke("fit", "--target", str(src), "--data", str(tmp_path / "flat"), "--out",
+                   str(out), "--val-fraction", "0.4", *TINY, "--force", "--twin")  # fmt: skip
+    assert asked.exit_code == 1 and "is written, but its twin cannot be made" in asked.output
+    assert [d.value for d in load(out).detectors] == ["detrigger", "strip", "both"]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--twin", "--audit"], "--audit and --twin both write detector repaired: choose one"),
-        (["--twin-lr", "0.01"], "--twin-reinit-head and --twin-head-penalty: only with --twin"),
+        (["--no-twin", "--twin-lr", "0.01"], "--twin-lr: only with the twin (not with --no-twin"),
+        (["--audit", "--twin-images", "100"], "--twin-images: only with the twin"),
     ],
 )
 def test_fit_refuses_twin_options_that_do_not_go_together(

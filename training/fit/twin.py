@@ -13,16 +13,21 @@ audit's unlearned copy (training.audit), which removes only the backdoor that it
 The recipe (TwinConfig): Adam decayed linearly to 0 over a few epochs on at most ``images`` of
 the user's training images, each shifted by up to ``shift`` pixels (reflect) so that the twin
 does not simply memorise the target's answers on them; labels are the target's class of the
-image as it is. Whether a given backdoor is erased is measured, not assumed: fit's report gives
-the twin's agreement with the target on the validation images, and reports/byom/twin measures
-it on backdoors of the families the AE misses.
+image as it is. The final linear layer starts afresh and is kept turned away from the target's
+(feature shift tuning, Min et al., NeurIPS 2023): the fine-tune cannot settle back into the
+weights the backdoor was trained into, so the features beneath them move too. Soft labels (the
+target's probabilities) would carry the backdoor over: in uncommitted probes on two
+Fashion-MNIST backdoors a twin distilled from them kept most of it. Whether a given backdoor
+is erased is measured, not assumed: fit's report gives the twin's agreement with the target on
+the validation images, and reports/byom/twin measures it on backdoors of the families the AE
+misses.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training.data.augment import random_translate
+from training.fit import autoencoder
 from training.nets.onnx_torch import OnnxModule, load_onnx_module, write_onnx
 
 
@@ -40,19 +46,19 @@ from training.nets.onnx_torch import OnnxModule, load_onnx_module, write_onnx
 class TwinConfig:
     epochs: int = 3
     lr: float = 1e-3
-    images: int = 20_000  # at most this many training images (a seeded draw)
+    images: int = 20_000  # at most this many training images (a seeded draw); an epoch's worth
     batch_size: int = 64
     shift: int = 2  # pixels, each direction
     seed: int = 0
     # Start the final linear layer afresh (small random weights, zero bias): the copy relearns
     # from clean images alone which features mean which class, so features that only a trigger
     # excites keep no path to the attacker's class.
-    reinit_head: bool = False
+    reinit_head: bool = True
     # Weight of a penalty on the final layer's alignment with the target's own (their inner
     # product over the squared norm of the target's), the layer's norm held at the target's:
     # feature shift tuning (Min et al., NeurIPS 2023). Pushed away from the weights the backdoor
     # was trained into, the features beneath them must move too, and a trigger's path goes.
-    head_penalty: float = 0.0
+    head_penalty: float = 0.2
 
     def problems(self) -> list[str]:
         out = []
@@ -97,6 +103,14 @@ def reinit_final_layer(model: OnnxModule, g: torch.Generator, std: float = 0.01)
             model.param(final.input[2]).zero_()
 
 
+def _batches(n: int, batch_size: int, g: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches of n images, pass after pass, each pass in a fresh order drawn from g."""
+    while True:
+        perm = torch.randperm(n, generator=g)
+        for start in range(0, n, batch_size):
+            yield perm[start : start + batch_size]
+
+
 def _set_norm(weight: torch.Tensor, norm: torch.Tensor) -> None:
     with torch.no_grad():
         weight.mul_(norm / weight.norm().clamp_min(1e-12))
@@ -111,12 +125,15 @@ def fine_tune_twin(
     progress: bool = True,
     log: Callable[[str], Any] = print,
     device: str = "cpu",
+    time_budget: float | None = None,
 ) -> dict[str, Any]:
     """Fine-tune a copy of the ONNX classifier ``target`` (float32 NCHW in [0, 1]) on the uint8
     ``train`` images (N, C, H, W) labelled with its own classes, write it to ``out`` (the
     target's graph with the new weights) and return the record: the recipe, the images used,
     the twin's agreement with the target on the ``val`` images, and the time taken. ``device``:
-    where torch trains it (fit's --device, resolved)."""
+    where torch trains it (fit's --device, resolved). ``time_budget`` (seconds): the learning
+    rate decays on its clock when that runs ahead of the steps, and the fine-tune ends when it is
+    spent (the record says so)."""
     for problem in cfg.problems():
         raise ValueError(problem)
     t0 = time.time()
@@ -136,17 +153,26 @@ def fine_tune_twin(
     for p in twin.parameters():
         p.requires_grad_(True)
     opt = torch.optim.Adam(twin.parameters(), lr=cfg.lr)
-    steps = cfg.epochs * math.ceil(len(images) / cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 - step / steps)
+    # An epoch is `images` images' worth of steps, however many the folder has: a fresh head
+    # needs its hundreds of steps, and a small folder is gone through more often instead.
+    per_epoch = math.ceil(cfg.images / cfg.batch_size)
+    steps = cfg.epochs * per_epoch
     g = torch.Generator().manual_seed(cfg.seed)
-    losses = []
+    batches = _batches(len(images), cfg.batch_size, g)
+    losses: list[float] = []
+    step, t_train = 0, time.time()
     for epoch in range(cfg.epochs):
         twin.train()
-        perm = torch.randperm(len(images), generator=g)
-        total = 0.0
-        starts = range(0, len(perm), cfg.batch_size)
-        for i in tqdm(starts, desc=f"twin epoch {epoch + 1}", disable=not progress, mininterval=5):
-            sel = perm[i : i + cfg.batch_size]
+        total, seen = 0.0, 0
+        bar = tqdm(range(per_epoch), f"twin epoch {epoch + 1}", disable=not progress, mininterval=5)
+        for _ in bar:
+            # linear decay to 0, on the budget's clock when that is further on
+            frac = autoencoder.progress(step, steps, time.time() - t_train, time_budget)
+            if frac >= 1.0:  # before the last step only when the time budget is spent
+                break
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * (1.0 - frac)
+            sel = next(batches)
             x = torch.from_numpy(images[sel.numpy()]).to(device).float().div_(255.0)
             if cfg.shift:  # the offsets drawn from the CPU generator g
                 x = random_translate(x, g, cfg.shift)
@@ -156,12 +182,20 @@ def fine_tune_twin(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
             if cfg.head_penalty:
                 _set_norm(head, norm)
+            step += 1
             total += loss.item() * len(sel)
-        losses.append(round(total / len(images), 5))
-        log(f"twin: epoch {epoch + 1}/{cfg.epochs}, loss {losses[-1]:.4f}")
+            seen += len(sel)
+        if seen:
+            losses.append(round(total / seen, 5))
+            log(f"twin: epoch {epoch + 1}/{cfg.epochs}, loss {losses[-1]:.4f}")
+        if step < (epoch + 1) * per_epoch:
+            log(
+                f"twin: the time budget of {time_budget:.0f} s ended the fine-tune after {step} "
+                f"of {steps} steps, its learning rate decayed on the budget's clock"
+            )
+            break
     twin.eval()
     agree = agreement(reference, twin, val, device)
     write_onnx(twin.cpu(), out)
@@ -170,6 +204,9 @@ def fine_tune_twin(
         "config": asdict(cfg),
         "images": int(len(images)),
         "epoch_losses": losses,
+        "steps": step,
+        "stopped_by_budget": step < steps,
+        "time_budget": time_budget,
         "val_agreement": round(agree, 5),
         "val_images": int(len(val)),
         "wall_seconds": round(time.time() - t0, 1),

@@ -46,18 +46,21 @@ def test_the_final_layer_alone_is_drawn_anew(target: Path) -> None:
     assert changed == {after.names[final.input[1]], after.names[final.input[2]]}
 
 
-@pytest.mark.parametrize("reinit_head", [False, True])
+@pytest.mark.parametrize(("reinit_head", "head_penalty"), [(False, 0.0), (True, 0.2)])
 def test_the_twin_keeps_the_targets_graph_and_answers(
-    target: Path, tmp_path: Path, reinit_head: bool
+    target: Path, tmp_path: Path, reinit_head: bool, head_penalty: float
 ) -> None:
     train, _ = um.make_images(800, CHW, 3)
     val, _ = um.make_images(300, CHW, 4)
-    cfg = replace(TwinConfig(), epochs=2, images=600, reinit_head=reinit_head)
+    cfg = replace(
+        TwinConfig(), epochs=6, images=600, reinit_head=reinit_head, head_penalty=head_penalty
+    )
     out = tmp_path / "twin.onnx"
     lines: list[str] = []
     record = fine_tune_twin(target, uint8(train), uint8(val), out, cfg, False, lines.append)
     assert record["method"] == "fine-tune" and record["config"] == asdict(cfg)
-    assert record["images"] == 600 and len(record["epoch_losses"]) == 2
+    assert record["images"] == 600 and len(record["epoch_losses"]) == 6
+    assert record["steps"] == 6 * 10 and not record["stopped_by_budget"]
     assert record["val_images"] == 300 and record["val_agreement"] >= 0.9, record
     assert lines[-1].startswith("twin: fine-tuned on 600 images in ")
     graph, source = onnx.load(str(out)), onnx.load(str(target))
@@ -87,6 +90,28 @@ def test_the_head_penalty_turns_the_final_layer_away_at_the_targets_norm(
     assert float(cosine(pushed, head0, 0)) < float(cosine(free, head0, 0)) - 0.1
     # still the target's classifier: on these tiny images a held-norm head learns more slowly
     assert record["config"]["head_penalty"] == 0.2 and record["val_agreement"] >= 0.8, record
+
+
+def test_a_small_folder_gets_as_many_steps_as_a_large_one(target: Path, tmp_path: Path) -> None:
+    """An epoch is ``images`` images' worth of steps: 200 images under a cap of 640 are gone
+    through 3.2 times an epoch, so the fresh head gets its steps."""
+    train, _ = um.make_images(200, CHW, 3)
+    val, _ = um.make_images(300, CHW, 4)
+    cfg = replace(TwinConfig(), epochs=6, images=640)
+    record = fine_tune_twin(target, uint8(train), uint8(val), tmp_path / "t.onnx", cfg, False)
+    assert record["images"] == 200 and record["steps"] == 6 * 10
+    assert record["val_agreement"] >= 0.9, record
+
+
+def test_a_time_budget_ends_the_fine_tune_and_says_so(target: Path, tmp_path: Path) -> None:
+    train, _ = um.make_images(800, CHW, 3)
+    cfg = replace(TwinConfig(), epochs=50, images=800)
+    lines: list[str] = []
+    record = fine_tune_twin(target, uint8(train), uint8(train[:100]), tmp_path / "t.onnx", cfg,
+                            False, lines.append, time_budget=1.0)  # fmt: skip
+    assert record["stopped_by_budget"] and 0 < record["steps"] < 50 * 13, record
+    assert record["time_budget"] == 1.0 and (tmp_path / "t.onnx").is_file()
+    assert any("the time budget of 1 s ended the fine-tune after" in line for line in lines)
 
 
 def test_a_recipe_that_cannot_run_is_refused(target: Path, tmp_path: Path) -> None:
