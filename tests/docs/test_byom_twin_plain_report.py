@@ -37,16 +37,7 @@ def test_the_prose_quotes_the_measurements() -> None:
     def rate(run: str, detector: str, key: str = "detection_triggered_test") -> float:
         return tr.rate(TWIN, run, detector, key)
 
-    missed = [r for r in hidden() if rate(r, "detrigger") < 10]
-    ae = tr.span([rate(r, "detrigger") for r in missed])
-    assert f"The AE alone passes the warps, the vignette and CIFAR-10's grating ({ae}%)" in text
-    twin = tr.span([rate(r, "repaired") for r in hidden()])
-    fpr = tr.span([rate(r, "repaired", "fpr_clean_test") for r in hidden()])
-    assert f"The twin flags {twin}% of them at {fpr}% clean FPR" in text
-    fired = tr.span([rate(r, "repaired", "detection_fired") for r in hidden()])
-    assert f"(of the attacks that worked: {fired}%)" in text
-    losses = [rate(r, "repaired") - rate(r, "detrigger_or_repaired") for r in hidden()]
-    assert f"loses {tr.span(losses, 0)} points against the twin alone" in text
+    tr.check_hidden_findings(TWIN, text, hidden())
     for run in (p.name for p in tr.runs(TWIN) if p.name.endswith("-demo")):
         ae_alone, fused = rate(run, "detrigger"), rate(run, "detrigger_or_repaired")
         assert f"{ae_alone:.2f} -> {fused:.2f}" in text and round(ae_alone - fused, 2) <= 0.2
@@ -56,8 +47,7 @@ def test_the_prose_quotes_the_measurements() -> None:
         assert f"{tr.span(values)}% agreement with the target {label}" in text or (
             f"{tr.span(values)}% {label}" in text
         )
-    small = [r["wall_seconds"] for k, r in records.items() if not k.startswith("cifar10")]
-    assert f"{min(small):.0f}-{max(small):.0f} s" in text
+    assert tr.twin_seconds(TWIN)[0] in text
     assert f"{records['cifar10-sig']['wall_seconds']:,.0f} s (cifar10-sig)" in text
     assert f"{records['cifar10-demo']['wall_seconds']:,.0f} s (cifar10-demo)" in text
     survived = tr.span([rate("mnist-demo", "repaired"), rate("fashion-mnist-demo", "repaired")])

@@ -85,3 +85,27 @@ def repair_records(folder: Path) -> dict[str, dict]:
         ]
         for p in runs(folder)
     }
+
+
+def check_hidden_findings(folder: Path, text: str, hidden: list[str]) -> None:
+    """The findings a report's prose quotes over its hidden backdoors: what the AE passes, what
+    the twin flags and at what FPR, and what the fused detector loses against the twin."""
+    missed = [r for r in hidden if rate(folder, r, "detrigger") < 10]
+    ae = span([rate(folder, r, "detrigger") for r in missed])
+    assert f"The AE alone passes the warps, the vignette and CIFAR-10's grating ({ae}%)" in text
+    twin = span([rate(folder, r, "repaired") for r in hidden])
+    fpr = span([rate(folder, r, "repaired", "fpr_clean_test") for r in hidden])
+    assert f"The twin flags {twin}% of them at {fpr}% clean FPR" in text
+    fired = span([rate(folder, r, "repaired", "detection_fired") for r in hidden])
+    assert f"(of the attacks that worked: {fired}%)" in text
+    fused = "detrigger_or_repaired"
+    losses = [rate(folder, r, "repaired") - rate(folder, r, fused) for r in hidden]
+    assert f"loses {span(losses, 0)} points against the twin alone" in text
+
+
+def twin_seconds(folder: Path) -> tuple[str, str]:
+    """The twins' fine-tune times as quoted: MNIST-sized runs, CIFAR-10 runs (ranges)."""
+    records = repair_records(folder)
+    small = [r["wall_seconds"] for k, r in records.items() if not k.startswith("cifar10")]
+    cifar = [r["wall_seconds"] for k, r in records.items() if k.startswith("cifar10")]
+    return f"{min(small):.0f}-{max(small):.0f} s", f"{min(cifar):,.0f}-{max(cifar):,.0f} s"

@@ -158,7 +158,7 @@ def test_logits_over_other_classes_than_the_manifest_fail_every_detector(
 def test_a_set_names_its_own_default_detector_and_the_setting_comes_first(
     either_set: Path, tmp_path: Path
 ) -> None:
-    """detectors.default (fit --twin writes detrigger_or_repaired): a request that names no
+    """detectors.default (fit writes detrigger_or_repaired with its twin): a request that names no
     detector gets it; GUARD_DEFAULT_DETECTOR, where set and offered, comes first; a named one
     always decides; mode repair still refuses STRIP's detectors for the default."""
     folder = tmp_path / "tinyeither"
