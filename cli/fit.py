@@ -366,9 +366,10 @@ def fit(ctx: click.Context, **kw) -> None:
         command=_command(),
     )
     try:
-        report = fit_job(opts, verify=service_load, log=click.echo)
+        read: list = []  # the images fit read, for the audit and the twin: one read of the folder
+        report = fit_job(opts, verify=service_load, log=click.echo, on_split=read.append)
         if report and kw["audit"]:
-            _audit_fitted(opts)
+            _audit_fitted(opts, read[0])
         if report and kw["twin"]:
             twin = TwinConfig(
                 epochs=kw["twin_epochs"],
@@ -378,21 +379,12 @@ def fit(ctx: click.Context, **kw) -> None:
                 reinit_head=kw["twin_reinit_head"],
                 head_penalty=kw["twin_head_penalty"],
             )
-            _twin_fitted(opts, twin, kw["twin_time_budget"] or None, required="twin" in given)
+            _twin_fitted(opts, read[0], twin, kw["twin_time_budget"] or None, "twin" in given)
     except (TargetError, FileExistsError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     if report:
         click.echo(f"fit: {(time.time() - t0) / 60:.1f} minutes in all")
         click.echo(f"detrigger-guard serve {shlex.quote(str(kw['out']))}")
-
-
-def _fit_split(opts):
-    """The split fit trained and calibrated on: the same source, share and seed."""
-    from contract.manifest import read_manifest
-    from training.fit_set import fit_split
-
-    m = read_manifest(Path(opts.out))
-    return fit_split(opts, (m.input.channels, m.input.height, m.input.width))
 
 
 def _add_repaired_fitted(opts, split, graph: Path, repair: dict | None = None) -> None:
@@ -430,7 +422,7 @@ def _add_repaired_fitted(opts, split, graph: Path, repair: dict | None = None) -
     )
 
 
-def _audit_fitted(opts) -> None:
+def _audit_fitted(opts, split) -> None:
     """fit --audit: the audit of the set just written, on fit's own training images (its
     validation images stay unseen by the repair); when it flags a class, the repaired copy
     joins the set as detectors repaired and detrigger_or_repaired, calibrated on the validation
@@ -439,7 +431,6 @@ def _audit_fitted(opts) -> None:
     from training.audit.__main__ import audit, labelled_by_target, parse_args
 
     out = Path(opts.out)
-    split = _fit_split(opts)
     args = parse_args(
         ["--model-set", str(out), "--out", str(out / "audit"), "--seed", str(opts.seed),
          "--threads", str(opts.threads), "--no-progress"]
@@ -459,7 +450,7 @@ def _audit_fitted(opts) -> None:
     _add_repaired_fitted(opts, split, Path(exported["path"]))
 
 
-def _twin_fitted(opts, cfg, time_budget: float | None, required: bool) -> None:
+def _twin_fitted(opts, split, cfg, time_budget: float | None, required: bool) -> None:
     """fit's twin: a copy of the target fine-tuned on fit's training images (training.fit.twin)
     joins the set as detectors repaired and detrigger_or_repaired, calibrated on the validation
     images, which the twin never trained on. A twin that cannot be made (a graph torch cannot
@@ -470,8 +461,7 @@ def _twin_fitted(opts, cfg, time_budget: float | None, required: bool) -> None:
     from training.fit_set import resolve_device
     from training.nets.onnx_torch import UnsupportedOnnx
 
-    out = Path(opts.out)
-    split = _fit_split(opts)  # torch's threads: fit_job set them in this process
+    out = Path(opts.out)  # torch's threads: fit_job set them in this process
     click.echo(
         f"twin: fine-tuning a copy of the target on fit's {len(split.train)} training images"
     )

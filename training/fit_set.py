@@ -22,6 +22,7 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -166,9 +167,13 @@ def fit_split(opts: FitOptions, chw: tuple[int, int, int]) -> Split:
     )
 
 
-def fit(opts: FitOptions, verify=None, log=print) -> dict[str, Any]:
+def fit(
+    opts: FitOptions, verify=None, log=print, on_split: Callable[[Split], Any] | None = None
+) -> dict[str, Any]:
     """Fit the set and publish it at opts.out; `verify(folder)` is the caller's extra check of
-    the staged set (the CLI loads it as the service does). Returns the report (rank 0) or {}."""
+    the staged set (the CLI loads it as the service does), `on_split(split)` gets the images
+    as read (what the CLI's twin and audit train and calibrate on, without a second read).
+    Returns the report (rank 0) or {}."""
     t0 = time.time()
     for problem in opts.problems():
         raise SystemExit(problem)
@@ -185,6 +190,8 @@ def fit(opts: FitOptions, verify=None, log=print) -> dict[str, Any]:
     split = fit_split(opts, info.chw)
     for line in split.lines():
         say(line)
+    if on_split is not None:
+        on_split(split)
     # Wrapped before training, so that a graph we cannot wrap stops the run at once.
     wrapped = run_dir / "target.onnx"
     sample = split.val[:64].astype(np.float32) / np.float32(255.0)  # (64, C, H, W) in [0, 1]

@@ -252,6 +252,22 @@ def test_the_command_and_fit_options_share_their_training_defaults():
     assert params["time_budget"] == options.time_budget
 
 
+def test_the_twin_options_default_to_the_twin_recipe():
+    """Each --twin-X option written out in the CLI defaults to TwinConfig's X, so that the
+    command and the reports' recipe cannot drift apart."""
+    from dataclasses import fields
+
+    from cli.fit import fit
+    from training.fit.twin import TwinConfig
+
+    params = {p.name: p.default for p in fit.params}
+    recipe = TwinConfig()
+    shared = [f.name for f in fields(TwinConfig) if f"twin_{f.name}" in params]
+    assert {"epochs", "lr", "images", "reinit_head", "head_penalty"} <= set(shared)
+    for name in shared:
+        assert params[f"twin_{name}"] == getattr(recipe, name), name
+
+
 def test_fit_with_twin_adds_a_fine_tuned_copy_as_detector_repaired(tmp_path: Path) -> None:
     """--twin: a copy of the target fine-tuned on fit's training images (labelled by the target,
     no trigger) joins the set as detectors repaired and detrigger_or_repaired, calibrated on
