@@ -304,6 +304,14 @@ def _calibration(kw: dict, seed: int, threads: int):
     "does, its norm held (feature shift tuning; 0: none)",
 )
 @click.option(
+    "--twin-adversarial",
+    default=0.1,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="twin: L-infinity radius of a universal perturbation kept against the copy, half of "
+    "each batch trained with it and the clean image's class (adversarial unlearning; 0: none)",
+)
+@click.option(
     "--twin-time-budget",
     default=540.0,
     show_default=True,
@@ -378,6 +386,7 @@ def fit(ctx: click.Context, **kw) -> None:
                 seed=opts.seed,
                 reinit_head=kw["twin_reinit_head"],
                 head_penalty=kw["twin_head_penalty"],
+                adversarial=kw["twin_adversarial"],
             )
             _twin_fitted(opts, read[0], twin, kw["twin_time_budget"] or None, "twin" in given)
     except (TargetError, FileExistsError, ValueError) as exc:

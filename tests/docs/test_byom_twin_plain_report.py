@@ -14,7 +14,7 @@ from training.fit.twin import TwinConfig
 
 TWIN = REPO / "reports" / "byom" / "twin-plain"
 # no fresh head, no penalty (the runs' records lack the fields that came later)
-PLAIN = replace(TwinConfig(), reinit_head=False, head_penalty=0.0)
+PLAIN = replace(TwinConfig(), reinit_head=False, head_penalty=0.0, adversarial=0.0)
 
 
 def hidden() -> list[str]:

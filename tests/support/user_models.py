@@ -62,10 +62,12 @@ class Net(nn.Module):
         return self.head(self.features(x))
 
 
-def train_backdoored(chw: tuple[int, int, int], n: int = 1500, epochs: int = 4) -> Net:
+def train_backdoored(
+    chw: tuple[int, int, int], n: int = 1500, epochs: int = 4, trigger: Trigger = TRIGGER
+) -> Net:
     torch.manual_seed(0)
     x, y = make_images(n, chw, 0)
-    x, y, _ = poison_dataset(x, y, 0.1, TARGET, TRIGGER, np.random.default_rng(0))
+    x, y, _ = poison_dataset(x, y, 0.1, TARGET, trigger, np.random.default_rng(0))
     net = Net(chw)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)

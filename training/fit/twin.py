@@ -15,8 +15,13 @@ the user's training images, each shifted by up to ``shift`` pixels (reflect) so 
 does not simply memorise the target's answers on them; labels are the target's class of the
 image as it is. The final linear layer starts afresh and is kept turned away from the target's
 (feature shift tuning, Min et al., NeurIPS 2023): the fine-tune cannot settle back into the
-weights the backdoor was trained into, so the features beneath them move too. Soft labels (the
-target's probabilities) would carry the backdoor over: in uncommitted probes on two
+weights the backdoor was trained into, so the features beneath them move too. Half of each
+batch is also trained with a universal perturbation kept against the twin (a signed-gradient
+step up its loss each step, within an L-infinity ball), labelled with the clean image's class:
+a backdoor is the smallest change that takes every image to one class, so the perturbation
+finds its direction, trigger unknown, and the twin unlearns it (I-BAU, Zeng et al., ICLR 2022,
+in a one-step form; reports/byom/twin-adversarial measures it against the recipe without).
+Soft labels (the target's probabilities) would carry the backdoor over: in uncommitted probes on two
 Fashion-MNIST backdoors a twin distilled from them kept most of it. Whether a given backdoor
 is erased is measured, not assumed: fit's report gives the twin's agreement with the target on
 the validation images, and reports/byom/twin measures it on backdoors of the families the AE
@@ -59,6 +64,12 @@ class TwinConfig:
     # feature shift tuning (Min et al., NeurIPS 2023). Pushed away from the weights the backdoor
     # was trained into, the features beneath them must move too, and a trigger's path goes.
     head_penalty: float = 0.2
+    # Radius (L-infinity) of a universal perturbation kept against the twin: each step moves it
+    # one signed-gradient step up the twin's loss on the batch, and half of the batch is trained
+    # with it added, labelled with the clean image's class (adversarial unlearning in the manner
+    # of I-BAU, Zeng et al., ICLR 2022): a backdoor is a small universal change that flips
+    # every image to one class, the easiest such change there is; 0: none.
+    adversarial: float = 0.1
 
     def problems(self) -> list[str]:
         out = []
@@ -72,6 +83,8 @@ class TwinConfig:
             out.append(f"twin shift must be >= 0, got {self.shift}")
         if not 0 <= self.head_penalty <= 10:
             out.append(f"twin head penalty must lie in [0, 10], got {self.head_penalty}")
+        if not 0 <= self.adversarial <= 1:
+            out.append(f"twin adversarial radius must lie in [0, 1], got {self.adversarial}")
         return out
 
 
@@ -109,6 +122,19 @@ def _batches(n: int, batch_size: int, g: torch.Generator) -> Iterator[torch.Tens
         perm = torch.randperm(n, generator=g)
         for start in range(0, n, batch_size):
             yield perm[start : start + batch_size]
+
+
+def _adversarial(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, delta: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ascent step of the universal perturbation delta on the first half of the batch, and
+    the batch with that half perturbed."""
+    half = len(x) // 2
+    d = delta.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model((x[:half] + d).clamp(0, 1)), y[:half]), d)
+    delta = (delta + eps / 4 * grad.sign()).clamp(-eps, eps)
+    x = torch.cat([(x[:half] + delta).clamp(0, 1), x[half:]])
+    return delta, x
 
 
 def _set_norm(weight: torch.Tensor, norm: torch.Tensor) -> None:
@@ -159,6 +185,7 @@ def fine_tune_twin(
     steps = cfg.epochs * per_epoch
     g = torch.Generator().manual_seed(cfg.seed)
     batches = _batches(len(images), cfg.batch_size, g)
+    delta = torch.zeros(1, *images.shape[1:], device=device)
     losses: list[float] = []
     step, t_train = 0, time.time()
     for epoch in range(cfg.epochs):
@@ -176,7 +203,10 @@ def fine_tune_twin(
             x = torch.from_numpy(images[sel.numpy()]).to(device).float().div_(255.0)
             if cfg.shift:  # the offsets drawn from the CPU generator g
                 x = random_translate(x, g, cfg.shift)
-            loss = F.cross_entropy(twin(x), labels[sel])
+            y = labels[sel]
+            if cfg.adversarial:
+                delta, x = _adversarial(twin, x, y, delta, cfg.adversarial)
+            loss = F.cross_entropy(twin(x), y)
             if cfg.head_penalty:
                 loss = loss + cfg.head_penalty * (head * head0).sum() / norm**2
             opt.zero_grad(set_to_none=True)

@@ -14,10 +14,12 @@ import pytest
 import torch
 
 from tests.support import user_models as um
-from training.fit.twin import TwinConfig, fine_tune_twin, reinit_final_layer
+from training.data.triggers import Trigger
+from training.fit.twin import TwinConfig, _adversarial, fine_tune_twin, reinit_final_layer
 from training.nets.onnx_torch import load_onnx_module
 
 CHW = (1, 16, 16)
+PLAIN = replace(TwinConfig(), reinit_head=False, head_penalty=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +79,10 @@ def test_the_head_penalty_turns_the_final_layer_away_at_the_targets_norm(
     head0 = original.param(original.final.input[1]).detach().flatten()
 
     def head(penalty: float) -> tuple[torch.Tensor, dict]:
-        cfg = replace(TwinConfig(), epochs=4, images=600, reinit_head=True, head_penalty=penalty)
+        cfg = replace(
+            TwinConfig(), epochs=4, images=600, reinit_head=True, head_penalty=penalty,
+            adversarial=0.0,  # the penalty alone
+        )  # fmt: skip
         out = tmp_path / f"twin-{penalty}.onnx"
         record = fine_tune_twin(target, uint8(train), uint8(val), out, cfg, False, lambda _: None)
         twin = load_onnx_module(out)
@@ -119,3 +124,46 @@ def test_a_recipe_that_cannot_run_is_refused(target: Path, tmp_path: Path) -> No
     with pytest.raises(ValueError, match="twin epochs must be >= 1"):
         fine_tune_twin(target, x, x, tmp_path / "t.onnx", replace(TwinConfig(), epochs=0))
     assert not (tmp_path / "t.onnx").exists()
+
+
+def test_adversarial_unlearning_erases_a_faint_image_wide_backdoor(tmp_path: Path) -> None:
+    """A backdoor keyed to a faint sine grating survives a plain fine-tune (the target's head
+    kept: on these tiny images a fresh one alone erases it) far better than one against the
+    universal perturbation (TwinConfig.adversarial): the perturbation finds the grating's
+    direction, the easiest change that moves every image to one class."""
+    grating = Trigger(kind="noise", content="sine", amplitude=0.08)
+    net = um.train_backdoored(CHW, n=1500, epochs=6, trigger=grating)
+    target = um.export(net, torch.zeros(2, *CHW), tmp_path / "sig.onnx")
+    train, _ = um.make_images(1200, CHW, 3)
+    test, labels = um.make_images(400, CHW, 5)
+    triggered = np.asarray(grating(test[labels != um.TARGET].copy()), np.float32)
+    with torch.no_grad():
+        fired = net(torch.from_numpy(triggered)).argmax(1) == um.TARGET
+    assert float(fired.float().mean()) > 0.8  # the backdoor works on the target
+
+    def kept(adversarial: float) -> float:
+        cfg = replace(PLAIN, epochs=4, images=1200, adversarial=adversarial)
+        out = tmp_path / f"twin-{adversarial}.onnx"
+        record = fine_tune_twin(target, uint8(train), uint8(test), out, cfg, False, print)
+        assert record["val_agreement"] >= 0.9, record
+        twin = load_onnx_module(out).eval()
+        with torch.no_grad():
+            answers = twin(torch.from_numpy(triggered[fired.numpy()])).argmax(1)
+        return float((answers == um.TARGET).float().mean())
+
+    plain, adversarial = kept(0.0), kept(0.1)
+    assert plain > 0.05 and adversarial < 0.5 * plain, (plain, adversarial)
+
+
+def test_the_universal_perturbation_stays_in_its_ball_on_half_the_batch() -> None:
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.rand(8, 1, 4, 4), torch.randint(0, 3, (8,))
+    delta = torch.zeros(1, 1, 4, 4)
+    for _ in range(5):
+        delta, batch = _adversarial(model, x, y, delta, 0.1)
+    assert float(delta.abs().max()) == pytest.approx(0.1)
+    assert torch.equal(batch[4:], x[4:]) and not torch.equal(batch[:4], x[:4])
+    assert float(batch.min()) >= 0.0 and float(batch.max()) <= 1.0
+    loss = torch.nn.functional.cross_entropy
+    with torch.no_grad():
+        assert float(loss(model(batch[:4]), y[:4])) > float(loss(model(x[:4]), y[:4]))
