@@ -1,8 +1,9 @@
 """fit's twin, recipe against recipe, on backdoored models it never saw (issues 18 and 22):
 
-    python -m bench.twin_recipes run --dataset fashion-mnist --backdoor BD --name fmnist-sig \
-        --recipe fst --recipe adversarial:adversarial=0.1 --out reports/byom/twin-recipes
-    python -m bench.twin_recipes table --out reports/byom/twin-recipes
+    python -m bench.twin_recipes run --dataset fashion-mnist --backdoor BD \
+        --name fashion-mnist-sig --recipe fst:adversarial=0 --recipe adversarial \
+        --out reports/byom/twin-adversarial
+    python -m bench.twin_recipes table --out reports/byom/twin-adversarial
 
 `run` fine-tunes one twin of BD/target.onnx per recipe (training.fit.twin.fine_tune_twin with
 TwinConfig's fields changed as the recipe says: `NAME:field=value,field=value`, a tuple's items
@@ -12,13 +13,16 @@ twin's answers) is thresholded on those validation images at 1% FPR with 95% con
 calibration rule, and measured on the test split: the clean FPR, the detection of BD's trigger
 (backdoor.json, `bench.byom backdoor`'s) on the images of the other classes, the detection among
 the attacks that worked, and the share of those on which the twin still gives the backdoor's
-class. One JSON line per recipe goes to OUT/results.jsonl; `table` writes OUT/table.md from them.
+class. One JSON line per recipe goes to OUT/results.jsonl (the twins' graphs only with --twins DIR);
+`table` writes OUT/table.md from them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, fields, replace
 from pathlib import Path
@@ -81,7 +85,9 @@ def run(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     recipes = [parse_recipe(r) for r in args.recipe]
     bd, out = Path(args.backdoor), Path(args.out)
-    (out / "twins").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    twins = Path(args.twins) if args.twins else Path(tempfile.mkdtemp(prefix="twins-"))
+    twins.mkdir(parents=True, exist_ok=True)
     backdoor = json.loads((bd / "backdoor.json").read_text())["backdoor"]
     trigger, target = Trigger(**backdoor["trigger"]), int(backdoor["target_class"])
     train = load_dataset(args.dataset, "train", args.data_dir)
@@ -98,7 +104,7 @@ def run(args: argparse.Namespace) -> None:
     fired = ref["triggered"].argmax(1) == target
     for name, changes in recipes:
         cfg = replace(TwinConfig(seed=args.seed), **changes)
-        graph = out / "twins" / f"{args.name}-{name}.onnx"
+        graph = twins / f"{args.name}-{name}.onnx"
         t0 = time.time()
         record = fine_tune_twin(bd / "target.onnx", train_u8, val_u8, graph, cfg, progress=False)
         twin = {k: _logits(graph, v, args.threads) for k, v in x.items()}
@@ -137,6 +143,8 @@ def run(args: argparse.Namespace) -> None:
             f"{100 * record['val_agreement']:.2f}%, {record['wall_seconds']:.0f} s",
             flush=True,
         )
+    if not args.twins:
+        shutil.rmtree(twins)
 
 
 def _pct(r: dict[str, Any]) -> str:
@@ -147,21 +155,19 @@ def _pct(r: dict[str, Any]) -> str:
 def table(args: argparse.Namespace) -> None:
     out = Path(args.out)
     lines = [json.loads(s) for s in (out / "results.jsonl").read_text().splitlines() if s]
+    lines.sort(key=lambda r: r["model"])  # stable: each model's recipes in the order run
     rows = [
-        "| model | recipe | changes | attack success % | val agreement % | clean FPR % [95% CI] "
-        "| detection % [95% CI] | of the attacks that worked % | twin keeps the backdoor % "
-        "| twin s |",
-        "|---|---|---|---:|---:|---|---|---:|---:|---:|",
+        "| model | recipe | adversarial radius | attack success % | val agreement % "
+        "| clean FPR % [95% CI] | detection % [95% CI] | of the attacks that worked % "
+        "| twin keeps the backdoor % | twin s |",
+        "|---|---|---:|---:|---:|---|---|---:|---:|---:|",
     ]
     for r in lines:
-        changes = ", ".join(
-            f"{k}={'+'.join(v) if isinstance(v, list) else v}" for k, v in r["changes"].items()
-        )
         rows.append(
-            f"| {r['model']} | {r['recipe']} | {changes or '(default)'} "
-            f"| {100 * r['attack_success']:.2f} "
-            f"| {100 * r['val_agreement']:.2f} | {_pct(r['fpr_clean_test'])} "
-            f"| {_pct(r['detection_triggered_test'])} | {100 * r['detection_fired']['rate']:.2f} "
+            f"| {r['model']} | {r['recipe']} | {r['config']['adversarial']:g} "
+            f"| {100 * r['attack_success']:.2f} | {100 * r['val_agreement']:.2f} "
+            f"| {_pct(r['fpr_clean_test'])} | {_pct(r['detection_triggered_test'])} "
+            f"| {100 * r['detection_fired']['rate']:.2f} "
             f"| {100 * r['twin_keeps_backdoor']['rate']:.2f} | {r['twin_seconds']:.0f} |"
         )
     (out / "table.md").write_text("\n".join(rows) + "\n")
@@ -182,6 +188,11 @@ def main() -> None:
     r.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads")
     r.add_argument("--seed", type=int, default=0, help="the validation draw and the twin's seed")
     r.add_argument("--data-dir", default=None, help="where the dataset lies")
+    r.add_argument(
+        "--twins",
+        default=None,
+        help="keep the twins' ONNX files here (default: a temporary folder)",
+    )
     t = sub.add_parser("table", help="OUT/table.md from OUT/results.jsonl")
     t.add_argument("--out", required=True, help="the report folder")
     args = p.parse_args()

@@ -305,8 +305,8 @@ def _calibration(kw: dict, seed: int, threads: int):
 )
 @click.option(
     "--twin-adversarial",
-    default=0.1,
-    show_default=True,
+    default=None,
+    show_default="0.1 for greyscale images, 0.03 for colour",
     type=click.FloatRange(0, 1),
     help="twin: L-infinity radius of a universal perturbation kept against the copy, half of "
     "each batch trained with it and the clean image's class (adversarial unlearning; 0: none)",

@@ -46,6 +46,8 @@ from training.data.augment import random_translate
 from training.fit import autoencoder
 from training.nets.onnx_torch import OnnxModule, load_onnx_module, write_onnx
 
+AUTO_RADIUS = {1: 0.1, 3: 0.03}  # TwinConfig.adversarial None, by the images' channels
+
 
 @dataclass(frozen=True)
 class TwinConfig:
@@ -68,8 +70,11 @@ class TwinConfig:
     # one signed-gradient step up the twin's loss on the batch, and half of the batch is trained
     # with it added, labelled with the clean image's class (adversarial unlearning in the manner
     # of I-BAU, Zeng et al., ICLR 2022): a backdoor is a small universal change that flips
-    # every image to one class, the easiest such change there is; 0: none.
-    adversarial: float = 0.1
+    # every image to one class, the easiest such change there is. 0: none; None: by the images'
+    # channels (AUTO_RADIUS), the adversarial-robustness literature's usual scales (0.1 for
+    # greyscale MNIST-like images; about 8/255 for colour ones, whose clean answers a larger
+    # universal change already moves: CIFAR-10's twin kept 82% of its answers at 0.1).
+    adversarial: float | None = None
 
     def problems(self) -> list[str]:
         out = []
@@ -83,9 +88,17 @@ class TwinConfig:
             out.append(f"twin shift must be >= 0, got {self.shift}")
         if not 0 <= self.head_penalty <= 10:
             out.append(f"twin head penalty must lie in [0, 10], got {self.head_penalty}")
-        if not 0 <= self.adversarial <= 1:
+        if self.adversarial is not None and not 0 <= self.adversarial <= 1:
             out.append(f"twin adversarial radius must lie in [0, 1], got {self.adversarial}")
         return out
+
+
+def adversarial_radius(cfg: TwinConfig, channels: int) -> float:
+    """The universal perturbation's radius for images of ``channels`` channels (None: by them:
+    AUTO_RADIUS, greyscale or colour)."""
+    if cfg.adversarial is not None:
+        return cfg.adversarial
+    return AUTO_RADIUS[1 if channels == 1 else 3]
 
 
 def _labels(model: torch.nn.Module, images: np.ndarray, device: str = "cpu") -> torch.Tensor:
@@ -186,6 +199,7 @@ def fine_tune_twin(
     g = torch.Generator().manual_seed(cfg.seed)
     batches = _batches(len(images), cfg.batch_size, g)
     delta = torch.zeros(1, *images.shape[1:], device=device)
+    radius = adversarial_radius(cfg, images.shape[1])
     losses: list[float] = []
     step, t_train = 0, time.time()
     for epoch in range(cfg.epochs):
@@ -204,8 +218,8 @@ def fine_tune_twin(
             if cfg.shift:  # the offsets drawn from the CPU generator g
                 x = random_translate(x, g, cfg.shift)
             y = labels[sel]
-            if cfg.adversarial:
-                delta, x = _adversarial(twin, x, y, delta, cfg.adversarial)
+            if radius:
+                delta, x = _adversarial(twin, x, y, delta, radius)
             loss = F.cross_entropy(twin(x), y)
             if cfg.head_penalty:
                 loss = loss + cfg.head_penalty * (head * head0).sum() / norm**2
@@ -233,6 +247,7 @@ def fine_tune_twin(
         "method": "fine-tune",
         "config": asdict(cfg),
         "images": int(len(images)),
+        "adversarial_radius": radius,
         "epoch_losses": losses,
         "steps": step,
         "stopped_by_budget": step < steps,

@@ -15,7 +15,13 @@ import torch
 
 from tests.support import user_models as um
 from training.data.triggers import Trigger
-from training.fit.twin import TwinConfig, _adversarial, fine_tune_twin, reinit_final_layer
+from training.fit.twin import (
+    TwinConfig,
+    _adversarial,
+    adversarial_radius,
+    fine_tune_twin,
+    reinit_final_layer,
+)
 from training.nets.onnx_torch import load_onnx_module
 
 CHW = (1, 16, 16)
@@ -61,6 +67,7 @@ def test_the_twin_keeps_the_targets_graph_and_answers(
     lines: list[str] = []
     record = fine_tune_twin(target, uint8(train), uint8(val), out, cfg, False, lines.append)
     assert record["method"] == "fine-tune" and record["config"] == asdict(cfg)
+    assert record["adversarial_radius"] == 0.1  # greyscale, by default
     assert record["images"] == 600 and len(record["epoch_losses"]) == 6
     assert record["steps"] == 6 * 10 and not record["stopped_by_budget"]
     assert record["val_images"] == 300 and record["val_agreement"] >= 0.9, record
@@ -167,3 +174,10 @@ def test_the_universal_perturbation_stays_in_its_ball_on_half_the_batch() -> Non
     loss = torch.nn.functional.cross_entropy
     with torch.no_grad():
         assert float(loss(model(batch[:4]), y[:4])) > float(loss(model(x[:4]), y[:4]))
+
+
+def test_the_radius_follows_the_images_channels_unless_given() -> None:
+    assert adversarial_radius(TwinConfig(), 1) == 0.1
+    assert adversarial_radius(TwinConfig(), 3) == 0.03
+    assert adversarial_radius(replace(TwinConfig(), adversarial=0.0), 3) == 0.0
+    assert adversarial_radius(replace(TwinConfig(), adversarial=0.05), 1) == 0.05
