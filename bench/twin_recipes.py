@@ -48,7 +48,8 @@ def parse_recipe(text: str) -> tuple[str, dict[str, Any]]:
             raise SystemExit(
                 f"--recipe {text!r}: no TwinConfig field {key!r}; known: {sorted(known)}"
             )
-        kind = type(getattr(defaults, key))
+        default = getattr(defaults, key)
+        kind = float if default is None else type(default)  # None: an optional number
         if kind is tuple:
             changes[key] = tuple(filter(None, value.split("+")))
         elif kind is bool:

@@ -1,8 +1,8 @@
-"""reports/byom/twin: fit's twin with its default recipe (a fresh final layer turned away from
-the target's) on backdoors whose trigger the AE cannot undo, and on the demo targets; the
-README's table is what bench.byom measure wrote in each run's folder, each folder's manifest is
-a set that fit made with the twin's defaults, and the prose, docs/byom.md and README.md quote
-those files."""
+"""reports/byom/twin: fit's twin with the feature-shift recipe (a fresh final layer turned away
+from the target's; fit's default then, before the universal perturbation) on backdoors whose
+trigger the AE cannot undo, and on the demo targets; the README's table is what bench.byom
+measure wrote in each run's folder, each folder's manifest is a set that fit made with that
+recipe, and the prose, docs/byom.md and README.md quote those files."""
 
 from __future__ import annotations
 
