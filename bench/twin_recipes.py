@@ -6,22 +6,21 @@
     python -m bench.twin_recipes table --out reports/byom/twin-adversarial
 
 `run` fine-tunes one twin of BD/target.onnx per recipe (training.fit.twin.fine_tune_twin with
-TwinConfig's fields changed as the recipe says: `NAME:field=value,field=value`, a tuple's items
-joined by `+`) on the preset's training split less a seeded draw of validation images, as fit
-does on a user's folder. Detector repaired's score (training's prob_drop of the target's and the
-twin's answers) is thresholded on those validation images at 1% FPR with 95% confidence, fit's
-calibration rule, and measured on the test split: the clean FPR, the detection of BD's trigger
-(backdoor.json, `bench.byom backdoor`'s) on the images of the other classes, the detection among
-the attacks that worked, and the share of those on which the twin still gives the backdoor's
-class. One JSON line per recipe goes to OUT/results.jsonl (the twins' graphs only with --twins DIR);
-`table` writes OUT/table.md from them.
+TwinConfig's fields changed as the recipe says: `NAME:field=value,field=value`) on the preset's
+training split less a seeded draw of validation images, as fit does on a user's folder.
+Detector repaired's score (training's prob_drop of the target's and the twin's answers) is
+thresholded on those validation images at 1% FPR with 95% confidence, fit's calibration rule,
+and measured on the test split: the clean FPR, the detection of BD's trigger (backdoor.json,
+`bench.byom backdoor`'s) on the images of the other classes, the detection among the attacks
+that worked, and the share of those on which the twin still gives the backdoor's class. One JSON
+line per recipe goes to OUT/results.jsonl (the twins' graphs only with --twins DIR); `table`
+writes OUT/table.md from them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, fields, replace
@@ -50,9 +49,7 @@ def parse_recipe(text: str) -> tuple[str, dict[str, Any]]:
             )
         default = getattr(defaults, key)
         kind = float if default is None else type(default)  # None: an optional number
-        if kind is tuple:
-            changes[key] = tuple(filter(None, value.split("+")))
-        elif kind is bool:
+        if kind is bool:
             changes[key] = value.lower() in ("1", "true", "yes")
         else:
             changes[key] = kind(value)
@@ -62,15 +59,10 @@ def parse_recipe(text: str) -> tuple[str, dict[str, Any]]:
 
 
 def _logits(path: Path, x: np.ndarray, threads: int) -> np.ndarray:
-    import onnxruntime as ort
+    from training.evaluation.detectors import Graph
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return np.concatenate(
-        [session.run(None, {name: x[i : i + 500]})[0] for i in range(0, len(x), 500)]
-    )
+    graph = Graph.load(path.read_bytes(), threads)
+    return np.concatenate([graph(x[i : i + 500]) for i in range(0, len(x), 500)])
 
 
 def run(args: argparse.Namespace) -> None:
@@ -87,8 +79,6 @@ def run(args: argparse.Namespace) -> None:
     recipes = [parse_recipe(r) for r in args.recipe]
     bd, out = Path(args.backdoor), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    twins = Path(args.twins) if args.twins else Path(tempfile.mkdtemp(prefix="twins-"))
-    twins.mkdir(parents=True, exist_ok=True)
     backdoor = json.loads((bd / "backdoor.json").read_text())["backdoor"]
     trigger, target = Trigger(**backdoor["trigger"]), int(backdoor["target_class"])
     train = load_dataset(args.dataset, "train", args.data_dir)
@@ -103,49 +93,55 @@ def run(args: argparse.Namespace) -> None:
     x["triggered"] = np.asarray(trigger(x["clean"][others].copy()), np.float32)
     ref = {k: _logits(bd / "target.onnx", v, args.threads) for k, v in x.items()}
     fired = ref["triggered"].argmax(1) == target
-    for name, changes in recipes:
-        cfg = replace(TwinConfig(seed=args.seed), **changes)
-        graph = twins / f"{args.name}-{name}.onnx"
-        t0 = time.time()
-        record = fine_tune_twin(bd / "target.onnx", train_u8, val_u8, graph, cfg, progress=False)
-        twin = {k: _logits(graph, v, args.threads) for k, v in x.items()}
-        score = {k: prob_drop(ref[k], twin[k]) for k in x}
-        threshold = threshold_at_fpr(score["val"], TARGET_FPR, CONFIDENCE)
-        line = {
-            "model": args.name,
-            "dataset": args.dataset,
-            "backdoor": backdoor,
-            "recipe": name,
-            "changes": changes,
-            "config": asdict(cfg),
-            "attack_success": float(fired.mean()),
-            "val_agreement": record["val_agreement"],
-            "threshold": threshold,
-            "fpr_clean_test": rate(score["clean"] > threshold),
-            "detection_triggered_test": rate(score["triggered"] > threshold),
-            "detection_fired": rate(score["triggered"][fired] > threshold),
-            "twin_keeps_backdoor": rate(twin["triggered"][fired].argmax(1) == target),
-            "steps": record["steps"],
-            "twin_seconds": record["wall_seconds"],
-            "seconds": round(time.time() - t0, 1),
-            "threads": args.threads,
-            "seed": args.seed,
-            "hardware": evidence.hardware(),
-            "loadavg": evidence.loadavg(),
-            "versions": evidence.versions(),
-            "commit": evidence.git_commit(),
-        }
-        with open(out / "results.jsonl", "a") as f:
-            f.write(json.dumps(line) + "\n")
-        print(
-            f"{args.name} {name}: detection {100 * line['detection_triggered_test']['rate']:.2f}% "
-            f"(of the attacks that worked {100 * line['detection_fired']['rate']:.2f}%) at clean "
-            f"FPR {100 * line['fpr_clean_test']['rate']:.2f}%, agreement "
-            f"{100 * record['val_agreement']:.2f}%, {record['wall_seconds']:.0f} s",
-            flush=True,
-        )
-    if not args.twins:
-        shutil.rmtree(twins)
+    with tempfile.TemporaryDirectory(prefix="twins-") as scratch:
+        twins = Path(args.twins or scratch)  # the graphs are kept only with --twins
+        twins.mkdir(parents=True, exist_ok=True)
+        for name, changes in recipes:
+            cfg = replace(TwinConfig(seed=args.seed), **changes)
+            graph = twins / f"{args.name}-{name}.onnx"
+            t0 = time.time()
+            record = fine_tune_twin(
+                bd / "target.onnx", train_u8, val_u8, graph, cfg, progress=False
+            )
+            twin = {k: _logits(graph, v, args.threads) for k, v in x.items()}
+            score = {k: prob_drop(ref[k], twin[k]) for k in x}
+            threshold = threshold_at_fpr(score["val"], TARGET_FPR, CONFIDENCE)
+            line = {
+                "model": args.name,
+                "dataset": args.dataset,
+                "backdoor": backdoor,
+                "recipe": name,
+                "changes": changes,
+                "config": asdict(cfg),
+                "attack_success": float(fired.mean()),
+                "val_agreement": record["val_agreement"],
+                "threshold": threshold,
+                "fpr_clean_test": rate(score["clean"] > threshold),
+                "detection_triggered_test": rate(score["triggered"] > threshold),
+                "detection_fired": rate(score["triggered"][fired] > threshold),
+                "twin_keeps_backdoor": rate(twin["triggered"][fired].argmax(1) == target),
+                "steps": record["steps"],
+                "twin_seconds": record["wall_seconds"],
+                "seconds": round(time.time() - t0, 1),
+                "threads": args.threads,
+                "seed": args.seed,
+                "hardware": evidence.hardware(),
+                "loadavg": evidence.loadavg(),
+                "versions": evidence.versions(),
+                "commit": evidence.git_commit(),
+            }
+            with open(out / "results.jsonl", "a") as f:
+                f.write(json.dumps(line) + "\n")
+            det, det_fired, fpr = (
+                100 * line[k]["rate"]
+                for k in ("detection_triggered_test", "detection_fired", "fpr_clean_test")
+            )
+            print(
+                f"{args.name} {name}: detection {det:.2f}% (of the attacks that worked "
+                f"{det_fired:.2f}%) at clean FPR {fpr:.2f}%, agreement "
+                f"{100 * record['val_agreement']:.2f}%, {record['wall_seconds']:.0f} s",
+                flush=True,
+            )
 
 
 def _pct(r: dict[str, Any]) -> str:
