@@ -120,6 +120,9 @@ def run(args: argparse.Namespace) -> None:
                 "detection_triggered_test": rate(score["triggered"] > threshold),
                 "detection_fired": rate(score["triggered"][fired] > threshold),
                 "twin_keeps_backdoor": rate(twin["triggered"][fired].argmax(1) == target),
+                "adversarial_radius": record[
+                    "adversarial_radius"
+                ],  # the one used (None: by channels)
                 "steps": record["steps"],
                 "twin_seconds": record["wall_seconds"],
                 "seconds": round(time.time() - t0, 1),
@@ -160,8 +163,11 @@ def table(args: argparse.Namespace) -> None:
         "|---|---|---:|---:|---:|---|---|---:|---:|---:|",
     ]
     for r in lines:
+        radius = r["config"]["adversarial"]
+        if radius is None:  # fit's default, by the images' channels: the one the twin used
+            radius = r["adversarial_radius"]
         rows.append(
-            f"| {r['model']} | {r['recipe']} | {r['config']['adversarial']:g} "
+            f"| {r['model']} | {r['recipe']} | {radius:g} "
             f"| {100 * r['attack_success']:.2f} | {100 * r['val_agreement']:.2f} "
             f"| {_pct(r['fpr_clean_test'])} | {_pct(r['detection_triggered_test'])} "
             f"| {100 * r['detection_fired']['rate']:.2f} "
