@@ -51,6 +51,8 @@ def parse_recipe(text: str) -> tuple[str, dict[str, Any]]:
         kind = float if default is None else type(default)  # None: an optional number
         if kind is bool:
             changes[key] = value.lower() in ("1", "true", "yes")
+        elif kind is tuple:  # names joined by "+"
+            changes[key] = tuple(filter(None, value.split("+")))
         else:
             changes[key] = kind(value)
     if not name:
@@ -152,22 +154,33 @@ def _pct(r: dict[str, Any]) -> str:
     return f"{100 * r['rate']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
 
 
+def _triggers(config: dict[str, Any]) -> str:
+    """The share of rows stamped with sampler triggers and from which families (a record
+    without the field is from before they existed: none)."""
+    share = config.get("triggers", 0.0)
+    if not share:
+        return "0"
+    text = f"{share:g} {config['trigger_families']}"
+    return text + "".join(f" less {e}" for e in config["trigger_exclude"])
+
+
 def table(args: argparse.Namespace) -> None:
     out = Path(args.out)
     lines = [json.loads(s) for s in (out / "results.jsonl").read_text().splitlines() if s]
     lines.sort(key=lambda r: r["model"])  # stable: each model's recipes in the order run
     rows = [
-        "| model | recipe | adversarial radius | attack success % | val agreement % "
+        "| model | recipe | adversarial radius | stamped triggers | attack success % "
+        "| val agreement % "
         "| clean FPR % [95% CI] | detection % [95% CI] | of the attacks that worked % "
         "| twin keeps the backdoor % | twin s |",
-        "|---|---|---:|---:|---:|---|---|---:|---:|---:|",
+        "|---|---|---:|---|---:|---:|---|---|---:|---:|---:|",
     ]
     for r in lines:
         radius = r["config"]["adversarial"]
         if radius is None:  # fit's default, by the images' channels: the one the twin used
             radius = r["adversarial_radius"]
         rows.append(
-            f"| {r['model']} | {r['recipe']} | {radius:g} "
+            f"| {r['model']} | {r['recipe']} | {radius:g} | {_triggers(r['config'])} "
             f"| {100 * r['attack_success']:.2f} | {100 * r['val_agreement']:.2f} "
             f"| {_pct(r['fpr_clean_test'])} | {_pct(r['detection_triggered_test'])} "
             f"| {100 * r['detection_fired']['rate']:.2f} "

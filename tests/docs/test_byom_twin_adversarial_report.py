@@ -5,16 +5,14 @@ and fit's default, and the prose, docs/byom.md and README.md quote the results."
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from bench.twin_recipes import table
 from tests.docs.mdparse import REPO
+from tests.docs.twin_recipe_reports import check_table, pct
 from training.fit.twin import TwinConfig, adversarial_radius
 
 REPORT = REPO / "reports" / "byom" / "twin-adversarial"
@@ -37,17 +35,8 @@ def runs() -> dict[str, dict[float, dict[str, Any]]]:
     return out
 
 
-def pct(r: dict[str, Any], key: str) -> str:
-    return f"{100 * r[key]['rate']:.2f}"
-
-
 def test_the_table_is_the_results(tmp_path: Path) -> None:
-    shutil.copy(REPORT / "results.jsonl", tmp_path)
-    table(argparse.Namespace(out=str(tmp_path)))
-    rows = (tmp_path / "table.md").read_text()
-    assert rows == (REPORT / "table.md").read_text()
-    readme = (REPORT / "README.md").read_text()
-    assert all(row in readme for row in rows.splitlines())
+    check_table(REPORT, tmp_path)
 
 
 def test_each_model_has_fits_default_and_the_recipe_without_the_perturbation() -> None:
@@ -59,8 +48,10 @@ def test_each_model_has_fits_default_and_the_recipe_without_the_perturbation() -
     for model, by_radius in found.items():
         radius = default_radius(by_radius)
         assert radius > 0
-        assert by_radius[radius]["config"] == {**default, "adversarial": radius}, model
-        assert by_radius[0.0]["config"] == {**default, "adversarial": 0.0}, model
+        # a field a record lacks was the recipe's: it did not exist yet (the stamped triggers)
+        for r, config in ((radius, by_radius[radius]["config"]), (0.0, by_radius[0.0]["config"])):
+            assert {**default, **config} == {**default, "adversarial": r}, model
+            assert "triggers" not in config, model
 
 
 def test_the_prose_and_the_docs_quote_the_results() -> None:
