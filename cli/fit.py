@@ -14,6 +14,9 @@ import click
 
 from cli.check import service_load
 
+# the sampler's family sets (training.config.FAMILY_SET_NAMES; written out: no torch at load)
+FAMILY_SETS = ("base", "stamped", "extended")
+
 TRAIN_EXTRA = "pip install 'detrigger-guard[train]'"
 
 
@@ -228,7 +231,7 @@ def _calibration(kw: dict, seed: int, threads: int):
 )
 @click.option(
     "--families",
-    type=click.Choice(["base", "stamped", "extended"]),
+    type=click.Choice(FAMILY_SETS),
     default="stamped",
     show_default=True,
     help="the AE's training triggers: base (patches, blends, additive patterns), stamped (also "
@@ -312,6 +315,22 @@ def _calibration(kw: dict, seed: int, threads: int):
     "each batch trained with it and the clean image's class (adversarial unlearning; 0: none)",
 )
 @click.option(
+    "--twin-triggers",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0, 1),
+    help="twin: share of the batch rows without the universal perturbation stamped with a "
+    "random trigger of --twin-trigger-families, trained with the clean image's class (0: none)",
+)
+@click.option(
+    "--twin-trigger-families",
+    type=click.Choice(FAMILY_SETS),
+    default="extended",
+    show_default=True,
+    help="twin: the trigger families stamped (as --families; extended: also warps and photo "
+    "filters, which the copy can learn to ignore)",
+)
+@click.option(
     "--twin-time-budget",
     default=540.0,
     show_default=True,
@@ -387,6 +406,8 @@ def fit(ctx: click.Context, **kw) -> None:
                 reinit_head=kw["twin_reinit_head"],
                 head_penalty=kw["twin_head_penalty"],
                 adversarial=kw["twin_adversarial"],
+                triggers=kw["twin_triggers"],
+                trigger_families=kw["twin_trigger_families"],
             )
             _twin_fitted(opts, read[0], twin, kw["twin_time_budget"] or None, "twin" in given)
     except (TargetError, FileExistsError, ValueError) as exc:

@@ -219,13 +219,16 @@ def test_fit_with_audit_adds_the_repaired_copy_of_a_backdoored_target(tmp_path: 
 
 
 def test_fit_offers_every_family_set_of_the_sampler():
-    """fit's --families choices are written out (the CLI imports no torch at load); they must
-    stay the sampler's sets."""
+    """fit's --families and --twin-trigger-families choices are written out (the CLI imports no
+    torch at load); they must stay the sampler's sets."""
     from cli.fit import fit
     from training.config import FAMILY_SET_NAMES
+    from training.data.trigger_sampler import FAMILY_SETS
 
-    (option,) = [p for p in fit.params if p.name == "families"]
-    assert tuple(option.type.choices) == FAMILY_SET_NAMES
+    options = [p for p in fit.params if p.name in ("families", "twin_trigger_families")]
+    assert len(options) == 2
+    for option in options:
+        assert tuple(option.type.choices) == FAMILY_SET_NAMES == tuple(FAMILY_SETS)
 
 
 def test_fit_trains_on_the_stamped_families_by_default():
@@ -263,7 +266,7 @@ def test_the_twin_options_default_to_the_twin_recipe():
     params = {p.name: p.default for p in fit.params}
     recipe = TwinConfig()
     shared = [f.name for f in fields(TwinConfig) if f"twin_{f.name}" in params]
-    assert {"epochs", "lr", "images", "reinit_head", "head_penalty"} <= set(shared)
+    assert {"epochs", "lr", "images", "reinit_head", "head_penalty", "triggers"} <= set(shared)
     for name in shared:
         assert params[f"twin_{name}"] == getattr(recipe, name), name
 

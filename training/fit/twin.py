@@ -21,6 +21,10 @@ step up its loss each step, within an L-infinity ball), labelled with the clean 
 a backdoor is the smallest change that takes every image to one class, so the perturbation
 finds its direction, trigger unknown, and the twin unlearns it (I-BAU, Zeng et al., ICLR 2022,
 in a one-step form; reports/byom/twin-adversarial measures it against the recipe without).
+Part of the rest carries a random trigger of the de-trigger AE's sampler (patches, blends,
+noise, waves, input-specific patterns, warps, filters), also labelled with the clean image's
+class: the twin learns that such changes do not change the class, and a patch backdoor that the
+fine-tune alone keeps loses its path too (reports/byom/twin-triggers).
 Soft labels (the target's probabilities) would carry the backdoor over: in uncommitted probes on two
 Fashion-MNIST backdoors a twin distilled from them kept most of it. Whether a given backdoor
 is erased is measured, not assumed: fit's report gives the twin's agreement with the target on
@@ -43,6 +47,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from training.data.augment import random_translate
+from training.data.trigger_sampler import FAMILY_SETS, SamplerSpec, sample_triggers
 from training.fit import autoencoder
 from training.nets.onnx_torch import OnnxModule, load_onnx_module, write_onnx
 
@@ -75,6 +80,14 @@ class TwinConfig:
     # greyscale MNIST-like images; about 8/255 for colour ones, whose clean answers a larger
     # universal change already moves: CIFAR-10's twin kept 82% of its answers at 0.1).
     adversarial: float | None = None
+    # Share of the rows that the universal perturbation leaves (the whole batch without it)
+    # stamped with a random trigger from the de-trigger AE's sampler, labelled with the clean
+    # image's class: the twin learns to give a patched, blended, warped or filtered image the
+    # class of the image beneath, so a backdoor keyed to any such change loses its path, also a
+    # patch backdoor that the fine-tune alone keeps. 0: none.
+    triggers: float = 0.5
+    trigger_families: str = "extended"  # a FAMILY_SETS name (training.data.trigger_sampler)
+    trigger_exclude: tuple[str, ...] = ()  # family names, kinds or patterns left out
 
     def problems(self) -> list[str]:
         out = []
@@ -90,6 +103,20 @@ class TwinConfig:
             out.append(f"twin head penalty must lie in [0, 10], got {self.head_penalty}")
         if self.adversarial is not None and not 0 <= self.adversarial <= 1:
             out.append(f"twin adversarial radius must lie in [0, 1], got {self.adversarial}")
+        if not 0 <= self.triggers <= 1:
+            out.append(f"twin trigger share must lie in [0, 1], got {self.triggers}")
+        if self.trigger_families not in FAMILY_SETS:
+            out.append(
+                f"twin trigger families {self.trigger_families!r}: not one of "
+                f"{', '.join(FAMILY_SETS)}"
+            )
+        else:
+            try:
+                SamplerSpec(
+                    families=FAMILY_SETS[self.trigger_families], exclude=self.trigger_exclude
+                ).active()
+            except ValueError as e:
+                out.append(f"twin trigger families: {e}")
         return out
 
 
@@ -150,6 +177,18 @@ def _adversarial(
     return delta, x
 
 
+def _stamp(
+    x: torch.Tensor, start: int, share: float, rng: np.random.Generator, spec: SamplerSpec
+) -> torch.Tensor:
+    """The batch with a random trigger on the first ``share`` of its rows from ``start`` on
+    (drawn on the CPU from rng)."""
+    stop = start + round(share * (len(x) - start))
+    if stop == start:
+        return x
+    stamped = sample_triggers(x[start:stop].cpu(), rng, spec).images.to(x.device)
+    return torch.cat([x[:start], stamped, x[stop:]])
+
+
 def _set_norm(weight: torch.Tensor, norm: torch.Tensor) -> None:
     with torch.no_grad():
         weight.mul_(norm / weight.norm().clamp_min(1e-12))
@@ -200,6 +239,8 @@ def fine_tune_twin(
     batches = _batches(len(images), cfg.batch_size, g)
     delta = torch.zeros(1, *images.shape[1:], device=device)
     radius = adversarial_radius(cfg, images.shape[1])
+    spec = SamplerSpec(families=FAMILY_SETS[cfg.trigger_families], exclude=cfg.trigger_exclude)
+    trigger_rng = np.random.default_rng([cfg.seed, 3])
     losses: list[float] = []
     step, t_train = 0, time.time()
     for epoch in range(cfg.epochs):
@@ -220,6 +261,8 @@ def fine_tune_twin(
             y = labels[sel]
             if radius:
                 delta, x = _adversarial(twin, x, y, delta, radius)
+            if cfg.triggers:
+                x = _stamp(x, len(x) // 2 if radius else 0, cfg.triggers, trigger_rng, spec)
             loss = F.cross_entropy(twin(x), y)
             if cfg.head_penalty:
                 loss = loss + cfg.head_penalty * (head * head0).sum() / norm**2

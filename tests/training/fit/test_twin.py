@@ -14,10 +14,12 @@ import pytest
 import torch
 
 from tests.support import user_models as um
+from training.data.trigger_sampler import FAMILY_SETS, SamplerSpec
 from training.data.triggers import Trigger
 from training.fit.twin import (
     TwinConfig,
     _adversarial,
+    _stamp,
     adversarial_radius,
     fine_tune_twin,
     reinit_final_layer,
@@ -25,7 +27,7 @@ from training.fit.twin import (
 from training.nets.onnx_torch import load_onnx_module
 
 CHW = (1, 16, 16)
-PLAIN = replace(TwinConfig(), reinit_head=False, head_penalty=0.0)
+PLAIN = replace(TwinConfig(), reinit_head=False, head_penalty=0.0, triggers=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +70,9 @@ def test_the_twin_keeps_the_targets_graph_and_answers(
     record = fine_tune_twin(target, uint8(train), uint8(val), out, cfg, False, lines.append)
     assert record["method"] == "fine-tune" and record["config"] == asdict(cfg)
     assert record["adversarial_radius"] == 0.1  # greyscale, by default
+    assert (
+        record["config"]["triggers"] == 0.5 and record["config"]["trigger_families"] == "extended"
+    )
     assert record["images"] == 600 and len(record["epoch_losses"]) == 6
     assert record["steps"] == 6 * 10 and not record["stopped_by_budget"]
     assert record["val_images"] == 300 and record["val_agreement"] >= 0.9, record
@@ -181,3 +186,28 @@ def test_the_radius_follows_the_images_channels_unless_given() -> None:
     assert adversarial_radius(TwinConfig(), 3) == 0.03
     assert adversarial_radius(replace(TwinConfig(), adversarial=0.0), 3) == 0.0
     assert adversarial_radius(replace(TwinConfig(), adversarial=0.05), 1) == 0.05
+
+
+def test_triggers_go_on_the_rows_the_perturbation_leaves() -> None:
+    x = torch.full((8, 1, 16, 16), 0.5)
+    spec = SamplerSpec(families=FAMILY_SETS["base"], exclude=("blend", "additive"))  # patches
+    out = _stamp(x, 4, 0.5, np.random.default_rng(0), spec)
+    changed = (out != x).flatten(1).any(1)
+    assert changed.tolist() == [False] * 4 + [True] * 2 + [False] * 2
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    assert torch.equal(_stamp(x, 0, 0.0, np.random.default_rng(0), spec), x)
+    assert (_stamp(x, 0, 1.0, np.random.default_rng(0), spec) != x).flatten(1).any(1).all()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"triggers": 1.5}, "twin trigger share must lie in [0, 1]"),
+        ({"trigger_families": "all"}, "twin trigger families 'all': not one of base,"),
+        ({"trigger_exclude": ("nothing",)}, "cannot exclude 'nothing'"),
+        ({"trigger_exclude": ("patch", "blend", "additive")}, "leaves no trigger family"),
+    ],
+)
+def test_a_trigger_recipe_that_cannot_run_is_refused(changes: dict, message: str) -> None:
+    problems = replace(TwinConfig(), **{"trigger_families": "base", **changes}).problems()
+    assert any(message in p for p in problems), problems
