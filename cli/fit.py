@@ -15,7 +15,7 @@ import click
 from cli.check import service_load
 
 # the sampler's family sets (training.config.FAMILY_SET_NAMES; written out: no torch at load)
-FAMILY_SETS = ("base", "stamped", "extended")
+FAMILY_SET_NAMES = ("base", "stamped", "extended")
 
 TRAIN_EXTRA = "pip install 'detrigger-guard[train]'"
 
@@ -231,7 +231,7 @@ def _calibration(kw: dict, seed: int, threads: int):
 )
 @click.option(
     "--families",
-    type=click.Choice(FAMILY_SETS),
+    type=click.Choice(FAMILY_SET_NAMES),
     default="stamped",
     show_default=True,
     help="the AE's training triggers: base (patches, blends, additive patterns), stamped (also "
@@ -324,7 +324,7 @@ def _calibration(kw: dict, seed: int, threads: int):
 )
 @click.option(
     "--twin-trigger-families",
-    type=click.Choice(FAMILY_SETS),
+    type=click.Choice(FAMILY_SET_NAMES),
     default="extended",
     show_default=True,
     help="twin: the trigger families stamped (as --families; extended: also warps and photo "
