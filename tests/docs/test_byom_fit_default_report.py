@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 from dataclasses import asdict
 
@@ -65,3 +66,22 @@ def test_the_span_over_the_hidden_backdoors_is_quoted() -> None:
     for path in (FOLDER / "README.md", REPO / "docs" / "byom.md", REPO / "README.md"):
         text = " ".join(path.read_text().split())
         assert f"{fired}% of the attacks that worked" in text, path
+
+
+def test_the_cifar10_fits_time_is_its_logs_and_manifests() -> None:
+    """The CIFAR-10 fit's minutes in all (fit's own last lines, kept in fit.log), its AE's and
+    twin's seconds (the manifest's records), as the walkthrough and the report quote them."""
+    run = FOLDER / "cifar10-sig"
+    minutes = re.search(r"^fit: ([0-9.]+) minutes in all$", (run / "fit.log").read_text(), re.M)
+    assert minutes is not None
+    manifest = json.loads((run / "manifest.json").read_text())
+    repair = manifest["detectors"]["repaired"]["source"]["repair"]
+    walkthrough = " ".join((REPO / "docs" / "byom.md").read_text().split())
+    quoted = (
+        f"(the AE's 12 epochs in {manifest['training']['wall_seconds']:.0f} s, the twin's "
+        f"{repair['steps']} steps in {repair['wall_seconds']:.0f} s) took {minutes[1]} minutes"
+    )
+    assert quoted in walkthrough, quoted
+    assert not manifest["training"]["stopped_by_budget"] and not repair["stopped_by_budget"]
+    report = " ".join((FOLDER / "README.md").read_text().split())
+    assert f"took {minutes[1]} minutes" in report
