@@ -6,15 +6,15 @@
     python -m bench.twin_recipes table --out reports/byom/twin-adversarial
 
 `run` fine-tunes one twin of BD/target.onnx per recipe (training.fit.twin.fine_tune_twin with
-TwinConfig's fields changed as the recipe says: `NAME:field=value,field=value`) on the preset's
-training split less a seeded draw of validation images, as fit does on a user's folder.
-Detector repaired's score (training's prob_drop of the target's and the twin's answers) is
-thresholded on those validation images at 1% FPR with 95% confidence, fit's calibration rule,
-and measured on the test split: the clean FPR, the detection of BD's trigger (backdoor.json,
-`bench.byom backdoor`'s) on the images of the other classes, the detection among the attacks
-that worked, and the share of those on which the twin still gives the backdoor's class. One JSON
-line per recipe goes to OUT/results.jsonl (the twins' graphs only with --twins DIR); `table`
-writes OUT/table.md from them.
+TwinConfig's fields changed as the recipe says: `NAME:field=value,field=value`, a tuple's items
+joined by `+`) on the preset's training split less a seeded draw of validation images, as fit
+does on a user's folder. Detector repaired's score (training's prob_drop of the target's and the
+twin's answers) is thresholded on those validation images at 1% FPR with 95% confidence, fit's
+calibration rule, and measured on the test split: the clean FPR, the detection of BD's trigger
+(backdoor.json, `bench.byom backdoor`'s) on the images of the other classes, the detection among
+the attacks that worked, and the share of those on which the twin still gives the backdoor's
+class. One JSON line per recipe goes to OUT/results.jsonl (the twins' graphs only with --twins
+DIR); `table` writes OUT/table.md from them.
 """
 
 from __future__ import annotations
