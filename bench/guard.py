@@ -46,28 +46,29 @@ def guard_env(model_dir: Path, extra: Mapping[str, str] | None = None) -> dict[s
 def run_guard(env: Mapping[str, str], timeout: float = 180.0) -> Iterator[RunningGuard]:
     """``uvicorn service.main:app --no-access-log`` (make serve's command) on a free port;
     waits for /readyz."""
-    log_dir = Path(tempfile.mkdtemp(prefix="bench-guard-"))
-    for attempt in range(3):
-        port = free_port()
-        log_path = log_dir / f"guard-{attempt}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
-                 "--port", str(port), "--no-access-log"],
-                cwd=REPO, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
-        guard = RunningGuard(f"http://127.0.0.1:{port}", process, log_path)
-        try:
-            if _ready(guard, timeout):
-                yield guard
-                return
-            text = log_path.read_text(errors="replace")
-            if process.poll() is not None and "address already in use" in text:
-                continue  # lost the port race; try another
-            raise RuntimeError(f"the guard did not get ready:\n{text[-4000:]}")
-        finally:
-            stop(process)
-    raise RuntimeError("the guard: no free port after 3 attempts")
+    with tempfile.TemporaryDirectory(prefix="bench-guard-") as tmp:
+        log_dir = Path(tmp)
+        for attempt in range(3):
+            port = free_port()
+            log_path = log_dir / f"guard-{attempt}.log"
+            with log_path.open("wb") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "uvicorn", "service.main:app", "--host", "127.0.0.1",
+                     "--port", str(port), "--no-access-log"],
+                    cwd=REPO, env=dict(env), stdout=log, stderr=subprocess.STDOUT,
+                )  # fmt: skip
+            guard = RunningGuard(f"http://127.0.0.1:{port}", process, log_path)
+            try:
+                if _ready(guard, timeout):
+                    yield guard
+                    return
+                text = log_path.read_text(errors="replace")
+                if process.poll() is not None and "address already in use" in text:
+                    continue  # lost the port race; try another
+                raise RuntimeError(f"the guard did not get ready:\n{text[-4000:]}")
+            finally:
+                stop(process)
+        raise RuntimeError("the guard: no free port after 3 attempts")
 
 
 def _ready(guard: RunningGuard, timeout: float) -> bool:

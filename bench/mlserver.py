@@ -176,3 +176,4 @@ def run_mlserver(
         yield server
     finally:
         server.stop()
+        shutil.rmtree(work, ignore_errors=True)

@@ -46,10 +46,13 @@ def start(
 
 
 def finish(process: subprocess.Popen[bytes], out: Path, top: int) -> dict[str, object]:
-    log = process.communicate(timeout=120)[0].decode(errors="replace")
-    if process.returncode != 0 or not out.exists():
-        raise RuntimeError(f"py-spy failed ({process.returncode}): {log[-2000:]}")
-    return summarise(out.read_text(), top)
+    try:
+        log = process.communicate(timeout=120)[0].decode(errors="replace")
+        if process.returncode != 0 or not out.exists():
+            raise RuntimeError(f"py-spy failed ({process.returncode}): {log[-2000:]}")
+        return summarise(out.read_text(), top)
+    finally:
+        shutil.rmtree(out.parent, ignore_errors=True)
 
 
 def short(frame: str) -> str | None:

@@ -166,6 +166,7 @@ def test_uvicorns_own_lines_are_json_too(tiny_set: Path) -> None:
     """uvicorn's startup and shutdown lines were plain text beside the guard's JSON lines."""
     with serve([tiny_set], extra_args=("--log-level", "info")) as server:
         httpx.get(server.url + "/healthz")
+    assert not server.log_path.parent.exists()  # the log's folder is gone, its text kept
     text = server.log_text()
     lines = [line for line in text.splitlines() if line.strip()]
     records = server.log_records()

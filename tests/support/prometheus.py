@@ -58,43 +58,44 @@ def run_prometheus(
     binary = prometheus_binary()
     if binary is None:
         raise RuntimeError("prometheus is not installed (apt-get install prometheus)")
-    work = Path(tempfile.mkdtemp(prefix="prometheus-"))
-    hostports = ", ".join(f"'{urlparse(t).netloc}'" for t in targets)
-    config = work / "prometheus.yml"
-    config.write_text(
-        f"global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n"
-        f"scrape_configs:\n  - job_name: {job}\n    static_configs:\n"
-        f"      - targets: [{hostports}]\n{extra_config}"
-    )
-    for attempt in range(3):
-        port = free_port()
-        log_path = work / f"prometheus-{attempt}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={work / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        running = RunningPrometheus(f"http://127.0.0.1:{port}", process, log_path)
-        try:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and process.poll() is None:
-                try:
-                    if httpx.get(running.url + "/-/ready", timeout=1).status_code == 200:
-                        yield running
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-            text = log_path.read_text(errors="replace")
-            if "address already in use" in text:
-                continue
-            raise RuntimeError(f"prometheus did not start:\n{text[-3000:]}")
-        finally:
-            stop(process)
-    raise RuntimeError("prometheus: no free port after 3 attempts")
+    with tempfile.TemporaryDirectory(prefix="prometheus-") as tmp:
+        work = Path(tmp)
+        hostports = ", ".join(f"'{urlparse(t).netloc}'" for t in targets)
+        config = work / "prometheus.yml"
+        config.write_text(
+            f"global:\n  scrape_interval: {interval}\n  evaluation_interval: {interval}\n"
+            f"scrape_configs:\n  - job_name: {job}\n    static_configs:\n"
+            f"      - targets: [{hostports}]\n{extra_config}"
+        )
+        for attempt in range(3):
+            port = free_port()
+            log_path = work / f"prometheus-{attempt}.log"
+            with log_path.open("wb") as log:
+                process = subprocess.Popen(
+                    [
+                        binary,
+                        f"--config.file={config}",
+                        f"--storage.tsdb.path={work / 'data'}",
+                        f"--web.listen-address=127.0.0.1:{port}",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            running = RunningPrometheus(f"http://127.0.0.1:{port}", process, log_path)
+            try:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and process.poll() is None:
+                    try:
+                        if httpx.get(running.url + "/-/ready", timeout=1).status_code == 200:
+                            yield running
+                            return
+                    except httpx.TransportError:
+                        pass
+                    time.sleep(0.2)
+                text = log_path.read_text(errors="replace")
+                if "address already in use" in text:
+                    continue
+                raise RuntimeError(f"prometheus did not start:\n{text[-3000:]}")
+            finally:
+                stop(process)
+        raise RuntimeError("prometheus: no free port after 3 attempts")

@@ -28,6 +28,7 @@ class RunningServer:
     process: subprocess.Popen[bytes]
     log_path: Path
     grpc_port: int = 0  # 0: no gRPC server
+    kept_log: str | None = None  # the log's text once the server stopped and its folder went
 
     @property
     def grpc_target(self) -> str:
@@ -36,6 +37,8 @@ class RunningServer:
         return f"127.0.0.1:{self.grpc_port}"
 
     def log_text(self) -> str:
+        if self.kept_log is not None:
+            return self.kept_log
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def log_records(self) -> list[dict[str, Any]]:
@@ -106,46 +109,48 @@ def serve(
     full_env = {**os.environ, "GUARD_MODELS": json.dumps([str(p) for p in model_dirs])}
     full_env.update(env or {})
     full_env.setdefault("PYTHONUNBUFFERED", "1")
-    log_dir = Path(tempfile.mkdtemp(prefix="guard-server-"))
-    wants_grpc = (env or {}).get("GUARD_GRPC_PORT") != "0"
-    for attempt in range(3):
-        port = free_port()
-        grpc_port = free_port() if wants_grpc else 0
-        full_env["GUARD_GRPC_PORT"] = str(grpc_port)
-        log_path = log_dir / f"server-{attempt}.log"
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "service.main:app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--no-access-log",
-                    "--log-level",
-                    "warning",
-                    *extra_args,
-                ],  # fmt: skip
-                cwd=REPO,
-                env=full_env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        server = RunningServer(f"http://127.0.0.1:{port}", process, log_path, grpc_port)
-        try:
-            if _wait(server, "/readyz" if wait_ready else "/healthz", timeout):
-                yield server
-                return
-            lost_race = ("address already in use", "cannot bind")
-            if process.poll() is not None and any(s in server.log_text() for s in lost_race):
-                continue  # lost the port race; try another
-            raise RuntimeError(f"guard server did not come up:\n{server.log_text()[-4000:]}")
-        finally:
-            stop(process)
-    raise RuntimeError("guard server: no free port after 3 attempts")
+    with tempfile.TemporaryDirectory(prefix="guard-server-") as tmp:
+        log_dir = Path(tmp)
+        wants_grpc = (env or {}).get("GUARD_GRPC_PORT") != "0"
+        for attempt in range(3):
+            port = free_port()
+            grpc_port = free_port() if wants_grpc else 0
+            full_env["GUARD_GRPC_PORT"] = str(grpc_port)
+            log_path = log_dir / f"server-{attempt}.log"
+            with log_path.open("wb") as log:
+                process = subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "uvicorn",
+                        "service.main:app",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--no-access-log",
+                        "--log-level",
+                        "warning",
+                        *extra_args,
+                    ],  # fmt: skip
+                    cwd=REPO,
+                    env=full_env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            server = RunningServer(f"http://127.0.0.1:{port}", process, log_path, grpc_port)
+            try:
+                if _wait(server, "/readyz" if wait_ready else "/healthz", timeout):
+                    yield server
+                    return
+                lost_race = ("address already in use", "cannot bind")
+                if process.poll() is not None and any(s in server.log_text() for s in lost_race):
+                    continue  # lost the port race; try another
+                raise RuntimeError(f"guard server did not come up:\n{server.log_text()[-4000:]}")
+            finally:
+                stop(process)
+                server.kept_log = server.log_text()
+        raise RuntimeError("guard server: no free port after 3 attempts")
 
 
 @contextmanager
