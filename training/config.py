@@ -7,9 +7,10 @@ these budgets reach the accuracy targets (MNIST >= 99%, Fashion-MNIST >= 90%, CI
 Autoencoders: `mlp` (the paper's), `conv` (ours, trained like the paper's on corner squares) and
 `random`: the conv AE trained on random triggers (training/data/trigger_sampler.py), issue 7's
 trigger-agnostic AE, and `stamped`: the same recipe on the `stamped` family set (also frequency
-waves and input-specific patterns, reports/ae-candidates/families). `shipped_ae` names the one
-put into models/<name> (`stamped` for every dataset); the attack suite pairs its targets with
-`conv` (the paper's training).
+waves and input-specific patterns, reports/ae-candidates/families), and on MNIST `narrow`: the
+stamped recipe at width 8, about the target's cost (issue 20, reports/ae-candidates/narrow).
+`shipped_ae` names the one put into models/<name> (`narrow` for MNIST, `stamped` for the
+others); the attack suite pairs its targets with `conv` (the paper's training).
 
 CIFAR-10's poisoning is focused (TargetConfig.poison_focus 0.5): half of the poisoned copies are
 the training images the white square changes least. With all of them drawn at random (10
@@ -166,10 +167,14 @@ def preset_autoencoder(autoencoders: dict[str, AEConfig], arch: str, triggers: s
 
 def run_name(cfg: AEConfig) -> str:
     """The AE's name in checkpoint files: `conv` for the paper's corner training (the name runs
-    have always used), `conv_random` or e.g. `conv_random_minus-checkerboard` otherwise."""
+    have always used), `conv_random` or e.g. `conv_random_minus-checkerboard` otherwise; a width
+    other than the default is named (`conv_random_stamped_w8`), so that it never resumes or
+    reloads another width's checkpoint."""
     name = cfg.arch if cfg.triggers == "corner" else f"{cfg.arch}_{cfg.triggers}"
     if cfg.triggers == "random" and cfg.families != "base":
         name = f"{name}_{cfg.families}"
+    if cfg.width != AEConfig.width:
+        name = f"{name}_w{cfg.width}"
     if cfg.exclude:
         name = f"{name}_minus-{'-'.join(cfg.exclude)}"
     if cfg.synthesised:
@@ -245,8 +250,11 @@ PRESETS: dict[str, Preset] = {
             "conv": AEConfig(arch="conv", epochs=1, batch_size=128, lr=2e-3),
             "random": random_ae(),
             "stamped": random_ae(families="stamped"),
+            # The stamped recipe at width 8 (issue 20): about the target's cost instead of 2.5
+            # times it, no attack of the suite below the width-16 AE (reports/ae-candidates/narrow).
+            "narrow": random_ae(families="stamped", width=8),
         },
-        shipped_ae="stamped",
+        shipped_ae="narrow",
         target_fpr=0.01,
         unchanged_tolerance=0.03,
     ),

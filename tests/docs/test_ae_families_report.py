@@ -1,6 +1,7 @@
-"""reports/ae-candidates/families: the README's tables are the measurements that
-training.ae_candidates wrote beside it (<dataset>.json, the plain quantile) and in confidence/
-(<dataset>.json, the shipped sets' rule), at the precision the README shows."""
+"""reports/ae-candidates/families and narrow: the READMEs' tables are the measurements that
+training.ae_candidates wrote beside them (families: <dataset>.json, the plain quantile, and
+confidence/<dataset>.json, the shipped sets' rule; narrow: mnist.json, the shipped rule), at the
+precision the READMEs show; each demo set ships the graph its run measured."""
 
 from __future__ import annotations
 
@@ -13,15 +14,23 @@ import pytest
 from tests.docs.mdparse import REPO, table
 
 FOLDER = REPO / "reports" / "ae-candidates" / "families"
+NARROW = REPO / "reports" / "ae-candidates" / "narrow"
 # (the JSON, the first header cell's name for the dataset): the plain quantile's runs, then the
-# runs at the shipped sets' rule
+# runs at the shipped sets' rule; each JSON's tables are in the README of its folder (families'
+# for confidence/)
 RUNS = [
     *((FOLDER / f"{d}.json", d) for d in ("mnist", "fashion-mnist")),
     *(
         (FOLDER / "confidence" / f"{d}.json", f"{d}, confidence 0.95")
         for d in ("mnist", "fashion-mnist", "cifar10")
     ),
+    (NARROW / "mnist.json", "mnist, narrow, confidence 0.95"),
 ]
+
+
+def readme(path: Path) -> Path:
+    folder = path.parent.parent if path.parent.name == "confidence" else path.parent
+    return folder / "README.md"
 
 
 def cell(kl: dict) -> str:
@@ -34,7 +43,7 @@ def test_the_tables_are_the_measurements(path: Path, dataset: str) -> None:
     assert report["config"].get("confidence", 0.0) == (0.95 if "confidence" in dataset else 0.0)
     labels = [a["label"] for a in report["aes"]]
     header = [dataset, "attack success %", *labels]
-    rows = table(FOLDER / "README.md", header)
+    rows = table(readme(path), header)
     sets = report["sets"]
     assert [r[dataset] for r in rows] == [s["attack"] for s in sets] + ["mean / highest FPR"]
     for row, s in zip(rows, sets, strict=False):
@@ -54,7 +63,7 @@ def test_the_equal_fpr_tables_are_the_measurements(path: Path, dataset: str) -> 
     report = json.loads(path.read_text())
     labels = [a["label"] for a in report["aes"]]
     first = f"{dataset}, TPR at 1% test FPR"
-    rows = table(FOLDER / "README.md", [first, *labels])
+    rows = table(readme(path), [first, *labels])
     sets = report["sets"]
     assert [r[first] for r in rows] == [s["attack"] for s in sets] + ["mean"]
     for label in labels:
@@ -63,15 +72,24 @@ def test_the_equal_fpr_tables_are_the_measurements(path: Path, dataset: str) -> 
         assert [r[label] for r in rows] == shown, label
 
 
-@pytest.mark.parametrize("dataset", ["mnist", "fashion-mnist", "cifar10"])
-def test_the_shipped_ae_is_the_graph_measured_at_the_shipped_rule(dataset: str) -> None:
-    """Each demo set ships the `stamped` AE that its confidence run measured, byte for byte (the
+@pytest.mark.parametrize(
+    ("dataset", "run", "ae"),
+    [
+        ("mnist", NARROW / "mnist.json", "narrow"),
+        ("fashion-mnist", FOLDER / "confidence" / "fashion-mnist.json", "stamped"),
+        ("cifar10", FOLDER / "confidence" / "cifar10.json", "stamped"),
+    ],
+)
+def test_the_shipped_ae_is_the_graph_measured_at_the_shipped_rule(
+    dataset: str, run: Path, ae: str
+) -> None:
+    """Each demo set ships the AE that a run at the shipped rule measured, byte for byte (the
     MNIST one gated), so that run's table is the shipped guard's."""
-    report = json.loads((FOLDER / "confidence" / f"{dataset}.json").read_text())
-    (stamped,) = [a for a in report["aes"] if a["label"].startswith("stamped")]
+    report = json.loads(run.read_text())
+    (measured,) = [a for a in report["aes"] if a["label"].startswith(ae)]
     manifest = json.loads((REPO / "models" / dataset / "manifest.json").read_text())
-    assert manifest["detrigger"]["sha256"] == stamped["sha256"]
-    assert manifest["training"]["detrigger_swap"]["ae"] == "stamped"
+    assert manifest["detrigger"]["sha256"] == measured["sha256"]
+    assert manifest["training"]["detrigger_swap"]["ae"] == ae
 
 
 @pytest.mark.parametrize(
