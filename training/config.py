@@ -251,7 +251,8 @@ PRESETS: dict[str, Preset] = {
             "random": random_ae(),
             "stamped": random_ae(families="stamped"),
             # The stamped recipe at width 8 (issue 20): about the target's cost instead of 2.5
-            # times it, no attack of the suite below the width-16 AE (reports/ae-candidates/narrow).
+            # times it; every family the width-16 AE catches kept, the warp (which neither
+            # catches) below it (reports/ae-candidates/narrow).
             "narrow": random_ae(families="stamped", width=8),
         },
         shipped_ae="narrow",
