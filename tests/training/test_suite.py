@@ -169,14 +169,14 @@ def test_suite_fine_tunes_from_an_existing_target(tiny_suite, tmp_path, caplog):
     # ... and pairs it with a random-trigger AE trained without blends, trained here first.
     args += ["--ae-triggers", "random", "--ae-exclude", "blend"]
     suite.main([*tiny_suite, *args])
-    assert (tmp_path / "runs" / "mnist" / "detrigger_conv_random_minus-blend.ckpt").is_file()
+    assert (tmp_path / "runs" / "mnist" / "detrigger_conv_random_w4_minus-blend.ckpt").is_file()
     assert any("fine-tuning the target from" in r.message for r in caplog.records)
     m = json.loads((tmp_path / "suite" / "mnist" / "pair" / "manifest.json").read_text())
     assert m["training"]["init_from"] == {"path": str(start), "sha256": sha256(start)}
     assert m["training"]["target"]["epochs"] == 3
     assert m["training"]["target"]["init_from"] == str(start)
     assert "fine-tuned from" in m["description"]
-    assert "conv_random_minus-blend de-trigger AE" in m["description"]
+    assert "conv_random_w4_minus-blend de-trigger AE" in m["description"]
     ae = m["training"]["autoencoder"]
     assert (ae["triggers"], ae["exclude"]) == ("random", ["blend"])
     for e in m["evaluation"]["attacks"]:

@@ -275,10 +275,10 @@ def test_a_teacher_graph_gives_the_l2_targets_and_names_the_checkpoint(tmp_path)
         teacher=str(teacher_path),
         threads=1,
     )
-    assert run_name(cfg) == "slim_random_distilled"
+    assert run_name(cfg) == "slim_random_w4_distilled"
     images = (np.random.default_rng(0).random((64, 1, 12, 12)) * 40).astype(np.uint8)
     train_autoencoder(cfg, images, tmp_path / "runs", log=lambda _: None)
-    path = tmp_path / "runs" / "detrigger_slim_random_distilled.ckpt"
+    path = tmp_path / "runs" / "detrigger_slim_random_w4_distilled.ckpt"
     ckpt = torch.load(path, weights_only=False)
     assert ckpt["config"]["teacher"] == str(teacher_path)
     assert len(ckpt["config"]["teacher_sha256"]) == 64
