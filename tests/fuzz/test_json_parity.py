@@ -7,6 +7,7 @@ and then refused as a pixel, integers kept exact) rest on the values that load_j
 from __future__ import annotations
 
 import json
+import re
 import struct
 from typing import Any
 
@@ -99,9 +100,21 @@ def test_arbitrary_bytes_read_as_json_does(text: bytes) -> None:
 @FUZZ
 @given(st.text(alphabet="0123456789 ,.-e[]", max_size=80))
 def test_long_digit_run_found_exactly(text: str) -> None:
-    """The numpy scan agrees with the plain definition: LONG_DIGIT_RUN digits in a row."""
-    assert _has_long_digit_run(text.encode()) == ("0" * LONG_DIGIT_RUN in _digits_as_zeros(text))
+    """The numpy scan agrees with the plain definition: LONG_DIGIT_RUN digits in a row, the
+    first of them not after a '.' (nor after another digit: the run's own start)."""
+    plain = re.search(rf"(?<![.0-9])[0-9]{{{LONG_DIGIT_RUN}}}", text) is not None
+    assert _has_long_digit_run(text.encode()) == plain
 
 
-def _digits_as_zeros(text: str) -> str:
-    return "".join("0" if c.isdigit() else "x" for c in text)
+@pytest.mark.parametrize(
+    ("text", "long"),
+    [
+        (b"[0.0012345677556097507]", False),  # a float32 pixel below 0.01, written in full
+        (b"[12345678901234567890]", True),  # an integer past 64 bits
+        (b"[-1234567890123456789.5]", True),  # its integer part: to the standard library
+        (b"[1e0000000000000000001]", True),  # an exponent's digits, likewise
+    ],
+)
+def test_only_a_fractions_long_run_is_left_to_orjson(text: bytes, long: bool) -> None:
+    assert _has_long_digit_run(text) is long
+    assert_reads_as_json_does(text)
