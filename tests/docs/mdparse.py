@@ -1,5 +1,6 @@
 """Markdown as GitHub reads it, through markdown-it-py (CommonMark plus GFM tables): the
-links and images of a file, its headings' anchors, and its tables as rows of cell text."""
+links and images of a file, its headings' anchors, its tables as rows of cell text, and the
+words of a level-2 section."""
 
 from __future__ import annotations
 
@@ -16,6 +17,15 @@ from markdown_it.token import Token
 REPO = Path(__file__).resolve().parents[2]
 
 _MD = MarkdownIt("commonmark").enable("table")
+
+
+def section_words(path: Path, heading: str) -> str:
+    """The level-2 section that starts with the line ``heading`` (e.g. "## Benchmark"), up to
+    the next one, its whitespace runs as single spaces (prose wraps anywhere)."""
+    text = path.read_text(encoding="utf-8")
+    start = text.index(f"\n{heading}\n") + 1
+    end = text.find("\n## ", start + len(heading))
+    return " ".join(text[start : end if end > 0 else None].split())
 
 
 @cache

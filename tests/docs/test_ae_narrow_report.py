@@ -6,17 +6,11 @@ from __future__ import annotations
 
 import json
 
-from tests.docs.mdparse import REPO
+from tests.docs.mdparse import REPO, section_words
 
 NARROW = REPO / "reports" / "ae-candidates" / "narrow"
 REPORT = json.loads((NARROW / "mnist.json").read_text())
 BASE, NEW = "stamped-gated", "narrow-gated"
-
-
-def section(text: str, heading: str) -> str:
-    start = text.index(heading)
-    end = text.find("\n## ", start + len(heading))
-    return " ".join(text[start : end if end > 0 else None].split())
 
 
 def kl(attack: str, label: str) -> dict:
@@ -51,7 +45,7 @@ def quoted() -> list[str]:
 
 
 def test_the_docs_quote_the_report() -> None:
-    text = section((REPO / "docs" / "cheaper-ae.md").read_text(), "## The narrow AE")
+    text = section_words(REPO / "docs" / "cheaper-ae.md", "## The narrow AE")
     for phrase in quoted():
         assert phrase in text, phrase
 
@@ -60,6 +54,6 @@ def test_the_verdict_is_the_reports() -> None:
     """The report judged the rule failed (on the warp), and the README says so."""
     verdict = REPORT["verdicts"][NEW]
     assert not verdict["passes"] and verdict["worst"]["attack"] == "warp"
-    text = section((NARROW / "README.md").read_text(), "## Verdict")
+    text = section_words(NARROW / "README.md", "## Verdict")
     assert "The rule fails on one family, the warp" in text
     assert f"{100 * kl('warp', BASE)['detection_rate']:.2f}%" in text

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.report import README_BEGIN, README_END, readme_table
-from tests.docs.mdparse import REPO, table
+from tests.docs.mdparse import REPO, section_words, table
 from training.evaluation.markdown import replace_block
 from training.evaluation.report import README_COLUMNS, SUMMARY_COLUMNS
 
@@ -84,11 +84,6 @@ def test_detection_table_matches_the_reports() -> None:
     assert problems == [], "\n".join(problems)
 
 
-def benchmark_section() -> str:
-    text = README.read_text(encoding="utf-8")
-    return text.split("\n## Benchmark\n", 1)[1].split("\n## ", 1)[0]
-
-
 def test_benchmark_table_is_what_make_bench_writes(tmp_path: Path) -> None:
     """Issue 20's targets as bench.json judged them, exactly as bench.run writes them into
     README, and the run the section names."""
@@ -98,7 +93,7 @@ def test_benchmark_table_is_what_make_bench_writes(tmp_path: Path) -> None:
     replace_block(copy, README_BEGIN, README_END, readme_table(bench))
     assert copy.read_text() == README.read_text()
     assert len(table(README, BENCH)) == len(bench["acceptance"])
-    assert f"git {bench['environment']['git']}," in " ".join(benchmark_section().split())
+    assert f"git {bench['environment']['git']}," in section_words(README, "## Benchmark")
 
 
 @pytest.mark.parametrize(
